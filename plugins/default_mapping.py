@@ -1,0 +1,79 @@
+"""Default contact mapping: profile attributes, consent and lists onto Dotdigital fields.
+
+Registered through the ``ctdd`` entry-point group like any brand plugin, with ``trylast=True`` so a
+brand plugin's ``ctdd_map_contact`` answers first. What it maps, per store configuration:
+
+- identifiers: email -> ``identifiers.email``, mobile -> ``identifiers.mobileNumber``
+- attributes: ``stores.<key>.data_fields`` maps attribute paths (``first_name``, ``billing_address.city``,
+  ``custom.<name>`` for custom fields ...) to data-field names; unmapped attributes are ignored
+- ``STORE`` (when mapped) is always the store key, so multi-store accounts segment correctly; ``LOCALE`` /
+  ``CURRENCY`` fall back to the store's defaults when the profile has none
+- email consent -> ``channelProperties.email.status`` / ``optInType`` and consent records; SMS consent ->
+  ``channelProperties.sms.status`` and consent records (``email.status`` is only sent when the shop made
+  an explicit decision: Dotdigital would otherwise subscribe a new contact, reference §4.2)
+- list memberships -> ``lists.<id>`` (joins only; leaving lists is not sent)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from service import hookimpl
+
+
+def _consent_record_fields(channel: str, records) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for record in records:
+        body = {
+            "text": record.text,
+            "dateTimeConsented": record.consented_at.strftime("%Y-%m-%dT%H:%M:%SZ") if record.consented_at else None,
+            "url": record.url,
+            "ipAddress": record.ip_address,
+            "userAgent": record.user_agent,
+        }
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        out[f"consentRecords.{channel}.{digest}"] = body
+    return out
+
+
+@hookimpl(trylast=True)
+def ctdd_map_contact(ctx, contact):
+    store = ctx.store
+    fields: dict[str, Any] = {}
+    identity = contact.identity
+    if identity.email:
+        fields["identifiers.email"] = identity.email
+    if identity.mobile_number:
+        # Dotdigital stores mobile numbers as E.164 digits without the leading '+'.
+        fields["identifiers.mobileNumber"] = identity.mobile_number.lstrip("+")
+
+    attributes = dict(contact.attributes)
+    if identity.customer_id:
+        attributes.setdefault("customer_id", identity.customer_id)
+    attributes["store"] = store.key
+    if store.locale:
+        attributes.setdefault("locale", store.locale)
+    if store.currency:
+        attributes.setdefault("currency", store.currency)
+    for attr, value in attributes.items():
+        dd_name = store.data_fields.get(attr)
+        if dd_name:
+            fields[f"dataFields.{dd_name}"] = value
+
+    if (email := contact.email_consent) is not None:
+        if email.status:
+            fields["channelProperties.email.status"] = email.status
+        if email.opt_in_type and email.status == "subscribed":
+            fields["channelProperties.email.optInType"] = email.opt_in_type
+        fields.update(_consent_record_fields("email", email.records))
+    if (sms := contact.sms_consent) is not None:
+        if sms.status:
+            fields["channelProperties.sms.status"] = sms.status
+        fields.update(_consent_record_fields("sms", sms.records))
+
+    for list_key, member in contact.lists.items():
+        if member and list_key in store.lists:
+            fields[f"lists.{store.lists[list_key]}"] = True
+    return fields

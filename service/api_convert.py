@@ -1,0 +1,211 @@
+"""Validate protobuf requests and convert them into domain objects.
+
+Every problem found becomes a field violation (field path + description, as in google.rpc.BadRequest);
+the whole request is refused when there is any, so nothing partial is ever written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from google.protobuf import json_format
+
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from service.config import Settings
+from service.domain.contact import Address, ChannelConsent, ConsentRecord, ContactInput, Identity, SourceStamp
+from service.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile
+
+MAX_STRING = 1000
+MAX_CUSTOM_FIELDS = 100
+MAX_CONSENT_RECORDS = 5
+MAX_LISTS = 100
+
+_STATUS = {pb.CONSENT_STATUS_SUBSCRIBED: "subscribed", pb.CONSENT_STATUS_UNSUBSCRIBED: "unsubscribed"}
+_OPT_IN = {pb.OPT_IN_TYPE_SINGLE: "single", pb.OPT_IN_TYPE_DOUBLE: "double", pb.OPT_IN_TYPE_VERIFIED_DOUBLE: "verifiedDouble"}
+_PROFILE_STRINGS = (
+    "first_name", "last_name", "middle_name", "title", "company_name", "customer_group", "locale", "currency",
+)
+_ADDRESS_FIELDS = ("street_line1", "street_line2", "city", "postal_code", "region", "country", "phone")
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    description: str
+
+
+class InvalidRequest(Exception):
+    def __init__(self, violations: list[Violation]):
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = violations
+
+
+def _ts(value) -> datetime:
+    return value.ToDatetime(tzinfo=timezone.utc)
+
+
+def _check_len(violations: list[Violation], path: str, value: str, limit: int = MAX_STRING) -> None:
+    if len(value) > limit:
+        violations.append(Violation(path, f"must be at most {limit} characters"))
+
+
+def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, channel: str) -> ChannelConsent | None:
+    if msg.status == pb.CONSENT_STATUS_UNSPECIFIED and not msg.records and msg.opt_in_type == pb.OPT_IN_TYPE_UNSPECIFIED:
+        return None
+    if msg.status not in (pb.CONSENT_STATUS_UNSPECIFIED, *_STATUS):
+        violations.append(Violation(f"{path}.status", "unknown consent status"))
+    if msg.opt_in_type not in (pb.OPT_IN_TYPE_UNSPECIFIED, *_OPT_IN):
+        violations.append(Violation(f"{path}.opt_in_type", "unknown opt-in type"))
+    if msg.opt_in_type != pb.OPT_IN_TYPE_UNSPECIFIED and msg.status != pb.CONSENT_STATUS_SUBSCRIBED:
+        violations.append(Violation(f"{path}.opt_in_type", "only allowed with status SUBSCRIBED"))
+    if channel == "sms" and msg.opt_in_type == pb.OPT_IN_TYPE_VERIFIED_DOUBLE:
+        violations.append(Violation(f"{path}.opt_in_type", "VERIFIED_DOUBLE exists for the email channel only"))
+    if len(msg.records) > MAX_CONSENT_RECORDS:
+        violations.append(Violation(f"{path}.records", f"at most {MAX_CONSENT_RECORDS} consent records"))
+    records = []
+    for i, rec in enumerate(msg.records):
+        rpath = f"{path}.records[{i}]"
+        for name in ("text", "url", "ip_address", "user_agent"):
+            if not getattr(rec, name).strip():
+                violations.append(Violation(f"{rpath}.{name}", "required"))
+            _check_len(violations, f"{rpath}.{name}", getattr(rec, name))
+        if not rec.HasField("consented_at"):
+            violations.append(Violation(f"{rpath}.consented_at", "required"))
+        records.append(
+            ConsentRecord(
+                text=rec.text, consented_at=_ts(rec.consented_at) if rec.HasField("consented_at") else None,
+                url=rec.url, ip_address=rec.ip_address, user_agent=rec.user_agent,
+            )
+        )
+    return ChannelConsent(
+        status=_STATUS.get(msg.status),
+        opt_in_type=_OPT_IN.get(msg.opt_in_type),
+        records=tuple(records),
+        decided_at=_ts(msg.decided_at) if msg.HasField("decided_at") else None,
+    )
+
+
+def _address(violations: list[Violation], path: str, msg: pb.Address, attributes: dict[str, Any]) -> None:
+    for name in _ADDRESS_FIELDS:
+        value = getattr(msg, name)
+        if value:
+            _check_len(violations, f"{path}.{name}", value, 256)
+            attributes[f"{path.removeprefix('profile.')}.{name}"] = value
+    if msg.country and (len(msg.country) != 2 or not msg.country.isalpha()):
+        violations.append(Violation(f"{path}.country", "must be an ISO 3166-1 alpha-2 code"))
+
+
+def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> ContactInput:
+    """Validate ``request``; return the domain contact or raise :class:`InvalidRequest`."""
+    v: list[Violation] = []
+    if request.ByteSize() > settings.max_request_bytes:
+        raise InvalidRequest([Violation("", f"request is larger than {settings.max_request_bytes} bytes")])
+
+    store = settings.store(request.store_key) if request.store_key else None
+    if not request.store_key:
+        v.append(Violation("store_key", "required"))
+    elif store is None:
+        v.append(Violation("store_key", f"unknown store {request.store_key!r}"))
+
+    ident = request.identity
+    customer_id = ident.customer_id.strip() or None
+    anonymous_id = ident.anonymous_id.strip() or None
+    email = mobile = None
+    for name, value in (("customer_id", customer_id), ("anonymous_id", anonymous_id)):
+        if value is not None:
+            _check_len(v, f"identity.{name}", value, 256)
+            if is_junk(value):
+                v.append(Violation(f"identity.{name}", "placeholder values such as 'null' or '0' are not identifiers"))
+    if ident.email.strip():
+        try:
+            email = normalise_email(ident.email)
+        except InvalidIdentifier as exc:
+            v.append(Violation("identity.email", str(exc)))
+    if ident.mobile_number.strip():
+        try:
+            mobile = normalise_mobile(ident.mobile_number)
+        except InvalidIdentifier as exc:
+            v.append(Violation("identity.mobile_number", str(exc)))
+    if not (customer_id or email or mobile or anonymous_id or ident.email or ident.mobile_number):
+        v.append(Violation("identity", "at least one of customer_id, email, mobile_number or anonymous_id is required"))
+
+    attributes: dict[str, Any] = {}
+    profile = request.profile
+    for name in _PROFILE_STRINGS:
+        if profile.HasField(name):
+            value = getattr(profile, name)
+            _check_len(v, f"profile.{name}", value, 256)
+            attributes[name] = value or None
+    if profile.HasField("date_of_birth"):
+        dob = profile.date_of_birth
+        if dob:
+            try:
+                parsed = datetime.strptime(dob, "%Y-%m-%d")
+                if parsed.year < 1900 or parsed > datetime.now():
+                    raise ValueError
+                attributes["date_of_birth"] = dob
+            except ValueError:
+                v.append(Violation("profile.date_of_birth", "must be a past date written YYYY-MM-DD"))
+        else:
+            attributes["date_of_birth"] = None
+    if profile.HasField("billing_address"):
+        _address(v, "profile.billing_address", profile.billing_address, attributes)
+    if profile.HasField("shipping_address"):
+        _address(v, "profile.shipping_address", profile.shipping_address, attributes)
+    if profile.HasField("custom_fields"):
+        custom = json_format.MessageToDict(profile.custom_fields)
+        if len(custom) > MAX_CUSTOM_FIELDS:
+            v.append(Violation("profile.custom_fields", f"at most {MAX_CUSTOM_FIELDS} custom fields"))
+        for key, value in custom.items():
+            if isinstance(value, (dict, list)):
+                v.append(Violation(f"profile.custom_fields.{key}", "must be a string, number, boolean or null"))
+            elif isinstance(value, str):
+                _check_len(v, f"profile.custom_fields.{key}", value)
+            attributes[f"custom.{key}"] = value
+
+    email_consent = sms_consent = None
+    if request.HasField("consent"):
+        email_consent = _consent(v, "consent.email", request.consent.email, "email")
+        sms_consent = _consent(v, "consent.sms", request.consent.sms, "sms")
+        if sms_consent is not None and sms_consent.status == "subscribed" and not mobile:
+            v.append(Violation("consent.sms.status", "SMS opt-in requires identity.mobile_number"))
+        total = len(email_consent.records if email_consent else ()) + len(sms_consent.records if sms_consent else ())
+        if total > MAX_CONSENT_RECORDS:
+            v.append(Violation("consent", f"at most {MAX_CONSENT_RECORDS} consent records per request (Dotdigital limit)"))
+
+    lists: dict[str, bool] = {}
+    if len(request.lists) > MAX_LISTS:
+        v.append(Violation("lists", f"at most {MAX_LISTS} list memberships"))
+    for i, membership in enumerate(request.lists):
+        if not membership.list_key:
+            v.append(Violation(f"lists[{i}].list_key", "required"))
+        elif store is not None and membership.list_key not in store.lists:
+            v.append(Violation(f"lists[{i}].list_key", f"unknown list {membership.list_key!r} for store {store.key!r}"))
+        else:
+            lists[membership.list_key] = membership.member
+
+    src = request.source
+    if src.version < 0:
+        v.append(Violation("source.version", "must not be negative"))
+    for name in ("resource_type", "resource_id"):
+        _check_len(v, f"source.{name}", getattr(src, name), 200)
+    source = SourceStamp(
+        resource_type=src.resource_type or None,
+        resource_id=src.resource_id or None,
+        version=src.version or None,
+        modified_at=_ts(src.modified_at) if src.HasField("modified_at") else None,
+    )
+
+    if v:
+        raise InvalidRequest(v)
+    return ContactInput(
+        store_key=request.store_key,
+        identity=Identity(customer_id=customer_id, email=email, mobile_number=mobile, anonymous_id=anonymous_id),
+        attributes=attributes,
+        email_consent=email_consent,
+        sms_consent=sms_consent,
+        lists=lists,
+        source=source,
+    )

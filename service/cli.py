@@ -1,0 +1,172 @@
+"""The ``ctdd`` command line.
+
+    ctdd serve [--sandbox] [--config FILE] [--listen HOST:PORT] [--database-url URL]
+    ctdd db upgrade [--config FILE] [--database-url URL]
+    ctdd sandbox [--port N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import replace
+
+from service.config import AccountConfig, ConfigError, Settings, StoreConfig, load_settings
+
+log = logging.getLogger("ctdd")
+
+SANDBOX_ACCOUNT = "sandbox"
+SANDBOX_STORE = "default"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would repeat URLs with emails
+
+
+def _load(args) -> Settings:
+    overrides = {"listen": getattr(args, "listen", None), "database_url": getattr(args, "database_url", None)}
+    return load_settings(args.config, overrides=overrides)
+
+
+def with_sandbox(settings: Settings, sandbox) -> Settings:
+    """Point every account at the sandbox; add a sandbox account and a ``default`` store if none exist."""
+    accounts = {
+        name: replace(acc, api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url)
+        for name, acc in settings.accounts.items()
+    }
+    if not accounts:
+        accounts[SANDBOX_ACCOUNT] = AccountConfig(
+            name=SANDBOX_ACCOUNT, api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url
+        )
+    stores = dict(settings.stores)
+    if not stores:
+        stores[SANDBOX_STORE] = StoreConfig(
+            key=SANDBOX_STORE, account=next(iter(accounts)), lists={"customers": 1, "newsletter": 2, "sms": 3}
+        )
+    return replace(settings, accounts=accounts, stores=stores)
+
+
+async def _serve(args) -> int:
+    from service.app import App
+
+    sandbox = None
+    if args.sandbox:
+        from service.testing.dotdigital_sandbox import DotdigitalSandbox
+
+        sandbox = DotdigitalSandbox(port=args.sandbox_port).start()
+        log.warning("SANDBOX MODE: Dotdigital calls go to the local sandbox at %s, not to Dotdigital", sandbox.base_url)
+    try:
+        settings = _load(args) if not args.sandbox else with_sandbox(_load_without_credentials(args), sandbox)
+        if not settings.accounts or not settings.stores:
+            raise ConfigError(
+                "no Dotdigital account or store configured: pass --config FILE (see README, Configuration) "
+                "or run with --sandbox to try the service against the bundled Dotdigital sandbox"
+            )
+        app = App(settings, run_dispatcher=not args.no_dispatcher)
+        await app.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"ctdd-sync serving on {settings.listen} (port {app.port})", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+        await app.stop(grace=args.grace)
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+    return 0
+
+
+def _load_without_credentials(args) -> Settings:
+    """In sandbox mode accounts may lack credentials: the sandbox's are filled in."""
+    env = dict(os.environ)
+    raw_settings = None
+    try:
+        raw_settings = load_settings(args.config, env=env, overrides={"listen": args.listen, "database_url": args.database_url})
+    except ConfigError as exc:
+        if "credentials missing" not in str(exc):
+            raise
+        import tomllib
+        from pathlib import Path
+
+        raw = tomllib.loads(Path(args.config or env["CTDD_CONFIG"]).read_text())
+        for name in raw.get("accounts", {}):
+            key = name.upper().replace("-", "_")
+            env.setdefault(f"CTDD_ACCOUNT_{key}_API_USER", "sandbox")
+            env.setdefault(f"CTDD_ACCOUNT_{key}_PASSWORD", "sandbox")
+        raw_settings = load_settings(args.config, env=env, overrides={"listen": args.listen, "database_url": args.database_url})
+    return raw_settings
+
+
+def _db_upgrade(args) -> int:
+    from service.db.engine import create_db_engine, upgrade_database
+
+    settings = _load_without_credentials(args)
+    engine = create_db_engine(settings.database_url)
+    upgrade_database(engine)
+    print(f"database upgraded: {engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def _sandbox(args) -> int:
+    from service.testing.dotdigital_sandbox import DotdigitalSandbox
+
+    with DotdigitalSandbox(port=args.port) as sandbox:
+        print(f"Dotdigital sandbox on {sandbox.base_url} (API user {sandbox.api_user})", flush=True)
+        try:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctdd", description="commercetools <-> Dotdigital sync service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--config", default=None, help="TOML configuration file (env CTDD_CONFIG)")
+        p.add_argument("--database-url", default=None, help="SQLAlchemy URL (env CTDD_DATABASE_URL)")
+
+    serve = sub.add_parser("serve", help="run the gRPC service and the outbox dispatcher")
+    common(serve)
+    serve.add_argument("--listen", default=None, help="HOST:PORT (env CTDD_LISTEN, default 127.0.0.1:50051)")
+    serve.add_argument("--sandbox", action="store_true", help="send to the bundled Dotdigital sandbox on loopback")
+    serve.add_argument("--sandbox-port", type=int, default=0, help="port of the sandbox (default: any free port)")
+    serve.add_argument("--no-dispatcher", action="store_true", help="accept RPCs but do not deliver")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain RPCs and deliveries on shutdown")
+    serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
+
+    db = sub.add_parser("db", help="database maintenance")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply the Alembic migrations")
+    common(up)
+    up.set_defaults(func=_db_upgrade, listen=None)
+
+    sb = sub.add_parser("sandbox", help="run the Dotdigital sandbox on its own")
+    sb.add_argument("--port", type=int, default=0)
+    sb.set_defaults(func=_sandbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(os.environ.get("CTDD_LOG_LEVEL", "INFO"))
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"ctdd: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Configuration: a TOML file plus ``CTDD_*`` environment variables.
+
+Precedence (highest first): command-line flags, ``CTDD_*`` environment variables, the TOML file
+(``--config`` or ``CTDD_CONFIG``), built-in defaults.
+
+Environment variables:
+
+- ``CTDD_CONFIG``: path of the TOML file.
+- ``CTDD_LISTEN``: gRPC listen address, ``HOST:PORT`` (default ``127.0.0.1:50051``).
+- ``CTDD_DATABASE_URL``: SQLAlchemy URL (default ``sqlite:///ctdd.db``).
+- ``CTDD_DOTDIGITAL_BASE_URL``: overrides the Dotdigital base URL of every account.
+- ``CTDD_ACCOUNT_<NAME>_API_USER`` / ``CTDD_ACCOUNT_<NAME>_PASSWORD``: credentials of account ``<name>``
+  (upper-cased, ``-`` written as ``_``).
+- ``CTDD_LOG_LEVEL``: logging level (default ``INFO``).
+
+Secrets: a password is read from ``password_env`` (the name of an environment variable),
+``password_file`` (a file whose first line is the password) or the ``CTDD_ACCOUNT_<NAME>_PASSWORD``
+variable; a literal ``password`` in the TOML file is refused so secrets do not end up in version control.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "sqlite:///ctdd.db"
+
+#: Default mapping of profile attributes to Dotdigital data fields (Magento 2 connector names).
+DEFAULT_DATA_FIELDS: dict[str, str] = {
+    "customer_id": "CUSTOMER_ID",
+    "first_name": "FIRSTNAME",
+    "last_name": "LASTNAME",
+    "middle_name": "MIDDLENAME",
+    "title": "TITLE",
+    "date_of_birth": "DOB",
+    "company_name": "COMPANY",
+    "customer_group": "CUSTOMER_GROUP",
+    "locale": "LOCALE",
+    "currency": "CURRENCY",
+    "store": "STORE",
+    "billing_address.city": "BILLING_CITY",
+    "billing_address.country": "BILLING_COUNTRY",
+    "billing_address.postal_code": "BILLING_POSTCODE",
+    "shipping_address.city": "DELIVERY_CITY",
+    "shipping_address.country": "DELIVERY_COUNTRY",
+    "shipping_address.postal_code": "DELIVERY_POSTCODE",
+}
+
+_DATA_FIELD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """One Dotdigital account (API user)."""
+
+    name: str
+    api_user: str
+    password: str = field(repr=False)
+    region: str = "r1"
+    base_url: str | None = None
+    discover_endpoint: bool = True
+    timeout_seconds: float = 121.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """One commercetools store and how it maps onto a Dotdigital account."""
+
+    key: str
+    account: str
+    commercetools_project: str = "default"
+    locale: str | None = None
+    currency: str | None = None
+    #: profile attribute path -> Dotdigital data-field name
+    data_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_DATA_FIELDS))
+    #: list key -> Dotdigital address book id
+    lists: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """How the outbox dispatcher delivers and retries."""
+
+    concurrency: int = 8
+    batch_size: int = 32
+    max_attempts: int = 20
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 600.0
+    lease_seconds: float = 120.0
+    poll_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to run."""
+
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    log_level: str = "INFO"
+    max_request_bytes: int = 256 * 1024
+    accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
+    stores: Mapping[str, StoreConfig] = field(default_factory=dict)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+
+    def store(self, key: str) -> StoreConfig | None:
+        return self.stores.get(key)
+
+
+def _env_key(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def _read_password(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    if "password" in raw:
+        raise ConfigError(
+            f"accounts.{name}: a literal 'password' is not allowed in the config file; "
+            f"use password_env, password_file or CTDD_ACCOUNT_{_env_key(name)}_PASSWORD"
+        )
+    if (var := env.get(f"CTDD_ACCOUNT_{_env_key(name)}_PASSWORD")) is not None:
+        return var
+    if (env_name := raw.get("password_env")) is not None:
+        if env_name not in env:
+            raise ConfigError(f"accounts.{name}.password_env: environment variable {env_name} is not set")
+        return env[env_name]
+    if (path := raw.get("password_file")) is not None:
+        try:
+            return Path(path).read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"accounts.{name}.password_file: cannot read {path}: {exc}") from None
+    return None
+
+
+def _parse_account(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> AccountConfig:
+    api_user = env.get(f"CTDD_ACCOUNT_{_env_key(name)}_API_USER", raw.get("api_user"))
+    password = _read_password(name, raw, env)
+    if not api_user or password is None:
+        raise ConfigError(
+            f"accounts.{name}: Dotdigital credentials missing; set api_user and one of password_env / "
+            f"password_file (or CTDD_ACCOUNT_{_env_key(name)}_API_USER / _PASSWORD), or run with --sandbox"
+        )
+    region = raw.get("region", "r1")
+    if region not in ("r1", "r2", "r3"):
+        raise ConfigError(f"accounts.{name}.region: must be r1, r2 or r3, not {region!r}")
+    base_url = env.get("CTDD_DOTDIGITAL_BASE_URL") or raw.get("base_url")
+    return AccountConfig(
+        name=name,
+        api_user=str(api_user),
+        password=password,
+        region=region,
+        base_url=base_url.rstrip("/") if base_url else None,
+        discover_endpoint=bool(raw.get("discover_endpoint", True)),
+        timeout_seconds=float(raw.get("timeout_seconds", 121.0)),
+    )
+
+
+def _parse_store(key: str, raw: Mapping[str, Any], accounts: Mapping[str, AccountConfig]) -> StoreConfig:
+    account = raw.get("account")
+    if account is None and len(accounts) == 1:
+        account = next(iter(accounts))
+    if account not in accounts:
+        raise ConfigError(f"stores.{key}.account: unknown account {account!r} (known: {sorted(accounts)})")
+    data_fields = dict(DEFAULT_DATA_FIELDS)
+    data_fields.update({str(k): str(v) for k, v in raw.get("data_fields", {}).items()})
+    for attr, dd_name in data_fields.items():
+        if not _DATA_FIELD_NAME.match(dd_name):
+            raise ConfigError(
+                f"stores.{key}.data_fields.{attr}: {dd_name!r} is not a valid Dotdigital data-field name "
+                "(at most 20 characters of A-Z, a-z, 0-9, '_' and '-')"
+            )
+    lists: dict[str, int] = {}
+    for list_key, list_id in raw.get("lists", {}).items():
+        if not isinstance(list_id, int) or list_id <= 0:
+            raise ConfigError(f"stores.{key}.lists.{list_key}: must be a positive Dotdigital list id")
+        lists[str(list_key)] = list_id
+    return StoreConfig(
+        key=key,
+        account=str(account),
+        commercetools_project=str(raw.get("commercetools_project", "default")),
+        locale=raw.get("locale"),
+        currency=raw.get("currency"),
+        data_fields=data_fields,
+        lists=lists,
+    )
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load settings from ``path`` (or ``CTDD_CONFIG``), the environment and ``overrides``."""
+    env = os.environ if env is None else env
+    path = path or env.get("CTDD_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return settings_from_mapping(raw, env=env, overrides=overrides)
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any], *, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build settings from an already parsed TOML document."""
+    env = os.environ if env is None else env
+    overrides = overrides or {}
+    svc = raw.get("service", {})
+    accounts = {name: _parse_account(name, a, env) for name, a in raw.get("accounts", {}).items()}
+    stores = {key: _parse_store(key, s, accounts) for key, s in raw.get("stores", {}).items()}
+    d = raw.get("dispatcher", {})
+    known = DispatcherConfig.__dataclass_fields__
+    unknown = set(d) - set(known)
+    if unknown:
+        raise ConfigError(f"dispatcher: unknown settings {sorted(unknown)}")
+    dispatcher = DispatcherConfig(**d)
+    return Settings(
+        listen=overrides.get("listen") or env.get("CTDD_LISTEN") or svc.get("listen", DEFAULT_LISTEN),
+        database_url=overrides.get("database_url")
+        or env.get("CTDD_DATABASE_URL")
+        or svc.get("database_url", DEFAULT_DATABASE_URL),
+        log_level=env.get("CTDD_LOG_LEVEL") or svc.get("log_level", "INFO"),
+        max_request_bytes=int(svc.get("max_request_bytes", 256 * 1024)),
+        accounts=accounts,
+        stores=stores,
+        dispatcher=dispatcher,
+    )

@@ -1,0 +1,188 @@
+"""Database tables (SQLModel). The schema is owned by the Alembic migrations in ``migrations/``;
+``tests/test_migrations.py`` fails when these models and the migrations drift apart.
+
+All timestamps are timezone-aware UTC (``service.db.engine.utcnow``); SQLite stores them without offset.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+# Naming convention so constraint names are identical on SQLite and PostgreSQL (migrations rely on it).
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class OutboxStatus:
+    """Lifecycle of an outbox message.
+
+    ``pending`` -> ``in_flight`` (claimed, leased) -> ``delivered``; a retryable failure puts it back to
+    ``pending`` with a later ``next_attempt_at``; a permanent failure (or too many attempts) makes it
+    ``dead``; an operator may ``park`` a message, which holds back the rest of its partition.
+    """
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    PARKED = "parked"
+
+    #: statuses that still hold back later messages of the same partition
+    BLOCKING = (PENDING, IN_FLIGHT, PARKED)
+
+
+class Contact(SQLModel, table=True):
+    """One person within one Dotdigital account: the unit of identity and of delivery order."""
+
+    __tablename__ = "contact"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigInt, primary_key=True, autoincrement=True))
+    account: str = Field(max_length=100, index=True)
+    dotdigital_contact_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    #: current (normalised) email and E.164 mobile number as last accepted
+    email: Optional[str] = Field(default=None, max_length=320)
+    mobile_number: Optional[str] = Field(default=None, max_length=20)
+    #: next per-partition outbox sequence number; updating it serialises writers of this contact
+    next_sequence: int = Field(default=1, sa_type=sa.BigInteger)
+    created_at: datetime
+    updated_at: datetime
+
+
+class ContactIdentifier(SQLModel, table=True):
+    """An identifier (customer id, email, mobile, anonymous id, Dotdigital contact id) of a contact.
+
+    Unique per account and kind: one identifier value can belong to one contact only.
+    """
+
+    __tablename__ = "contact_identifier"
+    __table_args__ = (
+        sa.UniqueConstraint("account", "kind", "value"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigInt, primary_key=True, autoincrement=True))
+    account: str = Field(max_length=100)
+    kind: str = Field(max_length=32)
+    value: str = Field(max_length=400)
+    contact_id: int = Field(sa_column=sa.Column(BigInt, sa.ForeignKey("contact.id"), nullable=False, index=True))
+    created_at: datetime
+
+
+class FieldState(SQLModel, table=True):
+    """What was last enqueued for one Dotdigital field of a contact, and from which source version."""
+
+    __tablename__ = "field_state"
+
+    contact_id: int = Field(sa_column=sa.Column(BigInt, sa.ForeignKey("contact.id"), primary_key=True))
+    field: str = Field(primary_key=True, max_length=200)
+    value: Optional[Any] = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    source_ref: Optional[str] = Field(default=None, max_length=300)
+    source_version: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    source_ts: Optional[datetime] = None
+    #: outbox message that carried this value (used to forget it when that message dies)
+    message_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    updated_at: datetime
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A unit of work for Dotdigital, delivered in ``sequence`` order within its ``partition_key``."""
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (
+        sa.UniqueConstraint("partition_key", "sequence"),
+        sa.Index("ix_outbox_message_status_next_attempt_at", "status", "next_attempt_at"),
+        # Backstop for ordering: at most one in-flight message per partition (procrastinate's lock index).
+        sa.Index(
+            "uq_outbox_message_in_flight_partition",
+            "partition_key",
+            unique=True,
+            sqlite_where=sa.text("status = 'in_flight'"),
+            postgresql_where=sa.text("status = 'in_flight'"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigInt, primary_key=True, autoincrement=True))
+    #: "<account>:<contact id>": messages of one partition are delivered strictly in sequence order
+    partition_key: str = Field(max_length=200)
+    sequence: int = Field(sa_type=sa.BigInteger)
+    account: str = Field(max_length=100)
+    contact_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    kind: str = Field(max_length=50)
+    payload: Any = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    status: str = Field(default=OutboxStatus.PENDING, max_length=20)
+    attempts: int = 0
+    next_attempt_at: datetime
+    lease_owner: Optional[str] = Field(default=None, max_length=200)
+    lease_expires_at: Optional[datetime] = None
+    last_response_code: Optional[int] = None
+    last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    store_key: Optional[str] = Field(default=None, max_length=100)
+    record_type: Optional[str] = Field(default=None, max_length=50)
+    record_id: Optional[str] = Field(default=None, max_length=200)
+    record_version: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: Optional[datetime] = None
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """One delivery attempt of an outbox message: the audit trail of response codes and errors."""
+
+    __tablename__ = "delivery_attempt"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigInt, primary_key=True, autoincrement=True))
+    message_id: int = Field(sa_column=sa.Column(BigInt, nullable=False, index=True))
+    attempt: int
+    outcome: str = Field(max_length=20)  # delivered | retry | dead
+    response_code: Optional[int] = None
+    error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    worker: Optional[str] = Field(default=None, max_length=200)
+    started_at: datetime
+    finished_at: datetime
+
+
+class RejectedRecord(SQLModel, table=True):
+    """A record refused at the API boundary, with the reason. Personal data is not stored here."""
+
+    __tablename__ = "rejected_record"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigInt, primary_key=True, autoincrement=True))
+    operation: str = Field(max_length=50)
+    store_key: Optional[str] = Field(default=None, max_length=100)
+    record_type: Optional[str] = Field(default=None, max_length=50)
+    record_id: Optional[str] = Field(default=None, max_length=200)
+    record_version: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    reason: str = Field(sa_type=sa.Text)
+    violations: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    created_at: datetime
+
+
+class IdentityConflictRecord(SQLModel, table=True):
+    """An identifier that a request tried to give to a contact while another contact owned it."""
+
+    __tablename__ = "identity_conflict"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigInt, primary_key=True, autoincrement=True))
+    account: str = Field(max_length=100)
+    kind: str = Field(max_length=32)
+    #: sha256 of the identifier value (no personal data in the review log)
+    value_hash: str = Field(max_length=64)
+    owner_contact_id: int = Field(sa_type=sa.BigInteger)
+    requested_contact_id: int = Field(sa_type=sa.BigInteger)
+    rule: str = Field(max_length=200)
+    created_at: datetime

@@ -1,0 +1,1657 @@
+"""A faithful, in-process Dotdigital API sandbox for tests (stdlib only).
+
+The sandbox is a *real* HTTP server (``http.server.ThreadingHTTPServer``) bound to loopback and run in a
+daemon thread, so code under test talks to it over real sockets exactly as it would talk to
+``https://r1-api.dotdigital.com``. It implements the subset of the Dotdigital API the sync service uses and
+is deliberately strict about the documented rules, so that payload bugs surface in tests rather than in
+production. Section references (``§n``) point at ``shared/reference/dotdigital.md``; ``[SPEC-C3]`` is
+``specs/dotdigital/dotdigital-contacts-service.json``, ``[SPEC-V2]`` is ``dotdigital-v2-api-swagger.json``.
+
+Implemented endpoints
+---------------------
+* ``GET  /v2/account-info`` - region discovery; ``ApiEndpoint`` points at the sandbox itself (§1).
+* ``GET|POST /v2/data-fields`` - contact data fields (§4.5).
+* ``GET|POST /v2/address-books`` and ``DELETE /v2/address-books/{id}/contacts/{contactId}`` (§6).
+* ``PATCH /contacts/v3/{identifier}/{value}`` - single contact upsert (§4.1, §4.2) and
+  ``GET /contacts/v3/{identifier}/{value}`` (§4.3).
+
+Cross-cutting behaviour: HTTP Basic auth on every endpoint (§1), optional per-minute rate limiting with
+``X-RateLimit-*`` headers (§2), v2 / v3 error envelopes chosen by path (§3.1, §3.2), fault injection
+(status, body, headers, latency, dropped connections) and a thread-safe log of every request received,
+with the ``Authorization`` header redacted.
+
+Where Dotdigital's behaviour is not documented the sandbox makes a choice and says so in the docstring
+of the rule ("sandbox choice"); such choices always err on the side of *rejecting* questionable input.
+
+Usage::
+
+    with DotdigitalSandbox() as sandbox:
+        client = DotdigitalClient(api_user=sandbox.api_user, password=sandbox.password,
+                                  base_url=sandbox.base_url)
+        ...
+        assert sandbox.get_contact(email="jane@example.com")["dataFields"]["FIRSTNAME"] == "Jane"
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import re
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = [
+    "DEFAULT_ADDRESS_BOOKS",
+    "DEFAULT_DATA_FIELDS",
+    "DotdigitalSandbox",
+    "RecordedRequest",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Data fields every new sandbox account has (name -> type). The first five are Dotdigital's system
+#: defaults (§4.5); the rest is a commerce set modelled on the Magento 2 connector's fields.
+DEFAULT_DATA_FIELDS: dict[str, str] = {
+    "FIRSTNAME": "String",
+    "LASTNAME": "String",
+    "FULLNAME": "String",
+    "GENDER": "String",
+    "POSTCODE": "String",
+    "TITLE": "String",
+    "MIDDLENAME": "String",
+    "COMPANY": "String",
+    "CUSTOMER_ID": "String",
+    "DOB": "Date",
+    "CUSTOMER_GROUP": "String",
+    "STORE": "String",
+    "LOCALE": "String",
+    "CURRENCY": "String",
+    "BILLING_CITY": "String",
+    "BILLING_COUNTRY": "String",
+    "BILLING_POSTCODE": "String",
+    "DELIVERY_CITY": "String",
+    "DELIVERY_COUNTRY": "String",
+    "DELIVERY_POSTCODE": "String",
+    "NUMBER_OF_ORDERS": "Numeric",
+    "TOTAL_SPEND": "Numeric",
+    "LAST_ORDER_DATE": "Date",
+}
+
+#: System data fields are public in Dotdigital's examples (spec GET /v2/data-fields example); custom ones
+#: default to ``Private`` (§4.5).
+_SYSTEM_DATA_FIELDS = frozenset({"FIRSTNAME", "LASTNAME", "FULLNAME", "GENDER", "POSTCODE"})
+
+#: Address books (lists) every new sandbox account has (id -> name).
+DEFAULT_ADDRESS_BOOKS: dict[int, str] = {1: "Customers", 2: "Newsletter", 3: "SMS"}
+
+DATA_FIELD_TYPES = ("String", "Numeric", "Date", "Boolean")
+_VISIBILITIES = ("Private", "Public")
+
+# -- contacts v3 vocabulary ([SPEC-C3] components/schemas) -------------------------------------------
+_PATH_IDENTIFIERS = ("contactId", "email", "mobileNumber")
+_MERGE_OPTIONS = ("overwrite", "overwrite-if-not-empty", "overwrite-if-empty")
+_WRITE_TOP_LEVEL_KEYS = frozenset(
+    {"identifiers", "dataFields", "channelProperties", "lists", "preferences", "consentRecords", "matchIdentifier"}
+)
+# write enum (lower-camel) -> read enum (Pascal); [SPEC-C3] channelProperties_channelProperties_email vs
+# contact_channelProperties_email. Matching is case-insensitive because Dotdigital's own import example
+# sends "emailType": "Html" (§4.2 "Case gotcha").
+_EMAIL_TYPES = {"plaintext": "PlainText", "html": "Html"}
+_OPT_IN_TYPES = {"unknown": "Unknown", "single": "Single", "double": "Double", "verifieddouble": "VerifiedDouble"}
+_EMAIL_WRITE_STATUSES = {"subscribed": "subscribed", "unsubscribed": "unsubscribed", "suppressed": "suppressed"}
+_CHANNEL_WRITE_STATUSES = {
+    "nosubscription": "noSubscription",
+    "subscribed": "subscribed",
+    "unsubscribed": "unsubscribed",
+    "suppressed": "suppressed",
+}
+_EMAIL_READ_STATUSES = (
+    "noSubscription", "subscribed", "unsubscribed", "softBounced", "hardBounced", "ispComplained", "pendingOptIn",
+    "directComplaint", "spamTrap", "deleted", "blockedlocalpart", "sharedsuppression", "sharedDomainSuppression",
+    "suppressed", "purchased", "knownComplainer", "knownLitigator", "binned", "domainSuppressed",
+)
+#: Email channel statuses that put the address on the account's suppression list (§6). A PATCH cannot
+#: change them, except an explicit resubscribe (see ``_apply_email_status``).
+_SUPPRESSED_EMAIL_STATUSES = frozenset({
+    "unsubscribed", "hardBounced", "ispComplained", "directComplaint", "spamTrap", "blockedlocalpart",
+    "sharedsuppression", "sharedDomainSuppression", "suppressed", "knownComplainer", "knownLitigator",
+    "domainSuppressed",
+})
+#: Suppressions a resubscribe can lift; others (hard bounce, complaints, ...) are "ContactCannotBeUnsuppressed" (§6).
+_RESUBSCRIBABLE_EMAIL_STATUSES = frozenset({"unsubscribed", "suppressed"})
+_STICKY_SMS_STATUSES = frozenset({"suppressed", "bounced"})
+_PREFERRED_LOCALES = frozenset({
+    "cs-CS", "da-DA", "de-DE", "el-EL", "en-EN", "es-ES", "es", "fi-FI", "fr-FR", "hu-HU", "it-IT", "nl-NL",
+    "nb-NO", "pl-PL", "pt-PT", "ru-RU", "se-SE", "sk-SK", "tr-TR", "zh-CN",
+})
+_CONSENT_KEYS = ("text", "dateTimeConsented", "url", "ipAddress", "userAgent")
+
+_DATA_FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
+_IDENTIFIER_NAME_RE = re.compile(r"^[-A-Za-z0-9_]{1,50}$")
+_EMAIL_RE = re.compile(
+    r"^(?=.{3,254}$)(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+_E164_RE = re.compile(r"^\+?([1-9][0-9]{6,14})$")
+_ISO_DATE_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,7})?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
+)
+_DATE_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?(?:Z|[+-]\d{2}:?\d{2})?$")
+
+#: Calling code -> ISO country, for the read model's ``channelProperties.sms.countryCode`` (longest prefix wins).
+_CALLING_CODES = {
+    "1": "US", "7": "RU", "20": "EG", "27": "ZA", "30": "GR", "31": "NL", "32": "BE", "33": "FR", "34": "ES",
+    "36": "HU", "39": "IT", "40": "RO", "41": "CH", "43": "AT", "44": "GB", "45": "DK", "46": "SE", "47": "NO",
+    "48": "PL", "49": "DE", "52": "MX", "55": "BR", "61": "AU", "64": "NZ", "65": "SG", "81": "JP", "82": "KR",
+    "86": "CN", "91": "IN", "351": "PT", "352": "LU", "353": "IE", "358": "FI", "420": "CZ", "421": "SK",
+    "971": "AE",
+}
+
+_RESERVED_ADDRESS_BOOK_NAMES = frozenset({"test", "all contacts"})
+_APIUSAGE_HOURLY_CAP = 2000  # legacy flat limit, reported through account-info (§2)
+_RATE_WINDOW_SECONDS = 60.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public data types
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the sandbox received.
+
+    ``path`` is the raw request path as sent on the wire (still percent-encoded, without the query), so
+    tests can assert on encoding (e.g. ``%2B`` for ``+`` in an email). ``status`` is the status sent back;
+    ``0`` means the connection was dropped without a response (``inject_fault(drop_connection=True)``).
+    ``headers`` has lower-cased names and the ``authorization`` value replaced by ``"<redacted>"``.
+    """
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    json: Any | None
+    raw_body: bytes
+    status: int
+    at: float
+    contact_id: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Internal state
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class _Response:
+    status: int
+    body: Any = None  # JSON-serialisable value, raw bytes, or None for an empty body
+    headers: dict[str, str] = field(default_factory=dict)
+    contact_id: int | None = None
+    drop_connection: bool = False
+
+
+class _ApiError(Exception):
+    """Raised inside request handling to short-circuit with an error response."""
+
+    def __init__(self, response: _Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+@dataclass
+class _Fault:
+    status: int
+    remaining: int
+    method: str | None
+    path_contains: str | None
+    body: dict | list | str | None
+    headers: dict[str, str]
+    delay: float
+    drop_connection: bool
+
+
+@dataclass
+class _DataField:
+    name: str
+    type: str
+    visibility: str = "Private"
+    default_value: Any = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "visibility": self.visibility, "defaultValue": self.default_value}
+
+
+@dataclass
+class _AddressBook:
+    id: int
+    name: str
+    visibility: str = "Private"
+
+
+@dataclass
+class _Contact:
+    contact_id: int
+    created: str
+    updated: str
+    email: str | None = None
+    mobile: str | None = None  # stored without "+", as Dotdigital's examples show ("447123123123")
+    data: dict[str, Any] = field(default_factory=dict)  # canonical field name -> value (set values only)
+    email_type: str = "Html"
+    opt_in_type: str = "Unknown"
+    email_status: str = "subscribed"
+    sms_status: str = "noSubscription"
+    whatsapp_status: str = "noSubscription"
+    lists: dict[int, str] = field(default_factory=dict)  # address book id -> time added
+    preferences: dict[int, bool] = field(default_factory=dict)
+    consent_records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _ContactWrite:
+    """A validated, normalised v3 write model (§4.2)."""
+
+    email: str | None = None
+    mobile: str | None = None
+    contact_id: int | None = None
+    data_fields: dict[str, Any] = field(default_factory=dict)  # canonical name -> value (None clears)
+    email_type: str | None = None
+    opt_in_type: str | None = None
+    email_status: str | None = None
+    resubscribe_no_challenge: bool | None = None  # None = no resubscribeOptions supplied
+    sms_status: str | None = None
+    whatsapp_status: str | None = None
+    lists: list[int] = field(default_factory=list)
+    preferences: list[tuple[int, bool]] = field(default_factory=list)
+    consent_records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _lower_camel(phrase: str) -> str:
+    words = re.findall(r"[A-Za-z0-9]+", phrase)
+    if not words:
+        return "error"
+    return words[0].lower() + "".join(w[:1].upper() + w[1:].lower() for w in words[1:])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sandbox
+# ---------------------------------------------------------------------------------------------------
+class DotdigitalSandbox:
+    """A Dotdigital account behind a loopback HTTP server.
+
+    All state (data fields, address books, contacts, recorded requests, faults, rate-limit window) lives
+    in this object and is guarded by one lock, so tests may inspect or change it while the server is
+    serving requests from other threads.
+
+    Parameters beyond the documented ones:
+        account_id: value of ``id`` in ``/v2/account-info``.
+        mobile_subscription_default: SMS/WhatsApp status given to new contacts with a mobile number when
+            the payload sets none (Dotdigital takes it from the account setting "Mobile subscription", §4.2).
+    """
+
+    api_user: str
+    password: str
+    #: ``X-RateLimit-Scope`` reported with rate-limit headers. The sandbox keeps one counter; Dotdigital
+    #: keeps one per tier (Low/Medium/High/Unlimited, §2).
+    rate_limit_scope: str = "Medium"
+
+    def __init__(
+        self,
+        *,
+        api_user: str = "apiuser-sandbox@apiconnector.com",
+        password: str = "sandbox-password",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        data_fields: dict[str, str] | None = None,
+        address_books: dict[int, str] | None = None,
+        rate_limit_per_minute: int | None = None,
+        account_id: int = 1,
+        mobile_subscription_default: str = "noSubscription",
+    ) -> None:
+        self.api_user = api_user
+        self.password = password
+        self.account_id = account_id
+        self._host = host
+        self._port = port
+        self._lock = threading.RLock()
+        self._server: _SandboxHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._api_endpoint_override: str | None = None
+
+        if mobile_subscription_default not in _CHANNEL_WRITE_STATUSES.values():
+            raise ValueError(f"invalid mobile_subscription_default {mobile_subscription_default!r}")
+        self._mobile_default = mobile_subscription_default
+
+        self._data_fields: dict[str, _DataField] = {}  # casefolded name -> field (insertion ordered)
+        for name, type_ in (DEFAULT_DATA_FIELDS if data_fields is None else data_fields).items():
+            self._define_data_field(name, type_, "Public" if name.upper() in _SYSTEM_DATA_FIELDS else "Private")
+        self._address_books: dict[int, _AddressBook] = {}
+        for book_id, name in (DEFAULT_ADDRESS_BOOKS if address_books is None else address_books).items():
+            self._address_books[int(book_id)] = _AddressBook(int(book_id), name)
+
+        self._contacts: dict[int, _Contact] = {}
+        self._next_contact_id = 1
+        self._requests: list[tuple[int, RecordedRequest]] = []
+        self._seq = 0
+        self._faults: list[_Fault] = []
+        self._latency = 0.0
+        self._rate_limit = self._check_rate_limit_value(rate_limit_per_minute)
+        self._window: deque[float] = deque()  # timestamps of requests counted against the per-minute budget
+        self._hourly: deque[float] = deque()  # timestamps of authenticated calls in the last hour
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> DotdigitalSandbox:
+        """Bind the loopback port and serve in a daemon thread. Returns ``self`` for chaining."""
+        if self._server is not None:
+            return self
+        server = _SandboxHTTPServer((self._host, self._port), _SandboxRequestHandler, sandbox=self)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="dotdigital-sandbox", daemon=True
+        )
+        self._thread.start()
+        logger.debug("Dotdigital sandbox listening on %s", self.base_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket and any open client connections."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_all_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> DotdigitalSandbox:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:  # never show the password
+        return f"DotdigitalSandbox(base_url={self.base_url if self._server else None!r}, api_user={self.api_user!r})"
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server (no trailing slash)."""
+        if self._server is None:
+            raise RuntimeError("sandbox is not running; call start() or use it as a context manager")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def api_endpoint(self) -> str:
+        """The ``ApiEndpoint`` account property (with trailing slash, like the real API, §1).
+
+        Defaults to the sandbox itself; assign another URL to simulate an account living in a different
+        region from the one used for discovery.
+        """
+        with self._lock:
+            if self._api_endpoint_override is not None:
+                return self._api_endpoint_override
+        return self.base_url + "/"
+
+    @api_endpoint.setter
+    def api_endpoint(self, value: str | None) -> None:
+        with self._lock:
+            self._api_endpoint_override = None if value is None else value.rstrip("/") + "/"
+
+    # -- recorded requests ----------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Snapshot of every request answered so far, in arrival order."""
+        with self._lock:
+            return [rec for _, rec in self._requests]
+
+    def requests_matching(self, method: str | None = None, path_contains: str | None = None) -> list[RecordedRequest]:
+        """Recorded requests filtered by method (case-insensitive) and a substring of the raw or decoded path."""
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method.upper())
+            and (path_contains is None or path_contains in r.path or path_contains in unquote(r.path))
+        ]
+
+    def reset_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # -- fault injection / environment ----------------------------------------------------------------
+    def inject_fault(
+        self,
+        *,
+        status: int = 503,
+        times: int = 1,
+        method: str | None = None,
+        path_contains: str | None = None,
+        body: dict | list | str | None = None,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+        drop_connection: bool = False,
+    ) -> None:
+        """Answer the next ``times`` matching requests with this response instead of processing them.
+
+        Faults are checked before authentication and rate limiting and do not count against the budget.
+        ``body=None`` sends a generic error body in the envelope of the path's API version; a ``str`` body is
+        sent verbatim (``application/json`` if it parses as JSON, else ``text/plain``). ``delay`` sleeps
+        before answering; ``drop_connection`` closes the socket without any response (recorded status 0).
+        Faults are consumed in the order they were injected.
+        """
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        with self._lock:
+            self._faults.append(
+                _Fault(
+                    status=status,
+                    remaining=times,
+                    method=method.upper() if method else None,
+                    path_contains=path_contains,
+                    body=body,
+                    headers=dict(headers or {}),
+                    delay=max(0.0, delay),
+                    drop_connection=drop_connection,
+                )
+            )
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def set_latency(self, seconds: float) -> None:
+        """Sleep this long before handling every request (simulates a slow network/API)."""
+        with self._lock:
+            self._latency = max(0.0, float(seconds))
+
+    def set_rate_limit(self, per_minute: int | None) -> None:
+        """Set the per-minute request budget (``None`` = unlimited) and start a fresh window."""
+        with self._lock:
+            self._rate_limit = self._check_rate_limit_value(per_minute)
+            self._window.clear()
+
+    @staticmethod
+    def _check_rate_limit_value(per_minute: int | None) -> int | None:
+        if per_minute is not None and per_minute < 1:
+            raise ValueError("rate limit must be >= 1 or None")
+        return per_minute
+
+    # -- state inspection / manipulation --------------------------------------------------------------
+    def get_contact(
+        self, *, email: str | None = None, mobile: str | None = None, contact_id: int | None = None
+    ) -> dict | None:
+        """The v3 read model (§4.3) of the contact with this email / mobile number / id, or ``None``."""
+        with self._lock:
+            contact = self._find_contact(email=email, mobile=mobile, contact_id=contact_id)
+            return None if contact is None else self._read_model(contact)
+
+    @property
+    def contacts(self) -> list[dict]:
+        """Read models of all contacts, ordered by ``contactId``."""
+        with self._lock:
+            return [self._read_model(c) for _, c in sorted(self._contacts.items())]
+
+    def suppress(self, *, email: str | None = None, mobile: str | None = None, reason: str = "unsubscribed") -> None:
+        """Simulate a suppression made in Dotdigital (unsubscribe link, bounce, complaint, ...).
+
+        With ``email`` the contact's email channel status becomes ``reason`` (any v3 email channel status,
+        e.g. ``unsubscribed``, ``suppressed``, ``hardBounced``, ``ispComplained``); with only ``mobile`` the SMS
+        channel becomes ``unsubscribed`` (reason ``unsubscribed``) or ``suppressed`` (anything else). The
+        contact is created if it does not exist yet (a suppressed address is still a contact, §6).
+        """
+        if email is None and mobile is None:
+            raise ValueError("email or mobile is required")
+        by_lower = {s.lower(): s for s in _EMAIL_READ_STATUSES}
+        status = by_lower.get(reason.lower())
+        if status is None or status not in _SUPPRESSED_EMAIL_STATUSES:
+            raise ValueError(f"{reason!r} is not a suppression status")
+        with self._lock:
+            contact = self._find_contact(email=email, mobile=mobile)
+            if contact is None:
+                contact = self._new_contact(
+                    email=email, mobile=_normalise_mobile(mobile) if mobile else None
+                )
+            if email is not None:
+                contact.email_status = status
+            else:
+                contact.sms_status = "unsubscribed" if status == "unsubscribed" else "suppressed"
+            contact.updated = _utc_now_iso()
+
+    def add_data_field(self, name: str, type: str = "String") -> None:  # noqa: A002 - mirrors the API field name
+        """Create a contact data field directly (no-op if it already exists, case-insensitive)."""
+        if not _DATA_FIELD_NAME_RE.match(name):
+            raise ValueError(f"invalid data field name {name!r} (max 20 chars of [A-Za-z0-9_-])")
+        with self._lock:
+            if name.casefold() not in self._data_fields:
+                self._define_data_field(name, type, "Private")
+
+    def add_address_book(self, name: str, *, book_id: int | None = None, visibility: str = "Private") -> int:
+        """Create an address book (list) directly and return its id."""
+        with self._lock:
+            new_id = book_id if book_id is not None else max(self._address_books, default=0) + 1
+            if new_id in self._address_books:
+                raise ValueError(f"address book {new_id} already exists")
+            self._address_books[new_id] = _AddressBook(new_id, name, visibility)
+            return new_id
+
+    @property
+    def data_fields(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [f.as_json() for f in self._data_fields.values()]
+
+    @property
+    def address_books(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._address_book_json(b) for b in self._address_books.values()]
+
+    # ==================================================================================================
+    # Request pipeline (called from handler threads)
+    # ==================================================================================================
+    def _next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    def _record(self, seq: int, record: RecordedRequest) -> None:
+        with self._lock:
+            bisect.insort(self._requests, (seq, record), key=lambda item: item[0])
+
+    def _take_fault(self, method: str, raw_path: str) -> _Fault | None:
+        decoded = unquote(raw_path)
+        with self._lock:
+            for fault in self._faults:
+                if fault.method is not None and fault.method != method:
+                    continue
+                if fault.path_contains is not None and not (
+                    fault.path_contains in raw_path or fault.path_contains in decoded
+                ):
+                    continue
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    def _fault_response(self, fault: _Fault, raw_path: str) -> _Response:
+        if fault.drop_connection:
+            return _Response(status=0, drop_connection=True)
+        headers = dict(fault.headers)
+        body: Any
+        if fault.body is None:
+            if fault.status in (204, 304) or fault.status < 200:
+                body = None
+            else:
+                try:
+                    phrase = HTTPStatus(fault.status).phrase
+                except ValueError:
+                    phrase = "Error"
+                body = _error_body(raw_path, fault.status, _lower_camel(phrase), phrase).body
+        elif isinstance(fault.body, str):
+            body = fault.body.encode("utf-8")
+            if not any(k.lower() == "content-type" for k in headers):
+                try:
+                    json.loads(fault.body)
+                    headers["Content-Type"] = "application/json; charset=utf-8"
+                except ValueError:
+                    headers["Content-Type"] = "text/plain; charset=utf-8"
+        else:
+            body = fault.body
+        return _Response(status=fault.status, body=body, headers=headers)
+
+    def _authenticate(self, authorization: str | None) -> bool:
+        """HTTP Basic with the API user (§1). Compared in constant time."""
+        if not authorization or not authorization[:6].lower() == "basic ":
+            return False
+        try:
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return False
+        ok_user = hmac.compare_digest(user.encode(), self.api_user.encode())
+        ok_password = hmac.compare_digest(password.encode(), self.password.encode())
+        return ok_user and ok_password
+
+    def _rate_limit_check(self, raw_path: str) -> tuple[_Response | None, dict[str, str]]:
+        """Tiered per-minute limit (§2): rolling 60 s window; past the budget -> 429 + ``X-RateLimit-*``.
+
+        ``X-RateLimit-Reset`` is sent as *seconds until reset* (the [PHP] SDK's reading, §2); clients must
+        also cope with epoch values, which the generic fault mechanism can simulate.
+        """
+        now = time.time()
+        with self._lock:
+            self._hourly.append(now)
+            while self._hourly and self._hourly[0] <= now - 3600:
+                self._hourly.popleft()
+            limit = self._rate_limit
+            if limit is None:
+                return None, {}
+            while self._window and self._window[0] <= now - _RATE_WINDOW_SECONDS:
+                self._window.popleft()
+            if len(self._window) >= limit:
+                reset = max(1, math.ceil(self._window[0] + _RATE_WINDOW_SECONDS - now))
+                headers = {
+                    "X-RateLimit-Limit": str(limit),
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(reset),
+                    "X-RateLimit-Scope": self.rate_limit_scope,
+                }
+                response = _error_body(
+                    raw_path, 429, "tooManyRequests",
+                    f"API rate limit of {limit} calls per minute exceeded; retry in {reset} seconds.",
+                )
+                response.headers.update(headers)
+                return response, headers
+            self._window.append(now)
+            reset = max(1, math.ceil(self._window[0] + _RATE_WINDOW_SECONDS - now))
+            return None, {
+                "X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": str(max(0, limit - len(self._window))),
+                "X-RateLimit-Reset": str(reset),
+                "X-RateLimit-Scope": self.rate_limit_scope,
+            }
+
+    def _process(
+        self, method: str, raw_path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes
+    ) -> _Response:
+        """Authenticate, rate-limit and route one request (faults and latency are handled by the caller)."""
+        if not self._authenticate(headers.get("authorization")):
+            response = _error_body(raw_path, 401, "unauthorized", "Authorization has been denied for this request.")
+            response.headers["WWW-Authenticate"] = 'Basic realm="dotdigital-sandbox"'
+            return response
+        throttled, rl_headers = self._rate_limit_check(raw_path)
+        if throttled is not None:
+            return throttled
+        try:
+            response = self._route(method, raw_path, query, body)
+        except _ApiError as exc:
+            response = exc.response
+        response.headers.update(rl_headers)
+        return response
+
+    def _route(self, method: str, raw_path: str, query: dict[str, list[str]], body: bytes) -> _Response:
+        segments = raw_path.split("/")[1:]
+        lowered = [s.lower() for s in segments]
+        handler: Callable[[], _Response] | None = None
+        path_known = False
+
+        if lowered == ["v2", "account-info"]:
+            path_known = True
+            if method == "GET":
+                handler = self._v2_account_info
+        elif lowered == ["v2", "data-fields"]:
+            path_known = True
+            if method == "GET":
+                handler = self._v2_list_data_fields
+            elif method == "POST":
+                handler = lambda: self._v2_create_data_field(body)  # noqa: E731
+        elif lowered == ["v2", "address-books"]:
+            path_known = True
+            if method == "GET":
+                handler = lambda: self._v2_list_address_books(query)  # noqa: E731
+            elif method == "POST":
+                handler = lambda: self._v2_create_address_book(body)  # noqa: E731
+        elif len(lowered) == 5 and lowered[:2] == ["v2", "address-books"] and lowered[3] == "contacts":
+            path_known = True
+            if method == "DELETE":
+                handler = lambda: self._v2_remove_from_address_book(segments[2], segments[4])  # noqa: E731
+        elif len(lowered) == 4 and lowered[:2] == ["contacts", "v3"] and lowered[2] not in ("import", "delete"):
+            path_known = True
+            if method == "PATCH":
+                handler = lambda: self._v3_patch_contact(segments[2], segments[3], query, body)  # noqa: E731
+            elif method == "GET":
+                handler = lambda: self._v3_get_contact(segments[2], segments[3])  # noqa: E731
+
+        if handler is not None:
+            with self._lock:
+                return handler()
+        if path_known:
+            return _error_body(raw_path, 405, "methodNotAllowed",
+                               f"The requested resource does not support http method '{method}'.")
+        return _error_body(raw_path, 404, "notFound",
+                           f"No HTTP resource was found that matches the request URI '{raw_path}'.")
+
+    # ==================================================================================================
+    # v2 endpoints
+    # ==================================================================================================
+    def _v2_account_info(self) -> _Response:
+        """``GET /v2/account-info`` (§1): ``{id, properties: [{name, type, value}]}`` incl. ``ApiEndpoint``."""
+        calls = len(self._hourly)
+        properties = [
+            ("AvailableEmailSendsCredits", "Int", "10000"),
+            ("AvailableSmsSendsCredits", "Int", "1000"),
+            ("PremiumWalletBalance", "Decimal", "0.00"),
+            ("ListManagedUsers", "String", ""),
+            ("Name", "String", "Dotdigital sandbox"),
+            ("MainMobilePhoneNumber", "String", ""),
+            ("MainEmail", "String", "owner@sandbox.example.com"),
+            ("APILocale", "String", "en-GB"),
+            ("ApiCallsInLastHour", "Int", str(calls)),
+            ("ApiCallsRemaining", "Int", str(max(0, _APIUSAGE_HOURLY_CAP - calls))),
+            ("ApiEndpoint", "String", self.api_endpoint),
+            ("CurrencyCode", "String", "GBP"),
+            ("CampaignEmailMtaPool", "String", "Shared"),
+            ("ShowClock", "Boolean", "False"),
+            ("TimeZoneIana", "String", "Europe/London"),
+        ]
+        return _Response(200, {"id": self.account_id,
+                               "properties": [{"name": n, "type": t, "value": v} for n, t, v in properties]})
+
+    def _v2_list_data_fields(self) -> _Response:
+        """``GET /v2/data-fields`` (§4.5): ``[{name, type, visibility, defaultValue}]``."""
+        return _Response(200, [f.as_json() for f in self._data_fields.values()])
+
+    def _v2_create_data_field(self, raw: bytes) -> _Response:
+        """``POST /v2/data-fields`` (§4.5).
+
+        * ``name`` required, ``^[A-Za-z0-9_-]{1,20}$`` -> else 400 ``ERROR_DATAFIELD_INVALID``.
+        * ``type`` required (hub spec) and one of String|Numeric|Date|Boolean; ``visibility`` Private|Public.
+        * existing name (case-insensitive) -> 400 ``Field already exists. ERROR_NON_UNIQUE_DATAFIELD``.
+        * ``ApiDataField`` is ``additionalProperties: false`` [SPEC-V2] -> unknown keys rejected.
+        * ``defaultValue`` must fit the type (sandbox choice). Success: 201 echo.
+        """
+        body = _parse_v2_json(raw)
+        if not isinstance(body, dict):
+            raise _ApiError(_v2_error(400, "The data field must be a JSON object. ERROR_MALFORMED_REQUEST"))
+        unknown = sorted(set(body) - {"name", "type", "visibility", "defaultValue"})
+        if unknown:
+            raise _ApiError(_v2_error(400, f"Unknown data field property '{unknown[0]}'. ERROR_DATAFIELD_INVALID"))
+        name = body.get("name")
+        if not isinstance(name, str) or not _DATA_FIELD_NAME_RE.match(name):
+            raise _ApiError(_v2_error(
+                400, "The data field name must be 1-20 characters of A-Z, a-z, 0-9, '-' or '_'. ERROR_DATAFIELD_INVALID"))
+        type_ = _match_choice(body.get("type"), DATA_FIELD_TYPES)
+        if type_ is None:
+            raise _ApiError(_v2_error(
+                400, "The data field type must be one of String, Numeric, Date, Boolean. ERROR_DATAFIELD_INVALID"))
+        visibility = _match_choice(body.get("visibility", "Private"), _VISIBILITIES)
+        if visibility is None:
+            raise _ApiError(_v2_error(400, "The data field visibility must be Private or Public. ERROR_DATAFIELD_INVALID"))
+        default = body.get("defaultValue")
+        if default is not None and _coerce_data_value(type_, default) is _INVALID:
+            raise _ApiError(_v2_error(400, f"The default value is not a valid {type_}. ERROR_DATAFIELD_INVALID"))
+        if name.casefold() in self._data_fields:
+            raise _ApiError(_v2_error(400, "Field already exists. ERROR_NON_UNIQUE_DATAFIELD"))
+        created = self._define_data_field(name, type_, visibility, default)
+        return _Response(201, created.as_json())
+
+    def _v2_list_address_books(self, query: dict[str, list[str]]) -> _Response:
+        """``GET /v2/address-books?select=&skip=`` (§6); ``select`` 1-1000 (default 1000), ``skip`` >= 0 (§5)."""
+        select = _int_param(query, "select", 1000)
+        skip = _int_param(query, "skip", 0)
+        if select is None or skip is None or not 1 <= select <= 1000 or skip < 0:
+            raise _ApiError(_v2_error(400, "select must be 1-1000 and skip >= 0. ERROR_PARAMETER_INVALID"))
+        books = sorted(self._address_books.values(), key=lambda b: b.id)[skip : skip + select]
+        return _Response(200, [self._address_book_json(b) for b in books])
+
+    def _v2_create_address_book(self, raw: bytes) -> _Response:
+        """``POST /v2/address-books`` (§6).
+
+        ``name`` required, <= 128 chars (else ``ERROR_ADDRESSBOOK_INVALID``), unique case-insensitively and
+        not a reserved system list ("Test", "All Contacts") -> else ``ERROR_ADDRESSBOOK_DUPLICATE``.
+        Answers 201 as [SPEC-V2] documents (the per-area hub spec says 200).
+        """
+        body = _parse_v2_json(raw)
+        if not isinstance(body, dict):
+            raise _ApiError(_v2_error(400, "The list must be a JSON object. ERROR_MALFORMED_REQUEST"))
+        unknown = sorted(set(body) - {"id", "name", "visibility", "contacts"})
+        if unknown:
+            raise _ApiError(_v2_error(400, f"Unknown list property '{unknown[0]}'. ERROR_ADDRESSBOOK_INVALID"))
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 128:
+            raise _ApiError(_v2_error(400, "The list name must be 1-128 characters. ERROR_ADDRESSBOOK_INVALID"))
+        visibility = _match_choice(body.get("visibility", "Private"), _VISIBILITIES)
+        if visibility is None:
+            raise _ApiError(_v2_error(400, "The list visibility must be Private or Public. ERROR_ADDRESSBOOK_INVALID"))
+        folded = name.strip().casefold()
+        if folded in _RESERVED_ADDRESS_BOOK_NAMES or any(
+            b.name.strip().casefold() == folded for b in self._address_books.values()
+        ):
+            raise _ApiError(_v2_error(400, "A list with this name already exists. ERROR_ADDRESSBOOK_DUPLICATE"))
+        book = _AddressBook(max(self._address_books, default=0) + 1, name, visibility)
+        self._address_books[book.id] = book
+        return _Response(201, self._address_book_json(book))
+
+    def _v2_remove_from_address_book(self, raw_book_id: str, raw_contact_id: str) -> _Response:
+        """``DELETE /v2/address-books/{addressBookId}/contacts/{contactId}`` -> 204 (§6).
+
+        Unknown list -> 404 ``ERROR_ADDRESSBOOK_NOT_FOUND``; unknown contact -> 404 ``ERROR_CONTACT_NOT_FOUND``.
+        Removing a contact that is not a member answers 204 (sandbox choice: removal is idempotent).
+        """
+        book_id, contact_id = _parse_int32(unquote(raw_book_id)), _parse_int32(unquote(raw_contact_id))
+        if book_id is None or contact_id is None:
+            raise _ApiError(_v2_error(400, "The list id and contact id must be integers. ERROR_PARAMETER_INVALID"))
+        if book_id not in self._address_books:
+            raise _ApiError(_v2_error(404, "Error: ERROR_ADDRESSBOOK_NOT_FOUND", contact_id=contact_id))
+        contact = self._contacts.get(contact_id)
+        if contact is None:
+            raise _ApiError(_v2_error(404, "Error: ERROR_CONTACT_NOT_FOUND", contact_id=contact_id))
+        if contact.lists.pop(book_id, None) is not None:
+            contact.updated = _utc_now_iso()
+        return _Response(204, None, contact_id=contact_id)
+
+    # ==================================================================================================
+    # contacts v3
+    # ==================================================================================================
+    def _v3_get_contact(self, raw_identifier: str, raw_value: str) -> _Response:
+        """``GET /contacts/v3/{identifier}/{value}`` -> read model, or 404 ``contacts:contactNotFound`` (§4.1)."""
+        identifier, value = self._parse_contact_path(raw_identifier, raw_value)
+        contact = self._lookup(identifier, value)
+        if contact is None:
+            raise _ApiError(_contact_not_found(identifier, value))
+        return _Response(200, self._read_model(contact), contact_id=contact.contact_id)
+
+    def _v3_patch_contact(
+        self, raw_identifier: str, raw_value: str, query: dict[str, list[str]], raw: bytes
+    ) -> _Response:
+        """``PATCH /contacts/v3/{identifier}/{value}?merge-option=`` - the single-contact upsert (§4.1, §4.2).
+
+        * Existing contact (matched by the path identifier) -> only supplied fields change, 200.
+        * No match -> create (email or mobileNumber required; new sequential ``contactId``), 201; the path
+          value becomes the matching identifier unless ``identifiers`` supplies that identifier too.
+        * Path identifier ``contactId`` with no match -> 404 ``contacts:contactNotFound`` (cannot create).
+        * An identifier already owned by another contact -> 409 ``contacts:idAlreadyExists``.
+        * Suppression is sticky (§6): see ``_apply_email_status``.
+        * ``lists`` adds memberships and never removes any (§4.2).
+        """
+        identifier, value = self._parse_contact_path(raw_identifier, raw_value)
+        merge_values = query.get("merge-option", [])
+        merge = merge_values[-1] if merge_values else "overwrite"
+        if merge not in _MERGE_OPTIONS:
+            # Sandbox choice: the spec documents the enum but no error code for a bad query parameter.
+            raise _ApiError(_v3_error(400, "contacts:invalidParameter",
+                                      f"merge-option must be one of {', '.join(_MERGE_OPTIONS)}",
+                                      [{"item": "merge-option", "description": f"'{merge}' is not allowed"}]))
+        body = _parse_v3_json(raw)
+        write = self._validate_write(body)
+
+        contact = self._lookup(identifier, value)
+        now = _utc_now_iso()
+        if contact is None:
+            if identifier == "contactId":
+                raise _ApiError(_contact_not_found(identifier, value))
+            if write.contact_id is not None:
+                raise _ApiError(_v3_error(400, "contacts:invalidId", "A contactId cannot be set on a new contact",
+                                          [{"item": "identifiers.contactId", "description": "contactId is immutable"}]))
+            email = write.email if write.email is not None else (value if identifier == "email" else None)
+            mobile = write.mobile if write.mobile is not None else (value if identifier == "mobileNumber" else None)
+            if email is None and mobile is None:
+                raise _ApiError(_v3_error(400, "contacts:invalidId",
+                                          "A new contact needs an email or mobileNumber identifier"))
+            self._check_identifier_conflicts(None, email, mobile)
+            contact = self._new_contact(email=email, mobile=mobile, now=now, write=write)
+            status = 201
+        else:
+            if write.contact_id is not None and write.contact_id != contact.contact_id:
+                raise _ApiError(_v3_error(400, "contacts:invalidId", "It is not possible to modify the contactId field",
+                                          [{"item": "identifiers.contactId", "description": "contactId is immutable"}]))
+            self._check_identifier_conflicts(contact, write.email, write.mobile)
+            if write.email is not None and contact.email is None:
+                contact.email_status = "subscribed"  # a new email channel starts like a new contact (§4.2)
+            if write.email is not None:
+                contact.email = write.email
+            if write.mobile is not None:
+                if contact.mobile is None:
+                    contact.sms_status = contact.whatsapp_status = self._mobile_default
+                contact.mobile = write.mobile
+            status = 200
+            self._apply_write(contact, write, merge, creating=False)
+        contact.updated = now
+        return _Response(status, self._read_model(contact), contact_id=contact.contact_id)
+
+    # -- contact helpers ------------------------------------------------------------------------------
+    def _parse_contact_path(self, raw_identifier: str, raw_value: str) -> tuple[str, str]:
+        """Validate ``{identifier}/{value}`` (§4.1).
+
+        * ``identifier`` must be ``contactId``, ``email`` or ``mobileNumber`` (the sandbox account has no
+          custom identifiers, which "must exist in the account") -> else 400 ``contacts:invalidId``.
+        * ``value`` 1-256 chars, of the identifier's type (valid email / E.164 number / integer).
+        * A literal ``+`` in the value segment is rejected (sandbox strictness): §4.1 says to URL-encode
+          it as ``%2B``; an unencoded ``+`` is easily read as a space by the server.
+        """
+        identifier = unquote(raw_identifier)
+        if not _IDENTIFIER_NAME_RE.match(identifier) or identifier not in _PATH_IDENTIFIERS:
+            raise _ApiError(_v3_error(400, "contacts:invalidId",
+                                      f"The identifier '{identifier}' is not a valid identifier for this account"))
+        if "+" in raw_value:
+            raise _ApiError(_v3_error(400, "contacts:invalidId",
+                                      f"The id value is invalid for the identifier '{identifier}': '+' must be "
+                                      "percent-encoded as %2B"))
+        value = unquote(raw_value)
+        invalid = _v3_error(400, "contacts:invalidId", f"The id value '{value}' is invalid for the identifier '{identifier}'")
+        if not 1 <= len(value) <= 256:
+            raise _ApiError(invalid)
+        if identifier == "email":
+            if not _EMAIL_RE.match(value):
+                raise _ApiError(invalid)
+        elif identifier == "mobileNumber":
+            normalised = _normalise_mobile(value)
+            if normalised is None:
+                raise _ApiError(invalid)
+            value = normalised
+        else:
+            if not value.isdigit() or _parse_int32(value) is None:
+                raise _ApiError(invalid)
+            value = str(int(value))
+        return identifier, value
+
+    def _lookup(self, identifier: str, value: str) -> _Contact | None:
+        if identifier == "email":
+            return self._find_contact(email=value)
+        if identifier == "mobileNumber":
+            return self._find_contact(mobile=value)
+        return self._contacts.get(int(value))
+
+    def _find_contact(
+        self, *, email: str | None = None, mobile: str | None = None, contact_id: int | None = None
+    ) -> _Contact | None:
+        if contact_id is not None:
+            return self._contacts.get(int(contact_id))
+        if email is not None:
+            folded = email.casefold()
+            return next((c for c in self._contacts.values() if c.email and c.email.casefold() == folded), None)
+        if mobile is not None:
+            digits = mobile.lstrip("+")
+            return next((c for c in self._contacts.values() if c.mobile == digits), None)
+        return None
+
+    def _check_identifier_conflicts(self, contact: _Contact | None, email: str | None, mobile: str | None) -> None:
+        """All identifiers must be unique in the account -> 409 ``contacts:idAlreadyExists`` ([SPEC-C3])."""
+        for name, value, other in (
+            ("email", email, self._find_contact(email=email) if email else None),
+            ("mobileNumber", mobile, self._find_contact(mobile=mobile) if mobile else None),
+        ):
+            if other is not None and other is not contact:
+                raise _ApiError(_v3_error(
+                    409, "contacts:idAlreadyExists",
+                    f"The id value '{value}' for the identifier '{name}' already exists. All identifiers must be unique!",
+                    [{"item": str(value), "description": f"Already in use by another contact ('{name}')"}],
+                ))
+
+    def _new_contact(
+        self, *, email: str | None, mobile: str | None, now: str | None = None, write: _ContactWrite | None = None
+    ) -> _Contact:
+        now = now or _utc_now_iso()
+        contact = _Contact(contact_id=self._next_contact_id, created=now, updated=now, email=email, mobile=mobile,
+                           sms_status=self._mobile_default, whatsapp_status=self._mobile_default)
+        self._next_contact_id += 1
+        self._contacts[contact.contact_id] = contact
+        if write is not None:
+            self._apply_write(contact, write, "overwrite", creating=True)
+        return contact
+
+    def _apply_write(self, contact: _Contact, write: _ContactWrite, merge: str, *, creating: bool) -> None:
+        # Data fields with merge semantics (overwrite | overwrite-if-not-empty | overwrite-if-empty).
+        for name, value in write.data_fields.items():
+            current = contact.data.get(name)
+            if merge == "overwrite-if-not-empty" and value in (None, ""):
+                continue
+            if merge == "overwrite-if-empty" and current not in (None, ""):
+                continue
+            if value is None:
+                contact.data.pop(name, None)  # null clears the field (§4.2)
+            else:
+                contact.data[name] = value
+
+        if write.email_type is not None:
+            contact.email_type = write.email_type
+        if write.opt_in_type is not None:
+            contact.opt_in_type = write.opt_in_type
+        if creating:
+            requested = write.email_status or "subscribed"  # documented default for new contacts (§4.2)
+            if requested == "subscribed" and contact.opt_in_type == "VerifiedDouble":
+                requested = "pendingOptIn"
+            contact.email_status = requested
+        else:
+            self._apply_email_status(contact, write)
+
+        for attr, requested in (("sms_status", write.sms_status), ("whatsapp_status", write.whatsapp_status)):
+            if requested is None:
+                continue
+            if not creating and getattr(contact, attr) in _STICKY_SMS_STATUSES:
+                continue  # sandbox choice: suppressed/bounced mobile channels stay so
+            setattr(contact, attr, requested)
+
+        now = _utc_now_iso()
+        for book_id in write.lists:
+            contact.lists.setdefault(book_id, now)
+        for pref_id, opted_in in write.preferences:
+            contact.preferences[pref_id] = opted_in
+        for record in write.consent_records:
+            contact.consent_records.append({**record, "dateTimeCreated": now})
+
+    @staticmethod
+    def _apply_email_status(contact: _Contact, write: _ContactWrite) -> None:
+        """Email channel status change on an existing contact (§4.2, §6).
+
+        * No status in the payload -> unchanged.
+        * Currently suppressed (unsubscribed, suppressed, bounced, complained, ...): the PATCH still succeeds
+          but the status is sticky. Only ``status: "subscribed"`` *with* ``resubscribeOptions`` lifts an
+          ``unsubscribed``/``suppressed`` state: to ``subscribed`` when ``resubscribeWithNoChallenge`` is true
+          (the default), else ``pendingOptIn`` (a challenge email is sent). Hard bounces, complaints etc.
+          cannot be lifted ("ContactCannotBeUnsuppressed").
+        * Otherwise the requested status applies; ``subscribed`` with ``optInType: verifiedDouble`` becomes
+          ``pendingOptIn`` until confirmed.
+        """
+        requested = write.email_status
+        if requested is None or contact.email is None:
+            return
+        current = contact.email_status
+        if current in _SUPPRESSED_EMAIL_STATUSES:
+            if (
+                requested == "subscribed"
+                and write.resubscribe_no_challenge is not None
+                and current in _RESUBSCRIBABLE_EMAIL_STATUSES
+            ):
+                contact.email_status = "subscribed" if write.resubscribe_no_challenge else "pendingOptIn"
+            return
+        if requested == "subscribed":
+            if current != "subscribed" and contact.opt_in_type == "VerifiedDouble":
+                contact.email_status = "pendingOptIn"
+            else:
+                contact.email_status = "subscribed"
+        else:
+            contact.email_status = requested
+
+    def _validate_write(self, body: Any) -> _ContactWrite:
+        """Validate a v3 contact write model (§4.2, [SPEC-C3] ``updateContactRequest``).
+
+        Structural problems (not an object, unknown top-level key, wrong JSON types, bad enums, bad
+        consent records) -> 400 ``contacts:badJson``. Identifier values -> 400 ``contacts:invalidId``.
+        Data-field problems (unknown field, value incompatible with the field type) and unknown list ids ->
+        400 ``contacts:invalidContacts`` (the code in Dotdigital's error-handling docs example, §3.2; the
+        spec has no code for this case) with one ``details`` entry per offending field.
+        """
+        if not isinstance(body, dict):
+            raise _ApiError(_bad_json("The request body must be a JSON object"))
+        unknown = sorted(set(body) - _WRITE_TOP_LEVEL_KEYS)
+        if unknown:
+            raise _ApiError(_bad_json("The request JSON contains unknown properties",
+                                      [{"item": k, "description": "Unknown property"} for k in unknown]))
+        write = _ContactWrite()
+
+        match_identifier = body.get("matchIdentifier")
+        if match_identifier is not None and match_identifier not in _PATH_IDENTIFIERS:
+            raise _ApiError(_bad_json("matchIdentifier must be contactId, email or mobileNumber",
+                                      [{"item": "matchIdentifier", "description": str(match_identifier)}]))
+
+        self._validate_identifiers(body.get("identifiers"), write, "identifiers" in body)
+        self._validate_data_fields(body, write)
+        self._validate_channel_properties(body, write)
+        self._validate_lists(body, write)
+        _validate_preferences(body, write)
+        _validate_consent_records(body, write)
+        return write
+
+    @staticmethod
+    def _validate_identifiers(identifiers: Any, write: _ContactWrite, present: bool) -> None:
+        """``identifiers``: email (valid address), mobileNumber (E.164, stored without ``+``), contactId
+        (match only, int >= 0). A ``null`` identifier is ignored: nulls only clear data fields (§4.2)."""
+        if not present:
+            return
+        if not isinstance(identifiers, dict):
+            raise _ApiError(_bad_json("identifiers must be an object", [{"item": "identifiers", "description": "Not an object"}]))
+        for key, value in identifiers.items():
+            if key not in ("email", "mobileNumber", "contactId"):
+                raise _ApiError(_v3_error(400, "contacts:invalidId",
+                                          f"The identifier '{key}' does not exist in this account",
+                                          [{"item": f"identifiers.{key}", "description": "Unknown custom identifier"}]))
+            if value is None:
+                continue
+            if key == "contactId":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise _ApiError(_bad_json("identifiers.contactId must be a non-negative integer",
+                                              [{"item": "identifiers.contactId", "description": repr(value)}]))
+                write.contact_id = value
+                continue
+            invalid = _v3_error(400, "contacts:invalidId", f"The id value '{value}' is invalid for the identifier '{key}'",
+                                [{"item": f"identifiers.{key}", "description": "Invalid value"}])
+            if not isinstance(value, str):
+                raise _ApiError(invalid)
+            if key == "email":
+                if not _EMAIL_RE.match(value):
+                    raise _ApiError(invalid)
+                write.email = value
+            else:
+                normalised = _normalise_mobile(value)
+                if normalised is None:
+                    raise _ApiError(invalid)
+                write.mobile = normalised
+
+    def _validate_data_fields(self, body: dict[str, Any], write: _ContactWrite) -> None:
+        """``dataFields``: every key must be an existing data field (case-insensitive; create fields first,
+        §4.5) and every value must fit the field's type: Numeric -> JSON number, Date -> ISO 8601 date or
+        date-time string, Boolean -> JSON boolean, String -> JSON string; ``null`` clears the field."""
+        if "dataFields" not in body:
+            return
+        data_fields = body["dataFields"]
+        if not isinstance(data_fields, dict):
+            raise _ApiError(_bad_json("dataFields must be an object", [{"item": "dataFields", "description": "Not an object"}]))
+        details: list[dict[str, str]] = []
+        for key, value in data_fields.items():
+            definition = self._data_fields.get(str(key).casefold())
+            if definition is None:
+                details.append({"item": key, "description": f"The data field '{key}' does not exist"})
+                continue
+            if value is None:
+                write.data_fields[definition.name] = None
+                continue
+            coerced = _coerce_data_value(definition.type, value)
+            if coerced is _INVALID:
+                details.append({"item": key, "description": f"'{value}' is not a valid {definition.type.lower()} "
+                                                            f"for the {definition.type} data field '{definition.name}'"})
+                continue
+            write.data_fields[definition.name] = coerced
+        if details:
+            raise _ApiError(_v3_error(400, "contacts:invalidContacts", "Invalid contact data fields", details))
+
+    @staticmethod
+    def _validate_channel_properties(body: dict[str, Any], write: _ContactWrite) -> None:
+        """``channelProperties`` ([SPEC-C3] ``channelProperties_channelProperties*``, all
+        ``additionalProperties: false``): email {emailType plainText|html, optInType
+        unknown|single|double|verifiedDouble, status subscribed|unsubscribed|suppressed, resubscribeOptions},
+        sms/whatsApp {status noSubscription|subscribed|unsubscribed|suppressed}. Enum matching is
+        case-insensitive (Dotdigital's own import example sends ``"Html"``)."""
+        if "channelProperties" not in body:
+            return
+        channels = body["channelProperties"]
+        if not isinstance(channels, dict):
+            raise _ApiError(_bad_json("channelProperties must be an object"))
+        unknown = sorted(set(channels) - {"email", "sms", "whatsApp"})
+        if unknown:
+            raise _ApiError(_bad_json("Unknown channel", [{"item": f"channelProperties.{k}", "description": "Unknown property"} for k in unknown]))
+
+        def enum(container: dict[str, Any], key: str, choices: dict[str, str], where: str) -> str | None:
+            if key not in container or container[key] is None:
+                return None
+            value = container[key]
+            result = choices.get(value.lower()) if isinstance(value, str) else None
+            if result is None:
+                raise _ApiError(_bad_json(f"Invalid value for {where}.{key}",
+                                          [{"item": f"{where}.{key}", "description": f"'{value}' is not one of "
+                                                                                     f"{', '.join(sorted(set(choices.values())))}"}]))
+            return result
+
+        email = channels.get("email")
+        if email is not None:
+            if not isinstance(email, dict):
+                raise _ApiError(_bad_json("channelProperties.email must be an object"))
+            unknown = sorted(set(email) - {"emailType", "optInType", "status", "resubscribeOptions"})
+            if unknown:
+                raise _ApiError(_bad_json("Unknown email channel property",
+                                          [{"item": f"channelProperties.email.{k}", "description": "Unknown property"} for k in unknown]))
+            write.email_type = enum(email, "emailType", _EMAIL_TYPES, "channelProperties.email")
+            write.opt_in_type = enum(email, "optInType", _OPT_IN_TYPES, "channelProperties.email")
+            write.email_status = enum(email, "status", _EMAIL_WRITE_STATUSES, "channelProperties.email")
+            options = email.get("resubscribeOptions")
+            if options is not None:
+                if not isinstance(options, dict):
+                    raise _ApiError(_bad_json("resubscribeOptions must be an object"))
+                no_challenge = options.get("resubscribeWithNoChallenge", True)
+                if not isinstance(no_challenge, bool):
+                    raise _ApiError(_bad_json("resubscribeWithNoChallenge must be a boolean"))
+                locale = options.get("preferredLocale")
+                if locale is not None and locale not in _PREFERRED_LOCALES:
+                    raise _ApiError(_bad_json("preferredLocale is not supported",
+                                              [{"item": "channelProperties.email.resubscribeOptions.preferredLocale",
+                                                "description": str(locale)}]))
+                redirect = options.get("redirectUrlAfterChallenge")
+                if redirect is not None and not _is_uri(redirect):
+                    raise _ApiError(_bad_json("redirectUrlAfterChallenge must be an absolute URI"))
+                write.resubscribe_no_challenge = no_challenge
+        for name, attr in (("sms", "sms_status"), ("whatsApp", "whatsapp_status")):
+            channel = channels.get(name)
+            if channel is None:
+                continue
+            if not isinstance(channel, dict) or set(channel) - {"status"}:
+                raise _ApiError(_bad_json(f"channelProperties.{name} only accepts 'status'"))
+            setattr(write, attr, enum(channel, "status", _CHANNEL_WRITE_STATUSES, f"channelProperties.{name}"))
+
+    def _validate_lists(self, body: dict[str, Any], write: _ContactWrite) -> None:
+        """``lists``: 1-100 integer address book ids, each of which must exist (else
+        ``contacts:invalidContacts``; the import report calls it ``InvalidAddressBookIds``, §3.4)."""
+        if "lists" not in body:
+            return
+        lists = body["lists"]
+        if not isinstance(lists, list) or not 1 <= len(lists) <= 100:
+            raise _ApiError(_bad_json("lists must be an array of 1-100 list ids"))
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in lists):
+            raise _ApiError(_bad_json("list ids must be integers"))
+        missing = [i for i in lists if i not in self._address_books]
+        if missing:
+            raise _ApiError(_v3_error(400, "contacts:invalidContacts", "Invalid list ids",
+                                      [{"item": str(i), "description": "List not found"} for i in missing]))
+        write.lists = list(dict.fromkeys(lists))
+
+    # -- serialisation --------------------------------------------------------------------------------
+    def _read_model(self, c: _Contact) -> dict[str, Any]:
+        """The v3 read model (§4.3, [SPEC-C3] ``contact``): read enums are Pascal-case for emailType /
+        optInType; ``dataFields`` lists every account field (``null`` where unset)."""
+        identifiers: dict[str, Any] = {}
+        if c.email is not None:
+            identifiers["email"] = c.email
+        if c.mobile is not None:
+            identifiers["mobileNumber"] = c.mobile
+        channels: dict[str, Any] = {}
+        if c.email is not None:
+            channels["email"] = {"emailType": c.email_type, "optInType": c.opt_in_type, "status": c.email_status}
+        if c.mobile is not None:
+            channels["sms"] = {"countryCode": _country_code(c.mobile), "status": c.sms_status}
+            channels["whatsApp"] = {"status": c.whatsapp_status}
+        list_status = self._list_status(c)
+        model: dict[str, Any] = {
+            "contactId": c.contact_id,
+            "status": self._contact_status(c),
+            "created": c.created,
+            "updated": c.updated,
+            "identifiers": identifiers,
+            "dataFields": {f.name: c.data.get(f.name) for f in self._data_fields.values()},
+            "channelProperties": channels,
+            "lists": [
+                {"id": book_id, "name": self._address_books[book_id].name, "status": list_status}
+                for book_id in sorted(c.lists)
+                if book_id in self._address_books
+            ],
+            "consentRecords": [dict(r) for r in c.consent_records],
+        }
+        opted_in = [{"id": pid, "isOptedIn": True} for pid, flag in sorted(c.preferences.items()) if flag]
+        if opted_in:  # the spec declares minItems 1 for preferences
+            model["preferences"] = opted_in
+        return model
+
+    @staticmethod
+    def _contact_status(c: _Contact) -> str:
+        """Top-level contact status ([SPEC-C3] ``status`` enum), derived from the email channel (or SMS)."""
+        status = c.email_status if c.email is not None else c.sms_status
+        if status in ("subscribed", "unsubscribed", "pendingOptIn", "noSubscription", "deleted", "binned", "suppressed"):
+            return status
+        if status in ("softBounced", "purchased"):
+            return "subscribed"
+        return "suppressed"
+
+    @staticmethod
+    def _list_status(c: _Contact) -> str:
+        """List membership status (subscribed|suppressed|pending), derived from the channel status."""
+        status = c.email_status if c.email is not None else c.sms_status
+        if status == "pendingOptIn":
+            return "pending"
+        if status in _SUPPRESSED_EMAIL_STATUSES or status in _STICKY_SMS_STATUSES:
+            return "suppressed"
+        return "subscribed"
+
+    def _address_book_json(self, book: _AddressBook) -> dict[str, Any]:
+        members = sum(1 for c in self._contacts.values() if book.id in c.lists)
+        return {"id": book.id, "name": book.name, "visibility": book.visibility, "contacts": members}
+
+    def _define_data_field(self, name: str, type_: str, visibility: str, default: Any = None) -> _DataField:
+        canonical = _match_choice(type_, DATA_FIELD_TYPES)
+        if canonical is None:
+            raise ValueError(f"invalid data field type {type_!r}; expected one of {DATA_FIELD_TYPES}")
+        if not _DATA_FIELD_NAME_RE.match(name):
+            raise ValueError(f"invalid data field name {name!r}")
+        data_field = _DataField(name=name, type=canonical, visibility=visibility, default_value=default)
+        self._data_fields[name.casefold()] = data_field
+        return data_field
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------------
+_INVALID = object()
+
+
+def _coerce_data_value(type_: str, value: Any) -> Any:
+    """Return ``value`` if it is valid for a data field of ``type_``, else the ``_INVALID`` sentinel."""
+    if type_ == "String":
+        return value if isinstance(value, str) else _INVALID
+    if type_ == "Numeric":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return _INVALID
+        return value
+    if type_ == "Boolean":
+        return value if isinstance(value, bool) else _INVALID
+    if type_ == "Date":
+        if not isinstance(value, str):
+            return _INVALID
+        match = _ISO_DATE_RE.match(value)
+        if not match:
+            return _INVALID
+        try:
+            date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+            if match.group(4) is not None and (int(match.group(4)) > 23 or int(match.group(5)) > 59
+                                               or int(match.group(6) or 0) > 59):
+                return _INVALID
+        except ValueError:
+            return _INVALID
+        return value
+    return _INVALID
+
+
+def _validate_preferences(body: dict[str, Any], write: _ContactWrite) -> None:
+    """``preferences``: >= 1 items of ``{id: int, isOptedIn: bool}`` ([SPEC-C3] ``preference``)."""
+    if "preferences" not in body:
+        return
+    prefs = body["preferences"]
+    if not isinstance(prefs, list) or not prefs:
+        raise _ApiError(_bad_json("preferences must be a non-empty array"))
+    for index, pref in enumerate(prefs):
+        if (
+            not isinstance(pref, dict)
+            or isinstance(pref.get("id"), bool)
+            or not isinstance(pref.get("id"), int)
+            or not isinstance(pref.get("isOptedIn"), bool)
+        ):
+            raise _ApiError(_bad_json("Each preference needs an integer id and a boolean isOptedIn",
+                                      [{"item": f"preferences[{index}]", "description": "Invalid preference"}]))
+        write.preferences.append((pref["id"], pref["isOptedIn"]))
+
+
+def _validate_consent_records(body: dict[str, Any], write: _ContactWrite) -> None:
+    """``consentRecords``: 1-5 records with exactly ``text`` (non-empty), ``dateTimeConsented`` (ISO 8601
+    date-time), ``url`` (absolute URI), ``ipAddress`` (IPv4/IPv6) and ``userAgent`` (non-empty); all
+    required, no other keys (``additionalProperties: false``) ([SPEC-C3] ``consentRecord``, §6)."""
+    if "consentRecords" not in body:
+        return
+    records = body["consentRecords"]
+    if not isinstance(records, list) or not 1 <= len(records) <= 5:
+        raise _ApiError(_bad_json("consentRecords must be an array of 1-5 records",
+                                  [{"item": "consentRecords", "description": "Between 1 and 5 records are allowed"}]))
+    for index, record in enumerate(records):
+        where = f"consentRecords[{index}]"
+        if not isinstance(record, dict):
+            raise _ApiError(_bad_json("Consent record must be an object", [{"item": where, "description": "Not an object"}]))
+        problems: list[dict[str, str]] = []
+        for key in sorted(set(record) - set(_CONSENT_KEYS)):
+            problems.append({"item": f"{where}.{key}", "description": "Unknown property"})
+        for key in _CONSENT_KEYS:
+            if key not in record:
+                problems.append({"item": f"{where}.{key}", "description": "Required"})
+        if not problems:
+            checks = {
+                "text": isinstance(record["text"], str) and len(record["text"]) >= 1,
+                "dateTimeConsented": isinstance(record["dateTimeConsented"], str)
+                and bool(_DATE_TIME_RE.match(record["dateTimeConsented"])),
+                "url": _is_uri(record["url"]),
+                "ipAddress": _is_ip(record["ipAddress"]),
+                "userAgent": isinstance(record["userAgent"], str) and len(record["userAgent"]) >= 1,
+            }
+            problems = [{"item": f"{where}.{k}", "description": "Invalid value"} for k, ok in checks.items() if not ok]
+        if problems:
+            raise _ApiError(_bad_json("Invalid consent record", problems))
+        write.consent_records.append({k: record[k] for k in _CONSENT_KEYS})
+
+
+def _is_uri(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return bool(parts.scheme) and bool(parts.netloc) and " " not in value
+
+
+def _is_ip(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _normalise_mobile(value: str | None) -> str | None:
+    """E.164 check; returns the digits without ``+`` (Dotdigital's examples store ``447123123123``)."""
+    if not isinstance(value, str):
+        return None
+    match = _E164_RE.match(value.strip())
+    return match.group(1) if match else None
+
+
+def _country_code(mobile: str) -> str:
+    for length in (3, 2, 1):
+        code = _CALLING_CODES.get(mobile[:length])
+        if code:
+            return code
+    return ""
+
+
+def _match_choice(value: Any, choices: tuple[str, ...]) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return next((c for c in choices if c.lower() == value.lower()), None)
+
+
+def _parse_int32(value: str) -> int | None:
+    if not re.fullmatch(r"-?\d{1,10}", value):
+        return None
+    number = int(value)
+    return number if -(2**31) <= number < 2**31 else None
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int) -> int | None:
+    values = query.get(name)
+    if not values:
+        return default
+    return _parse_int32(values[-1])
+
+
+def _parse_v2_json(raw: bytes) -> Any:
+    """Malformed or missing v2 JSON -> 400 ``ERROR_MALFORMED_REQUEST``."""
+    try:
+        return json.loads(raw.decode("utf-8")) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise _ApiError(_v2_error(400, "The request body could not be parsed as JSON. ERROR_MALFORMED_REQUEST")) from None
+
+
+def _parse_v3_json(raw: bytes) -> Any:
+    """Malformed or missing v3 JSON (the request body is required) -> 400 ``contacts:badJson``."""
+    if not raw.strip():
+        raise _ApiError(_bad_json("The request body is required"))
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise _ApiError(_bad_json("The request JSON is badly formed")) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Error envelopes (§3)
+# ---------------------------------------------------------------------------------------------------
+def _v2_error(status: int, message: str, *, contact_id: int | None = None) -> _Response:
+    """v2 envelope ``{"message": "<text> ERROR_CODE"}`` (§3.1)."""
+    return _Response(status, {"message": message}, contact_id=contact_id)
+
+
+def _v3_error(status: int, code: str, description: str, details: list[dict[str, str]] | None = None) -> _Response:
+    """v3 envelope ``{"errorCode": "service:code", "description": ..., "details": [{item, description}]}`` (§3.2)."""
+    return _Response(status, {"errorCode": code, "description": description, "details": list(details or [])})
+
+
+def _bad_json(description: str, details: list[dict[str, str]] | None = None) -> _Response:
+    return _v3_error(400, "contacts:badJson", description, details)
+
+
+def _contact_not_found(identifier: str, value: str) -> _Response:
+    return _v3_error(404, "contacts:contactNotFound", "The following contacts could not be found",
+                     [{"item": value, "description": f"Not found using the identifier '{identifier}'"}])
+
+
+def _v3_service(raw_path: str) -> str | None:
+    lowered = raw_path.lower()
+    for prefix, service in (("/contacts/v3", "contacts"), ("/insightdata/v3", "insightData"), ("/events/v3", "events")):
+        if lowered == prefix or lowered.startswith(prefix + "/"):
+            return service
+    return None
+
+
+def _error_body(raw_path: str, status: int, code: str, description: str) -> _Response:
+    """An error in the envelope of the API version the path belongs to (v3 services vs everything else)."""
+    service = _v3_service(raw_path)
+    if service is not None:
+        return _v3_error(status, f"{service}:{code}", description)
+    return _v2_error(status, description)
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP plumbing
+# ---------------------------------------------------------------------------------------------------
+class _SandboxHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # never wait for handlers still sleeping in a simulated delay
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, sandbox: DotdigitalSandbox):
+        self.sandbox = sandbox
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def track(self, conn: socket.socket, active: bool) -> None:
+        with self._connections_lock:
+            (self._connections.add if active else self._connections.discard)(conn)
+
+    def close_all_connections(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = list(self._connections), set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _SandboxRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    server_version = "DotdigitalSandbox/1.0"
+    sys_version = ""
+    timeout = 30  # idle keep-alive connections are closed after this many seconds
+    server: _SandboxHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        finally:
+            self.server.track(self.connection, False)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        # Route http.server's access log to logging; it only contains the request line (no headers,
+        # so never credentials).
+        logger.debug("%s - %s", self.address_string(), format % args)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size_line = self.rfile.readline(65537)
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self) -> None:
+        sandbox = self.server.sandbox
+        arrived = time.time()
+        seq = sandbox._next_seq()
+        method = self.command.upper()
+        split = urlsplit(self.path)
+        raw_path = split.path or "/"
+        query = parse_qs(split.query, keep_blank_values=True)
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            headers[name.lower()] = value
+        try:
+            body = self._read_body()
+        except (ValueError, OSError):
+            self.close_connection = True
+            return
+        recorded_headers = {k: ("<redacted>" if k == "authorization" else v) for k, v in headers.items()}
+        try:
+            parsed: Any = json.loads(body.decode("utf-8")) if body.strip() else None
+        except (ValueError, UnicodeDecodeError):
+            parsed = None
+
+        with sandbox._lock:
+            latency = sandbox._latency
+        if latency:
+            time.sleep(latency)
+
+        fault = sandbox._take_fault(method, raw_path)
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            response = sandbox._fault_response(fault, raw_path)
+        else:
+            try:
+                response = sandbox._process(method, raw_path, query, headers, body)
+            except Exception:  # pragma: no cover - a sandbox bug must not hang the client
+                logger.exception("Dotdigital sandbox failed to handle %s %s", method, raw_path)
+                response = _error_body(raw_path, 500, "internalError", "Sandbox internal error")
+
+        if response.drop_connection:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        else:
+            self._send(response, head_only=method == "HEAD")
+        sandbox._record(seq, RecordedRequest(
+            method=method, path=raw_path, query=query, headers=recorded_headers, json=parsed, raw_body=body,
+            status=response.status, at=arrived, contact_id=response.contact_id,
+        ))
+        logger.debug("sandbox %s %s -> %s", method, raw_path, response.status or "dropped")
+
+    def _send(self, response: _Response, *, head_only: bool = False) -> None:
+        if isinstance(response.body, bytes):
+            payload = response.body
+        elif response.body is None:
+            payload = b""
+        else:
+            payload = json.dumps(response.body).encode("utf-8")
+        try:
+            self.send_response(response.status)
+            header_names = {k.lower() for k in response.headers}
+            if payload and "content-type" not in header_names:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            for name, value in response.headers.items():
+                if name.lower() != "content-length":
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if payload and not head_only:
+                self.wfile.write(payload)
+            self.wfile.flush()
+        except OSError:  # the client went away (e.g. it timed out during a simulated delay)
+            self.close_connection = True

@@ -1,0 +1,182 @@
+"""Shared fixtures: the Dotdigital sandbox, databases (SQLite and the real PostgreSQL), and a running
+service reached over real gRPC on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
+from service.app import App
+from service.config import DispatcherConfig, settings_from_mapping
+from service.testing.dotdigital_sandbox import DotdigitalSandbox
+
+POSTGRES_ADMIN_URL = os.environ.get("CTDD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SHARED_DIR = Path(os.environ.get("CTDD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+
+FAST_DISPATCH = dict(
+    concurrency=8, batch_size=32, max_attempts=10, backoff_base_seconds=0.05, backoff_cap_seconds=0.5,
+    lease_seconds=5.0, poll_interval_seconds=0.05,
+)
+
+
+@pytest.fixture
+def sandbox():
+    with DotdigitalSandbox() as sb:
+        yield sb
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A throw-away database on the machine's PostgreSQL server, dropped at the end of the session."""
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"ctdd_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc.orig}")
+    url = sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+        ), {"n": name})
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+def _reset_postgres(url: str) -> None:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """Every test using this runs twice: on SQLite (embedded default) and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ctdd.db'}"
+    url = request.getfixturevalue("postgres_database")
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'ctdd.db'}"
+
+
+def make_settings(database_url: str, sandbox: DotdigitalSandbox, **dispatcher: Any):
+    raw = {
+        "service": {"listen": "127.0.0.1:0", "database_url": database_url},
+        "accounts": {"main": {"api_user": sandbox.api_user}},
+        "stores": {
+            "uk": {
+                "account": "main",
+                "commercetools_project": "shop-eu",
+                "locale": "en-GB",
+                "currency": "GBP",
+                "lists": {"customers": 1, "newsletter": 2, "sms": 3},
+                "data_fields": {"custom.loyaltyTier": "LOYALTY_TIER"},
+            },
+            "de": {"account": "main", "commercetools_project": "shop-eu", "locale": "de-DE", "currency": "EUR"},
+        },
+        "dispatcher": {**FAST_DISPATCH, **dispatcher},
+    }
+    env = {"CTDD_ACCOUNT_MAIN_PASSWORD": sandbox.password, "CTDD_DOTDIGITAL_BASE_URL": sandbox.base_url}
+    return settings_from_mapping(raw, env=env)
+
+
+class RunningService:
+    """A started App plus a real gRPC channel to it."""
+
+    def __init__(self, app: App, channel: grpc.aio.Channel):
+        self.app = app
+        self.channel = channel
+        self.stub = pb_grpc.SyncServiceStub(channel)
+
+    @property
+    def engine(self):
+        return self.app.engine
+
+    def rows(self, sql: str, **params) -> list[dict]:
+        with self.app.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
+
+
+@pytest.fixture
+async def service_factory():
+    started: list[tuple[App, grpc.aio.Channel]] = []
+
+    async def start(settings, **app_kwargs) -> RunningService:
+        app = App(settings, **app_kwargs)
+        await app.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        started.append((app, channel))
+        return RunningService(app, channel)
+
+    yield start
+    for app, channel in reversed(started):
+        await channel.close()
+        await app.stop(grace=1.0)
+
+
+@pytest.fixture
+async def service(service_factory, database_url, sandbox) -> RunningService:
+    return await service_factory(make_settings(database_url, sandbox))
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` (sync) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def contact_request(store_key: str = "uk", *, customer_id: str = "", email: str = "", mobile: str = "",
+                    version: int = 0, resource_id: str | None = None, **profile: Any) -> pb.SyncContactRequest:
+    req = pb.SyncContactRequest(
+        store_key=store_key,
+        identity=pb.ContactIdentity(customer_id=customer_id, email=email, mobile_number=mobile),
+        profile=pb.ContactProfile(**profile),
+    )
+    if version:
+        req.source.resource_type = "customer"
+        req.source.resource_id = resource_id or customer_id or "c-unknown"
+        req.source.version = version
+    return req
+
+
+def outbox_rows(svc: RunningService) -> list[dict]:
+    return svc.rows("SELECT * FROM outbox_message ORDER BY id")
+
+
+def statuses(svc: RunningService) -> dict[int, str]:
+    return {r["id"]: r["status"] for r in outbox_rows(svc)}
+
+
+def all_settled(svc: RunningService) -> bool:
+    return all(s in ("delivered", "dead") for s in statuses(svc).values())
+
+
+__all__ = ["make_settings", "wait_for", "contact_request", "RunningService", "replace", "DispatcherConfig"]

@@ -1,0 +1,114 @@
+"""Pure domain rules: identifier normalisation, identity resolution, delta and payload building."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from service.domain.contact import SourceStamp
+from service.domain.delta import StoredField, compute_delta
+from service.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile, resolve
+from service.domain.payload import build_contact_body
+from service.outbox import backoff_seconds
+
+
+def test_email_normalisation():
+    assert normalise_email("  Jane.Doe@Example.COM ") == "jane.doe@example.com"
+    for bad in ("jane", "jane@", "@example.com", "jane@example", "ja ne@example.com", "a..b@example.com"):
+        with pytest.raises(InvalidIdentifier):
+            normalise_email(bad)
+
+
+def test_mobile_must_be_e164():
+    assert normalise_mobile("+447700900123") == "+447700900123"
+    for bad in ("07700900123", "+44 7700 900123", "+44770090012345678", "+1555"):
+        with pytest.raises(InvalidIdentifier):
+            normalise_mobile(bad)
+
+
+def test_junk_values_are_not_identifiers():
+    assert all(is_junk(v) for v in ("null", "0000", "-1", "anonymous", "N/A", "  "))
+    assert not is_junk("c-123")
+
+
+def test_resolution_creates_when_nothing_matches():
+    r = resolve({"email": "a@x.io", "customer_id": "p/1"}, {"email": None, "customer_id": None})
+    assert r.contact_id is None
+    assert r.attach == (("customer_id", "p/1"), ("email", "a@x.io"))
+
+
+def test_resolution_joins_identifiers_of_one_person():
+    r = resolve({"email": "a@x.io", "customer_id": "p/1"}, {"email": 7, "customer_id": None})
+    assert r.contact_id == 7 and r.attach == (("customer_id", "p/1"),) and not r.conflicts
+
+
+def test_resolution_priority_customer_id_outranks_email_and_never_merges():
+    r = resolve({"email": "a@x.io", "customer_id": "p/1", "mobile_number": "+447700900123"},
+                {"email": 8, "customer_id": 7, "mobile_number": 9})
+    assert r.contact_id == 7
+    assert [(c.kind, c.owner_contact_id) for c in r.conflicts] == [("email", 8), ("mobile_number", 9)]
+    assert r.attach == ()
+
+
+def test_resolution_email_outranks_mobile():
+    r = resolve({"email": "a@x.io", "mobile_number": "+447700900123"}, {"email": 3, "mobile_number": 4})
+    assert r.contact_id == 3 and r.conflicts[0].rule == "email outranks mobile_number"
+
+
+T1 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T2 = datetime(2026, 1, 2, tzinfo=timezone.utc)
+
+
+def test_delta_sends_only_changes():
+    stored = {"dataFields.A": StoredField("x", "customer/1", 1, T1), "dataFields.B": StoredField("y", "customer/1", 1, T1)}
+    d = compute_delta({"dataFields.A": "x", "dataFields.B": "z", "dataFields.C": 1}, stored,
+                      SourceStamp("customer", "1", 2, T2))
+    assert d.changed == {"dataFields.B": "z", "dataFields.C": 1} and d.stale == ()
+
+
+def test_delta_drops_older_versions_of_the_same_record():
+    stored = {"dataFields.A": StoredField("new", "customer/1", 5, None)}
+    d = compute_delta({"dataFields.A": "old"}, stored, SourceStamp("customer", "1", 4, None))
+    assert d.changed == {} and d.stale == ("dataFields.A",)
+
+
+def test_delta_uses_timestamps_across_records():
+    stored = {"dataFields.A": StoredField("new", "order/9", 50, T2)}
+    assert compute_delta({"dataFields.A": "old"}, stored, SourceStamp("customer", "1", 99, T1)).stale == ("dataFields.A",)
+    assert compute_delta({"dataFields.A": "newer"}, stored, SourceStamp("customer", "1", 1, T2)).changed
+
+
+def test_delta_without_source_information_is_never_stale():
+    stored = {"dataFields.A": StoredField("a", "customer/1", 5, T2)}
+    assert compute_delta({"dataFields.A": "b"}, stored, SourceStamp()).changed == {"dataFields.A": "b"}
+
+
+def test_payload_builder_nests_paths():
+    body = build_contact_body({
+        "identifiers.email": "a@x.io",
+        "dataFields.FIRSTNAME": "A",
+        "channelProperties.email.status": "subscribed",
+        "lists.12": True,
+        "lists.3": True,
+        "consentRecords.email.abc": {"text": "t"},
+        "preferences.7": False,
+    })
+    assert body == {
+        "identifiers": {"email": "a@x.io"},
+        "dataFields": {"FIRSTNAME": "A"},
+        "channelProperties": {"email": {"status": "subscribed"}},
+        "lists": [3, 12],
+        "consentRecords": [{"text": "t"}],
+        "preferences": [{"id": 7, "isOptedIn": False}],
+    }
+    with pytest.raises(ValueError):
+        build_contact_body({"bogus.x": 1})
+
+
+def test_backoff_is_exponential_capped_and_jittered():
+    import random
+
+    rng = random.Random(1)
+    delays = [backoff_seconds(a, base=1, cap=30, rng=rng) for a in range(1, 10)]
+    assert 0.8 <= delays[0] <= 1.2 and 3.2 <= delays[2] <= 4.8
+    assert all(d <= 36 for d in delays) and delays[-1] >= 24
+    assert len({round(backoff_seconds(3, base=1, cap=30), 6) for _ in range(20)}) > 1

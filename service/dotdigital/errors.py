@@ -1,0 +1,275 @@
+"""Dotdigital API errors and their classification.
+
+Dotdigital has two error envelopes (reference ``shared/reference/dotdigital.md`` §3):
+
+* v2 (``/v2/...``): ``{"message": "<text> ERROR_CODE"}`` - the code is a token embedded in the message
+  (sometimes prefixed ``Error: ``), so it is extracted with the regex ``ERROR_[A-Z_]+`` (§3.1).
+* v3 (``/contacts/v3``, ``/insightData/v3``, ``/events/v3``):
+  ``{"errorCode": "service:code", "description": "...", "details": [{"item", "description"}]}`` (§3.2).
+
+``error_from_response`` turns any non-2xx response into a ``DotdigitalError`` whose ``retryable`` /
+``throttled`` / ``retry_after`` attributes drive the outbox's retry policy:
+
+* retryable: 5xx, 408, 425, 429, and the v2 codes ``ERROR_SYSTEM_SERVICETEMPORARILYUNAVAILABLE``,
+  ``ERROR_ADDRESSBOOK_IN_USE`` and ``ERROR_APIUSAGE_EXCEEDED`` (§3.3, §14.6); every other 4xx is not.
+* throttled (``DotdigitalThrottled``): 429 (tiered per-minute limits) or 400 ``ERROR_APIUSAGE_EXCEEDED``
+  (legacy flat hourly limit) (§2).
+* auth (``DotdigitalAuthError``): 401 (bad credentials) and 403 (e.g. wrong region: "Access is denied", §1).
+* ``retry_after``: ``Retry-After`` (seconds or HTTP date), else ``X-RateLimit-Reset`` - which Dotdigital
+  documents ambiguously as seconds-until-reset or a Unix epoch, so values > 10**9 are treated as an epoch
+  (§2) - else 60 s for ``ERROR_APIUSAGE_EXCEEDED``.
+
+Errors never carry credentials, and their ``str()`` / ``response_excerpt`` mask email addresses and phone
+numbers so they can be logged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import unquote
+
+__all__ = [
+    "DotdigitalAuthError",
+    "DotdigitalError",
+    "DotdigitalThrottled",
+    "DotdigitalTransportError",
+    "RETRYABLE_CODES",
+    "RETRYABLE_STATUSES",
+    "error_from_response",
+    "redact_pii",
+]
+
+#: HTTP statuses that are worth retrying (besides every 5xx).
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+#: v2 error codes that are transient whatever their HTTP status (§3.3, §14.6).
+RETRYABLE_CODES = frozenset({
+    "ERROR_SYSTEM_SERVICETEMPORARILYUNAVAILABLE",
+    "ERROR_ADDRESSBOOK_IN_USE",
+    "ERROR_APIUSAGE_EXCEEDED",
+})
+#: Legacy flat-limit code: HTTP 400 but really a throttle (§2).
+APIUSAGE_EXCEEDED = "ERROR_APIUSAGE_EXCEEDED"
+#: Back-off used for ``ERROR_APIUSAGE_EXCEEDED`` when the response says nothing about when to retry.
+DEFAULT_APIUSAGE_RETRY_AFTER = 60.0
+#: Values of ``X-RateLimit-Reset`` above this are Unix epoch seconds, below it a delay in seconds (§2).
+EPOCH_THRESHOLD = 10**9
+EXCERPT_LIMIT = 500
+
+_V2_CODE_RE = re.compile(r"ERROR_[A-Z_]+")
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_PHONE_RE = re.compile(r"(?<![\w.])\+?\d{10,15}(?![\w.])")
+
+
+def redact_pii(text: str) -> str:
+    """Mask email addresses and E.164-looking phone numbers (10-15 digits) in ``text``."""
+    return _PHONE_RE.sub("<phone>", _EMAIL_RE.sub("<email>", text))
+
+
+class DotdigitalError(Exception):
+    """A failed Dotdigital API call.
+
+    Attributes:
+        status_code: HTTP status, or ``None`` when no response was received.
+        code: v3 ``errorCode`` (e.g. ``contacts:invalidId``) or the first ``ERROR_*`` token of a v2 message.
+        description: v3 ``description`` or v2 ``message`` (raw; may contain PII - ``str()`` masks it).
+        details: v3 ``details`` list (``[{"item": ..., "description": ...}]``), else ``[]``.
+        retryable: whether retrying the same request later can succeed.
+        retry_after: seconds to wait before retrying, when the API said so.
+        throttled: the call was rejected by a rate limit.
+        response_excerpt: at most 500 characters of the response body with emails/phones masked.
+        method, path: the request (path without query); ``str()`` masks PII in the path.
+    """
+
+    def __init__(
+        self,
+        description: str = "",
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        details: list[Any] | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        throttled: bool = False,
+        response_excerpt: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.code = code
+        self.description = description
+        self.details = list(details or [])
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.throttled = throttled
+        self.response_excerpt = response_excerpt
+        self.method = method
+        self.path = path
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        # e.g. "Dotdigital API error: PATCH /contacts/v3/email/<email> -> HTTP 400 contacts:invalidId - ..."
+        status = f"HTTP {self.status_code}" if self.status_code is not None else "no response"
+        text = "Dotdigital API error: "
+        if self.method and self.path:
+            text += f"{self.method} {redact_pii(unquote(self.path))} -> "
+        text += status
+        if self.code:
+            text += f" {self.code}"
+        if self.description:
+            text += f" - {redact_pii(self.description)}"
+        if self.details:
+            items = [redact_pii(str(d.get("item"))) for d in self.details if isinstance(d, dict) and d.get("item")]
+            if items:
+                text += f" (details: {', '.join(items[:10])})"
+        if self.retryable:
+            text += " [retryable" + (f", retry after {self.retry_after:g}s" if self.retry_after is not None else "") + "]"
+        return text
+
+    def __str__(self) -> str:
+        return self._render()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status_code={self.status_code!r}, code={self.code!r}, "
+            f"retryable={self.retryable!r}, retry_after={self.retry_after!r})"
+        )
+
+
+class DotdigitalThrottled(DotdigitalError):
+    """Rate limited: HTTP 429 (tiered limits) or 400 ``ERROR_APIUSAGE_EXCEEDED`` (flat limit). Retryable."""
+
+    def __init__(self, description: str = "", **kwargs: Any) -> None:
+        kwargs.setdefault("retryable", True)
+        kwargs.setdefault("throttled", True)
+        super().__init__(description, **kwargs)
+
+
+class DotdigitalTransportError(DotdigitalError):
+    """No usable response: timeout, connection refused/reset, dropped connection. Retryable.
+
+    Note that the request may have been processed (e.g. a timeout after the server received it), so only
+    idempotent calls such as the v3 upsert should be retried blindly.
+    """
+
+    def __init__(self, description: str = "", **kwargs: Any) -> None:
+        kwargs.setdefault("retryable", True)
+        kwargs["status_code"] = None
+        super().__init__(description, **kwargs)
+
+
+class DotdigitalAuthError(DotdigitalError):
+    """HTTP 401 (invalid API user credentials) or 403 (e.g. calling the wrong region). Not retryable."""
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    if not headers:
+        return None
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        for key, candidate in headers.items():
+            if key.lower() == lowered:
+                return candidate
+    return value
+
+
+def _parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After``: delay-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _parse_rate_limit_reset(value: str | None, now: float) -> float | None:
+    """``X-RateLimit-Reset``: seconds until reset, or a Unix epoch if > 10**9 (§2 - handle both)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    if number > EPOCH_THRESHOLD:
+        return max(0.0, number - now)
+    return max(0.0, number)
+
+
+def _excerpt(body: bytes | str | None) -> str | None:
+    if not body:
+        return None
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    text = redact_pii(" ".join(text.split()))
+    return text if len(text) <= EXCERPT_LIMIT else text[: EXCERPT_LIMIT - 1] + "…"
+
+
+def _parse_body(body: bytes | str | None) -> tuple[str | None, str, list[Any]]:
+    """Return ``(code, description, details)`` from a v3 envelope, a v2 message, ProblemDetails or text."""
+    if not body:
+        return None, "", []
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        if isinstance(payload.get("errorCode"), str):  # v3 (§3.2)
+            details = payload.get("details")
+            return payload["errorCode"], str(payload.get("description") or ""), details if isinstance(details, list) else []
+        message = payload.get("message", payload.get("Message"))
+        if isinstance(message, str):  # v2 (§3.1)
+            match = _V2_CODE_RE.search(message)
+            return (match.group(0) if match else None), message.strip(), []
+        if "title" in payload or "detail" in payload:  # RFC 7807 ProblemDetails (v2 DELETE data-field 409)
+            description = str(payload.get("detail") or payload.get("title") or "")
+            match = _V2_CODE_RE.search(description)
+            return (match.group(0) if match else None), description, []
+    if isinstance(payload, str):
+        match = _V2_CODE_RE.search(payload)
+        return (match.group(0) if match else None), payload, []
+    stripped = " ".join(text.split())[:200]
+    match = _V2_CODE_RE.search(text)
+    return (match.group(0) if match else None), stripped, []
+
+
+def error_from_response(
+    status_code: int,
+    headers: Mapping[str, str] | None,
+    body_bytes: bytes | str | None,
+    *,
+    method: str | None = None,
+    path: str | None = None,
+) -> DotdigitalError:
+    """Classify a non-2xx Dotdigital response (see the module docstring for the rules)."""
+    now = time.time()
+    code, description, details = _parse_body(body_bytes)
+    retry_after = _parse_retry_after(_header(headers, "Retry-After"), now)
+    if retry_after is None:
+        retry_after = _parse_rate_limit_reset(_header(headers, "X-RateLimit-Reset"), now)
+    common: dict[str, Any] = {
+        "status_code": status_code,
+        "code": code,
+        "details": details,
+        "response_excerpt": _excerpt(body_bytes),
+        "method": method,
+        "path": path,
+    }
+    if status_code == 429 or code == APIUSAGE_EXCEEDED:
+        if retry_after is None and code == APIUSAGE_EXCEEDED:
+            retry_after = DEFAULT_APIUSAGE_RETRY_AFTER
+        return DotdigitalThrottled(description, retry_after=retry_after, **common)
+    if status_code in (401, 403):
+        return DotdigitalAuthError(description, retryable=False, **common)
+    retryable = status_code >= 500 or status_code in RETRYABLE_STATUSES or code in RETRYABLE_CODES
+    return DotdigitalError(description, retryable=retryable, retry_after=retry_after if retryable else None, **common)

@@ -29,6 +29,7 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would repeat URLs with emails
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _load(args) -> Settings:

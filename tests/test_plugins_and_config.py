@@ -129,3 +129,16 @@ def test_serve_without_sandbox_or_credentials_refuses_to_start(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--config", str(cfg)],
                           capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and "credentials missing" in proc.stderr
+
+
+def test_every_hook_is_documented_for_plugin_authors():
+    from pathlib import Path
+
+    from service import hookspecs
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    hooks = [name for name in dir(hookspecs) if name.startswith("ctdd_")]
+    assert hooks, "no hookspecs found"
+    for name in hooks:
+        assert f"### {name}(" in docs, f"{name} is not documented in docs/plugins.md"
+        assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"

@@ -246,3 +246,45 @@ async def test_custom_fields_struct_values(service, sandbox):
     assert isinstance(req.profile.custom_fields, struct_pb2.Struct)
     resp = await service.stub.SyncContact(req)
     assert resp.changed  # unmapped custom fields are ignored, identity and store fields still sent
+
+
+async def test_health_reflection_and_unimplemented_rpcs(service):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(service.channel)
+    for name in ("", "ctdd.sync.v1.SyncService"):
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(service.channel)
+    call = reflection.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    await call.done_writing()
+    names = [s.name async for resp in call for s in resp.list_services_response.service]
+    assert "ctdd.sync.v1.SyncService" in names and "grpc.health.v1.Health" in names
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.TrackEvent(pb.TrackEventRequest(store_key="uk"))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in service.stub.ExportCatalog(pb.ExportCatalogRequest(store_key="uk")):
+            pass
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_graceful_shutdown_goes_not_serving_and_releases_leases(service_factory, sqlite_url, sandbox):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    sandbox.set_latency(0.5)
+    svc = await service_factory(make_settings(sqlite_url, sandbox))
+    for i in range(6):
+        await svc.stub.SyncContact(contact_request(email=f"g{i}@example.com"))
+    await wait_for(lambda: any(r["status"] == "in_flight" for r in outbox_rows(svc)), what="in-flight work")
+    await svc.app.grpc.begin_shutdown()
+    check = await health_pb2_grpc.HealthStub(svc.channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await svc.app.dispatcher.stop(drain_seconds=0.1)
+    rows = outbox_rows(svc)
+    assert not [r for r in rows if r["status"] == "in_flight" or r["lease_owner"]]
+    assert len(rows) == 6  # nothing lost: undelivered messages are pending again

@@ -1540,6 +1540,7 @@ class _SandboxRequestHandler(BaseHTTPRequestHandler):
     server_version = "DotdigitalSandbox/1.0"
     sys_version = ""
     timeout = 30  # idle keep-alive connections are closed after this many seconds
+    disable_nagle_algorithm = True  # headers and body are separate writes; avoid delayed-ACK stalls
     server: _SandboxHTTPServer
 
     def setup(self) -> None:

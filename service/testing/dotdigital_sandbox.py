@@ -522,7 +522,9 @@ class DotdigitalSandbox:
         if status is None or status not in _SUPPRESSED_EMAIL_STATUSES:
             raise ValueError(f"{reason!r} is not a suppression status")
         with self._lock:
-            contact = self._find_contact(email=email, mobile=mobile)
+            contact = self._find_contact(email=email) if email is not None else None
+            if contact is None and mobile is not None:
+                contact = self._find_contact(mobile=mobile)
             if contact is None:
                 contact = self._new_contact(
                     email=email, mobile=_normalise_mobile(mobile) if mobile else None

@@ -189,7 +189,27 @@ class Dispatcher:
         else:
             identifier, value = "mobileNumber", (contact.mobile_number or "").lstrip("+")
         client = self.clients.get(msg.account)
-        result = await client.upsert_contact(identifier, value, body, headers={"X-Ctdd-Message-Id": str(msg.id)})
+        headers = {"X-Ctdd-Message-Id": str(msg.id)}
+        try:
+            result = await client.upsert_contact(identifier, value, body, headers=headers)
+        except DotdigitalError as exc:
+            if not (identifier == "contactId" and exc.status_code == 404 and (contact.email or contact.mobile_number)):
+                raise
+            # The contact was deleted in Dotdigital since we stored its id: upsert it again by its address
+            # (with the identifiers, so it can be created), and the new contactId replaces the old one.
+            log.warning("message %s: Dotdigital contact %s no longer exists; upserting by address", msg.id, value)
+            body = dict(body)
+            identifiers = dict(body.get("identifiers", {}))
+            if contact.email:
+                identifiers.setdefault("email", contact.email)
+            if contact.mobile_number:
+                identifiers.setdefault("mobileNumber", contact.mobile_number.lstrip("+"))
+            body["identifiers"] = identifiers
+            if contact.email:
+                identifier, value = "email", identifiers["email"]
+            else:
+                identifier, value = "mobileNumber", identifiers["mobileNumber"]
+            result = await client.upsert_contact(identifier, value, body, headers=headers)
         return result.status_code, result.contact_id
 
     def _load_contact(self, contact_id: int | None) -> Contact:

@@ -288,3 +288,17 @@ async def test_graceful_shutdown_goes_not_serving_and_releases_leases(service_fa
     rows = outbox_rows(svc)
     assert not [r for r in rows if r["status"] == "in_flight" or r["lease_owner"]]
     assert len(rows) == 6  # nothing lost: undelivered messages are pending again
+
+
+async def test_contact_deleted_in_dotdigital_is_recreated_by_address(service, sandbox):
+    await service.stub.SyncContact(contact_request(customer_id="c-del", email="del@example.com", first_name="A"))
+    await wait_for(lambda: all_settled(service), what="creation")
+    old_id = sandbox.get_contact(email="del@example.com")["contactId"]
+    assert sandbox.delete_contact(email="del@example.com")
+    await service.stub.SyncContact(contact_request(customer_id="c-del", last_name="B"))
+    await wait_for(lambda: all_settled(service), what="re-creation")
+    assert all(r["status"] == "delivered" for r in outbox_rows(service))
+    recreated = sandbox.get_contact(email="del@example.com")
+    assert recreated["contactId"] != old_id and recreated["dataFields"]["LASTNAME"] == "B"
+    stored = service.rows("SELECT dotdigital_contact_id FROM contact")[0]["dotdigital_contact_id"]
+    assert stored == recreated["contactId"]

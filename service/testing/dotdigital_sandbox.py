@@ -535,6 +535,16 @@ class DotdigitalSandbox:
                 contact.sms_status = "unsubscribed" if status == "unsubscribed" else "suppressed"
             contact.updated = _utc_now_iso()
 
+    def delete_contact(self, *, email: str | None = None, mobile: str | None = None,
+                       contact_id: int | None = None) -> bool:
+        """Simulate a contact deleted in Dotdigital (by a user or a retention rule); its contactId is gone."""
+        with self._lock:
+            contact = self._find_contact(email=email, mobile=mobile, contact_id=contact_id)
+            if contact is None:
+                return False
+            del self._contacts[contact.contact_id]
+            return True
+
     def add_data_field(self, name: str, type: str = "String") -> None:  # noqa: A002 - mirrors the API field name
         """Create a contact data field directly (no-op if it already exists, case-insensitive)."""
         if not _DATA_FIELD_NAME_RE.match(name):

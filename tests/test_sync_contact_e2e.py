@@ -302,3 +302,24 @@ async def test_contact_deleted_in_dotdigital_is_recreated_by_address(service, sa
     assert recreated["contactId"] != old_id and recreated["dataFields"]["LASTNAME"] == "B"
     stored = service.rows("SELECT dotdigital_contact_id FROM contact")[0]["dotdigital_contact_id"]
     assert stored == recreated["contactId"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        dict(status=429, headers={"Retry-After": "1"}),
+        dict(status=429, headers={"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"}),
+        dict(status=400, body={"message": "Error: ERROR_APIUSAGE_EXCEEDED"}, headers={"X-RateLimit-Reset": "1"}),
+    ],
+    ids=["429-retry-after", "429-x-ratelimit-reset", "legacy-apiusage-exceeded"],
+)
+async def test_throttling_waits_for_the_reset_and_pauses_the_account(service, sandbox, fault):
+    sandbox.inject_fault(times=1, path_contains="/contacts/v3/", **fault)
+    await service.stub.SyncContact(contact_request(email="t1@example.com"))
+    await wait_for(lambda: all_settled(service), timeout=15, what="delivery after throttling")
+    [row] = outbox_rows(service)
+    assert row["status"] == "delivered" and row["attempts"] == 2
+    throttled, ok = upserts(sandbox)
+    assert throttled.status == fault["status"] and ok.status == 201
+    # backoff alone would retry after ~0.05 s; the server asked for 1 s
+    assert ok.at - throttled.at >= 0.95

@@ -57,7 +57,9 @@ def with_sandbox(settings: Settings, sandbox) -> Settings:
 
 async def _serve(args) -> int:
     from service.app import App
+    from service.telemetry import configure_telemetry, shutdown_telemetry
 
+    configure_telemetry()
     sandbox = None
     if args.sandbox:
         from service.testing.dotdigital_sandbox import DotdigitalSandbox
@@ -84,6 +86,7 @@ async def _serve(args) -> int:
     finally:
         if sandbox is not None:
             sandbox.stop()
+        shutdown_telemetry()
     return 0
 
 

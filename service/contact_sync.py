@@ -24,11 +24,12 @@ from service.domain.contact import ContactInput
 from service.domain.delta import StoredField, compute_delta, is_older
 from service.domain.identity import SINGLE_VALUED, Conflict, customer_key, hash_identifier, resolve
 from service.domain.payload import build_contact_body
+from service.outbox import CONTACT_UPSERT
 from service.plugins import HookContext, Hooks
+from service.telemetry import current_trace_carrier, enqueued_counter
 
 log = logging.getLogger(__name__)
 
-CONTACT_UPSERT = "contact.upsert"
 #: identifier kind -> the field path that carries it to Dotdigital
 IDENTIFIER_FIELDS = {"email": "identifiers.email", "mobile_number": "identifiers.mobileNumber"}
 
@@ -175,7 +176,7 @@ class ContactSync:
             contact_id=row.id,
             account=account,
             kind=CONTACT_UPSERT,
-            payload={"body": build_contact_body(delta.changed)},
+            payload={"body": build_contact_body(delta.changed), "trace": current_trace_carrier()},
             ref=outbox.RecordRef(contact.store_key, source.resource_type, source.resource_id, source.version),
             now=now,
         )
@@ -189,6 +190,7 @@ class ContactSync:
             )
         result.changed = True
         result.outbox_message_ids.append(message_id)
+        enqueued_counter.add(1, {"kind": CONTACT_UPSERT, "store": contact.store_key})
         return result
 
 

@@ -19,15 +19,18 @@ import time
 import uuid
 from typing import Mapping
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from service import outbox
 from service.config import AccountConfig, DispatcherConfig, Settings
-from service.contact_sync import CONTACT_UPSERT
+from service.delivery import HANDLERS, DeliveryContext
 from service.db.engine import utcnow
 from service.db.models import Contact
 from service.dotdigital.client import DotdigitalClient
 from service.dotdigital.errors import DotdigitalError
+from service.telemetry import attempts_counter, delivery_duration, links_from_carrier, tracer
 from service.plugins import DeliveryOutcome, HookContext, Hooks
 
 log = logging.getLogger(__name__)
@@ -156,65 +159,57 @@ class Dispatcher:
             )
             return
         attempt = msg.attempts + 1
+        links = links_from_carrier(msg.payload.get("trace") if isinstance(msg.payload, dict) else None)
+        with tracer.start_as_current_span(
+            f"deliver {msg.kind}", kind=SpanKind.CONSUMER, links=links,
+            attributes={
+                "messaging.system": "ctdd-outbox", "messaging.operation.type": "process",
+                "messaging.message.id": str(msg.id), "messaging.destination.name": msg.account,
+                "ctdd.attempt": attempt, "ctdd.store_key": msg.store_key or "",
+            },
+        ) as span:
+            t0 = time.perf_counter()
+            outcome = await self._attempt(msg, started, attempt, span)
+            attempts_counter.add(1, {"outcome": outcome, "kind": msg.kind})
+            delivery_duration.record(time.perf_counter() - t0, {"outcome": outcome, "kind": msg.kind})
+
+    async def _attempt(self, msg: outbox.ClaimedMessage, started, attempt: int, span) -> str:
         try:
-            if msg.kind != CONTACT_UPSERT:
-                raise ValueError(f"unknown outbox message kind {msg.kind!r}")
-            status_code, dd_contact_id = await self._upsert_contact(msg)
+            handle = HANDLERS.get(msg.kind)
+            if handle is None:
+                raise ValueError(f"no delivery handler for outbox message kind {msg.kind!r}")
+            contact = await asyncio.to_thread(self._load_contact, msg.contact_id)
+            ctx = DeliveryContext(msg=msg, contact=contact, client=self.clients.get(msg.account), settings=self.settings)
+            result = await handle(ctx)
         except DotdigitalError as exc:
-            await self._failed(msg, started, attempt, reason=str(exc), status_code=exc.status_code,
-                               retryable=exc.retryable, retry_after=exc.retry_after,
-                               throttled=getattr(exc, "throttled", False))
-            return
+            span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
+            span.set_attribute("error.type", exc.code or type(exc).__name__)
+            if exc.status_code is not None:
+                span.set_attribute("http.response.status_code", exc.status_code)
+            return await self._failed(msg, started, attempt, reason=str(exc), status_code=exc.status_code,
+                                      retryable=exc.retryable, retry_after=exc.retry_after,
+                                      throttled=getattr(exc, "throttled", False))
         except Exception as exc:  # a bug or an unexpected local failure: retry, never lose the message
             log.exception("message %s: unexpected delivery error", msg.id)
-            await self._failed(msg, started, attempt, reason=f"{type(exc).__name__}: {exc}", status_code=None,
-                               retryable=not isinstance(exc, ValueError), retry_after=None, throttled=False)
-            return
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            return await self._failed(msg, started, attempt, reason=f"{type(exc).__name__}: {exc}", status_code=None,
+                                      retryable=not isinstance(exc, (ValueError, LookupError)), retry_after=None,
+                                      throttled=False)
+        span.set_attribute("http.response.status_code", result.status_code)
         delivered = await asyncio.to_thread(
             outbox.mark_delivered, self.engine, msg, worker=self.worker_id, started_at=started,
-            response_code=status_code, dotdigital_contact_id=dd_contact_id,
+            response_code=result.status_code, dotdigital_contact_id=result.dotdigital_contact_id,
         )
         if delivered:
             log.info("delivered message %s (%s, partition %s seq %s, attempt %d) -> HTTP %s", msg.id, msg.kind,
-                     msg.partition_key, msg.sequence, attempt, status_code)
-            self._notify(msg, "delivered", attempt, status_code, None)
+                     msg.partition_key, msg.sequence, attempt, result.status_code)
+            self._notify(msg, "delivered", attempt, result.status_code, None)
+        return "delivered"
 
-    async def _upsert_contact(self, msg: outbox.ClaimedMessage) -> tuple[int, int | None]:
-        contact = await asyncio.to_thread(self._load_contact, msg.contact_id)
-        body = msg.payload["body"]
-        if contact.dotdigital_contact_id:
-            identifier, value = "contactId", str(contact.dotdigital_contact_id)
-        elif email := (body.get("identifiers", {}).get("email") or contact.email):
-            identifier, value = "email", email
-        else:
-            identifier, value = "mobileNumber", (contact.mobile_number or "").lstrip("+")
-        client = self.clients.get(msg.account)
-        headers = {"X-Ctdd-Message-Id": str(msg.id)}
-        try:
-            result = await client.upsert_contact(identifier, value, body, headers=headers)
-        except DotdigitalError as exc:
-            if not (identifier == "contactId" and exc.status_code == 404 and (contact.email or contact.mobile_number)):
-                raise
-            # The contact was deleted in Dotdigital since we stored its id: upsert it again by its address
-            # (with the identifiers, so it can be created), and the new contactId replaces the old one.
-            log.warning("message %s: Dotdigital contact %s no longer exists; upserting by address", msg.id, value)
-            body = dict(body)
-            identifiers = dict(body.get("identifiers", {}))
-            if contact.email:
-                identifiers.setdefault("email", contact.email)
-            if contact.mobile_number:
-                identifiers.setdefault("mobileNumber", contact.mobile_number.lstrip("+"))
-            body["identifiers"] = identifiers
-            if contact.email:
-                identifier, value = "email", identifiers["email"]
-            else:
-                identifier, value = "mobileNumber", identifiers["mobileNumber"]
-            result = await client.upsert_contact(identifier, value, body, headers=headers)
-        return result.status_code, result.contact_id
-
-    def _load_contact(self, contact_id: int | None) -> Contact:
-        from sqlalchemy.orm import Session
-
+    def _load_contact(self, contact_id: int | None) -> Contact | None:
+        if contact_id is None:
+            return None
         with Session(self.engine) as session:
             contact = session.get(Contact, contact_id)
             if contact is None:
@@ -223,7 +218,7 @@ class Dispatcher:
             return contact
 
     async def _failed(self, msg: outbox.ClaimedMessage, started, attempt: int, *, reason: str,
-                      status_code: int | None, retryable: bool, retry_after: float | None, throttled: bool) -> None:
+                      status_code: int | None, retryable: bool, retry_after: float | None, throttled: bool) -> str:
         if retryable and attempt < self.cfg.max_attempts:
             delay = outbox.backoff_seconds(attempt, base=self.cfg.backoff_base_seconds, cap=self.cfg.backoff_cap_seconds)
             if retry_after is not None:
@@ -236,7 +231,7 @@ class Dispatcher:
             )
             log.warning("message %s attempt %d failed (%s); retrying in %.2fs", msg.id, attempt, reason, delay)
             self._notify(msg, "retry", attempt, status_code, reason)
-            return
+            return "retry"
         if retryable:
             reason = f"gave up after {attempt} attempts: {reason}"
         await asyncio.to_thread(
@@ -246,6 +241,7 @@ class Dispatcher:
         log.error("message %s dead-lettered (record %s/%s, HTTP %s): %s", msg.id, msg.record_type, msg.record_id,
                   status_code, reason)
         self._notify(msg, "dead", attempt, status_code, reason)
+        return "dead"
 
     def _notify(self, msg: outbox.ClaimedMessage, outcome: str, attempt: int, code: int | None, error: str | None) -> None:
         store = self.settings.stores.get(msg.store_key or "")

@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry.trace import SpanKind
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
@@ -24,6 +25,7 @@ from service.api_convert import InvalidRequest, Violation, parse_sync_contact
 from service.config import Settings
 from service.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
 from service.plugins import PluginConflict
+from service.telemetry import tracer
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,18 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         self.on_enqueued = on_enqueued or (lambda: None)
 
     async def SyncContact(self, request: pb.SyncContactRequest, context: grpc.aio.ServicerContext):
+        with tracer.start_as_current_span(
+            "SyncContact", kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": "SyncContact",
+                        "ctdd.store_key": request.store_key},
+        ) as span:
+            response = await self._sync_contact(request, context)
+            if response is not None:
+                span.set_attribute("ctdd.changed", response.changed)
+                span.set_attribute("ctdd.created", response.created)
+            return response
+
+    async def _sync_contact(self, request: pb.SyncContactRequest, context: grpc.aio.ServicerContext):
         source = request.source
         try:
             contact = parse_sync_contact(request, self.settings)

@@ -32,6 +32,9 @@ CT = Contact.__table__
 FS = FieldState.__table__
 DA = DeliveryAttempt.__table__
 
+#: message kinds (each has a delivery handler in service.delivery)
+CONTACT_UPSERT = "contact.upsert"
+
 #: HTTP statuses of 4xx responses that are still worth retrying
 RETRYABLE_4XX = frozenset({408, 425, 429})
 

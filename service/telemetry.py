@@ -1,0 +1,88 @@
+"""OpenTelemetry: traces and metrics for RPCs and deliveries.
+
+The service uses only the OpenTelemetry API; nothing is exported unless a provider is configured.
+``configure_telemetry()`` (called by ``ctdd serve``) installs the SDK providers when
+``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` ask for it:
+
+- ``console``: print spans / metrics to stdout (local debugging);
+- ``otlp``: export over OTLP, if ``opentelemetry-exporter-otlp`` is installed (``OTEL_EXPORTER_OTLP_ENDPOINT``).
+
+Spans: ``SyncContact`` (server), ``deliver <kind>`` (consumer, one per attempt, linked to the span that
+enqueued the message through the W3C trace context kept in the outbox payload).
+Metrics: ``ctdd.outbox.enqueued``, ``ctdd.delivery.attempts`` (by outcome), ``ctdd.delivery.duration`` (s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry import metrics, trace
+from opentelemetry.propagate import extract, inject
+
+log = logging.getLogger(__name__)
+
+tracer = trace.get_tracer("ctdd-sync")
+meter = metrics.get_meter("ctdd-sync")
+
+enqueued_counter = meter.create_counter("ctdd.outbox.enqueued", unit="{message}", description="Outbox messages enqueued")
+attempts_counter = meter.create_counter("ctdd.delivery.attempts", unit="{attempt}",
+                                        description="Delivery attempts to Dotdigital, by outcome")
+delivery_duration = meter.create_histogram("ctdd.delivery.duration", unit="s",
+                                           description="Duration of one delivery attempt")
+
+
+def current_trace_carrier() -> dict[str, str]:
+    """The W3C trace context of the current span, to store with an outbox message."""
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier
+
+
+def links_from_carrier(carrier: dict[str, str] | None) -> list[trace.Link]:
+    if not carrier:
+        return []
+    ctx = trace.get_current_span(extract(carrier)).get_span_context()
+    return [trace.Link(ctx)] if ctx.is_valid else []
+
+
+def configure_telemetry(service_name: str = "ctdd-sync") -> None:
+    traces = os.environ.get("OTEL_TRACES_EXPORTER", "none").lower()
+    metric_exporter = os.environ.get("OTEL_METRICS_EXPORTER", "none").lower()
+    if traces == "none" and metric_exporter == "none":
+        return
+    from opentelemetry.sdk.resources import Resource
+
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    if traces != "none":
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+        provider = TracerProvider(resource=resource)
+        if traces == "console":
+            exporter = ConsoleSpanExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # optional extra
+
+            exporter = OTLPSpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+    if metric_exporter != "none":
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+
+        if metric_exporter == "console":
+            mexp = ConsoleMetricExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter  # optional extra
+
+            mexp = OTLPMetricExporter()
+        metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(mexp)]))
+    log.info("OpenTelemetry enabled (traces=%s, metrics=%s)", traces, metric_exporter)
+
+
+def shutdown_telemetry() -> None:
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        shutdown = getattr(provider, "shutdown", None)
+        if shutdown is not None:
+            shutdown()

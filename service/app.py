@@ -15,6 +15,7 @@ from service.db.engine import create_db_engine, is_sqlite, upgrade_database
 from service.dispatcher import Dispatcher, DotdigitalClients
 from service.grpc_api import GrpcServer, SyncServicer
 from service.plugins import create_plugin_manager
+from service.transactions import TransactionRunner
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,12 @@ class App:
         self.engine = create_db_engine(settings.database_url)
         self.hooks = create_plugin_manager(extra_plugins)
         self.contact_sync = ContactSync(self.engine, settings, self.hooks)
+        self.transactions = TransactionRunner(self.engine)
         self.clients = DotdigitalClients(settings.accounts)
         self.dispatcher = Dispatcher(self.engine, settings, self.clients, self.hooks) if run_dispatcher else None
         self.grpc: GrpcServer | None = None
         if serve_grpc:
-            servicer = SyncServicer(settings, self.contact_sync, on_enqueued=self._wake_dispatcher)
+            servicer = SyncServicer(settings, self.contact_sync, self.transactions, on_enqueued=self._wake_dispatcher)
             self.grpc = GrpcServer(servicer, settings.listen)
         self.port: int | None = None
 
@@ -57,6 +59,7 @@ class App:
             await self.grpc.stop(grace)
         if self.dispatcher is not None:
             await self.dispatcher.stop(drain_seconds=grace)
+        await self.transactions.close()
         await self.clients.aclose()
         self.engine.dispose()
         log.info("ctdd-sync stopped")

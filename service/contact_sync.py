@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import outbox
@@ -27,6 +26,7 @@ from service.domain.payload import build_contact_body
 from service.outbox import CONTACT_UPSERT
 from service.plugins import HookContext, Hooks
 from service.telemetry import current_trace_carrier, enqueued_counter
+from service.transactions import run_in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,21 @@ class ContactSync:
 
     # -- database phase -------------------------------------------------------------------------
     def sync(self, contact: ContactInput) -> SyncResult:
+        """Blocking convenience: plugins, then one transaction (used by tools and tests)."""
+        unit = self.prepare(contact)
+        return run_in_transaction(self.engine, unit)
+
+    def prepare(self, contact: ContactInput) -> Callable[[Session], SyncResult]:
+        """Run the plugins (no database) and return the unit of work that applies the contact.
+
+        The unit may be applied several times (a retried uniqueness race), so it copies its inputs.
+        """
         mapped, suppression = self.map_contact(contact)
-        for attempt in range(3):
-            try:
-                with Session(self.engine) as session, session.begin():
-                    return self._sync_in_transaction(session, contact, mapped, suppression)
-            except IntegrityError:
-                # Two writers created the same identifier at once (PostgreSQL); the retry will find it.
-                if attempt == 2:
-                    raise
-                log.info("identifier race while syncing a contact; retrying")
-        raise AssertionError("unreachable")
+
+        def unit(session: Session) -> SyncResult:
+            return self.apply(session, contact, dict(mapped), list(suppression))
+
+        return unit
 
     def _requested_identifiers(self, contact: ContactInput) -> dict[str, str]:
         store = self.settings.stores[contact.store_key]
@@ -92,9 +96,10 @@ class ContactSync:
             requested["anonymous_id"] = ident.anonymous_id
         return requested
 
-    def _sync_in_transaction(
+    def apply(
         self, session: Session, contact: ContactInput, mapped: dict[str, Any], suppression: list[str]
     ) -> SyncResult:
+        """Resolve identity, compute the delta and enqueue, inside the caller's transaction."""
         now = utcnow()
         account = self.settings.stores[contact.store_key].account
         requested = self._requested_identifiers(contact)

@@ -26,6 +26,7 @@ from service.config import Settings
 from service.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
 from service.plugins import PluginConflict
 from service.telemetry import tracer
+from service.transactions import TransactionRunner
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,11 @@ def bad_request(violations: Iterable[Violation]) -> error_details_pb2.BadRequest
 
 
 class SyncServicer(pb_grpc.SyncServiceServicer):
-    def __init__(self, settings: Settings, contact_sync: ContactSync, on_enqueued=None):
+    def __init__(self, settings: Settings, contact_sync: ContactSync, transactions: TransactionRunner,
+                 on_enqueued=None):
         self.settings = settings
         self.contact_sync = contact_sync
+        self.transactions = transactions
         self.on_enqueued = on_enqueued or (lambda: None)
 
     async def SyncContact(self, request: pb.SyncContactRequest, context: grpc.aio.ServicerContext):
@@ -85,7 +88,8 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             await _abort(context, code_pb2.INVALID_ARGUMENT, "invalid SyncContactRequest", [bad_request(exc.violations)])
             return
         try:
-            result = await asyncio.to_thread(self.contact_sync.sync, contact)
+            unit = self.contact_sync.prepare(contact)
+            result = await self.transactions.run(unit)
         except NewContactNeedsAddress:
             reason = "new contact needs an email address or a mobile number (no identifier matched a known contact)"
             await asyncio.to_thread(

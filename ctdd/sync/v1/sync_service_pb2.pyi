@@ -23,6 +23,20 @@ class OptInType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPT_IN_TYPE_SINGLE: _ClassVar[OptInType]
     OPT_IN_TYPE_DOUBLE: _ClassVar[OptInType]
     OPT_IN_TYPE_VERIFIED_DOUBLE: _ClassVar[OptInType]
+
+class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
+    PRIORITY_LIVE: _ClassVar[Priority]
+    PRIORITY_BACKFILL: _ClassVar[Priority]
+
+class EventOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_OUTCOME_UNSPECIFIED: _ClassVar[EventOutcome]
+    EVENT_OUTCOME_APPLIED: _ClassVar[EventOutcome]
+    EVENT_OUTCOME_DUPLICATE: _ClassVar[EventOutcome]
+    EVENT_OUTCOME_STALE: _ClassVar[EventOutcome]
+    EVENT_OUTCOME_IGNORED: _ClassVar[EventOutcome]
 CONSENT_STATUS_UNSPECIFIED: ConsentStatus
 CONSENT_STATUS_SUBSCRIBED: ConsentStatus
 CONSENT_STATUS_UNSUBSCRIBED: ConsentStatus
@@ -30,6 +44,14 @@ OPT_IN_TYPE_UNSPECIFIED: OptInType
 OPT_IN_TYPE_SINGLE: OptInType
 OPT_IN_TYPE_DOUBLE: OptInType
 OPT_IN_TYPE_VERIFIED_DOUBLE: OptInType
+PRIORITY_UNSPECIFIED: Priority
+PRIORITY_LIVE: Priority
+PRIORITY_BACKFILL: Priority
+EVENT_OUTCOME_UNSPECIFIED: EventOutcome
+EVENT_OUTCOME_APPLIED: EventOutcome
+EVENT_OUTCOME_DUPLICATE: EventOutcome
+EVENT_OUTCOME_STALE: EventOutcome
+EVENT_OUTCOME_IGNORED: EventOutcome
 
 class SyncContactRequest(_message.Message):
     __slots__ = ("store_key", "identity", "profile", "consent", "lists", "source")
@@ -190,14 +212,16 @@ class IdentityConflict(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., owner_contact_id: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class TrackEventRequest(_message.Message):
-    __slots__ = ("store_key", "commercetools_delivery", "behavioural_event")
+    __slots__ = ("store_key", "commercetools_delivery", "behavioural_event", "priority")
     STORE_KEY_FIELD_NUMBER: _ClassVar[int]
     COMMERCETOOLS_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOURAL_EVENT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     store_key: str
     commercetools_delivery: bytes
     behavioural_event: BehaviouralEvent
-    def __init__(self, store_key: _Optional[str] = ..., commercetools_delivery: _Optional[bytes] = ..., behavioural_event: _Optional[_Union[BehaviouralEvent, _Mapping]] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, store_key: _Optional[str] = ..., commercetools_delivery: _Optional[bytes] = ..., behavioural_event: _Optional[_Union[BehaviouralEvent, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class BehaviouralEvent(_message.Message):
     __slots__ = ("event_id", "product_viewed", "cart_updated", "custom_event", "identity", "occurred_at", "locale", "currency")
@@ -248,14 +272,62 @@ class CustomEvent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., properties: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class TrackEventResponse(_message.Message):
-    __slots__ = ("outbox_message_ids", "duplicate", "stale")
+    __slots__ = ("outbox_message_ids", "duplicate", "stale", "notifications")
     OUTBOX_MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     outbox_message_ids: _containers.RepeatedScalarFieldContainer[int]
     duplicate: bool
     stale: bool
-    def __init__(self, outbox_message_ids: _Optional[_Iterable[int]] = ..., duplicate: _Optional[bool] = ..., stale: _Optional[bool] = ...) -> None: ...
+    notifications: _containers.RepeatedCompositeFieldContainer[NotificationResult]
+    def __init__(self, outbox_message_ids: _Optional[_Iterable[int]] = ..., duplicate: _Optional[bool] = ..., stale: _Optional[bool] = ..., notifications: _Optional[_Iterable[_Union[NotificationResult, _Mapping]]] = ...) -> None: ...
+
+class NotificationResult(_message.Message):
+    __slots__ = ("dedupe_key", "resource_type", "resource_id", "message_type", "outcome", "reason", "contact_id", "outbox_message_ids")
+    DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    dedupe_key: str
+    resource_type: str
+    resource_id: str
+    message_type: str
+    outcome: EventOutcome
+    reason: str
+    contact_id: str
+    outbox_message_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dedupe_key: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., message_type: _Optional[str] = ..., outcome: _Optional[_Union[EventOutcome, str]] = ..., reason: _Optional[str] = ..., contact_id: _Optional[str] = ..., outbox_message_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TrackEventBatchRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TrackEventRequest]
+    def __init__(self, events: _Optional[_Iterable[_Union[TrackEventRequest, _Mapping]]] = ...) -> None: ...
+
+class TrackEventBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TrackEventResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[TrackEventResult, _Mapping]]] = ...) -> None: ...
+
+class TrackEventResult(_message.Message):
+    __slots__ = ("index", "code", "message", "retryable", "response")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    code: int
+    message: str
+    retryable: bool
+    response: TrackEventResponse
+    def __init__(self, index: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., response: _Optional[_Union[TrackEventResponse, _Mapping]] = ...) -> None: ...
 
 class ExportCatalogRequest(_message.Message):
     __slots__ = ("store_key", "collection_name", "modified_since", "include_categories")

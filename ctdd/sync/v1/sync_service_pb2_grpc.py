@@ -45,6 +45,11 @@ class SyncServiceStub:
                 request_serializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventRequest.SerializeToString,
                 response_deserializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventResponse.FromString,
                 _registered_method=True)
+        self.TrackEventBatch = channel.unary_unary(
+                '/ctdd.sync.v1.SyncService/TrackEventBatch',
+                request_serializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventBatchRequest.SerializeToString,
+                response_deserializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventBatchResponse.FromString,
+                _registered_method=True)
         self.ExportCatalog = channel.unary_stream(
                 '/ctdd.sync.v1.SyncService/ExportCatalog',
                 request_serializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.ExportCatalogRequest.SerializeToString,
@@ -74,9 +79,25 @@ class SyncServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TrackEvent(self, request, context):
-        """TrackEvent records a commercetools subscription message or a behavioural event (product viewed,
-        cart updated, order placed ...) and turns it into Dotdigital insight data and program triggers.
-        Not implemented yet: answers UNIMPLEMENTED.
+        """TrackEvent records a commercetools subscription delivery or a behavioural event and turns it into
+        contact updates and Dotdigital insight data (Orders, CartInsight ...).
+
+        Deliveries are deduplicated by message id (at-least-once delivery becomes exactly-once effect),
+        stale messages (older resource version than already applied) are dropped, subscription test
+        notifications are ignored, and change notifications or messages without payload re-fetch the
+        resource from the commercetools API. OK means every effect is durably in the outbox.
+
+        Errors: INVALID_ARGUMENT for a delivery that cannot be parsed or an unknown store (do not retry:
+        send it to a dead-letter queue); UNAVAILABLE when the commercetools API could not be reached to
+        fetch the resource (retry later; nothing was written).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrackEventBatch(self, request, context):
+        """TrackEventBatch is TrackEvent for many events in one call (for middleware adapters). Each event
+        is processed on its own and gets its own result; the call itself answers OK unless it is malformed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +123,11 @@ def add_SyncServiceServicer_to_server(servicer, server):
                     servicer.TrackEvent,
                     request_deserializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventRequest.FromString,
                     response_serializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventResponse.SerializeToString,
+            ),
+            'TrackEventBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackEventBatch,
+                    request_deserializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventBatchRequest.FromString,
+                    response_serializer=ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventBatchResponse.SerializeToString,
             ),
             'ExportCatalog': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportCatalog,
@@ -164,6 +190,33 @@ class SyncService:
             '/ctdd.sync.v1.SyncService/TrackEvent',
             ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventRequest.SerializeToString,
             ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackEventBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctdd.sync.v1.SyncService/TrackEventBatch',
+            ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventBatchRequest.SerializeToString,
+            ctdd_dot_sync_dot_v1_dot_sync__service__pb2.TrackEventBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

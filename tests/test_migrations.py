@@ -25,4 +25,8 @@ def test_upgrade_is_idempotent(database_url):
     with engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
     engine.dispose()
-    assert version == "0001"
+    from alembic.script import ScriptDirectory
+
+    from service.db.engine import alembic_config
+
+    assert version == ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()

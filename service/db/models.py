@@ -121,6 +121,8 @@ class OutboxMessage(SQLModel, table=True):
     contact_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
     kind: str = Field(max_length=50)
     payload: Any = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    #: 0 = live, higher = later (backfills); claims take lower values first across partitions
+    priority: int = Field(default=0, sa_column=sa.Column(sa.SmallInteger, nullable=False, server_default="0"))
     status: str = Field(default=OutboxStatus.PENDING, max_length=20)
     attempts: int = 0
     next_attempt_at: datetime
@@ -186,3 +188,56 @@ class IdentityConflictRecord(SQLModel, table=True):
     requested_contact_id: int = Field(sa_type=sa.BigInteger)
     rule: str = Field(max_length=200)
     created_at: datetime
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """A commercetools notification or behavioural event already applied (the dedupe record).
+
+    Inserted in the same transaction as the event's effects, so a redelivery is recognised exactly
+    when the first delivery's effects were committed: at-least-once delivery, exactly-once effect.
+    """
+
+    __tablename__ = "processed_event"
+
+    dedupe_key: str = Field(primary_key=True, max_length=300)
+    store_key: str = Field(max_length=100)
+    resource_type: Optional[str] = Field(default=None, max_length=50)
+    resource_id: Optional[str] = Field(default=None, max_length=200)
+    outcome: str = Field(max_length=20)
+    processed_at: datetime
+
+
+class ResourceState(SQLModel, table=True):
+    """Highest commercetools resource version applied per resource: older notifications are stale."""
+
+    __tablename__ = "resource_state"
+
+    project_key: str = Field(primary_key=True, max_length=100)
+    resource_type: str = Field(primary_key=True, max_length=50)
+    resource_id: str = Field(primary_key=True, max_length=200)
+    version: int = Field(sa_type=sa.BigInteger)
+    contact_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    updated_at: datetime
+
+
+class OrderSummary(SQLModel, table=True):
+    """What ctdd-sync knows of one order of a contact; contact aggregates are recomputed from these rows,
+    so they stay right whatever order (or how many times) the events arrive in."""
+
+    __tablename__ = "order_summary"
+    __table_args__ = (sa.Index("ix_order_summary_contact_id", "contact_id"),)
+
+    project_key: str = Field(primary_key=True, max_length=100)
+    order_id: str = Field(primary_key=True, max_length=200)
+    contact_id: int = Field(sa_type=sa.BigInteger)
+    order_key: str = Field(max_length=200)
+    version: int = Field(sa_type=sa.BigInteger)
+    created_at: datetime
+    total: float
+    currency: str = Field(max_length=3)
+    store_key: Optional[str] = Field(default=None, max_length=100)
+    locale: Optional[str] = Field(default=None, max_length=20)
+    order_state: str = Field(max_length=20)
+    refund_total: float = 0.0
+    categories: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    updated_at: datetime

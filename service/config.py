@@ -11,6 +11,8 @@ Environment variables:
 - ``CTDD_DOTDIGITAL_BASE_URL``: overrides the Dotdigital base URL of every account.
 - ``CTDD_ACCOUNT_<NAME>_API_USER`` / ``CTDD_ACCOUNT_<NAME>_PASSWORD``: credentials of account ``<name>``
   (upper-cased, ``-`` written as ``_``).
+- ``CTDD_COMMERCETOOLS_<NAME>_CLIENT_ID`` / ``_CLIENT_SECRET`` / ``_API_URL`` / ``_AUTH_URL``: the API client of
+  ``[commercetools.<name>]``.
 - ``CTDD_LOG_LEVEL``: logging level (default ``INFO``).
 
 Secrets: a password is read from ``password_env`` (the name of an environment variable),
@@ -72,6 +74,20 @@ class AccountConfig:
 
 
 @dataclass(frozen=True)
+class CommercetoolsConfig:
+    """One commercetools project's API client credentials (``[commercetools.<name>]``)."""
+
+    name: str
+    project_key: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    region: str = "europe-west1.gcp"
+    api_url: str | None = None
+    auth_url: str | None = None
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """One commercetools store and how it maps onto a Dotdigital account."""
 
@@ -84,6 +100,10 @@ class StoreConfig:
     data_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_DATA_FIELDS))
     #: list key -> Dotdigital address book id
     lists: Mapping[str, int] = field(default_factory=dict)
+    #: name of the [commercetools.<name>] section used to fetch resources of this store (None: none configured)
+    commercetools: str | None = None
+    #: what a CustomerDeleted message does: "keep", "remove_from_lists" or "delete_contact"
+    on_customer_deleted: str = "remove_from_lists"
 
 
 @dataclass(frozen=True)
@@ -108,6 +128,7 @@ class Settings:
     log_level: str = "INFO"
     max_request_bytes: int = 256 * 1024
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
+    commercetools: Mapping[str, CommercetoolsConfig] = field(default_factory=dict)
     stores: Mapping[str, StoreConfig] = field(default_factory=dict)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
 
@@ -119,24 +140,53 @@ def _env_key(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
-def _read_password(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
-    if "password" in raw:
+def _read_secret(section: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str], *, secret: str,
+                 env_var: str) -> str | None:
+    """Read secret ``secret`` of ``[section.name]`` from ``env_var``, ``<secret>_env`` or ``<secret>_file``."""
+    if secret in raw:
         raise ConfigError(
-            f"accounts.{name}: a literal 'password' is not allowed in the config file; "
-            f"use password_env, password_file or CTDD_ACCOUNT_{_env_key(name)}_PASSWORD"
+            f"{section}.{name}: a literal '{secret}' is not allowed in the config file; "
+            f"use {secret}_env, {secret}_file or {env_var}"
         )
-    if (var := env.get(f"CTDD_ACCOUNT_{_env_key(name)}_PASSWORD")) is not None:
+    if (var := env.get(env_var)) is not None:
         return var
-    if (env_name := raw.get("password_env")) is not None:
+    if (env_name := raw.get(f"{secret}_env")) is not None:
         if env_name not in env:
-            raise ConfigError(f"accounts.{name}.password_env: environment variable {env_name} is not set")
+            raise ConfigError(f"{section}.{name}.{secret}_env: environment variable {env_name} is not set")
         return env[env_name]
-    if (path := raw.get("password_file")) is not None:
+    if (path := raw.get(f"{secret}_file")) is not None:
         try:
             return Path(path).read_text().splitlines()[0].strip()
         except (OSError, IndexError) as exc:
-            raise ConfigError(f"accounts.{name}.password_file: cannot read {path}: {exc}") from None
+            raise ConfigError(f"{section}.{name}.{secret}_file: cannot read {path}: {exc}") from None
     return None
+
+
+def _read_password(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    return _read_secret("accounts", name, raw, env, secret="password",
+                        env_var=f"CTDD_ACCOUNT_{_env_key(name)}_PASSWORD")
+
+
+def _parse_commercetools(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> CommercetoolsConfig:
+    prefix = f"CTDD_COMMERCETOOLS_{_env_key(name)}"
+    client_id = env.get(f"{prefix}_CLIENT_ID", raw.get("client_id"))
+    secret = _read_secret("commercetools", name, raw, env, secret="client_secret", env_var=f"{prefix}_CLIENT_SECRET")
+    project_key = raw.get("project_key", name)
+    if not client_id or secret is None:
+        raise ConfigError(
+            f"commercetools.{name}: API client credentials missing; set client_id and one of client_secret_env / "
+            f"client_secret_file (or {prefix}_CLIENT_ID / {prefix}_CLIENT_SECRET)"
+        )
+    return CommercetoolsConfig(
+        name=name,
+        project_key=str(project_key),
+        client_id=str(client_id),
+        client_secret=secret,
+        region=str(raw.get("region", "europe-west1.gcp")),
+        api_url=(env.get(f"{prefix}_API_URL") or raw.get("api_url") or None),
+        auth_url=(env.get(f"{prefix}_AUTH_URL") or raw.get("auth_url") or None),
+        scopes=tuple(raw.get("scopes", ())),
+    )
 
 
 def _parse_account(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> AccountConfig:
@@ -162,7 +212,8 @@ def _parse_account(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) ->
     )
 
 
-def _parse_store(key: str, raw: Mapping[str, Any], accounts: Mapping[str, AccountConfig]) -> StoreConfig:
+def _parse_store(key: str, raw: Mapping[str, Any], accounts: Mapping[str, AccountConfig],
+                 commercetools: Mapping[str, CommercetoolsConfig] | None = None) -> StoreConfig:
     account = raw.get("account")
     if account is None and len(accounts) == 1:
         account = next(iter(accounts))
@@ -181,10 +232,22 @@ def _parse_store(key: str, raw: Mapping[str, Any], accounts: Mapping[str, Accoun
         if not isinstance(list_id, int) or list_id <= 0:
             raise ConfigError(f"stores.{key}.lists.{list_key}: must be a positive Dotdigital list id")
         lists[str(list_key)] = list_id
+    commercetools = commercetools or {}
+    ct_name = raw.get("commercetools")
+    if ct_name is None and len(commercetools) == 1:
+        ct_name = next(iter(commercetools))
+    if ct_name is not None and ct_name not in commercetools:
+        raise ConfigError(f"stores.{key}.commercetools: unknown commercetools section {ct_name!r}")
+    on_deleted = raw.get("on_customer_deleted", "remove_from_lists")
+    if on_deleted not in ("keep", "remove_from_lists", "delete_contact"):
+        raise ConfigError(f"stores.{key}.on_customer_deleted: must be keep, remove_from_lists or delete_contact")
+    project = raw.get("commercetools_project") or (commercetools[ct_name].project_key if ct_name else "default")
     return StoreConfig(
         key=key,
         account=str(account),
-        commercetools_project=str(raw.get("commercetools_project", "default")),
+        commercetools_project=str(project),
+        commercetools=ct_name,
+        on_customer_deleted=on_deleted,
         locale=raw.get("locale"),
         currency=raw.get("currency"),
         data_fields=data_fields,
@@ -220,7 +283,8 @@ def settings_from_mapping(
     overrides = overrides or {}
     svc = raw.get("service", {})
     accounts = {name: _parse_account(name, a, env) for name, a in raw.get("accounts", {}).items()}
-    stores = {key: _parse_store(key, s, accounts) for key, s in raw.get("stores", {}).items()}
+    commercetools = {name: _parse_commercetools(name, c, env) for name, c in raw.get("commercetools", {}).items()}
+    stores = {key: _parse_store(key, s, accounts, commercetools) for key, s in raw.get("stores", {}).items()}
     d = raw.get("dispatcher", {})
     known = DispatcherConfig.__dataclass_fields__
     unknown = set(d) - set(known)
@@ -235,6 +299,7 @@ def settings_from_mapping(
         log_level=env.get("CTDD_LOG_LEVEL") or svc.get("log_level", "INFO"),
         max_request_bytes=int(svc.get("max_request_bytes", 256 * 1024)),
         accounts=accounts,
+        commercetools=commercetools,
         stores=stores,
         dispatcher=dispatcher,
     )

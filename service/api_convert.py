@@ -209,3 +209,69 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         lists=lists,
         source=source,
     )
+
+
+MAX_EVENT_BYTES = 1024 * 1024
+
+
+def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_key: str):
+    """Validate a typed behavioural event; return a ``BehaviouralEventInput`` or raise InvalidRequest."""
+    from service.events import BehaviouralEventInput
+
+    v: list[Violation] = []
+    if not msg.event_id.strip():
+        v.append(Violation("behavioural_event.event_id", "required (it is the deduplication key)"))
+    _check_len(v, "behavioural_event.event_id", msg.event_id, 200)
+    ident = msg.identity
+    email = mobile = None
+    if ident.email.strip():
+        try:
+            email = normalise_email(ident.email)
+        except InvalidIdentifier as exc:
+            v.append(Violation("behavioural_event.identity.email", str(exc)))
+    if ident.mobile_number.strip():
+        try:
+            mobile = normalise_mobile(ident.mobile_number)
+        except InvalidIdentifier as exc:
+            v.append(Violation("behavioural_event.identity.mobile_number", str(exc)))
+    customer_id = ident.customer_id.strip() or None
+    if not (customer_id or email or mobile or ident.anonymous_id.strip()):
+        v.append(Violation("behavioural_event.identity", "at least one identifier is required"))
+    kind = msg.WhichOneof("kind")
+    data: dict[str, Any] = {}
+    occurred = _ts(msg.occurred_at) if msg.HasField("occurred_at") else None
+    when = occurred.strftime("%Y-%m-%dT%H:%M:%SZ") if occurred else ""
+    if kind is None:
+        v.append(Violation("behavioural_event.kind", "one of product_viewed, cart_updated, custom_event is required"))
+    elif kind == "product_viewed":
+        pv = msg.product_viewed
+        if not pv.product_id:
+            v.append(Violation("behavioural_event.product_viewed.product_id", "required"))
+        data = {"productId": pv.product_id, "sku": pv.sku, "lastViewedAt": when,
+                "properties": json_format.MessageToDict(pv.properties)}
+    elif kind == "cart_updated":
+        cu = msg.cart_updated
+        if not cu.cart_id:
+            v.append(Violation("behavioural_event.cart_updated.cart_id", "required"))
+        from service.domain.commerce import cart_record
+
+        cart = json_format.MessageToDict(cu.cart)
+        data = cart_record(cu.cart_id, cart, locale=msg.locale or None, currency=msg.currency or None,
+                           modified_at=when)
+        data["cartVersion"] = cu.cart_version or None
+    else:
+        ce = msg.custom_event
+        if not ce.name:
+            v.append(Violation("behavioural_event.custom_event.name", "required"))
+        _check_len(v, "behavioural_event.custom_event.name", ce.name, 100)
+        data = {"name": ce.name, "occurredAt": when, "properties": json_format.MessageToDict(ce.properties)}
+    if msg.ByteSize() > MAX_EVENT_BYTES:
+        v.append(Violation("behavioural_event", f"larger than {MAX_EVENT_BYTES} bytes"))
+    if v:
+        raise InvalidRequest(v)
+    return BehaviouralEventInput(
+        event_id=msg.event_id.strip(), kind=kind, identity=Identity(customer_id=customer_id, email=email,
+                                                                  mobile_number=mobile,
+                                                                  anonymous_id=ident.anonymous_id.strip() or None),
+        occurred_at=occurred, locale=msg.locale or None, currency=msg.currency or None, data=data,
+    )

@@ -13,25 +13,36 @@ from service.config import Settings
 from service.contact_sync import ContactSync
 from service.db.engine import create_db_engine, is_sqlite, upgrade_database
 from service.dispatcher import Dispatcher, DotdigitalClients
+from service.events import CommercetoolsClients, EventProcessor
 from service.grpc_api import GrpcServer, SyncServicer
 from service.plugins import create_plugin_manager
+from service.group_commit import GroupCommitRunner
 from service.transactions import TransactionRunner
+from service.worker import SQLiteDispatcherLock
 
 log = logging.getLogger(__name__)
 
 
 class App:
-    def __init__(self, settings: Settings, *, extra_plugins=(), run_dispatcher: bool = True, serve_grpc: bool = True):
+    def __init__(self, settings: Settings, *, extra_plugins=(), run_dispatcher: bool = True, serve_grpc: bool = True,
+                 commercetools_factory=None):
         self.settings = settings
         self.engine = create_db_engine(settings.database_url)
         self.hooks = create_plugin_manager(extra_plugins)
         self.contact_sync = ContactSync(self.engine, settings, self.hooks)
-        self.transactions = TransactionRunner(self.engine)
+        # Group commit: concurrent RPCs share transactions (one savepoint each); off = one transaction per RPC.
+        self.transactions = (GroupCommitRunner(self.engine, max_batch=settings.group_commit_max_batch)
+                             if settings.group_commit else TransactionRunner(self.engine))
+        self._dispatcher_lock: SQLiteDispatcherLock | None = None
         self.clients = DotdigitalClients(settings.accounts)
         self.dispatcher = Dispatcher(self.engine, settings, self.clients, self.hooks) if run_dispatcher else None
         self.grpc: GrpcServer | None = None
+        self.events: EventProcessor | None = None
         if serve_grpc:
-            servicer = SyncServicer(settings, self.contact_sync, self.transactions, on_enqueued=self._wake_dispatcher)
+            self.events = EventProcessor(settings, self.contact_sync, self.transactions,
+                                         CommercetoolsClients(settings, commercetools_factory))
+            servicer = SyncServicer(settings, self.contact_sync, self.transactions, on_enqueued=self._wake_dispatcher,
+                                    events=self.events)
             self.grpc = GrpcServer(servicer, settings.listen)
         self.port: int | None = None
 
@@ -43,7 +54,11 @@ class App:
         upgrade_database(self.engine)
         if self.dispatcher is not None:
             if is_sqlite(self.engine):
-                # One dispatcher per SQLite file: anything still in flight belongs to a previous run.
+                # One dispatcher per SQLite file (enforced by a lock file, see service.worker): anything still
+                # in flight belongs to a previous run.
+                self._dispatcher_lock = SQLiteDispatcherLock.for_engine(self.engine)
+                if self._dispatcher_lock is not None:
+                    self._dispatcher_lock.acquire()
                 released = outbox.release_leases(self.engine)
                 if released:
                     log.warning("released %d in-flight message(s) left by a previous run", released)
@@ -59,7 +74,11 @@ class App:
             await self.grpc.stop(grace)
         if self.dispatcher is not None:
             await self.dispatcher.stop(drain_seconds=grace)
+        if self._dispatcher_lock is not None:
+            self._dispatcher_lock.release()
         await self.transactions.close()
+        if self.events is not None:
+            await self.events.ct.aclose()
         await self.clients.aclose()
         self.engine.dispose()
         log.info("ctdd-sync stopped")

@@ -1,8 +1,12 @@
 """The ``ctdd`` command line.
 
     ctdd serve [--sandbox] [--config FILE] [--listen HOST:PORT] [--database-url URL]
+    ctdd worker [--config FILE] [--database-url URL] [--grace S]
     ctdd db upgrade [--config FILE] [--database-url URL]
     ctdd sandbox [--port N]
+    ctdd adapter sqs|pubsub-push ...            (service/adapters/cli.py)
+    ctdd commercetools subscriptions apply ...  (service/adapters/cli.py)
+    ctdd backfill customers|orders --store KEY  (service/adapters/cli.py)
 """
 
 from __future__ import annotations
@@ -52,7 +56,17 @@ def with_sandbox(settings: Settings, sandbox) -> Settings:
         stores[SANDBOX_STORE] = StoreConfig(
             key=SANDBOX_STORE, account=next(iter(accounts)), lists={"customers": 1, "newsletter": 2, "sms": 3}
         )
+    provision_sandbox(sandbox, stores.values())
     return replace(settings, accounts=accounts, stores=stores)
+
+
+def provision_sandbox(sandbox, stores) -> None:
+    """Create the data fields the stores map to (what provisioning does against a real account)."""
+    from service.config import data_field_type
+
+    for store in stores:
+        for name in store.data_fields.values():
+            sandbox.add_data_field(name, data_field_type(name))
 
 
 async def _serve(args) -> int:
@@ -121,6 +135,23 @@ def _db_upgrade(args) -> int:
     return 0
 
 
+async def _worker(args) -> int:
+    from service.telemetry import configure_telemetry, shutdown_telemetry
+    from service.worker import DispatcherAlreadyRunning, run_worker
+
+    configure_telemetry()
+    try:
+        settings = _load(args)
+        if not settings.accounts:
+            raise ConfigError("no Dotdigital account configured: pass --config FILE (see README, Configuration)")
+        return await run_worker(settings, grace=args.grace)
+    except DispatcherAlreadyRunning as exc:
+        print(f"ctdd worker: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        shutdown_telemetry()
+
+
 def _sandbox(args) -> int:
     from service.testing.dotdigital_sandbox import DotdigitalSandbox
 
@@ -150,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain RPCs and deliveries on shutdown")
     serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
 
+    worker = sub.add_parser("worker", help="run an outbox dispatcher without the gRPC server (scale-out)")
+    common(worker)
+    worker.add_argument("--grace", type=float, default=10.0, help="seconds to drain deliveries on shutdown")
+    worker.set_defaults(func=lambda a: asyncio.run(_worker(a)), listen=None)
+
     db = sub.add_parser("db", help="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="apply the Alembic migrations")
@@ -159,17 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("sandbox", help="run the Dotdigital sandbox on its own")
     sb.add_argument("--port", type=int, default=0)
     sb.set_defaults(func=_sandbox)
+
+    from service.adapters.cli import register as register_integrations  # adapter, commercetools, backfill
+
+    register_integrations(sub, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(os.environ.get("CTDD_LOG_LEVEL", "INFO"))
+    from service.worker import DispatcherAlreadyRunning
+
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"ctdd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except DispatcherAlreadyRunning as exc:
+        print(f"ctdd: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

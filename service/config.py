@@ -14,6 +14,7 @@ Environment variables:
 - ``CTDD_COMMERCETOOLS_<NAME>_CLIENT_ID`` / ``_CLIENT_SECRET`` / ``_API_URL`` / ``_AUTH_URL``: the API client of
   ``[commercetools.<name>]``.
 - ``CTDD_LOG_LEVEL``: logging level (default ``INFO``).
+- ``CTDD_GROUP_COMMIT``: ``0`` commits every RPC in its own transaction (default: group commit).
 
 Secrets: a password is read from ``password_env`` (the name of an environment variable),
 ``password_file`` (a file whose first line is the password) or the ``CTDD_ACCOUNT_<NAME>_PASSWORD``
@@ -51,7 +52,34 @@ DEFAULT_DATA_FIELDS: dict[str, str] = {
     "shipping_address.city": "DELIVERY_CITY",
     "shipping_address.country": "DELIVERY_COUNTRY",
     "shipping_address.postal_code": "DELIVERY_POSTCODE",
+    # contact aggregates recomputed from the contact's orders (service.domain.commerce.order_aggregates)
+    "orders.last_order_date": "LAST_ORDER_DATE",
+    "orders.last_order_id": "LAST_ORDER_ID",
+    "orders.number_of_orders": "NUMBER_OF_ORDERS",
+    "orders.total_spend": "TOTAL_SPEND",
+    "orders.average_order_value": "AVERAGE_ORDER_VALUE",
+    "orders.total_refund": "TOTAL_REFUND",
+    "orders.first_category": "FIRST_CATEGORY_PUR",
+    "orders.last_category": "LAST_CATEGORY_PUR",
+    "orders.most_category": "MOST_PUR_CATEGORY",
+    "orders.last_order_store": "LAST_ORDER_STORE",
+    "orders.last_order_locale": "LAST_ORDER_LOCALE",
+    "orders.last_order_currency": "LAST_ORDER_CCY",
 }
+
+#: Dotdigital data-field types of the default fields (anything else is a String)
+DATA_FIELD_TYPES: dict[str, str] = {
+    "DOB": "Date",
+    "LAST_ORDER_DATE": "Date",
+    "NUMBER_OF_ORDERS": "Numeric",
+    "TOTAL_SPEND": "Numeric",
+    "AVERAGE_ORDER_VALUE": "Numeric",
+    "TOTAL_REFUND": "Numeric",
+}
+
+
+def data_field_type(name: str) -> str:
+    return DATA_FIELD_TYPES.get(name, "String")
 
 _DATA_FIELD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
 
@@ -117,6 +145,38 @@ class DispatcherConfig:
     backoff_cap_seconds: float = 600.0
     lease_seconds: float = 120.0
     poll_interval_seconds: float = 1.0
+    # -- scale-out (see README "Many processes, one database") --
+    #: how often a dispatcher extends the leases it holds (default: a third of lease_seconds)
+    heartbeat_seconds: float | None = None
+    #: PostgreSQL: LISTEN for the NOTIFY of every enqueue, so idle dispatchers wake at once
+    listen_notify: bool = True
+    # -- adaptive batching (README "Adaptive batching") --
+    #: use the bulk import endpoints when the backlog is large
+    batching: bool = True
+    #: due messages in the outbox from which the dispatcher switches to bulk imports
+    bulk_backlog_threshold: int = 200
+    #: smallest group (one account, one kind) worth an import; smaller groups go one by one
+    bulk_min_batch: int = 20
+    bulk_max_batch: int = 2000
+    bulk_max_bytes: int = 20_000_000
+    #: imports one dispatcher runs at once (Dotdigital allows 25 contact / 5 insight imports per account)
+    bulk_max_active_imports: int = 2
+    bulk_poll_min_seconds: float = 1.0
+    bulk_poll_max_seconds: float = 30.0
+    bulk_import_timeout_seconds: float = 900.0
+    #: merge pending contact upserts of one contact: "bulk" (when claiming for an import), "always", "never"
+    coalesce: str = "bulk"
+    # -- rate limits (README "Rate limits") --
+    #: pace calls from the X-RateLimit-* headers before the limit is reached
+    rate_pacing: bool = True
+    #: pacing starts when less than this fraction of the account's limit remains
+    rate_burst_fraction: float = 0.5
+    #: calls kept in reserve: at or below it, wait for the rate-limit window to reset
+    rate_reserve: int = 2
+
+    def __post_init__(self) -> None:
+        if self.coalesce not in ("bulk", "always", "never"):
+            raise ConfigError(f"dispatcher.coalesce: must be bulk, always or never, not {self.coalesce!r}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +191,9 @@ class Settings:
     commercetools: Mapping[str, CommercetoolsConfig] = field(default_factory=dict)
     stores: Mapping[str, StoreConfig] = field(default_factory=dict)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    #: commit concurrent RPCs in shared transactions (service.group_commit); CTDD_GROUP_COMMIT=0 turns it off
+    group_commit: bool = True
+    group_commit_max_batch: int = 256
 
     def store(self, key: str) -> StoreConfig | None:
         return self.stores.get(key)
@@ -298,6 +361,8 @@ def settings_from_mapping(
         or svc.get("database_url", DEFAULT_DATABASE_URL),
         log_level=env.get("CTDD_LOG_LEVEL") or svc.get("log_level", "INFO"),
         max_request_bytes=int(svc.get("max_request_bytes", 256 * 1024)),
+        group_commit=str(env.get("CTDD_GROUP_COMMIT", svc.get("group_commit", True))).lower() not in ("0", "false", "no", "off"),
+        group_commit_max_batch=int(svc.get("group_commit_max_batch", 256)),
         accounts=accounts,
         commercetools=commercetools,
         stores=stores,

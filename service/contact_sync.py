@@ -82,6 +82,17 @@ class ContactSync:
 
         return unit
 
+    def known_customer(self, session: Session, store_key: str, customer_id: str) -> int | None:
+        """The contact a commercetools customer id resolves to, if any (read only)."""
+        store = self.settings.stores[store_key]
+        return session.execute(
+            sa.select(ContactIdentifier.contact_id).where(
+                ContactIdentifier.account == store.account,
+                ContactIdentifier.kind == "customer_id",
+                ContactIdentifier.value == customer_key(store.commercetools_project, customer_id),
+            )
+        ).scalar_one_or_none()
+
     def _requested_identifiers(self, contact: ContactInput) -> dict[str, str]:
         store = self.settings.stores[contact.store_key]
         ident = contact.identity
@@ -97,7 +108,8 @@ class ContactSync:
         return requested
 
     def apply(
-        self, session: Session, contact: ContactInput, mapped: dict[str, Any], suppression: list[str]
+        self, session: Session, contact: ContactInput, mapped: dict[str, Any], suppression: list[str],
+        *, priority: int = outbox.PRIORITY_LIVE,
     ) -> SyncResult:
         """Resolve identity, compute the delta and enqueue, inside the caller's transaction."""
         now = utcnow()
@@ -184,6 +196,7 @@ class ContactSync:
             payload={"body": build_contact_body(delta.changed), "trace": current_trace_carrier()},
             ref=outbox.RecordRef(contact.store_key, source.resource_type, source.resource_id, source.version),
             now=now,
+            priority=priority,
         )
         for path, value in delta.changed.items():
             session.merge(

@@ -30,8 +30,12 @@ class DeliveryContext:
 
     @property
     def headers(self) -> dict[str, str]:
-        """Sent with every call: lets the sandbox (and support staff) tie a request to its outbox message."""
-        return {"X-Ctdd-Message-Id": str(self.msg.id)}
+        """Sent with every call: lets the sandbox (and support staff) tie a request to its outbox message
+        (and to the messages coalesced into it)."""
+        headers = {"X-Ctdd-Message-Id": str(self.msg.id)}
+        if self.msg.merged_ids:
+            headers["X-Ctdd-Merged-Ids"] = ",".join(map(str, self.msg.merged_ids))
+        return headers
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,6 @@ async def deliver_contact_upsert(ctx: DeliveryContext) -> Delivered:
             identifier, value = "mobileNumber", identifiers["mobileNumber"]
         result = await ctx.client.upsert_contact(identifier, value, body, headers=ctx.headers)
     return Delivered(result.status_code, result.contact_id)
+
+# Handlers of other message kinds register themselves on import.
+from service import delivery_insight  # noqa: E402,F401

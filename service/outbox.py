@@ -7,14 +7,27 @@ one ``in_flight`` message per partition as a backstop.
 
 Every state change here is one short transaction. SQLite transactions start with ``BEGIN IMMEDIATE``
 (see ``service.db.engine``); on PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` so several workers
-can claim at once.
+can claim at once, and every enqueue sends ``NOTIFY ctdd_outbox`` (delivered by PostgreSQL when the
+enqueuing transaction commits, dropped if it rolls back) so idle workers wake at once.
+
+Leases: a claimed message is ``in_flight`` with ``lease_owner``/``lease_expires_at``. The owning worker
+extends its leases periodically (:func:`heartbeat`); a worker that died stops doing so and every other
+worker's rescuer (:func:`rescue_expired`) hands its messages back. Completions check the lease, so a
+worker that lost its lease cannot overwrite the new owner's outcome.
+
+Coalescing: when :func:`claim` is asked to, contact upserts that follow a claimed head in its partition
+and that no worker has claimed yet (``pending``, never attempted: nothing after a head can have been)
+are merged into the head (per-field: later value wins) and become ``merged``. The run of merged
+messages stops at the first message of another kind, so an upsert is never moved across e.g. an insight
+record or a deletion; and since only a claimable head is merged into, nothing is merged across a message
+in flight. Merged messages keep their own record references and take the head's final status.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,9 +47,21 @@ DA = DeliveryAttempt.__table__
 
 #: message kinds (each has a delivery handler in service.delivery)
 CONTACT_UPSERT = "contact.upsert"
+INSIGHT_UPSERT = "insight.upsert"
+CONTACT_DELETE = "contact.delete"
+CONTACT_REMOVE_FROM_LISTS = "contact.remove_from_lists"
+
+#: outbox priorities (lower is claimed first across partitions)
+PRIORITY_LIVE = 0
+PRIORITY_BACKFILL = 10
 
 #: HTTP statuses of 4xx responses that are still worth retrying
 RETRYABLE_4XX = frozenset({408, 425, 429})
+
+#: PostgreSQL NOTIFY channel raised (on commit) by every enqueue; workers LISTEN on it
+NOTIFY_CHANNEL = "ctdd_outbox"
+#: at most this many messages are coalesced into one
+MAX_COALESCED = 100
 
 
 @dataclass(frozen=True)
@@ -62,6 +87,8 @@ class ClaimedMessage:
     store_key: str | None
     record_type: str | None
     record_id: str | None
+    #: messages coalesced into this one (they settle with it)
+    merged_ids: tuple[int, ...] = ()
 
 
 def partition_key(account: str, contact_id: int) -> str:
@@ -84,6 +111,7 @@ def enqueue(
     payload: Any,
     ref: RecordRef,
     now: datetime | None = None,
+    priority: int = 0,
 ) -> int:
     """Append a message to the contact's partition inside the caller's transaction; returns its id.
 
@@ -97,7 +125,7 @@ def enqueue(
         .values(next_sequence=CT.c.next_sequence + 1, updated_at=now)
         .returning(CT.c.next_sequence - 1)
     ).scalar_one()
-    return session.execute(
+    message_id = session.execute(
         sa.insert(OM)
         .values(
             partition_key=partition_key(account, contact_id),
@@ -113,15 +141,28 @@ def enqueue(
             record_type=ref.record_type,
             record_id=ref.record_id,
             record_version=ref.record_version,
+            priority=priority,
             created_at=now,
             updated_at=now,
         )
         .returning(OM.c.id)
     ).scalar_one()
+    if session.get_bind().dialect.name == "postgresql":
+        # Transactional: PostgreSQL delivers it when (and only if) the enqueue commits, once per
+        # transaction however many messages it enqueued.
+        session.execute(sa.text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    return message_id
 
 
-def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None) -> list[ClaimedMessage]:
-    """Lease up to ``limit`` due partition heads to ``worker``."""
+def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None,
+          kinds: tuple[str, ...] | None = None, accounts_excluded: tuple[str, ...] = (),
+          coalesce: bool = False) -> list[ClaimedMessage]:
+    """Lease up to ``limit`` due partition heads to ``worker``.
+
+    ``kinds`` restricts the claim to these message kinds, ``accounts_excluded`` skips accounts (e.g. one
+    paused by throttling). With ``coalesce``, pending contact upserts queued behind each claimed
+    contact-upsert head are merged into it in the same transaction (see the module docstring).
+    """
     if limit <= 0:
         return []
     now = now or utcnow()
@@ -136,17 +177,28 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         )
         .exists()
     )
+    conditions = [OM.c.status == OutboxStatus.PENDING, OM.c.next_attempt_at <= now, ~blocked]
+    if kinds is not None:
+        conditions.append(OM.c.kind.in_(kinds))
+    if accounts_excluded:
+        conditions.append(OM.c.account.not_in(accounts_excluded))
     candidates = (
         sa.select(OM.c.id)
-        .where(OM.c.status == OutboxStatus.PENDING, OM.c.next_attempt_at <= now, ~blocked)
-        .order_by(OM.c.id)
+        .where(*conditions)
+        .order_by(OM.c.priority, OM.c.id)
         .limit(limit)
     )
     if engine.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
+        # A MATERIALIZED CTE runs the locking SELECT exactly once. As a plain ``IN (subquery)`` PostgreSQL
+        # may re-run it for every row it updates, and each run (ORDER BY ... LIMIT ... SKIP LOCKED) can
+        # pick another row: a claim of 1 could then take several.
+        cte = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
+        chosen = sa.select(cte.c.id).scalar_subquery()
+    else:
+        chosen = candidates.scalar_subquery()
     stmt = (
         sa.update(OM)
-        .where(OM.c.id.in_(candidates.scalar_subquery()), OM.c.status == OutboxStatus.PENDING)
+        .where(OM.c.id.in_(chosen), OM.c.status == OutboxStatus.PENDING)
         .values(
             status=OutboxStatus.IN_FLIGHT,
             lease_owner=worker,
@@ -160,7 +212,121 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
     )
     with engine.begin() as conn:
         rows = conn.execute(stmt).all()
-    return sorted((ClaimedMessage(**row._mapping) for row in rows), key=lambda m: m.id)
+        claimed = [ClaimedMessage(**row._mapping, merged_ids=_merged_ids(row.payload)) for row in rows]
+        if coalesce and claimed:
+            claimed = _coalesce(conn, claimed, now)
+    return sorted(claimed, key=lambda m: m.id)
+
+
+def _merged_ids(payload: Any) -> tuple[int, ...]:
+    if isinstance(payload, dict):
+        return tuple(int(m["id"]) for m in payload.get("merged") or ())
+    return ()
+
+
+def merge_contact_bodies(first: dict, later: dict) -> dict | None:
+    """The v3 contact write model that has the effect of sending ``first`` and then ``later``.
+
+    Objects (``identifiers``, ``dataFields``, ``channelProperties``) merge per key, the later value
+    winning; ``lists`` (which only ever add) are united; ``preferences`` merge by id, the later winning;
+    consent records are appended. Returns ``None`` when the two cannot be combined into one request
+    (more than the 5 consent records Dotdigital accepts per request).
+    """
+    from service.domain.payload import MAX_CONSENT_RECORDS
+
+    def merge_obj(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for key, value in b.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge_obj(out[key], value)
+            else:
+                out[key] = value
+        return out
+
+    merged: dict = {}
+    for key in dict.fromkeys([*first, *later]):
+        if key not in later:
+            merged[key] = first[key]
+            continue
+        if key not in first:
+            merged[key] = later[key]
+            continue
+        a, b = first[key], later[key]
+        if key == "lists":
+            merged[key] = sorted(set(a or ()) | set(b or ()))
+        elif key == "preferences":
+            by_id = {p["id"]: p for p in (a or ())}
+            by_id.update({p["id"]: p for p in (b or ())})
+            merged[key] = list(by_id.values())
+        elif key == "consentRecords":
+            records = [*(a or ()), *(b or ())]
+            if len(records) > MAX_CONSENT_RECORDS:
+                return None
+            merged[key] = records
+        elif isinstance(a, dict) and isinstance(b, dict):
+            merged[key] = merge_obj(a, b)
+        else:
+            merged[key] = b
+    return merged
+
+
+def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime) -> list[ClaimedMessage]:
+    """Merge the unclaimed contact upserts queued right behind each claimed contact-upsert head."""
+    heads = {m.partition_key: m for m in claimed if m.kind == CONTACT_UPSERT and isinstance(m.payload, dict)}
+    if not heads:
+        return claimed
+    followers = conn.execute(
+        sa.select(OM.c.id, OM.c.partition_key, OM.c.sequence, OM.c.kind, OM.c.status, OM.c.attempts, OM.c.payload,
+                  OM.c.store_key, OM.c.record_type, OM.c.record_id, OM.c.record_version)
+        .where(OM.c.partition_key.in_(list(heads)), OM.c.status.in_(OutboxStatus.BLOCKING))
+        .order_by(OM.c.partition_key, OM.c.sequence)
+    ).all()
+    runs: dict[str, list] = {}
+    stopped: set[str] = set()
+    for row in followers:
+        head = heads[row.partition_key]
+        if row.sequence <= head.sequence or row.partition_key in stopped:
+            continue
+        run = runs.setdefault(row.partition_key, [])
+        if (row.kind != CONTACT_UPSERT or row.status != OutboxStatus.PENDING or row.attempts
+                or len(run) + len(_merged_ids(head.payload)) >= MAX_COALESCED):
+            stopped.add(row.partition_key)
+            continue
+        run.append(row)
+    result = []
+    for msg in claimed:
+        run = runs.get(msg.partition_key) if heads.get(msg.partition_key) is msg else None
+        if not run:
+            result.append(msg)
+            continue
+        body = dict(msg.payload.get("body") or {})
+        merged_refs = list(msg.payload.get("merged") or ())
+        taken = []
+        for row in run:
+            combined = merge_contact_bodies(body, (row.payload or {}).get("body") or {})
+            if combined is None:
+                break
+            body = combined
+            taken.append(row.id)
+            merged_refs.append({
+                "id": row.id, "sequence": row.sequence, "store_key": row.store_key, "record_type": row.record_type,
+                "record_id": row.record_id, "record_version": row.record_version,
+                "trace": (row.payload or {}).get("trace"),
+            })
+        if not taken:
+            result.append(msg)
+            continue
+        payload = {**msg.payload, "body": body, "merged": merged_refs}
+        conn.execute(sa.update(OM).where(OM.c.id == msg.id).values(payload=payload, updated_at=now))
+        conn.execute(
+            sa.update(OM)
+            .where(OM.c.id.in_(taken), OM.c.status == OutboxStatus.PENDING)
+            .values(status=OutboxStatus.MERGED, merged_into=msg.id, updated_at=now)
+        )
+        log.info("coalesced %d pending upsert(s) of partition %s into message %s", len(taken), msg.partition_key,
+                 msg.id)
+        result.append(replace(msg, payload=payload, merged_ids=_merged_ids(payload)))
+    return result
 
 
 def _record_attempt(conn, msg: ClaimedMessage, *, worker: str, outcome: str, started_at: datetime,
@@ -197,9 +363,33 @@ def mark_delivered(engine: Engine, msg: ClaimedMessage, *, worker: str, started_
                     dotdigital_contact_id=dotdigital_contact_id, updated_at=now
                 )
             )
+        _settle_merged(conn, [msg.id], OutboxStatus.DELIVERED, now=now, response_code=response_code)
         _record_attempt(conn, msg, worker=worker, outcome="delivered", started_at=started_at,
                         response_code=response_code, error=None, now=now)
     return True
+
+
+def _settle_merged(conn, head_ids: list[int], status: str, *, now: datetime, response_code: int | None,
+                   error: str | None = None) -> None:
+    """Messages coalesced into ``head_ids`` take their head's final status."""
+    if not head_ids:
+        return
+    values: dict[str, Any] = dict(status=status, updated_at=now, last_response_code=response_code)
+    if status == OutboxStatus.DELIVERED:
+        values["delivered_at"] = now
+    if error is not None:
+        values["last_error"] = error
+    conn.execute(
+        sa.update(OM).where(OM.c.merged_into.in_(head_ids), OM.c.status == OutboxStatus.MERGED).values(**values)
+    )
+
+
+def _forget_fields(conn, head_ids: list[int]) -> None:
+    """Forget the field values dead messages (and the messages merged into them) carried."""
+    if not head_ids:
+        return
+    merged = sa.select(OM.c.id).where(OM.c.merged_into.in_(head_ids)).scalar_subquery()
+    conn.execute(sa.delete(FS).where(sa.or_(FS.c.message_id.in_(head_ids), FS.c.message_id.in_(merged))))
 
 
 def mark_retry(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: datetime, delay_seconds: float,
@@ -235,7 +425,9 @@ def mark_dead(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: d
         ).rowcount
         if not updated:
             return
-        conn.execute(sa.delete(FS).where(FS.c.message_id == msg.id))
+        _forget_fields(conn, [msg.id])
+        _settle_merged(conn, [msg.id], OutboxStatus.DEAD, now=now, response_code=response_code,
+                       error=f"merged into message {msg.id}: {error}"[:2000])
         _record_attempt(conn, msg, worker=worker, outcome="dead", started_at=started_at,
                         response_code=response_code, error=error[:2000], now=now)
 
@@ -266,6 +458,124 @@ def rescue_expired(engine: Engine, now: datetime | None = None) -> int:
     if n:
         log.warning("rescued %d message(s) whose lease expired", n)
     return n
+
+
+def heartbeat(engine: Engine, *, worker: str, lease_seconds: float, now: datetime | None = None) -> int:
+    """Extend the leases of every message ``worker`` has in flight; returns how many it holds."""
+    now = now or utcnow()
+    with engine.begin() as conn:
+        return conn.execute(
+            sa.update(OM)
+            .where(OM.c.status == OutboxStatus.IN_FLIGHT, OM.c.lease_owner == worker)
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        ).rowcount
+
+
+def due_backlog(engine: Engine, *, cap: int, now: datetime | None = None) -> int:
+    """How many pending messages are due, counting at most ``cap`` (cheap "is there a backlog?")."""
+    now = now or utcnow()
+    due = (
+        sa.select(sa.literal(1))
+        .select_from(OM)
+        .where(OM.c.status == OutboxStatus.PENDING, OM.c.next_attempt_at <= now)
+        .limit(cap)
+        .subquery()
+    )
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(due)).scalar_one()
+
+
+@dataclass
+class Outcome:
+    """The result of delivering one message of a batch (see :func:`settle`)."""
+
+    msg: ClaimedMessage
+    #: "delivered", "retry" or "dead"
+    outcome: str
+    response_code: int | None = None
+    error: str | None = None
+    #: retry: seconds until the next attempt; count_attempt=False for a retry that never reached Dotdigital
+    delay_seconds: float = 0.0
+    count_attempt: bool = True
+    dotdigital_contact_id: int | None = None
+
+
+def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: datetime) -> set[int]:
+    """Record the outcomes of a batch in one transaction; returns the ids whose lease was still held.
+
+    The same rules as :func:`mark_delivered`, :func:`mark_retry` and :func:`mark_dead`, with set-wise
+    statements so that a batch of thousands settles in a few round trips.
+    """
+    if not outcomes:
+        return set()
+    now = utcnow()
+    ids = [o.msg.id for o in outcomes]
+    with engine.begin() as conn:
+        # Lock the rows we still own (a lost lease must not be overwritten).
+        owned = set(conn.execute(
+            sa.select(OM.c.id).where(OM.c.id.in_(ids), OM.c.status == OutboxStatus.IN_FLIGHT,
+                                     OM.c.lease_owner == worker).with_for_update()
+        ).scalars())
+        if len(owned) < len(ids):
+            log.warning("%d message(s) of a batch lost their lease before the outcome was recorded",
+                        len(ids) - len(owned))
+        mine = [o for o in outcomes if o.msg.id in owned]
+        delivered = [o for o in mine if o.outcome == "delivered"]
+        retries = [o for o in mine if o.outcome == "retry"]
+        dead = [o for o in mine if o.outcome == "dead"]
+        by_code: dict[int | None, list[int]] = {}
+        for o in delivered:
+            by_code.setdefault(o.response_code, []).append(o.msg.id)
+        for code, group in by_code.items():
+            conn.execute(
+                sa.update(OM).where(OM.c.id.in_(group)).values(
+                    status=OutboxStatus.DELIVERED, attempts=OM.c.attempts + 1, delivered_at=now, updated_at=now,
+                    lease_owner=None, lease_expires_at=None, last_response_code=code, last_error=None,
+                )
+            )
+            _settle_merged(conn, group, OutboxStatus.DELIVERED, now=now, response_code=code)
+        learnt = [{"cid": o.msg.contact_id, "dd": o.dotdigital_contact_id} for o in delivered
+                  if o.dotdigital_contact_id is not None and o.msg.contact_id is not None]
+        if learnt:
+            conn.execute(
+                sa.update(CT).where(CT.c.id == sa.bindparam("cid"))
+                .values(dotdigital_contact_id=sa.bindparam("dd"), updated_at=now),
+                learnt,
+            )
+        if retries:
+            conn.execute(
+                sa.update(OM).where(OM.c.id == sa.bindparam("mid")).values(
+                    status=OutboxStatus.PENDING, attempts=OM.c.attempts + sa.bindparam("inc"),
+                    next_attempt_at=sa.bindparam("due"), updated_at=now, lease_owner=None, lease_expires_at=None,
+                    last_response_code=sa.bindparam("code"), last_error=sa.bindparam("err"),
+                ),
+                [{"mid": o.msg.id, "inc": 1 if o.count_attempt else 0,
+                  "due": now + timedelta(seconds=o.delay_seconds), "code": o.response_code,
+                  "err": (o.error or "")[:2000]} for o in retries],
+            )
+        if dead:
+            conn.execute(
+                sa.update(OM).where(OM.c.id == sa.bindparam("mid")).values(
+                    status=OutboxStatus.DEAD, attempts=OM.c.attempts + 1, updated_at=now,
+                    lease_owner=None, lease_expires_at=None, last_response_code=sa.bindparam("code"),
+                    last_error=sa.bindparam("err"),
+                ),
+                [{"mid": o.msg.id, "code": o.response_code, "err": (o.error or "")[:2000]} for o in dead],
+            )
+            dead_ids = [o.msg.id for o in dead]
+            _forget_fields(conn, dead_ids)
+            for o in dead:
+                if o.msg.merged_ids:
+                    _settle_merged(conn, [o.msg.id], OutboxStatus.DEAD, now=now, response_code=o.response_code,
+                                   error=f"merged into message {o.msg.id}: {o.error}"[:2000])
+        attempts = [
+            dict(message_id=o.msg.id, attempt=o.msg.attempts + 1, outcome=o.outcome, response_code=o.response_code,
+                 error=(o.error or None) and o.error[:2000], worker=worker, started_at=started_at, finished_at=now)
+            for o in mine if o.outcome != "retry" or o.count_attempt
+        ]
+        if attempts:
+            conn.execute(sa.insert(DA), attempts)
+    return owned
 
 
 def counts_by_status(engine: Engine) -> dict[str, int]:

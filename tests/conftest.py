@@ -81,7 +81,17 @@ def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'ctdd.db'}"
 
 
-def make_settings(database_url: str, sandbox: DotdigitalSandbox, **dispatcher: Any):
+def make_settings(database_url: str, sandbox: DotdigitalSandbox, *, commercetools=None, stores_extra=None,
+                  **dispatcher: Any):
+    """Settings for a service talking to ``sandbox`` (and to the fake commercetools API ``commercetools``).
+
+    The sandbox account gets the default data fields (as ``ctdd dotdigital setup`` would create them);
+    fields only mapped by a test (LOYALTY_TIER) are left for the test to create.
+    """
+    from service.config import DEFAULT_DATA_FIELDS, data_field_type
+
+    for name in DEFAULT_DATA_FIELDS.values():
+        sandbox.add_data_field(name, data_field_type(name))
     raw = {
         "service": {"listen": "127.0.0.1:0", "database_url": database_url},
         "accounts": {"main": {"api_user": sandbox.api_user}},
@@ -99,6 +109,16 @@ def make_settings(database_url: str, sandbox: DotdigitalSandbox, **dispatcher: A
         "dispatcher": {**FAST_DISPATCH, **dispatcher},
     }
     env = {"CTDD_ACCOUNT_MAIN_PASSWORD": sandbox.password, "CTDD_DOTDIGITAL_BASE_URL": sandbox.base_url}
+    if commercetools is not None:
+        raw["commercetools"] = {"ct": {"project_key": commercetools.project_key, "client_id": commercetools.client_id,
+                                       "client_secret_env": "CT_SECRET", "api_url": commercetools.base_url,
+                                       "auth_url": commercetools.base_url}}
+        env["CT_SECRET"] = commercetools.client_secret
+        for store in raw["stores"].values():
+            store["commercetools"] = "ct"
+            store["commercetools_project"] = commercetools.project_key
+    for key, extra in (stores_extra or {}).items():
+        raw["stores"].setdefault(key, {"account": "main"}).update(extra)
     return settings_from_mapping(raw, env=env)
 
 

@@ -76,10 +76,36 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+#: ``pg_advisory_lock`` key serialising schema upgrades of one PostgreSQL database ("ctddmigr")
+MIGRATION_LOCK_KEY = 0x6374_6464_6D69_6772 & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def upgrade_database(engine: Engine, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to ``revision`` on ``engine``'s database."""
+    """Apply the Alembic migrations up to ``revision`` on ``engine``'s database.
+
+    Safe with many processes starting at once (``ctdd serve`` and several ``ctdd worker`` on one
+    PostgreSQL database): on PostgreSQL the upgrade runs under a session-level advisory lock, so one
+    process migrates while the others wait and then find the schema already at ``revision``. On SQLite
+    every migration transaction starts with ``BEGIN IMMEDIATE``, which serialises writers of the file.
+    """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.connect() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+        locked = engine.dialect.name == "postgresql"
+        if locked:
+            connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            connection.commit()  # the lock is session-level; alembic then runs its own transaction
+        try:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+        finally:
+            if locked:
+                if connection.in_transaction():
+                    connection.rollback()
+                connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                connection.commit()
     log.info("database schema at %s (%s)", revision, engine.dialect.name)
+
+
+def libpq_url(engine: Engine) -> str:
+    """The engine's PostgreSQL URL in the form psycopg's own ``connect()`` accepts (for LISTEN)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)

@@ -29,6 +29,10 @@ class OutboxStatus:
     ``pending`` -> ``in_flight`` (claimed, leased) -> ``delivered``; a retryable failure puts it back to
     ``pending`` with a later ``next_attempt_at``; a permanent failure (or too many attempts) makes it
     ``dead``; an operator may ``park`` a message, which holds back the rest of its partition.
+
+    ``merged``: a pending contact upsert that nobody had claimed yet was coalesced into the earlier
+    message of its partition (``merged_into``); it takes that message's final status (``delivered`` or
+    ``dead``) when that message settles.
     """
 
     PENDING = "pending"
@@ -36,6 +40,7 @@ class OutboxStatus:
     DELIVERED = "delivered"
     DEAD = "dead"
     PARKED = "parked"
+    MERGED = "merged"
 
     #: statuses that still hold back later messages of the same partition
     BLOCKING = (PENDING, IN_FLIGHT, PARKED)
@@ -110,6 +115,37 @@ class OutboxMessage(SQLModel, table=True):
             sqlite_where=sa.text("status = 'in_flight'"),
             postgresql_where=sa.text("status = 'in_flight'"),
         ),
+        # Claims: scan only pending rows, in claim order (priority, id).
+        sa.Index(
+            "ix_outbox_message_pending_claim_order",
+            "priority",
+            "id",
+            sqlite_where=sa.text("status = 'pending'"),
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
+        # The "earlier blocking message of my partition?" check looks only at unsettled rows, so it
+        # stays cheap however much delivered history a contact has.
+        sa.Index(
+            "ix_outbox_message_unsettled_partition_sequence",
+            "partition_key",
+            "sequence",
+            sqlite_where=sa.text("status IN ('pending', 'in_flight', 'parked')"),
+            postgresql_where=sa.text("status IN ('pending', 'in_flight', 'parked')"),
+        ),
+        # Lease heartbeat and rescue.
+        sa.Index(
+            "ix_outbox_message_in_flight_lease",
+            "lease_owner",
+            "lease_expires_at",
+            sqlite_where=sa.text("status = 'in_flight'"),
+            postgresql_where=sa.text("status = 'in_flight'"),
+        ),
+        sa.Index(
+            "ix_outbox_message_merged_into",
+            "merged_into",
+            sqlite_where=sa.text("merged_into IS NOT NULL"),
+            postgresql_where=sa.text("merged_into IS NOT NULL"),
+        ),
         {"sqlite_autoincrement": True},
     )
 
@@ -134,6 +170,8 @@ class OutboxMessage(SQLModel, table=True):
     record_type: Optional[str] = Field(default=None, max_length=50)
     record_id: Optional[str] = Field(default=None, max_length=200)
     record_version: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    #: set when this message was coalesced into an earlier pending message of its partition
+    merged_into: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
     created_at: datetime
     updated_at: datetime
     delivered_at: Optional[datetime] = None

@@ -5,7 +5,14 @@ Covers what the sync service needs (reference ``shared/reference/dotdigital.md``
 * region discovery: ``GET /v2/account-info`` on r1 (or an explicit base URL), then every call goes to the
   account's ``ApiEndpoint`` property (§1); discovered once per client, concurrency-safe;
 * contacts v3 single upsert ``PATCH /contacts/v3/{identifier}/{value}`` and ``GET`` (§4);
+* contacts v3 bulk import ``PUT /contacts/v3/import`` and its status (§4.4);
+* insight data v3 (§7.1): collections, single record upsert / read / delete for a contact or the account
+  (catalog, §8), and the bulk import ``PUT /insightData/v3/import`` with its status;
 * v2 data fields (§4.5) and address books / list membership removal (§6).
+
+Bulk imports are asynchronous: ``start_*_import`` returns the ``importId``, ``*_import_status`` returns a
+report, and ``wait_for_import`` polls until the import is done. An import that failed as a whole is a report
+with ``failed=True``, not an exception; rejected items are listed in the report's ``failures``.
 
 Transport rules (§1): HTTP Basic with the API user, JSON in and out (``Accept`` / ``Content-Type:
 application/json``), a ``User-Agent``, and a default timeout of 121 s, which Dotdigital asks clients to
@@ -29,17 +36,23 @@ import httpx
 
 from .errors import (
     DotdigitalError,
+    DotdigitalImportTimeout,
     DotdigitalTransportError,
     error_from_response,
     redact_pii,
 )
 
 __all__ = [
+    "COLLECTION_SCOPES",
+    "COLLECTION_TYPES",
+    "IMPORT_MERGE_OPTIONS",
     "MERGE_OPTIONS",
     "R1_BASE_URL",
     "REGION_BASE_URLS",
     "ContactUpsertResult",
+    "ContactsImportReport",
     "DotdigitalClient",
+    "InsightImportReport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,10 +66,27 @@ REGION_BASE_URLS: dict[str, str] = {
 }
 #: ``merge-option`` query values of the v3 PATCH upsert (kebab-case, unlike the bulk import's camelCase; §4.4).
 MERGE_OPTIONS = ("overwrite", "overwrite-if-not-empty", "overwrite-if-empty")
+#: ``mergeOption`` values of the bulk contact import (camelCase, §4.4).
+IMPORT_MERGE_OPTIONS = ("overwrite", "overwriteIfNotEmpty", "overwriteIfEmpty")
+#: Insight data collection scopes and types ([SPEC-I3] ``collectionScope`` / ``collectionType``, §7.1).
+COLLECTION_SCOPES = ("account", "contact")
+COLLECTION_TYPES = (
+    "cartInsight", "catalog", "consentInsight", "custom", "easyEditorExtensions", "nostoEmailCampaigns", "orders",
+    "productCategories", "webInsight", "wishList",
+)
 #: Recommended per-call timeout (§1).
 DEFAULT_TIMEOUT = 121.0
+#: Import statuses meaning "done and applied": the insight spec's enum says ``Complete``, its examples and the
+#: contacts import say ``Finished`` (§7.1).
+IMPORT_SUCCESS_STATUSES = frozenset({"Finished", "Complete"})
+#: Import statuses meaning "done, nothing (more) will be applied" ([M2]'s list, §7.1, plus the contacts enum).
+IMPORT_FAILURE_STATUSES = frozenset({
+    "Failed", "RejectedByWatchdog", "ExceedsAllowedContactLimit", "InvalidFileFormat", "Unknown",
+    "NotAvailableInThisVersion",
+})
 
 _IDENTIFIER_RE = re.compile(r"^[-A-Za-z0-9_]{1,50}$")  # path param ``identifier`` pattern [SPEC-C3]
+_COLLECTION_NAME_RE = re.compile(r"^[-A-Za-z_][-A-Za-z0-9_]{1,255}$")  # [SPEC-I3] ``collectionName`` (max 255)
 _DATA_FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")  # §4.5
 _DATA_FIELD_TYPES = ("String", "Numeric", "Date", "Boolean")
 _VISIBILITIES = ("Private", "Public")
@@ -78,6 +108,102 @@ class ContactUpsertResult:
     status_code: int
     email_status: str | None
     body: dict
+
+
+@dataclass(frozen=True)
+class ContactsImportReport:
+    """``GET /contacts/v3/import/{importId}`` (§4.4).
+
+    ``finished``: done and applied (``Finished``); ``failed``: done as a whole failure (``Failed``,
+    ``RejectedByWatchdog``, ``ExceedsAllowedContactLimit``, ...); neither: still running (``NotFinished``).
+    ``created`` / ``updated`` are ``[{contactId, identifiers}]`` - how bulk-created contacts' ids are learnt.
+    ``failures`` are ``[{contactId?, matchIdentifier, identifiers, failures: [{failureCode, description}]}]``;
+    a contact can be both updated and in ``failures`` (e.g. ``consentRecordsNotApplied``). ``summary`` has
+    ``newContacts``, ``updatedContacts``, ``globallySuppressed``, ``invalidEntries``, ``duplicateIdentifiers``.
+    """
+
+    import_id: str
+    status: str
+    finished: bool
+    failed: bool
+    summary: dict
+    created: list[dict]
+    updated: list[dict]
+    failures: list[dict]
+    body: dict
+
+    @property
+    def done(self) -> bool:
+        return self.finished or self.failed
+
+    def failure_codes(self, identifier: str, value: Any) -> list[str]:
+        """The failure codes reported for the item with ``identifiers[identifier] == value`` (emails compare
+        case-insensitively). Codes are returned as sent; Dotdigital mixes PascalCase and camelCase (§3.4)."""
+        wanted = str(value).casefold() if identifier == "email" else str(value)
+        codes: list[str] = []
+        for entry in self.failures:
+            sent = (entry.get("identifiers") or {}).get(identifier)
+            if sent is not None and (str(sent).casefold() if identifier == "email" else str(sent)) == wanted:
+                codes += [str(f.get("failureCode")) for f in entry.get("failures") or [] if isinstance(f, dict)]
+        return codes
+
+    @classmethod
+    def from_body(cls, body: dict) -> ContactsImportReport:
+        status = str(body.get("status") or "")
+        return cls(
+            import_id=str(body.get("importId") or ""),
+            status=status,
+            finished=status in IMPORT_SUCCESS_STATUSES,
+            failed=status in IMPORT_FAILURE_STATUSES,
+            summary=dict(body.get("summary") or {}),
+            created=list(body.get("created") or []),
+            updated=list(body.get("updated") or []),
+            failures=list(body.get("failures") or []),
+            body=body,
+        )
+
+
+@dataclass(frozen=True)
+class InsightImportReport:
+    """``GET /insightData/v3/import/{importId}`` (§7.1).
+
+    ``finished``: ``Finished`` or ``Complete`` (the spec disagrees with itself, so both count as success);
+    ``failed``: ``Failed`` and the other terminal failures [M2] knows; neither: ``NotStarted`` / ``Processing``.
+    ``summary`` has ``totalRecords``, ``totalImported``, ``totalRejected``; ``failures`` are
+    ``[{collectionOwner{ownerType, contactIdentity?}, failureReason, details, key, json}]`` - e.g.
+    ``ContactEmailDoesNotExist`` for a record whose contact does not exist (the call itself still got 202).
+    """
+
+    import_id: str
+    status: str
+    finished: bool
+    failed: bool
+    collection_name: str | None
+    summary: dict
+    failures: list[dict]
+    body: dict
+
+    @property
+    def done(self) -> bool:
+        return self.finished or self.failed
+
+    def failure_reasons(self) -> dict[str, str]:
+        """``{record key: failureReason}`` of the rejected records (keys of different contacts may collide)."""
+        return {str(f.get("key")): str(f.get("failureReason")) for f in self.failures if isinstance(f, dict)}
+
+    @classmethod
+    def from_body(cls, body: dict) -> InsightImportReport:
+        status = str(body.get("status") or "")
+        return cls(
+            import_id=str(body.get("importId") or ""),
+            status=status,
+            finished=status in IMPORT_SUCCESS_STATUSES,
+            failed=status in IMPORT_FAILURE_STATUSES,
+            collection_name=body.get("collectionName"),
+            summary=dict(body.get("summary") or {}),
+            failures=list(body.get("failures") or []),
+            body=body,
+        )
 
 
 class DotdigitalClient:
@@ -315,6 +441,228 @@ class DotdigitalClient:
             "DELETE", await self.api_endpoint(), f"/v2/address-books/{address_book_id}/contacts/{contact_id}"
         )
 
+    # -- contacts v3 bulk import ---------------------------------------------------------------------
+    async def start_contacts_import(
+        self, contacts: list[dict], *, merge_option: str = "overwrite", headers: dict[str, str] | None = None
+    ) -> str:
+        """``PUT /contacts/v3/import`` ``{mergeOption, contacts}`` -> the ``importId`` of the 202 (§4.4).
+
+        Each item is a v3 write model (§4.2) with the import-only ``matchIdentifier`` and ``identifiers``
+        ([SPEC-C3] requires both; checked locally, ``ValueError``). ``merge_option`` is camelCase here
+        (``overwrite`` | ``overwriteIfNotEmpty`` | ``overwriteIfEmpty``), unlike the PATCH. Items are sent as
+        given. At most 25 imports may run at once: a 26th raises ``DotdigitalThrottled`` with
+        ``too_many_imports`` set (429 ``contacts:tooManyActiveImports``).
+        """
+        if merge_option not in IMPORT_MERGE_OPTIONS:
+            raise ValueError(f"merge_option must be one of {IMPORT_MERGE_OPTIONS}, got {merge_option!r}")
+        if not isinstance(contacts, list) or not contacts:
+            raise ValueError("contacts must be a non-empty list")
+        for index, item in enumerate(contacts):
+            if not isinstance(item, dict):
+                raise TypeError(f"contacts[{index}] must be a dict (the v3 contact write model)")
+            if not isinstance(item.get("matchIdentifier"), str) or not isinstance(item.get("identifiers"), dict):
+                raise ValueError(f"contacts[{index}] needs a matchIdentifier and an identifiers object")
+        body = {"mergeOption": merge_option, "contacts": contacts}
+        return await self._start_import("/contacts/v3/import", body, headers)
+
+    async def contacts_import_status(self, import_id: str) -> ContactsImportReport:
+        """``GET /contacts/v3/import/{importId}`` -> ``ContactsImportReport``; 404 ``contacts:importNotFound``
+        raises ``DotdigitalError``."""
+        path = f"/contacts/v3/import/{_import_id_segment(import_id)}"
+        payload = await self._request_json("GET", await self.api_endpoint(), path)
+        if not isinstance(payload, dict) or not isinstance(payload.get("status"), str):
+            raise _invalid_response("GET", path, "expected an import status object")
+        return ContactsImportReport.from_body(payload)
+
+    # -- insight data v3 ------------------------------------------------------------------------------
+    async def create_collection(self, name: str, *, scope: str, collection_type: str) -> bool:
+        """``POST /insightData/v3/collections/{name}?collectionScope=&collectionType=`` (§7.1).
+
+        Returns ``True`` when created (201), ``False`` when it already existed (200). More than 1000
+        collections -> ``DotdigitalError`` 412. Name, scope and type are checked locally (``ValueError``).
+        """
+        path = _collection_path(name)
+        _check_choice("scope", scope, COLLECTION_SCOPES)
+        _check_choice("collection_type", collection_type, COLLECTION_TYPES)
+        response = await self._request(
+            "POST", await self.api_endpoint(), path,
+            params={"collectionScope": scope, "collectionType": collection_type},
+        )
+        if response.status_code not in (200, 201):
+            raise _invalid_response("POST", path, f"unexpected HTTP {response.status_code}")
+        return response.status_code == 201
+
+    async def list_collections(self) -> list[dict]:
+        """``GET /insightData/v3/collections`` -> ``[{collectionName, collectionType, collectionScope,
+        recordCount}]`` of both scopes (§7.1)."""
+        payload = await self._request_json("GET", await self.api_endpoint(), "/insightData/v3/collections")
+        if not isinstance(payload, list):
+            raise _invalid_response("GET", "/insightData/v3/collections", "expected a JSON array")
+        return payload
+
+    async def upsert_insight_record(
+        self,
+        collection: str,
+        record_id: str,
+        record: dict,
+        *,
+        identifier: str,
+        value: str,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """``PUT /insightData/v3/contacts/{identifier}/{value}/{collection}/{recordId}`` -> 201 or 204 (§7.1).
+
+        ``record`` is the record's JSON object, sent as the body (it becomes ``json``; the key is
+        ``record_id``). Returns the status: 201 created, 204 replaced. The contact and the collection must
+        exist: 404 ``insightData:contactNotFound`` / ``insightData:collectionNotFound`` raise a non-retryable
+        ``DotdigitalError``. A record that breaks the collection's locked schema (§7) is a 400 whose
+        ``failure_reason`` is e.g. ``JsonValueIncompatibleWithSchema``.
+        """
+        path = _insight_contact_path(identifier, value, collection, record_id)
+        return await self._put_record(path, record, headers)
+
+    async def upsert_account_record(
+        self, collection: str, record_id: str, record: dict, headers: dict[str, str] | None = None
+    ) -> int:
+        """``PUT /insightData/v3/account/{collection}/{recordId}`` -> 201 created / 204 replaced (§7.1, §8:
+        account-scoped collections such as the product catalog)."""
+        return await self._put_record(_insight_account_path(collection, record_id), record, headers)
+
+    async def get_insight_record(
+        self, collection: str, record_id: str, *, identifier: str, value: str
+    ) -> dict | None:
+        """``GET`` of a contact's record -> ``{key, json, created, updated, ownerContactId}``, or ``None`` when
+        the record does not exist. A missing contact or collection is an error, not ``None``."""
+        return await self._get_record(_insight_contact_path(identifier, value, collection, record_id))
+
+    async def get_account_record(self, collection: str, record_id: str) -> dict | None:
+        """``GET /insightData/v3/account/{collection}/{recordId}`` -> the record, or ``None`` if it does not exist."""
+        return await self._get_record(_insight_account_path(collection, record_id))
+
+    async def delete_insight_record(self, collection: str, record_id: str, *, identifier: str, value: str) -> bool:
+        """``DELETE`` of a contact's record -> ``True`` (204), ``False`` if it did not exist."""
+        return await self._delete_record(_insight_contact_path(identifier, value, collection, record_id))
+
+    async def delete_account_record(self, collection: str, record_id: str) -> bool:
+        """``DELETE /insightData/v3/account/{collection}/{recordId}`` -> ``True``, ``False`` if it did not exist."""
+        return await self._delete_record(_insight_account_path(collection, record_id))
+
+    async def start_insight_import(
+        self,
+        collection: str,
+        *,
+        scope: str,
+        collection_type: str,
+        records: list[dict],
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """``PUT /insightData/v3/import`` -> the ``importId`` of the 202 (§7.1). Creates the collection if missing.
+
+        ``records`` are ``{key: str, json: dict}`` plus, for a contact-scoped collection (and only then),
+        ``contactIdentity: {identifier, value}`` with string values; checked locally (``ValueError``).
+        Contacts must already exist: records of unknown contacts come back in the report's ``failures``
+        (``ContactEmailDoesNotExist`` / ``ContactIdDoesNotExist``) although this call succeeds. At most 5
+        imports may run at once: a 6th raises ``DotdigitalThrottled`` with ``too_many_imports`` set.
+        """
+        _collection_path(collection)
+        _check_choice("scope", scope, COLLECTION_SCOPES)
+        _check_choice("collection_type", collection_type, COLLECTION_TYPES)
+        if not isinstance(records, list) or not records:
+            raise ValueError("records must be a non-empty list")
+        for index, record in enumerate(records):
+            where = f"records[{index}]"
+            if not isinstance(record, dict) or set(record) - {"contactIdentity", "key", "json"}:
+                raise ValueError(f"{where} must be a dict with only contactIdentity, key and json")
+            if not isinstance(record.get("key"), str) or not record["key"]:
+                raise ValueError(f"{where}.key must be a non-empty string")
+            if not isinstance(record.get("json"), dict):
+                raise ValueError(f"{where}.json must be a dict")
+            identity = record.get("contactIdentity")
+            if scope == "account" and identity is not None:
+                raise ValueError(f"{where}: records of an account-scoped collection have no contactIdentity")
+            if scope == "contact" and not (
+                isinstance(identity, dict)
+                and isinstance(identity.get("identifier"), str)
+                and isinstance(identity.get("value"), str)
+            ):
+                raise ValueError(f"{where}.contactIdentity must be {{identifier: str, value: str}}")
+        body = {"collectionName": collection, "collectionScope": scope, "collectionType": collection_type,
+                "records": records}
+        return await self._start_import("/insightData/v3/import", body, headers)
+
+    async def insight_import_status(self, import_id: str) -> InsightImportReport:
+        """``GET /insightData/v3/import/{importId}`` -> ``InsightImportReport`` (``Finished`` and ``Complete``
+        both count as finished, §7.1); 404 ``insightData:importNotFound`` raises ``DotdigitalError``."""
+        path = f"/insightData/v3/import/{_import_id_segment(import_id)}"
+        payload = await self._request_json("GET", await self.api_endpoint(), path)
+        if not isinstance(payload, dict) or not isinstance(payload.get("status"), str):
+            raise _invalid_response("GET", path, "expected an import status object")
+        return InsightImportReport.from_body(payload)
+
+    async def wait_for_import(
+        self, import_id: str, *, kind: str, poll_interval: float = 5.0, timeout: float = 600.0
+    ) -> ContactsImportReport | InsightImportReport:
+        """Poll the status of a ``kind`` (``"contacts"`` or ``"insight"``) import until it is finished or failed.
+
+        Dotdigital suggests polling every 5-30 s (§2). Returns the last report (check ``finished`` /
+        ``failed``); after ``timeout`` seconds raises ``DotdigitalImportTimeout`` (retryable: the import goes
+        on). Errors of the status calls themselves (throttling, 5xx, ...) are raised as they are.
+        """
+        if kind not in ("contacts", "insight"):
+            raise ValueError("kind must be 'contacts' or 'insight'")
+        if poll_interval <= 0 or timeout < 0:
+            raise ValueError("poll_interval must be > 0 and timeout >= 0")
+        status = self.contacts_import_status if kind == "contacts" else self.insight_import_status
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            report = await status(import_id)
+            if report.done:
+                return report
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DotdigitalImportTimeout(
+                    f"{kind} import {import_id} still {report.status} after {timeout:g}s",
+                    method="GET", path=f"/{'contacts' if kind == 'contacts' else 'insightData'}/v3/import/{import_id}",
+                )
+            await asyncio.sleep(min(poll_interval, remaining))
+
+    async def _start_import(self, path: str, body: dict, headers: dict[str, str] | None) -> str:
+        response = await self._request("PUT", await self.api_endpoint(), path, json_body=body, headers=headers)
+        payload = _decode_json(response, "PUT", path)
+        import_id = payload.get("importId") if isinstance(payload, dict) else None
+        if response.status_code != 202 or not isinstance(import_id, str) or not import_id:
+            raise _invalid_response("PUT", path, f"expected 202 with an importId, got HTTP {response.status_code}")
+        return import_id
+
+    async def _put_record(self, path: str, record: dict, headers: dict[str, str] | None) -> int:
+        if not isinstance(record, dict):
+            raise TypeError("record must be a dict (the insight record's JSON object)")
+        response = await self._request("PUT", await self.api_endpoint(), path, json_body=record, headers=headers)
+        if response.status_code not in (201, 204):
+            raise _invalid_response("PUT", path, f"expected 201 or 204, got HTTP {response.status_code}")
+        return response.status_code
+
+    async def _get_record(self, path: str) -> dict | None:
+        try:
+            payload = await self._request_json("GET", await self.api_endpoint(), path)
+        except DotdigitalError as exc:
+            if exc.code == "insightData:recordNotFound":
+                return None
+            raise
+        if not isinstance(payload, dict):
+            raise _invalid_response("GET", path, "expected a JSON object")
+        return payload
+
+    async def _delete_record(self, path: str) -> bool:
+        try:
+            await self._request("DELETE", await self.api_endpoint(), path)
+        except DotdigitalError as exc:
+            if exc.code == "insightData:recordNotFound":
+                return False
+            raise
+        return True
+
     # -- HTTP plumbing --------------------------------------------------------------------------------
     async def _request_json(self, method: str, base: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, base, path, **kwargs)
@@ -383,12 +731,56 @@ def _check_base_url(url: str) -> None:
 
 def _contact_path(identifier: str, value: str) -> str:
     """``/contacts/v3/{identifier}/{value}`` with both segments fully percent-encoded (§4.1)."""
+    return f"/contacts/v3/{_contact_segments(identifier, value)}"
+
+
+def _contact_segments(identifier: str, value: str) -> str:
+    """``{identifier}/{value}``, checked and fully percent-encoded (``+`` -> ``%2B``, §4.1)."""
     if not isinstance(identifier, str) or not _IDENTIFIER_RE.match(identifier):
         raise ValueError(f"invalid contact identifier {identifier!r}: 1-50 characters of A-Z a-z 0-9 _ -")
     value = str(value)
     if not 1 <= len(value) <= 256:
         raise ValueError("contact identifier value must be 1-256 characters")
-    return f"/contacts/v3/{quote(identifier, safe='')}/{quote(value, safe='')}"
+    return f"{quote(identifier, safe='')}/{quote(value, safe='')}"
+
+
+def _collection_segment(name: str) -> str:
+    if not isinstance(name, str) or len(name) > 255 or not _COLLECTION_NAME_RE.match(name):
+        raise ValueError(f"invalid insight collection name {name!r}: 2-255 characters of A-Z a-z 0-9 _ -, "
+                         "not starting with a digit")
+    return name  # the pattern leaves nothing to encode
+
+
+def _record_segment(record_id: str) -> str:
+    if not isinstance(record_id, str) or not record_id:
+        raise ValueError("record_id must be a non-empty string")
+    return quote(record_id, safe="")
+
+
+def _collection_path(name: str) -> str:
+    return f"/insightData/v3/collections/{_collection_segment(name)}"
+
+
+def _insight_contact_path(identifier: str, value: str, collection: str, record_id: str) -> str:
+    """``/insightData/v3/contacts/{identifier}/{value}/{collectionName}/{recordId}`` (§7.1)."""
+    return (f"/insightData/v3/contacts/{_contact_segments(identifier, value)}/"
+            f"{_collection_segment(collection)}/{_record_segment(record_id)}")
+
+
+def _insight_account_path(collection: str, record_id: str) -> str:
+    """``/insightData/v3/account/{collectionName}/{recordId}`` (§7.1, §8)."""
+    return f"/insightData/v3/account/{_collection_segment(collection)}/{_record_segment(record_id)}"
+
+
+def _import_id_segment(import_id: str) -> str:
+    if not isinstance(import_id, str) or not import_id:
+        raise ValueError("import_id must be a non-empty string")
+    return quote(import_id, safe="")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _decode_json(response: httpx.Response, method: str, path: str) -> Any:

@@ -18,6 +18,12 @@ Dotdigital has two error envelopes (reference ``shared/reference/dotdigital.md``
 * ``retry_after``: ``Retry-After`` (seconds or HTTP date), else ``X-RateLimit-Reset`` - which Dotdigital
   documents ambiguously as seconds-until-reset or a Unix epoch, so values > 10**9 are treated as an epoch
   (§2) - else 60 s for ``ERROR_APIUSAGE_EXCEEDED``.
+* Too many active bulk imports (429 ``contacts:tooManyActiveImports`` / ``insightData:tooManyActiveImports``,
+  §2) is throttling too, but of one kind of call only: ``DotdigitalThrottled.too_many_imports`` tells it apart
+  from the account-wide per-minute limit.
+* Insight record rejections (400 ``insightData:*``) name the §3.5 failure reason (e.g.
+  ``JsonValueIncompatibleWithSchema``) in the description or details; ``DotdigitalError.failure_reason``
+  extracts it.
 
 Errors never carry credentials, and their ``str()`` / ``response_excerpt`` mask email addresses and phone
 numbers so they can be logged.
@@ -36,9 +42,12 @@ from urllib.parse import unquote
 __all__ = [
     "DotdigitalAuthError",
     "DotdigitalError",
+    "DotdigitalImportTimeout",
     "DotdigitalThrottled",
     "DotdigitalTransportError",
+    "INSIGHT_FAILURE_REASONS",
     "RETRYABLE_CODES",
+    "TOO_MANY_IMPORTS_CODES",
     "RETRYABLE_STATUSES",
     "error_from_response",
     "redact_pii",
@@ -59,8 +68,20 @@ DEFAULT_APIUSAGE_RETRY_AFTER = 60.0
 #: Values of ``X-RateLimit-Reset`` above this are Unix epoch seconds, below it a delay in seconds (§2).
 EPOCH_THRESHOLD = 10**9
 EXCERPT_LIMIT = 500
+#: 429 codes of the bulk-import concurrency limits (≤ 25 contact imports, ≤ 5 insight imports; §2).
+TOO_MANY_IMPORTS_CODES = frozenset({"contacts:tooManyActiveImports", "insightData:tooManyActiveImports"})
+#: Insight record failure reasons: the v3 import enum, then the extra v2 report reasons (§3.5).
+INSIGHT_FAILURE_REASONS = (
+    "InvalidClientKey", "InvalidContactIdentifier", "InvalidJson", "DuplicateKey", "ContactIdDoesNotExist",
+    "ContactEmailDoesNotExist", "JsonContainsNestedArray", "JsonKeyTooLong", "JsonKeyInvalidCharacters",
+    "JsonValueTooLong", "JsonValueIncompatibleWithSchema", "JsonNumberValueTooLarge",
+    "JsonDoesNotMatchSchema", "JsonContainsDashUnderscoreClash", "MissingCollection", "InconsistentTypes",
+    "TooManyDistinctKeyValuePairs", "ContactPhoneNumberDoesNotExist", "InvalidContactIdentifierType",
+    "KeyExistingForDifferentContact", "ContactCustomIdentifierValueDoesNotExist",
+)
 
 _V2_CODE_RE = re.compile(r"ERROR_[A-Z_]+")
+_FAILURE_REASON_RE = re.compile(r"\b(" + "|".join(INSIGHT_FAILURE_REASONS) + r")\b")
 _EMAIL_RE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _PHONE_RE = re.compile(r"(?<![\w.])\+?\d{10,15}(?![\w.])")
 
@@ -139,6 +160,17 @@ class DotdigitalError(Exception):
             f"retryable={self.retryable!r}, retry_after={self.retry_after!r})"
         )
 
+    @property
+    def failure_reason(self) -> str | None:
+        """The insight failure reason (§3.5) this error names, e.g. ``JsonValueIncompatibleWithSchema`` for a
+        schema-locking rejection of a single record upsert; ``None`` if it names none. Details come first."""
+        texts = [str(d.get("description", "")) for d in self.details if isinstance(d, dict)]
+        for text in [*texts, self.description]:
+            match = _FAILURE_REASON_RE.search(text or "")
+            if match:
+                return match.group(1)
+        return None
+
 
 class DotdigitalThrottled(DotdigitalError):
     """Rate limited: HTTP 429 (tiered limits) or 400 ``ERROR_APIUSAGE_EXCEEDED`` (flat limit). Retryable."""
@@ -146,6 +178,21 @@ class DotdigitalThrottled(DotdigitalError):
     def __init__(self, description: str = "", **kwargs: Any) -> None:
         kwargs.setdefault("retryable", True)
         kwargs.setdefault("throttled", True)
+        super().__init__(description, **kwargs)
+
+    @property
+    def too_many_imports(self) -> bool:
+        """The bulk-import concurrency limit, not the per-minute API limit: only new imports must wait."""
+        return self.code in TOO_MANY_IMPORTS_CODES
+
+
+class DotdigitalImportTimeout(DotdigitalError):
+    """A bulk import did not finish within the time a caller was willing to poll. Retryable: the import goes
+    on in Dotdigital, so polling its status again later can succeed (``code`` ``IMPORT_TIMEOUT``)."""
+
+    def __init__(self, description: str = "", **kwargs: Any) -> None:
+        kwargs.setdefault("retryable", True)
+        kwargs.setdefault("code", "IMPORT_TIMEOUT")
         super().__init__(description, **kwargs)
 
 

@@ -1,0 +1,40 @@
+"""commercetools HTTP API access: an async client, its errors, and small mapping helpers.
+
+See ``client.py`` for the client (reference ``shared/reference/commercetools.md`` §1, §4, §5) and
+``errors.py`` for error classification. Subscription deliveries are parsed by the pure
+``service.domain.notifications`` module; ``service.testing.commercetools_fake`` is a fake API for tests.
+"""
+
+from .client import (
+    DEFAULT_REGION,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    REGIONS,
+    CommercetoolsClient,
+    custom_object_key_for_email,
+    localized,
+    money_to_major,
+    predicate_string,
+)
+from .errors import (
+    CommercetoolsAuthError,
+    CommercetoolsConflict,
+    CommercetoolsError,
+    CommercetoolsTransportError,
+)
+
+__all__ = [
+    "DEFAULT_REGION",
+    "MAX_LIMIT",
+    "MAX_OFFSET",
+    "REGIONS",
+    "CommercetoolsAuthError",
+    "CommercetoolsClient",
+    "CommercetoolsConflict",
+    "CommercetoolsError",
+    "CommercetoolsTransportError",
+    "custom_object_key_for_email",
+    "localized",
+    "money_to_major",
+    "predicate_string",
+]

@@ -1,0 +1,347 @@
+"""commercetools resources -> ctdd-sync domain objects (pure: no I/O).
+
+- :func:`customer_to_contact`: a commercetools Customer -> the same ``ContactInput`` SyncContact builds.
+- :func:`order_record`: an Order -> the record of the contact-scoped ``Orders`` insight collection.
+- :func:`order_summary_values` and :func:`order_aggregates`: per-contact aggregates recomputed from all
+  known orders of the contact, so duplicates and out-of-order events cannot skew them.
+
+Money is converted to major units (``centAmount / 10**fractionDigits``, reference commercetools.md §4).
+The Orders record keeps stable JSON types for every field (Dotdigital locks a collection's schema on the
+first record, dotdigital.md §7): strings default to "", numbers to 0.0, lists to [].
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from service.domain.contact import Address, ContactInput, Identity, SourceStamp
+from service.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
+
+ORDERS_COLLECTION = "Orders"
+#: refund transactions that count towards the refund total
+REFUND_STATES = frozenset({"Initial", "Pending", "Success"})
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def money(value: Mapping[str, Any] | None) -> float:
+    if not value:
+        return 0.0
+    return round(value.get("centAmount", 0) / 10 ** value.get("fractionDigits", 2), 6)
+
+
+def localized(value: Mapping[str, str] | str | None, locale: str | None) -> str:
+    """Pick a LocalizedString value: exact locale, its language, "en", then the first one."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if locale:
+        if locale in value:
+            return value[locale]
+        lang = locale.split("-")[0]
+        for key, text in value.items():
+            if key.split("-")[0] == lang:
+                return text
+    return value.get("en") or next(iter(value.values()), "")
+
+
+def _address(addr: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not addr:
+        return {}
+    street = " ".join(p for p in (addr.get("streetName"), addr.get("streetNumber")) if p)
+    return {
+        "street_line1": street or None,
+        "street_line2": addr.get("additionalStreetInfo"),
+        "city": addr.get("city"),
+        "postal_code": addr.get("postalCode"),
+        "region": addr.get("region") or addr.get("state"),
+        "country": addr.get("country"),
+        "phone": addr.get("phone") or addr.get("mobile"),
+    }
+
+
+def _address_by_id(customer: Mapping[str, Any], address_id: str | None) -> Mapping[str, Any] | None:
+    if not address_id:
+        return None
+    return next((a for a in customer.get("addresses", []) if a.get("id") == address_id), None)
+
+
+def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
+                        extra_attributes: Mapping[str, Any] | None = None) -> ContactInput:
+    """Map a commercetools Customer (reference commercetools.md §4.1) to a ContactInput.
+
+    Every mapped attribute is present (None when unset), so a field removed in commercetools is cleared in
+    Dotdigital. The source stamp (customer id + version + lastModifiedAt) makes older customer versions stale.
+    """
+    try:
+        email = normalise_email(customer["email"]) if customer.get("email") else None
+    except InvalidIdentifier:
+        email = None
+    attributes: dict[str, Any] = {
+        "first_name": customer.get("firstName"),
+        "last_name": customer.get("lastName"),
+        "middle_name": customer.get("middleName"),
+        "title": customer.get("title") or customer.get("salutation"),
+        "date_of_birth": customer.get("dateOfBirth"),
+        "company_name": customer.get("companyName"),
+        "customer_group": (customer.get("customerGroup") or {}).get("key")
+        or ((customer.get("customerGroup") or {}).get("obj") or {}).get("key")
+        or (customer.get("customerGroup") or {}).get("id"),
+        "locale": customer.get("locale"),
+    }
+    for prefix, addr_id in (("billing_address", customer.get("defaultBillingAddressId")),
+                            ("shipping_address", customer.get("defaultShippingAddressId"))):
+        for name, value in _address(_address_by_id(customer, addr_id)).items():
+            attributes[f"{prefix}.{name}"] = value
+    for name, value in ((customer.get("custom") or {}).get("fields") or {}).items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            attributes[f"custom.{name}"] = value
+    attributes.update(extra_attributes or {})
+    mobile = None
+    for addr in customer.get("addresses", []):
+        raw = addr.get("mobile")
+        if raw:
+            try:
+                mobile = normalise_mobile(raw)
+                break
+            except InvalidIdentifier:
+                continue
+    return ContactInput(
+        store_key=store_key,
+        identity=Identity(customer_id=customer["id"], email=email, mobile_number=mobile),
+        attributes=attributes,
+        source=SourceStamp("customer", customer["id"], customer.get("version"), parse_ts(customer.get("lastModifiedAt"))),
+    )
+
+
+def order_key(order: Mapping[str, Any]) -> str:
+    """Record key of an order: its order number, else its id (Dotdigital §7.4 uses the order number)."""
+    return str(order.get("orderNumber") or order["id"])
+
+
+def order_email(order: Mapping[str, Any]) -> str | None:
+    raw = order.get("customerEmail") or (order.get("billingAddress") or {}).get("email")
+    if not raw:
+        return None
+    try:
+        return normalise_email(raw)
+    except InvalidIdentifier:
+        return None
+
+
+def refund_total(payments: Iterable[Mapping[str, Any]]) -> float:
+    """Sum of Refund transactions in Initial/Pending/Success state (as the Klaviyo connector counts them)."""
+    total = 0.0
+    for payment in payments:
+        for tx in payment.get("transactions", []):
+            if tx.get("type") == "Refund" and tx.get("state") in REFUND_STATES:
+                total += money(tx.get("amount"))
+    return round(total, 6)
+
+
+@dataclass(frozen=True)
+class OrderContext:
+    """What an Orders record needs beyond the order itself."""
+
+    store_key: str
+    locale: str | None = None
+    #: product id -> category names (first = most specific)
+    categories: Mapping[str, list[str]] | None = None
+    refund_total: float = 0.0
+
+
+def _line_items(order: Mapping[str, Any], ctx: OrderContext, locale: str | None) -> list[dict[str, Any]]:
+    items = []
+    for li in order.get("lineItems", []):
+        variant = li.get("variant") or {}
+        images = variant.get("images") or []
+        quantity = int(li.get("quantity", 0))
+        total = money(li.get("totalPrice"))
+        items.append({
+            "productId": str(li.get("productId", "")),
+            "sku": str(variant.get("sku") or ""),
+            "name": localized(li.get("name"), locale),
+            "quantity": quantity,
+            "unitPrice": money((li.get("price") or {}).get("value")),
+            "totalPrice": total,
+            "imageUrl": str(images[0].get("url", "")) if images else "",
+            "categories": list((ctx.categories or {}).get(li.get("productId", ""), [])),
+        })
+    return items
+
+
+def _record_address(addr: Mapping[str, Any] | None) -> dict[str, str]:
+    a = _address(addr)
+    return {k: str(a.get(k) or "") for k in ("street_line1", "street_line2", "city", "postal_code", "region", "country")}
+
+
+def order_record(order: Mapping[str, Any], ctx: OrderContext) -> dict[str, Any]:
+    """The ``Orders`` insight record of ``order`` (one schema, stable types)."""
+    locale = order.get("locale") or ctx.locale
+    items = _line_items(order, ctx, locale)
+    total = money(order.get("totalPrice"))
+    taxed = order.get("taxedPrice") or {}
+    shipping = order.get("shippingInfo") or {}
+    deliveries = []
+    for delivery in (shipping.get("deliveries") or []):
+        parcels = [
+            {"trackingId": str((p.get("trackingData") or {}).get("trackingId") or ""),
+             "carrier": str((p.get("trackingData") or {}).get("carrier") or "")}
+            for p in delivery.get("parcels", [])
+        ]
+        deliveries.append({"id": str(delivery.get("id", "")), "createdAt": str(delivery.get("createdAt", "")),
+                           "parcels": parcels})
+    returns = [
+        {"returnDate": str(ri.get("returnDate") or ""),
+         "quantity": int(sum(item.get("quantity", 0) for item in ri.get("items", [])))}
+        for ri in order.get("returnInfo", [])
+    ]
+    codes = []
+    for dc in order.get("discountCodes", []):
+        ref = dc.get("discountCode") or {}
+        codes.append(str((ref.get("obj") or {}).get("code") or ref.get("id") or ""))
+    return {
+        "id": order_key(order),
+        "orderId": str(order["id"]),
+        "orderNumber": str(order.get("orderNumber") or ""),
+        "email": order_email(order) or "",
+        "customerId": str(order.get("customerId") or ""),
+        "purchaseDate": str(order.get("createdAt") or ""),
+        "storeKey": str((order.get("store") or {}).get("key") or ctx.store_key),
+        "locale": str(locale or ""),
+        "currency": str((order.get("totalPrice") or {}).get("currencyCode") or ""),
+        "orderTotal": total,
+        "orderSubtotal": round(sum(i["totalPrice"] for i in items), 6),
+        "taxTotal": money(taxed.get("totalTax")) if taxed.get("totalTax") else 0.0,
+        "shippingTotal": money((shipping.get("price") or {})) if shipping.get("price") else 0.0,
+        "deliveryMethod": str(shipping.get("shippingMethodName") or ""),
+        "discountCodes": codes,
+        "orderStatus": str(order.get("orderState") or ""),
+        "shipmentStatus": str(order.get("shipmentState") or ""),
+        "paymentStatus": str(order.get("paymentState") or ""),
+        "refundTotal": float(ctx.refund_total),
+        "deliveries": deliveries,
+        "returns": returns,
+        "billingAddress": _record_address(order.get("billingAddress")),
+        "deliveryAddress": _record_address(order.get("shippingAddress")),
+        "products": items,
+    }
+
+
+def order_summary_values(order: Mapping[str, Any], ctx: OrderContext) -> dict[str, Any]:
+    """The columns of ``order_summary`` for this order."""
+    cats: list[str] = []
+    for li in order.get("lineItems", []):
+        for name in (ctx.categories or {}).get(li.get("productId", ""), [])[:1]:
+            cats.append(name)
+    return {
+        "order_key": order_key(order),
+        "version": int(order.get("version", 0)),
+        "created_at": parse_ts(order.get("createdAt")) or datetime.now(timezone.utc),
+        "total": money(order.get("totalPrice")),
+        "currency": str((order.get("totalPrice") or {}).get("currencyCode") or ""),
+        "store_key": (order.get("store") or {}).get("key") or ctx.store_key,
+        "locale": order.get("locale") or ctx.locale,
+        "order_state": str(order.get("orderState") or "Open"),
+        "refund_total": float(ctx.refund_total),
+        "categories": cats,
+    }
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    order_key: str
+    created_at: datetime
+    total: float
+    currency: str
+    store_key: str | None
+    locale: str | None
+    order_state: str
+    refund_total: float
+    categories: list[str]
+
+
+#: the attributes order_aggregates() produces (mapped to data fields by service.config.DEFAULT_DATA_FIELDS)
+AGGREGATE_ATTRIBUTES = (
+    "orders.last_order_date", "orders.last_order_id", "orders.number_of_orders", "orders.total_spend",
+    "orders.average_order_value", "orders.total_refund", "orders.first_category", "orders.last_category",
+    "orders.most_category", "orders.last_order_store", "orders.last_order_locale", "orders.last_order_currency",
+)
+
+
+def order_aggregates(rows: Iterable[SummaryRow]) -> dict[str, Any]:
+    """Aggregates over a contact's orders, independent of the order events arrived in.
+
+    Cancelled orders are not counted. Spend, average and refunds are in the currency of the latest
+    order; orders in other currencies count towards the number of orders only.
+    """
+    ordered = sorted(rows, key=lambda r: (r.created_at, r.order_key))
+    live = [r for r in ordered if r.order_state != "Cancelled"]
+    if not live:
+        return {attr: None for attr in AGGREGATE_ATTRIBUTES} | {"orders.number_of_orders": 0}
+    last = live[-1]
+    same_ccy = [r for r in live if r.currency == last.currency]
+    spend = round(sum(r.total for r in same_ccy), 2)
+    categories = [c for r in live for c in r.categories]
+    most = None
+    if categories:
+        counts = Counter(categories)
+        best = max(counts.values())
+        most = next(c for c in categories if counts[c] == best)  # earliest wins ties: deterministic
+    return {
+        "orders.last_order_date": last.created_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "orders.last_order_id": last.order_key,
+        "orders.number_of_orders": len(live),
+        "orders.total_spend": spend,
+        "orders.average_order_value": round(spend / len(same_ccy), 2),
+        "orders.total_refund": round(sum(r.refund_total for r in same_ccy), 2),
+        "orders.first_category": categories[0] if categories else None,
+        "orders.last_category": categories[-1] if categories else None,
+        "orders.most_category": most,
+        "orders.last_order_store": last.store_key,
+        "orders.last_order_locale": last.locale,
+        "orders.last_order_currency": last.currency,
+    }
+
+
+def cart_record(cart_id: str, cart: Mapping[str, Any], *, locale: str | None, currency: str | None,
+                modified_at: str = "") -> dict[str, Any]:
+    """A ``CartInsight`` record (reference dotdigital.md §7.3, the Magento 2 field set; stable types)."""
+    items = []
+    for li in cart.get("lineItems", []):
+        variant = li.get("variant") or {}
+        images = variant.get("images") or []
+        qty = int(li.get("quantity", 0))
+        unit = money((li.get("price") or {}).get("value"))
+        items.append({
+            "sku": str(variant.get("sku") or ""),
+            "name": localized(li.get("name"), locale),
+            "imageUrl": str(images[0].get("url", "")) if images else "",
+            "productUrl": "",
+            "unitPrice": unit,
+            "salePrice": unit,
+            "quantity": qty,
+            "totalPrice": money(li.get("totalPrice")),
+        })
+    total = money(cart.get("totalPrice"))
+    return {
+        "cartId": cart_id,
+        "cartUrl": "",
+        "createdDate": str(cart.get("createdAt") or ""),
+        "modifiedDate": str(cart.get("lastModifiedAt") or modified_at),
+        "currency": str((cart.get("totalPrice") or {}).get("currencyCode") or currency or ""),
+        "subTotal": round(sum(i["totalPrice"] for i in items), 6),
+        "discountAmount": money((cart.get("discountOnTotalPrice") or {}).get("discountedAmount")),
+        "grandTotal": total,
+        "cartPhase": "ORDER_COMPLETE" if cart.get("cartState") == "Ordered" else "ORDER_PENDING",
+        "lineItems": items,
+    }

@@ -1,0 +1,532 @@
+"""TrackEvent: commercetools notifications and behavioural events -> contact updates and insight data.
+
+For each notification of a delivery:
+
+1. ignore subscription test notifications and notifications of another commercetools project;
+2. drop duplicates (``processed_event``: the commercetools message id, or a synthetic key) and stale
+   notifications (``resource_state``: a resource version not newer than the one already applied);
+3. get the resource: the full resource a message carries (``CustomerCreated``, ``OrderCreated`` ...) or,
+   for other messages, change notifications and ``payloadNotIncluded``, the current resource from the
+   commercetools API ("notify, then fetch": order of arrival stops mattering);
+4. apply, in ONE transaction with the dedupe record and the new resource version: customers go through the
+   same core as SyncContact; orders become a record of the contact-scoped ``Orders`` collection plus
+   recomputed contact aggregates (last order, number of orders, spend ...).
+
+Fetch failures raise :class:`RetryableEventError` (the caller answers UNAVAILABLE; nothing was written),
+so the delivery is retried by its transport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from service import outbox
+from service.config import Settings, StoreConfig
+from service.contact_sync import ContactSync, NewContactNeedsAddress
+from service.db.engine import utcnow
+from service.db.models import FieldState, OrderSummary, ProcessedEvent, ResourceState
+from service.domain.commerce import (
+    ORDERS_COLLECTION,
+    OrderContext,
+    SummaryRow,
+    customer_to_contact,
+    localized,
+    order_aggregates,
+    order_email,
+    order_key,
+    order_record,
+    order_summary_values,
+    parse_ts,
+    refund_total,
+)
+from service.domain.contact import ContactInput, Identity, SourceStamp
+from service.domain.notifications import InvalidDelivery, Notification, parse_delivery
+from service.transactions import TransactionRunner
+
+log = logging.getLogger(__name__)
+
+CART_COLLECTION = "CartInsight"
+BROWSE_COLLECTION = "ProductViews"
+CUSTOM_EVENTS_COLLECTION = "CustomEvents"
+
+APPLIED, DUPLICATE, STALE, IGNORED = "applied", "duplicate", "stale", "ignored"
+
+#: order messages that carry the full order (no fetch needed unless payloadNotIncluded)
+ORDER_WITH_PAYLOAD = frozenset({"OrderCreated", "OrderImported", "OrderCreatedFromRecurringOrder"})
+CUSTOMER_DELETED = frozenset({"CustomerDeleted"})
+
+
+class InvalidEvent(ValueError):
+    """The event can never be processed (poison): the message is safe to show and log."""
+
+
+class RetryableEventError(Exception):
+    """The event could not be processed now (commercetools unreachable ...); retry the delivery later."""
+
+
+@dataclass
+class NotificationOutcome:
+    dedupe_key: str
+    resource_type: str = ""
+    resource_id: str = ""
+    message_type: str = ""
+    outcome: str = APPLIED
+    reason: str = ""
+    contact_id: int | None = None
+    outbox_message_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BehaviouralEventInput:
+    """A typed storefront/middleware event (converted from the proto by the gRPC layer)."""
+
+    event_id: str
+    kind: str  # product_viewed | cart_updated | custom_event
+    identity: Identity
+    occurred_at: datetime | None
+    locale: str | None
+    currency: str | None
+    data: dict[str, Any]
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class EventProcessor:
+    def __init__(self, settings: Settings, contact_sync: ContactSync, transactions: TransactionRunner,
+                 commercetools_clients: "CommercetoolsClients"):
+        self.settings = settings
+        self.contact_sync = contact_sync
+        self.transactions = transactions
+        self.ct = commercetools_clients
+        self._category_names: dict[str, list[str]] = {}
+
+    # -- entry points -------------------------------------------------------------------------
+    async def process_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
+                               ) -> list[NotificationOutcome]:
+        store = self._store(store_key)
+        try:
+            notifications = parse_delivery(raw)
+        except InvalidDelivery as exc:
+            raise InvalidEvent(f"commercetools_delivery: {exc}") from None
+        return [await self._process(store, n, priority) for n in notifications]
+
+    async def process_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
+                                  priority: int = outbox.PRIORITY_LIVE) -> NotificationOutcome:
+        store = self._store(store_key)
+        key = f"event:{store.key}:{event.event_id}"
+        outcome = NotificationOutcome(dedupe_key=key, message_type=event.kind)
+        if event.kind == "cart_updated":
+            collection, record_id = CART_COLLECTION, str(event.data.get("cartId") or "")
+            version = event.data.get("cartVersion") or None
+            outcome.resource_type, outcome.resource_id = "cart", record_id
+        elif event.kind == "product_viewed":
+            collection, record_id, version = BROWSE_COLLECTION, str(event.data.get("productId") or ""), None
+            outcome.resource_type, outcome.resource_id = "product", record_id
+        else:
+            collection, record_id, version = CUSTOM_EVENTS_COLLECTION, event.event_id, None
+        record = dict(event.data)
+        identity_input = ContactInput(store_key=store.key, identity=event.identity,
+                                      source=SourceStamp(modified_at=event.occurred_at))
+        mapped, suppression = self.contact_sync.map_contact(identity_input)
+
+        def unit(session: Session) -> NotificationOutcome:
+            if session.get(ProcessedEvent, key) is not None:
+                outcome.outcome = DUPLICATE
+                return outcome
+            if version is not None and not self._advance_version(
+                session, store.commercetools_project, outcome.resource_type, record_id, int(version)
+            ):
+                self._mark_processed(session, store, key, outcome, STALE)
+                outcome.outcome, outcome.reason = STALE, f"cart version {version} is not newer than the last applied"
+                return outcome
+            try:
+                result = self.contact_sync.apply(session, identity_input, dict(mapped), list(suppression),
+                                                 priority=priority)
+            except NewContactNeedsAddress:
+                self._mark_processed(session, store, key, outcome, IGNORED)
+                outcome.outcome, outcome.reason = IGNORED, "unknown contact and no email or mobile number to create one"
+                return outcome
+            outcome.contact_id = result.contact_id
+            outcome.outbox_message_ids = list(result.outbox_message_ids)
+            if not result.suppression_reasons:
+                mid = self._enqueue_insight(session, result.contact_id, store, collection, record_id, record,
+                                            SourceStamp(outcome.resource_type or "event", record_id, version),
+                                            priority)
+                if mid:
+                    outcome.outbox_message_ids.append(mid)
+            self._mark_processed(session, store, key, outcome, APPLIED)
+            return outcome
+
+        return await self.transactions.run(unit)
+
+    # -- notifications ------------------------------------------------------------------------
+    async def _process(self, store: StoreConfig, n: Notification, priority: int) -> NotificationOutcome:
+        outcome = NotificationOutcome(dedupe_key=n.dedupe_key, resource_type=n.resource_type,
+                                      resource_id=n.resource_id, message_type=n.message_type or n.notification_type)
+        if n.is_subscription_test:
+            outcome.outcome, outcome.reason = IGNORED, "subscription test notification"
+            return outcome
+        if n.project_key != store.commercetools_project:
+            outcome.outcome = IGNORED
+            outcome.reason = f"notification of project {n.project_key!r}; store {store.key!r} is bound to {store.commercetools_project!r}"
+            return outcome
+        handler = {"customer": self._customer, "order": self._order, "payment": self._payment}.get(n.resource_type)
+        if handler is None:
+            outcome.outcome, outcome.reason = IGNORED, f"resource type {n.resource_type!r} is not synced"
+            return outcome
+        early = await self.transactions.run(lambda s: self._precheck(s, store, n))
+        if early is not None:
+            outcome.outcome, outcome.reason = early
+            return outcome
+        return await handler(store, n, outcome, priority)
+
+    def _precheck(self, session: Session, store: StoreConfig, n: Notification) -> tuple[str, str] | None:
+        if session.get(ProcessedEvent, n.dedupe_key) is not None:
+            return DUPLICATE, "message already processed"
+        state = session.get(ResourceState, (store.commercetools_project, n.resource_type, n.resource_id))
+        if state is not None and n.resource_version is not None and n.resource_version <= state.version:
+            return STALE, f"resource version {n.resource_version} is not newer than the applied version {state.version}"
+        return None
+
+    def _store(self, store_key: str) -> StoreConfig:
+        store = self.settings.store(store_key) if store_key else None
+        if store is None:
+            raise InvalidEvent(f"store_key: unknown store {store_key!r}")
+        return store
+
+    async def _fetch(self, store: StoreConfig, resource: str, id_: str, **kwargs) -> dict | None:
+        client = self.ct.get(store)
+        if client is None:
+            raise InvalidEvent(
+                f"store {store.key!r} has no commercetools API client configured, but the notification needs a fetch"
+            )
+        try:
+            return await client.get(resource, id_, **kwargs)
+        except Exception as exc:  # CommercetoolsError (retryable or not) and transport errors
+            raise RetryableEventError(f"commercetools GET {resource}/{id_} failed: {exc}") from exc
+
+    async def _query(self, store: StoreConfig, resource: str, where: list[str]) -> list[dict]:
+        client = self.ct.get(store)
+        if client is None:
+            raise InvalidEvent(f"store {store.key!r} has no commercetools API client configured")
+        try:
+            page = await client.query(resource, where=where, limit=20, with_total=False)
+        except Exception as exc:
+            raise RetryableEventError(f"commercetools query {resource} failed: {exc}") from exc
+        return list(page.get("results", []))
+
+    # -- customers ------------------------------------------------------------------------------
+    async def _customer(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                        ) -> NotificationOutcome:
+        if n.message_type in CUSTOMER_DELETED or n.notification_type == "ResourceDeleted":
+            return await self._customer_deleted(store, n, outcome, priority)
+        customer = n.payload.get("customer") if n.message_type == "CustomerCreated" and not n.payload_not_included else None
+        if customer is None:
+            customer = await self._fetch(store, "customers", n.resource_id)
+            if customer is None:
+                return await self._finish_ignored(store, n, outcome, "customer no longer exists in commercetools")
+        contact = customer_to_contact(customer, store.key)
+        mapped, suppression = self.contact_sync.map_contact(contact)
+        version = int(customer.get("version") or n.resource_version or 0)
+
+        def unit(session: Session) -> NotificationOutcome:
+            if session.get(ProcessedEvent, n.dedupe_key) is not None:
+                outcome.outcome = DUPLICATE
+                return outcome
+            if not self._advance_version(session, store.commercetools_project, "customer", n.resource_id, version):
+                self._mark_processed(session, store, n.dedupe_key, outcome, STALE)
+                outcome.outcome, outcome.reason = STALE, f"customer version {version} already applied"
+                return outcome
+            try:
+                result = self.contact_sync.apply(session, contact, dict(mapped), list(suppression), priority=priority)
+            except NewContactNeedsAddress:
+                self._mark_processed(session, store, n.dedupe_key, outcome, IGNORED)
+                outcome.outcome, outcome.reason = IGNORED, "customer has no email address or mobile number"
+                return outcome
+            self._set_state_contact(session, store, "customer", n.resource_id, result.contact_id)
+            outcome.contact_id = result.contact_id
+            outcome.outbox_message_ids = list(result.outbox_message_ids)
+            self._mark_processed(session, store, n.dedupe_key, outcome, APPLIED)
+            return outcome
+
+        return await self.transactions.run(unit)
+
+    async def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                                priority: int) -> NotificationOutcome:
+        from service.db.models import Contact, ContactIdentifier
+        from service.domain.identity import customer_key
+
+        policy = store.on_customer_deleted
+
+        def unit(session: Session) -> NotificationOutcome:
+            if session.get(ProcessedEvent, n.dedupe_key) is not None:
+                outcome.outcome = DUPLICATE
+                return outcome
+            ident = session.execute(sa.select(ContactIdentifier).where(
+                ContactIdentifier.account == store.account, ContactIdentifier.kind == "customer_id",
+                ContactIdentifier.value == customer_key(store.commercetools_project, n.resource_id),
+            )).scalar_one_or_none()
+            if ident is None:
+                self._mark_processed(session, store, n.dedupe_key, outcome, IGNORED)
+                outcome.outcome, outcome.reason = IGNORED, "customer was never synced"
+                return outcome
+            contact = session.get(Contact, ident.contact_id)
+            outcome.contact_id = contact.id
+            # The customer id no longer exists: it must not resolve to this contact any more.
+            session.delete(ident)
+            if policy == "delete_contact":
+                kind, payload = outbox.CONTACT_DELETE, {}
+                # Forget what was sent: a later sign-up with the same address starts from scratch.
+                session.execute(sa.delete(FieldState).where(FieldState.contact_id == contact.id))
+            elif policy == "remove_from_lists" and store.lists:
+                kind, payload = outbox.CONTACT_REMOVE_FROM_LISTS, {"list_ids": sorted(set(store.lists.values()))}
+                session.execute(sa.delete(FieldState).where(FieldState.contact_id == contact.id,
+                                                           FieldState.field.like("lists.%")))
+            else:
+                kind = None
+            if kind is not None:
+                mid = outbox.enqueue(
+                    session, contact_id=contact.id, account=store.account, kind=kind, payload=payload,
+                    ref=outbox.RecordRef(store.key, "customer", n.resource_id, n.resource_version), priority=priority,
+                )
+                outcome.outbox_message_ids.append(mid)
+            outcome.reason = f"customer deleted: {policy}"
+            self._mark_processed(session, store, n.dedupe_key, outcome, APPLIED)
+            return outcome
+
+        return await self.transactions.run(unit)
+
+    # -- orders -------------------------------------------------------------------------------
+    async def _payment(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                       ) -> NotificationOutcome:
+        """Refund transactions: re-read the order paying with this payment and re-send it."""
+        orders = await self._query(store, "orders", [f'paymentInfo(payments(id = "{n.resource_id}"))'])
+        if not orders:
+            return await self._finish_ignored(store, n, outcome, "no order uses this payment")
+        return await self._apply_order(store, n, outcome, orders[0], priority, force=True)
+
+    async def _order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                     ) -> NotificationOutcome:
+        if n.notification_type == "ResourceDeleted" or n.message_type == "OrderDeleted":
+            return await self._finish_ignored(store, n, outcome, "order deletions keep the Dotdigital record")
+        order = n.payload.get("order") if n.message_type in ORDER_WITH_PAYLOAD and not n.payload_not_included else None
+        if order is None:
+            order = await self._fetch(store, "orders", n.resource_id)
+            if order is None:
+                return await self._finish_ignored(store, n, outcome, "order no longer exists in commercetools")
+        return await self._apply_order(store, n, outcome, order, priority, force=False)
+
+    async def _categories(self, store: StoreConfig, order: Mapping[str, Any], locale: str | None) -> dict[str, list[str]]:
+        """Category names per product of the order (current product projection; cached per process)."""
+        result: dict[str, list[str]] = {}
+        client = self.ct.get(store)
+        if client is None:
+            return result
+        for li in order.get("lineItems", []):
+            pid = li.get("productId")
+            if not pid or pid in result:
+                continue
+            cache_key = f"{store.commercetools_project}/{pid}/{locale}"
+            if cache_key not in self._category_names:
+                product = await self._fetch(store, "product-projections", pid)
+                names = []
+                for ref in (product or {}).get("categories", []):
+                    category = await self._fetch(store, "categories", ref["id"])
+                    if category:
+                        names.append(localized(category.get("name"), locale))
+                self._category_names[cache_key] = names
+            result[pid] = self._category_names[cache_key]
+        return result
+
+    async def _refunds(self, store: StoreConfig, order: Mapping[str, Any]) -> float:
+        payments = []
+        for ref in ((order.get("paymentInfo") or {}).get("payments") or []):
+            payment = ref.get("obj") or await self._fetch(store, "payments", ref["id"])
+            if payment:
+                payments.append(payment)
+        return refund_total(payments)
+
+    async def _apply_order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                           order: Mapping[str, Any], priority: int, *, force: bool) -> NotificationOutcome:
+        email = order_email(order)
+        identity = Identity(customer_id=order.get("customerId") or None, email=email)
+        if identity.is_empty():
+            return await self._finish_ignored(store, n, outcome, "order has neither a customer nor an email address")
+        locale = order.get("locale") or store.locale
+        ctx = OrderContext(store_key=store.key, locale=locale, categories=await self._categories(store, order, locale),
+                           refund_total=await self._refunds(store, order))
+        record = order_record(order, ctx)
+        summary = order_summary_values(order, ctx)
+        version = int(order.get("version") or n.resource_version or 0)
+        source = SourceStamp("order", str(order["id"]), version, parse_ts(order.get("lastModifiedAt")))
+
+        def unit(session: Session) -> NotificationOutcome:
+            if session.get(ProcessedEvent, n.dedupe_key) is not None:
+                outcome.outcome = DUPLICATE
+                return outcome
+            advanced = self._advance_version(session, store.commercetools_project, "order", str(order["id"]), version)
+            if not advanced and not force:
+                self._mark_processed(session, store, n.dedupe_key, outcome, STALE)
+                outcome.outcome, outcome.reason = STALE, f"order version {version} already applied"
+                return outcome
+            # A known customer keeps its own email: an order placed with another address must not move it.
+            ident = identity
+            if identity.customer_id and self.contact_sync.known_customer(session, store.key, identity.customer_id):
+                ident = Identity(customer_id=identity.customer_id)
+            identity_input = ContactInput(store_key=store.key, identity=ident)
+            identity_mapped, identity_suppression = self.contact_sync.map_contact(identity_input)
+            try:
+                first = self.contact_sync.apply(session, identity_input, identity_mapped,
+                                                identity_suppression, priority=priority)
+            except NewContactNeedsAddress:
+                self._mark_processed(session, store, n.dedupe_key, outcome, IGNORED)
+                outcome.outcome, outcome.reason = IGNORED, "order's customer is unknown and the order has no email"
+                return outcome
+            contact_id = first.contact_id
+            outcome.contact_id = contact_id
+            outcome.outbox_message_ids.extend(first.outbox_message_ids)
+            self._upsert_summary(session, store, str(order["id"]), contact_id, summary)
+            aggregates = order_aggregates(self._summaries(session, contact_id))
+            agg_input = ContactInput(store_key=store.key, identity=ident, attributes=aggregates)
+            mapped, suppression = self.contact_sync.map_contact(agg_input)
+            second = self.contact_sync.apply(session, agg_input, dict(mapped), list(suppression), priority=priority)
+            outcome.outbox_message_ids.extend(second.outbox_message_ids)
+            if not (first.suppression_reasons or second.suppression_reasons):
+                mid = self._enqueue_insight(session, contact_id, store, ORDERS_COLLECTION, order_key(order), record,
+                                            source, priority)
+                if mid:
+                    outcome.outbox_message_ids.append(mid)
+            self._mark_processed(session, store, n.dedupe_key, outcome, APPLIED)
+            return outcome
+
+        return await self.transactions.run(unit)
+
+    def _upsert_summary(self, session: Session, store: StoreConfig, order_id: str, contact_id: int,
+                        values: dict[str, Any]) -> None:
+        row = session.get(OrderSummary, (store.commercetools_project, order_id))
+        if row is None:
+            row = OrderSummary(project_key=store.commercetools_project, order_id=order_id, contact_id=contact_id,
+                               updated_at=utcnow(), **values)
+            session.add(row)
+        elif values["version"] >= row.version:
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.contact_id = contact_id
+            row.updated_at = utcnow()
+        session.flush()
+
+    def _summaries(self, session: Session, contact_id: int) -> list[SummaryRow]:
+        rows = session.execute(sa.select(OrderSummary).where(OrderSummary.contact_id == contact_id)).scalars()
+        return [
+            SummaryRow(r.order_key, r.created_at, r.total, r.currency, r.store_key, r.locale, r.order_state,
+                       r.refund_total, list(r.categories or []))
+            for r in rows
+        ]
+
+    # -- shared steps ---------------------------------------------------------------------------
+    def _enqueue_insight(self, session: Session, contact_id: int, store: StoreConfig, collection: str,
+                         record_id: str, record: dict, source: SourceStamp, priority: int) -> int | None:
+        """Enqueue an insight record unless the identical record was already enqueued (delta for records)."""
+        path = f"insight.{collection}.{record_id}"
+        digest = _hash(record)
+        state = session.get(FieldState, (contact_id, path))
+        if state is not None and state.value == digest:
+            return None
+        mid = outbox.enqueue(
+            session, contact_id=contact_id, account=store.account, kind=outbox.INSIGHT_UPSERT,
+            payload={"collection": collection, "record_id": record_id, "record": record, "scope": "contact",
+                     "collection_type": COLLECTION_TYPES.get(collection, "custom")},
+            ref=outbox.RecordRef(store.key, source.resource_type, source.resource_id, source.version),
+            priority=priority,
+        )
+        session.merge(FieldState(contact_id=contact_id, field=path, value=digest, source_ref=source.ref,
+                                 source_version=source.version, source_ts=source.modified_at, message_id=mid,
+                                 updated_at=utcnow()))
+        return mid
+
+    def _advance_version(self, session: Session, project: str, resource_type: str, resource_id: str,
+                         version: int) -> bool:
+        """Raise the applied version of a resource; False when ``version`` is not newer (stale)."""
+        state = session.get(ResourceState, (project, resource_type, resource_id), with_for_update=True)
+        if state is None:
+            session.add(ResourceState(project_key=project, resource_type=resource_type, resource_id=resource_id,
+                                      version=version, updated_at=utcnow()))
+            session.flush()
+            return True
+        if version <= state.version:
+            return False
+        state.version = version
+        state.updated_at = utcnow()
+        return True
+
+    def _set_state_contact(self, session: Session, store: StoreConfig, resource_type: str, resource_id: str,
+                           contact_id: int) -> None:
+        state = session.get(ResourceState, (store.commercetools_project, resource_type, resource_id))
+        if state is not None:
+            state.contact_id = contact_id
+
+    def _mark_processed(self, session: Session, store: StoreConfig, key: str, outcome: NotificationOutcome,
+                        result: str) -> None:
+        session.add(ProcessedEvent(dedupe_key=key, store_key=store.key, resource_type=outcome.resource_type or None,
+                                   resource_id=outcome.resource_id or None, outcome=result, processed_at=utcnow()))
+        session.flush()
+
+    async def _finish_ignored(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                              reason: str) -> NotificationOutcome:
+        def unit(session: Session) -> NotificationOutcome:
+            if session.get(ProcessedEvent, n.dedupe_key) is not None:
+                outcome.outcome = DUPLICATE
+                return outcome
+            self._mark_processed(session, store, n.dedupe_key, outcome, IGNORED)
+            outcome.outcome, outcome.reason = IGNORED, reason
+            return outcome
+
+        return await self.transactions.run(unit)
+
+
+COLLECTION_TYPES = {
+    ORDERS_COLLECTION: "orders",
+    CART_COLLECTION: "cartInsight",
+    BROWSE_COLLECTION: "custom",
+    CUSTOM_EVENTS_COLLECTION: "custom",
+}
+
+
+class CommercetoolsClients:
+    """One commercetools API client per configured ``[commercetools.<name>]`` section, created lazily."""
+
+    def __init__(self, settings: Settings, factory: Callable[..., Any] | None = None):
+        self.settings = settings
+        self._clients: dict[str, Any] = {}
+        self._factory = factory
+
+    def get(self, store: StoreConfig):
+        if store.commercetools is None:
+            return None
+        client = self._clients.get(store.commercetools)
+        if client is None:
+            cfg = self.settings.commercetools[store.commercetools]
+            if self._factory is None:
+                from service.commercetools.client import CommercetoolsClient
+
+                self._factory = CommercetoolsClient
+            client = self._factory(project_key=cfg.project_key, client_id=cfg.client_id,
+                                   client_secret=cfg.client_secret, region=cfg.region, api_url=cfg.api_url,
+                                   auth_url=cfg.auth_url, scopes=list(cfg.scopes) or None)
+            self._clients[store.commercetools] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()

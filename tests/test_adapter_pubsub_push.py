@@ -1,0 +1,283 @@
+"""``ctdd adapter pubsub-push`` over real HTTP on loopback, forwarding to a real gRPC peer.
+
+Pub/Sub push semantics: 2xx acknowledges, anything else is redelivered. So: 204 only after the service
+accepted the delivery, 503 for retryable failures, and poison is logged, dead-lettered to a file and
+acknowledged (204, ``X-Ctdd-Outcome: poison``) because redelivering it can never help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from scripted_sync_service import wait_for
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from scripted_sync_service import ScriptedSyncService
+from service.adapters.pubsub_push import PubSubPushAdapter, PubSubPushConfig, push_body
+
+TOKEN = "s3cret-token-value"
+
+
+def delivery(marker: str, n: int) -> bytes:
+    return json.dumps({"notificationType": "Message", "id": f"m-{n}", "ctdd_test": marker,
+                       "resource": {"typeId": "customer", "id": f"c-{n}"}, "email": f"person{n}@example.com"}).encode()
+
+
+@pytest.fixture
+async def peer():
+    service = await ScriptedSyncService().start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+async def adapter_factory():
+    started = []
+
+    async def start(target: str, **kw) -> tuple[PubSubPushAdapter, str]:
+        config = PubSubPushConfig(listen="127.0.0.1:0", target=target, store_key="uk", rpc_timeout=3.0, **kw)
+        adapter = PubSubPushAdapter(config)
+        port = await adapter.start()
+        started.append(adapter)
+        return adapter, f"http://127.0.0.1:{port}"
+
+    yield start
+    for adapter in started:
+        await adapter.stop(grace=1.0)
+
+
+async def test_ack_only_after_ok_and_body_forwarded_verbatim(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target, token=TOKEN)
+    payload = push_body(delivery("good", 1), message_id="111")
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"{url}/?token={TOKEN}", content=payload, headers={"Content-Type": "application/json"})
+    assert r.status_code == 204
+    assert r.headers["x-ctdd-outcome"] == "accepted"
+    [event] = [e for call in peer.calls for e in call]
+    assert event.commercetools_delivery == payload  # the push body, byte for byte
+    assert event.store_key == "uk" and event.priority == pb.PRIORITY_LIVE
+
+
+async def test_retryable_is_503_and_the_redelivery_is_acked(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target)
+    payload = push_body(delivery("flaky", 2), message_id="222")
+    async with httpx.AsyncClient() as http:
+        first = await http.post(url + "/", content=payload)
+        second = await http.post(url + "/", content=payload)
+    assert first.status_code == 503
+    assert second.status_code == 204
+    assert peer.accepted_bodies() == [payload]
+
+
+async def test_target_down_is_503(adapter_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url = await adapter_factory(f"127.0.0.1:{port}")
+    async with httpx.AsyncClient() as http:
+        r = await http.post(url + "/", content=push_body(delivery("good", 3)))
+    assert r.status_code == 503
+
+
+async def test_whole_call_failure_is_503(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target)
+    peer.fail_calls = 1
+    async with httpx.AsyncClient() as http:
+        r = await http.post(url + "/", content=push_body(delivery("good", 4)))
+    assert r.status_code == 503 and peer.accepted_bodies() == []
+
+
+async def test_poison_is_dead_lettered_and_acknowledged(peer, adapter_factory, tmp_path, caplog):
+    dead = tmp_path / "dead"
+    _, url = await adapter_factory(peer.target, dead_letter_dir=str(dead))
+    payload = push_body(delivery("poison", 5), message_id="555")
+    with caplog.at_level("INFO"):
+        async with httpx.AsyncClient() as http:
+            r = await http.post(url + "/", content=payload)
+    assert r.status_code == 204
+    assert r.headers["x-ctdd-outcome"] == "poison"
+    [body_file] = list(dead.glob("*-555.body"))
+    assert body_file.read_bytes() == payload
+    assert stat.S_IMODE(body_file.stat().st_mode) == 0o600
+    meta = json.loads(body_file.with_name(body_file.name.replace(".body", ".json")).read_text())
+    assert meta["code"] == 3 and meta["message_id"] == "555"
+    assert "555" in caplog.text and "person5" not in caplog.text  # ids and codes, never bodies
+
+
+async def test_poison_with_unwritable_dead_letter_dir_is_not_acknowledged(peer, adapter_factory, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    _, url = await adapter_factory(peer.target, dead_letter_dir=str(blocker / "dead"))
+    async with httpx.AsyncClient() as http:
+        r = await http.post(url + "/", content=push_body(delivery("poison", 6)))
+    assert r.status_code == 503  # Pub/Sub keeps it instead of it being lost
+
+
+async def test_token_check(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target, token=TOKEN)
+    payload = push_body(delivery("good", 7))
+    async with httpx.AsyncClient() as http:
+        missing = await http.post(url + "/", content=payload)
+        wrong = await http.post(url + "/?token=nope", content=payload)
+        right = await http.post(f"{url}/?token={TOKEN}", content=payload)
+    assert (missing.status_code, wrong.status_code, right.status_code) == (401, 403, 204)
+    assert len(peer.accepted_bodies()) == 1
+
+
+async def test_oversize_body_is_413_and_not_forwarded(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target, max_body_bytes=1024)
+    async with httpx.AsyncClient() as http:
+        big = await http.post(url + "/", content=push_body(b"x" * 4096))
+        small = await http.post(url + "/", content=push_body(delivery("good", 8)))
+    assert big.status_code == 413
+    assert small.status_code == 204
+    assert len([e for c in peer.calls for e in c]) == 1
+
+
+async def _raw(url: str, request: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    writer.write_eof()  # the client is done sending
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return data
+
+
+async def test_http_edge_cases_and_healthz(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url + "/healthz")).json() == {"status": "ok"}
+        assert (await http.get(url + "/")).status_code == 405
+        assert (await http.post(url + "/elsewhere", content=b"{}")).status_code == 404
+    no_length = await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert no_length.startswith(b"HTTP/1.1 411 ")
+    chunked = await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411 ")
+    garbage = await _raw(url, b"NONSENSE\r\n\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400 ")
+    short = await _raw(url, b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n{}")
+    assert short.startswith(b"HTTP/1.1 400 ")
+    huge_head = await _raw(url, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    assert huge_head.startswith(b"HTTP/1.1 431 ")
+    assert peer.calls == []
+
+
+async def test_concurrent_pushes_share_batches(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target)
+    payloads = [push_body(delivery("good", n), message_id=str(n)) for n in range(40)]
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=40)) as http:
+        responses = await asyncio.gather(*(http.post(url + "/", content=p) for p in payloads))
+    assert {r.status_code for r in responses} == {204}
+    assert sorted(peer.accepted_bodies()) == sorted(payloads)
+    assert len(peer.calls) < len(payloads)  # coalesced into TrackEventBatch calls
+
+
+async def test_cli_adapter_with_env_token_until_sigterm(peer, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path / "adapter.log"
+    env = {**os.environ, "CTDD_PUBSUB_PUSH_TOKEN": TOKEN, "CTDD_LOG_LEVEL": "INFO"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "adapter", "pubsub-push", "--listen", f"127.0.0.1:{port}",
+             "--target", peer.target, "--store", "uk", "--dead-letter-dir", str(tmp_path / "dead")],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async def healthy():
+            try:
+                async with httpx.AsyncClient() as http:
+                    return (await http.get(url + "/healthz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        for _ in range(100):
+            assert proc.poll() is None, log_path.read_text()
+            if await healthy():
+                break
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient() as http:
+            ok = await http.post(f"{url}/?token={TOKEN}", content=push_body(delivery("good", 9), message_id="909"))
+            poison = await http.post(f"{url}/?token={TOKEN}", content=push_body(delivery("poison", 10), message_id="1010"))
+            denied = await http.post(f"{url}/", content=push_body(delivery("good", 11)))
+        assert (ok.status_code, poison.status_code, denied.status_code) == (204, 204, 401)
+        proc.send_signal(signal.SIGTERM)
+        returncode = await asyncio.to_thread(proc.wait, 15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = log_path.read_text()
+    assert returncode == 0, output[-3000:]
+    assert list((tmp_path / "dead").glob("*-1010.body"))
+    assert TOKEN not in output and "person" not in output
+    await wait_for(lambda: True)
+
+
+async def test_shutdown_finishes_requests_in_progress(peer, adapter_factory):
+    adapter, url = await adapter_factory(peer.target)
+    peer.delay = 1.0
+    async with httpx.AsyncClient() as http:
+        request = asyncio.create_task(http.post(url + "/", content=push_body(delivery("good", 12))))
+        await wait_for(lambda: peer.calls, what="the request to reach the service")
+        await adapter.stop(grace=5.0)
+        response = await request
+        assert response.status_code == 204
+        with pytest.raises(httpx.ConnectError):
+            await http.post(url + "/", content=push_body(delivery("good", 13)))
+    assert len(peer.accepted_bodies()) == 1
+
+
+# -- against the real service -----------------------------------------------------------------------
+
+async def test_end_to_end_with_the_real_service(adapter_factory, service_factory, sqlite_url, sandbox, tmp_path):
+    """Pub/Sub push -> adapter -> ctdd-sync -> Dotdigital sandbox."""
+    import ct_payloads as ct
+    from conftest import all_settled, make_settings, wait_for as wait_settled
+    from service.testing.commercetools_fake import FakeCommercetools
+
+    with FakeCommercetools(project_key=ct.PROJECT) as fake_ct:
+        svc = await service_factory(make_settings(sqlite_url, sandbox, commercetools=fake_ct))
+        _, url = await adapter_factory(f"127.0.0.1:{svc.app.port}", token=TOKEN,
+                                       dead_letter_dir=str(tmp_path / "dead"))
+        created = ct.message("customer", "cust-ps-1", "CustomerCreated", version=1,
+                             customer=ct.customer("cust-ps-1", "cleo@example.com", first="Cleo"))
+        async with httpx.AsyncClient() as http:
+            first = await http.post(f"{url}/?token={TOKEN}", content=ct.pubsub_push(created))
+            again = await http.post(f"{url}/?token={TOKEN}", content=ct.pubsub_push(created))
+            poison = await http.post(f"{url}/?token={TOKEN}",
+                                     content=json.dumps({"message": {"data": "!!!", "messageId": "77"}}).encode())
+        assert (first.status_code, again.status_code) == (204, 204)
+        assert first.headers["x-ctdd-outcome"] == "accepted"
+        assert poison.status_code == 204 and poison.headers["x-ctdd-outcome"] == "poison"
+        assert list((tmp_path / "dead").glob("*-77.body"))
+        await wait_settled(lambda: all_settled(svc), what="deliveries")
+        assert sandbox.get_contact(email="cleo@example.com")["dataFields"]["FIRSTNAME"] == "Cleo"
+        assert len([r for r in sandbox.requests if r.method == "PATCH" and r.status < 300]) == 1
+
+
+async def test_cli_refuses_to_start_with_a_store_the_service_does_not_know(service_factory, sqlite_url, sandbox):
+    """A wrong --store would turn every delivery into poison; the adapter's start-up probe catches it."""
+    from conftest import make_settings
+
+    svc = await service_factory(make_settings(sqlite_url, sandbox))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "adapter", "pubsub-push", "--listen", "127.0.0.1:0",
+        "--target", f"127.0.0.1:{svc.app.port}", "--store", "no-such-store",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert "refused store key 'no-such-store'" in err.decode()

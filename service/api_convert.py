@@ -214,6 +214,18 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
 MAX_EVENT_BYTES = 1024 * 1024
 
 
+def _integral_floats_to_int(value: Any) -> Any:
+    """google.protobuf.Struct carries every number as a double; give whole numbers back their int type
+    (commercetools money amounts and quantities are integers)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_to_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_to_int(v) for v in value]
+    return value
+
+
 def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_key: str):
     """Validate a typed behavioural event; return a ``BehaviouralEventInput`` or raise InvalidRequest."""
     from service.events import BehaviouralEventInput
@@ -255,9 +267,12 @@ def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_
             v.append(Violation("behavioural_event.cart_updated.cart_id", "required"))
         from service.domain.commerce import cart_record
 
-        cart = json_format.MessageToDict(cu.cart)
-        data = cart_record(cu.cart_id, cart, locale=msg.locale or None, currency=msg.currency or None,
-                           modified_at=when)
+        cart = _integral_floats_to_int(json_format.MessageToDict(cu.cart))
+        try:
+            data = cart_record(cu.cart_id, cart, locale=msg.locale or None, currency=msg.currency or None,
+                               modified_at=when)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            v.append(Violation("behavioural_event.cart_updated.cart", f"not a commercetools Cart: {exc}"))
         data["cartVersion"] = cu.cart_version or None
     else:
         ce = msg.custom_event

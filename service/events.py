@@ -48,7 +48,7 @@ from service.domain.commerce import (
     refund_total,
 )
 from service.domain.contact import ContactInput, Identity, SourceStamp
-from service.domain.notifications import InvalidDelivery, Notification, parse_delivery
+from service.domain.notifications import InvalidDelivery, Notification, UnsupportedNotification, parse_delivery
 from service.transactions import TransactionRunner
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,9 @@ class EventProcessor:
         store = self._store(store_key)
         try:
             notifications = parse_delivery(raw)
+        except UnsupportedNotification as exc:
+            # Well-formed but irrelevant (Import API events ...): acknowledge, never dead-letter.
+            return [NotificationOutcome(dedupe_key="", outcome=IGNORED, reason=exc.reason)]
         except InvalidDelivery as exc:
             raise InvalidEvent(f"commercetools_delivery: {exc}") from None
         return [await self._process(store, n, priority) for n in notifications]
@@ -343,7 +346,7 @@ class EventProcessor:
                 for ref in (product or {}).get("categories", []):
                     category = await self._fetch(store, "categories", ref["id"])
                     if category:
-                        names.append(localized(category.get("name"), locale))
+                        names.append(localized(category.get("name"), locale) or "")
                 self._category_names[cache_key] = names
             result[pid] = self._category_names[cache_key]
         return result

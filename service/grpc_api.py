@@ -201,6 +201,9 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             except RetryableEventError as exc:
                 log.warning("TrackEvent for store %s not processed now: %s", request.store_key, exc)
                 await _abort(context, code_pb2.UNAVAILABLE, f"not processed, retry later: {exc}")
+            except Exception as exc:  # a bug: nothing was committed; the caller may retry
+                log.exception("TrackEvent for store %s failed", request.store_key)
+                await _abort(context, code_pb2.INTERNAL, f"internal error ({type(exc).__name__}); nothing was written")
 
     async def TrackEventBatch(self, request: pb.TrackEventBatchRequest, context: grpc.aio.ServicerContext):
         if len(request.events) > MAX_BATCH_EVENTS:

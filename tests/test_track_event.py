@@ -258,3 +258,47 @@ async def test_backfill_priority_yields_to_live_events(svc, sandbox):
 
     claimed = outbox.claim(svc.engine, worker="t", limit=1, lease_seconds=5)
     assert json.dumps(claimed[0].payload).find("live@example.com") >= 0
+
+
+# -- contract: commercetools' published examples (shared fixtures), skipped where ../shared is absent ---------
+def _shared(name: str):
+    from conftest import SHARED_DIR
+
+    path = SHARED_DIR / "fixtures" / "commercetools" / name
+    if not path.exists():
+        pytest.skip(f"shared commercetools fixtures not available ({path})")
+    return json.loads(path.read_text())
+
+
+SHARED_DELIVERIES = [
+    "subscription/message-payload.example.json", "subscription/cloudevents-payload.example.json",
+    "subscription/resource-created-payload.example.json", "subscription/resource-updated-payload.example.json",
+    "subscription/resource-deleted-payload.example.json", "subscription/event-payload.example.json",
+]
+
+
+@pytest.mark.parametrize("name", SHARED_DELIVERIES)
+async def test_published_subscription_examples_are_accepted(svc, name):
+    resp = await svc.stub.TrackEvent(track(ct.raw(_shared(name))))
+    # products and other projects are not synced; nothing is an error and nothing is enqueued
+    assert outcomes(resp) and set(outcomes(resp)) <= {"IGNORED"}
+    assert not resp.outbox_message_ids
+
+
+async def test_published_customer_and_order_examples_flow_to_dotdigital(svc, sandbox):
+    customer = _shared("customer.example.json")
+    order = _shared("order.example.json")
+    order = {**order, "customerId": customer["id"]}  # the example order belongs to another customer id
+    r1 = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", customer["id"], "CustomerCreated",
+                                                           version=customer["version"], customer=customer))))
+    r2 = await svc.stub.TrackEvent(track(ct.raw(ct.message("order", order["id"], "OrderCreated",
+                                                           version=order["version"], order=order))))
+    assert outcomes(r1) == outcomes(r2) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    assert {r["status"] for r in outbox_rows(svc)} == {"delivered"}
+    contact = sandbox.get_contact(email=customer["email"])
+    assert contact["dataFields"]["FIRSTNAME"] == customer["firstName"]
+    [record] = sandbox.insight_records("Orders", contact_email=customer["email"]).values()
+    assert record["orderId"] == order["id"] and record["currency"] == order["totalPrice"]["currencyCode"]
+    assert record["orderTotal"] == order["totalPrice"]["centAmount"] / 10 ** order["totalPrice"]["fractionDigits"]
+    assert [p["sku"] for p in record["products"]] == [li["variant"]["sku"] for li in order["lineItems"]]

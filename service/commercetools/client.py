@@ -34,11 +34,12 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+
+from service.domain.commerce import localized, money_to_major  # noqa: F401  (re-exported)
 
 from .errors import (
     CommercetoolsConflict,
@@ -80,12 +81,6 @@ _USER_AGENT = "ctdd-sync"
 
 #: ISO 4217 minor-unit exponents that differ from 2, used when a Money draft omits ``fractionDigits``
 #: (§4: "Drafts may omit type/fractionDigits"; the default is the currency's number of minor units).
-_CURRENCY_EXPONENTS: dict[str, int] = {
-    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0, "RWF": 0,
-    "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
-    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
-    "CLF": 4, "UYW": 4,
-}
 
 
 class CommercetoolsClient:
@@ -542,62 +537,6 @@ def custom_object_key_for_email(email: str) -> str:
     if not isinstance(email, str) or not email.strip():
         raise ValueError("email must be a non-empty string")
     return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
-
-
-def money_to_major(money: Mapping[str, Any]) -> float:
-    """Amount of a commercetools Money value in major units (e.g. 56.0 for 5600 EUR cents) (§4).
-
-    ``centPrecision`` (and drafts without ``type``): ``centAmount / 10**fractionDigits``. ``highPrecision``:
-    ``preciseAmount / 10**fractionDigits`` - its ``fractionDigits`` is the *high* precision, so dividing
-    ``centAmount`` by it would be wrong (§4 gives only the centPrecision rule; ``HighPrecisionMoney`` RAML). A missing ``fractionDigits`` (allowed in drafts) defaults to the
-    currency's ISO 4217 minor units (2 unless listed in ``_CURRENCY_EXPONENTS``). Computed in ``Decimal``.
-    """
-    if not isinstance(money, Mapping):
-        raise TypeError("money must be a dict")
-    currency_digits = _CURRENCY_EXPONENTS.get(str(money.get("currencyCode") or "").upper(), 2)
-    fraction_digits = money.get("fractionDigits")
-    if fraction_digits is None:
-        fraction_digits = currency_digits
-    if isinstance(fraction_digits, bool) or not isinstance(fraction_digits, int) or fraction_digits < 0:
-        raise ValueError(f"invalid fractionDigits {fraction_digits!r}")
-    amount = money.get("centAmount")
-    if money.get("type") == "highPrecision":
-        if money.get("preciseAmount") is not None:
-            amount = money["preciseAmount"]
-        else:  # centAmount is always in the currency's smallest unit
-            fraction_digits = currency_digits
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise ValueError("money has no integer centAmount")
-    return float(Decimal(amount).scaleb(-fraction_digits))
-
-
-def localized(value: Mapping[str, Any] | str | None, locale: str | None) -> str | None:
-    """Pick one text of a LocalizedString ``{"en": "Hats", "de-DE": "Hüte"}`` (§4, "pick preferred locale with fallback").
-
-    Order: the exact ``locale`` (tags compared case-insensitively, ``_`` accepted for ``-``); its language
-    part (``en-GB`` -> ``en``); another tag of the same language (``en`` -> ``en-US``); ``en``; then the
-    first non-empty value. A plain string is returned as is; ``None`` or an empty mapping gives ``None``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, Mapping):
-        raise TypeError("value must be a LocalizedString dict, a str or None")
-    texts = {str(k).replace("_", "-").lower(): v for k, v in value.items() if isinstance(v, str) and v != ""}
-    if not texts:
-        return None
-    candidates: list[str] = []
-    if locale:
-        tag = locale.replace("_", "-").lower()
-        language = tag.split("-", 1)[0]
-        candidates += [tag, language]
-        candidates += [k for k in texts if k.split("-", 1)[0] == language]
-    candidates.append("en")
-    for candidate in candidates:
-        if candidate in texts:
-            return texts[candidate]
-    return next(iter(texts.values()))
 
 
 def predicate_string(value: str) -> str:

@@ -172,6 +172,9 @@ class OutboxMessage(SQLModel, table=True):
     record_version: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
     #: set when this message was coalesced into an earlier pending message of its partition
     merged_into: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    #: the Dotdigital bulk import carrying this message while it is in flight; kept if its worker dies, so
+    #: the next worker waits for that import to finish before sending anything newer for the contact
+    bulk_import_id: Optional[str] = Field(default=None, max_length=64)
     created_at: datetime
     updated_at: datetime
     delivered_at: Optional[datetime] = None

@@ -13,11 +13,12 @@ first record, dotdigital.md §7): strings default to "", numbers to 0.0, lists t
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from service.domain.contact import Address, ContactInput, Identity, SourceStamp
+from service.domain.contact import ContactInput, Identity, SourceStamp
 from service.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
 
 ORDERS_COLLECTION = "Orders"
@@ -33,25 +34,72 @@ def parse_ts(value: str | None) -> datetime | None:
 
 
 def money(value: Mapping[str, Any] | None) -> float:
-    if not value:
-        return 0.0
-    return round(value.get("centAmount", 0) / 10 ** value.get("fractionDigits", 2), 6)
+    """Major units of a Money value; 0.0 when absent (records keep numeric types stable)."""
+    return money_to_major(value) if value else 0.0
 
 
-def localized(value: Mapping[str, str] | str | None, locale: str | None) -> str:
-    """Pick a LocalizedString value: exact locale, its language, "en", then the first one."""
+_CURRENCY_EXPONENTS: dict[str, int] = {
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0, "RWF": 0,
+    "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
+    "CLF": 4, "UYW": 4,
+}
+
+
+def money_to_major(money: Mapping[str, Any]) -> float:
+    """Amount of a commercetools Money value in major units (e.g. 56.0 for 5600 EUR cents) (§4).
+
+    ``centPrecision`` (and drafts without ``type``): ``centAmount / 10**fractionDigits``. ``highPrecision``:
+    ``preciseAmount / 10**fractionDigits`` - its ``fractionDigits`` is the *high* precision, so dividing
+    ``centAmount`` by it would be wrong (§4 gives only the centPrecision rule; ``HighPrecisionMoney`` RAML). A missing ``fractionDigits`` (allowed in drafts) defaults to the
+    currency's ISO 4217 minor units (2 unless listed in ``_CURRENCY_EXPONENTS``). Computed in ``Decimal``.
+    """
+    if not isinstance(money, Mapping):
+        raise TypeError("money must be a dict")
+    currency_digits = _CURRENCY_EXPONENTS.get(str(money.get("currencyCode") or "").upper(), 2)
+    fraction_digits = money.get("fractionDigits")
+    if fraction_digits is None:
+        fraction_digits = currency_digits
+    if isinstance(fraction_digits, bool) or not isinstance(fraction_digits, int) or fraction_digits < 0:
+        raise ValueError(f"invalid fractionDigits {fraction_digits!r}")
+    amount = money.get("centAmount")
+    if money.get("type") == "highPrecision":
+        if money.get("preciseAmount") is not None:
+            amount = money["preciseAmount"]
+        else:  # centAmount is always in the currency's smallest unit
+            fraction_digits = currency_digits
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise ValueError("money has no integer centAmount")
+    return float(Decimal(amount).scaleb(-fraction_digits))
+
+
+def localized(value: Mapping[str, Any] | str | None, locale: str | None) -> str | None:
+    """Pick one text of a LocalizedString ``{"en": "Hats", "de-DE": "Hüte"}`` (§4, "pick preferred locale with fallback").
+
+    Order: the exact ``locale`` (tags compared case-insensitively, ``_`` accepted for ``-``); its language
+    part (``en-GB`` -> ``en``); another tag of the same language (``en`` -> ``en-US``); ``en``; then the
+    first non-empty value. A plain string is returned as is; ``None`` or an empty mapping gives ``None``.
+    """
     if value is None:
-        return ""
+        return None
     if isinstance(value, str):
         return value
+    if not isinstance(value, Mapping):
+        raise TypeError("value must be a LocalizedString dict, a str or None")
+    texts = {str(k).replace("_", "-").lower(): v for k, v in value.items() if isinstance(v, str) and v != ""}
+    if not texts:
+        return None
+    candidates: list[str] = []
     if locale:
-        if locale in value:
-            return value[locale]
-        lang = locale.split("-")[0]
-        for key, text in value.items():
-            if key.split("-")[0] == lang:
-                return text
-    return value.get("en") or next(iter(value.values()), "")
+        tag = locale.replace("_", "-").lower()
+        language = tag.split("-", 1)[0]
+        candidates += [tag, language]
+        candidates += [k for k in texts if k.split("-", 1)[0] == language]
+    candidates.append("en")
+    for candidate in candidates:
+        if candidate in texts:
+            return texts[candidate]
+    return next(iter(texts.values()))
 
 
 def _address(addr: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -169,7 +217,7 @@ def _line_items(order: Mapping[str, Any], ctx: OrderContext, locale: str | None)
         items.append({
             "productId": str(li.get("productId", "")),
             "sku": str(variant.get("sku") or ""),
-            "name": localized(li.get("name"), locale),
+            "name": localized(li.get("name"), locale) or "",
             "quantity": quantity,
             "unitPrice": money((li.get("price") or {}).get("value")),
             "totalPrice": total,
@@ -324,7 +372,7 @@ def cart_record(cart_id: str, cart: Mapping[str, Any], *, locale: str | None, cu
         unit = money((li.get("price") or {}).get("value"))
         items.append({
             "sku": str(variant.get("sku") or ""),
-            "name": localized(li.get("name"), locale),
+            "name": localized(li.get("name"), locale) or "",
             "imageUrl": str(images[0].get("url", "")) if images else "",
             "productUrl": "",
             "unitPrice": unit,

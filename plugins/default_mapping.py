@@ -11,7 +11,10 @@ brand plugin's ``ctdd_map_contact`` answers first. What it maps, per store confi
 - email consent -> ``channelProperties.email.status`` / ``optInType`` and consent records; SMS consent ->
   ``channelProperties.sms.status`` and consent records (``email.status`` is only sent when the shop made
   an explicit decision: Dotdigital would otherwise subscribe a new contact, reference §4.2)
-- list memberships -> ``lists.<id>`` (joins only; leaving lists is not sent)
+- the store's ``email_list`` / ``sms_list`` follow the channel decision (joined on opt-in, left on opt-out);
+  every registered customer joins ``customers_list`` (a list the merchant must not market to)
+- list memberships -> ``lists.<id>``: ``True`` joins, ``False`` leaves
+- preference choices -> ``preferences.<id>``
 """
 
 from __future__ import annotations
@@ -62,18 +65,27 @@ def ctdd_map_contact(ctx, contact):
         if dd_name:
             fields[f"dataFields.{dd_name}"] = value
 
-    if (email := contact.email_consent) is not None:
-        if email.status:
-            fields["channelProperties.email.status"] = email.status
-        if email.opt_in_type and email.status == "subscribed":
-            fields["channelProperties.email.optInType"] = email.opt_in_type
-        fields.update(_consent_record_fields("email", email.records))
-    if (sms := contact.sms_consent) is not None:
-        if sms.status:
-            fields["channelProperties.sms.status"] = sms.status
-        fields.update(_consent_record_fields("sms", sms.records))
+    memberships = dict(contact.lists)
+    if identity.customer_id and store.customers_list:
+        memberships.setdefault(store.customers_list, True)
+    for channel, consent, list_key in (("email", contact.email_consent, store.email_list),
+                                       ("sms", contact.sms_consent, store.sms_list)):
+        if consent is None:
+            continue
+        if consent.status:
+            fields[f"channelProperties.{channel}.status"] = consent.status
+            if list_key:
+                # the channel's marketing list follows the channel decision
+                memberships[list_key] = consent.status == "subscribed"
+        if channel == "email" and consent.opt_in_type and consent.status == "subscribed":
+            fields["channelProperties.email.optInType"] = consent.opt_in_type
+        fields.update(_consent_record_fields(channel, consent.records))
 
-    for list_key, member in contact.lists.items():
-        if member and list_key in store.lists:
-            fields[f"lists.{store.lists[list_key]}"] = True
+    for list_key, member in memberships.items():
+        if list_key in store.lists:
+            # True joins (v3 upsert), False leaves (v2 removal)
+            fields[f"lists.{store.lists[list_key]}"] = bool(member)
+    for pref_key, opted_in in contact.preferences.items():
+        if pref_key in store.preferences:
+            fields[f"preferences.{store.preferences[pref_key]}"] = bool(opted_in)
     return fields

@@ -6,8 +6,10 @@ the whole request is refused when there is any, so nothing partial is ever writt
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
 from typing import Any
 
 from google.protobuf import json_format
@@ -21,6 +23,8 @@ MAX_STRING = 1000
 MAX_CUSTOM_FIELDS = 100
 MAX_CONSENT_RECORDS = 5
 MAX_LISTS = 100
+#: how far in the future a client's clock may be before a timestamp counts as "in the future"
+CLOCK_SKEW = timedelta(minutes=5)
 
 _STATUS = {pb.CONSENT_STATUS_SUBSCRIBED: "subscribed", pb.CONSENT_STATUS_UNSUBSCRIBED: "unsubscribed"}
 _OPT_IN = {pb.OPT_IN_TYPE_SINGLE: "single", pb.OPT_IN_TYPE_DOUBLE: "double", pb.OPT_IN_TYPE_VERIFIED_DOUBLE: "verifiedDouble"}
@@ -73,12 +77,23 @@ def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, cha
             _check_len(violations, f"{rpath}.{name}", getattr(rec, name))
         if not rec.HasField("consented_at"):
             violations.append(Violation(f"{rpath}.consented_at", "required"))
+        elif _ts(rec.consented_at) > datetime.now(timezone.utc) + CLOCK_SKEW:
+            violations.append(Violation(f"{rpath}.consented_at", "must not be in the future"))
+        if rec.ip_address.strip():
+            try:
+                ipaddress.ip_address(rec.ip_address.strip())
+            except ValueError:
+                violations.append(Violation(f"{rpath}.ip_address", "must be an IPv4 or IPv6 address"))
+        if rec.url.strip() and urlsplit(rec.url.strip()).scheme not in ("http", "https"):
+            violations.append(Violation(f"{rpath}.url", "must be an http(s) URL"))
         records.append(
             ConsentRecord(
                 text=rec.text, consented_at=_ts(rec.consented_at) if rec.HasField("consented_at") else None,
                 url=rec.url, ip_address=rec.ip_address, user_agent=rec.user_agent,
             )
         )
+    if msg.HasField("decided_at") and _ts(msg.decided_at) > datetime.now(timezone.utc) + CLOCK_SKEW:
+        violations.append(Violation(f"{path}.decided_at", "must not be in the future"))
     return ChannelConsent(
         status=_STATUS.get(msg.status),
         opt_in_type=_OPT_IN.get(msg.opt_in_type),
@@ -171,6 +186,8 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         sms_consent = _consent(v, "consent.sms", request.consent.sms, "sms")
         if sms_consent is not None and sms_consent.status == "subscribed" and not mobile:
             v.append(Violation("consent.sms.status", "SMS opt-in requires identity.mobile_number"))
+        if sms_consent is not None and sms_consent.records and not mobile:
+            v.append(Violation("consent.sms.records", "SMS consent records require identity.mobile_number"))
         total = len(email_consent.records if email_consent else ()) + len(sms_consent.records if sms_consent else ())
         if total > MAX_CONSENT_RECORDS:
             v.append(Violation("consent", f"at most {MAX_CONSENT_RECORDS} consent records per request (Dotdigital limit)"))
@@ -185,6 +202,16 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
             v.append(Violation(f"lists[{i}].list_key", f"unknown list {membership.list_key!r} for store {store.key!r}"))
         else:
             lists[membership.list_key] = membership.member
+
+    preferences: dict[str, bool] = {}
+    for i, choice in enumerate(request.preferences):
+        if not choice.preference_key:
+            v.append(Violation(f"preferences[{i}].preference_key", "required"))
+        elif store is not None and choice.preference_key not in store.preferences:
+            v.append(Violation(f"preferences[{i}].preference_key",
+                               f"unknown preference {choice.preference_key!r} for store {store.key!r}"))
+        else:
+            preferences[choice.preference_key] = choice.opted_in
 
     src = request.source
     if src.version < 0:
@@ -208,6 +235,7 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         sms_consent=sms_consent,
         lists=lists,
         source=source,
+        preferences=preferences,
     )
 
 

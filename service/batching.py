@@ -101,6 +101,13 @@ class BulkContext:
     timings: ImportTimings = field(default_factory=ImportTimings)
     timeout_seconds: float = 900.0
     max_bytes: int = 20_000_000
+    #: called with the import id and its messages as soon as an import was accepted (the dispatcher
+    #: records it on the messages, see ``outbox.record_import``)
+    on_started: Callable[[str, list[ClaimedMessage]], Awaitable[None]] | None = None
+
+    async def started(self, import_id: str, chunk: list[tuple[ClaimedMessage, dict]]) -> None:
+        if self.on_started is not None:
+            await self.on_started(import_id, [msg for msg, _ in chunk])
 
 
 class BulkHandler(Protocol):
@@ -109,6 +116,8 @@ class BulkHandler(Protocol):
     def group_key(self, msg: ClaimedMessage) -> Hashable: ...
 
     async def deliver(self, ctx: BulkContext) -> dict[int, ItemResult]: ...
+
+    async def status(self, client: DotdigitalClient, import_id: str) -> Any: ...
 
 
 BULK_HANDLERS: dict[str, BulkHandler] = {}
@@ -187,7 +196,7 @@ IMPORT_OK = frozenset(s.casefold() for s in ("Finished", "Complete"))
 IMPORT_RETRY = frozenset(s.casefold() for s in ("Failed", "ExceedsAllowedContactLimit", "Unknown"))
 
 
-def _import_done(report: Any) -> bool:
+def import_done(report: Any) -> bool:
     done = _get(report, "done")
     return bool(done) if done is not None else str(_get(report, "status", "")).casefold() in IMPORT_DONE
 
@@ -233,6 +242,9 @@ def _entry_keys(entry: Any) -> list[tuple[str, Any]]:
 class ContactsImport:
     kind = CONTACT_UPSERT
 
+    async def status(self, client: DotdigitalClient, import_id: str) -> Any:
+        return await client.contacts_import_status(import_id)
+
 
     def group_key(self, msg: ClaimedMessage) -> Hashable:
         return None
@@ -259,11 +271,12 @@ class ContactsImport:
             for key in keys[msg.id]:
                 by_key.setdefault(key, msg)
         import_id = await ctx.client.start_contacts_import([item for _, item in chunk], merge_option="overwrite")
+        await ctx.started(import_id, chunk)
         what = f"contacts import {import_id} ({len(chunk)} contacts)"
         log.info("%s started (messages %s..%s)", what, chunk[0][0].id, chunk[-1][0].id)
         report = await poll_import(
             ctx, (ctx.msgs[0].account, self.kind), lambda: ctx.client.contacts_import_status(import_id),
-            _import_done, what,
+            import_done, what,
         )
         status = str(_get(report, "status", ""))
         if status.casefold() not in IMPORT_OK:
@@ -326,6 +339,9 @@ INSIGHT_DEAD_REASONS = frozenset(r.casefold() for r in (
 class InsightImport:
     kind = INSIGHT_UPSERT
 
+    async def status(self, client: DotdigitalClient, import_id: str) -> Any:
+        return await client.insight_import_status(import_id)
+
     def group_key(self, msg: ClaimedMessage) -> Hashable:
         p = msg.payload if isinstance(msg.payload, dict) else {}
         return (p.get("collection"), p.get("scope", "contact"), p.get("collection_type", "custom"))
@@ -354,11 +370,12 @@ class InsightImport:
         import_id = await ctx.client.start_insight_import(
             collection, scope=scope, collection_type=collection_type, records=[item for _, item in chunk],
         )
+        await ctx.started(import_id, chunk)
         what = f"insight import {import_id} ({collection}, {len(chunk)} records)"
         log.info("%s started (messages %s..%s)", what, chunk[0][0].id, chunk[-1][0].id)
         report = await poll_import(
             ctx, (ctx.msgs[0].account, self.kind), lambda: ctx.client.insight_import_status(import_id),
-            _import_done, what,
+            import_done, what,
         )
         status = str(_get(report, "status", ""))
         if status.casefold() not in IMPORT_OK:

@@ -116,6 +116,16 @@ class CommercetoolsConfig:
 
 
 @dataclass(frozen=True)
+class ConsentFieldsConfig:
+    """Names of the commercetools custom fields (and the CustomObject container) holding consent."""
+
+    email_opt_in_field: str = "dd-emailOptIn"
+    sms_opt_in_field: str = "dd-smsOptIn"
+    updated_at_field: str = "dd-consentUpdatedAt"
+    guest_container: str = "dd-consent"
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """One commercetools store and how it maps onto a Dotdigital account."""
 
@@ -132,6 +142,18 @@ class StoreConfig:
     commercetools: str | None = None
     #: what a CustomerDeleted message does: "keep", "remove_from_lists" or "delete_contact"
     on_customer_deleted: str = "remove_from_lists"
+    #: list keys (in ``lists``) with a role: joined on email opt-in / left on opt-out; the same for SMS;
+    #: joined by every registered customer (not a marketing list)
+    email_list: str | None = None
+    sms_list: str | None = None
+    customers_list: str | None = None
+    #: preference key -> Dotdigital preference id
+    preferences: Mapping[str, int] = field(default_factory=dict)
+    #: how a contact who opted out in Dotdigital is resubscribed after a newer shop opt-in:
+    #: "challenge" (Dotdigital sends a confirmation email) or "no_challenge"
+    resubscribe: str = "challenge"
+    #: where consent lives in commercetools (customer custom fields; CustomObjects for guests)
+    consent: "ConsentFieldsConfig" = field(default_factory=lambda: ConsentFieldsConfig())
 
 
 @dataclass(frozen=True)
@@ -305,12 +327,34 @@ def _parse_store(key: str, raw: Mapping[str, Any], accounts: Mapping[str, Accoun
     if on_deleted not in ("keep", "remove_from_lists", "delete_contact"):
         raise ConfigError(f"stores.{key}.on_customer_deleted: must be keep, remove_from_lists or delete_contact")
     project = raw.get("commercetools_project") or (commercetools[ct_name].project_key if ct_name else "default")
+    roles = {}
+    for role in ("email_list", "sms_list", "customers_list"):
+        list_key = raw.get(role)
+        if list_key is not None and list_key not in lists:
+            raise ConfigError(f"stores.{key}.{role}: {list_key!r} is not a key of stores.{key}.lists")
+        roles[role] = list_key
+    preferences: dict[str, int] = {}
+    for pref_key, pref_id in raw.get("preferences", {}).items():
+        if not isinstance(pref_id, int) or pref_id <= 0:
+            raise ConfigError(f"stores.{key}.preferences.{pref_key}: must be a positive Dotdigital preference id")
+        preferences[str(pref_key)] = pref_id
+    resubscribe = raw.get("resubscribe", "challenge")
+    if resubscribe not in ("challenge", "no_challenge"):
+        raise ConfigError(f"stores.{key}.resubscribe: must be challenge or no_challenge")
+    consent_raw = raw.get("consent", {})
+    unknown = set(consent_raw) - set(ConsentFieldsConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"stores.{key}.consent: unknown settings {sorted(unknown)}")
     return StoreConfig(
         key=key,
         account=str(account),
         commercetools_project=str(project),
         commercetools=ct_name,
         on_customer_deleted=on_deleted,
+        preferences=preferences,
+        resubscribe=resubscribe,
+        consent=ConsentFieldsConfig(**consent_raw),
+        **roles,
         locale=raw.get("locale"),
         currency=raw.get("currency"),
         data_fields=data_fields,

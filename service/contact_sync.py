@@ -20,6 +20,7 @@ from service.config import Settings
 from service.db.engine import utcnow
 from service.db.models import Contact, ContactIdentifier, FieldState, IdentityConflictRecord, RejectedRecord
 from service.domain.contact import ContactInput
+from service.domain.consent import ChannelState, guard_channel
 from service.domain.delta import StoredField, compute_delta, is_older
 from service.domain.identity import SINGLE_VALUED, Conflict, customer_key, hash_identifier, resolve
 from service.domain.payload import build_contact_body
@@ -48,6 +49,7 @@ class SyncResult:
     stale_fields: list[str] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     suppression_reasons: list[str] = field(default_factory=list)
+    withheld_fields: list[str] = field(default_factory=list)
 
 
 class ContactSync:
@@ -178,37 +180,60 @@ class ContactSync:
         row.updated_at = now
         session.flush()
 
+        store = self.settings.stores[contact.store_key]
+        withheld: list[str] = []
+        for channel, consent, list_key, status, since in (
+            ("email", contact.email_consent, store.email_list, row.dd_email_status, row.dd_email_status_at),
+            ("sms", contact.sms_consent, store.sms_list, row.dd_sms_status, row.dd_sms_status_at),
+        ):
+            withheld += guard_channel(
+                mapped, channel=channel, consent=consent, state=ChannelState(status, since),
+                list_id=store.lists.get(list_key) if list_key else None, resubscribe_mode=store.resubscribe,
+            )
+        # resubscribeOptions are instructions, not state: never delta'd, sent with the status they qualify
+        volatile = {p: mapped.pop(p) for p in [p for p in mapped if ".resubscribeOptions." in p]}
+
         delta = compute_delta(mapped, stored, contact.source)
         result = SyncResult(
             contact_id=row.id, dotdigital_contact_id=row.dotdigital_contact_id, created=created,
             changed=False, stale_fields=list(delta.stale), conflicts=list(resolution.conflicts),
-            suppression_reasons=suppression,
+            suppression_reasons=suppression, withheld_fields=withheld,
         )
         if suppression or not delta.changed:
             return result
 
         source = contact.source
-        message_id = outbox.enqueue(
-            session,
-            contact_id=row.id,
-            account=account,
-            kind=CONTACT_UPSERT,
-            payload={"body": build_contact_body(delta.changed), "trace": current_trace_carrier()},
-            ref=outbox.RecordRef(contact.store_key, source.resource_type, source.resource_id, source.version),
-            now=now,
-            priority=priority,
-        )
+        ref = outbox.RecordRef(contact.store_key, source.resource_type, source.resource_id, source.version)
+        upsert_fields = {p: v for p, v in delta.changed.items() if not (p.startswith("lists.") and v is False)}
+        leave_lists = sorted(int(p.split(".", 1)[1]) for p, v in delta.changed.items()
+                             if p.startswith("lists.") and v is False)
+        if "channelProperties.email.status" in upsert_fields:
+            upsert_fields.update(volatile)
+        message_ids: dict[str, int] = {}
+        if upsert_fields:
+            message_ids["upsert"] = outbox.enqueue(
+                session, contact_id=row.id, account=account, kind=CONTACT_UPSERT,
+                payload={"body": build_contact_body(upsert_fields), "trace": current_trace_carrier()},
+                ref=ref, now=now, priority=priority,
+            )
+            enqueued_counter.add(1, {"kind": CONTACT_UPSERT, "store": contact.store_key})
+        if leave_lists:
+            message_ids["leave"] = outbox.enqueue(
+                session, contact_id=row.id, account=account, kind=outbox.CONTACT_REMOVE_FROM_LISTS,
+                payload={"list_ids": leave_lists}, ref=ref, now=now, priority=priority,
+            )
+            enqueued_counter.add(1, {"kind": outbox.CONTACT_REMOVE_FROM_LISTS, "store": contact.store_key})
         for path, value in delta.changed.items():
+            carrier = message_ids["leave"] if path.startswith("lists.") and value is False else message_ids["upsert"]
             session.merge(
                 FieldState(
                     contact_id=row.id, field=path, value=value, source_ref=source.ref,
-                    source_version=source.version, source_ts=source.modified_at, message_id=message_id,
+                    source_version=source.version, source_ts=source.modified_at, message_id=carrier,
                     updated_at=now,
                 )
             )
         result.changed = True
-        result.outbox_message_ids.append(message_id)
-        enqueued_counter.add(1, {"kind": CONTACT_UPSERT, "store": contact.store_key})
+        result.outbox_message_ids.extend(message_ids.values())
         return result
 
 

@@ -31,6 +31,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from typing import Mapping
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -38,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service import outbox
-from service.batching import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult
+from service.batching import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
 from service.config import AccountConfig, DispatcherConfig, Settings
 from service.delivery import HANDLERS, DeliveryContext
 from service.db.engine import is_sqlite, utcnow
@@ -185,14 +186,14 @@ class Dispatcher:
                             lease_seconds=self.cfg.lease_seconds, kinds=tuple(BULK_HANDLERS),
                             accounts_excluded=paused, coalesce=coalesce_bulk,
                         )
-                        progressed |= self._dispatch_bulk(claimed)
+                        progressed |= self._dispatch_bulk(self._without_orphans(claimed))
                 free = self.cfg.concurrency - len(self._tasks)
                 if free > 0:
                     claimed = await asyncio.to_thread(
                         outbox.claim, self.engine, worker=self.worker_id, limit=min(free, self.cfg.batch_size),
                         lease_seconds=self.cfg.lease_seconds, accounts_excluded=paused, coalesce=coalesce_single,
                     )
-                    for msg in claimed:
+                    for msg in self._without_orphans(claimed):
                         self._spawn_single(msg)
                     progressed |= len(claimed) == min(free, self.cfg.batch_size)
             except Exception:
@@ -210,6 +211,46 @@ class Dispatcher:
     def _bulk_mode_possible(self) -> bool:
         return (self.cfg.batching and bool(BULK_HANDLERS)
                 and len(self._bulk_tasks) < self.cfg.bulk_max_active_imports)
+
+    def _without_orphans(self, claimed: list[outbox.ClaimedMessage]) -> list[outbox.ClaimedMessage]:
+        """Messages a dead worker left in a running bulk import wait for that import to end first."""
+        orphans = [m for m in claimed if m.bulk_import_id]
+        if orphans:
+            task = asyncio.create_task(self._after_orphaned_imports(orphans), name="orphaned-imports")
+            self._bulk_tasks.add(task)
+            task.add_done_callback(self._task_done)
+        return [m for m in claimed if not m.bulk_import_id]
+
+    async def _after_orphaned_imports(self, msgs: list[outbox.ClaimedMessage]) -> None:
+        groups: dict[tuple[str, str, str], list[outbox.ClaimedMessage]] = defaultdict(list)
+        for msg in msgs:
+            groups[(msg.account, msg.kind, msg.bulk_import_id or "")].append(msg)
+        for (account, kind, import_id), group in groups.items():
+            bulk = BULK_HANDLERS.get(kind)
+            if bulk is None:
+                continue
+            log.warning("%d message(s) were in %s import %s of a worker that died; waiting for that import to end "
+                        "before sending them again", len(group), kind, import_id)
+            deadline = time.monotonic() + self.cfg.bulk_import_timeout_seconds
+            while time.monotonic() < deadline and not self._stopping:
+                try:
+                    if import_done(await bulk.status(self.clients.get(account), import_id)):
+                        break
+                except DotdigitalError as exc:
+                    if not exc.retryable:  # e.g. 404: Dotdigital no longer knows it
+                        break
+                except Exception:
+                    log.exception("polling orphaned import %s failed", import_id)
+                await asyncio.sleep(max(self.cfg.bulk_poll_min_seconds, 0.05))
+        if self._stopping:
+            return  # released on shutdown, import id kept
+        await asyncio.to_thread(outbox.record_import, self.engine, [m.id for m in msgs], None, worker=self.worker_id)
+        ready = [replace(m, bulk_import_id=None) for m in msgs]
+        if self.cfg.batching and len(ready) >= self.cfg.bulk_min_batch:
+            self._dispatch_bulk(ready)
+        else:
+            for msg in ready:
+                self._spawn_single(msg)
 
     def _spawn_single(self, msg: outbox.ClaimedMessage) -> None:
         task = asyncio.create_task(self._deliver_guarded(msg), name=f"deliver-{msg.id}")
@@ -378,7 +419,7 @@ class Dispatcher:
             t0 = time.perf_counter()
             ctx = BulkContext(msgs=msgs, contacts=contacts, client=self.clients.get(account), settings=self.settings,
                               timings=self.import_timings, timeout_seconds=self.cfg.bulk_import_timeout_seconds,
-                              max_bytes=self.cfg.bulk_max_bytes)
+                              max_bytes=self.cfg.bulk_max_bytes, on_started=self._import_started)
             try:
                 results = await bulk.deliver(ctx)
             except DotdigitalError as exc:
@@ -438,6 +479,11 @@ class Dispatcher:
         if fallback:
             self.stats["bulk_fallback"] += len(fallback)
             await asyncio.gather(*(self._deliver_guarded(m) for m in fallback))
+
+    async def _import_started(self, import_id: str, msgs: list[outbox.ClaimedMessage]) -> None:
+        self.stats["imports_started"] += 1
+        await asyncio.to_thread(outbox.record_import, self.engine, [m.id for m in msgs], import_id,
+                                worker=self.worker_id)
 
     def _notify(self, msg: outbox.ClaimedMessage, outcome: str, attempt: int, code: int | None, error: str | None) -> None:
         store = self.settings.stores.get(msg.store_key or "")

@@ -238,7 +238,9 @@ class EventProcessor:
             customer = await self._fetch(store, "customers", n.resource_id)
             if customer is None:
                 return await self._finish_ignored(store, n, outcome, "customer no longer exists in commercetools")
-        contact = customer_to_contact(customer, store.key)
+        c = store.consent
+        contact = customer_to_contact(customer, store.key,
+                                      consent_fields=(c.email_opt_in_field, c.sms_opt_in_field, c.updated_at_field))
         mapped, suppression = self.contact_sync.map_contact(contact)
         version = int(customer.get("version") or n.resource_version or 0)
 

@@ -134,6 +134,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                 for c in result.conflicts
             ],
             suppression_reasons=result.suppression_reasons,
+            withheld_fields=result.withheld_fields,
         )
 
     # -- TrackEvent -----------------------------------------------------------------------------

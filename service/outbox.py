@@ -89,6 +89,8 @@ class ClaimedMessage:
     record_id: str | None
     #: messages coalesced into this one (they settle with it)
     merged_ids: tuple[int, ...] = ()
+    #: a bulk import a dead worker left running with this message (see :func:`record_import`)
+    bulk_import_id: str | None = None
 
 
 def partition_key(account: str, contact_id: int) -> str:
@@ -207,7 +209,7 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         )
         .returning(
             OM.c.id, OM.c.partition_key, OM.c.sequence, OM.c.account, OM.c.contact_id, OM.c.kind,
-            OM.c.payload, OM.c.attempts, OM.c.store_key, OM.c.record_type, OM.c.record_id,
+            OM.c.payload, OM.c.attempts, OM.c.store_key, OM.c.record_type, OM.c.record_id, OM.c.bulk_import_id,
         )
     )
     with engine.begin() as conn:
@@ -352,6 +354,7 @@ def mark_delivered(engine: Engine, msg: ClaimedMessage, *, worker: str, started_
             sa.update(OM).where(_owned(msg, worker)).values(
                 status=OutboxStatus.DELIVERED, attempts=OM.c.attempts + 1, delivered_at=now, updated_at=now,
                 lease_owner=None, lease_expires_at=None, last_response_code=response_code, last_error=None,
+                bulk_import_id=None,
             )
         ).rowcount
         if not updated:
@@ -403,7 +406,7 @@ def mark_retry(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: 
                 attempts=OM.c.attempts + (1 if count_attempt else 0),
                 next_attempt_at=now + timedelta(seconds=delay_seconds),
                 updated_at=now, lease_owner=None, lease_expires_at=None,
-                last_response_code=response_code, last_error=error[:2000],
+                last_response_code=response_code, last_error=error[:2000], bulk_import_id=None,
             )
         ).rowcount
         if updated and count_attempt:
@@ -421,6 +424,7 @@ def mark_dead(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: d
             sa.update(OM).where(_owned(msg, worker)).values(
                 status=OutboxStatus.DEAD, attempts=OM.c.attempts + 1, updated_at=now,
                 lease_owner=None, lease_expires_at=None, last_response_code=response_code, last_error=error[:2000],
+                bulk_import_id=None,
             )
         ).rowcount
         if not updated:
@@ -458,6 +462,22 @@ def rescue_expired(engine: Engine, now: datetime | None = None) -> int:
     if n:
         log.warning("rescued %d message(s) whose lease expired", n)
     return n
+
+
+def record_import(engine: Engine, ids: list[int], import_id: str | None, *, worker: str) -> None:
+    """Note (``import_id``) or forget (``None``) the bulk import carrying in-flight messages ``ids``.
+
+    If the worker dies, its messages are rescued with the import id still set, and the next worker waits
+    for that import to finish before it sends anything for those contacts: an import still running for
+    a dead worker cannot overwrite newer data that a second worker sends meanwhile.
+    """
+    if not ids:
+        return
+    cond = [OM.c.id.in_(ids)]
+    if import_id is not None:
+        cond += [OM.c.status == OutboxStatus.IN_FLIGHT, OM.c.lease_owner == worker]
+    with engine.begin() as conn:
+        conn.execute(sa.update(OM).where(*cond).values(bulk_import_id=import_id))
 
 
 def heartbeat(engine: Engine, *, worker: str, lease_seconds: float, now: datetime | None = None) -> int:
@@ -531,6 +551,7 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                 sa.update(OM).where(OM.c.id.in_(group)).values(
                     status=OutboxStatus.DELIVERED, attempts=OM.c.attempts + 1, delivered_at=now, updated_at=now,
                     lease_owner=None, lease_expires_at=None, last_response_code=code, last_error=None,
+                    bulk_import_id=None,
                 )
             )
             _settle_merged(conn, group, OutboxStatus.DELIVERED, now=now, response_code=code)
@@ -547,7 +568,7 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                 sa.update(OM).where(OM.c.id == sa.bindparam("mid")).values(
                     status=OutboxStatus.PENDING, attempts=OM.c.attempts + sa.bindparam("inc"),
                     next_attempt_at=sa.bindparam("due"), updated_at=now, lease_owner=None, lease_expires_at=None,
-                    last_response_code=sa.bindparam("code"), last_error=sa.bindparam("err"),
+                    last_response_code=sa.bindparam("code"), last_error=sa.bindparam("err"), bulk_import_id=None,
                 ),
                 [{"mid": o.msg.id, "inc": 1 if o.count_attempt else 0,
                   "due": now + timedelta(seconds=o.delay_seconds), "code": o.response_code,
@@ -558,7 +579,7 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                 sa.update(OM).where(OM.c.id == sa.bindparam("mid")).values(
                     status=OutboxStatus.DEAD, attempts=OM.c.attempts + 1, updated_at=now,
                     lease_owner=None, lease_expires_at=None, last_response_code=sa.bindparam("code"),
-                    last_error=sa.bindparam("err"),
+                    last_error=sa.bindparam("err"), bulk_import_id=None,
                 ),
                 [{"mid": o.msg.id, "code": o.response_code, "err": (o.error or "")[:2000]} for o in dead],
             )

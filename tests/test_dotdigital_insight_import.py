@@ -227,7 +227,8 @@ async def test_record_body_must_be_a_json_object(sandbox, client, raw):
         assert response.status_code == 400 and response.json()["errorCode"] == "insightData:badJson", body
     assert (await raw.put(path, json={"a": [{"b": 1}, {"b": 2, "c": "x"}]})).status_code == 201
     with pytest.raises(TypeError):
-        await client.upsert_insight_record("Custom_Data", "k", [1], identifier="email", value=JANE)  # type: ignore[arg-type]
+        await client.upsert_insight_record("Custom_Data", "k", [1],  # type: ignore[arg-type]
+                                           identifier="email", value=JANE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ async def test_collection_create_is_idempotent_and_validated(sandbox, client, ra
 # insight bulk import (§7.1)
 # ---------------------------------------------------------------------------------------------------
 async def test_insight_import_with_known_and_unknown_contacts(sandbox, client):
-    sandbox.import_delay_seconds = 0.6
+    sandbox.import_delay_seconds = 60  # finished below by complete_imports(), so the pending state is certain
     jane_id = await _contact(client, JANE)
     await _contact(client, JOHN)
     records = [
@@ -334,6 +335,7 @@ async def test_insight_import_with_known_and_unknown_contacts(sandbox, client):
     assert isinstance(pending, InsightImportReport)
     assert pending.status == "NotStarted" and not pending.done and pending.failures == []
 
+    sandbox.complete_imports()
     report = await client.wait_for_import(import_id, kind="insight", **POLL)
     assert isinstance(report, InsightImportReport)
     assert report.status == "Finished" and report.finished and not report.failed
@@ -348,6 +350,32 @@ async def test_insight_import_with_known_and_unknown_contacts(sandbox, client):
     assert set(sandbox.insight_records("Orders", contact_email=JOHN)) == {"100003"}
     assert sandbox.get_contact(email=GHOST) is None  # imports never create contacts
     assert len([r for r in sandbox.requests if "/insightData/v3/import/" in r.path]) >= 2  # polled
+
+
+async def test_imports_finish_by_themselves_after_the_delay(sandbox, client):
+    delay = 0.3
+    sandbox.import_delay_seconds = delay
+    await _contact(client, JANE)
+    started = time.monotonic()
+    insight_id = await client.start_insight_import("Orders", scope="contact", collection_type="orders",
+                                                   records=[_order("1", JANE)])
+    contacts_id = await client.start_contacts_import([_item(JOHN)])
+    seen: dict[str, list[tuple[float, str]]] = {"insight": [], "contacts": []}
+    while not all(entries and entries[-1][1] == "Finished" for entries in seen.values()):
+        assert time.monotonic() - started < 5, seen
+        for kind, import_id, status_call in (("insight", insight_id, client.insight_import_status),
+                                             ("contacts", contacts_id, client.contacts_import_status)):
+            if not seen[kind] or seen[kind][-1][1] != "Finished":
+                seen[kind].append((time.monotonic() - started, (await status_call(import_id)).status))
+        await asyncio.sleep(0.02)
+    phases = {"insight": ["NotStarted", "Processing", "Finished"], "contacts": ["NotFinished", "Finished"]}
+    for kind, allowed in phases.items():
+        statuses = [status for _, status in seen[kind]]
+        assert statuses == sorted(statuses, key=allowed.index)  # phases only move forward
+        first_finished = next(at for at, status in seen[kind] if status == "Finished")
+        assert first_finished >= delay  # never finished before the configured delay
+    assert sandbox.insight_records("Orders", contact_email=JANE) == {"1": _order("1", JANE)["json"]}
+    assert sandbox.get_contact(email=JOHN) is not None
 
 
 async def test_insight_import_rejects_records_one_by_one(sandbox, client, raw):
@@ -442,7 +470,7 @@ async def test_sandbox_rejects_invalid_insight_import_bodies(sandbox, raw, body,
 # contacts bulk import (§4.4)
 # ---------------------------------------------------------------------------------------------------
 async def test_contacts_import_creates_updates_and_fails_items_alone(sandbox, client):
-    sandbox.import_delay_seconds = 0.5
+    sandbox.import_delay_seconds = 60
     jane_id = await _contact(client, JANE, dataFields={"FIRSTNAME": "Jane", "LASTNAME": "Doe"}, lists=[1])
     old_id = await _contact(client, "old@example.com")
     sandbox.suppress(email="gone@example.com", reason="unsubscribed")
@@ -469,6 +497,7 @@ async def test_contacts_import_creates_updates_and_fails_items_alone(sandbox, cl
     assert (pending.status, pending.finished, pending.failed, pending.created) == ("NotFinished", False, False, [])
     assert sandbox.get_contact(email=JOHN) is None  # nothing applied before the import runs
 
+    sandbox.complete_imports()
     report = await client.wait_for_import(import_id, kind="contacts", **POLL)
     assert isinstance(report, ContactsImportReport) and report.status == "Finished" and report.finished
     john = sandbox.get_contact(email=JOHN)
@@ -682,7 +711,7 @@ async def test_client_checks_arguments_before_calling(sandbox, client):
         client.start_insight_import("Orders", scope="global", collection_type="orders", records=[_order("1")]),
         client.start_insight_import("Orders", scope="contact", collection_type="order", records=[_order("1")]),
         client.start_insight_import("Orders", scope="contact", collection_type="orders",
-                                    records=[{"key": 1, "json": {}, "contactIdentity": _order("1")["contactIdentity"]}]),
+                                    records=[{**_order("1"), "key": 1}]),
         client.start_insight_import("Orders", scope="contact", collection_type="orders",
                                     records=[{"key": "1", "json": {}}]),
         client.start_insight_import("Catalog", scope="account", collection_type="catalog", records=[_order("1")]),
@@ -775,9 +804,10 @@ def test_spec_quirk_strict_allof_rejects_every_insight_record(specs):
     ``insightRecord`` (``key``, ``json``). Strict JSON Schema rejects ``key``/``json`` in the first branch, so
     no record validates; the merged reading (what generators do) accepts them."""
     record = _order("1")
-    strict = SchemaValidator(specs["insight"], merge_allof=False).errors(record, "#/components/schemas/upsertInsightRecord")
+    schema = "#/components/schemas/upsertInsightRecord"
+    strict = SchemaValidator(specs["insight"], merge_allof=False).errors(record, schema)
     assert any("'key'" in e for e in strict) and any("'json'" in e for e in strict)
-    assert SchemaValidator(specs["insight"]).errors(record, "#/components/schemas/upsertInsightRecord") == []
+    assert SchemaValidator(specs["insight"]).errors(record, schema) == []
 
 
 async def test_contract_single_record_request_matches_spec(specs, sandbox, client):

@@ -8,7 +8,10 @@ PostgreSQL is chosen by a ``postgresql+psycopg://`` URL.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -86,10 +89,11 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
     Safe with many processes starting at once (``ctdd serve`` and several ``ctdd worker`` on one
     PostgreSQL database): on PostgreSQL the upgrade runs under a session-level advisory lock, so one
     process migrates while the others wait and then find the schema already at ``revision``. On SQLite
-    every migration transaction starts with ``BEGIN IMMEDIATE``, which serialises writers of the file.
+    (where Alembic's DDL is not transactional) an exclusive ``flock`` on ``<database>.migrate.lock`` does
+    the same.
     """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.connect() as connection:
+    with _sqlite_migration_lock(engine), engine.connect() as connection:
         locked = engine.dialect.name == "postgresql"
         if locked:
             connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
@@ -104,6 +108,20 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
                 connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
                 connection.commit()
     log.info("database schema at %s (%s)", revision, engine.dialect.name)
+
+
+@contextlib.contextmanager
+def _sqlite_migration_lock(engine: Engine):
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    fd = os.open(os.path.abspath(database) + ".migrate.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def libpq_url(engine: Engine) -> str:

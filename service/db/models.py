@@ -60,6 +60,12 @@ class Contact(SQLModel, table=True):
     mobile_number: Optional[str] = Field(default=None, max_length=20)
     #: next per-partition outbox sequence number; updating it serialises writers of this contact
     next_sequence: int = Field(default=1, sa_type=sa.BigInteger)
+    #: channel statuses as Dotdigital last reported them (upsert responses, back-sync) and since when:
+    #: the consent rules compare shop opt-ins against these
+    dd_email_status: Optional[str] = Field(default=None, max_length=40)
+    dd_email_status_at: Optional[datetime] = None
+    dd_sms_status: Optional[str] = Field(default=None, max_length=40)
+    dd_sms_status_at: Optional[datetime] = None
     created_at: datetime
     updated_at: datetime
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from service.domain.contact import ContactInput, Identity, SourceStamp
+from service.domain.contact import ChannelConsent, ContactInput, Identity, SourceStamp
 from service.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
 
 ORDERS_COLLECTION = "Orders"
@@ -123,8 +123,34 @@ def _address_by_id(customer: Mapping[str, Any], address_id: str | None) -> Mappi
     return next((a for a in customer.get("addresses", []) if a.get("id") == address_id), None)
 
 
+def consent_value(value: Any) -> str | None:
+    """A commercetools consent custom-field value -> "subscribed" / "unsubscribed" / None (no decision).
+
+    Accepts a Boolean field or the Enum suggested in reference commercetools.md §6
+    (``optedIn | optedOut | pending | unknown``; ``pending`` and ``unknown`` are no decision yet).
+    """
+    if isinstance(value, dict):  # Enum values may come as {"key": ..., "label": ...}
+        value = value.get("key")
+    if value is True or value in ("optedIn", "subscribed", "true"):
+        return "subscribed"
+    if value is False or value in ("optedOut", "unsubscribed", "false"):
+        return "unsubscribed"
+    return None
+
+
+def consent_from_custom_fields(fields: Mapping[str, Any], *, email_field: str, sms_field: str,
+                               updated_at_field: str) -> tuple[ChannelConsent | None, ChannelConsent | None]:
+    decided_at = parse_ts(fields.get(updated_at_field)) if isinstance(fields.get(updated_at_field), str) else None
+    out = []
+    for name in (email_field, sms_field):
+        status = consent_value(fields.get(name)) if name in fields else None
+        out.append(ChannelConsent(status=status, decided_at=decided_at) if status else None)
+    return out[0], out[1]
+
+
 def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
-                        extra_attributes: Mapping[str, Any] | None = None) -> ContactInput:
+                        extra_attributes: Mapping[str, Any] | None = None,
+                        consent_fields: tuple[str, str, str] | None = None) -> ContactInput:
     """Map a commercetools Customer (reference commercetools.md §4.1) to a ContactInput.
 
     Every mapped attribute is present (None when unset), so a field removed in commercetools is cleared in
@@ -163,10 +189,20 @@ def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
                 break
             except InvalidIdentifier:
                 continue
+    email_consent = sms_consent = None
+    if consent_fields is not None:
+        email_consent, sms_consent = consent_from_custom_fields(
+            (customer.get("custom") or {}).get("fields") or {}, email_field=consent_fields[0],
+            sms_field=consent_fields[1], updated_at_field=consent_fields[2],
+        )
+        if sms_consent is not None and sms_consent.status == "subscribed" and mobile is None:
+            sms_consent = None  # an SMS opt-in without a valid mobile number cannot be honoured
     return ContactInput(
         store_key=store_key,
         identity=Identity(customer_id=customer["id"], email=email, mobile_number=mobile),
         attributes=attributes,
+        email_consent=email_consent,
+        sms_consent=sms_consent,
         source=SourceStamp("customer", customer["id"], customer.get("version"), parse_ts(customer.get("lastModifiedAt"))),
     )
 

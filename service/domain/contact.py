@@ -80,3 +80,5 @@ class ContactInput:
     #: list key -> member?
     lists: Mapping[str, bool] = field(default_factory=dict)
     source: SourceStamp = field(default_factory=SourceStamp)
+    #: preference key -> opted in?
+    preferences: Mapping[str, bool] = field(default_factory=dict)

@@ -54,20 +54,30 @@ EVENT_OUTCOME_STALE: EventOutcome
 EVENT_OUTCOME_IGNORED: EventOutcome
 
 class SyncContactRequest(_message.Message):
-    __slots__ = ("store_key", "identity", "profile", "consent", "lists", "source")
+    __slots__ = ("store_key", "identity", "profile", "consent", "lists", "source", "preferences")
     STORE_KEY_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     CONSENT_FIELD_NUMBER: _ClassVar[int]
     LISTS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCES_FIELD_NUMBER: _ClassVar[int]
     store_key: str
     identity: ContactIdentity
     profile: ContactProfile
     consent: ChannelConsents
     lists: _containers.RepeatedCompositeFieldContainer[ListMembership]
     source: SourceInfo
-    def __init__(self, store_key: _Optional[str] = ..., identity: _Optional[_Union[ContactIdentity, _Mapping]] = ..., profile: _Optional[_Union[ContactProfile, _Mapping]] = ..., consent: _Optional[_Union[ChannelConsents, _Mapping]] = ..., lists: _Optional[_Iterable[_Union[ListMembership, _Mapping]]] = ..., source: _Optional[_Union[SourceInfo, _Mapping]] = ...) -> None: ...
+    preferences: _containers.RepeatedCompositeFieldContainer[PreferenceChoice]
+    def __init__(self, store_key: _Optional[str] = ..., identity: _Optional[_Union[ContactIdentity, _Mapping]] = ..., profile: _Optional[_Union[ContactProfile, _Mapping]] = ..., consent: _Optional[_Union[ChannelConsents, _Mapping]] = ..., lists: _Optional[_Iterable[_Union[ListMembership, _Mapping]]] = ..., source: _Optional[_Union[SourceInfo, _Mapping]] = ..., preferences: _Optional[_Iterable[_Union[PreferenceChoice, _Mapping]]] = ...) -> None: ...
+
+class PreferenceChoice(_message.Message):
+    __slots__ = ("preference_key", "opted_in")
+    PREFERENCE_KEY_FIELD_NUMBER: _ClassVar[int]
+    OPTED_IN_FIELD_NUMBER: _ClassVar[int]
+    preference_key: str
+    opted_in: bool
+    def __init__(self, preference_key: _Optional[str] = ..., opted_in: _Optional[bool] = ...) -> None: ...
 
 class ContactIdentity(_message.Message):
     __slots__ = ("customer_id", "email", "mobile_number", "anonymous_id")
@@ -182,7 +192,7 @@ class SourceInfo(_message.Message):
     def __init__(self, resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., version: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SyncContactResponse(_message.Message):
-    __slots__ = ("contact_id", "dotdigital_contact_id", "changed", "outbox_message_ids", "stale_fields", "created", "conflicts", "suppression_reasons")
+    __slots__ = ("contact_id", "dotdigital_contact_id", "changed", "outbox_message_ids", "stale_fields", "created", "conflicts", "suppression_reasons", "withheld_fields")
     CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
     DOTDIGITAL_CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +201,7 @@ class SyncContactResponse(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     CONFLICTS_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSION_REASONS_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELDS_FIELD_NUMBER: _ClassVar[int]
     contact_id: str
     dotdigital_contact_id: int
     changed: bool
@@ -199,7 +210,8 @@ class SyncContactResponse(_message.Message):
     created: bool
     conflicts: _containers.RepeatedCompositeFieldContainer[IdentityConflict]
     suppression_reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, contact_id: _Optional[str] = ..., dotdigital_contact_id: _Optional[int] = ..., changed: _Optional[bool] = ..., outbox_message_ids: _Optional[_Iterable[int]] = ..., stale_fields: _Optional[_Iterable[str]] = ..., created: _Optional[bool] = ..., conflicts: _Optional[_Iterable[_Union[IdentityConflict, _Mapping]]] = ..., suppression_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    withheld_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, contact_id: _Optional[str] = ..., dotdigital_contact_id: _Optional[int] = ..., changed: _Optional[bool] = ..., outbox_message_ids: _Optional[_Iterable[int]] = ..., stale_fields: _Optional[_Iterable[str]] = ..., created: _Optional[bool] = ..., conflicts: _Optional[_Iterable[_Union[IdentityConflict, _Mapping]]] = ..., suppression_reasons: _Optional[_Iterable[str]] = ..., withheld_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IdentityConflict(_message.Message):
     __slots__ = ("kind", "owner_contact_id", "rule")

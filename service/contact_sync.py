@@ -181,6 +181,15 @@ class ContactSync:
         session.flush()
 
         store = self.settings.stores[contact.store_key]
+        # remember the shop's newest decision per channel (back-sync compares Dotdigital opt-outs with it)
+        for channel, consent in (("email", contact.email_consent), ("sms", contact.sms_consent)):
+            if consent is None or not consent.status:
+                continue
+            decided = consent.decided_at or contact.source.modified_at
+            previous = getattr(row, f"shop_{channel}_consent_at")
+            if previous is None or (decided is not None and decided >= previous):
+                setattr(row, f"shop_{channel}_consent", consent.status)
+                setattr(row, f"shop_{channel}_consent_at", decided or now)
         withheld: list[str] = []
         for channel, consent, list_key, status, since in (
             ("email", contact.email_consent, store.email_list, row.dd_email_status, row.dd_email_status_at),

@@ -43,6 +43,8 @@ class Delivered:
     status_code: int
     #: Dotdigital contactId learnt from the response, stored on the contact
     dotdigital_contact_id: int | None = None
+    #: channel -> status as Dotdigital reported it in the response (for the consent rules)
+    channel_statuses: dict[str, str | None] | None = None
 
 
 Handler = Callable[[DeliveryContext], Awaitable[Delivered]]
@@ -95,7 +97,9 @@ async def deliver_contact_upsert(ctx: DeliveryContext) -> Delivered:
         else:
             identifier, value = "mobileNumber", identifiers["mobileNumber"]
         result = await ctx.client.upsert_contact(identifier, value, body, headers=ctx.headers)
-    return Delivered(result.status_code, result.contact_id)
+    channels = (result.body or {}).get("channelProperties") or {}
+    statuses = {ch: (channels.get(ch) or {}).get("status") for ch in ("email", "sms") if isinstance(channels.get(ch), dict)}
+    return Delivered(result.status_code, result.contact_id, statuses or None)
 
 # Handlers of other message kinds register themselves on import.
 from service import delivery_insight  # noqa: E402,F401

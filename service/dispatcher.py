@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from service import outbox
 from service.batching import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
 from service.config import AccountConfig, DispatcherConfig, Settings
+from service.consent_state import record_channel_statuses
 from service.delivery import HANDLERS, DeliveryContext
 from service.db.engine import is_sqlite, utcnow
 from service.db.models import Contact
@@ -343,6 +344,8 @@ class Dispatcher:
             outbox.mark_delivered, self.engine, msg, worker=self.worker_id, started_at=started,
             response_code=result.status_code, dotdigital_contact_id=result.dotdigital_contact_id,
         )
+        if delivered and result.channel_statuses and msg.contact_id is not None:
+            await asyncio.to_thread(record_channel_statuses, self.engine, msg.contact_id, result.channel_statuses)
         if delivered:
             log.info("delivered message %s (%s, partition %s seq %s, attempt %d) -> HTTP %s", msg.id, msg.kind,
                      msg.partition_key, msg.sequence, attempt, result.status_code)

@@ -366,7 +366,8 @@ async def test_imports_finish_by_themselves_after_the_delay(sandbox, client):
         for kind, import_id, status_call in (("insight", insight_id, client.insight_import_status),
                                              ("contacts", contacts_id, client.contacts_import_status)):
             if not seen[kind] or seen[kind][-1][1] != "Finished":
-                seen[kind].append((time.monotonic() - started, (await status_call(import_id)).status))
+                status = (await status_call(import_id)).status
+                seen[kind].append((time.monotonic() - started, status))  # observed by now
         await asyncio.sleep(0.02)
     phases = {"insight": ["NotStarted", "Processing", "Finished"], "contacts": ["NotFinished", "Finished"]}
     for kind, allowed in phases.items():

@@ -77,6 +77,36 @@ def test_many_processes_upgrading_at_once_do_not_trip_over_each_other(database_u
     assert version == [ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()]
 
 
+def test_an_upgrade_waits_for_the_one_in_progress(database_url):
+    """Deterministic: while the migration lock is held (by "another process" here), ``ctdd db upgrade``
+    waits; once it is released the upgrade runs."""
+    import fcntl
+
+    from service.db.engine import MIGRATION_LOCK_KEY
+
+    admin = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    conn = admin.connect() if admin.dialect.name == "postgresql" else None
+    fd = None
+    if conn is not None:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+    else:
+        fd = os.open(admin.url.database + ".migrate.lock", os.O_CREAT | os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    proc = _cli("db", "upgrade", "--database-url", database_url)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2.0)
+    finally:
+        if conn is not None:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.close()
+        else:
+            os.close(fd)
+    _, err = proc.communicate(timeout=30)
+    admin.dispose()
+    assert proc.returncode == 0, err[-2000:]
+
+
 # -- claims ----------------------------------------------------------------------------------------------
 def test_a_claim_takes_at_most_its_limit_in_priority_order(engine):
     ids = [(_enqueue(engine, c, priority=10 if i < 5 else 0)[0]) for i, c in enumerate(_contacts(engine, 8))]
@@ -136,7 +166,8 @@ def test_heartbeat_keeps_a_lease_and_the_rescuer_takes_back_only_expired_ones(en
     assert set(claimed) == {a, b}
     assert outbox.heartbeat(engine, worker="alive", lease_seconds=2, now=t0 + timedelta(seconds=1.5)) == 1
     assert outbox.rescue_expired(engine, now=t0 + timedelta(seconds=3)) == 1  # only the dead worker's message
-    rows = {r.contact_id: r for r in engine.connect().execute(sa.text("SELECT * FROM outbox_message"))}
+    with engine.connect() as conn:
+        rows = {r.contact_id: r for r in conn.execute(sa.text("SELECT * FROM outbox_message"))}
     assert rows[a].status == "in_flight" and rows[a].lease_owner == "alive"
     assert rows[b].status == "pending" and rows[b].lease_owner is None
 
@@ -208,7 +239,7 @@ async def test_an_import_left_running_by_a_dead_worker_ends_before_anything_newe
     import_id = await client.start_contacts_import(
         [{**head.payload["body"], "matchIdentifier": "email", "identifiers": {"email": contact["email"]}}])
     outbox.record_import(svc.engine, [head.id], import_id, worker="dead")
-    started = time.monotonic()
+    started = time.time()  # the sandbox logs wall-clock arrival times
     assert outbox.rescue_expired(svc.engine, now=utcnow() + timedelta(seconds=2)) == 1
 
     dispatcher = Dispatcher(svc.engine, settings, svc.app.clients, svc.app.hooks)
@@ -219,6 +250,7 @@ async def test_an_import_left_running_by_a_dead_worker_ends_before_anything_newe
         await dispatcher.stop(drain_seconds=1)
     patches = sandbox.requests_matching("PATCH")
     assert patches and min(r.at for r in patches) - started >= 1.4  # waited for the import
+    sandbox.complete_imports()  # whatever import might still be running ends now
     assert sandbox.get_contact(email="o@example.com")["dataFields"]["FIRSTNAME"] == "v2"
     assert svc.rows("SELECT bulk_import_id FROM outbox_message WHERE bulk_import_id IS NOT NULL") == []
 

@@ -66,6 +66,12 @@ class Contact(SQLModel, table=True):
     dd_email_status_at: Optional[datetime] = None
     dd_sms_status: Optional[str] = Field(default=None, max_length=40)
     dd_sms_status_at: Optional[datetime] = None
+    #: the newest consent decision the shop sent per channel ("subscribed"/"unsubscribed") and its time:
+    #: back-sync skips a Dotdigital opt-out older than a later shop opt-in
+    shop_email_consent: Optional[str] = Field(default=None, max_length=20)
+    shop_email_consent_at: Optional[datetime] = None
+    shop_sms_consent: Optional[str] = Field(default=None, max_length=20)
+    shop_sms_consent_at: Optional[datetime] = None
     created_at: datetime
     updated_at: datetime
 

@@ -1,0 +1,52 @@
+"""What Dotdigital says about a contact's channels, kept on the contact for the consent rules.
+
+Sources: the channel statuses in contact upsert responses (a PATCH on a suppressed contact succeeds but
+reports the sticky status, reference dotdigital.md §6) and the back-sync feeds (suppressed-since,
+unsubscribed-since, contacts modified since). When Dotdigital's status differs from the value ctdd-sync
+last sent, the remembered value is replaced by Dotdigital's, so that a later shop decision counts as a
+change (delta) and an echo of Dotdigital's own state counts as none.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from service.db.engine import utcnow
+from service.db.models import Contact, FieldState
+from service.domain.consent import normalise_status
+
+
+def apply_channel_statuses(session: Session, contact: Contact, statuses: Mapping[str, str | None],
+                           at: datetime | None = None) -> bool:
+    """Record Dotdigital's channel statuses on ``contact`` inside the caller's transaction; True if any changed."""
+    at = at or utcnow()
+    changed = False
+    for channel, raw in statuses.items():
+        status = normalise_status(raw)
+        if status is None or channel not in ("email", "sms"):
+            continue
+        if getattr(contact, f"dd_{channel}_status") != status:
+            setattr(contact, f"dd_{channel}_status", status)
+            setattr(contact, f"dd_{channel}_status_at", at)
+            changed = True
+        path = f"channelProperties.{channel}.status"
+        state = session.get(FieldState, (contact.id, path))
+        if state is not None and state.value != status:
+            state.value = status
+            state.updated_at = utcnow()
+    return changed
+
+
+def record_channel_statuses(engine: Engine, contact_id: int, statuses: Mapping[str, str | None],
+                            at: datetime | None = None) -> bool:
+    """Same as :func:`apply_channel_statuses`, in its own transaction."""
+    with Session(engine) as session, session.begin():
+        contact = session.execute(sa.select(Contact).where(Contact.id == contact_id).with_for_update()).scalar_one_or_none()
+        if contact is None:
+            return False
+        return apply_channel_statuses(session, contact, statuses, at)

@@ -83,6 +83,9 @@ class NotificationOutcome:
     contact_id: int | None = None
     outbox_message_ids: list[int] = field(default_factory=list)
 
+    def reset(self) -> None:
+        self.outcome, self.reason, self.contact_id, self.outbox_message_ids = APPLIED, "", None, []
+
 
 @dataclass
 class BehaviouralEventInput:
@@ -143,6 +146,7 @@ class EventProcessor:
         mapped, suppression = self.contact_sync.map_contact(identity_input)
 
         def unit(session: Session) -> NotificationOutcome:
+            outcome.reset()  # a unit may be re-run after a lost uniqueness race
             if session.get(ProcessedEvent, key) is not None:
                 outcome.outcome = DUPLICATE
                 return outcome
@@ -245,6 +249,7 @@ class EventProcessor:
         version = int(customer.get("version") or n.resource_version or 0)
 
         def unit(session: Session) -> NotificationOutcome:
+            outcome.reset()  # a unit may be re-run after a lost uniqueness race
             if session.get(ProcessedEvent, n.dedupe_key) is not None:
                 outcome.outcome = DUPLICATE
                 return outcome
@@ -274,6 +279,7 @@ class EventProcessor:
         policy = store.on_customer_deleted
 
         def unit(session: Session) -> NotificationOutcome:
+            outcome.reset()  # a unit may be re-run after a lost uniqueness race
             if session.get(ProcessedEvent, n.dedupe_key) is not None:
                 outcome.outcome = DUPLICATE
                 return outcome
@@ -376,6 +382,7 @@ class EventProcessor:
         source = SourceStamp("order", str(order["id"]), version, parse_ts(order.get("lastModifiedAt")))
 
         def unit(session: Session) -> NotificationOutcome:
+            outcome.reset()  # a unit may be re-run after a lost uniqueness race
             if session.get(ProcessedEvent, n.dedupe_key) is not None:
                 outcome.outcome = DUPLICATE
                 return outcome
@@ -489,6 +496,7 @@ class EventProcessor:
     async def _finish_ignored(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
                               reason: str) -> NotificationOutcome:
         def unit(session: Session) -> NotificationOutcome:
+            outcome.reset()  # a unit may be re-run after a lost uniqueness race
             if session.get(ProcessedEvent, n.dedupe_key) is not None:
                 outcome.outcome = DUPLICATE
                 return outcome

@@ -1,7 +1,8 @@
 """Wiring: database, plugins, Dotdigital clients, dispatcher and gRPC server in one application object.
 
 Shutdown order (engineering notes §2.3): health NOT_SERVING -> stop accepting RPCs and let in-flight ones
-finish -> stop the dispatcher (drain deliveries, release leases) -> close HTTP clients.
+finish -> stop the back-sync poller -> stop the dispatcher (drain deliveries, release leases) -> close HTTP
+clients. Start-up resolves the lists configured by name (``service.provisioning``) before anything runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class App:
     def __init__(self, settings: Settings, *, extra_plugins=(), run_dispatcher: bool = True, serve_grpc: bool = True,
-                 commercetools_factory=None):
+                 commercetools_factory=None, run_backsync: bool | None = None):
         self.settings = settings
         self.engine = create_db_engine(settings.database_url)
         self.hooks = create_plugin_manager(extra_plugins)
@@ -45,13 +46,23 @@ class App:
                                     events=self.events)
             self.grpc = GrpcServer(servicer, settings.listen)
         self.port: int | None = None
+        # Back-sync (Dotdigital opt-outs -> commercetools): always available for run_once, polling on a
+        # schedule when [backsync] is enabled (default: some store has a commercetools client).
+        from service.backsync import BackSync
+
+        self.backsync = BackSync(self.engine, settings, self.clients, commercetools_factory=commercetools_factory)
+        self._run_backsync = settings.backsync_enabled if run_backsync is None else run_backsync
 
     def _wake_dispatcher(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
 
     async def start(self) -> None:
+        from service.provisioning import resolve_list_names
+
         upgrade_database(self.engine)
+        # lists configured by name -> ids, once per account; a missing list stops start-up (ConfigError)
+        await resolve_list_names(self.settings, self.clients)
         if self.dispatcher is not None:
             if is_sqlite(self.engine):
                 # One dispatcher per SQLite file (enforced by a lock file, see service.worker): anything still
@@ -67,11 +78,14 @@ class App:
             self.port = await self.grpc.start()
             log.info("ctdd-sync listening on %s (port %s), database %s", self.settings.listen, self.port,
                      self.engine.url.render_as_string(hide_password=True))
+        if self._run_backsync:
+            self.backsync.start()
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.grpc is not None:
             await self.grpc.begin_shutdown()
             await self.grpc.stop(grace)
+        await self.backsync.stop(grace=grace)  # finish or cancel a poll, before its clients close
         if self.dispatcher is not None:
             await self.dispatcher.stop(drain_seconds=grace)
         if self._dispatcher_lock is not None:

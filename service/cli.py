@@ -7,6 +7,8 @@
     ctdd adapter sqs|pubsub-push ...            (service/adapters/cli.py)
     ctdd commercetools subscriptions apply ...  (service/adapters/cli.py)
     ctdd backfill customers|orders --store KEY  (service/adapters/cli.py)
+    ctdd dotdigital setup [--dry-run] [--account NAME]        (service/provisioning.py)
+    ctdd backsync run-once [--store KEY | --account NAME]     (service/backsync.py)
 """
 
 from __future__ import annotations
@@ -61,12 +63,16 @@ def with_sandbox(settings: Settings, sandbox) -> Settings:
 
 
 def provision_sandbox(sandbox, stores) -> None:
-    """Create the data fields the stores map to (what provisioning does against a real account)."""
+    """Create the data fields the stores map to, and the lists they name (what ``ctdd dotdigital setup``
+    does against a real account)."""
     from service.config import data_field_type
 
     for store in stores:
         for name in store.data_fields.values():
             sandbox.add_data_field(name, data_field_type(name))
+        for name in store.list_names.values():
+            if not any(b["name"].strip().casefold() == name.strip().casefold() for b in sandbox.address_books):
+                sandbox.add_address_book(name.strip())
 
 
 async def _serve(args) -> int:
@@ -152,6 +158,18 @@ async def _worker(args) -> int:
         shutdown_telemetry()
 
 
+async def _dotdigital_setup(args) -> int:
+    from service.provisioning import cli_setup
+
+    return await cli_setup(args)
+
+
+async def _backsync_run_once(args) -> int:
+    from service.backsync import cli_run_once
+
+    return await cli_run_once(args)
+
+
 def _sandbox(args) -> int:
     from service.testing.dotdigital_sandbox import DotdigitalSandbox
 
@@ -195,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("sandbox", help="run the Dotdigital sandbox on its own")
     sb.add_argument("--port", type=int, default=0)
     sb.set_defaults(func=_sandbox)
+
+    dd = sub.add_parser("dotdigital", help="Dotdigital account set-up")
+    ddsub = dd.add_subparsers(dest="dotdigital_command", required=True)
+    setup = ddsub.add_parser("setup", help="create the data fields, lists and insight collections the stores need")
+    common(setup)
+    setup.add_argument("--dry-run", action="store_true", help="print the plan (create/exists per item), write nothing")
+    setup.add_argument("--account", default=None, help="only this [accounts.<name>] (default: every account)")
+    setup.set_defaults(func=lambda a: asyncio.run(_dotdigital_setup(a)), listen=None)
+
+    bs = sub.add_parser("backsync", help="Dotdigital opt-outs -> commercetools")
+    bssub = bs.add_subparsers(dest="backsync_command", required=True)
+    once = bssub.add_parser("run-once", help="poll the Dotdigital opt-out feeds once and write to commercetools")
+    common(once)
+    scope = once.add_mutually_exclusive_group()
+    scope.add_argument("--store", default=None, help="poll the account of this store")
+    scope.add_argument("--account", default=None, help="poll this account (default: every account)")
+    once.set_defaults(func=lambda a: asyncio.run(_backsync_run_once(a)), listen=None)
 
     from service.adapters.cli import register as register_integrations  # adapter, commercetools, backfill
 

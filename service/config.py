@@ -136,8 +136,11 @@ class StoreConfig:
     currency: str | None = None
     #: profile attribute path -> Dotdigital data-field name
     data_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_DATA_FIELDS))
-    #: list key -> Dotdigital address book id
+    #: list key -> Dotdigital address book id. Lists configured by NAME (see ``list_names``) are added here
+    #: once resolved, at service start (``service.provisioning.resolve_list_names``)
     lists: Mapping[str, int] = field(default_factory=dict)
+    #: list key -> Dotdigital address book name, for lists configured by name (``lists.newsletter = "Newsletter"``)
+    list_names: Mapping[str, str] = field(default_factory=dict)
     #: name of the [commercetools.<name>] section used to fetch resources of this store (None: none configured)
     commercetools: str | None = None
     #: what a CustomerDeleted message does: "keep", "remove_from_lists" or "delete_contact"
@@ -202,6 +205,32 @@ class DispatcherConfig:
 
 
 @dataclass(frozen=True)
+class BacksyncConfig:
+    """``[backsync]``: polling Dotdigital's opt-outs back into commercetools (``service.backsync``)."""
+
+    #: None: on when any store has a commercetools API client (see ``Settings.backsync_enabled``)
+    enabled: bool | None = None
+    interval_seconds: float = 900.0
+    #: each poll asks the feeds from the stored cursor minus this, so late or clock-skewed entries are seen
+    overlap_seconds: float = 300.0
+    #: how far back the very first poll of an account looks
+    initial_lookback_seconds: float = 30 * 86400.0
+    #: a poll leases its account for this long, renewed while it runs (processes sharing a database take
+    #: turns; after a crash the account waits this long)
+    lease_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.enabled is not None and not isinstance(self.enabled, bool):
+            raise ConfigError("backsync.enabled: must be true or false")
+        for name in ("interval_seconds", "lease_seconds"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"backsync.{name}: must be > 0")
+        for name in ("overlap_seconds", "initial_lookback_seconds"):
+            if float(getattr(self, name)) < 0:
+                raise ConfigError(f"backsync.{name}: must be >= 0")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs to run."""
 
@@ -213,12 +242,20 @@ class Settings:
     commercetools: Mapping[str, CommercetoolsConfig] = field(default_factory=dict)
     stores: Mapping[str, StoreConfig] = field(default_factory=dict)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    backsync: BacksyncConfig = field(default_factory=BacksyncConfig)
     #: commit concurrent RPCs in shared transactions (service.group_commit); CTDD_GROUP_COMMIT=0 turns it off
     group_commit: bool = True
     group_commit_max_batch: int = 256
 
     def store(self, key: str) -> StoreConfig | None:
         return self.stores.get(key)
+
+    @property
+    def backsync_enabled(self) -> bool:
+        """``[backsync] enabled``, by default on when any store has a commercetools API client."""
+        if self.backsync.enabled is not None:
+            return self.backsync.enabled
+        return any(store.commercetools for store in self.stores.values())
 
 
 def _env_key(name: str) -> str:
@@ -313,9 +350,16 @@ def _parse_store(key: str, raw: Mapping[str, Any], accounts: Mapping[str, Accoun
                 "(at most 20 characters of A-Z, a-z, 0-9, '_' and '-')"
             )
     lists: dict[str, int] = {}
+    list_names: dict[str, str] = {}
     for list_key, list_id in raw.get("lists", {}).items():
-        if not isinstance(list_id, int) or list_id <= 0:
-            raise ConfigError(f"stores.{key}.lists.{list_key}: must be a positive Dotdigital list id")
+        if isinstance(list_id, str):
+            if not list_id.strip() or len(list_id) > 128:
+                raise ConfigError(f"stores.{key}.lists.{list_key}: a Dotdigital list name has 1-128 characters")
+            list_names[str(list_key)] = list_id
+            continue
+        if isinstance(list_id, bool) or not isinstance(list_id, int) or list_id <= 0:
+            raise ConfigError(
+                f"stores.{key}.lists.{list_key}: must be a positive Dotdigital list id or a list name")
         lists[str(list_key)] = list_id
     commercetools = commercetools or {}
     ct_name = raw.get("commercetools")
@@ -330,7 +374,7 @@ def _parse_store(key: str, raw: Mapping[str, Any], accounts: Mapping[str, Accoun
     roles = {}
     for role in ("email_list", "sms_list", "customers_list"):
         list_key = raw.get(role)
-        if list_key is not None and list_key not in lists:
+        if list_key is not None and list_key not in lists and list_key not in list_names:
             raise ConfigError(f"stores.{key}.{role}: {list_key!r} is not a key of stores.{key}.lists")
         roles[role] = list_key
     preferences: dict[str, int] = {}
@@ -359,6 +403,7 @@ def _parse_store(key: str, raw: Mapping[str, Any], accounts: Mapping[str, Accoun
         currency=raw.get("currency"),
         data_fields=data_fields,
         lists=lists,
+        list_names=list_names,
     )
 
 
@@ -398,6 +443,11 @@ def settings_from_mapping(
     if unknown:
         raise ConfigError(f"dispatcher: unknown settings {sorted(unknown)}")
     dispatcher = DispatcherConfig(**d)
+    b = raw.get("backsync", {})
+    unknown = set(b) - set(BacksyncConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"backsync: unknown settings {sorted(unknown)}")
+    backsync = BacksyncConfig(**b)
     return Settings(
         listen=overrides.get("listen") or env.get("CTDD_LISTEN") or svc.get("listen", DEFAULT_LISTEN),
         database_url=overrides.get("database_url")
@@ -411,4 +461,5 @@ def settings_from_mapping(
         commercetools=commercetools,
         stores=stores,
         dispatcher=dispatcher,
+        backsync=backsync,
     )

@@ -21,6 +21,17 @@ from service.db.models import Contact, FieldState
 from service.domain.consent import normalise_status
 
 
+def remembered_status(status: str) -> str:
+    """The value ctdd-sync would have had to send to reach Dotdigital's status: an opt-out of any kind
+    (hard bounce, complaint ...) is remembered as "unsubscribed", so a shop opt-out is not re-sent; a
+    pending double opt-in as "subscribed" (what was sent)."""
+    if status in ("subscribed", "pendingOptIn"):
+        return "subscribed"
+    if status == "noSubscription":
+        return status
+    return "unsubscribed"
+
+
 def apply_channel_statuses(session: Session, contact: Contact, statuses: Mapping[str, str | None],
                            at: datetime | None = None) -> bool:
     """Record Dotdigital's channel statuses on ``contact`` inside the caller's transaction; True if any changed."""
@@ -36,8 +47,9 @@ def apply_channel_statuses(session: Session, contact: Contact, statuses: Mapping
             changed = True
         path = f"channelProperties.{channel}.status"
         state = session.get(FieldState, (contact.id, path))
-        if state is not None and state.value != status:
-            state.value = status
+        remembered = remembered_status(status)
+        if state is not None and state.value != remembered:
+            state.value = remembered
             state.updated_at = utcnow()
     return changed
 

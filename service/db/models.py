@@ -294,3 +294,26 @@ class OrderSummary(SQLModel, table=True):
     refund_total: float = 0.0
     categories: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
     updated_at: datetime
+
+
+class BacksyncCursor(SQLModel, table=True):
+    """Where the back-sync (``service.backsync``) of one Dotdigital account stands.
+
+    Each feed's cursor is the time its last complete poll started; the next poll asks the feed from the
+    cursor minus ``[backsync] overlap_seconds``. A poll leases the row (``lease_owner`` until
+    ``lease_expires_at``), so processes sharing one database poll an account in turn.
+    """
+
+    __tablename__ = "backsync_cursor"
+
+    account: str = Field(primary_key=True, max_length=100)
+    #: GET /v2/contacts/suppressed-since/{date}
+    suppressed_since: Optional[datetime] = None
+    #: GET /v2/contacts/unsubscribed-since/{date}
+    unsubscribed_since: Optional[datetime] = None
+    #: GET /contacts/v3?~modified=gte::<ts> (SMS channel changes)
+    modified_since: Optional[datetime] = None
+    last_poll_at: Optional[datetime] = None
+    lease_owner: Optional[str] = Field(default=None, max_length=200)
+    lease_expires_at: Optional[datetime] = None
+    updated_at: datetime

@@ -8,7 +8,9 @@ Covers what the sync service needs (reference ``shared/reference/dotdigital.md``
 * contacts v3 bulk import ``PUT /contacts/v3/import`` and its status (§4.4);
 * insight data v3 (§7.1): collections, single record upsert / read / delete for a contact or the account
   (catalog, §8), and the bulk import ``PUT /insightData/v3/import`` with its status;
-* v2 data fields (§4.5) and address books / list membership removal (§6).
+* v2 data fields (§4.5) and address books: list, create, list membership removal (§6);
+* the back-sync feeds (§5.1, §10): ``GET /v2/contacts/suppressed-since/{date}``,
+  ``GET /v2/contacts/unsubscribed-since/{date}`` and ``GET /contacts/v3?~modified=gte::<ts>`` (paged by marker).
 
 Bulk imports are asynchronous: ``start_*_import`` returns the ``importId``, ``*_import_status`` returns a
 report, and ``wait_for_import`` polls until the import is done. An import that failed as a whole is a report
@@ -29,6 +31,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -51,6 +54,7 @@ __all__ = [
     "REGION_BASE_URLS",
     "ContactUpsertResult",
     "ContactsImportReport",
+    "ContactsPage",
     "DotdigitalClient",
     "InsightImportReport",
 ]
@@ -108,6 +112,14 @@ class ContactUpsertResult:
     status_code: int
     email_status: str | None
     body: dict
+
+
+@dataclass(frozen=True)
+class ContactsPage:
+    """One page of ``GET /contacts/v3`` (§4.1): the contacts and the marker of the next page (``None``: last)."""
+
+    items: list[dict]
+    next_marker: str | None
 
 
 @dataclass(frozen=True)
@@ -428,6 +440,22 @@ class DotdigitalClient:
                 return books
             skip += _PAGE_SIZE
 
+    async def create_address_book(self, name: str, visibility: str = "Private") -> dict:
+        """``POST /v2/address-books`` ``{name, visibility}`` -> ``{id, name, visibility, contacts}`` (§6).
+
+        ``name`` is 1-128 characters, unique in the account (else ``ERROR_ADDRESSBOOK_DUPLICATE``, raised as a
+        ``DotdigitalError``); checked locally first (``ValueError``).
+        """
+        if not isinstance(name, str) or not name.strip() or len(name) > 128:
+            raise ValueError("address book name must be 1-128 characters")
+        if visibility not in _VISIBILITIES:
+            raise ValueError(f"address book visibility must be one of {_VISIBILITIES}, got {visibility!r}")
+        payload = await self._request_json("POST", await self.api_endpoint(), "/v2/address-books",
+                                           json_body={"name": name, "visibility": visibility})
+        if not isinstance(payload, dict) or isinstance(payload.get("id"), bool) or not isinstance(payload.get("id"), int):
+            raise _invalid_response("POST", "/v2/address-books", "expected the created list with an integer id")
+        return payload
+
     async def remove_contact_from_address_book(self, address_book_id: int, contact_id: int) -> None:
         """``DELETE /v2/address-books/{addressBookId}/contacts/{contactId}`` -> 204 (§6).
 
@@ -440,6 +468,64 @@ class DotdigitalClient:
         await self._request(
             "DELETE", await self.api_endpoint(), f"/v2/address-books/{address_book_id}/contacts/{contact_id}"
         )
+
+    # -- back-sync feeds (§5.1, §10) ------------------------------------------------------------------
+    async def suppressed_since(self, since: datetime, *, select: int = _PAGE_SIZE, skip: int = 0) -> list[dict]:
+        """``GET /v2/contacts/suppressed-since/{date}?select=&skip=`` -> one page of
+        ``[{suppressedContact: {id, email, ...}, dateRemoved, reason}]`` (unsubscribes, bounces, complaints ...).
+
+        ``since`` must be timezone-aware (sent as UTC); ``select`` 1-1000 and ``skip`` >= 0 are checked locally
+        (``ValueError``). A page shorter than ``select`` is the last one.
+        """
+        return await self._suppression_feed("suppressed-since", since, select, skip)
+
+    async def unsubscribed_since(self, since: datetime, *, select: int = _PAGE_SIZE, skip: int = 0) -> list[dict]:
+        """``GET /v2/contacts/unsubscribed-since/{date}?select=&skip=`` -> one page, same shape as
+        :meth:`suppressed_since`, of the contacts who unsubscribed (reason ``Unsubscribed``)."""
+        return await self._suppression_feed("unsubscribed-since", since, select, skip)
+
+    async def _suppression_feed(self, feed: str, since: datetime, select: int, skip: int) -> list[dict]:
+        for name, number, low, high in (("select", select, 1, _PAGE_SIZE), ("skip", skip, 0, 2**31 - 1)):
+            if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+                raise ValueError(f"{name} must be an int between {low} and {high}, got {number!r}")
+        path = f"/v2/contacts/{feed}/{quote(_utc_timestamp(since), safe=':')}"
+        payload = await self._request_json("GET", await self.api_endpoint(), path,
+                                           params={"select": select, "skip": skip})
+        if not isinstance(payload, list) or not all(isinstance(item, dict) for item in payload):
+            raise _invalid_response("GET", path, "expected a JSON array of suppressions")
+        return payload
+
+    async def contacts_modified_since(
+        self, since: datetime, *, include: tuple[str, ...] = ("channelProperties",), limit: int = 1000,
+        marker: str | None = None, data_fields: tuple[str, ...] = (),
+    ) -> ContactsPage:
+        """``GET /contacts/v3?~modified=gte::<since>&include=&limit=&marker=`` -> one :class:`ContactsPage`.
+
+        Contacts come in ascending order of modification; pass ``page.next_marker`` back as ``marker`` for
+        the next page (``None`` when this was the last). ``include`` names extra data sets
+        (``channelProperties``, ``lists``, ``preferences``, ``consentRecords``), ``data_fields`` data fields to
+        return; ``limit`` is 1-5000 (checked locally, ``ValueError``).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 5000:
+            raise ValueError(f"limit must be an int between 1 and 5000, got {limit!r}")
+        for name in include:
+            _check_choice("include", name, ("channelProperties", "lists", "preferences", "consentRecords"))
+        params: dict[str, Any] = {"~modified": f"gte::{_utc_timestamp(since)}", "limit": limit}
+        if include:
+            params["include"] = "|".join(include)
+        if data_fields:
+            params["data-fields"] = "|".join(data_fields)
+        if marker is not None:
+            params["marker"] = marker
+        payload = await self._request_json("GET", await self.api_endpoint(), "/contacts/v3", params=params)
+        if not isinstance(payload, dict) or not isinstance(payload.get("_items"), list):
+            raise _invalid_response("GET", "/contacts/v3", "expected {_items, _links}")
+        links = payload.get("_links") if isinstance(payload.get("_links"), dict) else {}
+        nxt = links.get("next") if isinstance(links.get("next"), dict) else {}
+        next_marker = nxt.get("marker") if isinstance(nxt.get("marker"), str) and nxt.get("marker") else None
+        if next_marker is not None and next_marker == marker:
+            raise _invalid_response("GET", "/contacts/v3", "paging made no progress (same marker)")
+        return ContactsPage(items=[i for i in payload["_items"] if isinstance(i, dict)], next_marker=next_marker)
 
     # -- contacts v3 bulk import ---------------------------------------------------------------------
     async def start_contacts_import(
@@ -717,6 +803,14 @@ class DotdigitalClient:
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
+def _utc_timestamp(moment: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.fffZ`` in UTC: the form the v3 ``~modified`` filter requires ([SPEC-C3]), which
+    the v2 ``{date}`` path parameters accept too."""
+    if not isinstance(moment, datetime) or moment.tzinfo is None:
+        raise ValueError("since must be a timezone-aware datetime")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _strip(url: str) -> str:
     return url.rstrip("/")
 

@@ -13,6 +13,11 @@ Implemented endpoints
 * ``GET  /v2/account-info`` - region discovery; ``ApiEndpoint`` points at the sandbox itself (§1).
 * ``GET|POST /v2/data-fields`` - contact data fields (§4.5).
 * ``GET|POST /v2/address-books`` and ``DELETE /v2/address-books/{id}/contacts/{contactId}`` (§6).
+* ``GET /v2/contacts/suppressed-since/{date}`` and ``GET /v2/contacts/unsubscribed-since/{date}`` - the
+  suppression feeds back-sync polls (§5.1, §10), fed by every change of a contact's email channel into a
+  suppressed status (``suppress()``, a PATCH or an import); ``dateRemoved`` is when that happened.
+* ``GET /contacts/v3?~modified=gte::<ts>&include=channelProperties&limit=&marker=`` - contacts modified
+  since a time, ascending, paged with ``_links.next.marker`` (§4.1, §10; SMS opt-outs show here).
 * ``PATCH /contacts/v3/{identifier}/{value}`` - single contact upsert (§4.1, §4.2) and
   ``GET /contacts/v3/{identifier}/{value}`` (§4.3).
 * ``PUT /contacts/v3/import`` and ``GET /contacts/v3/import/{importId}`` - asynchronous bulk contact import
@@ -27,6 +32,9 @@ Implemented endpoints
 Bulk imports are accepted with 202 and finish ``import_delay_seconds`` later (default 0.05 s): until then
 their status is ``NotFinished`` (contacts) or ``NotStarted`` / ``Processing`` (insight). Items are applied when
 the import finishes, against the account state of that moment. ``complete_imports()`` finishes all at once.
+
+Time: ``created`` / ``updated`` / ``dateRemoved`` come from ``sandbox.clock`` (a callable returning an aware
+``datetime``; ``None``, the default, is the current time), so tests can place changes in time.
 
 Cross-cutting behaviour: HTTP Basic auth on every endpoint (§1), optional per-minute rate limiting with
 ``X-RateLimit-*`` headers (§2), v2 / v3 error envelopes chosen by path (§3.1, §3.2), fault injection
@@ -67,7 +75,7 @@ from datetime import date, datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 __all__ = [
     "COLLECTION_SCOPES",
@@ -310,6 +318,8 @@ class _Contact:
     lists: dict[int, str] = field(default_factory=dict)  # address book id -> time added
     preferences: dict[int, bool] = field(default_factory=dict)
     consent_records: list[dict[str, Any]] = field(default_factory=list)
+    #: when the email channel last went into a suppressed status (the feeds' ``dateRemoved``)
+    email_removed_at: datetime | None = None
 
 
 @dataclass
@@ -427,7 +437,14 @@ class _Collection:
 
 
 def _utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _iso(datetime.now(timezone.utc))
+
+
+def _iso(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and ``Z``, the form Dotdigital's examples use."""
+    if moment.tzinfo is None:
+        raise ValueError("sandbox times must be timezone-aware")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _lower_camel(phrase: str) -> str:
@@ -515,6 +532,7 @@ class DotdigitalSandbox:
         self._collections: dict[str, _Collection] = {}  # casefolded name -> collection (insertion ordered)
         self._imports: dict[str, _Import] = {}  # lower-case importId -> import (submission ordered)
         self._import_delay = self._check_delay_value(import_delay_seconds)
+        self._clock: Callable[[], datetime] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> DotdigitalSandbox:
@@ -654,6 +672,30 @@ class DotdigitalSandbox:
             raise ValueError("rate limit must be >= 1 or None")
         return per_minute
 
+    # -- time -----------------------------------------------------------------------------------------
+    @property
+    def clock(self) -> Callable[[], datetime] | None:
+        """Source of the sandbox's time (``created``, ``updated``, ``dateRemoved``); ``None`` = now."""
+        with self._lock:
+            return self._clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], datetime] | None) -> None:
+        if value is not None and not callable(value):
+            raise TypeError("clock must be a callable returning an aware datetime, or None")
+        with self._lock:
+            self._clock = value
+
+    def _now(self) -> datetime:
+        clock = self._clock
+        moment = clock() if clock is not None else datetime.now(timezone.utc)
+        if moment.tzinfo is None:
+            raise ValueError("the sandbox clock must return timezone-aware datetimes")
+        return moment.astimezone(timezone.utc)
+
+    def _now_iso(self) -> str:
+        return _iso(self._now())
+
     # -- state inspection / manipulation --------------------------------------------------------------
     def get_contact(
         self, *, email: str | None = None, mobile: str | None = None, contact_id: int | None = None
@@ -671,14 +713,20 @@ class DotdigitalSandbox:
             self._advance_imports()
             return [self._read_model(c) for _, c in sorted(self._contacts.items())]
 
-    def suppress(self, *, email: str | None = None, mobile: str | None = None, reason: str = "unsubscribed") -> None:
+    def suppress(self, *, email: str | None = None, mobile: str | None = None, reason: str = "unsubscribed",
+                 at: datetime | None = None) -> None:
         """Simulate a suppression made in Dotdigital (unsubscribe link, bounce, complaint, ...).
 
         With ``email`` the contact's email channel status becomes ``reason`` (any v3 email channel status,
         e.g. ``unsubscribed``, ``suppressed``, ``hardBounced``, ``ispComplained``); with only ``mobile`` the SMS
         channel becomes ``unsubscribed`` (reason ``unsubscribed``) or ``suppressed`` (anything else). The
         contact is created if it does not exist yet (a suppressed address is still a contact, §6).
+
+        ``at`` (aware) is when it happened - the ``dateRemoved`` of the suppression feeds and the contact's
+        ``updated``; default: the sandbox clock.
         """
+        if at is not None and at.tzinfo is None:
+            raise ValueError("at must be timezone-aware")
         if email is None and mobile is None:
             raise ValueError("email or mobile is required")
         by_lower = {s.lower(): s for s in _EMAIL_READ_STATUSES}
@@ -689,15 +737,17 @@ class DotdigitalSandbox:
             contact = self._find_contact(email=email) if email is not None else None
             if contact is None and mobile is not None:
                 contact = self._find_contact(mobile=mobile)
+            moment = at.astimezone(timezone.utc) if at is not None else self._now()
             if contact is None:
                 contact = self._new_contact(
-                    email=email, mobile=_normalise_mobile(mobile) if mobile else None
+                    email=email, mobile=_normalise_mobile(mobile) if mobile else None, now=_iso(moment)
                 )
             if email is not None:
                 contact.email_status = status
+                contact.email_removed_at = moment
             else:
                 contact.sms_status = "unsubscribed" if status == "unsubscribed" else "suppressed"
-            contact.updated = _utc_now_iso()
+            contact.updated = _iso(moment)
 
     def delete_contact(self, *, email: str | None = None, mobile: str | None = None,
                        contact_id: int | None = None) -> bool:
@@ -982,6 +1032,15 @@ class DotdigitalSandbox:
             path_known = True
             if method == "DELETE":
                 handler = lambda: self._v2_remove_from_address_book(segments[2], segments[4])  # noqa: E731
+        elif (len(lowered) == 4 and lowered[:2] == ["v2", "contacts"]
+              and lowered[2] in ("suppressed-since", "unsubscribed-since")):
+            path_known = True
+            if method == "GET":
+                handler = lambda: self._v2_suppressions_since(lowered[2], segments[3], query)  # noqa: E731
+        elif lowered == ["contacts", "v3"]:
+            path_known = True
+            if method == "GET":
+                handler = lambda: self._v3_list_contacts(query)  # noqa: E731
         elif len(lowered) == 4 and lowered[:2] == ["contacts", "v3"] and lowered[2] not in ("import", "delete"):
             path_known = True
             if method == "PATCH":
@@ -1126,12 +1185,161 @@ class DotdigitalSandbox:
         if contact is None:
             raise _ApiError(_v2_error(404, "Error: ERROR_CONTACT_NOT_FOUND", contact_id=contact_id))
         if contact.lists.pop(book_id, None) is not None:
-            contact.updated = _utc_now_iso()
+            contact.updated = self._now_iso()
         return _Response(204, None, contact_id=contact_id)
+
+    def _v2_suppressions_since(self, feed: str, raw_date: str, query: dict[str, list[str]]) -> _Response:
+        """``GET /v2/contacts/suppressed-since/{date}`` and ``/v2/contacts/unsubscribed-since/{date}`` (§5.1, §10).
+
+        ``[{"suppressedContact": ApiContact, "dateRemoved": dt, "reason": ApiContactStatuses}]`` for every
+        contact whose email channel went into a suppressed status at or after ``date`` and is still in it
+        (a resubscribed contact drops out); ``unsubscribed-since`` lists the ``Unsubscribed`` ones only.
+        Ascending by ``dateRemoved`` (then id), paged with ``select`` 1-1000 (default 1000) and ``skip`` >= 0
+        (else 400 ``ERROR_PARAMETER_INVALID``, §5). ``date`` is ISO 8601 (a date, or a date-time; without an
+        offset it is UTC); anything else -> 400 ``ERROR_PARAMETER_INVALID`` (sandbox choice: the code of a
+        bad path date is not documented).
+        """
+        select = _int_param(query, "select", 1000)
+        skip = _int_param(query, "skip", 0)
+        if select is None or skip is None or not 1 <= select <= 1000 or skip < 0:
+            raise _ApiError(_v2_error(400, "select must be 1-1000 and skip >= 0. ERROR_PARAMETER_INVALID"))
+        since = _parse_since_date(unquote(raw_date))
+        if since is None:
+            raise _ApiError(_v2_error(400, "The date must be an ISO 8601 date or date-time. ERROR_PARAMETER_INVALID"))
+        rows = []
+        for contact in self._contacts.values():
+            removed = contact.email_removed_at
+            if contact.email is None or removed is None or contact.email_status not in _SUPPRESSED_EMAIL_STATUSES:
+                continue
+            if removed < since or (feed == "unsubscribed-since" and contact.email_status != "unsubscribed"):
+                continue
+            rows.append((removed, contact.contact_id, contact))
+        rows.sort(key=lambda row: (row[0], row[1]))
+        page = [
+            {"suppressedContact": self._v2_contact_json(contact), "dateRemoved": _iso(removed),
+             "reason": _v2_status(contact.email_status)}
+            for removed, _, contact in rows[skip : skip + select]
+        ]
+        return _Response(200, page)
+
+    def _v2_contact_json(self, c: _Contact) -> dict[str, Any]:
+        """[SPEC-V2] ``ApiContact`` (§5): PascalCase enums, ``dataFields`` as key/value pairs."""
+        return {
+            "id": c.contact_id,
+            "email": c.email,
+            "optInType": c.opt_in_type,
+            "emailType": "PlainText" if c.email_type == "PlainText" else "Html",
+            "dataFields": [{"key": f.name, "value": c.data[f.name]} for f in self._data_fields.values()
+                           if f.name in c.data],
+            "status": _v2_status(c.email_status),
+        }
 
     # ==================================================================================================
     # contacts v3
     # ==================================================================================================
+    def _v3_list_contacts(self, query: dict[str, list[str]]) -> _Response:
+        """``GET /contacts/v3`` - contacts by criteria, ascending, paged by marker (§4.1, [SPEC-C3] getContacts).
+
+        * ``~modified=gte::<ts>`` / ``~created=gte::<ts>`` (pattern ``gte::YYYY-MM-DDTHH:MM:SS[.fff]Z``, not
+          both) -> else 400 ``contacts:invalidFilter``; ``~listId`` (existing list) filters on membership;
+          ``~segmentId`` -> 400 ``contacts:invalidFilter`` (the sandbox has no segments).
+        * Items hold ``contactId``, ``status``, ``created``, ``updated`` and ``identifiers``, plus the sets named
+          in ``include`` (pipe-delimited ``channelProperties|lists|preferences|consentRecords``) and the data
+          fields named in ``data-fields`` (pipe-delimited, or ``[[ALL]]``). Unknown values -> 400
+          ``contacts:invalidParameter`` (sandbox choice).
+        * Order: ``updated`` (with ``~modified``) else ``created``, then ``contactId``. ``limit`` 1-5000 (default
+          1000, sandbox choice); ``marker`` is opaque: ``_links.next.marker`` of the previous page, present
+          while more items follow. A contact modified while a walk is under way moves to its end.
+        """
+        def single(name: str) -> str | None:
+            values = query.get(name)
+            return values[-1] if values else None
+
+        def bad(code: str, description: str, item: str) -> _ApiError:
+            return _ApiError(_v3_error(400, f"contacts:{code}", description, [{"item": item, "description": description}]))
+
+        modified, created = single("~modified"), single("~created")
+        if modified is not None and created is not None:
+            raise bad("invalidFilter", "~created can't be used in conjunction with ~modified", "~created")
+        since: datetime | None = None
+        order_by = "updated" if modified is not None else "created"
+        for name, raw in (("~modified", modified), ("~created", created)):
+            if raw is None:
+                continue
+            if not _V3_SINCE_FILTER_RE.match(raw):
+                raise bad("invalidFilter", f"The filter value '{raw}' is invalid", name)
+            since = datetime.fromisoformat(raw[len("gte::"):].replace("Z", "+00:00"))
+        list_id = None
+        if (raw_list := single("~listId")) is not None:
+            list_id = _parse_int32(raw_list)
+            if list_id is None or list_id not in self._address_books:
+                raise bad("invalidFilter", f"The filter value '{raw_list}' is invalid", "~listId")
+        if single("~segmentId") is not None:
+            raise bad("invalidFilter", "The sandbox has no segments", "~segmentId")
+        limit = _int_param(query, "limit", 1000)
+        if limit is None or not 1 <= limit <= 5000:
+            raise bad("invalidParameter", "limit must be between 1 and 5000", "limit")
+        include: list[str] = []
+        for value in query.get("include", []):
+            for part in value.split("|"):
+                if part not in _V3_INCLUDES:
+                    raise bad("invalidParameter", f"'{part}' is not one of {', '.join(_V3_INCLUDES)}", "include")
+                include.append(part)
+        fields: list[str] | None = None
+        for value in query.get("data-fields", []):
+            fields = fields or []
+            for part in value.split("|"):
+                if part == "[[ALL]]":
+                    fields += [f.name for f in self._data_fields.values()]
+                    continue
+                definition = self._data_fields.get(part.casefold())
+                if definition is None:
+                    raise bad("invalidParameter", f"The data field '{part}' does not exist", "data-fields")
+                fields.append(definition.name)
+        after = None
+        if (marker := single("marker")) is not None:
+            after = _decode_marker(marker)
+            if after is None:
+                raise bad("invalidParameter", "The marker is invalid", "marker")
+
+        rows = []
+        for contact in self._contacts.values():
+            stamp = _parse_sandbox_time(contact.updated if order_by == "updated" else contact.created)
+            if since is not None and stamp < since:
+                continue
+            if list_id is not None and list_id not in contact.lists:
+                continue
+            key = (stamp, contact.contact_id)
+            if after is not None and key <= after:
+                continue
+            rows.append((key, contact))
+        rows.sort(key=lambda row: row[0])
+        page, more = rows[:limit], len(rows) > limit
+
+        items = []
+        for _, contact in page:
+            model = self._read_model(contact)
+            item = {k: model[k] for k in ("contactId", "status", "created", "updated", "identifiers")}
+            if fields is not None:
+                item["dataFields"] = {name: model["dataFields"].get(name) for name in dict.fromkeys(fields)}
+            for name in include:
+                if name == "preferences":
+                    item["preferences"] = model.get("preferences", [])
+                else:
+                    item[name] = model[name]
+            items.append(item)
+
+        base_query = [(k, v) for k, values in query.items() if k != "marker" for v in values]
+
+        def link(marker_value: str) -> dict[str, str]:
+            return {"marker": marker_value,
+                    "link": f"{self.base_url}/contacts/v3?{urlencode(base_query + [('marker', marker_value)])}"}
+
+        links: dict[str, Any] = {"self": link(marker or _encode_marker(None)), "first": link(_encode_marker(None))}
+        if more:
+            links["next"] = link(_encode_marker(page[-1][0]))
+        return _Response(200, {"_items": items, "_links": links})
+
     def _v3_get_contact(self, raw_identifier: str, raw_value: str) -> _Response:
         """``GET /contacts/v3/{identifier}/{value}`` -> read model, or 404 ``contacts:contactNotFound`` (§4.1)."""
         identifier, value = self._parse_contact_path(raw_identifier, raw_value)
@@ -1172,7 +1380,7 @@ class DotdigitalSandbox:
         The one upsert code path, shared by the PATCH and by each item of a bulk contact import.
         """
         contact = self._lookup(identifier, value)
-        now = _utc_now_iso()
+        now = self._now_iso()
         if contact is None:
             if identifier == "contactId":
                 raise _ApiError(_contact_not_found(identifier, value), "contactNotFound")
@@ -1279,7 +1487,7 @@ class DotdigitalSandbox:
     def _new_contact(
         self, *, email: str | None, mobile: str | None, now: str | None = None, write: _ContactWrite | None = None
     ) -> _Contact:
-        now = now or _utc_now_iso()
+        now = now or self._now_iso()
         contact = _Contact(contact_id=self._next_contact_id, created=now, updated=now, email=email, mobile=mobile,
                            sms_status=self._mobile_default, whatsapp_status=self._mobile_default)
         self._next_contact_id += 1
@@ -1305,6 +1513,7 @@ class DotdigitalSandbox:
             contact.email_type = write.email_type
         if write.opt_in_type is not None:
             contact.opt_in_type = write.opt_in_type
+        before = None if creating else contact.email_status
         if creating:
             requested = write.email_status or "subscribed"  # documented default for new contacts (§4.2)
             if requested == "subscribed" and contact.opt_in_type == "VerifiedDouble":
@@ -1312,6 +1521,11 @@ class DotdigitalSandbox:
             contact.email_status = requested
         else:
             self._apply_email_status(contact, write)
+        if contact.email_status in _SUPPRESSED_EMAIL_STATUSES:
+            if before not in _SUPPRESSED_EMAIL_STATUSES or contact.email_removed_at is None:
+                contact.email_removed_at = self._now()  # the suppression feeds report this change
+        else:
+            contact.email_removed_at = None
 
         for attr, requested in (("sms_status", write.sms_status), ("whatsapp_status", write.whatsapp_status)):
             if requested is None:
@@ -1320,7 +1534,7 @@ class DotdigitalSandbox:
                 continue  # sandbox choice: suppressed/bounced mobile channels stay so
             setattr(contact, attr, requested)
 
-        now = _utc_now_iso()
+        now = self._now_iso()
         for book_id in write.lists:
             contact.lists.setdefault(book_id, now)
         for pref_id, opted_in in write.preferences:
@@ -2252,6 +2466,62 @@ def _match_choice(value: Any, choices: tuple[str, ...]) -> str | None:
     if not isinstance(value, str):
         return None
     return next((c for c in choices if c.lower() == value.lower()), None)
+
+
+_V3_SINCE_FILTER_RE = re.compile(r"^gte::\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$")  # [SPEC-C3]
+_V3_INCLUDES = ("channelProperties", "lists", "preferences", "consentRecords")
+#: v3 email status -> v2 ``ApiContactStatuses`` (§5); statuses without a v2 counterpart are ``Suppressed``
+_V2_STATUSES = {
+    "subscribed": "Subscribed", "unsubscribed": "Unsubscribed", "softBounced": "SoftBounced",
+    "hardBounced": "HardBounced", "ispComplained": "IspComplained", "pendingOptIn": "PendingOptIn",
+    "directComplaint": "DirectComplaint", "deleted": "Deleted", "sharedsuppression": "SharedSuppression",
+    "suppressed": "Suppressed", "domainSuppressed": "DomainSuppression", "sharedDomainSuppression": "DomainSuppression",
+    "blockedlocalpart": "MailBlocked",
+}
+
+
+def _v2_status(status: str) -> str:
+    return _V2_STATUSES.get(status, "Suppressed")
+
+
+def _parse_since_date(value: str) -> datetime | None:
+    """A v2 path date (ISO 8601 date or date-time; no offset = UTC), or ``None`` if it is not one."""
+    if not _ISO_DATE_RE.match(value):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _parse_sandbox_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _encode_marker(after: tuple[datetime, int] | None) -> str:
+    payload = {"start": True} if after is None else {"after": _iso(after[0]), "id": after[1]}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def _decode_marker(marker: str) -> tuple[datetime, int] | None:
+    """The position a marker stands for, ``(time, contactId)`` to continue after (the start: the earliest
+    possible position), or ``None`` when it is not a marker the sandbox issued."""
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(marker.encode() + b"=" * (-len(marker) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    if payload.get("start") is True:
+        return (datetime.min.replace(tzinfo=timezone.utc), 0)
+    after, contact_id = payload.get("after"), payload.get("id")
+    if not isinstance(after, str) or isinstance(contact_id, bool) or not isinstance(contact_id, int):
+        return None
+    try:
+        return _parse_sandbox_time(after), contact_id
+    except ValueError:
+        return None
 
 
 def _parse_int32(value: str) -> int | None:

@@ -28,8 +28,10 @@ messages (e.g. ``DuplicateField`` on ``email``).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Iterable
+
+from service import redaction
+from service.redaction import EXCERPT_LIMIT  # noqa: F401 - part of this module's namespace, as before
 
 __all__ = [
     "CommercetoolsAuthError",
@@ -43,9 +45,6 @@ __all__ = [
 
 #: Statuses worth retrying besides every 5xx: 429 Too Many Requests (§5.9).
 RETRYABLE_STATUSES = frozenset({429})
-EXCERPT_LIMIT = 500
-
-_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -53,7 +52,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:  # a 1-3 character "secret" would mangle ordinary text
             text = text.replace(secret, "<redacted>")
-    return _EMAIL_RE.sub("<email>", text)
+    return redaction.mask_emails(text)
 
 
 class CommercetoolsError(Exception):
@@ -153,15 +152,14 @@ def _parse_envelope(body: bytes | str | None) -> tuple[dict[str, Any] | None, st
     """Return ``(envelope, excerpt)``: the decoded JSON object (if any) and a masked excerpt otherwise."""
     if not body:
         return None, None
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    text = redaction.as_text(body)
     try:
         payload = json.loads(text)
     except ValueError:
         payload = None
     if isinstance(payload, dict):
         return payload, None
-    excerpt = redact(" ".join(text.split()))
-    return None, excerpt if len(excerpt) <= EXCERPT_LIMIT else excerpt[: EXCERPT_LIMIT - 1] + "…"
+    return None, redaction.excerpt(text, redact)
 
 
 def error_from_response(

@@ -39,6 +39,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote
 
+from service import redaction
+from service.redaction import EXCERPT_LIMIT  # noqa: F401 - part of this module's namespace, as before
+
 __all__ = [
     "DotdigitalAuthError",
     "DotdigitalError",
@@ -67,7 +70,6 @@ APIUSAGE_EXCEEDED = "ERROR_APIUSAGE_EXCEEDED"
 DEFAULT_APIUSAGE_RETRY_AFTER = 60.0
 #: Values of ``X-RateLimit-Reset`` above this are Unix epoch seconds, below it a delay in seconds (§2).
 EPOCH_THRESHOLD = 10**9
-EXCERPT_LIMIT = 500
 #: 429 codes of the bulk-import concurrency limits (≤ 25 contact imports, ≤ 5 insight imports; §2).
 TOO_MANY_IMPORTS_CODES = frozenset({"contacts:tooManyActiveImports", "insightData:tooManyActiveImports"})
 #: Insight record failure reasons: the v3 import enum, then the extra v2 report reasons (§3.5).
@@ -82,13 +84,12 @@ INSIGHT_FAILURE_REASONS = (
 
 _V2_CODE_RE = re.compile(r"ERROR_[A-Z_]+")
 _FAILURE_REASON_RE = re.compile(r"\b(" + "|".join(INSIGHT_FAILURE_REASONS) + r")\b")
-_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _PHONE_RE = re.compile(r"(?<![\w.])\+?\d{10,15}(?![\w.])")
 
 
 def redact_pii(text: str) -> str:
     """Mask email addresses and E.164-looking phone numbers (10-15 digits) in ``text``."""
-    return _PHONE_RE.sub("<phone>", _EMAIL_RE.sub("<email>", text))
+    return _PHONE_RE.sub("<phone>", redaction.mask_emails(text))
 
 
 class DotdigitalError(Exception):
@@ -256,16 +257,14 @@ def _parse_rate_limit_reset(value: str | None, now: float) -> float | None:
 def _excerpt(body: bytes | str | None) -> str | None:
     if not body:
         return None
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-    text = redact_pii(" ".join(text.split()))
-    return text if len(text) <= EXCERPT_LIMIT else text[: EXCERPT_LIMIT - 1] + "…"
+    return redaction.excerpt(redaction.as_text(body), redact_pii)
 
 
 def _parse_body(body: bytes | str | None) -> tuple[str | None, str, list[Any]]:
     """Return ``(code, description, details)`` from a v3 envelope, a v2 message, ProblemDetails or text."""
     if not body:
         return None, "", []
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    text = redaction.as_text(body)
     try:
         payload = json.loads(text)
     except ValueError:

@@ -52,24 +52,19 @@ Usage::
 from __future__ import annotations
 
 import base64
-import binascii
-import bisect
 import copy
-import hmac
 import json
 import logging
 import re
 import secrets
-import socket
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
+
+from service.testing import loopback_http
 
 __all__ = ["RESOURCES", "FakeCommercetools", "RecordedRequest"]
 
@@ -122,7 +117,7 @@ _MISSING = object()
 # Public data types
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class RecordedRequest:
+class RecordedRequest(loopback_http.RecordedRequest):
     """One request the fake received.
 
     ``path`` is the raw request path (percent-encoded, without the query); ``query`` the decoded query
@@ -131,40 +126,14 @@ class RecordedRequest:
     JSON, e.g. the form body of the token request, which is in ``raw_body``). ``status`` 0 = dropped.
     """
 
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    json: Any | None
-    raw_body: bytes
-    status: int
-    at: float
 
-
-@dataclass
-class _Response:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    drop_connection: bool = False
+_Response = loopback_http.Response
 
 
 class _ApiError(Exception):
     def __init__(self, response: _Response) -> None:
         super().__init__(response.status)
         self.response = response
-
-
-@dataclass
-class _Fault:
-    status: int
-    remaining: int
-    method: str | None
-    path_contains: str | None
-    body: Any
-    headers: dict[str, str]
-    delay: float
-    drop_connection: bool
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> _ApiError:
@@ -198,13 +167,30 @@ def _not_found(resource: str, ident: str) -> _ApiError:
 # ---------------------------------------------------------------------------------------------------
 # The fake
 # ---------------------------------------------------------------------------------------------------
-class FakeCommercetools:
+class _FakeRequestHandler(loopback_http.LoopbackRequestHandler):
+    server_version = "FakeCommercetools/1.0"
+
+
+class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
     """A commercetools project behind a loopback HTTP server (OAuth endpoint and HTTP API on one URL).
 
     All state (resources, tokens, recorded requests, faults) is guarded by one lock, so tests may inspect
     or change it while the server serves requests from other threads. Objects handed out by ``add``,
-    ``get`` and ``all`` are deep copies.
+    ``get`` and ``all`` are deep copies. Lifecycle (``start``, ``stop``, context manager, ``base_url`` - use
+    it as both ``api_url`` and ``auth_url``), the request log (``requests``, ``requests_matching``,
+    ``reset_requests``), ``inject_fault`` / ``clear_faults`` and ``set_latency`` come from
+    ``loopback_http.LoopbackServer``.
+
+    Injected faults apply to the token endpoint too and are checked before authentication. ``body=None``
+    sends a commercetools error envelope for the status; a ``str`` body is sent verbatim.
     """
+
+    _thread_name = "commercetools-fake"
+    _label = "commercetools fake"
+    _short_label = "fake"
+    _logger = logger
+    _handler_class = _FakeRequestHandler
+    _record_type = RecordedRequest
 
     def __init__(
         self,
@@ -216,64 +202,18 @@ class FakeCommercetools:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.project_key = project_key
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_ttl_seconds = token_ttl_seconds
-        self._host = host
-        self._port = port
-        self._lock = threading.RLock()
-        self._server: _FakeHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._data: dict[str, dict[str, dict]] = {name: {} for name in RESOURCES}
         self._tokens: dict[str, tuple[float, str]] = {}  # token -> (monotonic expiry, scope)
-        self._requests: list[tuple[int, RecordedRequest]] = []
-        self._seq = 0
-        self._faults: list[_Fault] = []
         self._last_timestamp: datetime | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------------------
-    def start(self) -> FakeCommercetools:
-        """Bind the loopback port and serve in a daemon thread. Returns ``self``."""
-        if self._server is not None:
-            return self
-        server = _FakeHTTPServer((self._host, self._port), _FakeRequestHandler, fake=self)
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="commercetools-fake", daemon=True)
-        self._thread.start()
-        logger.debug("commercetools fake listening on %s", self.base_url)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket and open connections."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_all_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeCommercetools:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:  # never show the secret
         return (f"FakeCommercetools(base_url={self.base_url if self._server else None!r}, "
                 f"project_key={self.project_key!r})")
-
-    @property
-    def base_url(self) -> str:
-        """``http://host:port`` (no trailing slash): use it as both ``api_url`` and ``auth_url``."""
-        if self._server is None:
-            raise RuntimeError("fake is not running; call start() or use it as a context manager")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     # -- state ----------------------------------------------------------------------------------------
     def add(self, resource: str, obj: dict) -> dict:
@@ -345,51 +285,6 @@ class FakeCommercetools:
         with self._lock:
             return sum(1 for expiry, _ in self._tokens.values() if expiry > now)
 
-    # -- recorded requests / faults --------------------------------------------------------------------
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Snapshot of every request answered so far, in arrival order."""
-        with self._lock:
-            return [rec for _, rec in self._requests]
-
-    def requests_matching(self, method: str | None = None, path_contains: str | None = None) -> list[RecordedRequest]:
-        """Recorded requests filtered by method and a substring of the raw or decoded path."""
-        return [r for r in self.requests
-                if (method is None or r.method == method.upper())
-                and (path_contains is None or path_contains in r.path or path_contains in unquote(r.path))]
-
-    def reset_requests(self) -> None:
-        with self._lock:
-            self._requests.clear()
-
-    def inject_fault(
-        self,
-        *,
-        status: int = 503,
-        times: int = 1,
-        path_contains: str | None = None,
-        method: str | None = None,
-        body: dict | list | str | None = None,
-        headers: dict[str, str] | None = None,
-        delay: float = 0.0,
-        drop_connection: bool = False,
-    ) -> None:
-        """Answer the next ``times`` matching requests (token endpoint included) with this response.
-
-        Faults are checked before authentication. ``body=None`` sends a commercetools error envelope
-        for ``status``; a ``str`` body is sent verbatim. ``delay`` sleeps first; ``drop_connection``
-        closes the socket without a response (recorded status 0).
-        """
-        if times < 1:
-            raise ValueError("times must be >= 1")
-        with self._lock:
-            self._faults.append(_Fault(status, times, method.upper() if method else None, path_contains,
-                                       body, dict(headers or {}), max(0.0, delay), drop_connection))
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
     # ==================================================================================================
     # request pipeline (handler threads)
     # ==================================================================================================
@@ -403,49 +298,14 @@ class FakeCommercetools:
             self._last_timestamp = now
             return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    def _next_seq(self) -> int:
-        with self._lock:
-            self._seq += 1
-            return self._seq
+    def _fault_error_body(self, status: int, phrase: str, raw_path: str) -> Any:
+        """A fault without a body answers with the commercetools error envelope for its status."""
+        code = re.sub(r"[^A-Za-z0-9]", "", phrase.title()) or "General"
+        return {"statusCode": status, "message": phrase, "errors": [{"code": code, "message": phrase}]}
 
-    def _record(self, seq: int, record: RecordedRequest) -> None:
-        with self._lock:
-            bisect.insort(self._requests, (seq, record), key=lambda item: item[0])
-
-    def _take_fault(self, method: str, raw_path: str) -> _Fault | None:
-        decoded = unquote(raw_path)
-        with self._lock:
-            for fault in self._faults:
-                if fault.method is not None and fault.method != method:
-                    continue
-                if fault.path_contains is not None and not (
-                    fault.path_contains in raw_path or fault.path_contains in decoded
-                ):
-                    continue
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self._faults.remove(fault)
-                return fault
-        return None
-
-    @staticmethod
-    def _fault_response(fault: _Fault) -> _Response:
-        if fault.drop_connection:
-            return _Response(0, drop_connection=True)
-        headers = dict(fault.headers)
-        if fault.body is None:
-            if fault.status in (204, 304) or fault.status < 200:
-                return _Response(fault.status, None, headers)
-            try:
-                phrase = HTTPStatus(fault.status).phrase
-            except ValueError:
-                phrase = "Error"
-            code = re.sub(r"[^A-Za-z0-9]", "", phrase.title()) or "General"
-            return _Response(fault.status, {"statusCode": fault.status, "message": phrase,
-                                            "errors": [{"code": code, "message": phrase}]}, headers)
-        if isinstance(fault.body, str):
-            return _Response(fault.status, fault.body.encode("utf-8"), headers)
-        return _Response(fault.status, fault.body, headers)
+    def _internal_error_response(self, raw_path: str) -> _Response:
+        return _Response(500, {"statusCode": 500, "message": "Fake internal error",
+                               "errors": [{"code": "General", "message": "Fake internal error"}]})
 
     def _process(self, method: str, raw_path: str, query: dict[str, list[str]], headers: dict[str, str],
                  body: bytes) -> _Response:
@@ -470,7 +330,7 @@ class FakeCommercetools:
 
     # -- OAuth (§1.2) ---------------------------------------------------------------------------------
     def _token_endpoint(self, query: dict[str, list[str]], headers: dict[str, str], body: bytes) -> _Response:
-        if not self._basic_auth_ok(headers.get("authorization")):
+        if not loopback_http.basic_auth_matches(headers.get("authorization"), self.client_id, self.client_secret):
             return _oauth_error(401, "invalid_client",
                                 "Please provide valid client credentials using HTTP Basic Authentication.")
         form = {k: list(v) for k, v in query.items()}
@@ -493,18 +353,6 @@ class FakeCommercetools:
             self._tokens[token] = (time.monotonic() + self.token_ttl_seconds, scope)
         return _Response(200, {"access_token": token, "expires_in": self.token_ttl_seconds, "scope": scope,
                                "token_type": "Bearer"})
-
-    def _basic_auth_ok(self, authorization: str | None) -> bool:
-        if not authorization or authorization[:6].lower() != "basic ":
-            return False
-        try:
-            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        user, sep, password = decoded.partition(":")
-        ok_user = hmac.compare_digest(user.encode(), self.client_id.encode())
-        ok_password = hmac.compare_digest(password.encode(), self.client_secret.encode())
-        return bool(sep) and ok_user and ok_password
 
     def _check_bearer(self, authorization: str | None) -> _Response | None:
         if not authorization or authorization[:7].lower() != "bearer ":
@@ -1663,144 +1511,3 @@ def _comparison(name: str, op: str, literal: Any) -> Predicate:
         return compare(*pair)
 
     return _field_test(name, test)
-
-
-# ---------------------------------------------------------------------------------------------------
-# HTTP plumbing (as in dotdigital_sandbox.py)
-# ---------------------------------------------------------------------------------------------------
-class _FakeHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, fake: FakeCommercetools):
-        self.fake = fake
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def track(self, conn: socket.socket, active: bool) -> None:
-        with self._connections_lock:
-            (self._connections.add if active else self._connections.discard)(conn)
-
-    def close_all_connections(self) -> None:
-        with self._connections_lock:
-            connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class _FakeRequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "FakeCommercetools/1.0"
-    sys_version = ""
-    timeout = 30
-    disable_nagle_algorithm = True
-    server: _FakeHTTPServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        finally:
-            self.server.track(self.connection, False)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._dispatch()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET  # noqa: N815
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        # The access log holds the request line only (never headers, so never credentials).
-        logger.debug("%s - %s", self.address_string(), format % args)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline(65537).split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(65537)
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _dispatch(self) -> None:
-        fake = self.server.fake
-        arrived = time.time()
-        seq = fake._next_seq()
-        method = self.command.upper()
-        split = urlsplit(self.path)
-        raw_path = split.path or "/"
-        query = parse_qs(split.query, keep_blank_values=True)
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        try:
-            body = self._read_body()
-        except (ValueError, OSError):
-            self.close_connection = True
-            return
-        recorded_headers = {k: ("<redacted>" if k == "authorization" else v) for k, v in headers.items()}
-        try:
-            parsed: Any = json.loads(body.decode("utf-8")) if body.strip() else None
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-
-        fault = fake._take_fault(method, raw_path)
-        if fault is not None:
-            if fault.delay:
-                time.sleep(fault.delay)
-            response = fake._fault_response(fault)
-        else:
-            try:
-                response = fake._process(method, raw_path, query, headers, body)
-            except Exception:  # pragma: no cover - a fake bug must not hang the client
-                logger.exception("commercetools fake failed to handle %s %s", method, raw_path)
-                response = _Response(500, {"statusCode": 500, "message": "Fake internal error",
-                                           "errors": [{"code": "General", "message": "Fake internal error"}]})
-        # Recorded *before* answering, so a client that has its response always finds the request recorded.
-        fake._record(seq, RecordedRequest(method=method, path=raw_path, query=query, headers=recorded_headers,
-                                          json=parsed, raw_body=body, status=response.status, at=arrived))
-        if response.drop_connection:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        else:
-            self._send(response, head_only=method == "HEAD")
-        logger.debug("commercetools fake %s %s -> %s", method, raw_path, response.status or "dropped")
-
-    def _send(self, response: _Response, *, head_only: bool = False) -> None:
-        if isinstance(response.body, bytes):
-            payload = response.body
-        elif response.body is None:
-            payload = b""
-        else:
-            payload = json.dumps(response.body).encode("utf-8")
-        try:
-            self.send_response(response.status)
-            names = {k.lower() for k in response.headers}
-            if payload and "content-type" not in names:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            for name, value in response.headers.items():
-                if name.lower() != "content-length":
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload and not head_only:
-                self.wfile.write(payload)
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True

@@ -57,25 +57,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import bisect
 import copy
-import hmac
 import ipaddress
 import json
 import logging
 import math
 import re
-import socket
-import threading
 import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
+
+from service.testing import loopback_http
 
 __all__ = [
     "COLLECTION_SCOPES",
@@ -227,23 +223,16 @@ _RATE_WINDOW_SECONDS = 60.0
 # Public data types
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class RecordedRequest:
+class RecordedRequest(loopback_http.RecordedRequest):
     """One request the sandbox received.
 
     ``path`` is the raw request path as sent on the wire (still percent-encoded, without the query), so
     tests can assert on encoding (e.g. ``%2B`` for ``+`` in an email). ``status`` is the status sent back;
     ``0`` means the connection was dropped without a response (``inject_fault(drop_connection=True)``).
     ``headers`` has lower-cased names and the ``authorization`` value replaced by ``"<redacted>"``.
+    ``contact_id`` is the contact the request read or wrote, when there is one.
     """
 
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    json: Any | None
-    raw_body: bytes
-    status: int
-    at: float
     contact_id: int | None = None
 
 
@@ -251,12 +240,8 @@ class RecordedRequest:
 # Internal state
 # ---------------------------------------------------------------------------------------------------
 @dataclass
-class _Response:
-    status: int
-    body: Any = None  # JSON-serialisable value, raw bytes, or None for an empty body
-    headers: dict[str, str] = field(default_factory=dict)
-    contact_id: int | None = None
-    drop_connection: bool = False
+class _Response(loopback_http.Response):
+    contact_id: int | None = None  # recorded as RecordedRequest.contact_id
 
 
 class _ApiError(Exception):
@@ -270,18 +255,6 @@ class _ApiError(Exception):
         super().__init__(response.status)
         self.response = response
         self.failure_code = failure_code
-
-
-@dataclass
-class _Fault:
-    status: int
-    remaining: int
-    method: str | None
-    path_contains: str | None
-    body: dict | list | str | None
-    headers: dict[str, str]
-    delay: float
-    drop_connection: bool
 
 
 @dataclass
@@ -457,12 +430,23 @@ def _lower_camel(phrase: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # The sandbox
 # ---------------------------------------------------------------------------------------------------
-class DotdigitalSandbox:
+class _SandboxRequestHandler(loopback_http.LoopbackRequestHandler):
+    server_version = "DotdigitalSandbox/1.0"
+    do_OPTIONS = loopback_http.LoopbackRequestHandler.do_GET  # noqa: N815
+
+
+class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     """A Dotdigital account behind a loopback HTTP server.
 
     All state (data fields, address books, contacts, recorded requests, faults, rate-limit window) lives
     in this object and is guarded by one lock, so tests may inspect or change it while the server is
-    serving requests from other threads.
+    serving requests from other threads. Lifecycle (``start``, ``stop``, context manager, ``base_url``),
+    the request log (``requests``, ``requests_matching``, ``reset_requests``), ``inject_fault`` /
+    ``clear_faults`` and ``set_latency`` come from ``loopback_http.LoopbackServer``.
+
+    Injected faults are checked before authentication and rate limiting and do not count against the
+    budget. ``body=None`` sends a generic error body in the envelope of the path's API version; a ``str``
+    body is sent verbatim (``application/json`` if it parses as JSON, else ``text/plain``).
 
     Parameters beyond the documented ones:
         account_id: value of ``id`` in ``/v2/account-info``.
@@ -485,6 +469,15 @@ class DotdigitalSandbox:
     #: ``Complete`` (§7.1); set ``"Complete"`` to check that a client accepts both.
     insight_import_finished_status: str = "Finished"
 
+    _thread_name = "dotdigital-sandbox"
+    _label = "Dotdigital sandbox"
+    _short_label = "sandbox"
+    _logger = logger
+    _handler_class = _SandboxRequestHandler
+    _record_type = RecordedRequest
+    _response_type = _Response
+    _sniff_fault_content_type = True
+
     def __init__(
         self,
         *,
@@ -499,14 +492,10 @@ class DotdigitalSandbox:
         mobile_subscription_default: str = "noSubscription",
         import_delay_seconds: float = 0.05,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.api_user = api_user
         self.password = password
         self.account_id = account_id
-        self._host = host
-        self._port = port
-        self._lock = threading.RLock()
-        self._server: _SandboxHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._api_endpoint_override: str | None = None
 
         if mobile_subscription_default not in _CHANNEL_WRITE_STATUSES.values():
@@ -522,10 +511,6 @@ class DotdigitalSandbox:
 
         self._contacts: dict[int, _Contact] = {}
         self._next_contact_id = 1
-        self._requests: list[tuple[int, RecordedRequest]] = []
-        self._seq = 0
-        self._faults: list[_Fault] = []
-        self._latency = 0.0
         self._rate_limit = self._check_rate_limit_value(rate_limit_per_minute)
         self._window: deque[float] = deque()  # timestamps of requests counted against the per-minute budget
         self._hourly: deque[float] = deque()  # timestamps of authenticated calls in the last hour
@@ -534,48 +519,8 @@ class DotdigitalSandbox:
         self._import_delay = self._check_delay_value(import_delay_seconds)
         self._clock: Callable[[], datetime] | None = None
 
-    # -- lifecycle ------------------------------------------------------------------------------------
-    def start(self) -> DotdigitalSandbox:
-        """Bind the loopback port and serve in a daemon thread. Returns ``self`` for chaining."""
-        if self._server is not None:
-            return self
-        server = _SandboxHTTPServer((self._host, self._port), _SandboxRequestHandler, sandbox=self)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="dotdigital-sandbox", daemon=True
-        )
-        self._thread.start()
-        logger.debug("Dotdigital sandbox listening on %s", self.base_url)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket and any open client connections."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_all_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> DotdigitalSandbox:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     def __repr__(self) -> str:  # never show the password
         return f"DotdigitalSandbox(base_url={self.base_url if self._server else None!r}, api_user={self.api_user!r})"
-
-    @property
-    def base_url(self) -> str:
-        """``http://host:port`` of the running server (no trailing slash)."""
-        if self._server is None:
-            raise RuntimeError("sandbox is not running; call start() or use it as a context manager")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def api_endpoint(self) -> str:
@@ -594,72 +539,7 @@ class DotdigitalSandbox:
         with self._lock:
             self._api_endpoint_override = None if value is None else value.rstrip("/") + "/"
 
-    # -- recorded requests ----------------------------------------------------------------------------
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Snapshot of every request answered so far, in arrival order."""
-        with self._lock:
-            return [rec for _, rec in self._requests]
-
-    def requests_matching(self, method: str | None = None, path_contains: str | None = None) -> list[RecordedRequest]:
-        """Recorded requests filtered by method (case-insensitive) and a substring of the raw or decoded path."""
-        return [
-            r
-            for r in self.requests
-            if (method is None or r.method == method.upper())
-            and (path_contains is None or path_contains in r.path or path_contains in unquote(r.path))
-        ]
-
-    def reset_requests(self) -> None:
-        with self._lock:
-            self._requests.clear()
-
-    # -- fault injection / environment ----------------------------------------------------------------
-    def inject_fault(
-        self,
-        *,
-        status: int = 503,
-        times: int = 1,
-        method: str | None = None,
-        path_contains: str | None = None,
-        body: dict | list | str | None = None,
-        headers: dict[str, str] | None = None,
-        delay: float = 0.0,
-        drop_connection: bool = False,
-    ) -> None:
-        """Answer the next ``times`` matching requests with this response instead of processing them.
-
-        Faults are checked before authentication and rate limiting and do not count against the budget.
-        ``body=None`` sends a generic error body in the envelope of the path's API version; a ``str`` body is
-        sent verbatim (``application/json`` if it parses as JSON, else ``text/plain``). ``delay`` sleeps
-        before answering; ``drop_connection`` closes the socket without any response (recorded status 0).
-        Faults are consumed in the order they were injected.
-        """
-        if times < 1:
-            raise ValueError("times must be >= 1")
-        with self._lock:
-            self._faults.append(
-                _Fault(
-                    status=status,
-                    remaining=times,
-                    method=method.upper() if method else None,
-                    path_contains=path_contains,
-                    body=body,
-                    headers=dict(headers or {}),
-                    delay=max(0.0, delay),
-                    drop_connection=drop_connection,
-                )
-            )
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def set_latency(self, seconds: float) -> None:
-        """Sleep this long before handling every request (simulates a slow network/API)."""
-        with self._lock:
-            self._latency = max(0.0, float(seconds))
-
+    # -- environment ----------------------------------------------------------------------------------
     def set_rate_limit(self, per_minute: int | None) -> None:
         """Set the per-minute request budget (``None`` = unlimited) and start a fresh window."""
         with self._lock:
@@ -883,71 +763,19 @@ class DotdigitalSandbox:
     # ==================================================================================================
     # Request pipeline (called from handler threads)
     # ==================================================================================================
-    def _next_seq(self) -> int:
-        with self._lock:
-            self._seq += 1
-            return self._seq
+    def _fault_error_body(self, status: int, phrase: str, raw_path: str) -> Any:
+        """A fault without a body answers in the envelope of the path's API version (§3.1, §3.2)."""
+        return _error_body(raw_path, status, _lower_camel(phrase), phrase).body
 
-    def _record(self, seq: int, record: RecordedRequest) -> None:
-        with self._lock:
-            bisect.insort(self._requests, (seq, record), key=lambda item: item[0])
+    def _internal_error_response(self, raw_path: str) -> _Response:
+        return _error_body(raw_path, 500, "internalError", "Sandbox internal error")
 
-    def _take_fault(self, method: str, raw_path: str) -> _Fault | None:
-        decoded = unquote(raw_path)
-        with self._lock:
-            for fault in self._faults:
-                if fault.method is not None and fault.method != method:
-                    continue
-                if fault.path_contains is not None and not (
-                    fault.path_contains in raw_path or fault.path_contains in decoded
-                ):
-                    continue
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self._faults.remove(fault)
-                return fault
-        return None
-
-    def _fault_response(self, fault: _Fault, raw_path: str) -> _Response:
-        if fault.drop_connection:
-            return _Response(status=0, drop_connection=True)
-        headers = dict(fault.headers)
-        body: Any
-        if fault.body is None:
-            if fault.status in (204, 304) or fault.status < 200:
-                body = None
-            else:
-                try:
-                    phrase = HTTPStatus(fault.status).phrase
-                except ValueError:
-                    phrase = "Error"
-                body = _error_body(raw_path, fault.status, _lower_camel(phrase), phrase).body
-        elif isinstance(fault.body, str):
-            body = fault.body.encode("utf-8")
-            if not any(k.lower() == "content-type" for k in headers):
-                try:
-                    json.loads(fault.body)
-                    headers["Content-Type"] = "application/json; charset=utf-8"
-                except ValueError:
-                    headers["Content-Type"] = "text/plain; charset=utf-8"
-        else:
-            body = fault.body
-        return _Response(status=fault.status, body=body, headers=headers)
+    def _record_extras(self, response: _Response) -> dict[str, Any]:
+        return {"contact_id": response.contact_id}
 
     def _authenticate(self, authorization: str | None) -> bool:
         """HTTP Basic with the API user (§1). Compared in constant time."""
-        if not authorization or not authorization[:6].lower() == "basic ":
-            return False
-        try:
-            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
-        ok_user = hmac.compare_digest(user.encode(), self.api_user.encode())
-        ok_password = hmac.compare_digest(password.encode(), self.password.encode())
-        return ok_user and ok_password
+        return loopback_http.basic_auth_matches(authorization, self.api_user, self.password)
 
     def _rate_limit_check(self, raw_path: str) -> tuple[_Response | None, dict[str, str]]:
         """Tiered per-minute limit (§2): rolling 60 s window; past the budget -> 429 + ``X-RateLimit-*``.
@@ -2771,155 +2599,3 @@ def _error_body(raw_path: str, status: int, code: str, description: str) -> _Res
     if service is not None:
         return _v3_error(status, f"{service}:{code}", description)
     return _v2_error(status, description)
-
-
-# ---------------------------------------------------------------------------------------------------
-# HTTP plumbing
-# ---------------------------------------------------------------------------------------------------
-class _SandboxHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # never wait for handlers still sleeping in a simulated delay
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, sandbox: DotdigitalSandbox):
-        self.sandbox = sandbox
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def track(self, conn: socket.socket, active: bool) -> None:
-        with self._connections_lock:
-            (self._connections.add if active else self._connections.discard)(conn)
-
-    def close_all_connections(self) -> None:
-        with self._connections_lock:
-            connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class _SandboxRequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
-    server_version = "DotdigitalSandbox/1.0"
-    sys_version = ""
-    timeout = 30  # idle keep-alive connections are closed after this many seconds
-    disable_nagle_algorithm = True  # headers and body are separate writes; avoid delayed-ACK stalls
-    server: _SandboxHTTPServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        finally:
-            self.server.track(self.connection, False)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._dispatch()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET  # noqa: N815
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        # Route http.server's access log to logging; it only contains the request line (no headers,
-        # so never credentials).
-        logger.debug("%s - %s", self.address_string(), format % args)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size_line = self.rfile.readline(65537)
-                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(65537)
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _dispatch(self) -> None:
-        sandbox = self.server.sandbox
-        arrived = time.time()
-        seq = sandbox._next_seq()
-        method = self.command.upper()
-        split = urlsplit(self.path)
-        raw_path = split.path or "/"
-        query = parse_qs(split.query, keep_blank_values=True)
-        headers: dict[str, str] = {}
-        for name, value in self.headers.items():
-            headers[name.lower()] = value
-        try:
-            body = self._read_body()
-        except (ValueError, OSError):
-            self.close_connection = True
-            return
-        recorded_headers = {k: ("<redacted>" if k == "authorization" else v) for k, v in headers.items()}
-        try:
-            parsed: Any = json.loads(body.decode("utf-8")) if body.strip() else None
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-
-        with sandbox._lock:
-            latency = sandbox._latency
-        if latency:
-            time.sleep(latency)
-
-        fault = sandbox._take_fault(method, raw_path)
-        if fault is not None:
-            if fault.delay:
-                time.sleep(fault.delay)
-            response = sandbox._fault_response(fault, raw_path)
-        else:
-            try:
-                response = sandbox._process(method, raw_path, query, headers, body)
-            except Exception:  # pragma: no cover - a sandbox bug must not hang the client
-                logger.exception("Dotdigital sandbox failed to handle %s %s", method, raw_path)
-                response = _error_body(raw_path, 500, "internalError", "Sandbox internal error")
-
-        # Recorded before answering: a client that has its response must find the request in the log.
-        sandbox._record(seq, RecordedRequest(
-            method=method, path=raw_path, query=query, headers=recorded_headers, json=parsed, raw_body=body,
-            status=response.status, at=arrived, contact_id=response.contact_id,
-        ))
-        if response.drop_connection:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        else:
-            self._send(response, head_only=method == "HEAD")
-        logger.debug("sandbox %s %s -> %s", method, raw_path, response.status or "dropped")
-
-    def _send(self, response: _Response, *, head_only: bool = False) -> None:
-        if isinstance(response.body, bytes):
-            payload = response.body
-        elif response.body is None:
-            payload = b""
-        else:
-            payload = json.dumps(response.body).encode("utf-8")
-        try:
-            self.send_response(response.status)
-            header_names = {k.lower() for k in response.headers}
-            if payload and "content-type" not in header_names:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            for name, value in response.headers.items():
-                if name.lower() != "content-length":
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload and not head_only:
-                self.wfile.write(payload)
-            self.wfile.flush()
-        except OSError:  # the client went away (e.g. it timed out during a simulated delay)
-            self.close_connection = True

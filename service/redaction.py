@@ -1,0 +1,33 @@
+"""Masking of personal data in text that goes into API errors and logs.
+
+Shared by ``service.commercetools.errors`` and ``service.dotdigital.errors``: both mask email addresses the
+same way and keep the same kind of excerpt of a response body (white space folded, masked, at most
+``EXCERPT_LIMIT`` characters). What else each masks (secrets, phone numbers) stays in its own module.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+__all__ = ["EMAIL_RE", "EXCERPT_LIMIT", "as_text", "excerpt", "mask_emails"]
+
+#: Longest excerpt of a response body an error carries (the last character is "…" when cut).
+EXCERPT_LIMIT = 500
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def mask_emails(text: str) -> str:
+    """Replace every email address in ``text`` by ``<email>``."""
+    return EMAIL_RE.sub("<email>", text)
+
+
+def as_text(body: bytes | str) -> str:
+    """A response body as text (UTF-8, undecodable bytes replaced)."""
+    return body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+
+
+def excerpt(text: str, mask: Callable[[str], str], limit: int = EXCERPT_LIMIT) -> str:
+    """``text`` with white space folded, masked by ``mask``, and cut to ``limit`` characters ending in "…"."""
+    text = mask(" ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"

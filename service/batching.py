@@ -79,8 +79,10 @@ class ImportTimings:
     def first_poll(self, key: Hashable) -> float:
         return min(self.max_poll, max(self.min_poll, self._estimate.get(key, 2 * self.min_poll)))
 
-    def next_poll(self, previous: float, first: float) -> float:
-        return min(self.max_poll, max(self.min_poll, previous * 1.5 if previous < first else first * 0.25))
+    def next_poll(self, previous: float, first: float, polls: int) -> float:
+        """After an unfinished poll: soon after the estimate was missed, then backing off (x1.5)."""
+        delay = first * 0.25 if polls == 1 else previous * 1.5
+        return min(self.max_poll, max(self.min_poll, delay))
 
     def finished(self, key: Hashable, elapsed: float, polls: int) -> None:
         """Record an import that was seen finished after ``elapsed`` seconds and ``polls`` polls."""
@@ -175,7 +177,7 @@ async def poll_import(ctx: BulkContext, key: Hashable, fetch: Callable[[], Await
             return report
         if elapsed > ctx.timeout_seconds:
             raise DotdigitalError(f"{what} still running after {elapsed:.0f}s", code="IMPORT_TIMEOUT", retryable=True)
-        delay = ctx.timings.next_poll(delay, first)
+        delay = ctx.timings.next_poll(delay, first, polls)
 
 
 # ---------------------------------------------------------------------------------------------------

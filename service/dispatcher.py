@@ -35,13 +35,14 @@ from dataclasses import replace
 from typing import Mapping
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service import outbox
 from service.batching import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
 from service.config import AccountConfig, DispatcherConfig, Settings
-from service.consent_state import record_channel_statuses
+from service.consent_state import apply_channel_statuses
 from service.delivery import HANDLERS, DeliveryContext
 from service.db.engine import is_sqlite, utcnow
 from service.db.models import Contact
@@ -87,6 +88,61 @@ class DotdigitalClients:
         self._clients.clear()
 
 
+_UNSET = object()
+
+
+class _NotStarted(Exception):
+    """A message claimed ahead whose call had not begun when the dispatcher began to stop."""
+
+
+class _Settler:
+    """Records the outcomes of single deliveries in shared transactions (one commit, one fsync, for all
+    the outcomes that are waiting), and answers each after the commit whether its lease was still held."""
+
+    def __init__(self, engine: Engine, worker_id: str):
+        self.engine = engine
+        self.worker_id = worker_id
+        self._queue: list[tuple[outbox.Outcome, asyncio.Future]] = []
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+
+    async def submit(self, outcome: outbox.Outcome) -> bool:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="outbox-settler")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((outcome, future))
+        self._kick.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._kick.clear()
+                await self._kick.wait()
+                continue
+            batch, self._queue = self._queue[:500], self._queue[500:]
+            try:
+                owned = await asyncio.to_thread(outbox.settle, self.engine, [o for o, _ in batch],
+                                                worker=self.worker_id)
+                self.batches += 1
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for outcome, future in batch:
+                if not future.done():
+                    future.set_result(outcome.msg.id in owned)
+
+    async def close(self) -> None:
+        while self._queue and self._task is not None and not self._task.done():
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 class Dispatcher:
     def __init__(self, engine: Engine, settings: Settings, clients: DotdigitalClients, hooks: Hooks,
                  *, worker_id: str | None = None):
@@ -109,6 +165,7 @@ class Dispatcher:
         self._heartbeat: asyncio.Task | None = None
         self._listener: OutboxListener | None = None
         self.import_timings = ImportTimings(self.cfg.bulk_poll_min_seconds, self.cfg.bulk_poll_max_seconds)
+        self._settler = _Settler(engine, self.worker_id)
         #: counters for observability and tests
         self.stats: dict[str, int] = defaultdict(int)
 
@@ -141,6 +198,7 @@ class Dispatcher:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self._settler.close()
         released = await asyncio.to_thread(outbox.release_leases, self.engine, worker=self.worker_id)
         if released:
             log.info("released %d lease(s) on shutdown", released)
@@ -178,24 +236,39 @@ class Dispatcher:
                     await asyncio.to_thread(outbox.rescue_expired, self.engine)
                     last_rescue = time.monotonic()
                 paused = self.budget.paused_accounts()
-                if self._bulk_mode_possible():
+                # One "now" for the backlog check and both claims: a message falling due in between
+                # waits for the next round's check rather than slipping into the single-call path.
+                now = utcnow()
+                bulk_mode = False
+                if self.cfg.batching and BULK_HANDLERS:
                     backlog = await asyncio.to_thread(outbox.due_backlog, self.engine,
-                                                      cap=self.cfg.bulk_backlog_threshold)
-                    if backlog >= self.cfg.bulk_backlog_threshold:
+                                                      cap=self.cfg.bulk_backlog_threshold, now=now)
+                    bulk_mode = backlog >= self.cfg.bulk_backlog_threshold
+                    if bulk_mode and len(self._bulk_tasks) < self.cfg.bulk_max_active_imports:
                         claimed = await asyncio.to_thread(
                             outbox.claim, self.engine, worker=self.worker_id, limit=self.cfg.bulk_max_batch,
-                            lease_seconds=self.cfg.lease_seconds, kinds=tuple(BULK_HANDLERS),
+                            lease_seconds=self.cfg.lease_seconds, kinds=tuple(BULK_HANDLERS), now=now,
                             accounts_excluded=paused, coalesce=coalesce_bulk,
                         )
                         progressed |= self._dispatch_bulk(self._without_orphans(claimed))
-                free = self.cfg.concurrency - len(self._tasks)
-                if free > 0:
+                # Up to `concurrency` calls run at once; as many claimed messages again wait for a slot (or
+                # have called and wait for their outcome to be recorded), so a slot that frees up is
+                # refilled at once rather than after the next claim's round trip.
+                free = 2 * self.cfg.concurrency - len(self._tasks)
+                # Under backlog, kinds that have a bulk import wait for the next import instead of going one
+                # by one next to it (each single call would cost as much as a whole import).
+                single_kinds = tuple(k for k in HANDLERS if k not in BULK_HANDLERS) if bulk_mode else None
+                if free > 0 and single_kinds != ():
                     claimed = await asyncio.to_thread(
                         outbox.claim, self.engine, worker=self.worker_id, limit=min(free, self.cfg.batch_size),
                         lease_seconds=self.cfg.lease_seconds, accounts_excluded=paused, coalesce=coalesce_single,
+                        now=now, kinds=single_kinds,
                     )
-                    for msg in self._without_orphans(claimed):
-                        self._spawn_single(msg)
+                    ready = self._without_orphans(claimed)
+                    contacts = await asyncio.to_thread(self._load_contacts,
+                                                       {m.contact_id for m in ready if m.contact_id is not None})
+                    for msg in ready:
+                        self._spawn_single(msg, contacts.get(msg.contact_id) if msg.contact_id is not None else None)
                     progressed |= len(claimed) == min(free, self.cfg.batch_size)
             except Exception:
                 log.exception("outbox claim failed; retrying shortly")
@@ -203,15 +276,13 @@ class Dispatcher:
             if progressed:
                 await asyncio.sleep(0)  # more may be waiting: claim again straight away
                 continue
+            if self._stopping:
+                break  # stop() may have set the wake-up while we were claiming
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.poll_interval_seconds)
             except asyncio.TimeoutError:
                 pass
-
-    def _bulk_mode_possible(self) -> bool:
-        return (self.cfg.batching and bool(BULK_HANDLERS)
-                and len(self._bulk_tasks) < self.cfg.bulk_max_active_imports)
 
     def _without_orphans(self, claimed: list[outbox.ClaimedMessage]) -> list[outbox.ClaimedMessage]:
         """Messages a dead worker left in a running bulk import wait for that import to end first."""
@@ -253,8 +324,8 @@ class Dispatcher:
             for msg in ready:
                 self._spawn_single(msg)
 
-    def _spawn_single(self, msg: outbox.ClaimedMessage) -> None:
-        task = asyncio.create_task(self._deliver_guarded(msg), name=f"deliver-{msg.id}")
+    def _spawn_single(self, msg: outbox.ClaimedMessage, contact=_UNSET) -> None:
+        task = asyncio.create_task(self._deliver_guarded(msg, contact), name=f"deliver-{msg.id}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -281,25 +352,26 @@ class Dispatcher:
             task.add_done_callback(self._task_done)
         return len(claimed) >= self.cfg.bulk_min_batch
 
-    async def _deliver_guarded(self, msg: outbox.ClaimedMessage) -> None:
+    async def _deliver_guarded(self, msg: outbox.ClaimedMessage, contact=_UNSET) -> None:
         try:
-            async with self._slots:
-                await self.deliver(msg)
+            await self.deliver(msg, contact)
+        except _NotStarted:
+            pass
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unexpected error delivering message %s", msg.id)
 
     # -- single delivery ------------------------------------------------------------------------
-    async def deliver(self, msg: outbox.ClaimedMessage) -> None:
+    async def deliver(self, msg: outbox.ClaimedMessage, contact=_UNSET) -> None:
+        """Deliver one message with its kind's single-record call. ``contact``: the message's contact if
+        the caller loaded it already (``None`` for none), else it is loaded here."""
         started = utcnow()
         paused = self.budget.paused_for(msg.account)
         if paused > 0:
-            await asyncio.to_thread(
-                outbox.mark_retry, self.engine, msg, worker=self.worker_id, started_at=started,
-                delay_seconds=paused, response_code=None, error="account throttled; waiting for rate-limit reset",
-                count_attempt=False,
-            )
+            await self._settler.submit(outbox.Outcome(
+                msg, "retry", None, "account throttled; waiting for rate-limit reset", delay_seconds=paused,
+                count_attempt=False, started_at=started))
             return
         attempt = msg.attempts + 1
         with tracer.start_as_current_span(
@@ -311,19 +383,27 @@ class Dispatcher:
             },
         ) as span:
             t0 = time.perf_counter()
-            outcome = await self._attempt(msg, started, attempt, span)
+            outcome = await self._attempt(msg, started, attempt, span, contact)
             attempts_counter.add(1, {"outcome": outcome, "kind": msg.kind})
             delivery_duration.record(time.perf_counter() - t0, {"outcome": outcome, "kind": msg.kind})
             self.stats[f"single_{outcome}"] += 1
 
-    async def _attempt(self, msg: outbox.ClaimedMessage, started, attempt: int, span) -> str:
+    async def _attempt(self, msg: outbox.ClaimedMessage, started, attempt: int, span, contact=_UNSET) -> str:
         try:
             handle = HANDLERS.get(msg.kind)
             if handle is None:
                 raise ValueError(f"no delivery handler for outbox message kind {msg.kind!r}")
-            contact = await asyncio.to_thread(self._load_contact, msg.contact_id)
+            if contact is _UNSET:
+                contact = await asyncio.to_thread(self._load_contact, msg.contact_id)
+            elif contact is None and msg.contact_id is not None:
+                raise LookupError(f"contact {msg.contact_id} not found")
             ctx = DeliveryContext(msg=msg, contact=contact, client=self.clients.get(msg.account), settings=self.settings)
-            result = await handle(ctx)
+            async with self._slots:  # only the call itself holds one of the `concurrency` slots
+                if self._stopping:
+                    raise _NotStarted()  # claimed ahead but not begun: released on shutdown
+                result = await handle(ctx)
+        except _NotStarted:
+            raise
         except DotdigitalError as exc:
             span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
             span.set_attribute("error.type", exc.code or type(exc).__name__)
@@ -340,12 +420,14 @@ class Dispatcher:
                                       retryable=not isinstance(exc, (ValueError, LookupError)), retry_after=None,
                                       throttled=False)
         span.set_attribute("http.response.status_code", result.status_code)
-        delivered = await asyncio.to_thread(
-            outbox.mark_delivered, self.engine, msg, worker=self.worker_id, started_at=started,
-            response_code=result.status_code, dotdigital_contact_id=result.dotdigital_contact_id,
-        )
-        if delivered and result.channel_statuses and msg.contact_id is not None:
-            await asyncio.to_thread(record_channel_statuses, self.engine, msg.contact_id, result.channel_statuses)
+        on_delivered = None
+        if result.channel_statuses and msg.contact_id is not None:
+            on_delivered = _channel_status_recorder(msg.contact_id, dict(result.channel_statuses))
+        delivered = await self._settler.submit(outbox.Outcome(
+            msg, "delivered", result.status_code, dotdigital_contact_id=result.dotdigital_contact_id,
+            started_at=started, on_delivered=on_delivered))
+        if not delivered:
+            log.warning("message %s: lease lost before delivery was recorded", msg.id)
         if delivered:
             log.info("delivered message %s (%s, partition %s seq %s, attempt %d) -> HTTP %s", msg.id, msg.kind,
                      msg.partition_key, msg.sequence, attempt, result.status_code)
@@ -381,19 +463,14 @@ class Dispatcher:
             delay = self._retry_delay(attempt, retry_after)
             if throttled:
                 self.budget.pause(msg.account, delay)
-            await asyncio.to_thread(
-                outbox.mark_retry, self.engine, msg, worker=self.worker_id, started_at=started,
-                delay_seconds=delay, response_code=status_code, error=reason,
-            )
+            await self._settler.submit(outbox.Outcome(msg, "retry", status_code, reason, delay_seconds=delay,
+                                                      started_at=started))
             log.warning("message %s attempt %d failed (%s); retrying in %.2fs", msg.id, attempt, reason, delay)
             self._notify(msg, "retry", attempt, status_code, reason)
             return "retry"
         if retryable:
             reason = f"gave up after {attempt} attempts: {reason}"
-        await asyncio.to_thread(
-            outbox.mark_dead, self.engine, msg, worker=self.worker_id, started_at=started,
-            response_code=status_code, error=reason,
-        )
+        await self._settler.submit(outbox.Outcome(msg, "dead", status_code, reason, started_at=started))
         log.error("message %s dead-lettered (record %s/%s, HTTP %s): %s", msg.id, msg.record_type, msg.record_id,
                   status_code, reason)
         self._notify(msg, "dead", attempt, status_code, reason)
@@ -497,6 +574,20 @@ class Dispatcher:
             DeliveryOutcome(message_id=msg.id, kind=msg.kind, outcome=outcome, attempt=attempt, response_code=code,
                             error=error, record_type=msg.record_type, record_id=msg.record_id),
         )
+
+
+def _channel_status_recorder(contact_id: int, statuses: dict):
+    """Record the channel statuses a response reported, in the transaction that settles the message."""
+
+    def record(conn) -> None:
+        with Session(bind=conn) as session:
+            contact = session.execute(
+                select(Contact).where(Contact.id == contact_id).with_for_update()).scalar_one_or_none()
+            if contact is not None:
+                apply_channel_statuses(session, contact, statuses)
+                session.flush()
+
+    return record
 
 
 def _links(msg: outbox.ClaimedMessage) -> list:

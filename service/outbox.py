@@ -29,7 +29,7 @@ import logging
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -213,6 +213,11 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         )
     )
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Walk the pending rows in claim order (partial index on priority, id) and stop after `limit`
+            # heads, whatever the statistics say: sorting every pending row first makes a claim cost
+            # grow with the backlog.
+            conn.exec_driver_sql("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
         rows = conn.execute(stmt).all()
         claimed = [ClaimedMessage(**row._mapping, merged_ids=_merged_ids(row.payload)) for row in rows]
         if coalesce and claimed:
@@ -518,9 +523,14 @@ class Outcome:
     delay_seconds: float = 0.0
     count_attempt: bool = True
     dotdigital_contact_id: int | None = None
+    #: when the attempt started (default: the batch's ``started_at``)
+    started_at: datetime | None = None
+    #: run inside the settling transaction when the message was still ours and is now delivered (e.g. to
+    #: record what the response said about the contact in the same commit)
+    on_delivered: Callable[[Any], None] | None = None
 
 
-def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: datetime) -> set[int]:
+def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: datetime | None = None) -> set[int]:
     """Record the outcomes of a batch in one transaction; returns the ids whose lease was still held.
 
     The same rules as :func:`mark_delivered`, :func:`mark_retry` and :func:`mark_dead`, with set-wise
@@ -555,8 +565,8 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                 )
             )
             _settle_merged(conn, group, OutboxStatus.DELIVERED, now=now, response_code=code)
-        learnt = [{"cid": o.msg.contact_id, "dd": o.dotdigital_contact_id} for o in delivered
-                  if o.dotdigital_contact_id is not None and o.msg.contact_id is not None]
+        learnt = [{"cid": o.msg.contact_id, "dd": o.dotdigital_contact_id} for o in mine
+                  if o.outcome != "retry" and o.dotdigital_contact_id is not None and o.msg.contact_id is not None]
         if learnt:
             conn.execute(
                 sa.update(CT).where(CT.c.id == sa.bindparam("cid"))
@@ -591,11 +601,15 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                                    error=f"merged into message {o.msg.id}: {o.error}"[:2000])
         attempts = [
             dict(message_id=o.msg.id, attempt=o.msg.attempts + 1, outcome=o.outcome, response_code=o.response_code,
-                 error=(o.error or None) and o.error[:2000], worker=worker, started_at=started_at, finished_at=now)
+                 error=(o.error or None) and o.error[:2000], worker=worker,
+                 started_at=o.started_at or started_at or now, finished_at=now)
             for o in mine if o.outcome != "retry" or o.count_attempt
         ]
         if attempts:
             conn.execute(sa.insert(DA), attempts)
+        for o in delivered:
+            if o.on_delivered is not None:
+                o.on_delivered(conn)
     return owned
 
 

@@ -9,7 +9,9 @@ headers, so the budget is visible *before* the wall:
   them;
 - below that, calls are spaced evenly over the time left until the reset,
   ``interval = seconds_to_reset / (remaining - reserve)``, so the budget lasts until it refills;
-- with ``reserve`` calls or fewer left, calls wait for the reset;
+- with ``reserve`` calls or fewer left, calls wait for the reset and then go at the sustainable rate
+  (limit per window, the window being the longest ``X-RateLimit-Reset`` seen) until an answer shows the
+  refill;
 - a 429 (or ``ERROR_APIUSAGE_EXCEEDED``, reported by the dispatcher) pauses the whole account until the
   reset / ``Retry-After``.
 
@@ -44,6 +46,7 @@ class _AccountState:
     next_slot: float = 0.0
     paused_until: float = 0.0
     in_flight: int = 0
+    window: float = 0.0  # longest X-RateLimit-Reset seen: the length of the limit's window
     waits: int = 0  # calls that were paced (for metrics and tests)
     waited_seconds: float = 0.0
 
@@ -116,8 +119,9 @@ class RateBudget:
             if remaining <= st.limit * self.burst_fraction:
                 to_reset = st.reset_at - now
                 if remaining <= self.reserve:
-                    # wait for the refill, then go at the sustainable rate (the limits are per minute)
-                    interval = 60.0 / st.limit
+                    # wait for the refill, then go at the sustainable rate (limit per window) until the
+                    # next answer tells how much the refill gave
+                    interval = (st.window or 60.0) / st.limit
                     slot = max(now + wait, st.next_slot, st.reset_at)
                 else:
                     interval = to_reset / (remaining - self.reserve)
@@ -159,6 +163,7 @@ class RateBudget:
             st.remaining = max(0, int(remaining) - st.in_flight)
             if reset_in is not None:
                 st.reset_at = now + reset_in
+                st.window = max(st.window, reset_in)
             if st.remaining > st.limit * self.burst_fraction:
                 st.next_slot = 0.0  # plenty left (e.g. the window refilled): no pacing
         if status_code == 429:
@@ -169,20 +174,36 @@ class RateBudget:
 
 
 class BudgetTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that paces each call through a :class:`RateBudget` and observes the answer."""
+    """An httpx transport that paces each call through a :class:`RateBudget` and observes the answer.
 
-    def __init__(self, budget: RateBudget, account: str, inner: httpx.AsyncBaseTransport | None = None):
+    Connections are spread over several small pools (``shards`` x ``shard_connections``), each call going
+    to the pool with the fewest calls in progress: httpcore scans every pooled connection (a socket poll
+    each) whenever a request starts or ends, so one pool of many keep-alive connections costs more CPU
+    per call than the call itself at a few hundred calls per second.
+    """
+
+    def __init__(self, budget: RateBudget, account: str, inner: httpx.AsyncBaseTransport | None = None, *,
+                 shards: int = 8, shard_connections: int = 8):
         self.budget = budget
         self.account = account
-        self._inner = inner or httpx.AsyncHTTPTransport()
+        if inner is not None:
+            self._pools = [inner]
+        else:
+            limits = httpx.Limits(max_connections=shard_connections, max_keepalive_connections=shard_connections)
+            self._pools = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(max(1, shards))]
+        self._busy = [0] * len(self._pools)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self.budget.acquire(self.account)
+        shard = min(range(len(self._pools)), key=self._busy.__getitem__)
+        self._busy[shard] += 1
         try:
-            response = await self._inner.handle_async_request(request)
+            response = await self._pools[shard].handle_async_request(request)
         except BaseException:
             self.budget.release(self.account)
             raise
+        finally:
+            self._busy[shard] -= 1
         status = response.status_code
         if status == 429 and request.method == "PUT" and request.url.path.rstrip("/").endswith("/import"):
             # "too many active imports" (reference §2): a limit on concurrent imports, not on the call
@@ -192,4 +213,5 @@ class BudgetTransport(httpx.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        for pool in self._pools:
+            await pool.aclose()

@@ -145,3 +145,38 @@ def test_import_timings_learn_when_to_poll():
     t.finished("k", 3.0, polls=1)  # done at the first poll: try a bit earlier next time
     assert t.first_poll("k") == pytest.approx(2.55)
     assert asyncio.iscoroutinefunction(Dispatcher.deliver_bulk)
+
+
+async def test_a_backlog_of_insight_records_goes_out_as_an_insight_import(service_factory, database_url, sandbox):
+    """TrackEvent's records of known contacts (``insight.upsert``) travel in one ``PUT /insightData/v3/import``
+    under backlog, and every record lands with its contact."""
+    from ctdd.sync.v1 import sync_service_pb2 as pb
+
+    settings = make_settings(database_url, sandbox, **BULK)
+    svc = await service_factory(settings)
+    for i in range(12):
+        await svc.stub.SyncContact(contact_request(email=f"ins{i}@example.com", first_name=f"I{i}"))
+    await wait_for(lambda: _settled(svc), what="contacts created")
+    await svc.app.dispatcher.stop(drain_seconds=1)
+    sandbox.reset_requests()
+    sandbox.import_delay_seconds = 0.1
+    for i in range(12):
+        event = pb.BehaviouralEvent(event_id=f"ev-{i}", identity=pb.ContactIdentity(email=f"ins{i}@example.com"),
+                                    product_viewed=pb.ProductViewed(product_id=f"prod-{i}", sku=f"SKU-{i}"))
+        event.occurred_at.FromJsonString("2026-11-02T10:00:00Z")
+        await svc.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", behavioural_event=event))
+    kinds = {r["kind"] for r in outbox_rows(svc) if r["status"] == "pending"}
+    assert kinds == {"insight.upsert"}
+
+    dispatcher = await _start_dispatcher(svc, settings)
+    try:
+        await wait_for(lambda: _settled(svc), timeout=20, what="insight import")
+    finally:
+        await dispatcher.stop(drain_seconds=1)
+    imports = [r for r in sandbox.requests if r.method == "PUT" and r.path == "/insightData/v3/import"]
+    assert len(imports) == 1 and len(imports[0].json["records"]) == 12
+    assert not [r for r in sandbox.requests if r.method == "PUT" and "/insightData/v3/contacts/" in r.path]
+    assert all(r["status"] == "delivered" for r in outbox_rows(svc))
+    for i in (0, 11):
+        records = sandbox.insight_records(imports[0].json["collectionName"], contact_email=f"ins{i}@example.com")
+        assert f"prod-{i}" in records

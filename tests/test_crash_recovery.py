@@ -145,7 +145,9 @@ async def test_kill_mid_flight_and_restart_loses_nothing_and_resends_only_what_w
     assert set(sent) == set(range(1, total + 1)) or len(sent) == total
     resent = {mid: reqs for mid, reqs in sent.items() if len(reqs) > 1}
     assert not (set(resent) & delivered_before_kill)
-    assert len(resent) <= CONCURRENCY
+    # At most the calls on the wire (CONCURRENCY) plus the answered ones whose outcome was waiting for its
+    # shared commit (the dispatcher records outcomes in batches; it holds at most 2 x CONCURRENCY messages).
+    assert len(resent) <= 2 * CONCURRENCY
     for reqs in resent.values():
         assert len({repr(r.json) for r in reqs}) == 1
 

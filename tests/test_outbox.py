@@ -84,3 +84,43 @@ def test_one_in_flight_message_per_partition_is_enforced_by_the_database(engine)
     with pytest.raises(sa.exc.IntegrityError):
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE outbox_message SET status = 'in_flight'"))
+
+
+def test_coalescing_merges_only_unclaimed_upserts_up_to_another_kind(engine):
+    from service.db.models import FieldState
+
+    a, b = _contact(engine), _contact(engine)
+    with Session(engine) as s, s.begin():
+        def put(cid, kind, payload):
+            return outbox.enqueue(s, contact_id=cid, account="acc", kind=kind, payload=payload,
+                                  ref=outbox.RecordRef("uk", "customer", f"c{cid}", 1))
+        a1 = put(a, "contact.upsert", {"body": {"dataFields": {"A": 1, "B": 1}}})
+        a2 = put(a, "contact.upsert", {"body": {"dataFields": {"B": 2}, "lists": [3]}})
+        a3 = put(a, "insight.upsert", {"collection": "Orders", "record_id": "o1", "record": {}})
+        a4 = put(a, "contact.upsert", {"body": {"dataFields": {"B": 4}}})
+        s.add(FieldState(contact_id=a, field="dataFields.B", value=2, message_id=a2, updated_at=utcnow()))
+        b1 = put(b, "contact.upsert", {"body": {"dataFields": {"X": 1}}})
+    # b's head is in flight (another worker) when a later upsert of b arrives
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_message SET status='in_flight', lease_owner='w2', "
+                             "lease_expires_at=:t WHERE id=:i"), {"t": utcnow() + timedelta(seconds=30), "i": b1})
+    with Session(engine) as s, s.begin():
+        b2 = outbox.enqueue(s, contact_id=b, account="acc", kind="contact.upsert",
+                            payload={"body": {"dataFields": {"X": 2}}}, ref=outbox.RecordRef("uk"))
+
+    claimed = outbox.claim(engine, worker="w", limit=10, lease_seconds=30, coalesce=True)
+    assert [m.id for m in claimed] == [a1]  # b2 waits behind b1 (in flight): nothing merged into b1
+    head = claimed[0]
+    assert head.merged_ids == (a2,)  # stops at the insight record a3; a4 stays behind it
+    assert head.payload["body"] == {"dataFields": {"A": 1, "B": 2}, "lists": [3]}
+    assert head.payload["merged"][0]["record_id"] == f"c{a}"
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.text("SELECT id, status, merged_into FROM outbox_message"))}
+    assert (rows[a2].status, rows[a2].merged_into) == ("merged", a1)
+    assert rows[a3].status == rows[a4].status == rows[b2].status == "pending"
+
+    # the merged message takes its head's fate: dead, and its field values are forgotten
+    outbox.mark_dead(engine, head, worker="w", started_at=utcnow(), response_code=400, error="bad")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM outbox_message WHERE id=:i"), {"i": a2}).scalar_one() == "dead"
+        assert conn.execute(sa.text("SELECT count(*) FROM field_state WHERE message_id=:i"), {"i": a2}).scalar_one() == 0

@@ -174,14 +174,14 @@ def test_heartbeat_keeps_a_lease_and_the_rescuer_takes_back_only_expired_ones(en
 
 @pytest.mark.postgres
 async def test_a_slow_delivery_keeps_its_lease_while_another_worker_rescues(service_factory, pg_url, sandbox):
-    """Lease 1 s, a call taking 2 s, two dispatchers rescuing every second: the heartbeat keeps the message
+    """Lease 1.5 s, a call taking 3 s, two dispatchers rescuing every second: the heartbeat keeps the message
     with its worker, so it is sent exactly once."""
-    settings = make_settings(pg_url, sandbox, lease_seconds=1.0, heartbeat_seconds=0.2, concurrency=2)
+    settings = make_settings(pg_url, sandbox, lease_seconds=1.5, heartbeat_seconds=0.2, concurrency=2)
     svc = await service_factory(settings)
     other = Dispatcher(svc.engine, settings, svc.app.clients, svc.app.hooks, worker_id="other")
     other.start()
     try:
-        sandbox.set_latency(2.0)
+        sandbox.set_latency(3.0)
         await svc.stub.SyncContact(contact_request(email="slow@example.com", first_name="S"))
         await wait_for(lambda: outbox_rows(svc)[0]["status"] == "delivered", timeout=10, what="slow delivery")
     finally:

@@ -29,6 +29,9 @@ async def test_spans_link_delivery_attempts_to_the_rpc(service_factory, sqlite_u
     sandbox.inject_fault(status=503, times=1, path_contains="/contacts/v3/")
     await svc.stub.SyncContact(contact_request(email="otel@example.com", first_name="O"))
     await wait_for(lambda: all_settled(svc), what="delivery")
+    # the delivery span ends once the outcome is recorded, which may be just after the row says delivered
+    await wait_for(lambda: len([s for s in EXPORTER.get_finished_spans() if s.name == "deliver contact.upsert"]) >= 2,
+                   what="delivery spans")
 
     spans = EXPORTER.get_finished_spans()
     [rpc] = [s for s in spans if s.name == "SyncContact"]

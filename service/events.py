@@ -145,24 +145,18 @@ class EventProcessor:
                                       source=SourceStamp(modified_at=event.occurred_at))
         mapped, suppression = self.contact_sync.map_contact(identity_input)
 
-        def unit(session: Session) -> NotificationOutcome:
-            outcome.reset()  # a unit may be re-run after a lost uniqueness race
-            if session.get(ProcessedEvent, key) is not None:
-                outcome.outcome = DUPLICATE
-                return outcome
+        def body(session: Session) -> None:
             if version is not None and not self._advance_version(
                 session, store.commercetools_project, outcome.resource_type, record_id, int(version)
             ):
-                self._mark_processed(session, store, key, outcome, STALE)
                 outcome.outcome, outcome.reason = STALE, f"cart version {version} is not newer than the last applied"
-                return outcome
+                return
             try:
                 result = self.contact_sync.apply(session, identity_input, dict(mapped), list(suppression),
                                                  priority=priority)
             except NewContactNeedsAddress:
-                self._mark_processed(session, store, key, outcome, IGNORED)
                 outcome.outcome, outcome.reason = IGNORED, "unknown contact and no email or mobile number to create one"
-                return outcome
+                return
             outcome.contact_id = result.contact_id
             outcome.outbox_message_ids = list(result.outbox_message_ids)
             if not result.suppression_reasons:
@@ -171,10 +165,8 @@ class EventProcessor:
                                             priority)
                 if mid:
                     outcome.outbox_message_ids.append(mid)
-            self._mark_processed(session, store, key, outcome, APPLIED)
-            return outcome
 
-        return await self.transactions.run(unit)
+        return await self._apply_once(store, key, outcome, body)
 
     # -- notifications ------------------------------------------------------------------------
     async def _process(self, store: StoreConfig, n: Notification, priority: int) -> NotificationOutcome:
@@ -248,28 +240,20 @@ class EventProcessor:
         mapped, suppression = self.contact_sync.map_contact(contact)
         version = int(customer.get("version") or n.resource_version or 0)
 
-        def unit(session: Session) -> NotificationOutcome:
-            outcome.reset()  # a unit may be re-run after a lost uniqueness race
-            if session.get(ProcessedEvent, n.dedupe_key) is not None:
-                outcome.outcome = DUPLICATE
-                return outcome
+        def body(session: Session) -> None:
             if not self._advance_version(session, store.commercetools_project, "customer", n.resource_id, version):
-                self._mark_processed(session, store, n.dedupe_key, outcome, STALE)
                 outcome.outcome, outcome.reason = STALE, f"customer version {version} already applied"
-                return outcome
+                return
             try:
                 result = self.contact_sync.apply(session, contact, dict(mapped), list(suppression), priority=priority)
             except NewContactNeedsAddress:
-                self._mark_processed(session, store, n.dedupe_key, outcome, IGNORED)
                 outcome.outcome, outcome.reason = IGNORED, "customer has no email address or mobile number"
-                return outcome
+                return
             self._set_state_contact(session, store, "customer", n.resource_id, result.contact_id)
             outcome.contact_id = result.contact_id
             outcome.outbox_message_ids = list(result.outbox_message_ids)
-            self._mark_processed(session, store, n.dedupe_key, outcome, APPLIED)
-            return outcome
 
-        return await self.transactions.run(unit)
+        return await self._apply_once(store, n.dedupe_key, outcome, body)
 
     async def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
                                 priority: int) -> NotificationOutcome:
@@ -278,19 +262,14 @@ class EventProcessor:
 
         policy = store.on_customer_deleted
 
-        def unit(session: Session) -> NotificationOutcome:
-            outcome.reset()  # a unit may be re-run after a lost uniqueness race
-            if session.get(ProcessedEvent, n.dedupe_key) is not None:
-                outcome.outcome = DUPLICATE
-                return outcome
+        def body(session: Session) -> None:
             ident = session.execute(sa.select(ContactIdentifier).where(
                 ContactIdentifier.account == store.account, ContactIdentifier.kind == "customer_id",
                 ContactIdentifier.value == customer_key(store.commercetools_project, n.resource_id),
             )).scalar_one_or_none()
             if ident is None:
-                self._mark_processed(session, store, n.dedupe_key, outcome, IGNORED)
                 outcome.outcome, outcome.reason = IGNORED, "customer was never synced"
-                return outcome
+                return
             contact = session.get(Contact, ident.contact_id)
             outcome.contact_id = contact.id
             # The customer id no longer exists: it must not resolve to this contact any more.
@@ -312,10 +291,8 @@ class EventProcessor:
                 )
                 outcome.outbox_message_ids.append(mid)
             outcome.reason = f"customer deleted: {policy}"
-            self._mark_processed(session, store, n.dedupe_key, outcome, APPLIED)
-            return outcome
 
-        return await self.transactions.run(unit)
+        return await self._apply_once(store, n.dedupe_key, outcome, body)
 
     # -- orders -------------------------------------------------------------------------------
     async def _payment(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
@@ -381,16 +358,11 @@ class EventProcessor:
         version = int(order.get("version") or n.resource_version or 0)
         source = SourceStamp("order", str(order["id"]), version, parse_ts(order.get("lastModifiedAt")))
 
-        def unit(session: Session) -> NotificationOutcome:
-            outcome.reset()  # a unit may be re-run after a lost uniqueness race
-            if session.get(ProcessedEvent, n.dedupe_key) is not None:
-                outcome.outcome = DUPLICATE
-                return outcome
+        def body(session: Session) -> None:
             advanced = self._advance_version(session, store.commercetools_project, "order", str(order["id"]), version)
             if not advanced and not force:
-                self._mark_processed(session, store, n.dedupe_key, outcome, STALE)
                 outcome.outcome, outcome.reason = STALE, f"order version {version} already applied"
-                return outcome
+                return
             # A known customer keeps its own email: an order placed with another address must not move it.
             ident = identity
             if identity.customer_id and self.contact_sync.known_customer(session, store.key, identity.customer_id):
@@ -401,9 +373,8 @@ class EventProcessor:
                 first = self.contact_sync.apply(session, identity_input, identity_mapped,
                                                 identity_suppression, priority=priority)
             except NewContactNeedsAddress:
-                self._mark_processed(session, store, n.dedupe_key, outcome, IGNORED)
                 outcome.outcome, outcome.reason = IGNORED, "order's customer is unknown and the order has no email"
-                return outcome
+                return
             contact_id = first.contact_id
             outcome.contact_id = contact_id
             outcome.outbox_message_ids.extend(first.outbox_message_ids)
@@ -418,10 +389,8 @@ class EventProcessor:
                                             source, priority)
                 if mid:
                     outcome.outbox_message_ids.append(mid)
-            self._mark_processed(session, store, n.dedupe_key, outcome, APPLIED)
-            return outcome
 
-        return await self.transactions.run(unit)
+        return await self._apply_once(store, n.dedupe_key, outcome, body)
 
     def _upsert_summary(self, session: Session, store: StoreConfig, order_id: str, contact_id: int,
                         values: dict[str, Any]) -> None:
@@ -487,24 +456,34 @@ class EventProcessor:
         if state is not None:
             state.contact_id = contact_id
 
-    def _mark_processed(self, session: Session, store: StoreConfig, key: str, outcome: NotificationOutcome,
-                        result: str) -> None:
-        session.add(ProcessedEvent(dedupe_key=key, store_key=store.key, resource_type=outcome.resource_type or None,
-                                   resource_id=outcome.resource_id or None, outcome=result, processed_at=utcnow()))
-        session.flush()
+    async def _apply_once(self, store: StoreConfig, key: str, outcome: NotificationOutcome,
+                          body: Callable[[Session], None]) -> NotificationOutcome:
+        """Run ``body`` at most once per dedupe ``key``, in one transaction with the dedupe record.
 
-    async def _finish_ignored(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
-                              reason: str) -> NotificationOutcome:
+        ``body`` sets ``outcome`` (applied by default; stale or ignored with a reason); the dedupe record keeps
+        that outcome. The unit resets ``outcome`` first, since it may be re-run after a lost uniqueness race.
+        """
         def unit(session: Session) -> NotificationOutcome:
-            outcome.reset()  # a unit may be re-run after a lost uniqueness race
-            if session.get(ProcessedEvent, n.dedupe_key) is not None:
-                outcome.outcome = DUPLICATE
+            outcome.reset()
+            if session.get(ProcessedEvent, key) is not None:
+                outcome.outcome, outcome.reason = DUPLICATE, "message already processed"
                 return outcome
-            self._mark_processed(session, store, n.dedupe_key, outcome, IGNORED)
-            outcome.outcome, outcome.reason = IGNORED, reason
+            body(session)
+            session.add(ProcessedEvent(dedupe_key=key, store_key=store.key,
+                                       resource_type=outcome.resource_type or None,
+                                       resource_id=outcome.resource_id or None, outcome=outcome.outcome,
+                                       processed_at=utcnow()))
+            session.flush()
             return outcome
 
         return await self.transactions.run(unit)
+
+    async def _finish_ignored(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                              reason: str) -> NotificationOutcome:
+        def body(session: Session) -> None:
+            outcome.outcome, outcome.reason = IGNORED, reason
+
+        return await self._apply_once(store, n.dedupe_key, outcome, body)
 
 
 COLLECTION_TYPES = {

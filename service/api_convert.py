@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from service.config import Settings
-from service.domain.contact import Address, ChannelConsent, ConsentRecord, ContactInput, Identity, SourceStamp
+from service.domain.contact import ChannelConsent, ConsentRecord, ContactInput, Identity, SourceStamp
 from service.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile
 
 MAX_STRING = 1000
@@ -112,6 +112,31 @@ def _address(violations: list[Violation], path: str, msg: pb.Address, attributes
         violations.append(Violation(f"{path}.country", "must be an ISO 3166-1 alpha-2 code"))
 
 
+def _parse_identity(v: list[Violation], path: str, ident: pb.ContactIdentity) -> Identity:
+    """Normalise a ContactIdentity; problems are appended to ``v`` as violations under ``path``."""
+    customer_id = ident.customer_id.strip() or None
+    anonymous_id = ident.anonymous_id.strip() or None
+    email = mobile = None
+    for name, value in (("customer_id", customer_id), ("anonymous_id", anonymous_id)):
+        if value is not None:
+            _check_len(v, f"{path}.{name}", value, 256)
+            if is_junk(value):
+                v.append(Violation(f"{path}.{name}", "placeholder values such as 'null' or '0' are not identifiers"))
+    if ident.email.strip():
+        try:
+            email = normalise_email(ident.email)
+        except InvalidIdentifier as exc:
+            v.append(Violation(f"{path}.email", str(exc)))
+    if ident.mobile_number.strip():
+        try:
+            mobile = normalise_mobile(ident.mobile_number)
+        except InvalidIdentifier as exc:
+            v.append(Violation(f"{path}.mobile_number", str(exc)))
+    if not (customer_id or email or mobile or anonymous_id or ident.email or ident.mobile_number):
+        v.append(Violation(path, "at least one of customer_id, email, mobile_number or anonymous_id is required"))
+    return Identity(customer_id=customer_id, email=email, mobile_number=mobile, anonymous_id=anonymous_id)
+
+
 def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> ContactInput:
     """Validate ``request``; return the domain contact or raise :class:`InvalidRequest`."""
     v: list[Violation] = []
@@ -124,27 +149,7 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
     elif store is None:
         v.append(Violation("store_key", f"unknown store {request.store_key!r}"))
 
-    ident = request.identity
-    customer_id = ident.customer_id.strip() or None
-    anonymous_id = ident.anonymous_id.strip() or None
-    email = mobile = None
-    for name, value in (("customer_id", customer_id), ("anonymous_id", anonymous_id)):
-        if value is not None:
-            _check_len(v, f"identity.{name}", value, 256)
-            if is_junk(value):
-                v.append(Violation(f"identity.{name}", "placeholder values such as 'null' or '0' are not identifiers"))
-    if ident.email.strip():
-        try:
-            email = normalise_email(ident.email)
-        except InvalidIdentifier as exc:
-            v.append(Violation("identity.email", str(exc)))
-    if ident.mobile_number.strip():
-        try:
-            mobile = normalise_mobile(ident.mobile_number)
-        except InvalidIdentifier as exc:
-            v.append(Violation("identity.mobile_number", str(exc)))
-    if not (customer_id or email or mobile or anonymous_id or ident.email or ident.mobile_number):
-        v.append(Violation("identity", "at least one of customer_id, email, mobile_number or anonymous_id is required"))
+    identity = _parse_identity(v, "identity", request.identity)
 
     attributes: dict[str, Any] = {}
     profile = request.profile
@@ -184,9 +189,9 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
     if request.HasField("consent"):
         email_consent = _consent(v, "consent.email", request.consent.email, "email")
         sms_consent = _consent(v, "consent.sms", request.consent.sms, "sms")
-        if sms_consent is not None and sms_consent.status == "subscribed" and not mobile:
+        if sms_consent is not None and sms_consent.status == "subscribed" and not identity.mobile_number:
             v.append(Violation("consent.sms.status", "SMS opt-in requires identity.mobile_number"))
-        if sms_consent is not None and sms_consent.records and not mobile:
+        if sms_consent is not None and sms_consent.records and not identity.mobile_number:
             v.append(Violation("consent.sms.records", "SMS consent records require identity.mobile_number"))
         total = len(email_consent.records if email_consent else ()) + len(sms_consent.records if sms_consent else ())
         if total > MAX_CONSENT_RECORDS:
@@ -229,7 +234,7 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         raise InvalidRequest(v)
     return ContactInput(
         store_key=request.store_key,
-        identity=Identity(customer_id=customer_id, email=email, mobile_number=mobile, anonymous_id=anonymous_id),
+        identity=identity,
         attributes=attributes,
         email_consent=email_consent,
         sms_consent=sms_consent,
@@ -262,21 +267,7 @@ def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_
     if not msg.event_id.strip():
         v.append(Violation("behavioural_event.event_id", "required (it is the deduplication key)"))
     _check_len(v, "behavioural_event.event_id", msg.event_id, 200)
-    ident = msg.identity
-    email = mobile = None
-    if ident.email.strip():
-        try:
-            email = normalise_email(ident.email)
-        except InvalidIdentifier as exc:
-            v.append(Violation("behavioural_event.identity.email", str(exc)))
-    if ident.mobile_number.strip():
-        try:
-            mobile = normalise_mobile(ident.mobile_number)
-        except InvalidIdentifier as exc:
-            v.append(Violation("behavioural_event.identity.mobile_number", str(exc)))
-    customer_id = ident.customer_id.strip() or None
-    if not (customer_id or email or mobile or ident.anonymous_id.strip()):
-        v.append(Violation("behavioural_event.identity", "at least one identifier is required"))
+    identity = _parse_identity(v, "behavioural_event.identity", msg.identity)
     kind = msg.WhichOneof("kind")
     data: dict[str, Any] = {}
     occurred = _ts(msg.occurred_at) if msg.HasField("occurred_at") else None
@@ -313,8 +304,6 @@ def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_
     if v:
         raise InvalidRequest(v)
     return BehaviouralEventInput(
-        event_id=msg.event_id.strip(), kind=kind, identity=Identity(customer_id=customer_id, email=email,
-                                                                  mobile_number=mobile,
-                                                                  anonymous_id=ident.anonymous_id.strip() or None),
+        event_id=msg.event_id.strip(), kind=kind, identity=identity,
         occurred_at=occurred, locale=msg.locale or None, currency=msg.currency or None, data=data,
     )

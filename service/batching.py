@@ -198,6 +198,29 @@ IMPORT_OK = frozenset(s.casefold() for s in ("Finished", "Complete"))
 IMPORT_RETRY = frozenset(s.casefold() for s in ("Failed", "ExceedsAllowedContactLimit", "Unknown"))
 
 
+async def run_import(ctx: BulkContext, chunk: list[tuple[ClaimedMessage, dict]], kind: str, *,
+                     start: Callable[[], Awaitable[str]], status: Callable[[str], Awaitable[Any]],
+                     describe: Callable[[str], str]) -> tuple[Any, str, dict[int, ItemResult] | None]:
+    """Start an import for ``chunk``, record it, poll it to the end.
+
+    Returns the final report, the import's description (for log lines) and, when the import as a whole did not succeed, the result for every message
+    of the chunk (retry the whole import later, or fall back to single calls); ``None`` when it succeeded
+    and the caller reads the per-record outcome from the report.
+    """
+    import_id = await start()
+    await ctx.started(import_id, chunk)
+    what = describe(import_id)
+    log.info("%s started (messages %s..%s)", what, chunk[0][0].id, chunk[-1][0].id)
+    report = await poll_import(ctx, (ctx.msgs[0].account, kind), lambda: status(import_id), import_done, what)
+    final = str(_get(report, "status", ""))
+    if final.casefold() in IMPORT_OK:
+        return report, what, None
+    reason = f"{what} ended with status {final}"
+    if final.casefold() in IMPORT_RETRY:
+        return report, what, {msg.id: ItemResult.retry(reason) for msg, _ in chunk}
+    return report, what, {msg.id: ItemResult.fallback(reason) for msg, _ in chunk}
+
+
 def import_done(report: Any) -> bool:
     done = _get(report, "done")
     return bool(done) if done is not None else str(_get(report, "status", "")).casefold() in IMPORT_DONE
@@ -272,20 +295,14 @@ class ContactsImport:
         for msg, _ in chunk:
             for key in keys[msg.id]:
                 by_key.setdefault(key, msg)
-        import_id = await ctx.client.start_contacts_import([item for _, item in chunk], merge_option="overwrite")
-        await ctx.started(import_id, chunk)
-        what = f"contacts import {import_id} ({len(chunk)} contacts)"
-        log.info("%s started (messages %s..%s)", what, chunk[0][0].id, chunk[-1][0].id)
-        report = await poll_import(
-            ctx, (ctx.msgs[0].account, self.kind), lambda: ctx.client.contacts_import_status(import_id),
-            import_done, what,
+        report, what, failed = await run_import(
+            ctx, chunk, self.kind,
+            start=lambda: ctx.client.start_contacts_import([item for _, item in chunk], merge_option="overwrite"),
+            status=ctx.client.contacts_import_status,
+            describe=lambda import_id: f"contacts import {import_id} ({len(chunk)} contacts)",
         )
-        status = str(_get(report, "status", ""))
-        if status.casefold() not in IMPORT_OK:
-            reason = f"{what} ended with status {status}"
-            if status.casefold() in IMPORT_RETRY:
-                return {msg.id: ItemResult.retry(reason) for msg, _ in chunk}
-            return {msg.id: ItemResult.fallback(reason) for msg, _ in chunk}
+        if failed is not None:
+            return failed
 
         def find(entry: Any) -> ClaimedMessage | None:
             for key in _entry_keys(entry):
@@ -369,22 +386,15 @@ class InsightImport:
     async def _import(self, ctx: BulkContext, chunk: list[tuple[ClaimedMessage, dict]]) -> dict[int, ItemResult]:
         collection, scope, collection_type = self.group_key(chunk[0][0])
         by_key = {(item["key"], str((item.get("contactIdentity") or {}).get("value", ""))): msg for msg, item in chunk}
-        import_id = await ctx.client.start_insight_import(
-            collection, scope=scope, collection_type=collection_type, records=[item for _, item in chunk],
+        report, what, failed = await run_import(
+            ctx, chunk, self.kind,
+            start=lambda: ctx.client.start_insight_import(
+                collection, scope=scope, collection_type=collection_type, records=[item for _, item in chunk]),
+            status=ctx.client.insight_import_status,
+            describe=lambda import_id: f"insight import {import_id} ({collection}, {len(chunk)} records)",
         )
-        await ctx.started(import_id, chunk)
-        what = f"insight import {import_id} ({collection}, {len(chunk)} records)"
-        log.info("%s started (messages %s..%s)", what, chunk[0][0].id, chunk[-1][0].id)
-        report = await poll_import(
-            ctx, (ctx.msgs[0].account, self.kind), lambda: ctx.client.insight_import_status(import_id),
-            import_done, what,
-        )
-        status = str(_get(report, "status", ""))
-        if status.casefold() not in IMPORT_OK:
-            reason = f"{what} ended with status {status}"
-            if status.casefold() in IMPORT_RETRY:
-                return {msg.id: ItemResult.retry(reason) for msg, _ in chunk}
-            return {msg.id: ItemResult.fallback(reason) for msg, _ in chunk}
+        if failed is not None:
+            return failed
         results = {msg.id: ItemResult.delivered(200) for msg, _ in chunk}
         for failure in _get(report, "failures") or ():
             owner = _get(failure, "collectionOwner", _get(failure, "collection_owner")) or {}

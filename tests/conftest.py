@@ -122,6 +122,42 @@ def make_settings(database_url: str, sandbox: DotdigitalSandbox, *, commercetool
     return settings_from_mapping(raw, env=env)
 
 
+def write_service_config(path: Path, database_url: str, sandbox: DotdigitalSandbox, *, listen: str | None = None,
+                         dispatcher: dict[str, Any] | None = None) -> str:
+    """A TOML config for a ``ctdd`` subprocess talking to ``sandbox`` (its password from SANDBOX_PASSWORD)."""
+    service = f'listen = "{listen}"\n' if listen else ""
+    settings = "".join(f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value)}\n"
+                       for key, value in (dispatcher or {}).items())
+    path.write_text(f"""
+[service]
+{service}database_url = "{database_url}"
+
+[accounts.main]
+api_user = "{sandbox.api_user}"
+password_env = "SANDBOX_PASSWORD"
+base_url = "{sandbox.base_url}"
+
+[stores.uk]
+account = "main"
+commercetools_project = "shop-eu"
+
+[dispatcher]
+{settings}""")
+    return str(path)
+
+
+def start_cli(args: list[str], sandbox: DotdigitalSandbox, log_path: Path):
+    """Start ``python -m service.cli ARGS`` with the sandbox password, appending its output to ``log_path``."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SANDBOX_PASSWORD": sandbox.password, "CTDD_LOG_LEVEL": "INFO"}
+    env.pop("CTDD_DOTDIGITAL_BASE_URL", None)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+
+
 class RunningService:
     """A started App plus a real gRPC channel to it."""
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import grpc
 import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import contact_request, wait_for
+from conftest import contact_request, start_cli, wait_for, write_service_config
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 
 CONCURRENCY = 4
@@ -33,39 +31,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_config(path, database_url, sandbox, port):
-    path.write_text(
-        f"""
-[service]
-listen = "127.0.0.1:{port}"
-database_url = "{database_url}"
-
-[accounts.main]
-api_user = "{sandbox.api_user}"
-password_env = "SANDBOX_PASSWORD"
-base_url = "{sandbox.base_url}"
-
-[stores.uk]
-account = "main"
-commercetools_project = "shop-eu"
-
-[dispatcher]
-concurrency = {CONCURRENCY}
-batch_size = {CONCURRENCY}
-lease_seconds = 3.0
-backoff_base_seconds = 0.05
-backoff_cap_seconds = 0.5
-poll_interval_seconds = 0.05
-"""
-    )
+DISPATCH = dict(concurrency=CONCURRENCY, batch_size=CONCURRENCY, lease_seconds=3.0, backoff_base_seconds=0.05,
+                backoff_cap_seconds=0.5, poll_interval_seconds=0.05)
 
 
 def _start(config, sandbox, log_path):
-    env = {**os.environ, "SANDBOX_PASSWORD": sandbox.password, "CTDD_LOG_LEVEL": "INFO"}
-    env.pop("CTDD_DOTDIGITAL_BASE_URL", None)
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    return start_cli(["serve", "--config", str(config)], sandbox, log_path)
 
 
 async def _wait_serving(port: int, proc, timeout=30.0):
@@ -89,7 +60,7 @@ async def test_kill_mid_flight_and_restart_loses_nothing_and_resends_only_what_w
 ):
     port = _free_port()
     config = tmp_path / "ctdd.toml"
-    _write_config(config, database_url, sandbox, port)
+    write_service_config(config, database_url, sandbox, listen=f"127.0.0.1:{port}", dispatcher=DISPATCH)
     engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     sandbox.set_latency(0.25)
 

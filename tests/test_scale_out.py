@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session
 
-from conftest import _reset_postgres, contact_request, make_settings, outbox_rows, wait_for
+from conftest import _reset_postgres, contact_request, make_settings, outbox_rows, wait_for, write_service_config
 from service import outbox
 from service.app import App
 from service.config import settings_from_mapping
@@ -257,17 +257,8 @@ async def test_an_import_left_running_by_a_dead_worker_ends_before_anything_newe
 
 # -- SQLite: one dispatcher per file -------------------------------------------------------------------------
 def _worker_config(tmp_path, database_url, sandbox) -> str:
-    path = tmp_path / "worker.toml"
-    path.write_text(f"""
-[service]
-database_url = "{database_url}"
-[accounts.main]
-api_user = "{sandbox.api_user}"
-password_env = "SANDBOX_PASSWORD"
-base_url = "{sandbox.base_url}"
-""")
     os.environ["SANDBOX_PASSWORD"] = sandbox.password
-    return str(path)
+    return write_service_config(tmp_path / "worker.toml", database_url, sandbox)
 
 
 async def test_sqlite_refuses_a_second_dispatcher_on_the_same_file(tmp_path, sqlite_url, sandbox):

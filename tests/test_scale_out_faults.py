@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import sqlalchemy as sa
 
-from conftest import _reset_postgres, contact_request, make_settings, wait_for
+from conftest import _reset_postgres, contact_request, make_settings, start_cli, wait_for, write_service_config
 
 pytestmark = pytest.mark.postgres
 
@@ -31,44 +29,17 @@ IMPORT_DELAY = 0.3
 LATENCY = 0.01
 
 
+DISPATCH = dict(concurrency=4, batch_size=8, max_attempts=40, backoff_base_seconds=0.05, backoff_cap_seconds=0.4,
+                lease_seconds=2.0, heartbeat_seconds=0.5, poll_interval_seconds=0.1, bulk_backlog_threshold=20,
+                bulk_min_batch=5, bulk_max_batch=40, bulk_poll_min_seconds=0.05, bulk_poll_max_seconds=0.3)
+
+
 def _config(tmp_path, database_url, sandbox) -> str:
-    path = tmp_path / "worker.toml"
-    path.write_text(f"""
-[service]
-database_url = "{database_url}"
-
-[accounts.main]
-api_user = "{sandbox.api_user}"
-password_env = "SANDBOX_PASSWORD"
-base_url = "{sandbox.base_url}"
-
-[stores.uk]
-account = "main"
-commercetools_project = "shop-eu"
-
-[dispatcher]
-concurrency = 4
-batch_size = 8
-max_attempts = 40
-backoff_base_seconds = 0.05
-backoff_cap_seconds = 0.4
-lease_seconds = 2.0
-heartbeat_seconds = 0.5
-poll_interval_seconds = 0.1
-bulk_backlog_threshold = 20
-bulk_min_batch = 5
-bulk_max_batch = 40
-bulk_poll_min_seconds = 0.05
-bulk_poll_max_seconds = 0.3
-""")
-    return str(path)
+    return write_service_config(tmp_path / "worker.toml", database_url, sandbox, dispatcher=DISPATCH)
 
 
 def _start_worker(config, sandbox, log_path) -> subprocess.Popen:
-    env = {**os.environ, "SANDBOX_PASSWORD": sandbox.password, "CTDD_LOG_LEVEL": "INFO"}
-    env.pop("CTDD_DOTDIGITAL_BASE_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--config", config, "--grace", "2"],
-                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
+    return start_cli(["worker", "--config", config, "--grace", "2"], sandbox, log_path)
 
 
 class FaultInjector(threading.Thread):

@@ -332,9 +332,7 @@ class DotdigitalClient:
     # -- v2 account -----------------------------------------------------------------------------------
     async def account_info(self) -> dict:
         """``GET /v2/account-info`` on the account's endpoint: ``{id, properties: [{name, type, value}]}``."""
-        info = await self._request_json("GET", await self.api_endpoint(), "/v2/account-info")
-        if not isinstance(info, dict):
-            raise _invalid_response("GET", "/v2/account-info", "expected a JSON object")
+        info = await self._request_json("GET", await self.api_endpoint(), "/v2/account-info", expect=dict)
         return info
 
     # -- contacts v3 ----------------------------------------------------------------------------------
@@ -392,9 +390,7 @@ class DotdigitalClient:
     # -- v2 data fields -------------------------------------------------------------------------------
     async def list_data_fields(self) -> list[dict]:
         """``GET /v2/data-fields`` -> ``[{name, type, visibility, defaultValue}]`` (§4.5)."""
-        payload = await self._request_json("GET", await self.api_endpoint(), "/v2/data-fields")
-        if not isinstance(payload, list):
-            raise _invalid_response("GET", "/v2/data-fields", "expected a JSON array")
+        payload = await self._request_json("GET", await self.api_endpoint(), "/v2/data-fields", expect=list)
         return payload
 
     async def create_data_field(
@@ -431,10 +427,8 @@ class DotdigitalClient:
         skip = 0
         while True:
             page = await self._request_json(
-                "GET", endpoint, "/v2/address-books", params={"select": _PAGE_SIZE, "skip": skip}
+                "GET", endpoint, "/v2/address-books", params={"select": _PAGE_SIZE, "skip": skip}, expect=list
             )
-            if not isinstance(page, list):
-                raise _invalid_response("GET", "/v2/address-books", "expected a JSON array")
             books.extend(page)
             if len(page) < _PAGE_SIZE:
                 return books
@@ -581,9 +575,8 @@ class DotdigitalClient:
     async def list_collections(self) -> list[dict]:
         """``GET /insightData/v3/collections`` -> ``[{collectionName, collectionType, collectionScope,
         recordCount}]`` of both scopes (§7.1)."""
-        payload = await self._request_json("GET", await self.api_endpoint(), "/insightData/v3/collections")
-        if not isinstance(payload, list):
-            raise _invalid_response("GET", "/insightData/v3/collections", "expected a JSON array")
+        payload = await self._request_json("GET", await self.api_endpoint(), "/insightData/v3/collections",
+                                           expect=list)
         return payload
 
     async def upsert_insight_record(
@@ -750,9 +743,14 @@ class DotdigitalClient:
         return True
 
     # -- HTTP plumbing --------------------------------------------------------------------------------
-    async def _request_json(self, method: str, base: str, path: str, **kwargs: Any) -> Any:
+    async def _request_json(self, method: str, base: str, path: str, *, expect: type | None = None,
+                            **kwargs: Any) -> Any:
+        """Send the request and decode its JSON body; with ``expect`` (dict or list) the body must be of that type."""
         response = await self._request(method, base, path, **kwargs)
-        return _decode_json(response, method, path)
+        payload = _decode_json(response, method, path)
+        if expect is not None and not isinstance(payload, expect):
+            raise _invalid_response(method, path, f"expected a JSON {'object' if expect is dict else 'array'}")
+        return payload
 
     async def _request(
         self,

@@ -33,7 +33,7 @@ from typing import Callable, Mapping
 
 import httpx
 
-from service.dotdigital.errors import EPOCH_THRESHOLD
+from service.dotdigital.errors import EPOCH_THRESHOLD, _header
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,6 @@ class _AccountState:
     window: float = 0.0  # longest X-RateLimit-Reset seen: the length of the limit's window
     waits: int = 0  # calls that were paced (for metrics and tests)
     waited_seconds: float = 0.0
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        for key, candidate in headers.items():
-            if key.lower() == lowered:
-                return candidate
-    return value
 
 
 def _number(value: str | None) -> float | None:

@@ -77,6 +77,17 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
+def engine(database_url):
+    """An engine on the test database, migrated to head."""
+    from service.db.engine import create_db_engine, upgrade_database
+
+    eng = create_db_engine(database_url)
+    upgrade_database(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'ctdd.db'}"
 

@@ -11,17 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from conftest import contact_request, make_settings
-from service.db.engine import create_db_engine, upgrade_database, utcnow
+from service.db.engine import create_db_engine, utcnow
 from service.db.models import ContactIdentifier, RejectedRecord, Contact
 from service.group_commit import GroupCommitRunner
-
-
-@pytest.fixture
-def engine(database_url):
-    eng = create_db_engine(database_url)
-    upgrade_database(eng)
-    yield eng
-    eng.dispose()
 
 
 def _insert(reason: str, fail: bool = False):

@@ -7,16 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from service import outbox
-from service.db.engine import create_db_engine, upgrade_database, utcnow
+from service.db.engine import utcnow
 from service.db.models import Contact
-
-
-@pytest.fixture
-def engine(database_url):
-    eng = create_db_engine(database_url)
-    upgrade_database(eng)
-    yield eng
-    eng.dispose()
 
 
 def _contact(engine) -> int:

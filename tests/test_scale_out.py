@@ -36,14 +36,6 @@ def pg_url(request):
     return url
 
 
-@pytest.fixture
-def engine(database_url):
-    eng = create_db_engine(database_url)
-    upgrade_database(eng)
-    yield eng
-    eng.dispose()
-
-
 def _contacts(engine, n: int) -> list[int]:
     with Session(engine) as s, s.begin():
         rows = [Contact(account="acc", created_at=utcnow(), updated_at=utcnow()) for _ in range(n)]

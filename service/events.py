@@ -32,7 +32,7 @@ from service import outbox
 from service.config import Settings, StoreConfig
 from service.contact_sync import ContactSync, NewContactNeedsAddress
 from service.db.engine import utcnow
-from service.db.models import FieldState, OrderSummary, ProcessedEvent, ResourceState
+from service.db.models import Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, ResourceState
 from service.domain.commerce import (
     ORDERS_COLLECTION,
     OrderContext,
@@ -48,6 +48,7 @@ from service.domain.commerce import (
     refund_total,
 )
 from service.domain.contact import ContactInput, Identity, SourceStamp
+from service.domain.identity import customer_key
 from service.domain.notifications import InvalidDelivery, Notification, UnsupportedNotification, parse_delivery
 from service.transactions import TransactionRunner
 
@@ -257,9 +258,6 @@ class EventProcessor:
 
     async def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
                                 priority: int) -> NotificationOutcome:
-        from service.db.models import Contact, ContactIdentifier
-        from service.domain.identity import customer_key
-
         policy = store.on_customer_deleted
 
         def body(session: Session) -> None:

@@ -7,9 +7,12 @@
 
 Everything is measured on this machine in this run, against real processes over real sockets:
 
-(a) Durable ingest: ``ctdd serve --no-dispatcher`` (SQLite, ``synchronous=FULL``, group commit) answering
-    TrackEvent (unary) and TrackEventBatch, and, in the same run, a bare grpc.aio echo server (raw bytes in,
-    the same bytes out) with requests of the same size and the same client. Ratio = service / echo.
+(a) Durable ingest: ``ctdd serve --no-dispatcher`` (SQLite, ``synchronous=FULL``) answering TrackEvent (unary)
+    and TrackEventBatch with PROCESSING_QUEUED (each event durably in the event inbox before the answer, group
+    commit of the inbox writes), and, in the same run, a bare grpc.aio echo server (raw bytes in, the same
+    bytes out) with requests of the same size and the same client. Ratio = service / echo. Then, on the inbox
+    that ingest left: how many queued events per second one ``ctdd worker`` applies; and, for comparison,
+    unary TrackEvent with PROCESSING_APPLIED (applied before the answer) with and without group commit.
 (b) Delivered messages per second from 1, 2 and 4 ``ctdd worker`` processes on one PostgreSQL database to
     the Dotdigital sandbox answering every call after 50 ms, in realtime mode (one call per message).
 (c) Dotdigital API calls per 1,000 changed contacts: realtime (changes arriving at 200/s while the
@@ -136,12 +139,12 @@ def drop_pg_database(url: str) -> None:
 # ------------------------------------------------------------------------------------------------------
 # requests
 # ------------------------------------------------------------------------------------------------------
-def track_request(i: int, customers: int, run: str) -> pb.TrackEventRequest:
+def track_request(i: int, customers: int, run: str, processing: int = pb.PROCESSING_APPLIED) -> pb.TrackEventRequest:
     event = pb.BehaviouralEvent(event_id=f"{run}-{i}", identity=pb.ContactIdentity(email=f"c{i % customers}@bench.example"),
                                 currency="GBP", locale="en-GB",
                                 product_viewed=pb.ProductViewed(product_id=f"p-{i % 97}", sku=f"SKU-{i % 97}"))
     event.occurred_at.GetCurrentTime()
-    return pb.TrackEventRequest(store_key="uk", behavioural_event=event)
+    return pb.TrackEventRequest(store_key="uk", behavioural_event=event, processing=processing)
 
 
 def sync_request(i: int, customers: int, run: str) -> pb.SyncContactRequest:
@@ -149,8 +152,10 @@ def sync_request(i: int, customers: int, run: str) -> pb.SyncContactRequest:
                                  profile=pb.ContactProfile(first_name=f"F{run}{i}", last_name="Bench"))
 
 
-def make_request(i: int, customers: int, run: str):
-    return track_request(i, customers, run) if EVENT == "track" else sync_request(i, customers, run)
+def make_request(i: int, customers: int, run: str, processing: int | None = None):
+    if EVENT == "track":
+        return track_request(i, customers, run, processing or pb.PROCESSING_APPLIED)
+    return sync_request(i, customers, run)
 
 
 def service_call(stub):
@@ -204,14 +209,75 @@ async def echo_server_main(port: int) -> None:
     await server.wait_for_termination()
 
 
+async def measure_service(tmp: Path, name: str, calls: list[tuple[str, list, int, float]], **env) -> dict:
+    """Start ``ctdd serve --no-dispatcher`` on a fresh SQLite file and run closed loops against it.
+
+    ``calls``: (label, requests, concurrency, seconds); a label starting with "batch" calls TrackEventBatch.
+    """
+    port = free_port()
+    db = tmp / f"{name}.db"
+    config = write_config(tmp / f"{name}.toml", database_url=f"sqlite:///{db}", base_url="http://127.0.0.1:9", port=port)
+    serve = spawn(["serve", "--config", str(config), "--no-dispatcher", "--grace", "2"], tmp / f"{name}.log", **env)
+    out: dict = {}
+    try:
+        await wait_port(port, serve)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.SyncServiceStub(ch)
+            for label, requests, concurrency, seconds in calls:
+                call = stub.TrackEventBatch if label.startswith("batch") else service_call(stub)
+                out[label] = await closed_loop(call, requests, concurrency=concurrency, duration=seconds)
+    finally:
+        stop(serve)
+    out["database"] = db
+    return out
+
+
+def inbox_counts(db: Path) -> dict[str, int]:
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT status, count(*) FROM event_inbox GROUP BY status")).all()
+    engine.dispose()
+    return {status: n for status, n in rows}
+
+
+async def measure_inbox_drain(tmp: Path, db: Path, window: float) -> dict:
+    """How fast one ``ctdd worker`` applies queued events (the inbox left by the ingest measurement)."""
+    before = inbox_counts(db)
+    sandbox_port = free_port()
+    sandbox = subprocess.Popen([PY, str(Path(__file__).resolve()), "_sandbox", str(sandbox_port), "0"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = write_config(tmp / "drain.toml", database_url=f"sqlite:///{db}",
+                          base_url=f"http://127.0.0.1:{sandbox_port}")
+    try:
+        await wait_port(sandbox_port, sandbox)
+        worker = spawn(["worker", "--config", str(config), "--grace", "2"], tmp / "drain.log")
+        try:
+            await asyncio.sleep(2.0)  # start-up and warm-up, not counted
+            start = inbox_counts(db).get("done", 0)
+            t0 = time.monotonic()
+            await asyncio.sleep(window)
+            done = inbox_counts(db).get("done", 0) - start
+            seconds = time.monotonic() - t0
+        finally:
+            stop(worker)
+    finally:
+        stop(sandbox)
+    return {"queued_before": before.get("pending", 0), "applied": done, "seconds": round(seconds, 2),
+            "events_per_second": round(done / seconds, 1)}
+
+
 async def bench_ingest(tmp: Path, duration: float) -> dict:
     customers = 2000
     run = uuid.uuid4().hex[:6]
-    unary = [make_request(i, customers, run) for i in range(60000)]
+    queued = pb.PROCESSING_QUEUED if EVENT == "track" else None
+    unary = [make_request(i, customers, run, queued) for i in range(60000)]
+    applied = [make_request(i, customers, run + "x") for i in range(20000)]
     batch_size = 200
-    batches = [pb.TrackEventBatchRequest(events=[track_request(b * batch_size + j, customers, run + "b")
+    batches = [pb.TrackEventBatchRequest(events=[track_request(b * batch_size + j, customers, run + "b",
+                                                               pb.PROCESSING_QUEUED)
                                                  for j in range(batch_size)]) for b in range(400)]
     out: dict = {"event": "TrackEvent" if EVENT == "track" else "SyncContact", "database": "sqlite (synchronous=FULL)",
+                 "processing": "queued (durable in the event inbox, applied by a worker)" if queued else "applied",
                  "request_bytes": unary[0].ByteSize(), "batch_events_per_rpc": batch_size,
                  "batch_request_bytes": batches[0].ByteSize(), "client_concurrency_unary": 64,
                  "client_concurrency_batch": 4}
@@ -234,33 +300,17 @@ async def bench_ingest(tmp: Path, duration: float) -> dict:
     finally:
         stop(echo)
 
-    # the service: durable ingest (no dispatcher, so nothing competes with ingest)
-    port = free_port()
-    db = tmp / "ingest.db"
-    config = write_config(tmp / "ingest.toml", database_url=f"sqlite:///{db}", base_url="http://127.0.0.1:9", port=port)
-    serve = spawn(["serve", "--config", str(config), "--no-dispatcher", "--grace", "2"], tmp / "ingest.log")
-    try:
-        await wait_port(port, serve)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = pb_grpc.SyncServiceStub(ch)
-            out["service_unary"] = await closed_loop(service_call(stub), unary, concurrency=64, duration=duration)
-            sb = await closed_loop(stub.TrackEventBatch, batches, concurrency=4, duration=duration / 2)
-            out["service_batch"] = {**sb, "events_per_second": round(sb["per_second"] * batch_size, 1)}
-    finally:
-        stop(serve)
-    # the same, one transaction per RPC (group commit off), for comparison
-    port = free_port()
-    config = write_config(tmp / "ingest1.toml", database_url=f"sqlite:///{tmp / 'ingest1.db'}",
-                          base_url="http://127.0.0.1:9", port=port)
-    serve = spawn(["serve", "--config", str(config), "--no-dispatcher", "--grace", "2"], tmp / "ingest1.log",
-                  CTDD_GROUP_COMMIT="0")
-    try:
-        await wait_port(port, serve)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            out["service_unary_without_group_commit"] = await closed_loop(
-                service_call(pb_grpc.SyncServiceStub(ch)), unary, concurrency=64, duration=duration / 2)
-    finally:
-        stop(serve)
+    # the service: durable ingest (no dispatcher or inbox processor, so nothing competes with ingest)
+    measured = await measure_service(tmp, "ingest", [("unary", unary, 64, duration), ("batch", batches, 4, duration / 2)])
+    out["service_unary"] = measured["unary"]
+    out["service_batch"] = {**measured["batch"], "events_per_second": round(measured["batch"]["per_second"] * batch_size, 1)}
+    if queued:
+        # what the queued events cost afterwards: one worker applying them from the inbox
+        out["inbox_drain_one_worker"] = await measure_inbox_drain(tmp, measured["database"], duration)
+        # for comparison: events applied before the answer (PROCESSING_APPLIED), with and without group commit
+        out["service_unary_applied"] = (await measure_service(tmp, "applied", [("unary", applied, 64, duration / 2)]))["unary"]
+    out["service_unary_applied_without_group_commit"] = (await measure_service(
+        tmp, "applied1", [("unary", applied, 64, duration / 2)], CTDD_GROUP_COMMIT="0"))["unary"]
     out["unary_ratio_to_echo"] = round(out["service_unary"]["per_second"] / out["echo_unary"]["per_second"], 3)
     out["targets"] = {"unary_ratio_min": TARGETS["a_unary_ratio_min"],
                       "batch_events_per_second_min": TARGETS["a_batch_events_per_s_min"]}

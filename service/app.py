@@ -1,7 +1,7 @@
 """Wiring: database, plugins, Dotdigital clients, dispatcher and gRPC server in one application object.
 
 Shutdown order (engineering notes §2.3): health NOT_SERVING -> stop accepting RPCs and let in-flight ones
-finish -> stop the back-sync poller -> stop the dispatcher (drain deliveries, release leases) -> close HTTP
+finish -> stop the back-sync poller -> stop the inbox processor (finish its batch) -> stop the dispatcher (drain deliveries, release leases) -> close HTTP
 clients. Start-up resolves the lists configured by name (``service.provisioning``) before anything runs.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from service import outbox
+from service import inbox, outbox
 from service.config import Settings
 from service.contact_sync import ContactSync
 from service.db.engine import create_db_engine, is_sqlite, upgrade_database
@@ -18,6 +18,7 @@ from service.events import CommercetoolsClients, EventProcessor
 from service.grpc_api import GrpcServer, SyncServicer
 from service.plugins import create_plugin_manager
 from service.group_commit import GroupCommitRunner
+from service.inbox import InboxProcessor, InboxWriter
 from service.transactions import TransactionRunner
 from service.worker import SQLiteDispatcherLock
 
@@ -38,12 +39,19 @@ class App:
         self.clients = DotdigitalClients(settings.accounts)
         self.dispatcher = Dispatcher(self.engine, settings, self.clients, self.hooks) if run_dispatcher else None
         self.grpc: GrpcServer | None = None
-        self.events: EventProcessor | None = None
+        self.events = EventProcessor(settings, self.contact_sync, self.transactions,
+                                     CommercetoolsClients(settings, commercetools_factory))
+        # Events queued with PROCESSING_QUEUED: written by the gRPC layer, applied next to the dispatcher.
+        self.inbox_writer: InboxWriter | None = None
+        self.inbox_processor = (
+            InboxProcessor(self.engine, settings, self.events, worker_id=self.dispatcher.worker_id,
+                           on_enqueued=self._wake_dispatcher)
+            if self.dispatcher is not None else None
+        )
         if serve_grpc:
-            self.events = EventProcessor(settings, self.contact_sync, self.transactions,
-                                         CommercetoolsClients(settings, commercetools_factory))
+            self.inbox_writer = InboxWriter(self.engine, max_batch=settings.group_commit_max_batch)
             servicer = SyncServicer(settings, self.contact_sync, self.transactions, on_enqueued=self._wake_dispatcher,
-                                    events=self.events)
+                                    events=self.events, inbox=self.inbox_writer, on_queued=self._wake_inbox)
             self.grpc = GrpcServer(servicer, settings.listen)
         self.port: int | None = None
         # Back-sync (Dotdigital opt-outs -> commercetools): always available for run_once, polling on a
@@ -56,6 +64,10 @@ class App:
     def _wake_dispatcher(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
+
+    def _wake_inbox(self) -> None:
+        if self.inbox_processor is not None:
+            self.inbox_processor.wake()
 
     async def start(self) -> None:
         from service.provisioning import resolve_list_names
@@ -73,7 +85,12 @@ class App:
                 released = outbox.release_leases(self.engine)
                 if released:
                     log.warning("released %d in-flight message(s) left by a previous run", released)
+                released = inbox.release(self.engine)
+                if released:
+                    log.warning("released %d queued event(s) claimed by a previous run", released)
             self.dispatcher.start()
+            assert self.inbox_processor is not None
+            self.inbox_processor.start()
         if self.grpc is not None:
             self.port = await self.grpc.start()
             log.info("ctdd-sync listening on %s (port %s), database %s", self.settings.listen, self.port,
@@ -86,13 +103,16 @@ class App:
             await self.grpc.begin_shutdown()
             await self.grpc.stop(grace)
         await self.backsync.stop(grace=grace)  # finish or cancel a poll, before its clients close
+        if self.inbox_processor is not None:
+            await self.inbox_processor.stop()  # before the dispatcher: it may still enqueue
         if self.dispatcher is not None:
             await self.dispatcher.stop(drain_seconds=grace)
         if self._dispatcher_lock is not None:
             self._dispatcher_lock.release()
         await self.transactions.close()
-        if self.events is not None:
-            await self.events.ct.aclose()
+        if self.inbox_writer is not None:
+            await self.inbox_writer.close()
+        await self.events.ct.aclose()
         await self.clients.aclose()
         self.engine.dispose()
         log.info("ctdd-sync stopped")

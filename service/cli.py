@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default=None, help="HOST:PORT (env CTDD_LISTEN, default 127.0.0.1:50051)")
     serve.add_argument("--sandbox", action="store_true", help="send to the bundled Dotdigital sandbox on loopback")
     serve.add_argument("--sandbox-port", type=int, default=0, help="port of the sandbox (default: any free port)")
-    serve.add_argument("--no-dispatcher", action="store_true", help="accept RPCs but do not deliver")
+    serve.add_argument("--no-dispatcher", action="store_true",
+                       help="accept RPCs only: no delivery and no processing of queued events (a `ctdd worker` does both)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain RPCs and deliveries on shutdown")
     serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
 

@@ -231,6 +231,29 @@ class BacksyncConfig:
 
 
 @dataclass(frozen=True)
+class InboxConfig:
+    """``[inbox]``: the processor of events queued with PROCESSING_QUEUED (``service.inbox``)."""
+
+    #: queued events claimed and applied together (one transaction, one savepoint per event)
+    batch_size: int = 64
+    #: a claim is held this long; a processor that died mid-batch leaves its events to the others after it
+    lease_seconds: float = 60.0
+    poll_interval_seconds: float = 1.0
+    #: retryable failures (commercetools unreachable ...) before an event is marked failed and logged
+    max_attempts: int = 20
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_attempts"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"inbox.{name}: must be >= 1")
+        for name in ("lease_seconds", "poll_interval_seconds", "backoff_base_seconds", "backoff_cap_seconds"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"inbox.{name}: must be > 0")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs to run."""
 
@@ -243,6 +266,7 @@ class Settings:
     stores: Mapping[str, StoreConfig] = field(default_factory=dict)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     backsync: BacksyncConfig = field(default_factory=BacksyncConfig)
+    inbox: InboxConfig = field(default_factory=InboxConfig)
     #: commit concurrent RPCs in shared transactions (service.group_commit); CTDD_GROUP_COMMIT=0 turns it off
     group_commit: bool = True
     group_commit_max_batch: int = 256
@@ -448,6 +472,11 @@ def settings_from_mapping(
     if unknown:
         raise ConfigError(f"backsync: unknown settings {sorted(unknown)}")
     backsync = BacksyncConfig(**b)
+    i = raw.get("inbox", {})
+    unknown = set(i) - set(InboxConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"inbox: unknown settings {sorted(unknown)}")
+    inbox = InboxConfig(**i)
     return Settings(
         listen=overrides.get("listen") or env.get("CTDD_LISTEN") or svc.get("listen", DEFAULT_LISTEN),
         database_url=overrides.get("database_url")
@@ -462,4 +491,5 @@ def settings_from_mapping(
         stores=stores,
         dispatcher=dispatcher,
         backsync=backsync,
+        inbox=inbox,
     )

@@ -12,8 +12,14 @@ For each notification of a delivery:
    same core as SyncContact; orders become a record of the contact-scoped ``Orders`` collection plus
    recomputed contact aggregates (last order, number of orders, spend ...).
 
-Fetch failures raise :class:`RetryableEventError` (the caller answers UNAVAILABLE; nothing was written),
-so the delivery is retried by its transport.
+Steps 1-3 are *preparation* (``prepare_delivery`` / ``prepare_behavioural``: parsing, fetching, pure
+mapping; async, no writes) and yield one :data:`Step` per notification: either a final outcome or a unit of
+work (``fn(session) -> NotificationOutcome``) for step 4. ``process_delivery`` / ``process_behavioural``
+apply the units at once through the transaction runner (TrackEvent with PROCESSING_APPLIED); the inbox
+processor (``service.inbox``) applies the units of many queued events in one transaction.
+
+Fetch failures raise :class:`RetryableEventError` during preparation, before anything of the event was
+written: TrackEvent answers UNAVAILABLE and the transport retries the delivery; the inbox retries the event.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -101,6 +107,14 @@ class BehaviouralEventInput:
     data: dict[str, Any]
 
 
+#: what preparing a notification yields: its final outcome, or the unit of work that applies it
+Step = Union[NotificationOutcome, Callable[[Session], NotificationOutcome]]
+
+
+def behavioural_dedupe_key(store_key: str, event_id: str) -> str:
+    return f"event:{store_key}:{event_id}"
+
+
 def _hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -117,20 +131,46 @@ class EventProcessor:
     # -- entry points -------------------------------------------------------------------------
     async def process_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
                                ) -> list[NotificationOutcome]:
-        store = self._store(store_key)
-        try:
-            notifications = parse_delivery(raw)
-        except UnsupportedNotification as exc:
-            # Well-formed but irrelevant (Import API events ...): acknowledge, never dead-letter.
-            return [NotificationOutcome(dedupe_key="", outcome=IGNORED, reason=exc.reason)]
-        except InvalidDelivery as exc:
-            raise InvalidEvent(f"commercetools_delivery: {exc}") from None
-        return [await self._process(store, n, priority) for n in notifications]
+        """Prepare every notification of a delivery, then apply each (in its own unit of work)."""
+        steps = await self.prepare_delivery(store_key, raw, priority=priority)
+        return [await self.finish(step) for step in steps]
 
     async def process_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
                                   priority: int = outbox.PRIORITY_LIVE) -> NotificationOutcome:
+        return await self.finish(self.prepare_behavioural(store_key, event, priority=priority))
+
+    async def finish(self, step: Step) -> NotificationOutcome:
+        """Apply a prepared step through the transaction runner (a final outcome is returned as it is)."""
+        if isinstance(step, NotificationOutcome):
+            return step
+        return await self.transactions.run(step)
+
+    def parse(self, store_key: str, raw: bytes) -> list[Notification] | NotificationOutcome:
+        """Validate a delivery: its notifications, or the IGNORED outcome of a well-formed irrelevant one.
+
+        Raises InvalidEvent (poison: unknown store, unparseable delivery).
+        """
+        self._store(store_key)
+        try:
+            return parse_delivery(raw)
+        except UnsupportedNotification as exc:
+            # Well-formed but irrelevant (Import API events ...): acknowledge, never dead-letter.
+            return NotificationOutcome(dedupe_key="", outcome=IGNORED, reason=exc.reason)
+        except InvalidDelivery as exc:
+            raise InvalidEvent(f"commercetools_delivery: {exc}") from None
+
+    async def prepare_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
+                               ) -> list[Step]:
+        parsed = self.parse(store_key, raw)
+        if isinstance(parsed, NotificationOutcome):
+            return [parsed]
         store = self._store(store_key)
-        key = f"event:{store.key}:{event.event_id}"
+        return [await self._prepare(store, n, priority) for n in parsed]
+
+    def prepare_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
+                            priority: int = outbox.PRIORITY_LIVE) -> Step:
+        store = self._store(store_key)
+        key = behavioural_dedupe_key(store.key, event.event_id)
         outcome = NotificationOutcome(dedupe_key=key, message_type=event.kind)
         if event.kind == "cart_updated":
             collection, record_id = CART_COLLECTION, str(event.data.get("cartId") or "")
@@ -167,10 +207,10 @@ class EventProcessor:
                 if mid:
                     outcome.outbox_message_ids.append(mid)
 
-        return await self._apply_once(store, key, outcome, body)
+        return self._once(store, key, outcome, body)
 
     # -- notifications ------------------------------------------------------------------------
-    async def _process(self, store: StoreConfig, n: Notification, priority: int) -> NotificationOutcome:
+    async def _prepare(self, store: StoreConfig, n: Notification, priority: int) -> Step:
         outcome = NotificationOutcome(dedupe_key=n.dedupe_key, resource_type=n.resource_type,
                                       resource_id=n.resource_id, message_type=n.message_type or n.notification_type)
         if n.is_subscription_test:
@@ -184,11 +224,18 @@ class EventProcessor:
         if handler is None:
             outcome.outcome, outcome.reason = IGNORED, f"resource type {n.resource_type!r} is not synced"
             return outcome
-        early = await self.transactions.run(lambda s: self._precheck(s, store, n))
-        if early is not None:
-            outcome.outcome, outcome.reason = early
-            return outcome
         return await handler(store, n, outcome, priority)
+
+    async def _already_done(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome) -> bool:
+        """Before fetching for ``n``: True (and ``outcome`` set) when it is a duplicate or stale already.
+
+        Only an optimisation (no fetch for a redelivery): the unit of work checks both again.
+        """
+        early = await self.transactions.run(lambda s: self._precheck(s, store, n))
+        if early is None:
+            return False
+        outcome.outcome, outcome.reason = early
+        return True
 
     def _precheck(self, session: Session, store: StoreConfig, n: Notification) -> tuple[str, str] | None:
         if session.get(ProcessedEvent, n.dedupe_key) is not None:
@@ -227,14 +274,16 @@ class EventProcessor:
 
     # -- customers ------------------------------------------------------------------------------
     async def _customer(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
-                        ) -> NotificationOutcome:
+                        ) -> Step:
         if n.message_type in CUSTOMER_DELETED or n.notification_type == "ResourceDeleted":
-            return await self._customer_deleted(store, n, outcome, priority)
+            return self._customer_deleted(store, n, outcome, priority)
         customer = n.payload.get("customer") if n.message_type == "CustomerCreated" and not n.payload_not_included else None
         if customer is None:
+            if await self._already_done(store, n, outcome):
+                return outcome
             customer = await self._fetch(store, "customers", n.resource_id)
             if customer is None:
-                return await self._finish_ignored(store, n, outcome, "customer no longer exists in commercetools")
+                return self._finish_ignored(store, n, outcome, "customer no longer exists in commercetools")
         c = store.consent
         contact = customer_to_contact(customer, store.key,
                                       consent_fields=(c.email_opt_in_field, c.sms_opt_in_field, c.updated_at_field))
@@ -254,10 +303,10 @@ class EventProcessor:
             outcome.contact_id = result.contact_id
             outcome.outbox_message_ids = list(result.outbox_message_ids)
 
-        return await self._apply_once(store, n.dedupe_key, outcome, body)
+        return self._once(store, n.dedupe_key, outcome, body)
 
-    async def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
-                                priority: int) -> NotificationOutcome:
+    def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                          priority: int) -> Step:
         policy = store.on_customer_deleted
 
         def body(session: Session) -> None:
@@ -290,26 +339,30 @@ class EventProcessor:
                 outcome.outbox_message_ids.append(mid)
             outcome.reason = f"customer deleted: {policy}"
 
-        return await self._apply_once(store, n.dedupe_key, outcome, body)
+        return self._once(store, n.dedupe_key, outcome, body)
 
     # -- orders -------------------------------------------------------------------------------
     async def _payment(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
-                       ) -> NotificationOutcome:
+                       ) -> Step:
         """Refund transactions: re-read the order paying with this payment and re-send it."""
+        if await self._already_done(store, n, outcome):
+            return outcome
         orders = await self._query(store, "orders", [f'paymentInfo(payments(id = "{n.resource_id}"))'])
         if not orders:
-            return await self._finish_ignored(store, n, outcome, "no order uses this payment")
+            return self._finish_ignored(store, n, outcome, "no order uses this payment")
         return await self._apply_order(store, n, outcome, orders[0], priority, force=True)
 
     async def _order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
-                     ) -> NotificationOutcome:
+                     ) -> Step:
         if n.notification_type == "ResourceDeleted" or n.message_type == "OrderDeleted":
-            return await self._finish_ignored(store, n, outcome, "order deletions keep the Dotdigital record")
+            return self._finish_ignored(store, n, outcome, "order deletions keep the Dotdigital record")
         order = n.payload.get("order") if n.message_type in ORDER_WITH_PAYLOAD and not n.payload_not_included else None
         if order is None:
+            if await self._already_done(store, n, outcome):
+                return outcome
             order = await self._fetch(store, "orders", n.resource_id)
             if order is None:
-                return await self._finish_ignored(store, n, outcome, "order no longer exists in commercetools")
+                return self._finish_ignored(store, n, outcome, "order no longer exists in commercetools")
         return await self._apply_order(store, n, outcome, order, priority, force=False)
 
     async def _categories(self, store: StoreConfig, order: Mapping[str, Any], locale: str | None) -> dict[str, list[str]]:
@@ -343,11 +396,11 @@ class EventProcessor:
         return refund_total(payments)
 
     async def _apply_order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
-                           order: Mapping[str, Any], priority: int, *, force: bool) -> NotificationOutcome:
+                           order: Mapping[str, Any], priority: int, *, force: bool) -> Step:
         email = order_email(order)
         identity = Identity(customer_id=order.get("customerId") or None, email=email)
         if identity.is_empty():
-            return await self._finish_ignored(store, n, outcome, "order has neither a customer nor an email address")
+            return self._finish_ignored(store, n, outcome, "order has neither a customer nor an email address")
         locale = order.get("locale") or store.locale
         ctx = OrderContext(store_key=store.key, locale=locale, categories=await self._categories(store, order, locale),
                            refund_total=await self._refunds(store, order))
@@ -388,7 +441,7 @@ class EventProcessor:
                 if mid:
                     outcome.outbox_message_ids.append(mid)
 
-        return await self._apply_once(store, n.dedupe_key, outcome, body)
+        return self._once(store, n.dedupe_key, outcome, body)
 
     def _upsert_summary(self, session: Session, store: StoreConfig, order_id: str, contact_id: int,
                         values: dict[str, Any]) -> None:
@@ -454,9 +507,9 @@ class EventProcessor:
         if state is not None:
             state.contact_id = contact_id
 
-    async def _apply_once(self, store: StoreConfig, key: str, outcome: NotificationOutcome,
-                          body: Callable[[Session], None]) -> NotificationOutcome:
-        """Run ``body`` at most once per dedupe ``key``, in one transaction with the dedupe record.
+    def _once(self, store: StoreConfig, key: str, outcome: NotificationOutcome,
+              body: Callable[[Session], None]) -> Callable[[Session], NotificationOutcome]:
+        """The unit of work running ``body`` at most once per dedupe ``key``, with the dedupe record.
 
         ``body`` sets ``outcome`` (applied by default; stale or ignored with a reason); the dedupe record keeps
         that outcome. The unit resets ``outcome`` first, since it may be re-run after a lost uniqueness race.
@@ -474,14 +527,14 @@ class EventProcessor:
             session.flush()
             return outcome
 
-        return await self.transactions.run(unit)
+        return unit
 
-    async def _finish_ignored(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
-                              reason: str) -> NotificationOutcome:
+    def _finish_ignored(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                        reason: str) -> Callable[[Session], NotificationOutcome]:
         def body(session: Session) -> None:
             outcome.outcome, outcome.reason = IGNORED, reason
 
-        return await self._apply_once(store, n.dedupe_key, outcome, body)
+        return self._once(store, n.dedupe_key, outcome, body)
 
 
 COLLECTION_TYPES = {

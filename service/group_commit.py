@@ -6,9 +6,9 @@ database's commit rate, and on SQLite the RPCs' transactions also queue on ``BEG
 :class:`GroupCommitRunner` has the interface of :class:`service.transactions.TransactionRunner`
 (``await run(fn)``), but a single committer applies whatever units are waiting in one transaction:
 
-- each unit runs inside its own SAVEPOINT, so a failing unit (a validation error it raises, or an
-  ``IntegrityError`` from a uniqueness race with another process) is rolled back alone: a race is
-  retried in a fresh savepoint (as ``run_in_transaction`` retries it in a fresh transaction), any other
+- each unit runs inside its own SAVEPOINT, so a failing unit (a validation error it raises, an
+  ``IntegrityError`` from a uniqueness race with another process, or a PostgreSQL deadlock with another
+  process's transaction) is rolled back alone: a race is retried in a fresh savepoint (as ``run_in_transaction`` retries it in a fresh transaction), any other
   error is raised to that unit's caller only;
 - the units of a batch are applied one after the other, so a unit sees the effects of the units before
   it exactly as if they had committed one by one (two updates of one contact keep their order);
@@ -29,10 +29,9 @@ from collections import deque
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.transactions import INTEGRITY_RETRIES, UnitOfWork, run_in_transaction
+from service.transactions import INTEGRITY_RETRIES, UnitOfWork, lost_race, run_in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,13 @@ T = TypeVar("T")
 class GroupCommitRunner:
     """Applies concurrent units of work in shared transactions, one savepoint per unit."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 256):
+    def __init__(self, engine: Engine, *, max_batch: int = 256, on_begin: UnitOfWork[Any] | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.engine = engine
         self.max_batch = max_batch
+        #: run first in every transaction this runner opens (e.g. to take a lock)
+        self.on_begin = on_begin
         self._queue: deque[tuple[UnitOfWork[Any], asyncio.Future]] = deque()
         self._kick: asyncio.Event | None = None
         self._committer: asyncio.Task | None = None
@@ -108,6 +109,8 @@ class GroupCommitRunner:
         try:
             with Session(self.engine, expire_on_commit=False) as session:
                 with session.begin():
+                    if self.on_begin is not None:
+                        self.on_begin(session)
                     outcomes = [self._apply_unit(session, fn) for fn in units]
         except Exception:
             log.warning("group commit of %d unit(s) failed; applying them one by one", len(units), exc_info=True)
@@ -125,25 +128,27 @@ class GroupCommitRunner:
                 result = fn(session)
                 session.flush()
                 savepoint.commit()
-            except IntegrityError as exc:
-                savepoint.rollback()
-                session.expunge_all()
-                if attempt == INTEGRITY_RETRIES - 1:
-                    return False, exc
-                log.info("uniqueness race while applying a unit of work; retrying it")
-                continue
             except Exception as exc:
-                if savepoint.is_active:
+                race = lost_race(exc)
+                if race or savepoint.is_active:  # a failed flush leaves the savepoint inactive, not rolled back
                     savepoint.rollback()
                 session.expunge_all()
-                return False, exc
+                if not race or attempt == INTEGRITY_RETRIES - 1:
+                    return False, exc
+                log.info("unit of work lost a race (%s); retrying it", type(exc).__name__)
+                continue
             # The next unit starts from the database state, not from this unit's ORM objects.
             session.expunge_all()
             return True, result
         raise AssertionError("unreachable")
 
     def _apply_alone(self, fn: UnitOfWork[Any]) -> tuple[bool, Any]:
+        def unit(session: Session) -> Any:
+            if self.on_begin is not None:
+                self.on_begin(session)
+            return fn(session)
+
         try:
-            return True, run_in_transaction(self.engine, fn)
+            return True, run_in_transaction(self.engine, unit)
         except Exception as exc:
             return False, exc

@@ -22,10 +22,11 @@ from opentelemetry.trace import SpanKind
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from service import outbox
-from service.api_convert import InvalidRequest, Violation, parse_behavioural_event, parse_sync_contact
+from service.api_convert import InvalidRequest, Violation, parse_sync_contact
 from service.config import Settings
 from service.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
-from service.events import EventProcessor, InvalidEvent, RetryableEventError
+from service.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError
+from service.inbox import InboxWriter, QueuedEvent, prepare_request, queued_event
 from service.plugins import PluginConflict
 from service.telemetry import tracer
 from service.transactions import TransactionRunner
@@ -36,8 +37,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SyncService"].full_name
 #: hard transport limit; the per-request business limit (settings.max_request_bytes) is checked in
 #: api_convert so that oversized requests get INVALID_ARGUMENT with a field violation
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-#: one commercetools delivery (SQS allows 256 KB; Pub/Sub and EventBridge more)
-MAX_DELIVERY_BYTES = 4 * 1024 * 1024
 MAX_BATCH_EVENTS = 500
 _OUTCOMES = {
     "applied": pb.EVENT_OUTCOME_APPLIED,
@@ -67,9 +66,12 @@ def bad_request(violations: Iterable[Violation]) -> error_details_pb2.BadRequest
 
 class SyncServicer(pb_grpc.SyncServiceServicer):
     def __init__(self, settings: Settings, contact_sync: ContactSync, transactions: TransactionRunner,
-                 on_enqueued=None, events: EventProcessor | None = None):
+                 on_enqueued=None, events: EventProcessor | None = None, inbox: InboxWriter | None = None,
+                 on_queued=None):
         self.settings = settings
         self.events = events
+        self.inbox = inbox
+        self.on_queued = on_queued or (lambda: None)
         self.contact_sync = contact_sync
         self.transactions = transactions
         self.on_enqueued = on_enqueued or (lambda: None)
@@ -138,24 +140,15 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         )
 
     # -- TrackEvent -----------------------------------------------------------------------------
-    async def _track(self, request: pb.TrackEventRequest) -> pb.TrackEventResponse:
-        """Process one event; raises InvalidRequest / InvalidEvent (poison) or RetryableEventError."""
+    async def _apply(self, request: pb.TrackEventRequest) -> pb.TrackEventResponse:
+        """Apply one event now; raises InvalidRequest / InvalidEvent (poison) or RetryableEventError."""
         if self.events is None:
             raise RetryableEventError("event processing is not configured")
-        priority = outbox.PRIORITY_BACKFILL if request.priority == pb.PRIORITY_BACKFILL else outbox.PRIORITY_LIVE
-        which = request.WhichOneof("payload")
-        if which == "commercetools_delivery":
-            if len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:
-                raise InvalidRequest([Violation("commercetools_delivery", f"larger than {MAX_DELIVERY_BYTES} bytes")])
-            outcomes = await self.events.process_delivery(request.store_key, request.commercetools_delivery,
-                                                          priority=priority)
-        elif which == "behavioural_event":
-            if self.settings.store(request.store_key) is None:
-                raise InvalidRequest([Violation("store_key", f"unknown store {request.store_key!r}")])
-            event = parse_behavioural_event(request.behavioural_event, self.settings, request.store_key)
-            outcomes = [await self.events.process_behavioural(request.store_key, event, priority=priority)]
-        else:
-            raise InvalidRequest([Violation("payload", "one of commercetools_delivery or behavioural_event is required")])
+        steps = await prepare_request(self.events, self.settings, request)
+        outcomes = [await self.events.finish(step) for step in steps]
+        return self._response(outcomes)
+
+    def _response(self, outcomes: list[NotificationOutcome], *, queued: bool = False) -> pb.TrackEventResponse:
         ids = [mid for o in outcomes for mid in o.outbox_message_ids]
         if ids:
             self.on_enqueued()
@@ -163,6 +156,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             outbox_message_ids=ids,
             duplicate=bool(outcomes) and all(o.outcome == "duplicate" for o in outcomes),
             stale=bool(outcomes) and all(o.outcome == "stale" for o in outcomes),
+            queued=queued,
             notifications=[
                 pb.NotificationResult(
                     dedupe_key=o.dedupe_key, resource_type=o.resource_type, resource_id=o.resource_id,
@@ -173,6 +167,42 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                 for o in outcomes
             ],
         )
+
+    async def _queue(self, requests: list[pb.TrackEventRequest]) -> list[pb.TrackEventResponse | Exception]:
+        """Validate queued events and store the valid ones in the inbox with one write.
+
+        Per request: its response, or the InvalidRequest / InvalidEvent it raised.
+        """
+        if self.events is None or self.inbox is None:
+            return [RetryableEventError("event processing is not configured")] * len(requests)
+        results: list[pb.TrackEventResponse | Exception | None] = []
+        to_store: list[tuple[int, QueuedEvent]] = []
+        for request in requests:
+            try:
+                checked = queued_event(self.events, self.settings, request)
+            except (InvalidRequest, InvalidEvent) as exc:
+                results.append(exc)
+                continue
+            if isinstance(checked, NotificationOutcome):
+                results.append(self._response([checked]))
+                continue
+            to_store.append((len(results), checked))
+            results.append(None)
+        if to_store:
+            stored = await self.inbox.add([q for _, q in to_store])
+            for (index, _), fresh in zip(to_store, stored):
+                results[index] = pb.TrackEventResponse(queued=True) if fresh else pb.TrackEventResponse(duplicate=True)
+            if any(stored):
+                self.on_queued()
+        return results  # type: ignore[return-value]
+
+    async def _track(self, request: pb.TrackEventRequest) -> pb.TrackEventResponse:
+        if request.processing == pb.PROCESSING_QUEUED:
+            result = (await self._queue([request]))[0]
+            if isinstance(result, Exception):
+                raise result
+            return result
+        return await self._apply(request)
 
     async def _log_rejected_event(self, request: pb.TrackEventRequest, reason: str, violations=None) -> None:
         await asyncio.to_thread(
@@ -211,26 +241,43 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             await _abort(context, code_pb2.INVALID_ARGUMENT, "too many events",
                          [bad_request([Violation("events", f"at most {MAX_BATCH_EVENTS} events per batch")])])
             return
-        results = []
-        for index, event in enumerate(request.events):
+        results: list[pb.TrackEventResult | None] = [None] * len(request.events)
+        queued = [(i, e) for i, e in enumerate(request.events) if e.processing == pb.PROCESSING_QUEUED]
+        if queued:
+            # The queued events of a batch are validated one by one and stored with one write.
             try:
-                response = await self._track(event)
-                results.append(pb.TrackEventResult(index=index, code=code_pb2.OK, response=response))
-            except InvalidRequest as exc:
-                await self._log_rejected_event(event, str(exc), [{"field": v.field, "description": v.description}
-                                                                for v in exc.violations])
-                results.append(pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT, message=str(exc)))
-            except InvalidEvent as exc:
-                await self._log_rejected_event(event, str(exc))
-                results.append(pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT, message=str(exc)))
-            except RetryableEventError as exc:
-                results.append(pb.TrackEventResult(index=index, code=code_pb2.UNAVAILABLE, message=str(exc),
-                                                   retryable=True))
-            except Exception as exc:  # a bug: report it for this event only, the adapter retries it later
-                log.exception("TrackEventBatch: event %d failed", index)
-                results.append(pb.TrackEventResult(index=index, code=code_pb2.INTERNAL,
-                                                   message=type(exc).__name__, retryable=True))
+                queued_outcomes = await self._queue([e for _, e in queued])
+            except Exception as exc:  # the inbox write failed: nothing of them was stored
+                queued_outcomes = [exc] * len(queued)
+            for (index, event), outcome in zip(queued, queued_outcomes):
+                results[index] = await self._batch_result(index, event, outcome)
+        for index, event in enumerate(request.events):
+            if results[index] is not None:
+                continue
+            try:
+                outcome: pb.TrackEventResponse | Exception = await self._apply(event)
+            except Exception as exc:  # mapped to the event's result below
+                outcome = exc
+            results[index] = await self._batch_result(index, event, outcome)
         return pb.TrackEventBatchResponse(results=results)
+
+    async def _batch_result(self, index: int, event: pb.TrackEventRequest,
+                            outcome: pb.TrackEventResponse | Exception) -> pb.TrackEventResult:
+        if isinstance(outcome, pb.TrackEventResponse):
+            return pb.TrackEventResult(index=index, code=code_pb2.OK, response=outcome)
+        if isinstance(outcome, InvalidRequest):
+            await self._log_rejected_event(event, str(outcome), [{"field": v.field, "description": v.description}
+                                                                for v in outcome.violations])
+            return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT, message=str(outcome))
+        if isinstance(outcome, InvalidEvent):
+            await self._log_rejected_event(event, str(outcome))
+            return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT, message=str(outcome))
+        if isinstance(outcome, RetryableEventError):
+            return pb.TrackEventResult(index=index, code=code_pb2.UNAVAILABLE, message=str(outcome), retryable=True)
+        # a bug: report it for this event only, the adapter retries it later
+        log.error("TrackEventBatch: event %d failed", index, exc_info=outcome)
+        return pb.TrackEventResult(index=index, code=code_pb2.INTERNAL, message=type(outcome).__name__,
+                                   retryable=True)
 
     async def ExportCatalog(self, request, context):
         await _abort(context, code_pb2.UNIMPLEMENTED, "ExportCatalog is not implemented yet")

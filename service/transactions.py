@@ -16,7 +16,7 @@ import logging
 from typing import Callable, TypeVar
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 UnitOfWork = Callable[[Session], T]
 
-#: retries of a unit that lost a uniqueness race (two writers creating the same identifier at once)
+#: retries of a unit that lost a race: a uniqueness race (two writers creating the same identifier at once)
+#: or, on PostgreSQL, a deadlock between two transactions that lock the same contacts in another order
 INTEGRITY_RETRIES = 3
+#: SQLSTATEs of a transaction PostgreSQL aborted so that another could proceed: deadlock_detected,
+#: serialization_failure. Applying the unit again is safe: none of it was kept.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def lost_race(exc: BaseException) -> bool:
+    """True when ``exc`` means the unit of work lost a race to another writer and may simply run again."""
+    if isinstance(exc, IntegrityError):
+        return True
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
 def run_in_transaction(engine: Engine, fn: UnitOfWork[T]) -> T:
@@ -34,10 +45,10 @@ def run_in_transaction(engine: Engine, fn: UnitOfWork[T]) -> T:
         try:
             with Session(engine, expire_on_commit=False) as session, session.begin():
                 return fn(session)
-        except IntegrityError:
-            if attempt == INTEGRITY_RETRIES - 1:
+        except DBAPIError as exc:
+            if not lost_race(exc) or attempt == INTEGRITY_RETRIES - 1:
                 raise
-            log.info("uniqueness race while applying a unit of work; retrying")
+            log.info("unit of work lost a race (%s); retrying", type(exc.orig).__name__)
     raise AssertionError("unreachable")
 
 

@@ -317,3 +317,52 @@ class BacksyncCursor(SQLModel, table=True):
     lease_owner: Optional[str] = Field(default=None, max_length=200)
     lease_expires_at: Optional[datetime] = None
     updated_at: datetime
+
+
+class InboxStatus:
+    """Lifecycle of a queued event: ``pending`` -> ``done`` (applied, or found duplicate/stale/ignored),
+    ``rejected`` (can never be applied: logged in ``rejected_record``) or ``failed`` (retryable errors
+    until ``[inbox] max_attempts``: logged too)."""
+
+    PENDING = "pending"
+    DONE = "done"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class EventInbox(SQLModel, table=True):
+    """A TrackEvent accepted with PROCESSING_QUEUED, waiting for (or finished by) the inbox processor.
+
+    The row holds the request as received (serialized ``TrackEventRequest``); ``dedupe_key`` (the
+    commercetools message id or the behavioural event id, when the request has exactly one) answers
+    a redelivery of a queued event with ``duplicate`` at once. Done rows stay as that dedupe record.
+    """
+
+    __tablename__ = "event_inbox"
+    __table_args__ = (
+        sa.UniqueConstraint("dedupe_key"),
+        # Claims: pending rows in arrival order.
+        sa.Index(
+            "ix_event_inbox_pending_claim_order",
+            "id",
+            sqlite_where=sa.text("status = 'pending'"),
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(BigInt, primary_key=True, autoincrement=True))
+    dedupe_key: Optional[str] = Field(default=None, max_length=300)
+    store_key: str = Field(max_length=100)
+    #: the serialized TrackEventRequest
+    request: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    status: str = Field(default=InboxStatus.PENDING, max_length=20)
+    attempts: int = 0
+    next_attempt_at: datetime
+    lease_owner: Optional[str] = Field(default=None, max_length=200)
+    lease_expires_at: Optional[datetime] = None
+    #: outcome of each notification, comma-separated (applied, duplicate, stale, ignored)
+    outcome: Optional[str] = Field(default=None, max_length=200)
+    last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    received_at: datetime
+    processed_at: Optional[datetime] = None

@@ -24,6 +24,12 @@ class OptInType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPT_IN_TYPE_DOUBLE: _ClassVar[OptInType]
     OPT_IN_TYPE_VERIFIED_DOUBLE: _ClassVar[OptInType]
 
+class Processing(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROCESSING_UNSPECIFIED: _ClassVar[Processing]
+    PROCESSING_APPLIED: _ClassVar[Processing]
+    PROCESSING_QUEUED: _ClassVar[Processing]
+
 class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PRIORITY_UNSPECIFIED: _ClassVar[Priority]
@@ -44,6 +50,9 @@ OPT_IN_TYPE_UNSPECIFIED: OptInType
 OPT_IN_TYPE_SINGLE: OptInType
 OPT_IN_TYPE_DOUBLE: OptInType
 OPT_IN_TYPE_VERIFIED_DOUBLE: OptInType
+PROCESSING_UNSPECIFIED: Processing
+PROCESSING_APPLIED: Processing
+PROCESSING_QUEUED: Processing
 PRIORITY_UNSPECIFIED: Priority
 PRIORITY_LIVE: Priority
 PRIORITY_BACKFILL: Priority
@@ -224,16 +233,18 @@ class IdentityConflict(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., owner_contact_id: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class TrackEventRequest(_message.Message):
-    __slots__ = ("store_key", "commercetools_delivery", "behavioural_event", "priority")
+    __slots__ = ("store_key", "commercetools_delivery", "behavioural_event", "priority", "processing")
     STORE_KEY_FIELD_NUMBER: _ClassVar[int]
     COMMERCETOOLS_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOURAL_EVENT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_FIELD_NUMBER: _ClassVar[int]
     store_key: str
     commercetools_delivery: bytes
     behavioural_event: BehaviouralEvent
     priority: Priority
-    def __init__(self, store_key: _Optional[str] = ..., commercetools_delivery: _Optional[bytes] = ..., behavioural_event: _Optional[_Union[BehaviouralEvent, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    processing: Processing
+    def __init__(self, store_key: _Optional[str] = ..., commercetools_delivery: _Optional[bytes] = ..., behavioural_event: _Optional[_Union[BehaviouralEvent, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., processing: _Optional[_Union[Processing, str]] = ...) -> None: ...
 
 class BehaviouralEvent(_message.Message):
     __slots__ = ("event_id", "product_viewed", "cart_updated", "custom_event", "identity", "occurred_at", "locale", "currency")
@@ -284,16 +295,18 @@ class CustomEvent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., properties: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class TrackEventResponse(_message.Message):
-    __slots__ = ("outbox_message_ids", "duplicate", "stale", "notifications")
+    __slots__ = ("outbox_message_ids", "duplicate", "stale", "notifications", "queued")
     OUTBOX_MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
     NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
     outbox_message_ids: _containers.RepeatedScalarFieldContainer[int]
     duplicate: bool
     stale: bool
     notifications: _containers.RepeatedCompositeFieldContainer[NotificationResult]
-    def __init__(self, outbox_message_ids: _Optional[_Iterable[int]] = ..., duplicate: _Optional[bool] = ..., stale: _Optional[bool] = ..., notifications: _Optional[_Iterable[_Union[NotificationResult, _Mapping]]] = ...) -> None: ...
+    queued: bool
+    def __init__(self, outbox_message_ids: _Optional[_Iterable[int]] = ..., duplicate: _Optional[bool] = ..., stale: _Optional[bool] = ..., notifications: _Optional[_Iterable[_Union[NotificationResult, _Mapping]]] = ..., queued: _Optional[bool] = ...) -> None: ...
 
 class NotificationResult(_message.Message):
     __slots__ = ("dedupe_key", "resource_type", "resource_id", "message_type", "outcome", "reason", "contact_id", "outbox_message_ids")

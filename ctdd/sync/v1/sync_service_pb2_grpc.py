@@ -90,6 +90,11 @@ class SyncServiceServicer:
         Errors: INVALID_ARGUMENT for a delivery that cannot be parsed or an unknown store (do not retry:
         send it to a dead-letter queue); UNAVAILABLE when the commercetools API could not be reached to
         fetch the resource (retry later; nothing was written).
+
+        With `processing = PROCESSING_QUEUED` the service only validates the event and stores it durably in
+        its event inbox before answering OK (`queued` is set); a background processor applies queued events
+        in arrival order, fetches what they need from commercetools and retries that on its own. This is the
+        fast path for middleware and transports that only need an acknowledgement.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,442 @@
+"""The event inbox: TrackEvent with PROCESSING_QUEUED, stored durably at once and applied in the background.
+
+Applying an event (identity resolution, delta, insight records, outbox messages; maybe a commercetools
+fetch) costs milliseconds; storing it costs microseconds. A queued TrackEvent is validated (unknown store,
+unparseable delivery or invalid behavioural event: INVALID_ARGUMENT, as for applied events), written to
+``event_inbox`` as the serialized request, and answered once that write has committed.
+
+Ingest (:class:`InboxWriter`) is a group commit of plain INSERTs: the rows of all concurrent RPCs go into
+one transaction (``INSERT ... ON CONFLICT DO NOTHING``, executemany), so durable ingest costs one fsync per
+batch of RPCs and no ORM work. A queued event whose message id or event id is already in the inbox is
+answered ``duplicate`` at once.
+
+Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` next to the dispatcher):
+
+1. claim up to ``[inbox] batch_size`` due pending rows in arrival (id) order with a lease (``FOR UPDATE
+   SKIP LOCKED`` on PostgreSQL, so several processors take different rows);
+2. prepare every claimed event concurrently (parse, commercetools fetches: ``EventProcessor.prepare_*``);
+3. apply them in arrival order, all in ONE transaction with a savepoint per event (its own group-commit
+   runner, not the ingest one). Each event's unit first flips its row to ``done`` only if the row is still
+   pending and leased to this processor, so an event is applied exactly once even when a lease expired
+   and another processor re-claimed it;
+4. an event whose preparation or unit failed with a retryable error (commercetools unreachable, a bug)
+   goes back to pending with a capped exponential backoff; after ``max_attempts`` it becomes ``failed``;
+   one that can never be applied becomes ``rejected``. Both are logged in ``rejected_record``.
+
+Ordering: one processor applies events in arrival order. Several processors (PostgreSQL) claim and
+prepare different batches at once, but their apply transactions take turns (an advisory lock: batches that
+lock the same contacts in another order would otherwise deadlock), so batches are applied one after the
+other. A retried event is applied after events that came later; what is applied stays right because of
+the version and timestamp rules every event goes through (resource versions, cart versions, per-field
+source timestamps), the same rules that order concurrent TrackEvent calls.
+
+A processor killed mid-batch leaves its rows pending with a lease; when the lease expires, any processor
+claims them again (``[inbox] lease_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from service import outbox
+from service.api_convert import InvalidRequest, Violation, parse_behavioural_event
+from service.config import InboxConfig, Settings
+from service.contact_sync import log_rejected
+from service.db.engine import utcnow
+from service.db.models import EventInbox, InboxStatus
+from service.events import (
+    EventProcessor,
+    InvalidEvent,
+    NotificationOutcome,
+    RetryableEventError,
+    Step,
+    behavioural_dedupe_key,
+)
+from service.group_commit import GroupCommitRunner
+from service.pg_listen import OutboxListener
+
+log = logging.getLogger(__name__)
+
+INBOX = EventInbox.__table__
+#: PostgreSQL NOTIFY channel raised (on commit) by every ingest batch; inbox processors LISTEN on it
+NOTIFY_CHANNEL = "ctdd_inbox"
+#: chunk size of the "already queued?" lookups (bound parameters per statement)
+_LOOKUP_CHUNK = 500
+
+
+PAYLOAD_REQUIRED = Violation("payload", "one of commercetools_delivery or behavioural_event is required")
+#: one commercetools delivery (SQS allows 256 KB; Pub/Sub and EventBridge more)
+MAX_DELIVERY_BYTES = 4 * 1024 * 1024
+
+
+def priority_of(request: pb.TrackEventRequest) -> int:
+    return outbox.PRIORITY_BACKFILL if request.priority == pb.PRIORITY_BACKFILL else outbox.PRIORITY_LIVE
+
+
+def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
+    """The request's payload kind, after the checks every TrackEventRequest gets (InvalidRequest)."""
+    which = request.WhichOneof("payload")
+    if which is None:
+        raise InvalidRequest([PAYLOAD_REQUIRED])
+    if settings.store(request.store_key) is None:
+        raise InvalidRequest([Violation("store_key", f"unknown store {request.store_key!r}")])
+    if which == "commercetools_delivery" and len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:
+        raise InvalidRequest([Violation("commercetools_delivery", f"larger than {MAX_DELIVERY_BYTES} bytes")])
+    return which
+
+
+async def prepare_request(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest) -> list[Step]:
+    """The prepared steps of one TrackEventRequest (applied now, or taken from the inbox).
+
+    Raises InvalidRequest / InvalidEvent (never processable) or RetryableEventError (try again later).
+    """
+    priority = priority_of(request)
+    if _check(settings, request) == "commercetools_delivery":
+        return await events.prepare_delivery(request.store_key, request.commercetools_delivery, priority=priority)
+    event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
+    return [events.prepare_behavioural(request.store_key, event, priority=priority)]
+
+
+def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest
+                 ) -> QueuedEvent | NotificationOutcome:
+    """Validate a request for the inbox: what to store, or the final outcome of a delivery that needs no
+    processing (a well-formed but irrelevant message). Raises InvalidRequest / InvalidEvent."""
+    if _check(settings, request) == "commercetools_delivery":
+        parsed = events.parse(request.store_key, request.commercetools_delivery)
+        if isinstance(parsed, NotificationOutcome):
+            return parsed
+        key = parsed[0].dedupe_key if len(parsed) == 1 else None
+    else:
+        event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
+        key = behavioural_dedupe_key(request.store_key, event.event_id)
+    return QueuedEvent(request.store_key, request.SerializeToString(), key)
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QueuedEvent:
+    """One validated request for the inbox."""
+
+    store_key: str
+    request: bytes
+    #: the message id / event id, when the request carries exactly one notification
+    dedupe_key: str | None
+
+
+class InboxWriter(GroupCommitRunner):
+    """Group commit for the inbox: ``await add(events)`` -> per event, True (queued) or False (duplicate).
+
+    The committer loop is :class:`~service.group_commit.GroupCommitRunner`'s; a batch here is a list of
+    lists of :class:`QueuedEvent` (one list per RPC) written with one executemany.
+    """
+
+    async def add(self, events: list[QueuedEvent]) -> list[bool]:
+        if not events:
+            return []
+        return await self.run(events)  # type: ignore[arg-type]
+
+    def _apply_batch(self, items: list[Any]) -> list[tuple[bool, Any]]:
+        try:
+            results = self._insert(items)
+        except Exception:
+            log.warning("inbox write of %d request(s) failed; writing them one by one", len(items), exc_info=True)
+            outcomes: list[tuple[bool, Any]] = []
+            for item in items:
+                try:
+                    outcomes.append((True, self._insert([item])[0]))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+            return outcomes
+        self.batches += 1
+        self.units += len(items)
+        self.largest_batch = max(self.largest_batch, len(items))
+        return [(True, r) for r in results]
+
+    def _insert(self, items: list[list[QueuedEvent]]) -> list[list[bool]]:
+        # Plain DBAPI statements: at tens of thousands of rows per second the ORM's (and even Core's)
+        # per-row work would cost more than the rows themselves.
+        dialect = self.engine.dialect
+        postgres = dialect.name == "postgresql"
+        mark = "%s" if postgres else "?"
+        time_type = INBOX.c.received_at.type
+        to_db = time_type._cached_bind_processor(dialect)  # the column type's own conversion (UTC)
+        now = utcnow()
+        now_db = to_db(now) if to_db is not None else now
+        keys = list({e.dedupe_key for item in items for e in item if e.dedupe_key})
+        with self.engine.begin() as conn:
+            seen: set[str] = set()
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start:start + _LOOKUP_CHUNK]
+                found = conn.exec_driver_sql(
+                    f"SELECT dedupe_key FROM event_inbox WHERE dedupe_key IN ({', '.join([mark] * len(chunk))})",
+                    tuple(chunk),
+                ).scalars()
+                seen.update(found)
+            results: list[list[bool]] = []
+            rows: list[tuple[str | None, str, bytes]] = []
+            for item in items:
+                flags = []
+                for e in item:
+                    fresh = e.dedupe_key is None or e.dedupe_key not in seen
+                    if fresh:
+                        if e.dedupe_key is not None:
+                            seen.add(e.dedupe_key)
+                        rows.append((e.dedupe_key, e.store_key, e.request))
+                    flags.append(fresh)
+                results.append(flags)
+            if rows:
+                # ON CONFLICT DO NOTHING: another process may have queued the same key since the lookup;
+                # the processor would find that duplicate anyway.
+                columns = "dedupe_key, store_key, request, status, attempts, next_attempt_at, received_at"
+                if postgres:
+                    # One statement for the whole batch (executemany would cost a round trip per row).
+                    keys_, stores, requests = (list(col) for col in zip(*rows))
+                    conn.exec_driver_sql(
+                        f"INSERT INTO event_inbox ({columns}) SELECT k, s, r, '{InboxStatus.PENDING}', 0, %s, %s "
+                        "FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS t(k, s, r, n) ORDER BY n "
+                        "ON CONFLICT DO NOTHING",
+                        (now_db, now_db, keys_, stores, requests),
+                    )
+                    conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+                else:
+                    conn.exec_driver_sql(
+                        f"INSERT INTO event_inbox ({columns}) VALUES (?, ?, ?, '{InboxStatus.PENDING}', 0, ?, ?) "
+                        "ON CONFLICT DO NOTHING",
+                        [(k, s_, r, now_db, now_db) for k, s_, r in rows],
+                    )
+        return results
+
+
+# -- claims and outcomes ----------------------------------------------------------------------------
+@dataclass
+class ClaimedEvent:
+    id: int
+    store_key: str
+    request: bytes
+    attempts: int
+
+
+def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None
+          ) -> list[ClaimedEvent]:
+    """Lease up to ``limit`` due pending events to ``worker``, oldest first."""
+    now = now or utcnow()
+    candidates = (
+        sa.select(INBOX.c.id)
+        .where(INBOX.c.status == InboxStatus.PENDING, INBOX.c.next_attempt_at <= now,
+               sa.or_(INBOX.c.lease_expires_at.is_(None), INBOX.c.lease_expires_at < now))
+        .order_by(INBOX.c.id)
+        .limit(limit)
+    )
+    if engine.dialect.name == "postgresql":
+        # MATERIALIZED: the locking SELECT runs once (see service.outbox.claim).
+        cte = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
+        chosen = sa.select(cte.c.id).scalar_subquery()
+    else:
+        chosen = candidates.scalar_subquery()
+    stmt = (
+        sa.update(INBOX)
+        .where(INBOX.c.id.in_(chosen), INBOX.c.status == InboxStatus.PENDING)
+        .values(lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts)
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(stmt).all()
+    return sorted((ClaimedEvent(r.id, r.store_key, bytes(r.request), r.attempts) for r in rows), key=lambda e: e.id)
+
+
+def release(engine: Engine, *, worker: str | None = None) -> int:
+    """Hand back the leases ``worker`` holds (clean shutdown), or every lease (``None``: SQLite start-up,
+    where the one background worker of the file knows any lease is left from a previous run)."""
+    stmt = sa.update(INBOX).where(INBOX.c.status == InboxStatus.PENDING, INBOX.c.lease_owner.is_not(None))
+    if worker is not None:
+        stmt = stmt.where(INBOX.c.lease_owner == worker)
+    with engine.begin() as conn:
+        return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
+
+
+def pending_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(INBOX)
+                            .where(INBOX.c.status == InboxStatus.PENDING)).scalar_one()
+
+
+#: PostgreSQL advisory lock serializing the apply transactions of all inbox processors
+APPLY_LOCK_KEY = 0x63746464_696E6278 & 0x7FFFFFFFFFFFFFFF  # "ctddinbx"
+
+
+def _serialize_applies(session: Session) -> None:
+    """First statement of every apply transaction: on PostgreSQL, one processor applies at a time.
+
+    A batch locks the contacts of many events in the order the events came; two processors applying
+    batches at once would deadlock whenever their batches share contacts in another order (and each
+    deadlock costs PostgreSQL's ``deadlock_timeout``, a second, to detect). Preparation (parsing,
+    commercetools fetches) still runs in parallel; only the database work takes turns, in claim order.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPLY_LOCK_KEY})
+
+
+@dataclass
+class _Failure:
+    event: ClaimedEvent
+    error: str
+    #: False: the event can never be applied (rejected at once)
+    retryable: bool
+
+
+# -- processing --------------------------------------------------------------------------------------
+class InboxProcessor:
+    """Claims queued events, prepares them concurrently and applies them in order, one transaction per batch."""
+
+    def __init__(self, engine: Engine, settings: Settings, events: EventProcessor, *, worker_id: str,
+                 on_enqueued=None):
+        self.engine = engine
+        self.settings = settings
+        self.cfg: InboxConfig = settings.inbox
+        self.events = events
+        self.worker_id = worker_id
+        self.on_enqueued = on_enqueued or (lambda: None)
+        self.runner = GroupCommitRunner(engine, max_batch=self.cfg.batch_size, on_begin=_serialize_applies)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task | None = None
+        self._listener: OutboxListener | None = None
+        #: counters for observability and tests
+        self.stats = {"applied": 0, "retried": 0, "rejected": 0, "failed": 0, "batches": 0}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="inbox-processor")
+        if self.engine.dialect.name == "postgresql":
+            self._listener = OutboxListener(self.engine, self.wake, channel=NOTIFY_CHANNEL)
+            self._listener.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then hand back any lease."""
+        self._stopping = True
+        self._wake.set()
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.runner.close()
+        await asyncio.to_thread(release, self.engine, worker=self.worker_id)
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                claimed = await self.run_once()
+            except Exception:
+                log.exception("inbox processing failed; retrying shortly")
+                claimed = 0
+            if claimed >= self.cfg.batch_size:
+                await asyncio.sleep(0)
+                continue
+            if self._stopping:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.poll_interval_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """Process one batch of due events; returns how many were claimed."""
+        claimed = await asyncio.to_thread(claim, self.engine, worker=self.worker_id, limit=self.cfg.batch_size,
+                                          lease_seconds=self.cfg.lease_seconds)
+        if not claimed:
+            return 0
+        prepared = await asyncio.gather(*(self._prepare(e) for e in claimed))
+        failures = [p for p in prepared if isinstance(p, _Failure)]
+        ready = [(e, p) for e, p in zip(claimed, prepared) if not isinstance(p, _Failure)]
+        # Coroutines handed to gather start in order, and each queues its unit before its first await,
+        # so the runner applies the units in arrival order.
+        results = await asyncio.gather(*(self.runner.run(self._unit(e, steps)) for e, steps in ready),
+                                       return_exceptions=True)
+        enqueued = False
+        for (event, _), result in zip(ready, results):
+            if isinstance(result, BaseException):
+                log.error("queued event %d failed to apply: %s", event.id, type(result).__name__,
+                          exc_info=result if not isinstance(result, RetryableEventError) else None)
+                failures.append(_Failure(event, f"{type(result).__name__}: {result}", retryable=True))
+            elif result:
+                self.stats["applied"] += 1
+                enqueued |= any(o.outbox_message_ids for o in result)
+        if failures:
+            await asyncio.to_thread(self._record_failures, failures)
+        self.stats["batches"] += 1
+        if enqueued:
+            self.on_enqueued()
+        return len(claimed)
+
+    async def _prepare(self, event: ClaimedEvent) -> list[Step] | _Failure:
+        try:
+            request = pb.TrackEventRequest.FromString(event.request)
+            return await prepare_request(self.events, self.settings, request)
+        except (InvalidRequest, InvalidEvent) as exc:
+            return _Failure(event, str(exc) or "invalid request", retryable=False)
+        except RetryableEventError as exc:
+            return _Failure(event, str(exc), retryable=True)
+        except Exception as exc:  # a bug: keep the event, retry it with backoff
+            log.exception("preparing queued event %d failed", event.id)
+            return _Failure(event, f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def _unit(self, event: ClaimedEvent, steps: list[Step]):
+        worker = self.worker_id
+
+        def unit(session: Session) -> list[NotificationOutcome]:
+            # Exactly once: only the processor holding the row's lease turns it to done.
+            taken = session.execute(
+                sa.update(INBOX)
+                .where(INBOX.c.id == event.id, INBOX.c.status == InboxStatus.PENDING, INBOX.c.lease_owner == worker)
+                .values(status=InboxStatus.DONE, processed_at=utcnow(), lease_owner=None, lease_expires_at=None)
+            ).rowcount
+            if not taken:
+                log.info("queued event %d was taken over by another processor; skipped", event.id)
+                return []
+            outcomes = [step if isinstance(step, NotificationOutcome) else step(session) for step in steps]
+            session.execute(sa.update(INBOX).where(INBOX.c.id == event.id)
+                            .values(outcome=",".join(o.outcome for o in outcomes)[:200]))
+            return outcomes
+
+        return unit
+
+    def _record_failures(self, failures: list[_Failure]) -> None:
+        now = utcnow()
+        given_up: list[tuple[_Failure, str]] = []
+        with self.engine.begin() as conn:
+            for f in failures:
+                attempt = f.event.attempts + 1
+                if f.retryable and attempt < self.cfg.max_attempts:
+                    delay = outbox.backoff_seconds(attempt, base=self.cfg.backoff_base_seconds,
+                                                   cap=self.cfg.backoff_cap_seconds)
+                    values = dict(attempts=attempt, next_attempt_at=now + timedelta(seconds=delay))
+                    self.stats["retried"] += 1
+                else:
+                    status = InboxStatus.FAILED if f.retryable else InboxStatus.REJECTED
+                    values = dict(attempts=attempt, status=status, processed_at=now)
+                    self.stats["failed" if f.retryable else "rejected"] += 1
+                    given_up.append((f, status))
+                conn.execute(
+                    sa.update(INBOX)
+                    .where(INBOX.c.id == f.event.id, INBOX.c.status == InboxStatus.PENDING,
+                           INBOX.c.lease_owner == self.worker_id)
+                    .values(lease_owner=None, lease_expires_at=None, last_error=f.error[:2000], **values)
+                )
+        for f, status in given_up:
+            reason = (f"queued event {status} after {f.event.attempts + 1} attempt(s): {f.error}" if f.retryable
+                      else f"queued event rejected: {f.error}")
+            log_rejected(self.engine, operation="TrackEvent", reason=reason, store_key=f.event.store_key,
+                         record_type="event_inbox", record_id=str(f.event.id))

@@ -49,7 +49,8 @@ class App:
             if self.dispatcher is not None else None
         )
         if serve_grpc:
-            self.inbox_writer = InboxWriter(self.engine, max_batch=settings.group_commit_max_batch)
+            self.inbox_writer = InboxWriter(self.engine, max_batch=settings.group_commit_max_batch,
+                                            min_commit_interval=settings.inbox.write_interval_seconds)
             servicer = SyncServicer(settings, self.contact_sync, self.transactions, on_enqueued=self._wake_dispatcher,
                                     events=self.events, inbox=self.inbox_writer, on_queued=self._wake_inbox)
             self.grpc = GrpcServer(servicer, settings.listen)

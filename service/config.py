@@ -243,8 +243,13 @@ class InboxConfig:
     max_attempts: int = 20
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 600.0
+    #: ingest side: under load, inbox writes commit at most this often, so one commit (one fsync) carries the
+    #: events of that long; a write that follows no other recent one commits at once
+    write_interval_seconds: float = 0.005
 
     def __post_init__(self) -> None:
+        if float(self.write_interval_seconds) < 0:
+            raise ConfigError("inbox.write_interval_seconds: must be >= 0")
         for name in ("batch_size", "max_attempts"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"inbox.{name}: must be >= 1")

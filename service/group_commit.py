@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any, TypeVar
 
@@ -41,11 +42,16 @@ T = TypeVar("T")
 class GroupCommitRunner:
     """Applies concurrent units of work in shared transactions, one savepoint per unit."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 256, on_begin: UnitOfWork[Any] | None = None):
+    def __init__(self, engine: Engine, *, max_batch: int = 256, on_begin: UnitOfWork[Any] | None = None,
+                 min_commit_interval: float = 0.0):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.engine = engine
         self.max_batch = max_batch
+        #: under load, commits start at most this often, so that a batch gathers the units of that time;
+        #: an idle runner commits at once (only a commit that follows another closely waits)
+        self.min_commit_interval = min_commit_interval
+        self._last_commit = 0.0
         #: run first in every transaction this runner opens (e.g. to take a lock)
         self.on_begin = on_begin
         self._queue: deque[tuple[UnitOfWork[Any], asyncio.Future]] = deque()
@@ -87,13 +93,21 @@ class GroupCommitRunner:
                     return
                 self._kick.clear()
                 await self._kick.wait()
+                # One more turn of the event loop: handlers that are ready to run (their requests have
+                # arrived) add their units to this batch rather than to the next one.
+                await asyncio.sleep(0)
                 continue
+            if self.min_commit_interval and len(self._queue) < self.max_batch:
+                wait = self._last_commit + self.min_commit_interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            self._last_commit = time.monotonic()
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             live = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
             if not live:
                 continue
             try:
-                outcomes = await asyncio.to_thread(self._apply_batch, [fn for fn, _ in live])
+                outcomes = await self._apply_batch_async([fn for fn, _ in live])
             except BaseException as exc:  # pragma: no cover - _apply_batch catches everything it can
                 outcomes = [(False, exc)] * len(live)
             for (_, future), (ok, value) in zip(live, outcomes):
@@ -103,6 +117,9 @@ class GroupCommitRunner:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
+
+    async def _apply_batch_async(self, units: list[UnitOfWork[Any]]) -> list[tuple[bool, Any]]:
+        return await asyncio.to_thread(self._apply_batch, units)
 
     # -- in the worker thread ---------------------------------------------------------------------
     def _apply_batch(self, units: list[UnitOfWork[Any]]) -> list[tuple[bool, Any]]:

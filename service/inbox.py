@@ -51,7 +51,7 @@ from service import outbox
 from service.api_convert import InvalidRequest, Violation, parse_behavioural_event
 from service.config import InboxConfig, Settings
 from service.contact_sync import log_rejected
-from service.db.engine import utcnow
+from service.db.engine import sqlite_write_lock, utcnow
 from service.db.models import EventInbox, InboxStatus
 from service.events import (
     EventProcessor,
@@ -136,83 +136,141 @@ class InboxWriter(GroupCommitRunner):
     """Group commit for the inbox: ``await add(events)`` -> per event, True (queued) or False (duplicate).
 
     The committer loop is :class:`~service.group_commit.GroupCommitRunner`'s; a batch here is a list of
-    lists of :class:`QueuedEvent` (one list per RPC) written with one executemany.
+    lists of :class:`QueuedEvent` (one list per RPC), written with one lookup and one multi-row INSERT.
+
+    On SQLite the batch is written on the event loop itself whenever the database's write lock is free at
+    once (the common case: a batch costs about a millisecond, mostly the fsync of the COMMIT). Handing it
+    to a thread instead would cost more: every step of the thread must win the interpreter lock back from
+    the event loop, which is busy with gRPC, and those waits dominated ingest. When another writer holds
+    the lock (the inbox processor, the dispatcher, another process), the batch goes to a thread and waits
+    there, never on the event loop.
     """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 256, min_commit_interval: float = 0.005):
+        super().__init__(engine, max_batch=max_batch, min_commit_interval=min_commit_interval)
+        self._postgres = engine.dialect.name == "postgresql"
+        self._inline: Any = None  # the raw SQLite connection of the inline path, opened on first use
+        self._inline_lock = (sqlite_write_lock(engine.url.database)
+                             if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+                             else None)
+        to_db = INBOX.c.received_at.type._cached_bind_processor(engine.dialect)  # the column type's conversion
+        self._to_db = to_db or (lambda value: value)
+        #: batches written on the event loop / in a thread (observability and tests)
+        self.inline_batches = 0
 
     async def add(self, events: list[QueuedEvent]) -> list[bool]:
         if not events:
             return []
         return await self.run(events)  # type: ignore[arg-type]
 
+    async def close(self) -> None:
+        await super().close()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+
+    async def _apply_batch_async(self, items: list[Any]) -> list[tuple[bool, Any]]:
+        if self._inline_lock is not None:
+            results = self._try_inline(items)
+            if results is not None:
+                self.inline_batches += 1
+                return self._counted(items, [(True, r) for r in results])
+        return await asyncio.to_thread(self._apply_batch, items)
+
+    def _try_inline(self, items: list[list[QueuedEvent]]) -> list[list[bool]] | None:
+        """Write the batch without waiting for any lock; None when a lock is taken (or anything failed)."""
+        assert self._inline_lock is not None
+        if not self._inline_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._inline is None:
+                self._inline = self.engine.raw_connection()
+                self._inline.cursor().execute("PRAGMA busy_timeout=0")  # never wait on the event loop
+            cursor = self._inline.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+            except Exception:  # SQLITE_BUSY: another process is writing
+                return None
+            try:
+                results = self._write(cursor, items)
+                cursor.execute("COMMIT")
+                return results
+            except Exception:
+                log.warning("inline inbox write failed; retrying it in a thread", exc_info=True)
+                if self._inline.dbapi_connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+                return None
+        finally:
+            self._inline_lock.release()
+
     def _apply_batch(self, items: list[Any]) -> list[tuple[bool, Any]]:
         try:
-            results = self._insert(items)
+            with self.engine.begin() as conn:
+                results = self._write(conn.connection.cursor(), items)
         except Exception:
             log.warning("inbox write of %d request(s) failed; writing them one by one", len(items), exc_info=True)
             outcomes: list[tuple[bool, Any]] = []
             for item in items:
                 try:
-                    outcomes.append((True, self._insert([item])[0]))
+                    with self.engine.begin() as conn:
+                        outcomes.append((True, self._write(conn.connection.cursor(), [item])[0]))
                 except Exception as exc:
                     outcomes.append((False, exc))
             return outcomes
+        return self._counted(items, [(True, r) for r in results])
+
+    def _counted(self, items: list[Any], outcomes: list[tuple[bool, Any]]) -> list[tuple[bool, Any]]:
         self.batches += 1
         self.units += len(items)
         self.largest_batch = max(self.largest_batch, len(items))
-        return [(True, r) for r in results]
+        return outcomes
 
-    def _insert(self, items: list[list[QueuedEvent]]) -> list[list[bool]]:
-        # Plain DBAPI statements: at tens of thousands of rows per second the ORM's (and even Core's)
-        # per-row work would cost more than the rows themselves.
-        dialect = self.engine.dialect
-        postgres = dialect.name == "postgresql"
+    def _write(self, cursor: Any, items: list[list[QueuedEvent]]) -> list[list[bool]]:
+        """Look up the batch's dedupe keys and insert the new events, with plain DBAPI statements (at tens of
+        thousands of rows per second the ORM's, even Core's, per-row work would cost more than the rows)."""
+        postgres = self._postgres
         mark = "%s" if postgres else "?"
-        time_type = INBOX.c.received_at.type
-        to_db = time_type._cached_bind_processor(dialect)  # the column type's own conversion (UTC)
-        now = utcnow()
-        now_db = to_db(now) if to_db is not None else now
+        now_db = self._to_db(utcnow())
         keys = list({e.dedupe_key for item in items for e in item if e.dedupe_key})
-        with self.engine.begin() as conn:
-            seen: set[str] = set()
-            for start in range(0, len(keys), _LOOKUP_CHUNK):
-                chunk = keys[start:start + _LOOKUP_CHUNK]
-                found = conn.exec_driver_sql(
-                    f"SELECT dedupe_key FROM event_inbox WHERE dedupe_key IN ({', '.join([mark] * len(chunk))})",
-                    tuple(chunk),
-                ).scalars()
-                seen.update(found)
-            results: list[list[bool]] = []
-            rows: list[tuple[str | None, str, bytes]] = []
-            for item in items:
-                flags = []
-                for e in item:
-                    fresh = e.dedupe_key is None or e.dedupe_key not in seen
-                    if fresh:
-                        if e.dedupe_key is not None:
-                            seen.add(e.dedupe_key)
-                        rows.append((e.dedupe_key, e.store_key, e.request))
-                    flags.append(fresh)
-                results.append(flags)
-            if rows:
-                # ON CONFLICT DO NOTHING: another process may have queued the same key since the lookup;
-                # the processor would find that duplicate anyway.
-                columns = "dedupe_key, store_key, request, status, attempts, next_attempt_at, received_at"
-                if postgres:
-                    # One statement for the whole batch (executemany would cost a round trip per row).
-                    keys_, stores, requests = (list(col) for col in zip(*rows))
-                    conn.exec_driver_sql(
-                        f"INSERT INTO event_inbox ({columns}) SELECT k, s, r, '{InboxStatus.PENDING}', 0, %s, %s "
-                        "FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS t(k, s, r, n) ORDER BY n "
-                        "ON CONFLICT DO NOTHING",
-                        (now_db, now_db, keys_, stores, requests),
-                    )
-                    conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
-                else:
-                    conn.exec_driver_sql(
-                        f"INSERT INTO event_inbox ({columns}) VALUES (?, ?, ?, '{InboxStatus.PENDING}', 0, ?, ?) "
-                        "ON CONFLICT DO NOTHING",
-                        [(k, s_, r, now_db, now_db) for k, s_, r in rows],
-                    )
+        seen: set[str] = set()
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start:start + _LOOKUP_CHUNK]
+            cursor.execute(f"SELECT dedupe_key FROM event_inbox WHERE dedupe_key IN ({', '.join([mark] * len(chunk))})",
+                           tuple(chunk))
+            seen.update(row[0] for row in cursor.fetchall())
+        results: list[list[bool]] = []
+        rows: list[tuple[str | None, str, bytes]] = []
+        for item in items:
+            flags = []
+            for e in item:
+                fresh = e.dedupe_key is None or e.dedupe_key not in seen
+                if fresh:
+                    if e.dedupe_key is not None:
+                        seen.add(e.dedupe_key)
+                    rows.append((e.dedupe_key, e.store_key, e.request))
+                flags.append(fresh)
+            results.append(flags)
+        if not rows:
+            return results
+        # ON CONFLICT DO NOTHING: another process may have queued the same key since the lookup; the
+        # processor would find that duplicate anyway.
+        columns = "dedupe_key, store_key, request, status, attempts, next_attempt_at, received_at"
+        if postgres:
+            # One statement for the whole batch (executemany would cost a round trip per row).
+            keys_, stores, requests = (list(col) for col in zip(*rows))
+            cursor.execute(
+                f"INSERT INTO event_inbox ({columns}) SELECT k, s, r, '{InboxStatus.PENDING}', 0, %s, %s "
+                "FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS t(k, s, r, n) ORDER BY n "
+                "ON CONFLICT DO NOTHING",
+                (now_db, now_db, keys_, stores, requests),
+            )
+            cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        else:
+            cursor.executemany(
+                f"INSERT INTO event_inbox ({columns}) VALUES (?, ?, ?, '{InboxStatus.PENDING}', 0, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(k, s_, r, now_db, now_db) for k, s_, r in rows],
+            )
         return results
 
 

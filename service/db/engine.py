@@ -65,7 +65,7 @@ def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        write_lock = _sqlite_write_lock(parsed.database)
+        write_lock = sqlite_write_lock(parsed.database)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # pragma: no cover - exercised by every test
@@ -95,7 +95,7 @@ _WRITE_LOCKS: dict[str, threading.Lock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 
 
-def _sqlite_write_lock(database: str | None) -> threading.Lock:
+def sqlite_write_lock(database: str | None) -> threading.Lock:
     """One lock per SQLite database file, shared by every engine of this process on that file."""
     key = os.path.abspath(database) if database and database != ":memory:" else f"memory:{id(object())}"
     with _WRITE_LOCKS_GUARD:

@@ -259,6 +259,10 @@ def _integral_floats_to_int(value: Any) -> Any:
     return value
 
 
+def _struct(value) -> dict[str, Any]:
+    return json_format.MessageToDict(value) if value.fields else {}
+
+
 def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_key: str):
     """Validate a typed behavioural event; return a ``BehaviouralEventInput`` or raise InvalidRequest."""
     from service.events import BehaviouralEventInput
@@ -279,7 +283,7 @@ def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_
         if not pv.product_id:
             v.append(Violation("behavioural_event.product_viewed.product_id", "required"))
         data = {"productId": pv.product_id, "sku": pv.sku, "lastViewedAt": when,
-                "properties": json_format.MessageToDict(pv.properties)}
+                "properties": _struct(pv.properties)}
     elif kind == "cart_updated":
         cu = msg.cart_updated
         if not cu.cart_id:
@@ -298,7 +302,7 @@ def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_
         if not ce.name:
             v.append(Violation("behavioural_event.custom_event.name", "required"))
         _check_len(v, "behavioural_event.custom_event.name", ce.name, 100)
-        data = {"name": ce.name, "occurredAt": when, "properties": json_format.MessageToDict(ce.properties)}
+        data = {"name": ce.name, "occurredAt": when, "properties": _struct(ce.properties)}
     if msg.ByteSize() > MAX_EVENT_BYTES:
         v.append(Violation("behavioural_event", f"larger than {MAX_EVENT_BYTES} bytes"))
     if v:

@@ -284,9 +284,12 @@ async def test_sigterm_finishes_the_batch_in_hand(moto_endpoint, sqs, queues, pe
 
 # -- against the real service -----------------------------------------------------------------------
 
-async def test_end_to_end_with_the_real_service(moto_endpoint, sqs, queues, service_factory, sqlite_url, sandbox):
+@pytest.mark.parametrize("processing", [pb.PROCESSING_APPLIED, pb.PROCESSING_QUEUED], ids=["applied", "queued"])
+async def test_end_to_end_with_the_real_service(moto_endpoint, sqs, queues, service_factory, sqlite_url, sandbox,
+                                                processing):
     """SQS -> adapter -> ctdd-sync -> Dotdigital sandbox: a CustomerCreated (raw and SNS-wrapped) becomes a
-    contact, its redelivery changes nothing, and an unparseable body ends in the DLQ."""
+    contact, its redelivery changes nothing, and an unparseable body ends in the DLQ - whether the adapter
+    has events applied before the answer or queued in the service's event inbox (``--queued``)."""
     import ct_payloads as ct
     from conftest import all_settled, make_settings, wait_for as wait_settled
     from service.testing.commercetools_fake import FakeCommercetools
@@ -302,7 +305,7 @@ async def test_end_to_end_with_the_real_service(moto_endpoint, sqs, queues, serv
         sqs.send_message(QueueUrl=queue, MessageBody=ct.sns_notification(other).decode())
         sqs.send_message(QueueUrl=queue, MessageBody=ct.raw(created).decode())  # at-least-once: a duplicate
         sqs.send_message(QueueUrl=queue, MessageBody="this is not a commercetools delivery")
-        adapter = make_adapter(moto_endpoint, queue, f"127.0.0.1:{svc.app.port}", dlq)
+        adapter = make_adapter(moto_endpoint, queue, f"127.0.0.1:{svc.app.port}", dlq, processing=processing)
         try:
             deadline = time.monotonic() + 15
             while counts(sqs, queue) != (0, 0) and time.monotonic() < deadline:
@@ -312,6 +315,9 @@ async def test_end_to_end_with_the_real_service(moto_endpoint, sqs, queues, serv
         assert counts(sqs, queue) == (0, 0)
         [dead] = drain(sqs, dlq)
         assert dead["Body"] == "this is not a commercetools delivery"
+        queued = svc.rows("SELECT status FROM event_inbox")
+        assert len(queued) == (2 if processing == pb.PROCESSING_QUEUED else 0)  # the duplicate is not stored
+        await wait_settled(lambda: sandbox.get_contact(email="bo@example.com") is not None, what="inbox")
         await wait_settled(lambda: all_settled(svc), what="deliveries")
         assert sandbox.get_contact(email="ana@example.com")["dataFields"]["FIRSTNAME"] == "Ana"
         assert sandbox.get_contact(email="bo@example.com")["dataFields"]["FIRSTNAME"] == "Bo"

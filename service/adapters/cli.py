@@ -50,7 +50,7 @@ async def _adapter_sqs(args) -> int:
         queue_url=args.queue_url, dlq_url=args.dlq_url, endpoint_url=args.endpoint_url, region=args.region,
         target=args.target, store_key=args.store, batch=args.batch, wait=args.wait,
         visibility_timeout=args.visibility_timeout, retry_base=args.retry_base, retry_cap=args.retry_cap,
-        rpc_timeout=args.rpc_timeout,
+        rpc_timeout=args.rpc_timeout, processing=_processing(args),
     )
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -82,6 +82,7 @@ async def _adapter_pubsub(args) -> int:
     config = PubSubPushConfig(
         listen=args.listen, target=args.target, store_key=args.store, token=token, path=args.path,
         dead_letter_dir=args.dead_letter_dir, max_body_bytes=args.max_body_bytes, rpc_timeout=args.rpc_timeout,
+        processing=_processing(args),
     )
     adapter = PubSubPushAdapter(config)
     stop = asyncio.Event()
@@ -202,6 +203,16 @@ async def _backfill(args) -> int:
 
 # -- parsers -----------------------------------------------------------------------------------------
 
+QUEUED_HELP = ("send events with PROCESSING_QUEUED: a message is acknowledged once it is in ctdd-sync's event "
+               "inbox, which applies it and retries commercetools fetches itself (default: applied before the answer)")
+
+
+def _processing(args) -> int:
+    from ctdd.sync.v1 import sync_service_pb2 as pb
+
+    return pb.PROCESSING_QUEUED if args.queued else pb.PROCESSING_APPLIED
+
+
 def register(sub, common) -> None:
     """Add the adapter, subscriptions and backfill commands to ``ctdd``'s subparsers."""
     run = asyncio.run
@@ -223,6 +234,7 @@ def register(sub, common) -> None:
                      help="visibility backoff of a retryable message: base * 2^(receives-1) seconds")
     sqs.add_argument("--retry-cap", type=float, default=300.0, help="maximum visibility backoff in seconds")
     sqs.add_argument("--rpc-timeout", type=float, default=30.0)
+    sqs.add_argument("--queued", action="store_true", help=QUEUED_HELP)
     sqs.set_defaults(func=lambda a: run(_adapter_sqs(a)))
 
     ps = asub.add_parser("pubsub-push", help="HTTP endpoint for Google Pub/Sub push subscriptions")
@@ -235,6 +247,7 @@ def register(sub, common) -> None:
     ps.add_argument("--dead-letter-dir", default=None, help="write poison requests here before acknowledging them")
     ps.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     ps.add_argument("--rpc-timeout", type=float, default=30.0)
+    ps.add_argument("--queued", action="store_true", help=QUEUED_HELP)
     ps.add_argument("--grace", type=float, default=10.0, help="seconds to finish requests on shutdown")
     ps.set_defaults(func=lambda a: run(_adapter_pubsub(a)))
 

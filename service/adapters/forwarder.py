@@ -57,9 +57,11 @@ class Outcome:
         return self.kind == OK
 
 
-def delivery_request(store_key: str, body: bytes, priority: int = pb.PRIORITY_LIVE) -> pb.TrackEventRequest:
+def delivery_request(store_key: str, body: bytes, priority: int = pb.PRIORITY_LIVE,
+                     processing: int = pb.PROCESSING_APPLIED) -> pb.TrackEventRequest:
     """A TrackEventRequest carrying a commercetools subscription delivery verbatim."""
-    return pb.TrackEventRequest(store_key=store_key, commercetools_delivery=body, priority=priority)
+    return pb.TrackEventRequest(store_key=store_key, commercetools_delivery=body, priority=priority,
+                                processing=processing)
 
 
 def classify(result: pb.TrackEventResult) -> Outcome:

@@ -71,6 +71,8 @@ class PubSubPushConfig:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     priority: int = pb.PRIORITY_LIVE
+    #: PROCESSING_QUEUED: acknowledged once in ctdd-sync's event inbox (fetch failures retried there)
+    processing: int = pb.PROCESSING_APPLIED
 
 
 class HttpError(Exception):
@@ -208,7 +210,8 @@ class PubSubPushAdapter:
         self._check_token(url.query)
         body = await self._read_body(reader, writer, headers)
         message_id = pubsub_message_id(body)
-        outcome = await self.batcher.submit(delivery_request(self.config.store_key, body, self.config.priority))
+        outcome = await self.batcher.submit(delivery_request(self.config.store_key, body, self.config.priority,
+                                                                self.config.processing))
         if outcome.kind == OK:
             log.info("pubsub message %s: accepted", message_id)
             return 204, None, {"X-Ctdd-Outcome": "accepted"}

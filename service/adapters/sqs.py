@@ -47,6 +47,8 @@ class SqsAdapterConfig:
     retry_cap: float = 300.0
     rpc_timeout: float = 30.0
     priority: int = pb.PRIORITY_LIVE
+    #: PROCESSING_QUEUED: acknowledged once in ctdd-sync's event inbox (fetch failures retried there)
+    processing: int = pb.PROCESSING_APPLIED
 
 
 @dataclass
@@ -179,7 +181,8 @@ class SqsAdapter:
         report = BatchReport(received=len(messages))
         if not messages:
             return report
-        events = [delivery_request(self.config.store_key, m["Body"].encode("utf-8"), self.config.priority)
+        events = [delivery_request(self.config.store_key, m["Body"].encode("utf-8"), self.config.priority,
+                                   self.config.processing)
                   for m in messages]
         outcomes = await self.forwarder.forward(events)
         accepted, retry, poison = [], [], []

@@ -121,39 +121,45 @@ def enqueue(
     writers of one contact get consecutive sequence numbers in commit order.
     """
     now = now or utcnow()
-    sequence = session.execute(
-        sa.update(CT)
-        .where(CT.c.id == contact_id)
-        .values(next_sequence=CT.c.next_sequence + 1, updated_at=now)
-        .returning(CT.c.next_sequence - 1)
+    conn = session.connection()
+    sequence = conn.execute(_BUMP_SEQUENCE, {"contact_id": contact_id, "now": now}).scalar_one()
+    message_id = conn.execute(
+        _INSERT_MESSAGE,
+        {
+            "partition_key": partition_key(account, contact_id),
+            "sequence": sequence,
+            "account": account,
+            "contact_id": contact_id,
+            "kind": kind,
+            "payload": payload,
+            "status": OutboxStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "store_key": ref.store_key,
+            "record_type": ref.record_type,
+            "record_id": ref.record_id,
+            "record_version": ref.record_version,
+            "priority": priority,
+            "created_at": now,
+            "updated_at": now,
+        },
     ).scalar_one()
-    message_id = session.execute(
-        sa.insert(OM)
-        .values(
-            partition_key=partition_key(account, contact_id),
-            sequence=sequence,
-            account=account,
-            contact_id=contact_id,
-            kind=kind,
-            payload=payload,
-            status=OutboxStatus.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            store_key=ref.store_key,
-            record_type=ref.record_type,
-            record_id=ref.record_id,
-            record_version=ref.record_version,
-            priority=priority,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(OM.c.id)
-    ).scalar_one()
-    if session.get_bind().dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         # Transactional: PostgreSQL delivers it when (and only if) the enqueue commits, once per
         # transaction however many messages it enqueued.
-        session.execute(sa.text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        conn.execute(_NOTIFY)
     return message_id
+
+
+# Built once: a reused statement keeps its cache key and compiled form (enqueue is on every write path).
+_BUMP_SEQUENCE = (
+    sa.update(CT)
+    .where(CT.c.id == sa.bindparam("contact_id"))
+    .values(next_sequence=CT.c.next_sequence + 1, updated_at=sa.bindparam("now", type_=CT.c.updated_at.type))
+    .returning(CT.c.next_sequence - 1)
+)
+_INSERT_MESSAGE = sa.insert(OM).returning(OM.c.id)
+_NOTIFY = sa.text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None,

@@ -471,8 +471,9 @@ class EventProcessor:
         """Enqueue an insight record unless the identical record was already enqueued (delta for records)."""
         path = f"insight.{collection}.{record_id}"
         digest = _hash(record)
-        state = session.get(FieldState, (contact_id, path))
-        if state is not None and state.value == digest:
+        conn = session.connection()
+        stored = conn.execute(_SELECT_FIELD_VALUE, {"contact_id": contact_id, "field": path}).first()
+        if stored is not None and stored.value == digest:
             return None
         mid = outbox.enqueue(
             session, contact_id=contact_id, account=store.account, kind=outbox.INSIGHT_UPSERT,
@@ -481,31 +482,37 @@ class EventProcessor:
             ref=outbox.RecordRef(store.key, source.resource_type, source.resource_id, source.version),
             priority=priority,
         )
-        session.merge(FieldState(contact_id=contact_id, field=path, value=digest, source_ref=source.ref,
-                                 source_version=source.version, source_ts=source.modified_at, message_id=mid,
-                                 updated_at=utcnow()))
+        values = {"value": digest, "source_ref": source.ref, "source_version": source.version,
+                  "source_ts": source.modified_at, "message_id": mid, "updated_at": utcnow()}
+        if stored is None:
+            conn.execute(_INSERT_FIELD, {"contact_id": contact_id, "field": path, **values})
+        else:
+            conn.execute(_UPDATE_FIELD, {"b_contact_id": contact_id, "b_field": path,
+                                         **{f"b_{k}": v for k, v in values.items()}})
         return mid
 
     def _advance_version(self, session: Session, project: str, resource_type: str, resource_id: str,
                          version: int) -> bool:
         """Raise the applied version of a resource; False when ``version`` is not newer (stale)."""
-        state = session.get(ResourceState, (project, resource_type, resource_id), with_for_update=True)
-        if state is None:
-            session.add(ResourceState(project_key=project, resource_type=resource_type, resource_id=resource_id,
-                                      version=version, updated_at=utcnow()))
-            session.flush()
+        conn = session.connection()
+        key = {"project_key": project, "resource_type": resource_type, "resource_id": resource_id}
+        applied = conn.execute(_LOCK_RESOURCE_VERSION, key).scalar_one_or_none()
+        if applied is None:
+            # a concurrent first insert of the same resource raises IntegrityError: the unit is run again
+            conn.execute(_INSERT_RESOURCE_STATE, {**key, "version": version, "updated_at": utcnow()})
             return True
-        if version <= state.version:
+        if version <= applied:
             return False
-        state.version = version
-        state.updated_at = utcnow()
+        conn.execute(_UPDATE_RESOURCE_VERSION, {**{f"b_{k}": v for k, v in key.items()}, "b_version": version,
+                                                "b_updated_at": utcnow()})
         return True
 
     def _set_state_contact(self, session: Session, store: StoreConfig, resource_type: str, resource_id: str,
                            contact_id: int) -> None:
-        state = session.get(ResourceState, (store.commercetools_project, resource_type, resource_id))
-        if state is not None:
-            state.contact_id = contact_id
+        session.connection().execute(
+            sa.update(_RS).where(_RS.c.project_key == store.commercetools_project,
+                                 _RS.c.resource_type == resource_type, _RS.c.resource_id == resource_id)
+            .values(contact_id=contact_id))
 
     def _once(self, store: StoreConfig, key: str, outcome: NotificationOutcome,
               body: Callable[[Session], None]) -> Callable[[Session], NotificationOutcome]:
@@ -516,15 +523,15 @@ class EventProcessor:
         """
         def unit(session: Session) -> NotificationOutcome:
             outcome.reset()
-            if session.get(ProcessedEvent, key) is not None:
+            if session.connection().execute(_SELECT_PROCESSED, {"key": key}).first() is not None:
                 outcome.outcome, outcome.reason = DUPLICATE, "message already processed"
                 return outcome
             body(session)
-            session.add(ProcessedEvent(dedupe_key=key, store_key=store.key,
-                                       resource_type=outcome.resource_type or None,
-                                       resource_id=outcome.resource_id or None, outcome=outcome.outcome,
-                                       processed_at=utcnow()))
-            session.flush()
+            session.flush()  # whatever body left in the ORM session, before the Core insert below
+            # a concurrent insert of the same key raises IntegrityError: the unit is run again, finds it
+            session.connection().execute(_INSERT_PROCESSED, {
+                "dedupe_key": key, "store_key": store.key, "resource_type": outcome.resource_type or None,
+                "resource_id": outcome.resource_id or None, "outcome": outcome.outcome, "processed_at": utcnow()})
             return outcome
 
         return unit
@@ -535,6 +542,33 @@ class EventProcessor:
             outcome.outcome, outcome.reason = IGNORED, reason
 
         return self._once(store, n.dedupe_key, outcome, body)
+
+
+# -- prepared statements of the hot path ---------------------------------------------------------------
+_FS = FieldState.__table__
+_RS = ResourceState.__table__
+_PE = ProcessedEvent.__table__
+_SELECT_FIELD_VALUE = sa.select(_FS.c.value).where(_FS.c.contact_id == sa.bindparam("contact_id"),
+                                                   _FS.c.field == sa.bindparam("field"))
+_INSERT_FIELD = sa.insert(_FS)
+_UPDATE_FIELD = (
+    sa.update(_FS)
+    .where(_FS.c.contact_id == sa.bindparam("b_contact_id"), _FS.c.field == sa.bindparam("b_field"))
+    .values(**{name: sa.bindparam(f"b_{name}", type_=_FS.c[name].type)
+               for name in ("value", "source_ref", "source_version", "source_ts", "message_id", "updated_at")})
+)
+_RESOURCE_KEY = (_RS.c.project_key, _RS.c.resource_type, _RS.c.resource_id)
+_LOCK_RESOURCE_VERSION = (
+    sa.select(_RS.c.version).where(*(col == sa.bindparam(col.name) for col in _RESOURCE_KEY)).with_for_update()
+)
+_INSERT_RESOURCE_STATE = sa.insert(_RS)
+_UPDATE_RESOURCE_VERSION = (
+    sa.update(_RS)
+    .where(*(col == sa.bindparam(f"b_{col.name}") for col in _RESOURCE_KEY))
+    .values(version=sa.bindparam("b_version"), updated_at=sa.bindparam("b_updated_at", type_=_RS.c.updated_at.type))
+)
+_SELECT_PROCESSED = sa.select(_PE.c.dedupe_key).where(_PE.c.dedupe_key == sa.bindparam("key"))
+_INSERT_PROCESSED = sa.insert(_PE)
 
 
 COLLECTION_TYPES = {

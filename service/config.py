@@ -245,7 +245,7 @@ class InboxConfig:
     backoff_cap_seconds: float = 600.0
     #: ingest side: under load, inbox writes commit at most this often, so one commit (one fsync) carries the
     #: events of that long; a write that follows no other recent one commits at once
-    write_interval_seconds: float = 0.005
+    write_interval_seconds: float = 0.01
 
     def __post_init__(self) -> None:
         if float(self.write_interval_seconds) < 0:

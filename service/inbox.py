@@ -146,7 +146,7 @@ class InboxWriter(GroupCommitRunner):
     there, never on the event loop.
     """
 
-    def __init__(self, engine: Engine, *, max_batch: int = 256, min_commit_interval: float = 0.005):
+    def __init__(self, engine: Engine, *, max_batch: int = 256, min_commit_interval: float = 0.01):
         super().__init__(engine, max_batch=max_batch, min_commit_interval=min_commit_interval)
         self._postgres = engine.dialect.name == "postgresql"
         self._inline: Any = None  # the raw SQLite connection of the inline path, opened on first use

@@ -255,3 +255,33 @@ async def test_events_queued_by_an_ingest_only_process_are_applied_by_another(se
     await wait_for(lambda: all_processed(full), what="inbox processed after restart")
     await wait_for(lambda: all_settled(full), what="deliveries")
     assert sandbox.insight_records("CartInsight", contact_email="restart@example.com")["cart-q"]["grandTotal"] == 5.03
+
+
+async def test_inbox_writer_batches_concurrent_writes_and_never_waits_for_a_lock_on_the_event_loop(engine):
+    from service.db.engine import sqlite_write_lock
+
+    writer = inbox.InboxWriter(engine, min_commit_interval=0.01)
+    events = [inbox.QueuedEvent("uk", f"request-{i}".encode(), f"event:uk:w-{i}") for i in range(60)]
+    try:
+        first = await asyncio.gather(*(writer.add([e]) for e in events[:30]))
+        assert first == [[True]] * 30
+        assert writer.batches < 30 and writer.largest_batch > 1  # concurrent RPCs shared commits
+        if engine.dialect.name == "sqlite":
+            assert writer.inline_batches == writer.batches  # nothing else was writing: all on the event loop
+            # Another thread of this process holds the SQLite write lock: the writer must not block the
+            # event loop on it; the batch goes to a thread and completes once the lock is free.
+            lock = sqlite_write_lock(engine.url.database)
+            lock.acquire()
+            pending = asyncio.ensure_future(writer.add(events[30:32] + events[:1]))
+            await asyncio.sleep(0.1)
+            assert not pending.done()  # waiting in its thread while the event loop kept running
+            lock.release()
+            assert await pending == [True, True, False]  # the third was queued before: duplicate
+            assert writer.inline_batches == writer.batches - 1
+        else:
+            assert await writer.add(events[30:32] + events[:1]) == [True, True, False]
+    finally:
+        await writer.close()
+    with engine.connect() as conn:
+        keys = conn.execute(sa.text("SELECT dedupe_key FROM event_inbox ORDER BY id")).scalars().all()
+    assert keys == [e.dedupe_key for e in events[:32]]

@@ -346,14 +346,26 @@ def prefill_outbox(url: str, contacts: int, per_contact: int) -> None:
     engine.dispose()
 
 
-def sandbox_main(port: int, latency: float) -> None:
-    """A sandbox in its own process (its own interpreter lock), for measurements that only need its answers."""
+def sandbox_main(port: int, latency: float, log_path: str | None = None) -> None:
+    """A sandbox in its own process (its own interpreter lock, so it answers and time-stamps requests without
+    waiting for the benchmark client's). With ``log_path`` it writes, on exit, the time each outbox message
+    id (``X-Ctdd-Message-Id``, or ``X-Ctdd-Merged-Ids``) first reached it."""
     from service.testing.dotdigital_sandbox import DotdigitalSandbox
 
     sandbox = DotdigitalSandbox(port=port).start()
     sandbox.set_latency(latency)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    print("ready", flush=True)
     signal.sigwait({signal.SIGINT, signal.SIGTERM})
     sandbox.stop()
+    if log_path:
+        first: dict[int, float] = {}
+        for r in sandbox.requests:
+            ids = [r.headers.get("x-ctdd-message-id")] + (r.headers.get("x-ctdd-merged-ids") or "").split(",")
+            for mid in ids:
+                if mid:
+                    first.setdefault(int(mid), r.at)
+        Path(log_path).write_text(json.dumps(first))
 
 
 def count_delivered(engine) -> int:
@@ -555,14 +567,16 @@ async def bench_calls(tmp: Path) -> dict:
 async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency: float = 0.05,
                         split: bool = True, database: str = "sqlite") -> dict:
     """``split``: ``ctdd serve --no-dispatcher`` + one ``ctdd worker`` (two processes, as deployed on two
-    cores); else one ``ctdd serve`` doing both."""
-    from service.testing.dotdigital_sandbox import DotdigitalSandbox
-
-    with DotdigitalSandbox() as sandbox:
-        sandbox.set_latency(latency)
+    cores); else one ``ctdd serve`` doing both. The sandbox runs in its own process."""
+    sandbox_port, sandbox_log = free_port(), tmp / f"latency-{split}-{database}-sandbox.json"
+    sandbox = subprocess.Popen([PY, str(Path(__file__).resolve()), "_sandbox", str(sandbox_port), str(latency),
+                                str(sandbox_log)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        sandbox.stdout.readline()  # "ready"
         db, port = tmp / f"latency-{split}.db", free_port()
         pg_url = new_pg_database() if database == "postgresql" else None
-        config = write_config(tmp / "latency.toml", database_url=pg_url or f"sqlite:///{db}", base_url=sandbox.base_url,
+        config = write_config(tmp / "latency.toml", database_url=pg_url or f"sqlite:///{db}",
+                              base_url=f"http://127.0.0.1:{sandbox_port}",
                               port=port, concurrency=32, poll_interval_seconds=1.0, **LAT_EXTRA)
         serve = spawn(["serve", "--config", str(config), "--grace", "2", *(["--no-dispatcher"] if split else [])],
                       tmp / "latency.log")
@@ -576,7 +590,6 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                 # warm-up: the customers exist and are delivered, so events cause their own calls only
                 await asyncio.gather(*(stub.SyncContact(sync_request(i, customers, "warm")) for i in range(customers)))
                 await wait_settled(pg_url or db, 60)
-                sandbox.reset_requests()
                 call = service_call(stub)
                 run = uuid.uuid4().hex[:6]
                 n = int(rate * duration)
@@ -602,14 +615,9 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                 stop(worker)
             if pg_url:
                 drop_pg_database(pg_url)
-        first_call: dict[int, float] = {}
-        for r in sandbox.requests:
-            mid = r.headers.get("x-ctdd-message-id")
-            if mid is not None:
-                first_call.setdefault(int(mid), r.at)
-            for merged in (r.headers.get("x-ctdd-merged-ids") or "").split(","):
-                if merged:
-                    first_call.setdefault(int(merged), r.at)
+    finally:
+        stop(sandbox)
+    first_call = {int(mid): at for mid, at in json.loads(sandbox_log.read_text()).items()}
     via_bulk = {m for m in accepted if m not in first_call and m in bulk_started}
     for m in via_bulk:
         first_call[m] = bulk_started[m]
@@ -672,6 +680,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_echo-server":
         asyncio.run(echo_server_main(int(sys.argv[2])))
     elif len(sys.argv) > 3 and sys.argv[1] == "_sandbox":
-        sandbox_main(int(sys.argv[2]), float(sys.argv[3]))
+        sandbox_main(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
     else:
         sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -54,6 +54,43 @@ def apply_channel_statuses(session: Session, contact: Contact, statuses: Mapping
     return changed
 
 
+_CONTACT = Contact.__table__
+_FIELD_STATE = FieldState.__table__
+
+
+def record_channel_statuses_on(conn: sa.Connection, contact_id: int, statuses: Mapping[str, str | None],
+                               at: datetime | None = None) -> None:
+    """:func:`apply_channel_statuses` with Core statements on ``conn`` (the dispatcher's settle transaction,
+    once per delivered contact upsert): a conditional UPDATE per channel instead of locking and loading
+    the contact, and one lookup of the remembered values."""
+    at = at or utcnow()
+    remembered: dict[str, str] = {}
+    for channel, raw in statuses.items():
+        status = normalise_status(raw)
+        if status is None or channel not in ("email", "sms"):
+            continue
+        column = _CONTACT.c[f"dd_{channel}_status"]
+        conn.execute(
+            sa.update(_CONTACT)
+            .where(_CONTACT.c.id == contact_id, sa.or_(column.is_(None), column != status))
+            .values({column: status, _CONTACT.c[f"dd_{channel}_status_at"]: at})
+        )
+        remembered[f"channelProperties.{channel}.status"] = remembered_status(status)
+    if not remembered:
+        return
+    stored = conn.execute(
+        sa.select(_FIELD_STATE.c.field, _FIELD_STATE.c.value)
+        .where(_FIELD_STATE.c.contact_id == contact_id, _FIELD_STATE.c.field.in_(list(remembered)))
+    ).all()
+    for path, value in stored:
+        if value != remembered[path]:
+            conn.execute(
+                sa.update(_FIELD_STATE)
+                .where(_FIELD_STATE.c.contact_id == contact_id, _FIELD_STATE.c.field == path)
+                .values(value=remembered[path], updated_at=utcnow())
+            )
+
+
 def record_channel_statuses(engine: Engine, contact_id: int, statuses: Mapping[str, str | None],
                             at: datetime | None = None) -> bool:
     """Same as :func:`apply_channel_statuses`, in its own transaction."""

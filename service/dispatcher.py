@@ -35,14 +35,13 @@ from dataclasses import replace
 from typing import Mapping
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service import outbox
 from service.batching import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
 from service.config import AccountConfig, DispatcherConfig, Settings
-from service.consent_state import apply_channel_statuses
+from service.consent_state import record_channel_statuses_on
 from service.delivery import HANDLERS, DeliveryContext
 from service.db.engine import is_sqlite, utcnow
 from service.db.models import Contact
@@ -580,12 +579,7 @@ def _channel_status_recorder(contact_id: int, statuses: dict):
     """Record the channel statuses a response reported, in the transaction that settles the message."""
 
     def record(conn) -> None:
-        with Session(bind=conn) as session:
-            contact = session.execute(
-                select(Contact).where(Contact.id == contact_id).with_for_update()).scalar_one_or_none()
-            if contact is not None:
-                apply_channel_statuses(session, contact, statuses)
-                session.flush()
+        record_channel_statuses_on(conn, contact_id, statuses)
 
     return record
 

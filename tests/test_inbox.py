@@ -204,9 +204,13 @@ async def test_an_expired_claim_is_taken_over_and_applied_exactly_once(service_f
     assert kinds.count("insight.upsert") == 5
 
 
-async def test_processors_in_parallel_apply_every_event_once(service_factory, database_url, sandbox, fake_ct):
-    if database_url.startswith("sqlite"):
-        pytest.skip("several processors on one database: PostgreSQL (SQLite has one background worker per file)")
+@pytest.mark.postgres
+async def test_processors_in_parallel_apply_every_event_once(service_factory, postgres_database, sandbox, fake_ct):
+    # several processors on one database is the PostgreSQL deployment (SQLite has one background worker per file)
+    from conftest import _reset_postgres
+
+    database_url = postgres_database
+    _reset_postgres(database_url)
     settings = make_inbox_settings(database_url, sandbox, fake_ct, batch_size=8)
     svc = await service_factory(settings, run_dispatcher=False)
     batch = pb.TrackEventBatchRequest(events=[

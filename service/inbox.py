@@ -294,15 +294,9 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         .order_by(INBOX.c.id)
         .limit(limit)
     )
-    if engine.dialect.name == "postgresql":
-        # MATERIALIZED: the locking SELECT runs once (see service.outbox.claim).
-        cte = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
-        chosen = sa.select(cte.c.id).scalar_subquery()
-    else:
-        chosen = candidates.scalar_subquery()
     stmt = (
         sa.update(INBOX)
-        .where(INBOX.c.id.in_(chosen), INBOX.c.status == InboxStatus.PENDING)
+        .where(INBOX.c.id.in_(outbox.claimable_ids(engine, candidates)), INBOX.c.status == InboxStatus.PENDING)
         .values(lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts)
     )

@@ -162,6 +162,20 @@ _INSERT_MESSAGE = sa.insert(OM).returning(OM.c.id)
 _NOTIFY = sa.text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
+def claimable_ids(engine: Engine, candidates: sa.Select) -> sa.ScalarSelect:
+    """The ids of ``candidates`` (a ``SELECT id ... ORDER BY ... LIMIT n``) for ``UPDATE ... WHERE id IN``,
+    skipping rows another claim has locked (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite serializes writers).
+
+    On PostgreSQL the locking SELECT is a MATERIALIZED CTE, so it runs exactly once. As a plain
+    ``IN (subquery)`` PostgreSQL may re-run it for every row it updates, and each run (ORDER BY ... LIMIT ...
+    SKIP LOCKED) can pick another row: a claim of 1 could then take several.
+    """
+    if engine.dialect.name == "postgresql":
+        cte = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
+        return sa.select(cte.c.id).scalar_subquery()
+    return candidates.scalar_subquery()
+
+
 def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None,
           kinds: tuple[str, ...] | None = None, accounts_excluded: tuple[str, ...] = (),
           coalesce: bool = False) -> list[ClaimedMessage]:
@@ -196,14 +210,7 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         .order_by(OM.c.priority, OM.c.id)
         .limit(limit)
     )
-    if engine.dialect.name == "postgresql":
-        # A MATERIALIZED CTE runs the locking SELECT exactly once. As a plain ``IN (subquery)`` PostgreSQL
-        # may re-run it for every row it updates, and each run (ORDER BY ... LIMIT ... SKIP LOCKED) can
-        # pick another row: a claim of 1 could then take several.
-        cte = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
-        chosen = sa.select(cte.c.id).scalar_subquery()
-    else:
-        chosen = candidates.scalar_subquery()
+    chosen = claimable_ids(engine, candidates)
     stmt = (
         sa.update(OM)
         .where(OM.c.id.in_(chosen), OM.c.status == OutboxStatus.PENDING)

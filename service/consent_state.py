@@ -58,6 +58,28 @@ _CONTACT = Contact.__table__
 _FIELD_STATE = FieldState.__table__
 
 
+def _set_status_statement(channel: str) -> sa.Update:
+    column = _CONTACT.c[f"dd_{channel}_status"]
+    status = sa.bindparam("status", type_=column.type)
+    return (sa.update(_CONTACT)
+            .where(_CONTACT.c.id == sa.bindparam("contact_id"), sa.or_(column.is_(None), column != status))
+            .values({column: status,
+                     _CONTACT.c[f"dd_{channel}_status_at"]: sa.bindparam("at", type_=_CONTACT.c.updated_at.type)}))
+
+
+#: prepared once: these run for every delivered contact upsert
+_SET_STATUS = {channel: _set_status_statement(channel) for channel in ("email", "sms")}
+_SELECT_REMEMBERED = sa.select(_FIELD_STATE.c.field, _FIELD_STATE.c.value).where(
+    _FIELD_STATE.c.contact_id == sa.bindparam("contact_id"),
+    _FIELD_STATE.c.field.in_(sa.bindparam("fields", expanding=True)))
+_SET_REMEMBERED = (
+    sa.update(_FIELD_STATE)
+    .where(_FIELD_STATE.c.contact_id == sa.bindparam("b_contact_id"), _FIELD_STATE.c.field == sa.bindparam("path"))
+    .values(value=sa.bindparam("b_value", type_=_FIELD_STATE.c.value.type),
+            updated_at=sa.bindparam("at", type_=_FIELD_STATE.c.updated_at.type))
+)
+
+
 def record_channel_statuses_on(conn: sa.Connection, contact_id: int, statuses: Mapping[str, str | None],
                                at: datetime | None = None) -> None:
     """:func:`apply_channel_statuses` with Core statements on ``conn`` (the dispatcher's settle transaction,
@@ -67,28 +89,17 @@ def record_channel_statuses_on(conn: sa.Connection, contact_id: int, statuses: M
     remembered: dict[str, str] = {}
     for channel, raw in statuses.items():
         status = normalise_status(raw)
-        if status is None or channel not in ("email", "sms"):
+        if status is None or channel not in _SET_STATUS:
             continue
-        column = _CONTACT.c[f"dd_{channel}_status"]
-        conn.execute(
-            sa.update(_CONTACT)
-            .where(_CONTACT.c.id == contact_id, sa.or_(column.is_(None), column != status))
-            .values({column: status, _CONTACT.c[f"dd_{channel}_status_at"]: at})
-        )
+        conn.execute(_SET_STATUS[channel], {"contact_id": contact_id, "status": status, "at": at})
         remembered[f"channelProperties.{channel}.status"] = remembered_status(status)
     if not remembered:
         return
-    stored = conn.execute(
-        sa.select(_FIELD_STATE.c.field, _FIELD_STATE.c.value)
-        .where(_FIELD_STATE.c.contact_id == contact_id, _FIELD_STATE.c.field.in_(list(remembered)))
-    ).all()
+    stored = conn.execute(_SELECT_REMEMBERED, {"contact_id": contact_id, "fields": list(remembered)}).all()
     for path, value in stored:
         if value != remembered[path]:
-            conn.execute(
-                sa.update(_FIELD_STATE)
-                .where(_FIELD_STATE.c.contact_id == contact_id, _FIELD_STATE.c.field == path)
-                .values(value=remembered[path], updated_at=utcnow())
-            )
+            conn.execute(_SET_REMEMBERED, {"b_contact_id": contact_id, "path": path, "b_value": remembered[path],
+                                           "at": utcnow()})
 
 
 def record_channel_statuses(engine: Engine, contact_id: int, statuses: Mapping[str, str | None],

@@ -162,7 +162,7 @@ _INSERT_MESSAGE = sa.insert(OM).returning(OM.c.id)
 _NOTIFY = sa.text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
-def claimable_ids(engine: Engine, candidates: sa.Select) -> sa.ScalarSelect:
+def claimable_ids(dialect: str, candidates: sa.Select) -> sa.ScalarSelect:
     """The ids of ``candidates`` (a ``SELECT id ... ORDER BY ... LIMIT n``) for ``UPDATE ... WHERE id IN``,
     skipping rows another claim has locked (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite serializes writers).
 
@@ -170,24 +170,23 @@ def claimable_ids(engine: Engine, candidates: sa.Select) -> sa.ScalarSelect:
     ``IN (subquery)`` PostgreSQL may re-run it for every row it updates, and each run (ORDER BY ... LIMIT ...
     SKIP LOCKED) can pick another row: a claim of 1 could then take several.
     """
-    if engine.dialect.name == "postgresql":
+    if dialect == "postgresql":
         cte = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
         return sa.select(cte.c.id).scalar_subquery()
     return candidates.scalar_subquery()
 
 
-def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None,
-          kinds: tuple[str, ...] | None = None, accounts_excluded: tuple[str, ...] = (),
-          coalesce: bool = False) -> list[ClaimedMessage]:
-    """Lease up to ``limit`` due partition heads to ``worker``.
+_CLAIM_STATEMENTS: dict[tuple[str, tuple[str, ...] | None, tuple[str, ...]], sa.Update] = {}
 
-    ``kinds`` restricts the claim to these message kinds, ``accounts_excluded`` skips accounts (e.g. one
-    paused by throttling). With ``coalesce``, pending contact upserts queued behind each claimed
-    contact-upsert head are merged into it in the same transaction (see the module docstring).
-    """
-    if limit <= 0:
-        return []
-    now = now or utcnow()
+
+def _claim_statement(dialect: str, kinds: tuple[str, ...] | None, accounts_excluded: tuple[str, ...]) -> sa.Update:
+    """The claim UPDATE for one combination of filters, built once (parameters: ``claim_now``,
+    ``claim_limit``, ``claim_worker``, ``claim_until``): building it cost more CPU than running it."""
+    key = (dialect, kinds, accounts_excluded)
+    stmt = _CLAIM_STATEMENTS.get(key)
+    if stmt is not None:
+        return stmt
+    now = sa.bindparam("claim_now", type_=OM.c.next_attempt_at.type)
     earlier = OM.alias("earlier")
     blocked = (
         sa.select(sa.literal(1))
@@ -208,16 +207,15 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         sa.select(OM.c.id)
         .where(*conditions)
         .order_by(OM.c.priority, OM.c.id)
-        .limit(limit)
+        .limit(sa.bindparam("claim_limit", type_=sa.Integer))
     )
-    chosen = claimable_ids(engine, candidates)
     stmt = (
         sa.update(OM)
-        .where(OM.c.id.in_(chosen), OM.c.status == OutboxStatus.PENDING)
+        .where(OM.c.id.in_(claimable_ids(dialect, candidates)), OM.c.status == OutboxStatus.PENDING)
         .values(
             status=OutboxStatus.IN_FLIGHT,
-            lease_owner=worker,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_owner=sa.bindparam("claim_worker", type_=OM.c.lease_owner.type),
+            lease_expires_at=sa.bindparam("claim_until", type_=OM.c.lease_expires_at.type),
             updated_at=now,
         )
         .returning(
@@ -225,13 +223,32 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
             OM.c.payload, OM.c.attempts, OM.c.store_key, OM.c.record_type, OM.c.record_id, OM.c.bulk_import_id,
         )
     )
+    _CLAIM_STATEMENTS[key] = stmt
+    return stmt
+
+
+def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None,
+          kinds: tuple[str, ...] | None = None, accounts_excluded: tuple[str, ...] = (),
+          coalesce: bool = False) -> list[ClaimedMessage]:
+    """Lease up to ``limit`` due partition heads to ``worker``.
+
+    ``kinds`` restricts the claim to these message kinds, ``accounts_excluded`` skips accounts (e.g. one
+    paused by throttling). With ``coalesce``, pending contact upserts queued behind each claimed
+    contact-upsert head are merged into it in the same transaction (see the module docstring).
+    """
+    if limit <= 0:
+        return []
+    now = now or utcnow()
+    stmt = _claim_statement(engine.dialect.name, kinds, tuple(accounts_excluded))
+    params = {"claim_now": now, "claim_limit": limit, "claim_worker": worker,
+              "claim_until": now + timedelta(seconds=lease_seconds)}
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Walk the pending rows in claim order (partial index on priority, id) and stop after `limit`
             # heads, whatever the statistics say: sorting every pending row first makes a claim cost
             # grow with the backlog.
             conn.exec_driver_sql("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
-        rows = conn.execute(stmt).all()
+        rows = conn.execute(stmt, params).all()
         claimed = [ClaimedMessage(**row._mapping, merged_ids=_merged_ids(row.payload)) for row in rows]
         if coalesce and claimed:
             claimed = _coalesce(conn, claimed, now)

@@ -560,6 +560,28 @@ class Outcome:
     on_delivered: Callable[[Any], None] | None = None
 
 
+# Statements of every settle, built once.
+_SETTLE_OWNED = (
+    sa.select(OM.c.id)
+    .where(OM.c.id.in_(sa.bindparam("ids", expanding=True)), OM.c.status == OutboxStatus.IN_FLIGHT,
+           OM.c.lease_owner == sa.bindparam("worker"))
+    .with_for_update()
+)
+_SETTLE_DELIVERED = (
+    sa.update(OM)
+    .where(OM.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(status=OutboxStatus.DELIVERED, attempts=OM.c.attempts + 1,
+            delivered_at=sa.bindparam("now", type_=OM.c.delivered_at.type),
+            updated_at=sa.bindparam("now", type_=OM.c.updated_at.type), lease_owner=None, lease_expires_at=None,
+            last_response_code=sa.bindparam("code", type_=OM.c.last_response_code.type), last_error=None,
+            bulk_import_id=None)
+)
+_LEARN_CONTACT_ID = (
+    sa.update(CT).where(CT.c.id == sa.bindparam("cid"))
+    .values(dotdigital_contact_id=sa.bindparam("dd"), updated_at=sa.bindparam("now", type_=CT.c.updated_at.type))
+)
+
+
 def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: datetime | None = None) -> set[int]:
     """Record the outcomes of a batch in one transaction; returns the ids whose lease was still held.
 
@@ -572,10 +594,7 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
     ids = [o.msg.id for o in outcomes]
     with engine.begin() as conn:
         # Lock the rows we still own (a lost lease must not be overwritten).
-        owned = set(conn.execute(
-            sa.select(OM.c.id).where(OM.c.id.in_(ids), OM.c.status == OutboxStatus.IN_FLIGHT,
-                                     OM.c.lease_owner == worker).with_for_update()
-        ).scalars())
+        owned = set(conn.execute(_SETTLE_OWNED, {"ids": ids, "worker": worker}).scalars())
         if len(owned) < len(ids):
             log.warning("%d message(s) of a batch lost their lease before the outcome was recorded",
                         len(ids) - len(owned))
@@ -587,22 +606,12 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
         for o in delivered:
             by_code.setdefault(o.response_code, []).append(o.msg.id)
         for code, group in by_code.items():
-            conn.execute(
-                sa.update(OM).where(OM.c.id.in_(group)).values(
-                    status=OutboxStatus.DELIVERED, attempts=OM.c.attempts + 1, delivered_at=now, updated_at=now,
-                    lease_owner=None, lease_expires_at=None, last_response_code=code, last_error=None,
-                    bulk_import_id=None,
-                )
-            )
+            conn.execute(_SETTLE_DELIVERED, {"ids": group, "code": code, "now": now})
             _settle_merged(conn, group, OutboxStatus.DELIVERED, now=now, response_code=code)
-        learnt = [{"cid": o.msg.contact_id, "dd": o.dotdigital_contact_id} for o in mine
+        learnt = [{"cid": o.msg.contact_id, "dd": o.dotdigital_contact_id, "now": now} for o in mine
                   if o.outcome != "retry" and o.dotdigital_contact_id is not None and o.msg.contact_id is not None]
         if learnt:
-            conn.execute(
-                sa.update(CT).where(CT.c.id == sa.bindparam("cid"))
-                .values(dotdigital_contact_id=sa.bindparam("dd"), updated_at=now),
-                learnt,
-            )
+            conn.execute(_LEARN_CONTACT_ID, learnt)
         if retries:
             conn.execute(
                 sa.update(OM).where(OM.c.id == sa.bindparam("mid")).values(

@@ -246,10 +246,15 @@ class InboxConfig:
     #: ingest side: under load, inbox writes commit at most this often, so one commit (one fsync) carries the
     #: events of that long; a write that follows no other recent one commits at once
     write_interval_seconds: float = 0.01
+    #: finished rows (done, rejected, failed) are deleted this long after they finished; a redelivery after
+    #: that is still recognised by the dedupe record of its effects (``processed_event``)
+    retention_days: float = 7.0
 
     def __post_init__(self) -> None:
         if float(self.write_interval_seconds) < 0:
             raise ConfigError("inbox.write_interval_seconds: must be >= 0")
+        if not float(self.retention_days) > 0:
+            raise ConfigError("inbox.retention_days: must be > 0")
         for name in ("batch_size", "max_attempts"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"inbox.{name}: must be >= 1")

@@ -23,6 +23,9 @@ Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` n
    goes back to pending with a capped exponential backoff; after ``max_attempts`` it becomes ``failed``;
    one that can never be applied becomes ``rejected``. Both are logged in ``rejected_record``.
 
+Finished rows are kept ``[inbox] retention_days`` (the dedupe record of queued events), then deleted by the
+processors, at most every ten minutes.
+
 Ordering: one processor applies events in arrival order. Several processors (PostgreSQL) claim and
 prepare different batches at once, but their apply transactions take turns (an advisory lock: batches that
 lock the same contacts in another order would otherwise deadlock), so batches are applied one after the
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,6 +73,8 @@ log = logging.getLogger(__name__)
 INBOX = EventInbox.__table__
 #: PostgreSQL NOTIFY channel raised (on commit) by every ingest batch; inbox processors LISTEN on it
 NOTIFY_CHANNEL = "ctdd_inbox"
+#: how often a processor deletes finished rows older than ``[inbox] retention_days``
+PURGE_INTERVAL_SECONDS = 600.0
 #: chunk size of the "already queued?" lookups (bound parameters per statement)
 _LOOKUP_CHUNK = 500
 
@@ -315,6 +321,18 @@ def release(engine: Engine, *, worker: str | None = None) -> int:
         return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
 
 
+def purge_finished(engine: Engine, *, older_than: datetime, limit: int = 10_000) -> int:
+    """Delete up to ``limit`` finished rows (done, rejected, failed) that finished before ``older_than``."""
+    finished = (
+        sa.select(INBOX.c.id)
+        .where(INBOX.c.status != InboxStatus.PENDING, INBOX.c.processed_at < older_than)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    with engine.begin() as conn:
+        return conn.execute(sa.delete(INBOX).where(INBOX.c.id.in_(finished))).rowcount
+
+
 def pending_count(engine: Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(INBOX)
@@ -387,9 +405,18 @@ class InboxProcessor:
         await asyncio.to_thread(release, self.engine, worker=self.worker_id)
 
     async def run(self) -> None:
+        next_purge = 0.0
         while not self._stopping:
             try:
                 claimed = await self.run_once()
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
+                    purged = await asyncio.to_thread(
+                        purge_finished, self.engine,
+                        older_than=utcnow() - timedelta(days=self.cfg.retention_days))
+                    if purged:
+                        log.info("purged %d finished queued event(s) older than %s days", purged,
+                                 self.cfg.retention_days)
             except Exception:
                 log.exception("inbox processing failed; retrying shortly")
                 claimed = 0

@@ -289,3 +289,24 @@ async def test_inbox_writer_batches_concurrent_writes_and_never_waits_for_a_lock
     with engine.connect() as conn:
         keys = conn.execute(sa.text("SELECT dedupe_key FROM event_inbox ORDER BY id")).scalars().all()
     assert keys == [e.dedupe_key for e in events[:32]]
+
+
+async def test_finished_rows_are_purged_after_retention_and_a_later_redelivery_is_still_a_duplicate(svc, sandbox):
+    from datetime import timedelta
+
+    from service.db.engine import utcnow
+
+    assert (await svc.stub.TrackEvent(cart_event("old-1", 1, "purge@example.com", 100))).queued
+    await wait_for(lambda: all_processed(svc), what="inbox processed")
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    engine = svc.app.engine
+    # nothing is old enough yet
+    assert inbox.purge_finished(engine, older_than=utcnow() - timedelta(days=7)) == 0
+    assert inbox.purge_finished(engine, older_than=utcnow() + timedelta(seconds=1)) == 1
+    assert inbox_rows(svc) == []
+    # the same event again, after its inbox row is gone: queued, then recognised by its dedupe record
+    again = await svc.stub.TrackEvent(cart_event("old-1", 1, "purge@example.com", 100))
+    assert again.queued
+    await wait_for(lambda: all_processed(svc), what="redelivery processed")
+    assert [r["outcome"] for r in inbox_rows(svc)] == ["duplicate"]
+    assert len([r for r in sandbox.requests if "/CartInsight/" in r.path and r.method == "PUT" and r.status < 300]) == 1

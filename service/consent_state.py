@@ -69,8 +69,8 @@ def _set_status_statement(channel: str) -> sa.Update:
 
 #: prepared once: these run for every delivered contact upsert
 _SET_STATUS = {channel: _set_status_statement(channel) for channel in ("email", "sms")}
-_SELECT_REMEMBERED = sa.select(_FIELD_STATE.c.field, _FIELD_STATE.c.value).where(
-    _FIELD_STATE.c.contact_id == sa.bindparam("contact_id"),
+_SELECT_REMEMBERED = sa.select(_FIELD_STATE.c.contact_id, _FIELD_STATE.c.field, _FIELD_STATE.c.value).where(
+    _FIELD_STATE.c.contact_id.in_(sa.bindparam("contact_ids", expanding=True)),
     _FIELD_STATE.c.field.in_(sa.bindparam("fields", expanding=True)))
 _SET_REMEMBERED = (
     sa.update(_FIELD_STATE)
@@ -80,26 +80,32 @@ _SET_REMEMBERED = (
 )
 
 
-def record_channel_statuses_on(conn: sa.Connection, contact_id: int, statuses: Mapping[str, str | None],
-                               at: datetime | None = None) -> None:
-    """:func:`apply_channel_statuses` with Core statements on ``conn`` (the dispatcher's settle transaction,
-    once per delivered contact upsert): a conditional UPDATE per channel instead of locking and loading
-    the contact, and one lookup of the remembered values."""
+def record_channel_statuses_many(conn: sa.Connection, items: list[tuple[int, Mapping[str, str | None]]],
+                                 at: datetime | None = None) -> None:
+    """:func:`apply_channel_statuses` for many contacts at once, with Core statements on ``conn`` (the
+    dispatcher's settle transaction): per channel one conditional UPDATE for all contacts (executemany), one
+    lookup of the remembered values and one UPDATE for those that differ, whatever the number of contacts."""
     at = at or utcnow()
-    remembered: dict[str, str] = {}
-    for channel, raw in statuses.items():
-        status = normalise_status(raw)
-        if status is None or channel not in _SET_STATUS:
-            continue
-        conn.execute(_SET_STATUS[channel], {"contact_id": contact_id, "status": status, "at": at})
-        remembered[f"channelProperties.{channel}.status"] = remembered_status(status)
+    per_channel: dict[str, list[dict]] = {}
+    remembered: dict[tuple[int, str], str] = {}
+    for contact_id, statuses in items:
+        for channel, raw in statuses.items():
+            status = normalise_status(raw)
+            if status is None or channel not in _SET_STATUS:
+                continue
+            per_channel.setdefault(channel, []).append({"contact_id": contact_id, "status": status, "at": at})
+            remembered[(contact_id, f"channelProperties.{channel}.status")] = remembered_status(status)
+    for channel, params in per_channel.items():
+        conn.execute(_SET_STATUS[channel], params)
     if not remembered:
         return
-    stored = conn.execute(_SELECT_REMEMBERED, {"contact_id": contact_id, "fields": list(remembered)}).all()
-    for path, value in stored:
-        if value != remembered[path]:
-            conn.execute(_SET_REMEMBERED, {"b_contact_id": contact_id, "path": path, "b_value": remembered[path],
-                                           "at": utcnow()})
+    stored = conn.execute(_SELECT_REMEMBERED, {"contact_ids": sorted({c for c, _ in remembered}),
+                                               "fields": sorted({f for _, f in remembered})}).all()
+    changes = [{"b_contact_id": contact_id, "path": path, "b_value": remembered[(contact_id, path)], "at": at}
+               for contact_id, path, value in stored
+               if (contact_id, path) in remembered and value != remembered[(contact_id, path)]]
+    if changes:
+        conn.execute(_SET_REMEMBERED, changes)
 
 
 def record_channel_statuses(engine: Engine, contact_id: int, statuses: Mapping[str, str | None],

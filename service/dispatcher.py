@@ -41,7 +41,6 @@ from sqlalchemy.orm import Session
 from service import outbox
 from service.batching import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
 from service.config import AccountConfig, DispatcherConfig, Settings
-from service.consent_state import record_channel_statuses_on
 from service.delivery import HANDLERS, DeliveryContext
 from service.db.engine import is_sqlite, utcnow
 from service.db.models import Contact
@@ -254,10 +253,14 @@ class Dispatcher:
                 # have called and wait for their outcome to be recorded), so a slot that frees up is
                 # refilled at once rather than after the next claim's round trip.
                 free = 2 * self.cfg.concurrency - len(self._tasks)
+                # Under load, refill in batches of at least half the concurrency: claiming each time one call
+                # ends would cost a claim (and a contact load) per message. With nothing in flight, claim at
+                # once whatever is due (latency).
+                refill = free >= max(1, self.cfg.concurrency // 2) or not self._tasks
                 # Under backlog, kinds that have a bulk import wait for the next import instead of going one
                 # by one next to it (each single call would cost as much as a whole import).
                 single_kinds = tuple(k for k in HANDLERS if k not in BULK_HANDLERS) if bulk_mode else None
-                if free > 0 and single_kinds != ():
+                if free > 0 and refill and single_kinds != ():
                     claimed = await asyncio.to_thread(
                         outbox.claim, self.engine, worker=self.worker_id, limit=min(free, self.cfg.batch_size),
                         lease_seconds=self.cfg.lease_seconds, accounts_excluded=paused, coalesce=coalesce_single,
@@ -419,12 +422,9 @@ class Dispatcher:
                                       retryable=not isinstance(exc, (ValueError, LookupError)), retry_after=None,
                                       throttled=False)
         span.set_attribute("http.response.status_code", result.status_code)
-        on_delivered = None
-        if result.channel_statuses and msg.contact_id is not None:
-            on_delivered = _channel_status_recorder(msg.contact_id, dict(result.channel_statuses))
         delivered = await self._settler.submit(outbox.Outcome(
             msg, "delivered", result.status_code, dotdigital_contact_id=result.dotdigital_contact_id,
-            started_at=started, on_delivered=on_delivered))
+            started_at=started, channel_statuses=dict(result.channel_statuses or {}) or None))
         if not delivered:
             log.warning("message %s: lease lost before delivery was recorded", msg.id)
         if delivered:
@@ -573,15 +573,6 @@ class Dispatcher:
             DeliveryOutcome(message_id=msg.id, kind=msg.kind, outcome=outcome, attempt=attempt, response_code=code,
                             error=error, record_type=msg.record_type, record_id=msg.record_id),
         )
-
-
-def _channel_status_recorder(contact_id: int, statuses: dict):
-    """Record the channel statuses a response reported, in the transaction that settles the message."""
-
-    def record(conn) -> None:
-        record_channel_statuses_on(conn, contact_id, statuses)
-
-    return record
 
 
 def _links(msg: outbox.ClaimedMessage) -> list:

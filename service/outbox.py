@@ -29,12 +29,13 @@ import logging
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from service.consent_state import record_channel_statuses_many
 from service.db.engine import utcnow
 from service.db.models import Contact, DeliveryAttempt, FieldState, OutboxMessage, OutboxStatus
 
@@ -555,9 +556,9 @@ class Outcome:
     dotdigital_contact_id: int | None = None
     #: when the attempt started (default: the batch's ``started_at``)
     started_at: datetime | None = None
-    #: run inside the settling transaction when the message was still ours and is now delivered (e.g. to
-    #: record what the response said about the contact in the same commit)
-    on_delivered: Callable[[Any], None] | None = None
+    #: delivered: the contact's channel statuses the response reported, recorded in the settling
+    #: transaction (``consent_state.record_channel_statuses_many``) if the message was still ours
+    channel_statuses: Mapping[str, str | None] | None = None
 
 
 # Statements of every settle, built once.
@@ -646,9 +647,10 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
         ]
         if attempts:
             conn.execute(sa.insert(DA), attempts)
-        for o in delivered:
-            if o.on_delivered is not None:
-                o.on_delivered(conn)
+        statuses = [(o.msg.contact_id, o.channel_statuses) for o in delivered
+                    if o.channel_statuses and o.msg.contact_id is not None]
+        if statuses:
+            record_channel_statuses_many(conn, statuses, at=now)
     return owned
 
 

@@ -423,7 +423,11 @@ class Dispatcher:
                                       throttled=False)
         span.set_attribute("http.response.status_code", result.status_code)
         delivered = await self._settler.submit(outbox.Outcome(
-            msg, "delivered", result.status_code, dotdigital_contact_id=result.dotdigital_contact_id,
+            msg, "delivered", result.status_code,
+            # only a contact id that is new to us is written (every contact upsert answers with one)
+            dotdigital_contact_id=(result.dotdigital_contact_id
+                                   if getattr(contact, "dotdigital_contact_id", None) != result.dotdigital_contact_id
+                                   else None),
             started_at=started, channel_statuses=dict(result.channel_statuses or {}) or None))
         if not delivered:
             log.warning("message %s: lease lost before delivery was recorded", msg.id)

@@ -578,7 +578,9 @@ _SETTLE_DELIVERED = (
             bulk_import_id=None)
 )
 _LEARN_CONTACT_ID = (
-    sa.update(CT).where(CT.c.id == sa.bindparam("cid"))
+    sa.update(CT)
+    .where(CT.c.id == sa.bindparam("cid"),
+           sa.or_(CT.c.dotdigital_contact_id.is_(None), CT.c.dotdigital_contact_id != sa.bindparam("dd")))
     .values(dotdigital_contact_id=sa.bindparam("dd"), updated_at=sa.bindparam("now", type_=CT.c.updated_at.type))
 )
 

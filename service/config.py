@@ -170,6 +170,8 @@ class DispatcherConfig:
     backoff_cap_seconds: float = 600.0
     lease_seconds: float = 120.0
     poll_interval_seconds: float = 1.0
+    #: under load, outcomes of single deliveries are recorded at most this often (one transaction for all)
+    settle_interval_seconds: float = 0.02
     # -- scale-out (see README "Many processes, one database") --
     #: how often a dispatcher extends the leases it holds (default: a third of lease_seconds)
     heartbeat_seconds: float | None = None

@@ -97,9 +97,10 @@ class _Settler:
     """Records the outcomes of single deliveries in shared transactions (one commit, one fsync, for all
     the outcomes that are waiting), and answers each after the commit whether its lease was still held."""
 
-    def __init__(self, engine: Engine, worker_id: str):
+    def __init__(self, engine: Engine, worker_id: str, interval: float = 0.0):
         self.engine = engine
         self.worker_id = worker_id
+        self.interval = interval
         self._queue: list[tuple[outbox.Outcome, asyncio.Future]] = []
         self._kick = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -114,11 +115,18 @@ class _Settler:
         return await future
 
     async def _loop(self) -> None:
+        last = 0.0
         while True:
             if not self._queue:
                 self._kick.clear()
                 await self._kick.wait()
                 continue
+            # Under load, settle at most every `interval`: one transaction then carries the outcomes of that
+            # time (each settle costs the same handful of statements whatever its size).
+            wait = last + self.interval - time.monotonic()
+            if wait > 0 and len(self._queue) < 500:
+                await asyncio.sleep(wait)
+            last = time.monotonic()
             batch, self._queue = self._queue[:500], self._queue[500:]
             try:
                 owned = await asyncio.to_thread(outbox.settle, self.engine, [o for o, _ in batch],
@@ -163,7 +171,7 @@ class Dispatcher:
         self._heartbeat: asyncio.Task | None = None
         self._listener: OutboxListener | None = None
         self.import_timings = ImportTimings(self.cfg.bulk_poll_min_seconds, self.cfg.bulk_poll_max_seconds)
-        self._settler = _Settler(engine, self.worker_id)
+        self._settler = _Settler(engine, self.worker_id, interval=self.cfg.settle_interval_seconds)
         #: counters for observability and tests
         self.stats: dict[str, int] = defaultdict(int)
 

@@ -54,9 +54,8 @@ from ctdd.sync.v1 import sync_service_pb2 as pb
 from service import outbox
 from service.api_convert import InvalidRequest, Violation, parse_behavioural_event
 from service.config import InboxConfig, Settings
-from service.contact_sync import log_rejected
 from service.db.engine import sqlite_write_lock, utcnow
-from service.db.models import EventInbox, InboxStatus
+from service.db.models import EventInbox, InboxStatus, RejectedRecord
 from service.events import (
     EventProcessor,
     InvalidEvent,
@@ -494,28 +493,33 @@ class InboxProcessor:
 
     def _record_failures(self, failures: list[_Failure]) -> None:
         now = utcnow()
-        given_up: list[tuple[_Failure, str]] = []
         with self.engine.begin() as conn:
             for f in failures:
                 attempt = f.event.attempts + 1
-                if f.retryable and attempt < self.cfg.max_attempts:
+                given_up = not (f.retryable and attempt < self.cfg.max_attempts)
+                if given_up:
+                    status = InboxStatus.FAILED if f.retryable else InboxStatus.REJECTED
+                    values = dict(attempts=attempt, status=status, processed_at=now)
+                else:
                     delay = outbox.backoff_seconds(attempt, base=self.cfg.backoff_base_seconds,
                                                    cap=self.cfg.backoff_cap_seconds)
                     values = dict(attempts=attempt, next_attempt_at=now + timedelta(seconds=delay))
-                    self.stats["retried"] += 1
-                else:
-                    status = InboxStatus.FAILED if f.retryable else InboxStatus.REJECTED
-                    values = dict(attempts=attempt, status=status, processed_at=now)
-                    self.stats["failed" if f.retryable else "rejected"] += 1
-                    given_up.append((f, status))
-                conn.execute(
+                updated = conn.execute(
                     sa.update(INBOX)
                     .where(INBOX.c.id == f.event.id, INBOX.c.status == InboxStatus.PENDING,
                            INBOX.c.lease_owner == self.worker_id)
                     .values(lease_owner=None, lease_expires_at=None, last_error=f.error[:2000], **values)
-                )
-        for f, status in given_up:
-            reason = (f"queued event {status} after {f.event.attempts + 1} attempt(s): {f.error}" if f.retryable
-                      else f"queued event rejected: {f.error}")
-            log_rejected(self.engine, operation="TrackEvent", reason=reason, store_key=f.event.store_key,
-                         record_type="event_inbox", record_id=str(f.event.id))
+                ).rowcount
+                if not updated:  # taken over by another processor meanwhile: its outcome counts
+                    continue
+                if not given_up:
+                    self.stats["retried"] += 1
+                    continue
+                self.stats["failed" if f.retryable else "rejected"] += 1
+                reason = (f"queued event {status} after {attempt} attempt(s): {f.error}" if f.retryable
+                          else f"queued event rejected: {f.error}")
+                # in the same transaction as the status: a failed event always has its log entry
+                conn.execute(sa.insert(RejectedRecord.__table__).values(
+                    operation="TrackEvent", store_key=f.event.store_key, record_type="event_inbox",
+                    record_id=str(f.event.id), reason=reason[:2000], created_at=now))
+                log.warning("rejected queued TrackEvent %d for store %s: %s", f.event.id, f.event.store_key, reason)

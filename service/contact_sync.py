@@ -251,9 +251,9 @@ class ContactSync:
                       "updated_at": now}
             (updates if path in stored else inserts).append(values)
         if updates:
-            conn.execute(_UPDATE_FIELD, [{f"b_{k}": v for k, v in u.items()} for u in updates])
+            conn.execute(UPDATE_FIELD_STATE, [{f"b_{k}": v for k, v in u.items()} for u in updates])
         if inserts:
-            conn.execute(_INSERT_FIELD, inserts)
+            conn.execute(INSERT_FIELD_STATE, inserts)
         result.changed = True
         result.outbox_message_ids.extend(message_ids.values())
         return result
@@ -289,12 +289,13 @@ _SELECT_FIELDS = sa.select(_FS.c.field, _FS.c.value, _FS.c.source_ref, _FS.c.sou
     _FS.c.contact_id == sa.bindparam("contact_id"), _FS.c.field.in_(sa.bindparam("fields", expanding=True))
 )
 _FIELD_COLUMNS = ("value", "source_ref", "source_version", "source_ts", "message_id", "updated_at")
-_UPDATE_FIELD = (
+#: shared with service.events (insight records keep their field state the same way); parameters ``b_<column>``
+UPDATE_FIELD_STATE = (
     sa.update(_FS)
     .where(_FS.c.contact_id == sa.bindparam("b_contact_id"), _FS.c.field == sa.bindparam("b_field"))
     .values(**{name: sa.bindparam(f"b_{name}", type_=_FS.c[name].type) for name in _FIELD_COLUMNS})
 )
-_INSERT_FIELD = sa.insert(_FS)
+INSERT_FIELD_STATE = sa.insert(_FS)
 _DELETE_IDENTIFIERS = sa.delete(_CI).where(_CI.c.contact_id == sa.bindparam("contact_id"),
                                            _CI.c.kind == sa.bindparam("kind"))
 _INSERT_IDENTIFIER = sa.insert(_CI)

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from service import outbox
 from service.config import Settings, StoreConfig
-from service.contact_sync import ContactSync, NewContactNeedsAddress
+from service.contact_sync import INSERT_FIELD_STATE, UPDATE_FIELD_STATE, ContactSync, NewContactNeedsAddress
 from service.db.engine import utcnow
 from service.db.models import Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, ResourceState
 from service.domain.commerce import (
@@ -485,9 +485,9 @@ class EventProcessor:
         values = {"value": digest, "source_ref": source.ref, "source_version": source.version,
                   "source_ts": source.modified_at, "message_id": mid, "updated_at": utcnow()}
         if stored is None:
-            conn.execute(_INSERT_FIELD, {"contact_id": contact_id, "field": path, **values})
+            conn.execute(INSERT_FIELD_STATE, {"contact_id": contact_id, "field": path, **values})
         else:
-            conn.execute(_UPDATE_FIELD, {"b_contact_id": contact_id, "b_field": path,
+            conn.execute(UPDATE_FIELD_STATE, {"b_contact_id": contact_id, "b_field": path,
                                          **{f"b_{k}": v for k, v in values.items()}})
         return mid
 
@@ -550,13 +550,6 @@ _RS = ResourceState.__table__
 _PE = ProcessedEvent.__table__
 _SELECT_FIELD_VALUE = sa.select(_FS.c.value).where(_FS.c.contact_id == sa.bindparam("contact_id"),
                                                    _FS.c.field == sa.bindparam("field"))
-_INSERT_FIELD = sa.insert(_FS)
-_UPDATE_FIELD = (
-    sa.update(_FS)
-    .where(_FS.c.contact_id == sa.bindparam("b_contact_id"), _FS.c.field == sa.bindparam("b_field"))
-    .values(**{name: sa.bindparam(f"b_{name}", type_=_FS.c[name].type)
-               for name in ("value", "source_ref", "source_version", "source_ts", "message_id", "updated_at")})
-)
 _RESOURCE_KEY = (_RS.c.project_key, _RS.c.resource_type, _RS.c.resource_id)
 _LOCK_RESOURCE_VERSION = (
     sa.select(_RS.c.version).where(*(col == sa.bindparam(col.name) for col in _RESOURCE_KEY)).with_for_update()

@@ -21,7 +21,6 @@ from opentelemetry.trace import SpanKind
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
-from service import outbox
 from service.api_convert import InvalidRequest, Violation, parse_sync_contact
 from service.config import Settings
 from service.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Hashable, Protocol
+from typing import Any, Awaitable, Callable, Hashable, Mapping, Protocol
 
 from service.config import Settings
 from service.db.models import Contact
@@ -239,22 +239,12 @@ def contact_import_item(contact: Contact, body: dict) -> tuple[dict, list[tuple[
     else:
         match, value = contact_path(contact, body)
         identifiers.setdefault(match, value)
-    keys: list[tuple[str, Any]] = []
-    if identifiers.get("contactId"):
-        keys.append(("contactId", int(identifiers["contactId"])))
-    if identifiers.get("email"):
-        keys.append(("email", str(identifiers["email"]).casefold()))
-    if identifiers.get("mobileNumber"):
-        keys.append(("mobileNumber", _mobile_key(identifiers["mobileNumber"])))
-    return {**body, "matchIdentifier": match, "identifiers": identifiers}, keys
+    return {**body, "matchIdentifier": match, "identifiers": identifiers}, _identifier_keys(identifiers)
 
 
-def _entry_keys(entry: Any) -> list[tuple[str, Any]]:
+def _identifier_keys(identifiers: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The keys an import item or report entry can be matched by (contactId, email, mobile number)."""
     keys: list[tuple[str, Any]] = []
-    contact_id = _get(entry, "contactId", _get(entry, "contact_id"))
-    identifiers = _get(entry, "identifiers") or {}
-    if contact_id:
-        keys.append(("contactId", int(contact_id)))
     if identifiers.get("contactId"):
         keys.append(("contactId", int(identifiers["contactId"])))
     if identifiers.get("email"):
@@ -262,6 +252,12 @@ def _entry_keys(entry: Any) -> list[tuple[str, Any]]:
     if identifiers.get("mobileNumber"):
         keys.append(("mobileNumber", _mobile_key(identifiers["mobileNumber"])))
     return keys
+
+
+def _entry_keys(entry: Any) -> list[tuple[str, Any]]:
+    contact_id = _get(entry, "contactId", _get(entry, "contact_id"))
+    keys = _identifier_keys(_get(entry, "identifiers") or {})
+    return [("contactId", int(contact_id))] + keys if contact_id else keys
 
 
 class ContactsImport:

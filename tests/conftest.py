@@ -133,6 +133,18 @@ def make_settings(database_url: str, sandbox: DotdigitalSandbox, *, commercetool
     return settings_from_mapping(raw, env=env)
 
 
+def commercetools_section(fake, name: str = "shop") -> str:
+    """The ``[commercetools.<name>]`` TOML section of an API client of the fake commercetools API ``fake``;
+    its secret comes from the ``CT_SECRET`` environment variable."""
+    return f"""[commercetools.{name}]
+project_key = "{fake.project_key}"
+client_id = "{fake.client_id}"
+client_secret_env = "CT_SECRET"
+api_url = "{fake.base_url}"
+auth_url = "{fake.base_url}"
+"""
+
+
 def write_service_config(path: Path, database_url: str, sandbox: DotdigitalSandbox, *, listen: str | None = None,
                          dispatcher: dict[str, Any] | None = None) -> str:
     """A TOML config for a ``ctdd`` subprocess talking to ``sandbox`` (its password from SANDBOX_PASSWORD)."""
@@ -246,4 +258,4 @@ def all_settled(svc: RunningService) -> bool:
     return all(s in ("delivered", "dead") for s in statuses(svc).values())
 
 
-__all__ = ["make_settings", "wait_for", "contact_request", "RunningService", "replace", "DispatcherConfig"]
+__all__ = ["make_settings", "commercetools_section", "wait_for", "contact_request", "RunningService", "replace", "DispatcherConfig"]

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from conftest import commercetools_section
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from scripted_sync_service import INVALID_ARGUMENT, OK, UNAVAILABLE, ScriptedSyncService
 from service.adapters.forwarder import EventForwarder
@@ -223,13 +224,7 @@ async def test_cli_backfill_orders(fake, peer, tmp_path):
 [accounts.main]
 region = "r1"
 
-[commercetools.shop]
-project_key = "{PROJECT}"
-client_id = "{fake.client_id}"
-client_secret_env = "CT_SECRET"
-api_url = "{fake.base_url}"
-auth_url = "{fake.base_url}"
-
+{commercetools_section(fake)}
 [stores.uk]
 account = "main"
 commercetools = "shop"

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import ct_payloads as ct
-from conftest import all_settled, contact_request, make_settings, outbox_rows, wait_for
+from conftest import all_settled, commercetools_section, contact_request, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from service.backsync import (
     SHOP_NEWER, UNCHANGED, WRITTEN, ChannelState, _claim, _release, consent_updates, iso, read_cursors,
@@ -323,13 +323,7 @@ database_url = "sqlite:///{db}"
 api_user = "{sandbox.api_user}"
 password_env = "DD_PASSWORD"
 base_url = "{sandbox.base_url}"
-[commercetools.ct]
-project_key = "{fake.project_key}"
-client_id = "{fake.client_id}"
-client_secret_env = "CT_SECRET"
-api_url = "{fake.base_url}"
-auth_url = "{fake.base_url}"
-[stores.uk]
+{commercetools_section(fake, "ct")}[stores.uk]
 account = "main"
 """)
         assert main(["backsync", "run-once", "--config", str(config), "--store", "uk"]) == 0

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import commercetools_section
 from service.cli import main
 from service.commercetools.subscriptions import (
     CUSTOMER_MESSAGES,
@@ -36,13 +37,7 @@ def config(tmp_path, fake, monkeypatch):
 [accounts.main]
 region = "r1"
 
-[commercetools.shop]
-project_key = "shop-eu"
-client_id = "{fake.client_id}"
-client_secret_env = "CT_SECRET"
-api_url = "{fake.base_url}"
-auth_url = "{fake.base_url}"
-
+{commercetools_section(fake)}
 [stores.uk]
 account = "main"
 commercetools = "shop"

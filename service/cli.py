@@ -77,6 +77,7 @@ def provision_sandbox(sandbox, stores) -> None:
 
 async def _serve(args) -> int:
     from service.app import App
+    from service.process_tuning import freeze_startup_heap
     from service.telemetry import configure_telemetry, shutdown_telemetry
 
     configure_telemetry()
@@ -95,6 +96,7 @@ async def _serve(args) -> int:
             )
         app = App(settings, run_dispatcher=not args.no_dispatcher)
         await app.start()
+        freeze_startup_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -142,6 +144,7 @@ def _db_upgrade(args) -> int:
 
 
 async def _worker(args) -> int:
+    from service.process_tuning import freeze_startup_heap
     from service.telemetry import configure_telemetry, shutdown_telemetry
     from service.worker import DispatcherAlreadyRunning, run_worker
 
@@ -150,7 +153,7 @@ async def _worker(args) -> int:
         settings = _load(args)
         if not settings.accounts:
             raise ConfigError("no Dotdigital account configured: pass --config FILE (see README, Configuration)")
-        return await run_worker(settings, grace=args.grace)
+        return await run_worker(settings, grace=args.grace, ready=freeze_startup_heap)
     except DispatcherAlreadyRunning as exc:
         print(f"ctdd worker: {exc}", file=sys.stderr)
         return 3

@@ -49,7 +49,7 @@ from service.dotdigital.errors import DotdigitalError
 from service.pg_listen import OutboxListener
 from service.plugins import DeliveryOutcome, HookContext, Hooks
 from service.rate_budget import BudgetTransport, RateBudget
-from service.telemetry import attempts_counter, delivery_duration, links_from_carrier, tracer
+from service.telemetry import attempts_counter, delivery_duration, links_from_carrier, start_span
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ class Dispatcher:
                 count_attempt=False, started_at=started))
             return
         attempt = msg.attempts + 1
-        with tracer.start_as_current_span(
+        with start_span(
             f"deliver {msg.kind}", kind=SpanKind.CONSUMER, links=_links(msg),
             attributes={
                 "messaging.system": "ctdd-outbox", "messaging.operation.type": "process",
@@ -502,7 +502,7 @@ class Dispatcher:
         started = utcnow()
         contacts = await asyncio.to_thread(self._load_contacts, {m.contact_id for m in msgs if m.contact_id})
         links = [link for m in msgs[:64] for link in _links(m)]
-        with tracer.start_as_current_span(
+        with start_span(
             f"deliver bulk {kind}", kind=SpanKind.CONSUMER, links=links,
             attributes={"messaging.system": "ctdd-outbox", "messaging.operation.type": "process",
                         "messaging.destination.name": account, "messaging.batch.message_count": len(msgs)},

@@ -27,7 +27,7 @@ from service.contact_sync import ContactSync, NewContactNeedsAddress, log_reject
 from service.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError
 from service.inbox import InboxWriter, QueuedEvent, prepare_request, queued_event
 from service.plugins import PluginConflict
-from service.telemetry import tracer
+from service.telemetry import start_span
 from service.transactions import TransactionRunner
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         self.on_enqueued = on_enqueued or (lambda: None)
 
     async def SyncContact(self, request: pb.SyncContactRequest, context: grpc.aio.ServicerContext):
-        with tracer.start_as_current_span(
+        with start_span(
             "SyncContact", kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": "SyncContact",
                         "ctdd.store_key": request.store_key},
@@ -211,7 +211,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         )
 
     async def TrackEvent(self, request: pb.TrackEventRequest, context: grpc.aio.ServicerContext):
-        with tracer.start_as_current_span(
+        with start_span(
             "TrackEvent", kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": "TrackEvent",
                         "ctdd.store_key": request.store_key},

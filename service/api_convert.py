@@ -46,8 +46,24 @@ class InvalidRequest(Exception):
         self.violations = violations
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _ts(value) -> datetime:
-    return value.ToDatetime(tzinfo=timezone.utc)
+    """A google.protobuf.Timestamp as an aware UTC datetime (``ToDatetime(tzinfo=utc)``, in a third of its time)."""
+    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
+#: the range of google.protobuf.Timestamp (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z)
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
+
+
+def _timestamp(violations: list[Violation], path: str, value) -> datetime:
+    """A set Timestamp field as a datetime; one outside the Timestamp range is a violation (and the epoch)."""
+    if not (_MIN_SECONDS <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos <= 999_999_999):
+        violations.append(Violation(path, "not a valid timestamp (years 0001 to 9999)"))
+        return _EPOCH
+    return _ts(value)
 
 
 def _check_len(violations: list[Violation], path: str, value: str, limit: int = MAX_STRING) -> None:
@@ -75,10 +91,13 @@ def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, cha
             if not getattr(rec, name).strip():
                 violations.append(Violation(f"{rpath}.{name}", "required"))
             _check_len(violations, f"{rpath}.{name}", getattr(rec, name))
+        consented_at = None
         if not rec.HasField("consented_at"):
             violations.append(Violation(f"{rpath}.consented_at", "required"))
-        elif _ts(rec.consented_at) > datetime.now(timezone.utc) + CLOCK_SKEW:
-            violations.append(Violation(f"{rpath}.consented_at", "must not be in the future"))
+        else:
+            consented_at = _timestamp(violations, f"{rpath}.consented_at", rec.consented_at)
+            if consented_at > datetime.now(timezone.utc) + CLOCK_SKEW:
+                violations.append(Violation(f"{rpath}.consented_at", "must not be in the future"))
         if rec.ip_address.strip():
             try:
                 ipaddress.ip_address(rec.ip_address.strip())
@@ -88,17 +107,18 @@ def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, cha
             violations.append(Violation(f"{rpath}.url", "must be an http(s) URL"))
         records.append(
             ConsentRecord(
-                text=rec.text, consented_at=_ts(rec.consented_at) if rec.HasField("consented_at") else None,
+                text=rec.text, consented_at=consented_at,
                 url=rec.url, ip_address=rec.ip_address, user_agent=rec.user_agent,
             )
         )
-    if msg.HasField("decided_at") and _ts(msg.decided_at) > datetime.now(timezone.utc) + CLOCK_SKEW:
+    decided_at = _timestamp(violations, f"{path}.decided_at", msg.decided_at) if msg.HasField("decided_at") else None
+    if decided_at is not None and decided_at > datetime.now(timezone.utc) + CLOCK_SKEW:
         violations.append(Violation(f"{path}.decided_at", "must not be in the future"))
     return ChannelConsent(
         status=_STATUS.get(msg.status),
         opt_in_type=_OPT_IN.get(msg.opt_in_type),
         records=tuple(records),
-        decided_at=_ts(msg.decided_at) if msg.HasField("decided_at") else None,
+        decided_at=decided_at,
     )
 
 
@@ -227,7 +247,7 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         resource_type=src.resource_type or None,
         resource_id=src.resource_id or None,
         version=src.version or None,
-        modified_at=_ts(src.modified_at) if src.HasField("modified_at") else None,
+        modified_at=_timestamp(v, "source.modified_at", src.modified_at) if src.HasField("modified_at") else None,
     )
 
     if v:
@@ -265,8 +285,6 @@ def _struct(value) -> dict[str, Any]:
 
 def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_key: str):
     """Validate a typed behavioural event; return a ``BehaviouralEventInput`` or raise InvalidRequest."""
-    from service.events import BehaviouralEventInput
-
     v: list[Violation] = []
     if not msg.event_id.strip():
         v.append(Violation("behavioural_event.event_id", "required (it is the deduplication key)"))
@@ -274,8 +292,9 @@ def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_
     identity = _parse_identity(v, "behavioural_event.identity", msg.identity)
     kind = msg.WhichOneof("kind")
     data: dict[str, Any] = {}
-    occurred = _ts(msg.occurred_at) if msg.HasField("occurred_at") else None
-    when = occurred.strftime("%Y-%m-%dT%H:%M:%SZ") if occurred else ""
+    occurred = (_timestamp(v, "behavioural_event.occurred_at", msg.occurred_at) if msg.HasField("occurred_at")
+                else None)
+    when = occurred.isoformat(timespec="seconds")[:19] + "Z" if occurred else ""  # YYYY-MM-DDTHH:MM:SSZ
     if kind is None:
         v.append(Violation("behavioural_event.kind", "one of product_viewed, cart_updated, custom_event is required"))
     elif kind == "product_viewed":
@@ -307,6 +326,8 @@ def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_
         v.append(Violation("behavioural_event", f"larger than {MAX_EVENT_BYTES} bytes"))
     if v:
         raise InvalidRequest(v)
+    from service.events import BehaviouralEventInput  # (service.events imports this module)
+
     return BehaviouralEventInput(
         event_id=msg.event_id.strip(), kind=kind, identity=identity,
         occurred_at=occurred, locale=msg.locale or None, currency=msg.currency or None, data=data,

@@ -15,6 +15,9 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from service.app import App
@@ -259,3 +262,15 @@ def all_settled(svc: RunningService) -> bool:
 
 
 __all__ = ["make_settings", "commercetools_section", "wait_for", "contact_request", "RunningService", "replace", "DispatcherConfig"]
+
+
+def field_violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The BadRequest field violations of an INVALID_ARGUMENT error (field -> description)."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "rich error details missing"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return {v.field: v.description for v in bad.field_violations}
+    raise AssertionError("no BadRequest detail")

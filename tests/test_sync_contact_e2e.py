@@ -10,10 +10,8 @@ import json
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from conftest import all_settled, contact_request, make_settings, outbox_rows, wait_for
+from conftest import all_settled, contact_request, field_violations, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
 
@@ -184,17 +182,6 @@ async def test_400_dead_letters_with_code_and_record_reference(service_factory, 
     assert sandbox.get_contact(email="tier@example.com")["dataFields"]["LOYALTY_TIER"] == "gold"
 
 
-def _violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "rich error details missing"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            return {v.field: v.description for v in br.field_violations}
-    raise AssertionError("no BadRequest detail")
-
-
 @pytest.mark.parametrize(
     "mutate, field",
     [
@@ -206,9 +193,10 @@ def _violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
         (lambda r: r.profile.custom_fields.update({"blob": "x" * 300_000}), ""),
         (lambda r: r.lists.add(list_key="unknown-list", member=True), "lists[0].list_key"),
         (lambda r: setattr(r.profile, "date_of_birth", "31/12/1990"), "profile.date_of_birth"),
+        (lambda r: setattr(r.source.modified_at, "seconds", 10**12), "source.modified_at"),
     ],
     ids=["no-identifier", "bad-email", "mobile-not-e164", "sms-without-mobile", "unknown-store", "oversized",
-         "unknown-list", "bad-dob"],
+         "unknown-list", "bad-dob", "timestamp-out-of-range"],
 )
 async def test_invalid_input_is_rejected_with_field_violations(service, sandbox, mutate, field):
     req = contact_request(customer_id="c-x", email="ok@example.com")
@@ -216,7 +204,7 @@ async def test_invalid_input_is_rejected_with_field_violations(service, sandbox,
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await service.stub.SyncContact(req)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in _violations(info.value)
+    assert field in field_violations(info.value)
     assert outbox_rows(service) == []
     rejected = service.rows("SELECT operation, reason, violations FROM rejected_record")
     assert len(rejected) == 1 and rejected[0]["operation"] == "SyncContact"

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 import ct_payloads as ct
-from conftest import all_settled, make_settings, outbox_rows, wait_for
+from conftest import all_settled, field_violations, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from service.testing.commercetools_fake import FakeCommercetools
 
@@ -223,6 +223,15 @@ async def test_behavioural_events(svc, sandbox):
         await svc.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", behavioural_event=pb.BehaviouralEvent(
             identity=pb.ContactIdentity(email="a@example.com"), custom_event=pb.CustomEvent(name="x"))))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no event_id
+    beyond_9999 = pb.BehaviouralEvent(event_id="ev-far", identity=pb.ContactIdentity(email="a@example.com"),
+                                      custom_event=pb.CustomEvent(name="x"))
+    beyond_9999.occurred_at.seconds = 10**12
+    for processing in (pb.PROCESSING_APPLIED, pb.PROCESSING_QUEUED):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await svc.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", behavioural_event=beyond_9999,
+                                                           processing=processing))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(field_violations(info.value)) == ["behavioural_event.occurred_at"]
     await wait_for(lambda: all_settled(svc), what="deliveries")
     cart = sandbox.insight_records("CartInsight", contact_email="cart@example.com")["cart-1"]
     assert cart["cartPhase"] == "ORDER_PENDING" and cart["grandTotal"] == 12.5 and cart["lineItems"][0]["sku"] == "HAT-1"

@@ -66,11 +66,12 @@ class GroupCommitRunner:
     async def run(self, fn: UnitOfWork[T]) -> T:
         if self._closed:
             raise RuntimeError("the transaction runner is closed")
-        loop = asyncio.get_running_loop()
-        if self._committer is None or self._committer.done():
+        committer = self._committer
+        if committer is None or committer.done():
             self._kick = asyncio.Event()
-            self._committer = loop.create_task(self._commit_loop(), name="group-commit")
-        future = loop.create_future()
+            committer = self._committer = asyncio.get_running_loop().create_task(self._commit_loop(),
+                                                                                  name="group-commit")
+        future = committer.get_loop().create_future()
         self._queue.append((fn, future))
         assert self._kick is not None
         self._kick.set()

@@ -44,7 +44,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -127,9 +127,8 @@ def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEv
 
 
 # -- ingest ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class QueuedEvent:
-    """One validated request for the inbox."""
+class QueuedEvent(NamedTuple):
+    """One validated request for the inbox (a tuple: made once per queued RPC)."""
 
     store_key: str
     request: bytes

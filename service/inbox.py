@@ -6,8 +6,8 @@ unparseable delivery or invalid behavioural event: INVALID_ARGUMENT, as for appl
 ``event_inbox`` as the serialized request, and answered once that write has committed.
 
 Ingest (:class:`InboxWriter`) is a group commit of plain INSERTs: the rows of all concurrent RPCs go into
-one transaction (``INSERT ... ON CONFLICT DO NOTHING``, executemany), so durable ingest costs one fsync per
-batch of RPCs and no ORM work. A queued event whose message id or event id is already in the inbox is
+one transaction (one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING dedupe_key``), so durable
+ingest costs one fsync per batch of RPCs and no ORM work. A queued event whose message id or event id is already in the inbox is
 answered ``duplicate`` at once.
 
 Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` next to the dispatcher):
@@ -74,8 +74,8 @@ INBOX = EventInbox.__table__
 NOTIFY_CHANNEL = "ctdd_inbox"
 #: how often a processor deletes finished rows older than ``[inbox] retention_days``
 PURGE_INTERVAL_SECONDS = 600.0
-#: chunk size of the "already queued?" lookups (bound parameters per statement)
-_LOOKUP_CHUNK = 500
+#: rows per multi-row INSERT on SQLite (5 bound parameters each; older SQLite builds allow 999 per statement)
+_SQLITE_ROWS_PER_INSERT = 190
 
 
 PAYLOAD_REQUIRED = Violation("payload", "one of commercetools_delivery or behavioural_event is required")
@@ -140,7 +140,7 @@ class InboxWriter(GroupCommitRunner):
     """Group commit for the inbox: ``await add(events)`` -> per event, True (queued) or False (duplicate).
 
     The committer loop is :class:`~service.group_commit.GroupCommitRunner`'s; a batch here is a list of
-    lists of :class:`QueuedEvent` (one list per RPC), written with one lookup and one multi-row INSERT.
+    lists of :class:`QueuedEvent` (one list per RPC), written with one multi-row INSERT.
 
     On SQLite the batch is written on the event loop itself whenever the database's write lock is free at
     once (the common case: a batch costs about a millisecond, mostly the fsync of the COMMIT). Handing it
@@ -230,52 +230,58 @@ class InboxWriter(GroupCommitRunner):
         return outcomes
 
     def _write(self, cursor: Any, items: list[list[QueuedEvent]]) -> list[list[bool]]:
-        """Look up the batch's dedupe keys and insert the new events, with plain DBAPI statements (at tens of
-        thousands of rows per second the ORM's, even Core's, per-row work would cost more than the rows)."""
-        postgres = self._postgres
-        mark = "%s" if postgres else "?"
-        now_db = self._to_db(utcnow())
-        keys = list({e.dedupe_key for item in items for e in item if e.dedupe_key})
-        seen: set[str] = set()
-        for start in range(0, len(keys), _LOOKUP_CHUNK):
-            chunk = keys[start:start + _LOOKUP_CHUNK]
-            cursor.execute(f"SELECT dedupe_key FROM event_inbox WHERE dedupe_key IN ({', '.join([mark] * len(chunk))})",
-                           tuple(chunk))
-            seen.update(row[0] for row in cursor.fetchall())
-        results: list[list[bool]] = []
+        """Insert the batch's events; one whose dedupe key is already queued (before, or earlier in this
+        batch) is a duplicate. Plain DBAPI statements: at thousands of rows per second the ORM's, even
+        Core's, per-row work would cost more than the rows.
+
+        ``INSERT ... ON CONFLICT DO NOTHING RETURNING dedupe_key``: the database tells which keys were new,
+        so there is no separate lookup, and a key another process queued a moment ago is a duplicate too.
+        """
+        results: list[list[Any]] = []
         rows: list[tuple[str | None, str, bytes]] = []
+        batch_keys: set[str] = set()
         for item in items:
-            flags = []
+            flags: list[Any] = []  # True (new), False (duplicate) or the key, until the INSERT has answered
             for e in item:
-                fresh = e.dedupe_key is None or e.dedupe_key not in seen
-                if fresh:
-                    if e.dedupe_key is not None:
-                        seen.add(e.dedupe_key)
-                    rows.append((e.dedupe_key, e.store_key, e.request))
-                flags.append(fresh)
+                key = e.dedupe_key
+                if key is None:
+                    flags.append(True)
+                elif key in batch_keys:
+                    flags.append(False)
+                    continue
+                else:
+                    batch_keys.add(key)
+                    flags.append(key)
+                rows.append((key, e.store_key, e.request))
             results.append(flags)
-        if not rows:
-            return results
-        # ON CONFLICT DO NOTHING: another process may have queued the same key since the lookup; the
-        # processor would find that duplicate anyway.
+        inserted = self._insert(cursor, rows) if rows else set()
+        return [[flag if flag.__class__ is bool else flag in inserted for flag in flags] for flags in results]
+
+    def _insert(self, cursor: Any, rows: list[tuple[str | None, str, bytes]]) -> set[str]:
+        """INSERT the rows in order (their ids are the arrival order); the dedupe keys it inserted."""
+        now_db = self._to_db(utcnow())
         columns = "dedupe_key, store_key, request, status, attempts, next_attempt_at, received_at"
-        if postgres:
+        inserted: set[str] = set()
+        if self._postgres:
             # One statement for the whole batch (executemany would cost a round trip per row).
-            keys_, stores, requests = (list(col) for col in zip(*rows))
+            keys, stores, requests = (list(col) for col in zip(*rows))
             cursor.execute(
                 f"INSERT INTO event_inbox ({columns}) SELECT k, s, r, '{InboxStatus.PENDING}', 0, %s, %s "
                 "FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS t(k, s, r, n) ORDER BY n "
-                "ON CONFLICT DO NOTHING",
-                (now_db, now_db, keys_, stores, requests),
+                "ON CONFLICT DO NOTHING RETURNING dedupe_key",
+                (now_db, now_db, keys, stores, requests),
             )
+            inserted.update(row[0] for row in cursor.fetchall())
             cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
-        else:
-            cursor.executemany(
-                f"INSERT INTO event_inbox ({columns}) VALUES (?, ?, ?, '{InboxStatus.PENDING}', 0, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                [(k, s_, r, now_db, now_db) for k, s_, r in rows],
-            )
-        return results
+            return inserted
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+            chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
+            values = ", ".join([f"(?, ?, ?, '{InboxStatus.PENDING}', 0, ?, ?)"] * len(chunk))
+            cursor.execute(f"INSERT INTO event_inbox ({columns}) VALUES {values} ON CONFLICT DO NOTHING "
+                           "RETURNING dedupe_key",
+                           [value for key, store, request in chunk for value in (key, store, request, now_db, now_db)])
+            inserted.update(row[0] for row in cursor.fetchall())
+        return inserted
 
 
 # -- claims and outcomes ----------------------------------------------------------------------------

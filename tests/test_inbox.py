@@ -286,6 +286,24 @@ async def test_inbox_writer_batches_concurrent_writes_and_never_waits_for_a_lock
     assert keys == [e.dedupe_key for e in events[:32]]
 
 
+async def test_inbox_writer_answers_duplicates_within_a_batch_and_keeps_arrival_order_in_large_batches(engine):
+    writer = inbox.InboxWriter(engine, min_commit_interval=0.0)
+    try:
+        # 450 rows: more than one multi-row INSERT on SQLite; a repeated key and keyless requests in between
+        many = [inbox.QueuedEvent("uk", f"r-{i}".encode(), f"event:uk:big-{i}" if i % 50 else None)
+                for i in range(450)]
+        repeated = inbox.QueuedEvent("uk", b"again", "event:uk:big-1")
+        flags = await writer.add(many[:200] + [repeated] + many[200:])
+        assert flags == [True] * 200 + [False] + [True] * 250
+        assert await writer.add([repeated, many[0]]) == [False, True]  # many[0] has no key: always new
+    finally:
+        await writer.close()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT dedupe_key, request FROM event_inbox ORDER BY id")).all()
+    assert [bytes(r.request) for r in rows] == [e.request for e in many] + [b"r-0"]
+    assert [r.dedupe_key for r in rows][:3] == [None, "event:uk:big-1", "event:uk:big-2"]
+
+
 async def test_finished_rows_are_purged_after_retention_and_a_later_redelivery_is_still_a_duplicate(svc, sandbox):
     from datetime import timedelta
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """ctdd-sync benchmark: ingest, scale-out, API calls per contact and end-to-end latency. Prints JSON.
 
-    .venv/bin/python bench/run.py                 # everything (about 3-4 minutes on 2 cores)
+    .venv/bin/python bench/run.py                 # everything (about 2 minutes on 2 cores)
     .venv/bin/python bench/run.py --only a,d      # some parts
     .venv/bin/python bench/run.py --event sync    # measure SyncContact instead of TrackEvent in (a)/(d)
 

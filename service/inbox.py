@@ -7,8 +7,8 @@ unparseable delivery or invalid behavioural event: INVALID_ARGUMENT, as for appl
 
 Ingest (:class:`InboxWriter`) is a group commit of plain INSERTs: the rows of all concurrent RPCs go into
 one transaction (one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING dedupe_key``), so durable
-ingest costs one fsync per batch of RPCs and no ORM work. A queued event whose message id or event id is already in the inbox is
-answered ``duplicate`` at once.
+ingest costs one fsync per batch of RPCs and no ORM work. A queued event whose message id or event id is
+already in the inbox is answered ``duplicate`` at once.
 
 Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` next to the dispatcher):
 

@@ -53,7 +53,7 @@ def start_span(name: str, *, kind: trace.SpanKind, attributes: dict | None = Non
     RPC on the 2-core benchmark machine, 7 % of queued TrackEvent ingest (bench/run.py (a)). A provider
     installed later (even after start-up) is used from the next span on.
     """
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if not tracing_enabled():
         return _NO_SPAN
     return tracer.start_as_current_span(name, kind=kind, attributes=attributes, links=links)
 

@@ -49,21 +49,17 @@ class InvalidRequest(Exception):
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _ts(value) -> datetime:
-    """A google.protobuf.Timestamp as an aware UTC datetime (``ToDatetime(tzinfo=utc)``, in a third of its time)."""
-    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
-
-
 #: the range of google.protobuf.Timestamp (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z)
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
 
 
 def _timestamp(violations: list[Violation], path: str, value) -> datetime:
-    """A set Timestamp field as a datetime; one outside the Timestamp range is a violation (and the epoch)."""
+    """A set Timestamp field as an aware UTC datetime (``ToDatetime(tzinfo=utc)`` in a third of its time);
+    one outside the Timestamp range is a violation (and the epoch)."""
     if not (_MIN_SECONDS <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos <= 999_999_999):
         violations.append(Violation(path, "not a valid timestamp (years 0001 to 9999)"))
         return _EPOCH
-    return _ts(value)
+    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
 def _check_len(violations: list[Violation], path: str, value: str, limit: int = MAX_STRING) -> None:

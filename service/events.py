@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Callable, Mapping, Union
 
 import sqlalchemy as sa
@@ -53,6 +52,7 @@ from service.domain.commerce import (
     parse_ts,
     refund_total,
 )
+from service.domain.behaviour import BehaviouralEventInput
 from service.domain.contact import ContactInput, Identity, SourceStamp
 from service.domain.identity import customer_key
 from service.domain.notifications import InvalidDelivery, Notification, UnsupportedNotification, parse_delivery
@@ -92,19 +92,6 @@ class NotificationOutcome:
 
     def reset(self) -> None:
         self.outcome, self.reason, self.contact_id, self.outbox_message_ids = APPLIED, "", None, []
-
-
-@dataclass
-class BehaviouralEventInput:
-    """A typed storefront/middleware event (converted from the proto by the gRPC layer)."""
-
-    event_id: str
-    kind: str  # product_viewed | cart_updated | custom_event
-    identity: Identity
-    occurred_at: datetime | None
-    locale: str | None
-    currency: str | None
-    data: dict[str, Any]
 
 
 #: what preparing a notification yields: its final outcome, or the unit of work that applies it

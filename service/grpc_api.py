@@ -43,6 +43,9 @@ _OUTCOMES = {
     "stale": pb.EVENT_OUTCOME_STALE,
     "ignored": pb.EVENT_OUTCOME_IGNORED,
 }
+#: the answers to a queued event (shared: a response is only read, by the serializer or a copy)
+_QUEUED = pb.TrackEventResponse(queued=True)
+_DUPLICATE = pb.TrackEventResponse(duplicate=True)
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: int, message: str, details: Iterable[object] = ()) -> None:
@@ -190,7 +193,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         if to_store:
             stored = await self.inbox.add([q for _, q in to_store])
             for (index, _), fresh in zip(to_store, stored):
-                results[index] = pb.TrackEventResponse(queued=True) if fresh else pb.TrackEventResponse(duplicate=True)
+                results[index] = _QUEUED if fresh else _DUPLICATE
             if any(stored):
                 self.on_queued()
         return results  # type: ignore[return-value]
@@ -249,7 +252,9 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             except Exception as exc:  # the inbox write failed: nothing of them was stored
                 queued_outcomes = [exc] * len(queued)
             for (index, event), outcome in zip(queued, queued_outcomes):
-                results[index] = await self._batch_result(index, event, outcome)
+                results[index] = (pb.TrackEventResult(index=index, code=code_pb2.OK, response=outcome)
+                                  if outcome.__class__ is pb.TrackEventResponse
+                                  else await self._batch_result(index, event, outcome))
         for index, event in enumerate(request.events):
             if results[index] is not None:
                 continue

@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from service import outbox
-from service.api_convert import InvalidRequest, Violation, parse_behavioural_event
+from service.api_convert import InvalidRequest, Violation, check_behavioural_event, parse_behavioural_event
 from service.config import InboxConfig, Settings
 from service.db.engine import sqlite_write_lock, utcnow
 from service.db.models import EventInbox, InboxStatus, RejectedRecord
@@ -121,8 +121,7 @@ def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEv
             return parsed
         key = parsed[0].dedupe_key if len(parsed) == 1 else None
     else:
-        event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
-        key = behavioural_dedupe_key(request.store_key, event.event_id)
+        key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event))
     return QueuedEvent(request.store_key, request.SerializeToString(), key)
 
 

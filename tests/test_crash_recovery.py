@@ -119,8 +119,8 @@ async def test_kill_mid_flight_and_restart_loses_nothing_and_resends_only_what_w
     # At most the calls on the wire (CONCURRENCY) plus the answered ones whose outcome was waiting for its
     # shared commit (the dispatcher records outcomes in batches; it holds at most 2 x CONCURRENCY messages).
     assert len(resent) <= 2 * CONCURRENCY
-    for reqs in resent.values():
-        assert len({repr(r.json) for r in reqs}) == 1
+    for mid, reqs in resent.items():
+        assert len({repr(r.json) for r in reqs}) == 1, (mid, [(r.path, r.status, r.json) for r in reqs])
 
     # Per-contact order held: each person's successful requests arrived in outbox sequence order.
     with engine.connect() as conn:

@@ -255,9 +255,8 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                 results[index] = (pb.TrackEventResult(index=index, code=code_pb2.OK, response=outcome)
                                   if outcome.__class__ is pb.TrackEventResponse
                                   else await self._batch_result(index, event, outcome))
-        for index, event in enumerate(request.events):
-            if results[index] is not None:
-                continue
+        for index in [i for i, result in enumerate(results) if result is None]:
+            event = request.events[index]
             try:
                 outcome: pb.TrackEventResponse | Exception = await self._apply(event)
             except Exception as exc:  # mapped to the event's result below

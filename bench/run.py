@@ -676,6 +676,20 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
 
 
 # ------------------------------------------------------------------------------------------------------
+def python_loop_speed(n: int = 3_000_000, runs: int = 3) -> dict:
+    """How fast this machine runs plain interpreter code on one core (best of ``runs``): the figures of this
+    benchmark that are bound by the interpreter (ingest, a worker's deliveries per CPU second) scale with it,
+    so runs on different machines compare through it."""
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(n):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return {"additions_per_second_millions": round(n / best / 1e6, 1)}
+
+
 async def main(argv: list[str]) -> int:
     global EVENT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -686,7 +700,7 @@ async def main(argv: list[str]) -> int:
     EVENT = args.event
     parts = set(args.only.split(","))
     result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                "platform": platform.platform()}}
+                                "platform": platform.platform(), "python_loop": python_loop_speed()}}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ctdd-bench-") as tmpdir:
         tmp = Path(tmpdir)

@@ -94,13 +94,15 @@ async def _serve(args) -> int:
                 "no Dotdigital account or store configured: pass --config FILE (see README, Configuration) "
                 "or run with --sandbox to try the service against the bundled Dotdigital sandbox"
             )
-        app = App(settings, run_dispatcher=not args.no_dispatcher)
-        await app.start()
-        freeze_startup_heap()
+        # Handlers first: a SIGTERM during start-up (a supervisor scaling down) ends the process cleanly
+        # once it has started, rather than killing it half-way.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        app = App(settings, run_dispatcher=not args.no_dispatcher)
+        await app.start()
+        freeze_startup_heap()
         print(f"ctdd-sync serving on {settings.listen} (port {app.port})", flush=True)
         await stop.wait()
         log.info("shutting down")

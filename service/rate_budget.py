@@ -34,6 +34,7 @@ from typing import Callable, Mapping
 import httpx
 
 from service.dotdigital.errors import EPOCH_THRESHOLD, _header
+from service.dotdigital.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -166,34 +167,24 @@ class RateBudget:
 class BudgetTransport(httpx.AsyncBaseTransport):
     """An httpx transport that paces each call through a :class:`RateBudget` and observes the answer.
 
-    Connections are spread over several small pools (``shards`` x ``shard_connections``), each call going
-    to the pool with the fewest calls in progress: httpcore scans every pooled connection (a socket poll
-    each) whenever a request starts or ends, so one pool of many keep-alive connections costs more CPU
-    per call than the call itself at a few hundred calls per second.
+    The HTTP/1.1 exchange itself goes through aiohttp (:class:`~service.dotdigital.transport.AiohttpTransport`:
+    a fraction of httpcore's CPU per call, which was most of a worker's time per delivered message);
+    ``inner`` replaces it (tests, proxies).
     """
 
     def __init__(self, budget: RateBudget, account: str, inner: httpx.AsyncBaseTransport | None = None, *,
-                 shards: int = 8, shard_connections: int = 8):
+                 max_connections: int = 64):
         self.budget = budget
         self.account = account
-        if inner is not None:
-            self._pools = [inner]
-        else:
-            limits = httpx.Limits(max_connections=shard_connections, max_keepalive_connections=shard_connections)
-            self._pools = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(max(1, shards))]
-        self._busy = [0] * len(self._pools)
+        self._inner = inner or AiohttpTransport(max_connections=max_connections)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self.budget.acquire(self.account)
-        shard = min(range(len(self._pools)), key=self._busy.__getitem__)
-        self._busy[shard] += 1
         try:
-            response = await self._pools[shard].handle_async_request(request)
+            response = await self._inner.handle_async_request(request)
         except BaseException:
             self.budget.release(self.account)
             raise
-        finally:
-            self._busy[shard] -= 1
         status = response.status_code
         if status == 429 and request.method == "PUT" and request.url.path.rstrip("/").endswith("/import"):
             # "too many active imports" (reference §2): a limit on concurrent imports, not on the call
@@ -203,5 +194,4 @@ class BudgetTransport(httpx.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self._inner.aclose()

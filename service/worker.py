@@ -76,12 +76,12 @@ async def run_worker(settings: Settings, *, grace: float = 10.0, ready=None) -> 
     """Run a dispatcher until SIGTERM/SIGINT (``ctdd worker``)."""
     from service.app import App
 
-    app = App(settings, serve_grpc=False, run_dispatcher=True)
-    await app.start()
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # set by SIGTERM/SIGINT, also during start-up: then the worker stops once started
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    app = App(settings, serve_grpc=False, run_dispatcher=True)
+    await app.start()
     assert app.dispatcher is not None
     print(f"ctdd worker {app.dispatcher.worker_id} delivering from "
           f"{app.engine.url.render_as_string(hide_password=True)}", flush=True)

@@ -138,6 +138,9 @@ async def test_kill_a_worker_mid_import_under_5xx_and_429_bursts(tmp_path, servi
         await sync_all(3)
         await wait_for(lambda: set(statuses()) <= {"delivered", "merged"} and sum(statuses().values()) > 0,
                        timeout=60, interval=0.1, what="every message settled")
+        # A2 must be up before it is stopped (a SIGTERM while Python still imports ends it by the signal).
+        await wait_for(lambda: "delivering from" in (tmp_path / "a2.log").read_text(), timeout=60,
+                       interval=0.1, what="worker A2 started")
         with engine.connect() as conn:
             unsettled_merged = conn.execute(sa.text(
                 "SELECT count(*) FROM outbox_message m JOIN outbox_message h ON m.merged_into = h.id "

@@ -448,7 +448,7 @@ class Dispatcher:
     def _load_contact(self, contact_id: int | None) -> Contact | None:
         if contact_id is None:
             return None
-        with Session(self.engine) as session:
+        with Session(self.engine) as session, session.begin():  # COMMIT, not ROLLBACK: see _load_contacts
             contact = session.get(Contact, contact_id)
             if contact is None:
                 raise LookupError(f"contact {contact_id} not found")
@@ -458,7 +458,9 @@ class Dispatcher:
     def _load_contacts(self, ids: set[int]) -> dict[int, Contact]:
         if not ids:
             return {}
-        with Session(self.engine) as session:
+        # Ended by COMMIT rather than the ROLLBACK of a closing session: psycopg forgets its prepared statements
+        # at every ROLLBACK, and PostgreSQL would parse and plan the worker's statements anew each time.
+        with Session(self.engine) as session, session.begin():
             rows = session.query(Contact).filter(Contact.id.in_(ids)).all()
             for row in rows:
                 session.expunge(row)

@@ -313,7 +313,8 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
     )
     stmt = (
         sa.update(INBOX)
-        .where(INBOX.c.id.in_(outbox.claimable_ids(engine.dialect.name, candidates)), INBOX.c.status == InboxStatus.PENDING)
+        .where(*outbox.claimable(engine.dialect.name, INBOX.c.id, candidates,
+                                 INBOX.c.status == InboxStatus.PENDING))
         .values(lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts)
     )

@@ -163,18 +163,25 @@ _INSERT_MESSAGE = sa.insert(OM).returning(OM.c.id)
 _NOTIFY = sa.text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
-def claimable_ids(dialect: str, candidates: sa.Select) -> sa.ScalarSelect:
-    """The ids of ``candidates`` (a ``SELECT id ... ORDER BY ... LIMIT n``) for ``UPDATE ... WHERE id IN``,
-    skipping rows another claim has locked (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite serializes writers).
+def claimable(dialect: str, id_column: sa.ColumnElement, candidates: sa.Select,
+              still: sa.ColumnElement[bool]) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clause of a claim's ``UPDATE``: ``id_column`` is one of ``candidates`` (a ``SELECT id ...
+    ORDER BY ... LIMIT n`` whose conditions include ``still``), skipping rows another claim has locked
+    (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite serializes writers).
 
     On PostgreSQL the locking SELECT is a MATERIALIZED CTE, so it runs exactly once. As a plain
     ``IN (subquery)`` PostgreSQL may re-run it for every row it updates, and each run (ORDER BY ... LIMIT ...
-    SKIP LOCKED) can pick another row: a claim of 1 could then take several.
+    SKIP LOCKED) can pick another row: a claim of 1 could then take several. Its ids are matched as
+    ``id = ANY(ARRAY(...))``, without repeating ``still``: ``FOR UPDATE`` re-checked it on the row it locked,
+    and no one can change a locked row. PostgreSQL then finds the rows by primary key. Before, with
+    ``IN (SELECT id FROM cte) AND status = 'pending'`` and a table it believed small (a backlog just
+    queued, not analysed yet), it walked every pending row through the partial index on ``status =
+    'pending'``: 16-28 ms a claim with 4,000 pending rows, most of the database's work in the benchmark.
     """
     if dialect == "postgresql":
         cte = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
-        return sa.select(cte.c.id).scalar_subquery()
-    return candidates.scalar_subquery()
+        return [id_column == sa.any_(sa.func.array(sa.select(cte.c.id).scalar_subquery()))]
+    return [id_column.in_(candidates.scalar_subquery()), still]
 
 
 _CLAIM_STATEMENTS: dict[tuple[str, tuple[str, ...] | None, tuple[str, ...]], sa.Update] = {}
@@ -212,7 +219,7 @@ def _claim_statement(dialect: str, kinds: tuple[str, ...] | None, accounts_exclu
     )
     stmt = (
         sa.update(OM)
-        .where(OM.c.id.in_(claimable_ids(dialect, candidates)), OM.c.status == OutboxStatus.PENDING)
+        .where(*claimable(dialect, OM.c.id, candidates, OM.c.status == OutboxStatus.PENDING))
         .values(
             status=OutboxStatus.IN_FLIGHT,
             lease_owner=sa.bindparam("claim_worker", type_=OM.c.lease_owner.type),
@@ -537,7 +544,7 @@ def due_backlog(engine: Engine, *, cap: int, now: datetime | None = None) -> int
         .limit(cap)
         .subquery()
     )
-    with engine.connect() as conn:
+    with engine.begin() as conn:  # COMMIT keeps psycopg's prepared statements (a ROLLBACK drops them)
         return conn.execute(sa.select(sa.func.count()).select_from(due)).scalar_one()
 
 

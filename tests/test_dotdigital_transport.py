@@ -24,12 +24,13 @@ class _Recorder(BaseHTTPRequestHandler):
         if self.path.startswith("/drop"):
             self.connection.shutdown(socket.SHUT_RDWR)  # no answer at all
             return
-        payload = gzip.compress(json.dumps({"echo": json.loads(body or b"null")}).encode())
+        payload = gzip.compress(json.dumps({"echo": json.loads(body or b"null"), "contactId": 5}).encode())
         self.send_response(201)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("X-RateLimit-Remaining", "41")
+        self.send_header("Set-Cookie", "AWSALB=sticky; Path=/")
         self.end_headers()
         self.wfile.write(payload)
 
@@ -53,7 +54,7 @@ async def test_the_request_goes_out_as_httpx_built_it_and_the_answer_comes_back_
         response = await client.patch(f"{server}/contacts/v3/email/jane%2Bpromo%40example.com?merge-option=overwrite",
                                       json={"dataFields": {"FIRSTNAME": "Jane"}}, headers={"X-Ctdd-Message-Id": "7"})
     assert response.status_code == 201 and response.reason_phrase == "Created"
-    assert response.json() == {"echo": {"dataFields": {"FIRSTNAME": "Jane"}}}  # gunzipped by httpx
+    assert response.json() == {"echo": {"dataFields": {"FIRSTNAME": "Jane"}}, "contactId": 5}  # gunzipped by httpx
     assert response.headers["x-ratelimit-remaining"] == "41"
     ((method, path, headers, body),) = _Recorder.seen
     assert method == "PATCH"
@@ -82,3 +83,17 @@ async def test_a_dropped_connection_is_a_read_error_and_the_transport_goes_on(se
         with pytest.raises(httpx.ReadError):
             await client.patch(f"{server}/drop", content=b"{}")
         assert (await client.patch(f"{server}/fine", content=b"{}")).status_code == 201
+
+
+async def test_the_dotdigital_client_keeps_no_cookies(server):
+    """A load balancer's Set-Cookie is not sent back: every call stands alone (and httpx's cookie jar
+    cost CPU on every call)."""
+    async with DotdigitalClient(api_user="u@example.com", password="p", base_url=server, discover_endpoint=False,
+                                transport=AiohttpTransport()) as dd:
+        for _ in range(2):
+            await dd.upsert_contact("email", "jane@example.com", {"dataFields": {"FIRSTNAME": "Jane"}})
+    assert [headers.get("cookie") for _, _, headers, _ in _Recorder.seen] == [None, None]
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as plain:  # (a client with a jar would send it)
+        for _ in range(2):
+            await plain.patch(f"{server}/x", content=b"{}")
+    assert _Recorder.seen[-1][2].get("cookie") == "AWSALB=sticky"

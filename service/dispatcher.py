@@ -448,12 +448,10 @@ class Dispatcher:
     def _load_contact(self, contact_id: int | None) -> Contact | None:
         if contact_id is None:
             return None
-        with Session(self.engine) as session, session.begin():  # COMMIT, not ROLLBACK: see _load_contacts
-            contact = session.get(Contact, contact_id)
-            if contact is None:
-                raise LookupError(f"contact {contact_id} not found")
-            session.expunge(contact)
-            return contact
+        contact = self._load_contacts({contact_id}).get(contact_id)
+        if contact is None:
+            raise LookupError(f"contact {contact_id} not found")
+        return contact
 
     def _load_contacts(self, ids: set[int]) -> dict[int, Contact]:
         if not ids:

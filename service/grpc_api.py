@@ -252,9 +252,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             except Exception as exc:  # the inbox write failed: nothing of them was stored
                 queued_outcomes = [exc] * len(queued)
             for (index, event), outcome in zip(queued, queued_outcomes):
-                results[index] = (pb.TrackEventResult(index=index, code=code_pb2.OK, response=outcome)
-                                  if outcome.__class__ is pb.TrackEventResponse
-                                  else await self._batch_result(index, event, outcome))
+                results[index] = await self._batch_result(index, event, outcome)
         for index in [i for i, result in enumerate(results) if result is None]:
             event = request.events[index]
             try:

@@ -52,13 +52,17 @@ def sandbox():
         yield sb
 
 
+def _transport(kind: str):
+    """The client's transport as CLI commands make it ("httpx": httpx's own) or as the dispatcher makes it
+    ("dispatcher": paced by a RateBudget, its HTTP exchanges through aiohttp)."""
+    return BudgetTransport(RateBudget(), "main") if kind == "dispatcher" else None
+
+
 @pytest.fixture(params=["httpx", "dispatcher"])
 async def client(request, sandbox):
-    """The client as CLI commands make it (httpx's own transport), and as the dispatcher makes it: paced by
-    a RateBudget, its HTTP exchanges through aiohttp. Both must behave the same on the wire and in errors."""
-    transport = BudgetTransport(RateBudget(), "main") if request.param == "dispatcher" else None
+    """The client with either transport: both must behave the same on the wire and in errors."""
     async with DotdigitalClient(api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url,
-                                transport=transport) as c:
+                                transport=_transport(request.param)) as c:
         yield c
 
 
@@ -589,9 +593,7 @@ async def test_dropped_connection_is_transport_error(sandbox, client):
 async def test_latency_beyond_client_timeout_is_transport_error(sandbox, transport):
     sandbox.set_latency(0.6)
     async with DotdigitalClient(api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url,
-                                discover_endpoint=False, timeout=0.15,
-                                transport=BudgetTransport(RateBudget(), "main") if transport == "dispatcher" else None
-                                ) as client:
+                                discover_endpoint=False, timeout=0.15, transport=_transport(transport)) as client:
         started = time.monotonic()
         with pytest.raises(DotdigitalTransportError) as exc_info:
             await client.list_data_fields()

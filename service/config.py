@@ -246,7 +246,8 @@ class InboxConfig:
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 600.0
     #: ingest side: under load, inbox writes commit at most this often, so one commit (one fsync) carries the
-    #: events of that long; a write that follows no other recent one commits at once
+    #: events of that long (or less: it commits once no event has arrived for a millisecond); a write that
+    #: follows no other recent one commits at once
     write_interval_seconds: float = 0.01
     #: finished rows (done, rejected, failed) are deleted this long after they finished; a redelivery after
     #: that is still recognised by the dedupe record of its effects (``processed_event``)

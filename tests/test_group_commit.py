@@ -48,6 +48,51 @@ async def test_concurrent_units_share_a_transaction_and_answer_after_the_commit(
     assert runner.units == 60 and runner.batches < 10 and runner.largest_batch > 1
 
 
+async def test_under_load_a_commit_gathers_units_while_they_keep_arriving(engine):
+    # min_commit_interval: after a commit, the next one waits for more units, as long as they keep coming
+    runner = GroupCommitRunner(engine, min_commit_interval=2.0, quiet_period=0.2)
+    try:
+        await runner.run(_insert("g-first"))  # idle: committed at once
+        assert runner.batches == 1
+        pending = []
+        for i in range(20):  # one unit every 10 ms, each well within the quiet period of the one before
+            pending.append(asyncio.ensure_future(runner.run(_insert(f"g{i}"))))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*pending)
+        assert runner.units == 21 and runner.batches <= 3 and runner.largest_batch >= 10
+    finally:
+        await runner.close()
+
+
+async def test_callers_waiting_for_their_answer_are_not_held_for_the_whole_commit_interval(engine):
+    # Four callers that each send their next unit only once answered (a closed loop, like RPC clients
+    # with a fixed concurrency): once all four are waiting, nothing more will arrive, so the batch commits
+    # after the quiet period instead of idling until min_commit_interval has passed.
+    interval = 0.5
+    runner = GroupCommitRunner(engine, min_commit_interval=interval, quiet_period=0.02)
+    commits: list[float] = []
+    apply_batch = runner._apply_batch_async
+
+    async def timed_apply(units):
+        commits.append(asyncio.get_running_loop().time())
+        return await apply_batch(units)
+
+    runner._apply_batch_async = timed_apply  # type: ignore[method-assign]
+
+    async def caller(n: int):
+        for i in range(5):
+            await runner.run(_insert(f"c{n}-{i}"))
+
+    try:
+        await asyncio.gather(*(caller(n) for n in range(4)))
+    finally:
+        await runner.close()
+    assert runner.units == 20 and runner.largest_batch == 4
+    gaps = [b - a for a, b in zip(commits, commits[1:])]
+    assert gaps and max(gaps) < interval / 2, gaps  # the old rule waited >= interval between commits
+    assert all(_committed(engine, f"c{n}-{i}") for n in range(4) for i in range(5))
+
+
 async def test_a_failing_unit_is_rolled_back_alone(engine):
     runner = GroupCommitRunner(engine)
     results = await asyncio.gather(*(runner.run(_insert(f"u{i}", fail=i % 3 == 0)) for i in range(9)),

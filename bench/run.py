@@ -470,6 +470,8 @@ def settled(db: Path | str) -> tuple[int, int]:
         total, open_ = conn.execute(sa.text(
             "SELECT count(*), sum(CASE WHEN status IN ('pending', 'in_flight') THEN 1 ELSE 0 END) FROM outbox_message"
         )).one()
+        open_ = (open_ or 0) + conn.execute(sa.text(  # queued events not applied yet
+            "SELECT count(*) FROM event_inbox WHERE status = 'pending'")).scalar_one()
     engine.dispose()
     return total, open_ or 0
 
@@ -482,6 +484,16 @@ async def wait_settled(db: Path | str, timeout: float) -> None:
             return
         await asyncio.sleep(0.1)
     raise RuntimeError("outbox did not settle")
+
+
+def insight_record_ids(url: str) -> dict[int, str]:
+    """Outbox message id -> the record id of the insight record it upserts."""
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, payload FROM outbox_message WHERE kind = 'insight.upsert'")).all()
+    engine.dispose()
+    return {mid: (payload if isinstance(payload, dict) else json.loads(payload)).get("record_id")
+            for mid, payload in rows}
 
 
 def bulk_attempt_starts(url: str) -> dict[int, float]:
@@ -600,9 +612,12 @@ async def bench_calls(tmp: Path) -> dict:
 # (d) latency accepted -> Dotdigital call at 200 events/s
 # ------------------------------------------------------------------------------------------------------
 async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency: float = 0.05,
-                        split: bool = True, database: str = "sqlite") -> dict:
+                        split: bool = True, database: str = "sqlite", queued: bool = False) -> dict:
     """``split``: ``ctdd serve --no-dispatcher`` + one ``ctdd worker`` (two processes, as deployed on two
-    cores); else one ``ctdd serve`` doing both. The sandbox runs in its own process."""
+    cores); else one ``ctdd serve`` doing both. The sandbox runs in its own process.
+
+    ``queued``: the events are sent with PROCESSING_QUEUED, so the answer carries no outbox message ids;
+    each event views a product of its own, and its message is found afterwards by that product's record id."""
     sandbox_port, sandbox_log = free_port(), tmp / f"latency-{split}-{database}-sandbox.json"
     sandbox = subprocess.Popen([PY, str(Path(__file__).resolve()), "_sandbox", str(sandbox_port), str(latency),
                                 str(sandbox_log)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -629,9 +644,16 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                 run = uuid.uuid4().hex[:6]
                 n = int(rate * duration)
 
+                accepted_events: dict[str, float] = {}
+
                 async def one(i: int):
-                    response = await call(make_request(i, customers, run))
+                    request = make_request(i, customers, run, pb.PROCESSING_QUEUED if queued else None)
+                    if queued:
+                        request.behavioural_event.product_viewed.product_id = f"q{run}-{i}"
+                    response = await call(request)
                     now = time.time()
+                    if queued:
+                        accepted_events[f"q{run}-{i}"] = now
                     for mid in message_ids(response):
                         accepted[mid] = now
 
@@ -644,6 +666,10 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                 sent_seconds = time.monotonic() - t0
             await wait_settled(pg_url or db, 60)
             bulk_started = bulk_attempt_starts(pg_url or f"sqlite:///{db}")
+            if queued:
+                for mid, record_id in insight_record_ids(pg_url or f"sqlite:///{db}").items():
+                    if record_id in accepted_events:
+                        accepted[mid] = accepted_events[record_id]
         finally:
             stop(serve)
             if worker is not None:
@@ -664,6 +690,7 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
 
     out = {"event": "TrackEvent" if EVENT == "track" else "SyncContact", "database": database,
            "processes": "ctdd serve --no-dispatcher + ctdd worker" if split else "one ctdd serve",
+           "processing": "queued (accepted = stored in the event inbox)" if queued else "applied",
            "events": n, "events_per_second_offered": rate, "achieved_send_seconds": round(sent_seconds, 2),
            "sandbox_latency_seconds": latency, "dispatcher_concurrency": 32, "messages": len(accepted),
            "messages_without_call": missing, "messages_delivered_in_bulk_imports": len(via_bulk), "p50_seconds": pct(0.50), "p90_seconds": pct(0.90),
@@ -720,6 +747,9 @@ async def main(argv: list[str]) -> int:
                                                                     split=True),
                 "sqlite_one_process": await bench_latency(tmp, duration=10.0, database="sqlite", split=False),
             }
+            if EVENT == "track":  # the same on PostgreSQL with PROCESSING_QUEUED: the inbox processor applies
+                result["d_latency"]["postgresql_serve_plus_worker_queued"] = await bench_latency(
+                    tmp, duration=10.0, database="postgresql", split=True, queued=True)
     result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     return 0

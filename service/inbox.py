@@ -376,6 +376,20 @@ class _Failure:
 
 
 # -- processing --------------------------------------------------------------------------------------
+class _TakenOver(Exception):
+    """The event's lease passed to another processor before this one applied it."""
+
+
+#: a leased event applied: done, with its outcome; matches only while ``worker`` still holds the lease
+_FINISH_LEASED = (
+    sa.update(INBOX)
+    .where(INBOX.c.id == sa.bindparam("event_id"), INBOX.c.status == InboxStatus.PENDING,
+           INBOX.c.lease_owner == sa.bindparam("worker"))
+    .values(status=InboxStatus.DONE, processed_at=sa.bindparam("processed_at"),
+            outcome=sa.bindparam("outcome"), lease_owner=None, lease_expires_at=None)
+)
+
+
 class InboxProcessor:
     """Claims queued events, prepares them concurrently and applies them in order, one transaction per batch."""
 
@@ -458,7 +472,9 @@ class InboxProcessor:
                                        return_exceptions=True)
         enqueued = False
         for (event, _), result in zip(ready, results):
-            if isinstance(result, BaseException):
+            if isinstance(result, _TakenOver):
+                log.info("queued event %d was taken over by another processor; skipped", event.id)
+            elif isinstance(result, BaseException):
                 log.error("queued event %d failed to apply: %s", event.id, type(result).__name__,
                           exc_info=result if not isinstance(result, RetryableEventError) else None)
                 failures.append(_Failure(event, f"{type(result).__name__}: {result}", retryable=True))
@@ -488,18 +504,15 @@ class InboxProcessor:
         worker = self.worker_id
 
         def unit(session: Session) -> list[NotificationOutcome]:
-            # Exactly once: only the processor holding the row's lease turns it to done.
-            taken = session.execute(
-                sa.update(INBOX)
-                .where(INBOX.c.id == event.id, INBOX.c.status == InboxStatus.PENDING, INBOX.c.lease_owner == worker)
-                .values(status=InboxStatus.DONE, processed_at=utcnow(), lease_owner=None, lease_expires_at=None)
-            ).rowcount
-            if not taken:
-                log.info("queued event %d was taken over by another processor; skipped", event.id)
-                return []
             outcomes = [step if isinstance(step, NotificationOutcome) else step(session) for step in steps]
-            session.execute(sa.update(INBOX).where(INBOX.c.id == event.id)
-                            .values(outcome=",".join(o.outcome for o in outcomes)[:200]))
+            # Exactly once: only the processor holding the row's lease turns it to done. Another that took
+            # the event over (this lease expired) keeps it: this unit's savepoint is rolled back.
+            taken = session.connection().execute(_FINISH_LEASED, {
+                "event_id": event.id, "worker": worker, "processed_at": utcnow(),
+                "outcome": ",".join(o.outcome for o in outcomes)[:200],
+            }).rowcount
+            if not taken:
+                raise _TakenOver(event.id)
             return outcomes
 
         return unit

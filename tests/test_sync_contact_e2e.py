@@ -84,10 +84,13 @@ async def test_only_changed_fields_are_sent_and_stale_updates_send_nothing(servi
     assert not stale.changed and not stale.outbox_message_ids
     assert list(stale.stale_fields) == ["dataFields.LASTNAME"]
 
+    contact_row = "SELECT email, updated_at FROM contact WHERE id = :id"
+    [before] = service.rows(contact_row, id=first.contact_id)
     same = await service.stub.SyncContact(
         contact_request(customer_id="c-2", email="sam@example.com", first_name="Sam", last_name="Smith", version=2)
     )
     assert not same.changed and not same.outbox_message_ids and not same.stale_fields
+    assert service.rows(contact_row, id=first.contact_id) == [before]  # nothing changed: the row is not rewritten
 
     await service.app.dispatcher.stop(drain_seconds=1)  # nothing more may be sent
     assert len(upserts(sandbox)) == sent_before

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """ctdd-sync benchmark: ingest, scale-out, API calls per contact and end-to-end latency. Prints JSON.
 
-    .venv/bin/python bench/run.py                 # everything (about 2 minutes on 2 cores)
+    .venv/bin/python bench/run.py                 # everything (2.5 to 4 minutes on 2 cores)
     .venv/bin/python bench/run.py --only a,d      # some parts
     .venv/bin/python bench/run.py --event sync    # measure SyncContact instead of TrackEvent in (a)/(d)
 
@@ -19,7 +19,8 @@ Everything is measured on this machine in this run, against real processes over 
     dispatcher runs) vs backlog (changes queued, then one worker with adaptive batching: bulk imports).
 (d) Latency from TrackEvent accepted (the RPC answered) to the Dotdigital call arriving at the sandbox, at a
     steady 200 events/s, with 50 ms per call: p50 / p99; on PostgreSQL with ``ctdd serve --no-dispatcher`` plus
-    one ``ctdd worker`` (two processes for two cores), and on SQLite with one ``ctdd serve`` doing both.
+    one ``ctdd worker`` (two processes for two cores), and on SQLite with one ``ctdd serve`` doing both; then
+    the PostgreSQL set-up again with PROCESSING_QUEUED (the worker applies the events from the inbox too).
 
 The targets of issue 5 are printed next to each figure; nothing is hard-coded or adjusted afterwards.
 """

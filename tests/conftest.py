@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
 import uuid
 from dataclasses import replace
@@ -174,7 +176,6 @@ commercetools_project = "shop-eu"
 
 def start_cli(args: list[str], sandbox: DotdigitalSandbox, log_path: Path):
     """Start ``python -m service.cli ARGS`` with the sandbox password, appending its output to ``log_path``."""
-    import subprocess
     import sys
 
     env = {**os.environ, "SANDBOX_PASSWORD": sandbox.password, "CTDD_LOG_LEVEL": "INFO"}
@@ -182,6 +183,19 @@ def start_cli(args: list[str], sandbox: DotdigitalSandbox, log_path: Path):
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "service.cli", *args], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
+
+
+async def stop_with_sigterm(proc: subprocess.Popen, timeout: float = 15) -> int | None:
+    """Stop a CLI subprocess as a process manager does: SIGTERM, then wait. Its return code, or None when it
+    did not end within ``timeout`` (it is then killed, so no test leaves a process behind)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.to_thread(proc.wait, timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+        return None
 
 
 class RunningService:

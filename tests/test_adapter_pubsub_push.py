@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -19,6 +18,7 @@ import sys
 import httpx
 import pytest
 
+from conftest import stop_with_sigterm
 from scripted_sync_service import wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from scripted_sync_service import ScriptedSyncService
@@ -214,16 +214,12 @@ async def test_cli_adapter_with_env_token_until_sigterm(peer, tmp_path):
             poison = await http.post(f"{url}/?token={TOKEN}", content=push_body(delivery("poison", 10), message_id="1010"))
             denied = await http.post(f"{url}/", content=push_body(delivery("good", 11)))
         assert (ok.status_code, poison.status_code, denied.status_code) == (204, 204, 401)
-        proc.send_signal(signal.SIGTERM)
-        returncode = await asyncio.to_thread(proc.wait, 15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        returncode = await stop_with_sigterm(proc)
     output = log_path.read_text()
     assert returncode == 0, output[-3000:]
     assert list((tmp_path / "dead").glob("*-1010.body"))
     assert TOKEN not in output and "person" not in output
-    await wait_for(lambda: True)
 
 
 async def test_shutdown_finishes_requests_in_progress(peer, adapter_factory):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import uuid
 import boto3
 import pytest
 
+from conftest import stop_with_sigterm
 from scripted_sync_service import wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from scripted_sync_service import ScriptedSyncService
@@ -239,11 +239,8 @@ async def test_cli_adapter_runs_until_sigterm(moto_endpoint, sqs, queues, peer, 
     try:
         await wait_for(lambda: len(peer.accepted_bodies()) == 12, timeout=20, what="12 accepted messages")
         await wait_for(lambda: counts(sqs, queue) == (0, 0), timeout=10, what="source queue empty")
-        proc.send_signal(signal.SIGTERM)
-        returncode = await asyncio.to_thread(proc.wait, 15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        returncode = await stop_with_sigterm(proc)
     output = log_path.read_text()
     assert returncode == 0, output[-3000:]
     assert "SQS adapter stopped" in output
@@ -269,11 +266,8 @@ async def test_sigterm_finishes_the_batch_in_hand(moto_endpoint, sqs, queues, pe
     try:
         await wait_for(lambda: any(not peer.is_probe(e) for call in peer.calls for e in call), timeout=15,
                        what="a batch in flight")
-        proc.send_signal(signal.SIGTERM)
-        returncode = await asyncio.to_thread(proc.wait, 15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        returncode = await stop_with_sigterm(proc)
     assert returncode == 0, log_path.read_text()[-3000:]
     in_flight = [e for call in peer.calls for e in call if not peer.is_probe(e)]
     # the batch that was in flight was settled: accepted and deleted, nothing left behind

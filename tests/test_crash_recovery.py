@@ -12,14 +12,13 @@ import asyncio
 import collections
 import signal
 import socket
-import subprocess
 import time
 
 import grpc
 import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import contact_request, start_cli, wait_for, write_service_config
+from conftest import contact_request, start_cli, stop_with_sigterm, wait_for, write_service_config
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 
 CONCURRENCY = 4
@@ -95,12 +94,7 @@ async def test_kill_mid_flight_and_restart_loses_nothing_and_resends_only_what_w
         await _wait_serving(port, proc)
         await wait_for(lambda: len(delivered_ids()) == total, timeout=60, what="all deliveries after restart")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await stop_with_sigterm(proc, timeout=20)
     assert proc.returncode == 0, (tmp_path / "service.log").read_text()[-3000:]
 
     # Nothing lost: every person exists once, with the latest value.

@@ -20,7 +20,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from conftest import _reset_postgres, contact_request, make_settings, start_cli, wait_for, write_service_config
+from conftest import (_reset_postgres, contact_request, make_settings, start_cli, stop_with_sigterm, wait_for,
+                      write_service_config)
 
 pytestmark = pytest.mark.postgres
 
@@ -150,14 +151,7 @@ async def test_kill_a_worker_mid_import_under_5xx_and_429_bursts(tmp_path, servi
         assert unsettled_merged == 0
     finally:
         injector.stopped.set()
-        for proc in workers.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in workers.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await asyncio.gather(*(stop_with_sigterm(proc, timeout=20) for proc in workers.values()))
         engine.dispose()
     logs = "".join((tmp_path / f"{n}.log").read_text() for n in ("a", "b", "a2"))
     assert workers["b"].returncode == 0 and workers["a2"].returncode == 0, logs[-3000:]

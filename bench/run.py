@@ -492,12 +492,18 @@ async def wait_settled(db: Path | str, timeout: float) -> None:
     raise RuntimeError("outbox did not settle")
 
 
-def insight_record_ids(url: str) -> dict[int, str]:
-    """Outbox message id -> the record id of the insight record it upserts."""
+def fetch_rows(url: str, sql: str) -> list:
+    """The rows of one query on the benchmark's database (SQLite or PostgreSQL URL)."""
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT id, payload FROM outbox_message WHERE kind = 'insight.upsert'")).all()
+        rows = conn.execute(sa.text(sql)).all()
     engine.dispose()
+    return rows
+
+
+def insight_record_ids(url: str) -> dict[int, str]:
+    """Outbox message id -> the record id of the insight record it upserts."""
+    rows = fetch_rows(url, "SELECT id, payload FROM outbox_message WHERE kind = 'insight.upsert'")
     return {mid: (payload if isinstance(payload, dict) else json.loads(payload)).get("record_id")
             for mid, payload in rows}
 
@@ -505,12 +511,8 @@ def insight_record_ids(url: str) -> dict[int, str]:
 def bulk_attempt_starts(url: str) -> dict[int, float]:
     """Message id -> start (epoch seconds) of the attempt that delivered it, for messages whose own request
     carries no message id (bulk imports); messages coalesced into another take their head's."""
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT m.id, a.started_at FROM outbox_message m JOIN delivery_attempt a "
-            "ON a.message_id = COALESCE(m.merged_into, m.id) AND a.outcome = 'delivered'")).all()
-    engine.dispose()
+    rows = fetch_rows(url, "SELECT m.id, a.started_at FROM outbox_message m JOIN delivery_attempt a "
+                           "ON a.message_id = COALESCE(m.merged_into, m.id) AND a.outcome = 'delivered'")
     out = {}
     for mid, started in rows:
         if isinstance(started, str):

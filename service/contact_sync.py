@@ -152,7 +152,7 @@ class ContactSync:
             # Row lock: serialises concurrent updates of this contact on PostgreSQL.
             row = dict(conn.execute(_LOCK_CONTACT, {"contact_id": resolution.contact_id}).one()._mapping)
             contact_id = row["id"]
-            state_before = [row[name] for name in _CONTACT_STATE]
+            state_before = {name: row[name] for name in _CONTACT_STATE}
             wanted = set(mapped)
             wanted.update(IDENTIFIER_FIELDS.values())
             stored = {
@@ -196,8 +196,8 @@ class ContactSync:
                 row["mobile_number"] = requested["mobile_number"]
             # remember the shop's newest decision per channel (back-sync compares Dotdigital opt-outs with it)
             _decide_shop_consent(row, contact, now)
-            state = {k: row[k] for k in _CONTACT_STATE}
-            if list(state.values()) != state_before:  # most updates (a page view, a cart) change none of it
+            state = {name: row[name] for name in _CONTACT_STATE}
+            if state != state_before:  # most updates (a page view, a cart) change none of it
                 conn.execute(_UPDATE_CONTACT, {**state, "contact_id": contact_id, "now": now})
 
         withheld: list[str] = []

@@ -92,7 +92,7 @@ def write_config(path: Path, *, database_url: str, base_url: str, port: int | No
 def spawn(args: list[str], log_path: Path, **env) -> subprocess.Popen:
     full_env = {**os.environ, "BENCH_DD_PASSWORD": "sandbox-password", "CTDD_LOG_LEVEL": "WARNING", **env}
     full_env.pop("CTDD_DOTDIGITAL_BASE_URL", None)
-    return subprocess.Popen([PY, "-m", "service.cli", *args], cwd=ROOT, env=full_env,
+    return subprocess.Popen([PY, "-m", "ctdd", *args], cwd=ROOT, env=full_env,
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
 
 
@@ -366,7 +366,7 @@ async def bench_ingest(tmp: Path, duration: float) -> dict:
 def prefill_outbox(url: str, contacts: int, per_contact: int) -> None:
     """``contacts`` contacts with ``per_contact`` pending contact upserts each, as ingest leaves them (one
     INSERT ... SELECT). Many contacts are in flight at once, each in its own order."""
-    from service.db.engine import create_db_engine
+    from ctdd.db.engine import create_db_engine
 
     engine = create_db_engine(url)
     with engine.begin() as conn:
@@ -391,7 +391,7 @@ def sandbox_main(port: int, latency: float, log_path: str | None = None) -> None
     """A sandbox in its own process (its own interpreter lock, so it answers and time-stamps requests without
     waiting for the benchmark client's). With ``log_path`` it writes, on exit, the time each outbox message
     id (``X-Ctdd-Message-Id``, or ``X-Ctdd-Merged-Ids``) first reached it."""
-    from service.testing.dotdigital_sandbox import DotdigitalSandbox
+    from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
 
     sandbox = DotdigitalSandbox(port=port).start()
     sandbox.set_latency(latency)
@@ -415,7 +415,7 @@ def count_delivered(engine) -> int:
 
 
 async def bench_workers(tmp: Path, window: float, latency: float = 0.05) -> dict:
-    from service.db.engine import create_db_engine, upgrade_database
+    from ctdd.db.engine import create_db_engine, upgrade_database
 
     url = new_pg_database()
     engine = create_db_engine(url)
@@ -543,7 +543,7 @@ def classify_calls(sandbox) -> dict:
 
 
 async def bench_calls(tmp: Path) -> dict:
-    from service.testing.dotdigital_sandbox import DotdigitalSandbox
+    from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
 
     out: dict = {"database": "sqlite", "sandbox_latency_seconds": 0.05}
     # realtime: 500 contacts change at 50/s while the dispatcher runs

@@ -1,0 +1,1 @@
+"""Plugins bundled with ctdd-sync (``ctdd.plugins``): the default mapping, registered in code at start-up."""

@@ -23,7 +23,7 @@ import hashlib
 import json
 from typing import Any
 
-from service import hookimpl
+from ctdd import hookimpl
 
 
 def _consent_record_fields(channel: str, records) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """ctdd-sync: commercetools <-> Dotdigital sync service.
 
-Plugin authors need only ``hookimpl`` from here (see ``service.hookspecs`` for the hooks)::
+Plugin authors need only ``hookimpl`` from here (see ``ctdd.hooks.spec`` for the hooks)::
 
-    from service import hookimpl
+    from ctdd import hookimpl
 
     @hookimpl
     def ctdd_suppress_contact(ctx, contact, mapped):
@@ -11,6 +11,8 @@ Plugin authors need only ``hookimpl`` from here (see ``service.hookspecs`` for t
 
 import pluggy
 
+__version__ = "0.1.0"
+
 hookimpl = pluggy.HookimplMarker("ctdd")
 
-__all__ = ["hookimpl"]
+__all__ = ["__version__", "hookimpl"]

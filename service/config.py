@@ -52,7 +52,7 @@ DEFAULT_DATA_FIELDS: dict[str, str] = {
     "shipping_address.city": "DELIVERY_CITY",
     "shipping_address.country": "DELIVERY_COUNTRY",
     "shipping_address.postal_code": "DELIVERY_POSTCODE",
-    # contact aggregates recomputed from the contact's orders (service.domain.commerce.order_aggregates)
+    # contact aggregates recomputed from the contact's orders (ctdd.domain.commerce.order_aggregates)
     "orders.last_order_date": "LAST_ORDER_DATE",
     "orders.last_order_id": "LAST_ORDER_ID",
     "orders.number_of_orders": "NUMBER_OF_ORDERS",
@@ -137,7 +137,7 @@ class StoreConfig:
     #: profile attribute path -> Dotdigital data-field name
     data_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_DATA_FIELDS))
     #: list key -> Dotdigital address book id. Lists configured by NAME (see ``list_names``) are added here
-    #: once resolved, at service start (``service.provisioning.resolve_list_names``)
+    #: once resolved, at service start (``ctdd.dotdigital.provisioning.resolve_list_names``)
     lists: Mapping[str, int] = field(default_factory=dict)
     #: list key -> Dotdigital address book name, for lists configured by name (``lists.newsletter = "Newsletter"``)
     list_names: Mapping[str, str] = field(default_factory=dict)
@@ -208,7 +208,7 @@ class DispatcherConfig:
 
 @dataclass(frozen=True)
 class BacksyncConfig:
-    """``[backsync]``: polling Dotdigital's opt-outs back into commercetools (``service.backsync``)."""
+    """``[backsync]``: polling Dotdigital's opt-outs back into commercetools (``ctdd.backsync.feeds``)."""
 
     #: None: on when any store has a commercetools API client (see ``Settings.backsync_enabled``)
     enabled: bool | None = None
@@ -234,7 +234,7 @@ class BacksyncConfig:
 
 @dataclass(frozen=True)
 class InboxConfig:
-    """``[inbox]``: the processor of events queued with PROCESSING_QUEUED (``service.inbox``)."""
+    """``[inbox]``: the processor of events queued with PROCESSING_QUEUED (``ctdd.ingest.inbox``)."""
 
     #: queued events claimed and applied together (one transaction, one savepoint per event)
     batch_size: int = 64
@@ -280,7 +280,7 @@ class Settings:
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     backsync: BacksyncConfig = field(default_factory=BacksyncConfig)
     inbox: InboxConfig = field(default_factory=InboxConfig)
-    #: commit concurrent RPCs in shared transactions (service.group_commit); CTDD_GROUP_COMMIT=0 turns it off
+    #: commit concurrent RPCs in shared transactions (ctdd.db.group_commit); CTDD_GROUP_COMMIT=0 turns it off
     group_commit: bool = True
     group_commit_max_batch: int = 256
 

@@ -1,6 +1,6 @@
 """Masking of personal data in text that goes into API errors and logs.
 
-Shared by ``service.commercetools.errors`` and ``service.dotdigital.errors``: both mask email addresses the
+Shared by ``ctdd.commercetools.errors`` and ``ctdd.dotdigital.errors``: both mask email addresses the
 same way and keep the same kind of excerpt of a response body (white space folded, masked, at most
 ``EXCERPT_LIMIT`` characters). What else each masks (secrets, phone numbers) stays in its own module.
 """

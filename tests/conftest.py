@@ -22,9 +22,9 @@ from grpc_status import rpc_status
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
-from service.app import App
-from service.config import DispatcherConfig, settings_from_mapping
-from service.testing.dotdigital_sandbox import DotdigitalSandbox
+from ctdd.runtime.app import App
+from ctdd.config import DispatcherConfig, settings_from_mapping
+from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
 
 POSTGRES_ADMIN_URL = os.environ.get("CTDD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SHARED_DIR = Path(os.environ.get("CTDD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -84,7 +84,7 @@ def database_url(request, tmp_path):
 @pytest.fixture
 def engine(database_url):
     """An engine on the test database, migrated to head."""
-    from service.db.engine import create_db_engine, upgrade_database
+    from ctdd.db.engine import create_db_engine, upgrade_database
 
     eng = create_db_engine(database_url)
     upgrade_database(eng)
@@ -104,7 +104,7 @@ def make_settings(database_url: str, sandbox: DotdigitalSandbox, *, commercetool
     The sandbox account gets the default data fields (as ``ctdd dotdigital setup`` would create them);
     fields only mapped by a test (LOYALTY_TIER) are left for the test to create.
     """
-    from service.config import DEFAULT_DATA_FIELDS, data_field_type
+    from ctdd.config import DEFAULT_DATA_FIELDS, data_field_type
 
     for name in DEFAULT_DATA_FIELDS.values():
         sandbox.add_data_field(name, data_field_type(name))
@@ -175,13 +175,13 @@ commercetools_project = "shop-eu"
 
 
 def start_cli(args: list[str], sandbox: DotdigitalSandbox, log_path: Path):
-    """Start ``python -m service.cli ARGS`` with the sandbox password, appending its output to ``log_path``."""
+    """Start ``python -m ctdd ARGS`` with the sandbox password, appending its output to ``log_path``."""
     import sys
 
     env = {**os.environ, "SANDBOX_PASSWORD": sandbox.password, "CTDD_LOG_LEVEL": "INFO"}
     env.pop("CTDD_DOTDIGITAL_BASE_URL", None)
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "ctdd", *args], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
 
 

@@ -22,7 +22,7 @@ from conftest import stop_with_sigterm
 from scripted_sync_service import wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from scripted_sync_service import ScriptedSyncService
-from service.adapters.pubsub_push import PubSubPushAdapter, PubSubPushConfig, push_body
+from ctdd.adapters.pubsub_push import PubSubPushAdapter, PubSubPushConfig, push_body
 
 TOKEN = "s3cret-token-value"
 
@@ -191,7 +191,7 @@ async def test_cli_adapter_with_env_token_until_sigterm(peer, tmp_path):
     env = {**os.environ, "CTDD_PUBSUB_PUSH_TOKEN": TOKEN, "CTDD_LOG_LEVEL": "INFO"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "adapter", "pubsub-push", "--listen", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "ctdd", "adapter", "pubsub-push", "--listen", f"127.0.0.1:{port}",
              "--target", peer.target, "--store", "uk", "--dead-letter-dir", str(tmp_path / "dead")],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
@@ -242,7 +242,7 @@ async def test_end_to_end_with_the_real_service(adapter_factory, service_factory
     """Pub/Sub push -> adapter -> ctdd-sync -> Dotdigital sandbox."""
     import ct_payloads as ct
     from conftest import all_settled, make_settings, wait_for as wait_settled
-    from service.testing.commercetools_fake import FakeCommercetools
+    from ctdd.testing.commercetools_fake import FakeCommercetools
 
     with FakeCommercetools(project_key=ct.PROJECT) as fake_ct:
         svc = await service_factory(make_settings(sqlite_url, sandbox, commercetools=fake_ct))
@@ -270,7 +270,7 @@ async def test_cli_refuses_to_start_with_a_store_the_service_does_not_know(servi
 
     svc = await service_factory(make_settings(sqlite_url, sandbox))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "adapter", "pubsub-push", "--listen", "127.0.0.1:0",
+        sys.executable, "-m", "ctdd", "adapter", "pubsub-push", "--listen", "127.0.0.1:0",
         "--target", f"127.0.0.1:{svc.app.port}", "--store", "no-such-store",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )

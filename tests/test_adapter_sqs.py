@@ -22,7 +22,7 @@ from conftest import stop_with_sigterm
 from scripted_sync_service import wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from scripted_sync_service import ScriptedSyncService
-from service.adapters.sqs import SqsAdapter, SqsAdapterConfig, backoff_seconds
+from ctdd.adapters.sqs import SqsAdapter, SqsAdapterConfig, backoff_seconds
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_SESSION_TOKEN": "testing"}
@@ -231,7 +231,7 @@ async def test_cli_adapter_runs_until_sigterm(moto_endpoint, sqs, queues, peer, 
     env = {**os.environ, **AWS_ENV, "CTDD_LOG_LEVEL": "INFO"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "adapter", "sqs", "--queue-url", queue, "--dlq-url", dlq,
+            [sys.executable, "-m", "ctdd", "adapter", "sqs", "--queue-url", queue, "--dlq-url", dlq,
              "--endpoint-url", moto_endpoint, "--region", "us-east-1", "--target", peer.target, "--store", "uk",
              "--wait", "1", "--retry-base", "1"],
             stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -258,7 +258,7 @@ async def test_sigterm_finishes_the_batch_in_hand(moto_endpoint, sqs, queues, pe
     log_path = tmp_path / "adapter.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "adapter", "sqs", "--queue-url", queue, "--dlq-url", dlq,
+            [sys.executable, "-m", "ctdd", "adapter", "sqs", "--queue-url", queue, "--dlq-url", dlq,
              "--endpoint-url", moto_endpoint, "--region", "us-east-1", "--target", peer.target, "--store", "uk",
              "--wait", "1"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **AWS_ENV},
@@ -286,7 +286,7 @@ async def test_end_to_end_with_the_real_service(moto_endpoint, sqs, queues, serv
     has events applied before the answer or queued in the service's event inbox (``--queued``)."""
     import ct_payloads as ct
     from conftest import all_settled, make_settings, wait_for as wait_settled
-    from service.testing.commercetools_fake import FakeCommercetools
+    from ctdd.testing.commercetools_fake import FakeCommercetools
 
     queue, dlq = queues
     with FakeCommercetools(project_key=ct.PROJECT) as fake_ct:

@@ -1,7 +1,7 @@
 """``ctdd backfill customers|orders`` against the fake commercetools API over HTTP, feeding a real gRPC peer.
 
 The peer is the scripted TrackEventBatch server (per-event results on demand); the synthetic notifications
-are additionally checked with the service's own delivery parser (``service.domain.notifications``).
+are additionally checked with the service's own delivery parser (``ctdd.domain.notifications``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from conftest import commercetools_section
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from scripted_sync_service import INVALID_ARGUMENT, OK, UNAVAILABLE, ScriptedSyncService
-from service.adapters.forwarder import EventForwarder
-from service.backfill import CURSOR_CONTAINER, BackfillError, ProgressBar, run_backfill
-from service.commercetools.client import CommercetoolsClient
-from service.domain.notifications import parse_delivery
-from service.testing.commercetools_fake import FakeCommercetools
+from ctdd.adapters.forwarder import EventForwarder
+from ctdd.adapters.backfill import CURSOR_CONTAINER, BackfillError, ProgressBar, run_backfill
+from ctdd.commercetools.client import CommercetoolsClient
+from ctdd.domain.notifications import parse_delivery
+from ctdd.testing.commercetools_fake import FakeCommercetools
 
 PROJECT = "shop-eu"
 
@@ -232,7 +232,7 @@ commercetools = "shop"
     env = {**os.environ, "CT_SECRET": fake.client_secret, "CTDD_LOG_LEVEL": "WARNING"}
     proc = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "service.cli", "backfill", "orders", "--store", "uk", "--config", str(config),
+        [sys.executable, "-m", "ctdd", "backfill", "orders", "--store", "uk", "--config", str(config),
          "--page-size", "4", "--target", peer.target],
         capture_output=True, text=True, env=env, timeout=60,
     )
@@ -250,7 +250,7 @@ async def test_backfill_into_the_real_service(service_factory, sqlite_url, sandb
     backfill priority; running the backfill again is deduplicated (nothing new is enqueued)."""
     import ct_payloads as cp
     from conftest import all_settled, make_settings, outbox_rows, wait_for as wait_settled
-    from service import outbox
+    from ctdd.delivery import outbox
 
     with FakeCommercetools(project_key=cp.PROJECT) as fake_ct:
         for n in range(7):

@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session
 import ct_payloads as ct
 from conftest import all_settled, commercetools_section, contact_request, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from service.backsync import (
+from ctdd.backsync.feeds import (
     SHOP_NEWER, UNCHANGED, WRITTEN, ChannelState, _claim, _release, consent_updates, iso, read_cursors,
 )
-from service.config import BacksyncConfig
-from service.db.models import Contact
-from service.testing.commercetools_fake import FakeCommercetools
+from ctdd.config import BacksyncConfig
+from ctdd.db.models import Contact
+from ctdd.testing.commercetools_fake import FakeCommercetools
 
 TYPE_ID = "type-dd-consent"
 CONSENT_STORE = {"uk": {"email_list": "newsletter", "sms_list": "sms", "customers_list": "customers"}}
@@ -308,8 +308,8 @@ def test_moving_the_shared_decision_time_does_not_revive_a_revoked_sms_opt_in():
 
 
 def test_run_once_command(tmp_path, sandbox, monkeypatch, capsys):
-    from service.cli import main
-    from service.db.engine import create_db_engine
+    from ctdd.cli.main import main
+    from ctdd.db.engine import create_db_engine
 
     monkeypatch.setenv("DD_PASSWORD", sandbox.password)
     monkeypatch.setenv("CT_SECRET", "ct-secret")
@@ -338,8 +338,8 @@ account = "main"
 
 
 async def test_sandbox_feeds_are_paged_and_strict(sandbox):
-    from service.dotdigital.client import DotdigitalClient
-    from service.dotdigital.errors import DotdigitalError
+    from ctdd.dotdigital.client import DotdigitalClient
+    from ctdd.dotdigital.errors import DotdigitalError
 
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
     async with DotdigitalClient(api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url) as dd:

@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from conftest import contact_request, make_settings, outbox_rows, wait_for
-from service import outbox
-from service.batching import ImportTimings
-from service.dispatcher import Dispatcher
+from ctdd.delivery import outbox
+from ctdd.delivery.bulk import ImportTimings
+from ctdd.delivery.dispatcher import Dispatcher
 
 BULK = dict(bulk_backlog_threshold=10, bulk_min_batch=5, bulk_poll_min_seconds=0.02, bulk_poll_max_seconds=0.5)
 

@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from service.api_convert import InvalidRequest, check_behavioural_event, parse_behavioural_event
+from ctdd.api.convert import InvalidRequest, check_behavioural_event, parse_behavioural_event
 import ct_payloads as ct
 
 

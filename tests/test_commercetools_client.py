@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.commercetools import (
+from ctdd.commercetools import (
     REGIONS,
     CommercetoolsAuthError,
     CommercetoolsClient,
@@ -29,7 +29,7 @@ from service.commercetools import (
     money_to_major,
     predicate_string,
 )
-from service.testing.commercetools_fake import FakeCommercetools
+from ctdd.testing.commercetools_fake import FakeCommercetools
 
 SHARED_DIR = Path(os.environ.get("CTDD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 SHARED_FIXTURES = SHARED_DIR / "fixtures" / "commercetools"

@@ -4,11 +4,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from service.domain.contact import SourceStamp
-from service.domain.delta import StoredField, compute_delta
-from service.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile, resolve
-from service.domain.payload import build_contact_body
-from service.outbox import backoff_seconds
+from ctdd.domain.contact import SourceStamp
+from ctdd.domain.delta import StoredField, compute_delta
+from ctdd.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile, resolve
+from ctdd.domain.payload import build_contact_body
+from ctdd.delivery.outbox import backoff_seconds
 
 
 def test_email_normalisation():

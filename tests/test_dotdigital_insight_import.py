@@ -15,20 +15,20 @@ from typing import Any
 import httpx
 import pytest
 
-from service.dotdigital.client import (
+from ctdd.dotdigital.client import (
     COLLECTION_TYPES,
     ContactsImportReport,
     DotdigitalClient,
     InsightImportReport,
 )
-from service.dotdigital.errors import (
+from ctdd.dotdigital.errors import (
     DotdigitalAuthError,
     DotdigitalError,
     DotdigitalImportTimeout,
     DotdigitalThrottled,
 )
-from service.testing import dotdigital_sandbox
-from service.testing.dotdigital_sandbox import DotdigitalSandbox
+from ctdd.testing import dotdigital_sandbox
+from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
 from test_dotdigital_sandbox_client import SchemaValidator, _spec_dir
 
 JANE = "jane.doe@example.com"

@@ -24,21 +24,21 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from service.dotdigital.client import (
+from ctdd.dotdigital.client import (
     R1_BASE_URL,
     REGION_BASE_URLS,
     ContactUpsertResult,
     DotdigitalClient,
 )
-from service.dotdigital.errors import (
+from ctdd.dotdigital.errors import (
     DotdigitalAuthError,
     DotdigitalError,
     DotdigitalThrottled,
     DotdigitalTransportError,
     error_from_response,
 )
-from service.rate_budget import BudgetTransport, RateBudget
-from service.testing.dotdigital_sandbox import DotdigitalSandbox, RecordedRequest
+from ctdd.delivery.rate_budget import BudgetTransport, RateBudget
+from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox, RecordedRequest
 
 JANE = "jane.doe@example.com"
 

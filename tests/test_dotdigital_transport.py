@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from service.dotdigital.client import DotdigitalClient
-from service.dotdigital.errors import DotdigitalTransportError
-from service.dotdigital.transport import AiohttpTransport
+from ctdd.dotdigital.client import DotdigitalClient
+from ctdd.dotdigital.errors import DotdigitalTransportError
+from ctdd.dotdigital.transport import AiohttpTransport
 
 
 class _Recorder(BaseHTTPRequestHandler):

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from conftest import contact_request, make_settings
-from service.db.engine import create_db_engine, utcnow
-from service.db.models import ContactIdentifier, RejectedRecord, Contact
-from service.group_commit import GroupCommitRunner
+from ctdd.db.engine import create_db_engine, utcnow
+from ctdd.db.models import ContactIdentifier, RejectedRecord, Contact
+from ctdd.db.group_commit import GroupCommitRunner
 
 
 def _insert(reason: str, fail: bool = False):
@@ -179,8 +179,8 @@ async def test_sync_contact_rpcs_are_group_committed(service, sandbox):
 
 
 def test_group_commit_can_be_turned_off(database_url, sandbox):
-    from service.app import App
-    from service.transactions import TransactionRunner
+    from ctdd.runtime.app import App
+    from ctdd.db.transactions import TransactionRunner
 
     settings = make_settings(database_url, sandbox)
     from dataclasses import replace

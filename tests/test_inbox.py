@@ -12,12 +12,12 @@ import sqlalchemy as sa
 import ct_payloads as ct
 from conftest import all_settled, field_violations, make_settings, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from service import inbox
-from service.contact_sync import ContactSync
-from service.events import CommercetoolsClients, EventProcessor
-from service.plugins import create_plugin_manager
-from service.testing.commercetools_fake import FakeCommercetools
-from service.transactions import TransactionRunner
+from ctdd.ingest import inbox
+from ctdd.ingest.contact_sync import ContactSync
+from ctdd.ingest.events import CommercetoolsClients, EventProcessor
+from ctdd.hooks.manager import create_plugin_manager
+from ctdd.testing.commercetools_fake import FakeCommercetools
+from ctdd.db.transactions import TransactionRunner
 
 QUEUED = pb.PROCESSING_QUEUED
 
@@ -32,7 +32,7 @@ def make_inbox_settings(database_url, sandbox, fake_ct, **inbox_cfg):
     settings = make_settings(database_url, sandbox, commercetools=fake_ct)
     from dataclasses import replace
 
-    from service.config import InboxConfig
+    from ctdd.config import InboxConfig
 
     cfg = dict(batch_size=16, poll_interval_seconds=0.05, backoff_base_seconds=0.05, backoff_cap_seconds=0.2,
                lease_seconds=5.0)
@@ -158,7 +158,7 @@ async def test_an_event_that_keeps_failing_is_marked_failed_and_logged(service_f
 
 
 def processor_parts(settings, fake_ct):
-    from service.db.engine import create_db_engine
+    from ctdd.db.engine import create_db_engine
 
     engine = create_db_engine(settings.database_url)
     contact_sync = ContactSync(engine, settings, create_plugin_manager())
@@ -258,7 +258,7 @@ async def test_events_queued_by_an_ingest_only_process_are_applied_by_another(se
 
 
 async def test_inbox_writer_batches_concurrent_writes_and_never_waits_for_a_lock_on_the_event_loop(engine):
-    from service.db.engine import sqlite_write_lock
+    from ctdd.db.engine import sqlite_write_lock
 
     writer = inbox.InboxWriter(engine, min_commit_interval=0.01)
     events = [inbox.QueuedEvent("uk", f"request-{i}".encode(), f"event:uk:w-{i}") for i in range(60)]
@@ -308,7 +308,7 @@ async def test_inbox_writer_answers_duplicates_within_a_batch_and_keeps_arrival_
 async def test_finished_rows_are_purged_after_retention_and_a_later_redelivery_is_still_a_duplicate(svc, sandbox):
     from datetime import timedelta
 
-    from service.db.engine import utcnow
+    from ctdd.db.engine import utcnow
 
     assert (await svc.stub.TrackEvent(cart_event("old-1", 1, "purge@example.com", 100))).queued
     await wait_for(lambda: all_processed(svc), what="inbox processed")

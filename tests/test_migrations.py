@@ -4,8 +4,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from service.db import models  # noqa: F401
-from service.db.engine import create_db_engine, upgrade_database
+from ctdd.db import models  # noqa: F401
+from ctdd.db.engine import create_db_engine, upgrade_database
 
 
 def test_models_and_migrations_do_not_drift(database_url):
@@ -27,6 +27,6 @@ def test_upgrade_is_idempotent(database_url):
     engine.dispose()
     from alembic.script import ScriptDirectory
 
-    from service.db.engine import alembic_config
+    from ctdd.db.engine import alembic_config
 
     assert version == ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()

@@ -1,4 +1,4 @@
-"""Parsing of commercetools Subscription deliveries (``service.domain.notifications``).
+"""Parsing of commercetools Subscription deliveries (``ctdd.domain.notifications``).
 
 Built from the project's own fixtures (``tests/fixtures/commercetools``) and from commercetools' published
 examples in the shared fixtures directory (skipped when that directory is absent). Every envelope
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from service.domain.notifications import (
+from ctdd.domain.notifications import (
     InvalidDelivery,
     Notification,
     SnsSubscriptionConfirmation,

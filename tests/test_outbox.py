@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service import outbox
-from service.db.engine import utcnow
-from service.db.models import Contact
+from ctdd.delivery import outbox
+from ctdd.db.engine import utcnow
+from ctdd.db.models import Contact
 
 
 def _contact(engine) -> int:
@@ -79,7 +79,7 @@ def test_one_in_flight_message_per_partition_is_enforced_by_the_database(engine)
 
 
 def test_coalescing_merges_only_unclaimed_upserts_up_to_another_kind(engine):
-    from service.db.models import FieldState
+    from ctdd.db.models import FieldState
 
     a, b = _contact(engine), _contact(engine)
     with Session(engine) as s, s.begin():

@@ -11,15 +11,15 @@ import pluggy
 import pytest
 
 from conftest import all_settled, contact_request, make_settings, outbox_rows, wait_for
-from service import hookimpl
-from service.config import ConfigError, load_settings, settings_from_mapping
-from service.plugins import SuppressDecision, create_plugin_manager
+from ctdd import hookimpl
+from ctdd.config import ConfigError, load_settings, settings_from_mapping
+from ctdd.hooks.manager import SuppressDecision, create_plugin_manager
 
 
-def test_default_mapping_is_an_entry_point_plugin_like_any_other():
-    names = {ep.name: ep.value for ep in entry_points(group="ctdd")}
-    assert names.get("default_mapping") == "plugins.default_mapping"
-    hooks = create_plugin_manager()
+def test_default_mapping_is_registered_in_code_not_through_an_entry_point():
+    names = {ep.name for ep in entry_points(group="ctdd")}
+    assert "default_mapping" not in names  # disabling entry points cannot break start-up
+    hooks = create_plugin_manager(load_entrypoints=False)
     assert any(name == "default_mapping" for name, _ in hooks.pm.list_name_plugin())
 
 
@@ -119,14 +119,14 @@ def test_invalid_data_field_names_are_refused():
 
 def test_serve_without_sandbox_or_credentials_refuses_to_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTDD_")}
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--database-url", f"sqlite:///{tmp_path}/x.db"],
+    proc = subprocess.run([sys.executable, "-m", "ctdd", "serve", "--database-url", f"sqlite:///{tmp_path}/x.db"],
                           capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     assert "--sandbox" in proc.stderr and "no Dotdigital account" in proc.stderr
 
     cfg = tmp_path / "ctdd.toml"
     cfg.write_text('[accounts.main]\napi_user = "apiuser@apiconnector.com"\n[stores.uk]\naccount = "main"\n')
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--config", str(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "ctdd", "serve", "--config", str(cfg)],
                           capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and "credentials missing" in proc.stderr
 
@@ -134,7 +134,7 @@ def test_serve_without_sandbox_or_credentials_refuses_to_start(tmp_path):
 def test_every_hook_is_documented_for_plugin_authors():
     from pathlib import Path
 
-    from service import hookspecs
+    from ctdd.hooks import spec as hookspecs
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
     hooks = [name for name in dir(hookspecs) if name.startswith("ctdd_")]

@@ -19,8 +19,8 @@ def run_python(code: str) -> str:
 def test_freeze_startup_heap_exempts_startup_objects_and_still_collects_new_cycles():
     out = run_python("""
         import gc, weakref
-        import service.app  # the start-up heap: SQLAlchemy, protobuf, gRPC, OpenTelemetry
-        from service.process_tuning import YOUNG_COLLECTION_THRESHOLD, freeze_startup_heap
+        import ctdd.runtime.app  # the start-up heap: SQLAlchemy, protobuf, gRPC, OpenTelemetry
+        from ctdd.runtime.process_tuning import YOUNG_COLLECTION_THRESHOLD, freeze_startup_heap
         assert gc.get_freeze_count() == 0
         freeze_startup_heap()
         assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()
@@ -44,7 +44,7 @@ def test_spans_are_noops_until_a_tracer_provider_is_installed():
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        from service.telemetry import current_trace_carrier, start_span, tracing_enabled
+        from ctdd.telemetry import current_trace_carrier, start_span, tracing_enabled
 
         assert not tracing_enabled()
         with start_span("TrackEvent", kind=trace.SpanKind.SERVER, attributes={"a": 1}) as span:

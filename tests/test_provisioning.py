@@ -6,10 +6,10 @@ import pytest
 
 from conftest import all_settled, contact_request, make_settings, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from service.app import App
-from service.cli import main, with_sandbox
-from service.config import ConfigError, load_settings
-from service.testing.dotdigital_sandbox import DotdigitalSandbox
+from ctdd.runtime.app import App
+from ctdd.cli.main import main, with_sandbox
+from ctdd.config import ConfigError, load_settings
+from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
 
 SYSTEM_FIELDS = {"FIRSTNAME": "String", "LASTNAME": "String", "FULLNAME": "String", "GENDER": "String",
                  "POSTCODE": "String"}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import contact_request, make_settings, outbox_rows, wait_for
-from service.rate_budget import RateBudget
-from service.testing import dotdigital_sandbox
-from service.testing.dotdigital_sandbox import DotdigitalSandbox
+from ctdd.delivery.rate_budget import RateBudget
+from ctdd.testing import dotdigital_sandbox
+from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
 
 
 class Clock:
@@ -71,7 +71,7 @@ async def _deliver(database_url, sandbox, service_factory, *, pacing: bool, n: i
     svc = await service_factory(settings, run_dispatcher=False)
     for i in range(n):
         await svc.stub.SyncContact(contact_request(email=f"p{i}@example.com", first_name="P"))
-    from service.dispatcher import Dispatcher
+    from ctdd.delivery.dispatcher import Dispatcher
 
     dispatcher = Dispatcher(svc.engine, settings, svc.app.clients, svc.app.hooks)
     dispatcher.start()

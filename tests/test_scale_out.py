@@ -18,15 +18,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session
 
 from conftest import _reset_postgres, contact_request, make_settings, outbox_rows, wait_for, write_service_config
-from service import outbox
-from service.app import App
-from service.config import settings_from_mapping
-from service.contact_sync import ContactSync
-from service.db.engine import alembic_config, create_db_engine, upgrade_database, utcnow
-from service.db.models import Contact
-from service.dispatcher import Dispatcher
-from service.plugins import create_plugin_manager
-from service.worker import DispatcherAlreadyRunning
+from ctdd.delivery import outbox
+from ctdd.runtime.app import App
+from ctdd.config import settings_from_mapping
+from ctdd.ingest.contact_sync import ContactSync
+from ctdd.db.engine import alembic_config, create_db_engine, upgrade_database, utcnow
+from ctdd.db.models import Contact
+from ctdd.delivery.dispatcher import Dispatcher
+from ctdd.hooks.manager import create_plugin_manager
+from ctdd.runtime.worker import DispatcherAlreadyRunning
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def _enqueue(engine, contact_id: int, n: int = 1, *, priority: int = 0) -> list[
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "CTDD_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "ctdd", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, text=True, **kwargs)
 
 
@@ -74,7 +74,7 @@ def test_an_upgrade_waits_for_the_one_in_progress(database_url):
     waits; once it is released the upgrade runs."""
     import fcntl
 
-    from service.db.engine import MIGRATION_LOCK_KEY
+    from ctdd.db.engine import MIGRATION_LOCK_KEY
 
     admin = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     conn = admin.connect() if admin.dialect.name == "postgresql" else None
@@ -198,7 +198,7 @@ async def test_notify_wakes_an_idle_worker_at_once(pg_url, sandbox, listen):
         await asyncio.sleep(0.3)  # the worker is idle, waiting
         ingest_engine = create_db_engine(pg_url)  # "another process": its own engine, no wake-up call
         hooks = create_plugin_manager(())
-        from service.api_convert import parse_sync_contact
+        from ctdd.api.convert import parse_sync_contact
 
         contact = parse_sync_contact(contact_request(email="n@example.com", first_name="N"), settings)
         t0 = time.monotonic()

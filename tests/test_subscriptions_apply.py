@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import commercetools_section
-from service.cli import main
-from service.commercetools.subscriptions import (
+from ctdd.cli.main import main
+from ctdd.commercetools.subscriptions import (
     CUSTOMER_MESSAGES,
     ORDER_MESSAGES,
     build_destination,
@@ -16,7 +16,7 @@ from service.commercetools.subscriptions import (
     desired_subscriptions,
     plan,
 )
-from service.testing.commercetools_fake import FakeCommercetools
+from ctdd.testing.commercetools_fake import FakeCommercetools
 
 QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/ct-events"
 OTHER_QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/ct-events-v2"

@@ -11,7 +11,7 @@ import pytest
 import ct_payloads as ct
 from conftest import all_settled, field_violations, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from service.testing.commercetools_fake import FakeCommercetools
+from ctdd.testing.commercetools_fake import FakeCommercetools
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ async def test_backfill_priority_yields_to_live_events(svc, sandbox):
                                                       customer=ct.customer("live-1", "live@example.com")))))
     rows = outbox_rows(svc)
     assert sorted(r["priority"] for r in rows) == [0, 10, 10, 10]
-    from service import outbox
+    from ctdd.delivery import outbox
 
     claimed = outbox.claim(svc.engine, worker="t", limit=1, lease_seconds=5)
     assert json.dumps(claimed[0].payload).find("live@example.com") >= 0

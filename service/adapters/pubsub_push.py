@@ -41,7 +41,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from service.adapters.forwarder import OK, POISON, CoalescingForwarder, EventForwarder, Outcome, delivery_request
+from ctdd.adapters.forwarder import OK, POISON, CoalescingForwarder, EventForwarder, Outcome, delivery_request
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from service.adapters.forwarder import OK, POISON, RETRY, EventForwarder, Outcome, delivery_request
+from ctdd.adapters.forwarder import OK, POISON, RETRY, EventForwarder, Outcome, delivery_request
 
 log = logging.getLogger(__name__)
 

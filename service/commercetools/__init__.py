@@ -2,7 +2,7 @@
 
 See ``client.py`` for the client (reference ``shared/reference/commercetools.md`` §1, §4, §5) and
 ``errors.py`` for error classification. Subscription deliveries are parsed by the pure
-``service.domain.notifications`` module; ``service.testing.commercetools_fake`` is a fake API for tests.
+``ctdd.domain.notifications`` module; ``ctdd.testing.commercetools_fake`` is a fake API for tests.
 """
 
 from .client import (

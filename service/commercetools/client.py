@@ -39,7 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from service.domain.commerce import localized, money_to_major  # noqa: F401  (re-exported)
+from ctdd.domain.commerce import localized, money_to_major  # noqa: F401  (re-exported)
 
 from .errors import (
     CommercetoolsConflict,

@@ -30,8 +30,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from service import redaction
-from service.redaction import EXCERPT_LIMIT  # noqa: F401 - part of this module's namespace, as before
+from ctdd import redaction
+from ctdd.redaction import EXCERPT_LIMIT  # noqa: F401 - part of this module's namespace, as before
 
 __all__ = [
     "CommercetoolsAuthError",

@@ -1,7 +1,7 @@
 """Database tables (SQLModel). The schema is owned by the Alembic migrations in ``migrations/``;
 ``tests/test_migrations.py`` fails when these models and the migrations drift apart.
 
-All timestamps are timezone-aware UTC (``service.db.engine.utcnow``); SQLite stores them without offset.
+All timestamps are timezone-aware UTC (``ctdd.db.engine.utcnow``); SQLite stores them without offset.
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ class OrderSummary(SQLModel, table=True):
 
 
 class BacksyncCursor(SQLModel, table=True):
-    """Where the back-sync (``service.backsync``) of one Dotdigital account stands.
+    """Where the back-sync (``ctdd.backsync.feeds``) of one Dotdigital account stands.
 
     Each feed's cursor is the time its last complete poll started; the next poll asks the feed from the
     cursor minus ``[backsync] overlap_seconds``. A poll leases the row (``lease_owner`` until

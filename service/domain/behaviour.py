@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.domain.contact import Identity
+from ctdd.domain.contact import Identity
 
 
 @dataclass

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from service.domain.contact import ChannelConsent, ContactInput, Identity, SourceStamp
-from service.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
+from ctdd.domain.contact import ChannelConsent, ContactInput, Identity, SourceStamp
+from ctdd.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
 
 ORDERS_COLLECTION = "Orders"
 #: refund transactions that count towards the refund total
@@ -354,7 +354,7 @@ class SummaryRow:
     categories: list[str]
 
 
-#: the attributes order_aggregates() produces (mapped to data fields by service.config.DEFAULT_DATA_FIELDS)
+#: the attributes order_aggregates() produces (mapped to data fields by ctdd.config.DEFAULT_DATA_FIELDS)
 AGGREGATE_ATTRIBUTES = (
     "orders.last_order_date", "orders.last_order_id", "orders.number_of_orders", "orders.total_spend",
     "orders.average_order_value", "orders.total_refund", "orders.first_category", "orders.last_category",

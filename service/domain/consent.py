@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.domain.contact import ChannelConsent
+from ctdd.domain.contact import ChannelConsent
 
 #: email statuses meaning "subscribed or never decided": an opt-in may simply be sent
 EMAIL_OPEN = frozenset({"subscribed", "noSubscription", "unknown"})

@@ -39,8 +39,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote
 
-from service import redaction
-from service.redaction import EXCERPT_LIMIT  # noqa: F401 - part of this module's namespace, as before
+from ctdd import redaction
+from ctdd.redaction import EXCERPT_LIMIT  # noqa: F401 - part of this module's namespace, as before
 
 __all__ = [
     "DotdigitalAuthError",

@@ -64,7 +64,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote
 
-from service.testing import loopback_http
+from ctdd.testing import loopback_http
 
 __all__ = ["RESOURCES", "FakeCommercetools", "RecordedRequest"]
 

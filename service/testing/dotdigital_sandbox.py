@@ -71,7 +71,7 @@ from datetime import date, datetime, timezone
 from typing import Any, Callable
 from urllib.parse import unquote, urlencode, urlsplit
 
-from service.testing import loopback_http
+from ctdd.testing import loopback_http
 
 __all__ = [
     "COLLECTION_SCOPES",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from service.db import models  # noqa: F401  (registers the tables)
+from ctdd.db import models  # noqa: F401  (registers the tables)
 from sqlmodel import SQLModel
 
 config = context.config
@@ -35,7 +35,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from service.db.engine import create_db_engine
+    from ctdd.db.engine import create_db_engine
 
     engine = create_db_engine(config.get_main_option("sqlalchemy.url"))
     with engine.connect() as conn:

@@ -1,0 +1,7 @@
+"""``python -m ctdd``: the ``ctdd`` command line."""
+
+import sys
+
+from ctdd.cli import main
+
+sys.exit(main())

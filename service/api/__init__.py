@@ -1,0 +1,1 @@
+"""The gRPC API: the server and servicer, request validation and conversion to domain inputs."""

@@ -1,0 +1,386 @@
+"""Validate protobuf requests and convert them into domain objects.
+
+Every problem found becomes a field violation (field path + description, as in google.rpc.BadRequest);
+the whole request is refused when there is any, so nothing partial is ever written.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
+from typing import Any
+
+from google.protobuf import json_format
+
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from ctdd.config import Settings
+from ctdd.domain.behaviour import BehaviouralEventInput
+from ctdd.domain.commerce import cart_record
+from ctdd.domain.contact import ChannelConsent, ConsentRecord, ContactInput, Identity, SourceStamp
+from ctdd.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile
+
+MAX_STRING = 1000
+MAX_CUSTOM_FIELDS = 100
+MAX_CONSENT_RECORDS = 5
+MAX_LISTS = 100
+#: how far in the future a client's clock may be before a timestamp counts as "in the future"
+CLOCK_SKEW = timedelta(minutes=5)
+
+_STATUS = {pb.CONSENT_STATUS_SUBSCRIBED: "subscribed", pb.CONSENT_STATUS_UNSUBSCRIBED: "unsubscribed"}
+_OPT_IN = {pb.OPT_IN_TYPE_SINGLE: "single", pb.OPT_IN_TYPE_DOUBLE: "double", pb.OPT_IN_TYPE_VERIFIED_DOUBLE: "verifiedDouble"}
+_PROFILE_STRINGS = (
+    "first_name", "last_name", "middle_name", "title", "company_name", "customer_group", "locale", "currency",
+)
+_ADDRESS_FIELDS = ("street_line1", "street_line2", "city", "postal_code", "region", "country", "phone")
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    description: str
+
+
+class InvalidRequest(Exception):
+    def __init__(self, violations: list[Violation]):
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = violations
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+#: the range of google.protobuf.Timestamp (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z)
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_second(seconds: int) -> tuple[datetime, str]:
+    """A second of UTC time as an aware datetime and as ``YYYY-MM-DDTHH:MM:SSZ``. Cached: the events of a
+    stream arrive many per second, and converting a Timestamp otherwise costs a tenth of validating an event."""
+    moment = _EPOCH + timedelta(seconds=seconds)
+    return moment, moment.isoformat()[:19] + "Z"
+
+
+def _check_timestamp(violations: list[Violation], path: str, value) -> bool:
+    """Whether a set Timestamp field is inside the Timestamp range; one outside it is a violation."""
+    if _MIN_SECONDS <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos <= 999_999_999:
+        return True
+    violations.append(Violation(path, "not a valid timestamp (years 0001 to 9999)"))
+    return False
+
+
+def _timestamp_and_text(violations: list[Violation], path: str, value) -> tuple[datetime, str]:
+    """A set Timestamp field as an aware UTC datetime and its second as ``YYYY-MM-DDTHH:MM:SSZ``; one
+    outside the Timestamp range is a violation (and the epoch)."""
+    seconds, nanos = (value.seconds, value.nanos) if _check_timestamp(violations, path, value) else (0, 0)
+    moment, text = _whole_second(seconds)
+    return (moment + timedelta(microseconds=nanos // 1000) if nanos >= 1000 else moment), text
+
+
+def _timestamp(violations: list[Violation], path: str, value) -> datetime:
+    """A set Timestamp field as an aware UTC datetime (see :func:`_timestamp_and_text`)."""
+    return _timestamp_and_text(violations, path, value)[0]
+
+
+def _check_len(violations: list[Violation], path: str, value: str, limit: int = MAX_STRING) -> None:
+    if len(value) > limit:
+        violations.append(Violation(path, f"must be at most {limit} characters"))
+
+
+def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, channel: str) -> ChannelConsent | None:
+    if msg.status == pb.CONSENT_STATUS_UNSPECIFIED and not msg.records and msg.opt_in_type == pb.OPT_IN_TYPE_UNSPECIFIED:
+        return None
+    if msg.status not in (pb.CONSENT_STATUS_UNSPECIFIED, *_STATUS):
+        violations.append(Violation(f"{path}.status", "unknown consent status"))
+    if msg.opt_in_type not in (pb.OPT_IN_TYPE_UNSPECIFIED, *_OPT_IN):
+        violations.append(Violation(f"{path}.opt_in_type", "unknown opt-in type"))
+    if msg.opt_in_type != pb.OPT_IN_TYPE_UNSPECIFIED and msg.status != pb.CONSENT_STATUS_SUBSCRIBED:
+        violations.append(Violation(f"{path}.opt_in_type", "only allowed with status SUBSCRIBED"))
+    if channel == "sms" and msg.opt_in_type == pb.OPT_IN_TYPE_VERIFIED_DOUBLE:
+        violations.append(Violation(f"{path}.opt_in_type", "VERIFIED_DOUBLE exists for the email channel only"))
+    if len(msg.records) > MAX_CONSENT_RECORDS:
+        violations.append(Violation(f"{path}.records", f"at most {MAX_CONSENT_RECORDS} consent records"))
+    records = []
+    for i, rec in enumerate(msg.records):
+        rpath = f"{path}.records[{i}]"
+        for name in ("text", "url", "ip_address", "user_agent"):
+            if not getattr(rec, name).strip():
+                violations.append(Violation(f"{rpath}.{name}", "required"))
+            _check_len(violations, f"{rpath}.{name}", getattr(rec, name))
+        consented_at = None
+        if not rec.HasField("consented_at"):
+            violations.append(Violation(f"{rpath}.consented_at", "required"))
+        else:
+            consented_at = _timestamp(violations, f"{rpath}.consented_at", rec.consented_at)
+            if consented_at > datetime.now(timezone.utc) + CLOCK_SKEW:
+                violations.append(Violation(f"{rpath}.consented_at", "must not be in the future"))
+        if rec.ip_address.strip():
+            try:
+                ipaddress.ip_address(rec.ip_address.strip())
+            except ValueError:
+                violations.append(Violation(f"{rpath}.ip_address", "must be an IPv4 or IPv6 address"))
+        if rec.url.strip() and urlsplit(rec.url.strip()).scheme not in ("http", "https"):
+            violations.append(Violation(f"{rpath}.url", "must be an http(s) URL"))
+        records.append(
+            ConsentRecord(
+                text=rec.text, consented_at=consented_at,
+                url=rec.url, ip_address=rec.ip_address, user_agent=rec.user_agent,
+            )
+        )
+    decided_at = _timestamp(violations, f"{path}.decided_at", msg.decided_at) if msg.HasField("decided_at") else None
+    if decided_at is not None and decided_at > datetime.now(timezone.utc) + CLOCK_SKEW:
+        violations.append(Violation(f"{path}.decided_at", "must not be in the future"))
+    return ChannelConsent(
+        status=_STATUS.get(msg.status),
+        opt_in_type=_OPT_IN.get(msg.opt_in_type),
+        records=tuple(records),
+        decided_at=decided_at,
+    )
+
+
+def _address(violations: list[Violation], path: str, msg: pb.Address, attributes: dict[str, Any]) -> None:
+    for name in _ADDRESS_FIELDS:
+        value = getattr(msg, name)
+        if value:
+            _check_len(violations, f"{path}.{name}", value, 256)
+            attributes[f"{path.removeprefix('profile.')}.{name}"] = value
+    if msg.country and (len(msg.country) != 2 or not msg.country.isalpha()):
+        violations.append(Violation(f"{path}.country", "must be an ISO 3166-1 alpha-2 code"))
+
+
+def _check_identifier(v: list[Violation], path: str, name: str, value: str | None) -> None:
+    if value is not None:
+        _check_len(v, f"{path}.{name}", value, 256)
+        if is_junk(value):
+            v.append(Violation(f"{path}.{name}", "placeholder values such as 'null' or '0' are not identifiers"))
+
+
+def _parse_identity(v: list[Violation], path: str, ident: pb.ContactIdentity) -> Identity:
+    """Normalise a ContactIdentity; problems are appended to ``v`` as violations under ``path``."""
+    customer_id, email, mobile_number, anonymous_id = _identity_values(v, path, ident)
+    return Identity(customer_id=customer_id, email=email, mobile_number=mobile_number, anonymous_id=anonymous_id)
+
+
+def _identity_values(v: list[Violation], path: str, ident: pb.ContactIdentity
+                     ) -> tuple[str | None, str | None, str | None, str | None]:
+    """The normalised (customer_id, email, mobile_number, anonymous_id) of a ContactIdentity."""
+    raw_email, raw_mobile = ident.email, ident.mobile_number
+    customer_id = ident.customer_id.strip() or None
+    anonymous_id = ident.anonymous_id.strip() or None
+    email = mobile = None
+    _check_identifier(v, path, "customer_id", customer_id)
+    _check_identifier(v, path, "anonymous_id", anonymous_id)
+    if raw_email.strip():
+        try:
+            email = normalise_email(raw_email)
+        except InvalidIdentifier as exc:
+            v.append(Violation(f"{path}.email", str(exc)))
+    if raw_mobile.strip():
+        try:
+            mobile = normalise_mobile(raw_mobile)
+        except InvalidIdentifier as exc:
+            v.append(Violation(f"{path}.mobile_number", str(exc)))
+    if not (customer_id or email or mobile or anonymous_id or raw_email or raw_mobile):
+        v.append(Violation(path, "at least one of customer_id, email, mobile_number or anonymous_id is required"))
+    return customer_id, email, mobile, anonymous_id
+
+
+def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> ContactInput:
+    """Validate ``request``; return the domain contact or raise :class:`InvalidRequest`."""
+    v: list[Violation] = []
+    if request.ByteSize() > settings.max_request_bytes:
+        raise InvalidRequest([Violation("", f"request is larger than {settings.max_request_bytes} bytes")])
+
+    store = settings.store(request.store_key) if request.store_key else None
+    if not request.store_key:
+        v.append(Violation("store_key", "required"))
+    elif store is None:
+        v.append(Violation("store_key", f"unknown store {request.store_key!r}"))
+
+    identity = _parse_identity(v, "identity", request.identity)
+
+    attributes: dict[str, Any] = {}
+    profile = request.profile
+    for name in _PROFILE_STRINGS:
+        if profile.HasField(name):
+            value = getattr(profile, name)
+            _check_len(v, f"profile.{name}", value, 256)
+            attributes[name] = value or None
+    if profile.HasField("date_of_birth"):
+        dob = profile.date_of_birth
+        if dob:
+            try:
+                parsed = datetime.strptime(dob, "%Y-%m-%d")
+                if parsed.year < 1900 or parsed > datetime.now():
+                    raise ValueError
+                attributes["date_of_birth"] = dob
+            except ValueError:
+                v.append(Violation("profile.date_of_birth", "must be a past date written YYYY-MM-DD"))
+        else:
+            attributes["date_of_birth"] = None
+    if profile.HasField("billing_address"):
+        _address(v, "profile.billing_address", profile.billing_address, attributes)
+    if profile.HasField("shipping_address"):
+        _address(v, "profile.shipping_address", profile.shipping_address, attributes)
+    if profile.HasField("custom_fields"):
+        custom = json_format.MessageToDict(profile.custom_fields)
+        if len(custom) > MAX_CUSTOM_FIELDS:
+            v.append(Violation("profile.custom_fields", f"at most {MAX_CUSTOM_FIELDS} custom fields"))
+        for key, value in custom.items():
+            if isinstance(value, (dict, list)):
+                v.append(Violation(f"profile.custom_fields.{key}", "must be a string, number, boolean or null"))
+            elif isinstance(value, str):
+                _check_len(v, f"profile.custom_fields.{key}", value)
+            attributes[f"custom.{key}"] = value
+
+    email_consent = sms_consent = None
+    if request.HasField("consent"):
+        email_consent = _consent(v, "consent.email", request.consent.email, "email")
+        sms_consent = _consent(v, "consent.sms", request.consent.sms, "sms")
+        if sms_consent is not None and sms_consent.status == "subscribed" and not identity.mobile_number:
+            v.append(Violation("consent.sms.status", "SMS opt-in requires identity.mobile_number"))
+        if sms_consent is not None and sms_consent.records and not identity.mobile_number:
+            v.append(Violation("consent.sms.records", "SMS consent records require identity.mobile_number"))
+        total = len(email_consent.records if email_consent else ()) + len(sms_consent.records if sms_consent else ())
+        if total > MAX_CONSENT_RECORDS:
+            v.append(Violation("consent", f"at most {MAX_CONSENT_RECORDS} consent records per request (Dotdigital limit)"))
+
+    lists: dict[str, bool] = {}
+    if len(request.lists) > MAX_LISTS:
+        v.append(Violation("lists", f"at most {MAX_LISTS} list memberships"))
+    for i, membership in enumerate(request.lists):
+        if not membership.list_key:
+            v.append(Violation(f"lists[{i}].list_key", "required"))
+        elif store is not None and membership.list_key not in store.lists:
+            v.append(Violation(f"lists[{i}].list_key", f"unknown list {membership.list_key!r} for store {store.key!r}"))
+        else:
+            lists[membership.list_key] = membership.member
+
+    preferences: dict[str, bool] = {}
+    for i, choice in enumerate(request.preferences):
+        if not choice.preference_key:
+            v.append(Violation(f"preferences[{i}].preference_key", "required"))
+        elif store is not None and choice.preference_key not in store.preferences:
+            v.append(Violation(f"preferences[{i}].preference_key",
+                               f"unknown preference {choice.preference_key!r} for store {store.key!r}"))
+        else:
+            preferences[choice.preference_key] = choice.opted_in
+
+    src = request.source
+    if src.version < 0:
+        v.append(Violation("source.version", "must not be negative"))
+    for name in ("resource_type", "resource_id"):
+        _check_len(v, f"source.{name}", getattr(src, name), 200)
+    source = SourceStamp(
+        resource_type=src.resource_type or None,
+        resource_id=src.resource_id or None,
+        version=src.version or None,
+        modified_at=_timestamp(v, "source.modified_at", src.modified_at) if src.HasField("modified_at") else None,
+    )
+
+    if v:
+        raise InvalidRequest(v)
+    return ContactInput(
+        store_key=request.store_key,
+        identity=identity,
+        attributes=attributes,
+        email_consent=email_consent,
+        sms_consent=sms_consent,
+        lists=lists,
+        source=source,
+        preferences=preferences,
+    )
+
+
+MAX_EVENT_BYTES = 1024 * 1024
+
+
+def _integral_floats_to_int(value: Any) -> Any:
+    """google.protobuf.Struct carries every number as a double; give whole numbers back their int type
+    (commercetools money amounts and quantities are integers)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_to_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_to_int(v) for v in value]
+    return value
+
+
+def _struct(value) -> dict[str, Any]:
+    return json_format.MessageToDict(value) if value.fields else {}
+
+
+def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_key: str) -> BehaviouralEventInput:
+    """Validate a typed behavioural event; return a ``BehaviouralEventInput`` or raise InvalidRequest."""
+    event = _behavioural_event(msg, build=True)
+    assert event is not None
+    return event
+
+
+def check_behavioural_event(msg: pb.BehaviouralEvent) -> str:
+    """Validate a typed behavioural event exactly as :func:`parse_behavioural_event` does, without building
+    the domain event (a queued event is stored as received and parsed when it is applied): its event id,
+    or InvalidRequest. Building costs about a third of parsing, and queued ingest does little else."""
+    _behavioural_event(msg, build=False)
+    return msg.event_id.strip()
+
+
+def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool) -> BehaviouralEventInput | None:
+    v: list[Violation] = []
+    event_id = msg.event_id
+    if not event_id.strip():
+        v.append(Violation("behavioural_event.event_id", "required (it is the deduplication key)"))
+    _check_len(v, "behavioural_event.event_id", event_id, 200)
+    identity = _identity_values(v, "behavioural_event.identity", msg.identity)
+    kind = msg.WhichOneof("kind")
+    data: dict[str, Any] = {}
+    occurred: datetime | None = None
+    when = ""  # YYYY-MM-DDTHH:MM:SSZ
+    if msg.HasField("occurred_at"):
+        if build or kind == "cart_updated":
+            occurred, when = _timestamp_and_text(v, "behavioural_event.occurred_at", msg.occurred_at)
+        else:
+            _check_timestamp(v, "behavioural_event.occurred_at", msg.occurred_at)
+    if kind is None:
+        v.append(Violation("behavioural_event.kind", "one of product_viewed, cart_updated, custom_event is required"))
+    elif kind == "product_viewed":
+        pv = msg.product_viewed
+        if not pv.product_id:
+            v.append(Violation("behavioural_event.product_viewed.product_id", "required"))
+        if build:
+            data = {"productId": pv.product_id, "sku": pv.sku, "lastViewedAt": when,
+                    "properties": _struct(pv.properties)}
+    elif kind == "cart_updated":
+        cu = msg.cart_updated
+        if not cu.cart_id:
+            v.append(Violation("behavioural_event.cart_updated.cart_id", "required"))
+        cart = _integral_floats_to_int(json_format.MessageToDict(cu.cart))
+        try:  # (also when only checking: this is what tells whether the cart is a commercetools Cart)
+            data = cart_record(cu.cart_id, cart, locale=msg.locale or None, currency=msg.currency or None,
+                               modified_at=when)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            v.append(Violation("behavioural_event.cart_updated.cart", f"not a commercetools Cart: {exc}"))
+        data["cartVersion"] = cu.cart_version or None
+    else:
+        ce = msg.custom_event
+        if not ce.name:
+            v.append(Violation("behavioural_event.custom_event.name", "required"))
+        _check_len(v, "behavioural_event.custom_event.name", ce.name, 100)
+        if build:
+            data = {"name": ce.name, "occurredAt": when, "properties": _struct(ce.properties)}
+    if msg.ByteSize() > MAX_EVENT_BYTES:
+        v.append(Violation("behavioural_event", f"larger than {MAX_EVENT_BYTES} bytes"))
+    if v:
+        raise InvalidRequest(v)
+    if not build:
+        return None
+    customer_id, email, mobile_number, anonymous_id = identity
+    return BehaviouralEventInput(
+        event_id=event_id.strip(), kind=kind, occurred_at=occurred, locale=msg.locale or None,
+        currency=msg.currency or None, data=data,
+        identity=Identity(customer_id=customer_id, email=email, mobile_number=mobile_number, anonymous_id=anonymous_id),
+    )

@@ -1,0 +1,321 @@
+"""The gRPC layer: SyncService servicer, error mapping and the grpc.aio server.
+
+Errors carry google.rpc rich details in trailing metadata (grpcio-status). They are sent with
+``context.abort(code, details, trailing_metadata)`` rather than ``abort_with_status`` so OpenTelemetry's
+aio interceptor records the real status code (engineering notes §2.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Iterable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from opentelemetry.trace import SpanKind
+
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
+from ctdd.api.convert import InvalidRequest, Violation, parse_sync_contact
+from ctdd.config import Settings
+from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
+from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError
+from ctdd.ingest.inbox import InboxWriter, QueuedEvent, prepare_request, queued_event
+from ctdd.hooks.manager import PluginConflict
+from ctdd.telemetry import start_span
+from ctdd.db.transactions import TransactionRunner
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SyncService"].full_name
+#: hard transport limit; the per-request business limit (settings.max_request_bytes) is checked in
+#: api_convert so that oversized requests get INVALID_ARGUMENT with a field violation
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_BATCH_EVENTS = 500
+_OUTCOMES = {
+    "applied": pb.EVENT_OUTCOME_APPLIED,
+    "duplicate": pb.EVENT_OUTCOME_DUPLICATE,
+    "stale": pb.EVENT_OUTCOME_STALE,
+    "ignored": pb.EVENT_OUTCOME_IGNORED,
+}
+#: the answers to a queued event (shared: a response is only read, by the serializer or a copy)
+_QUEUED = pb.TrackEventResponse(queued=True)
+_DUPLICATE = pb.TrackEventResponse(duplicate=True)
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: int, message: str, details: Iterable[object] = ()) -> None:
+    packed = []
+    for detail in details:
+        any_msg = any_pb2.Any()
+        any_msg.Pack(detail)
+        packed.append(any_msg)
+    status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def bad_request(violations: Iterable[Violation]) -> error_details_pb2.BadRequest:
+    return error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in violations
+        ]
+    )
+
+
+class SyncServicer(pb_grpc.SyncServiceServicer):
+    def __init__(self, settings: Settings, contact_sync: ContactSync, transactions: TransactionRunner,
+                 on_enqueued=None, events: EventProcessor | None = None, inbox: InboxWriter | None = None,
+                 on_queued=None):
+        self.settings = settings
+        self.events = events
+        self.inbox = inbox
+        self.on_queued = on_queued or (lambda: None)
+        self.contact_sync = contact_sync
+        self.transactions = transactions
+        self.on_enqueued = on_enqueued or (lambda: None)
+
+    async def SyncContact(self, request: pb.SyncContactRequest, context: grpc.aio.ServicerContext):
+        with start_span(
+            "SyncContact", kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": "SyncContact",
+                        "ctdd.store_key": request.store_key},
+        ) as span:
+            response = await self._sync_contact(request, context)
+            if response is not None:
+                span.set_attribute("ctdd.changed", response.changed)
+                span.set_attribute("ctdd.created", response.created)
+            return response
+
+    async def _sync_contact(self, request: pb.SyncContactRequest, context: grpc.aio.ServicerContext):
+        source = request.source
+        try:
+            contact = parse_sync_contact(request, self.settings)
+        except InvalidRequest as exc:
+            await asyncio.to_thread(
+                log_rejected, self.contact_sync.engine, operation="SyncContact", reason=str(exc),
+                store_key=request.store_key or None, record_type=source.resource_type or None,
+                record_id=source.resource_id or None, record_version=source.version or None,
+                violations=[{"field": v.field, "description": v.description} for v in exc.violations],
+            )
+            await _abort(context, code_pb2.INVALID_ARGUMENT, "invalid SyncContactRequest", [bad_request(exc.violations)])
+            return
+        try:
+            unit = self.contact_sync.prepare(contact)
+            result = await self.transactions.run(unit)
+        except NewContactNeedsAddress:
+            reason = "new contact needs an email address or a mobile number (no identifier matched a known contact)"
+            await asyncio.to_thread(
+                log_rejected, self.contact_sync.engine, operation="SyncContact", reason=reason,
+                store_key=request.store_key, record_type=source.resource_type or None,
+                record_id=source.resource_id or None, record_version=source.version or None,
+            )
+            await _abort(
+                context, code_pb2.FAILED_PRECONDITION, reason,
+                [error_details_pb2.PreconditionFailure(violations=[
+                    error_details_pb2.PreconditionFailure.Violation(type="IDENTITY", subject="identity", description=reason)
+                ])],
+            )
+            return
+        except PluginConflict as exc:
+            log.error("plugin conflict for store %s: %s", request.store_key, exc)
+            await _abort(context, code_pb2.FAILED_PRECONDITION, f"plugin configuration error: {exc}")
+            return
+        if result.outbox_message_ids:
+            self.on_enqueued()
+        return pb.SyncContactResponse(
+            contact_id=str(result.contact_id),
+            dotdigital_contact_id=result.dotdigital_contact_id or 0,
+            changed=result.changed,
+            outbox_message_ids=result.outbox_message_ids,
+            stale_fields=result.stale_fields,
+            created=result.created,
+            conflicts=[
+                pb.IdentityConflict(kind=c.kind, owner_contact_id=str(c.owner_contact_id), rule=c.rule)
+                for c in result.conflicts
+            ],
+            suppression_reasons=result.suppression_reasons,
+            withheld_fields=result.withheld_fields,
+        )
+
+    # -- TrackEvent -----------------------------------------------------------------------------
+    async def _apply(self, request: pb.TrackEventRequest) -> pb.TrackEventResponse:
+        """Apply one event now; raises InvalidRequest / InvalidEvent (poison) or RetryableEventError."""
+        if self.events is None:
+            raise RetryableEventError("event processing is not configured")
+        steps = await prepare_request(self.events, self.settings, request)
+        outcomes = [await self.events.finish(step) for step in steps]
+        return self._response(outcomes)
+
+    def _response(self, outcomes: list[NotificationOutcome], *, queued: bool = False) -> pb.TrackEventResponse:
+        ids = [mid for o in outcomes for mid in o.outbox_message_ids]
+        if ids:
+            self.on_enqueued()
+        return pb.TrackEventResponse(
+            outbox_message_ids=ids,
+            duplicate=bool(outcomes) and all(o.outcome == "duplicate" for o in outcomes),
+            stale=bool(outcomes) and all(o.outcome == "stale" for o in outcomes),
+            queued=queued,
+            notifications=[
+                pb.NotificationResult(
+                    dedupe_key=o.dedupe_key, resource_type=o.resource_type, resource_id=o.resource_id,
+                    message_type=o.message_type, outcome=_OUTCOMES[o.outcome], reason=o.reason,
+                    contact_id=str(o.contact_id) if o.contact_id is not None else "",
+                    outbox_message_ids=o.outbox_message_ids,
+                )
+                for o in outcomes
+            ],
+        )
+
+    async def _queue(self, requests: list[pb.TrackEventRequest]) -> list[pb.TrackEventResponse | Exception]:
+        """Validate queued events and store the valid ones in the inbox with one write.
+
+        Per request: its response, or the InvalidRequest / InvalidEvent it raised.
+        """
+        if self.events is None or self.inbox is None:
+            return [RetryableEventError("event processing is not configured")] * len(requests)
+        results: list[pb.TrackEventResponse | Exception | None] = []
+        to_store: list[tuple[int, QueuedEvent]] = []
+        for request in requests:
+            try:
+                checked = queued_event(self.events, self.settings, request)
+            except (InvalidRequest, InvalidEvent) as exc:
+                results.append(exc)
+                continue
+            if isinstance(checked, NotificationOutcome):
+                results.append(self._response([checked]))
+                continue
+            to_store.append((len(results), checked))
+            results.append(None)
+        if to_store:
+            stored = await self.inbox.add([q for _, q in to_store])
+            for (index, _), fresh in zip(to_store, stored):
+                results[index] = _QUEUED if fresh else _DUPLICATE
+            if any(stored):
+                self.on_queued()
+        return results  # type: ignore[return-value]
+
+    async def _track(self, request: pb.TrackEventRequest) -> pb.TrackEventResponse:
+        if request.processing == pb.PROCESSING_QUEUED:
+            result = (await self._queue([request]))[0]
+            if isinstance(result, Exception):
+                raise result
+            return result
+        return await self._apply(request)
+
+    async def _log_rejected_event(self, request: pb.TrackEventRequest, reason: str, violations=None) -> None:
+        await asyncio.to_thread(
+            log_rejected, self.contact_sync.engine, operation="TrackEvent", reason=reason,
+            store_key=request.store_key or None, record_type=request.WhichOneof("payload"),
+            violations=violations,
+        )
+
+    async def TrackEvent(self, request: pb.TrackEventRequest, context: grpc.aio.ServicerContext):
+        with start_span(
+            "TrackEvent", kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": "TrackEvent",
+                        "ctdd.store_key": request.store_key},
+        ):
+            try:
+                return await self._track(request)
+            except InvalidRequest as exc:
+                await self._log_rejected_event(request, str(exc), [{"field": v.field, "description": v.description}
+                                                                  for v in exc.violations])
+                await _abort(context, code_pb2.INVALID_ARGUMENT, "invalid TrackEventRequest",
+                             [bad_request(exc.violations)])
+            except InvalidEvent as exc:
+                await self._log_rejected_event(request, str(exc))
+                field, _, description = str(exc).partition(": ")
+                await _abort(context, code_pb2.INVALID_ARGUMENT, str(exc),
+                             [bad_request([Violation(field, description or str(exc))])])
+            except RetryableEventError as exc:
+                log.warning("TrackEvent for store %s not processed now: %s", request.store_key, exc)
+                await _abort(context, code_pb2.UNAVAILABLE, f"not processed, retry later: {exc}")
+            except Exception as exc:  # a bug: nothing was committed; the caller may retry
+                log.exception("TrackEvent for store %s failed", request.store_key)
+                await _abort(context, code_pb2.INTERNAL, f"internal error ({type(exc).__name__}); nothing was written")
+
+    async def TrackEventBatch(self, request: pb.TrackEventBatchRequest, context: grpc.aio.ServicerContext):
+        if len(request.events) > MAX_BATCH_EVENTS:
+            await _abort(context, code_pb2.INVALID_ARGUMENT, "too many events",
+                         [bad_request([Violation("events", f"at most {MAX_BATCH_EVENTS} events per batch")])])
+            return
+        results: list[pb.TrackEventResult | None] = [None] * len(request.events)
+        queued = [(i, e) for i, e in enumerate(request.events) if e.processing == pb.PROCESSING_QUEUED]
+        if queued:
+            # The queued events of a batch are validated one by one and stored with one write.
+            try:
+                queued_outcomes = await self._queue([e for _, e in queued])
+            except Exception as exc:  # the inbox write failed: nothing of them was stored
+                queued_outcomes = [exc] * len(queued)
+            for (index, event), outcome in zip(queued, queued_outcomes):
+                results[index] = await self._batch_result(index, event, outcome)
+        for index in [i for i, result in enumerate(results) if result is None]:
+            event = request.events[index]
+            try:
+                outcome: pb.TrackEventResponse | Exception = await self._apply(event)
+            except Exception as exc:  # mapped to the event's result below
+                outcome = exc
+            results[index] = await self._batch_result(index, event, outcome)
+        return pb.TrackEventBatchResponse(results=results)
+
+    async def _batch_result(self, index: int, event: pb.TrackEventRequest,
+                            outcome: pb.TrackEventResponse | Exception) -> pb.TrackEventResult:
+        if isinstance(outcome, pb.TrackEventResponse):
+            return pb.TrackEventResult(index=index, code=code_pb2.OK, response=outcome)
+        if isinstance(outcome, InvalidRequest):
+            await self._log_rejected_event(event, str(outcome), [{"field": v.field, "description": v.description}
+                                                                for v in outcome.violations])
+            return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT, message=str(outcome))
+        if isinstance(outcome, InvalidEvent):
+            await self._log_rejected_event(event, str(outcome))
+            return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT, message=str(outcome))
+        if isinstance(outcome, RetryableEventError):
+            return pb.TrackEventResult(index=index, code=code_pb2.UNAVAILABLE, message=str(outcome), retryable=True)
+        # a bug: report it for this event only, the adapter retries it later
+        log.error("TrackEventBatch: event %d failed", index, exc_info=outcome)
+        return pb.TrackEventResult(index=index, code=code_pb2.INTERNAL, message=type(outcome).__name__,
+                                   retryable=True)
+
+    async def ExportCatalog(self, request, context):
+        await _abort(context, code_pb2.UNIMPLEMENTED, "ExportCatalog is not implemented yet")
+
+
+class GrpcServer:
+    """grpc.aio server with SyncService, health checking and reflection."""
+
+    def __init__(self, servicer: SyncServicer, listen: str):
+        self.listen = listen
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_SyncServiceServicer_to_server(servicer, self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(self.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {self.listen}")
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def begin_shutdown(self) -> None:
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)

@@ -1,0 +1,1 @@
+"""Back-sync: changes made in Dotdigital (opt-outs) written back to commercetools."""

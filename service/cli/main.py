@@ -1,0 +1,262 @@
+"""The ``ctdd`` command line.
+
+    ctdd serve [--sandbox] [--config FILE] [--listen HOST:PORT] [--database-url URL]
+    ctdd worker [--config FILE] [--database-url URL] [--grace S]
+    ctdd db upgrade [--config FILE] [--database-url URL]
+    ctdd sandbox [--port N]
+    ctdd adapter sqs|pubsub-push ...            (service/adapters/cli.py)
+    ctdd commercetools subscriptions apply ...  (service/adapters/cli.py)
+    ctdd backfill customers|orders --store KEY  (service/adapters/cli.py)
+    ctdd dotdigital setup [--dry-run] [--account NAME]        (service/provisioning.py)
+    ctdd backsync run-once [--store KEY | --account NAME]     (service/backsync.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import replace
+
+from ctdd.config import AccountConfig, ConfigError, Settings, StoreConfig, load_settings
+
+log = logging.getLogger("ctdd")
+
+SANDBOX_ACCOUNT = "sandbox"
+SANDBOX_STORE = "default"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would repeat URLs with emails
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def _load(args) -> Settings:
+    overrides = {"listen": getattr(args, "listen", None), "database_url": getattr(args, "database_url", None)}
+    return load_settings(args.config, overrides=overrides)
+
+
+def with_sandbox(settings: Settings, sandbox) -> Settings:
+    """Point every account at the sandbox; add a sandbox account and a ``default`` store if none exist."""
+    accounts = {
+        name: replace(acc, api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url)
+        for name, acc in settings.accounts.items()
+    }
+    if not accounts:
+        accounts[SANDBOX_ACCOUNT] = AccountConfig(
+            name=SANDBOX_ACCOUNT, api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url
+        )
+    stores = dict(settings.stores)
+    if not stores:
+        stores[SANDBOX_STORE] = StoreConfig(
+            key=SANDBOX_STORE, account=next(iter(accounts)), lists={"customers": 1, "newsletter": 2, "sms": 3}
+        )
+    provision_sandbox(sandbox, stores.values())
+    return replace(settings, accounts=accounts, stores=stores)
+
+
+def provision_sandbox(sandbox, stores) -> None:
+    """Create the data fields the stores map to, and the lists they name (what ``ctdd dotdigital setup``
+    does against a real account)."""
+    from ctdd.config import data_field_type
+
+    for store in stores:
+        for name in store.data_fields.values():
+            sandbox.add_data_field(name, data_field_type(name))
+        for name in store.list_names.values():
+            if not any(b["name"].strip().casefold() == name.strip().casefold() for b in sandbox.address_books):
+                sandbox.add_address_book(name.strip())
+
+
+async def _serve(args) -> int:
+    from ctdd.runtime.app import App
+    from ctdd.runtime.process_tuning import freeze_startup_heap
+    from ctdd.telemetry import configure_telemetry, shutdown_telemetry
+
+    configure_telemetry()
+    sandbox = None
+    if args.sandbox:
+        from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
+
+        sandbox = DotdigitalSandbox(port=args.sandbox_port).start()
+        log.warning("SANDBOX MODE: Dotdigital calls go to the local sandbox at %s, not to Dotdigital", sandbox.base_url)
+    try:
+        settings = _load(args) if not args.sandbox else with_sandbox(_load_without_credentials(args), sandbox)
+        if not settings.accounts or not settings.stores:
+            raise ConfigError(
+                "no Dotdigital account or store configured: pass --config FILE (see README, Configuration) "
+                "or run with --sandbox to try the service against the bundled Dotdigital sandbox"
+            )
+        # Handlers first: a SIGTERM during start-up (a supervisor scaling down) ends the process cleanly
+        # once it has started, rather than killing it half-way.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        app = App(settings, run_dispatcher=not args.no_dispatcher)
+        await app.start()
+        freeze_startup_heap()
+        print(f"ctdd-sync serving on {settings.listen} (port {app.port})", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+        await app.stop(grace=args.grace)
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+        shutdown_telemetry()
+    return 0
+
+
+def _load_without_credentials(args) -> Settings:
+    """In sandbox mode accounts may lack credentials: the sandbox's are filled in."""
+    env = dict(os.environ)
+    raw_settings = None
+    try:
+        raw_settings = load_settings(args.config, env=env, overrides={"listen": args.listen, "database_url": args.database_url})
+    except ConfigError as exc:
+        if "credentials missing" not in str(exc):
+            raise
+        import tomllib
+        from pathlib import Path
+
+        raw = tomllib.loads(Path(args.config or env["CTDD_CONFIG"]).read_text())
+        for name in raw.get("accounts", {}):
+            key = name.upper().replace("-", "_")
+            env.setdefault(f"CTDD_ACCOUNT_{key}_API_USER", "sandbox")
+            env.setdefault(f"CTDD_ACCOUNT_{key}_PASSWORD", "sandbox")
+        raw_settings = load_settings(args.config, env=env, overrides={"listen": args.listen, "database_url": args.database_url})
+    return raw_settings
+
+
+def _db_upgrade(args) -> int:
+    from ctdd.db.engine import create_db_engine, upgrade_database
+
+    settings = _load_without_credentials(args)
+    engine = create_db_engine(settings.database_url)
+    upgrade_database(engine)
+    print(f"database upgraded: {engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+async def _worker(args) -> int:
+    from ctdd.runtime.process_tuning import freeze_startup_heap
+    from ctdd.telemetry import configure_telemetry, shutdown_telemetry
+    from ctdd.runtime.worker import DispatcherAlreadyRunning, run_worker
+
+    configure_telemetry()
+    try:
+        settings = _load(args)
+        if not settings.accounts:
+            raise ConfigError("no Dotdigital account configured: pass --config FILE (see README, Configuration)")
+        return await run_worker(settings, grace=args.grace, ready=freeze_startup_heap)
+    except DispatcherAlreadyRunning as exc:
+        print(f"ctdd worker: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        shutdown_telemetry()
+
+
+async def _dotdigital_setup(args) -> int:
+    from ctdd.dotdigital.provisioning import cli_setup
+
+    return await cli_setup(args)
+
+
+async def _backsync_run_once(args) -> int:
+    from ctdd.backsync.feeds import cli_run_once
+
+    return await cli_run_once(args)
+
+
+def _sandbox(args) -> int:
+    from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
+
+    with DotdigitalSandbox(port=args.port) as sandbox:
+        print(f"Dotdigital sandbox on {sandbox.base_url} (API user {sandbox.api_user})", flush=True)
+        try:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctdd", description="commercetools <-> Dotdigital sync service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--config", default=None, help="TOML configuration file (env CTDD_CONFIG)")
+        p.add_argument("--database-url", default=None, help="SQLAlchemy URL (env CTDD_DATABASE_URL)")
+
+    serve = sub.add_parser("serve", help="run the gRPC service and the outbox dispatcher")
+    common(serve)
+    serve.add_argument("--listen", default=None, help="HOST:PORT (env CTDD_LISTEN, default 127.0.0.1:50051)")
+    serve.add_argument("--sandbox", action="store_true", help="send to the bundled Dotdigital sandbox on loopback")
+    serve.add_argument("--sandbox-port", type=int, default=0, help="port of the sandbox (default: any free port)")
+    serve.add_argument("--no-dispatcher", action="store_true",
+                       help="accept RPCs only: no delivery and no processing of queued events (a `ctdd worker` does both)")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain RPCs and deliveries on shutdown")
+    serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
+
+    worker = sub.add_parser("worker", help="run an outbox dispatcher without the gRPC server (scale-out)")
+    common(worker)
+    worker.add_argument("--grace", type=float, default=10.0, help="seconds to drain deliveries on shutdown")
+    worker.set_defaults(func=lambda a: asyncio.run(_worker(a)), listen=None)
+
+    db = sub.add_parser("db", help="database maintenance")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply the Alembic migrations")
+    common(up)
+    up.set_defaults(func=_db_upgrade, listen=None)
+
+    sb = sub.add_parser("sandbox", help="run the Dotdigital sandbox on its own")
+    sb.add_argument("--port", type=int, default=0)
+    sb.set_defaults(func=_sandbox)
+
+    dd = sub.add_parser("dotdigital", help="Dotdigital account set-up")
+    ddsub = dd.add_subparsers(dest="dotdigital_command", required=True)
+    setup = ddsub.add_parser("setup", help="create the data fields, lists and insight collections the stores need")
+    common(setup)
+    setup.add_argument("--dry-run", action="store_true", help="print the plan (create/exists per item), write nothing")
+    setup.add_argument("--account", default=None, help="only this [accounts.<name>] (default: every account)")
+    setup.set_defaults(func=lambda a: asyncio.run(_dotdigital_setup(a)), listen=None)
+
+    bs = sub.add_parser("backsync", help="Dotdigital opt-outs -> commercetools")
+    bssub = bs.add_subparsers(dest="backsync_command", required=True)
+    once = bssub.add_parser("run-once", help="poll the Dotdigital opt-out feeds once and write to commercetools")
+    common(once)
+    scope = once.add_mutually_exclusive_group()
+    scope.add_argument("--store", default=None, help="poll the account of this store")
+    scope.add_argument("--account", default=None, help="poll this account (default: every account)")
+    once.set_defaults(func=lambda a: asyncio.run(_backsync_run_once(a)), listen=None)
+
+    from ctdd.cli.adapters import register as register_integrations  # adapter, commercetools, backfill
+
+    register_integrations(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(os.environ.get("CTDD_LOG_LEVEL", "INFO"))
+    from ctdd.runtime.worker import DispatcherAlreadyRunning
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"ctdd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DispatcherAlreadyRunning as exc:
+        print(f"ctdd: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,599 @@
+"""The dispatcher: claims partition heads from the outbox and delivers them to Dotdigital.
+
+- Concurrency: up to ``dispatcher.concurrency`` single deliveries at once, each of a different partition,
+  plus up to ``bulk_max_active_imports`` bulk imports.
+- Adaptive batching: while the backlog of due messages is below ``bulk_backlog_threshold`` every message
+  is sent on its own (``PATCH``/``PUT``: lowest latency). Above it, the dispatcher claims up to
+  ``bulk_max_batch`` partition heads of the kinds that have a bulk handler (``ctdd.delivery.bulk``) and sends
+  them as one bulk import per account and kind (at most one head per partition, so order holds), polls
+  the import, and settles each message from the per-record report. Pending contact upserts queued behind
+  a head are coalesced into it when claimed in bulk mode (``coalesce``).
+- Retries: retryable failures (5xx, 408/425/429, throttling, transport errors) go back to ``pending`` with
+  capped exponential backoff and jitter, at least as long as Retry-After / X-RateLimit-Reset asks; other
+  4xx are dead-lettered at once with the response code and reason kept.
+- Rate limits: every call of an account goes through the account's :class:`~ctdd.delivery.rate_budget.RateBudget`,
+  which paces calls when the remaining budget runs low and pauses the whole account after a throttle.
+  Paused accounts are not claimed for.
+- Several processes: on PostgreSQL any number of dispatchers (``ctdd worker``, ``ctdd serve``) share the
+  outbox: claims use ``FOR UPDATE SKIP LOCKED``, every dispatcher extends the leases of what it holds
+  (heartbeat) and rescues the expired leases of dead ones, and it LISTENs for the NOTIFY of every enqueue
+  so an idle dispatcher wakes at once. On SQLite one dispatcher runs per database file.
+- Crash safety: a message is leased while in flight; a dead worker's leases expire and are rescued.
+  The effect of re-delivering an upsert is the same as delivering it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import replace
+from typing import Mapping
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from ctdd.delivery import outbox
+from ctdd.delivery.bulk import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
+from ctdd.config import AccountConfig, DispatcherConfig, Settings
+from ctdd.delivery.handlers import HANDLERS, DeliveryContext
+from ctdd.db.engine import is_sqlite, utcnow
+from ctdd.db.models import Contact
+from ctdd.dotdigital.client import DotdigitalClient
+from ctdd.dotdigital.errors import DotdigitalError
+from ctdd.db.listen import OutboxListener
+from ctdd.hooks.manager import DeliveryOutcome, HookContext, Hooks
+from ctdd.delivery.rate_budget import BudgetTransport, RateBudget
+from ctdd.telemetry import attempts_counter, delivery_duration, links_from_carrier, start_span
+
+log = logging.getLogger(__name__)
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class DotdigitalClients:
+    """One client per configured Dotdigital account, created lazily, each paced by ``budget``."""
+
+    def __init__(self, accounts: Mapping[str, AccountConfig], *, budget: RateBudget | None = None, **client_kwargs):
+        self._accounts = accounts
+        self._clients: dict[str, DotdigitalClient] = {}
+        self._kwargs = client_kwargs
+        self.budget = budget or RateBudget()
+
+    def get(self, account: str) -> DotdigitalClient:
+        client = self._clients.get(account)
+        if client is None:
+            cfg = self._accounts[account]
+            kwargs = dict(self._kwargs)
+            kwargs.setdefault("transport", BudgetTransport(self.budget, account))
+            client = DotdigitalClient(
+                api_user=cfg.api_user, password=cfg.password, base_url=cfg.base_url, region=cfg.region,
+                discover_endpoint=cfg.discover_endpoint, timeout=cfg.timeout_seconds, **kwargs,
+            )
+            self._clients[account] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+_UNSET = object()
+
+
+class _NotStarted(Exception):
+    """A message claimed ahead whose call had not begun when the dispatcher began to stop."""
+
+
+class _Settler:
+    """Records the outcomes of single deliveries in shared transactions (one commit, one fsync, for all
+    the outcomes that are waiting), and answers each after the commit whether its lease was still held."""
+
+    def __init__(self, engine: Engine, worker_id: str, interval: float = 0.0):
+        self.engine = engine
+        self.worker_id = worker_id
+        self.interval = interval
+        self._queue: list[tuple[outbox.Outcome, asyncio.Future]] = []
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+
+    async def submit(self, outcome: outbox.Outcome) -> bool:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="outbox-settler")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((outcome, future))
+        self._kick.set()
+        return await future
+
+    async def _loop(self) -> None:
+        last = 0.0
+        while True:
+            if not self._queue:
+                self._kick.clear()
+                await self._kick.wait()
+                continue
+            # Under load, settle at most every `interval`: one transaction then carries the outcomes of that
+            # time (each settle costs the same handful of statements whatever its size).
+            wait = last + self.interval - time.monotonic()
+            if wait > 0 and len(self._queue) < 500:
+                await asyncio.sleep(wait)
+            last = time.monotonic()
+            batch, self._queue = self._queue[:500], self._queue[500:]
+            try:
+                owned = await asyncio.to_thread(outbox.settle, self.engine, [o for o, _ in batch],
+                                                worker=self.worker_id)
+                self.batches += 1
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for outcome, future in batch:
+                if not future.done():
+                    future.set_result(outcome.msg.id in owned)
+
+    async def close(self) -> None:
+        while self._queue and self._task is not None and not self._task.done():
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, settings: Settings, clients: DotdigitalClients, hooks: Hooks,
+                 *, worker_id: str | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.cfg: DispatcherConfig = settings.dispatcher
+        self.clients = clients
+        self.budget: RateBudget = clients.budget
+        self.budget.enabled = self.cfg.rate_pacing
+        self.budget.burst_fraction = self.cfg.rate_burst_fraction
+        self.budget.reserve = self.cfg.rate_reserve
+        self.hooks = hooks
+        self.worker_id = worker_id or make_worker_id()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task] = set()  # single deliveries (including those waiting for a slot)
+        self._bulk_tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(self.cfg.concurrency)
+        self._runner: asyncio.Task | None = None
+        self._heartbeat: asyncio.Task | None = None
+        self._listener: OutboxListener | None = None
+        self.import_timings = ImportTimings(self.cfg.bulk_poll_min_seconds, self.cfg.bulk_poll_max_seconds)
+        self._settler = _Settler(engine, self.worker_id, interval=self.cfg.settle_interval_seconds)
+        #: counters for observability and tests
+        self.stats: dict[str, int] = defaultdict(int)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self.run(), name="outbox-dispatcher")
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="outbox-heartbeat")
+        if self.cfg.listen_notify and self.engine.dialect.name == "postgresql":
+            self._listener = OutboxListener(self.engine, self.wake)
+            self._listener.start()
+
+    def wake(self) -> None:
+        """Tell the dispatcher new messages are waiting (an RPC committed, or a NOTIFY arrived)."""
+        self._wake.set()
+
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Stop claiming, let in-flight deliveries finish (up to ``drain_seconds``), release the rest."""
+        self._stopping = True
+        self._wake.set()
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._runner is not None:
+            await self._runner
+        work = self._tasks | self._bulk_tasks
+        if work:
+            done, pending = await asyncio.wait(work, timeout=drain_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self._settler.close()
+        released = await asyncio.to_thread(outbox.release_leases, self.engine, worker=self.worker_id)
+        if released:
+            log.info("released %d lease(s) on shutdown", released)
+
+    # -- leases ---------------------------------------------------------------------------------
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.cfg.heartbeat_seconds or max(0.2, self.cfg.lease_seconds / 3)
+
+    async def _heartbeat_loop(self) -> None:
+        """Keep the leases of everything this worker holds alive (a slow call or a long import must not
+        look like a dead worker to the others' rescuers)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            if not (self._tasks or self._bulk_tasks):
+                continue
+            try:
+                held = await asyncio.to_thread(outbox.heartbeat, self.engine, worker=self.worker_id,
+                                               lease_seconds=self.cfg.lease_seconds)
+                self.stats["heartbeats"] += 1
+                log.debug("heartbeat: %d lease(s) extended", held)
+            except Exception:
+                log.exception("lease heartbeat failed; retrying")
+
+    # -- main loop ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        last_rescue = 0.0
+        coalesce_bulk = self.cfg.coalesce in ("bulk", "always")
+        coalesce_single = self.cfg.coalesce == "always"
+        while not self._stopping:
+            progressed = False
+            try:
+                if time.monotonic() - last_rescue > max(1.0, self.cfg.lease_seconds / 4):
+                    # Every worker rescues: a dead worker's messages come back whoever notices first.
+                    await asyncio.to_thread(outbox.rescue_expired, self.engine)
+                    last_rescue = time.monotonic()
+                paused = self.budget.paused_accounts()
+                # One "now" for the backlog check and both claims: a message falling due in between
+                # waits for the next round's check rather than slipping into the single-call path.
+                now = utcnow()
+                bulk_mode = False
+                if self.cfg.batching and BULK_HANDLERS:
+                    backlog = await asyncio.to_thread(outbox.due_backlog, self.engine,
+                                                      cap=self.cfg.bulk_backlog_threshold, now=now)
+                    bulk_mode = backlog >= self.cfg.bulk_backlog_threshold
+                    if bulk_mode and len(self._bulk_tasks) < self.cfg.bulk_max_active_imports:
+                        claimed = await asyncio.to_thread(
+                            outbox.claim, self.engine, worker=self.worker_id, limit=self.cfg.bulk_max_batch,
+                            lease_seconds=self.cfg.lease_seconds, kinds=tuple(BULK_HANDLERS), now=now,
+                            accounts_excluded=paused, coalesce=coalesce_bulk,
+                        )
+                        progressed |= self._dispatch_bulk(self._without_orphans(claimed))
+                # Up to `concurrency` calls run at once; as many claimed messages again wait for a slot (or
+                # have called and wait for their outcome to be recorded), so a slot that frees up is
+                # refilled at once rather than after the next claim's round trip.
+                free = 2 * self.cfg.concurrency - len(self._tasks)
+                # Under load, refill in batches of at least half the concurrency: claiming each time one call
+                # ends would cost a claim (and a contact load) per message. With nothing in flight, claim at
+                # once whatever is due (latency).
+                refill = free >= max(1, self.cfg.concurrency // 2) or not self._tasks
+                # Under backlog, kinds that have a bulk import wait for the next import instead of going one
+                # by one next to it (each single call would cost as much as a whole import).
+                single_kinds = tuple(k for k in HANDLERS if k not in BULK_HANDLERS) if bulk_mode else None
+                if free > 0 and refill and single_kinds != ():
+                    claimed = await asyncio.to_thread(
+                        outbox.claim, self.engine, worker=self.worker_id, limit=min(free, self.cfg.batch_size),
+                        lease_seconds=self.cfg.lease_seconds, accounts_excluded=paused, coalesce=coalesce_single,
+                        now=now, kinds=single_kinds,
+                    )
+                    ready = self._without_orphans(claimed)
+                    contacts = await asyncio.to_thread(self._load_contacts,
+                                                       {m.contact_id for m in ready if m.contact_id is not None})
+                    for msg in ready:
+                        self._spawn_single(msg, contacts.get(msg.contact_id) if msg.contact_id is not None else None)
+                    progressed |= len(claimed) == min(free, self.cfg.batch_size)
+            except Exception:
+                log.exception("outbox claim failed; retrying shortly")
+                progressed = False
+            if progressed:
+                await asyncio.sleep(0)  # more may be waiting: claim again straight away
+                continue
+            if self._stopping:
+                break  # stop() may have set the wake-up while we were claiming
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.poll_interval_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    def _without_orphans(self, claimed: list[outbox.ClaimedMessage]) -> list[outbox.ClaimedMessage]:
+        """Messages a dead worker left in a running bulk import wait for that import to end first."""
+        orphans = [m for m in claimed if m.bulk_import_id]
+        if orphans:
+            task = asyncio.create_task(self._after_orphaned_imports(orphans), name="orphaned-imports")
+            self._bulk_tasks.add(task)
+            task.add_done_callback(self._task_done)
+        return [m for m in claimed if not m.bulk_import_id]
+
+    async def _after_orphaned_imports(self, msgs: list[outbox.ClaimedMessage]) -> None:
+        groups: dict[tuple[str, str, str], list[outbox.ClaimedMessage]] = defaultdict(list)
+        for msg in msgs:
+            groups[(msg.account, msg.kind, msg.bulk_import_id or "")].append(msg)
+        for (account, kind, import_id), group in groups.items():
+            bulk = BULK_HANDLERS.get(kind)
+            if bulk is None:
+                continue
+            log.warning("%d message(s) were in %s import %s of a worker that died; waiting for that import to end "
+                        "before sending them again", len(group), kind, import_id)
+            deadline = time.monotonic() + self.cfg.bulk_import_timeout_seconds
+            while time.monotonic() < deadline and not self._stopping:
+                try:
+                    if import_done(await bulk.status(self.clients.get(account), import_id)):
+                        break
+                except DotdigitalError as exc:
+                    if not exc.retryable:  # e.g. 404: Dotdigital no longer knows it
+                        break
+                except Exception:
+                    log.exception("polling orphaned import %s failed", import_id)
+                await asyncio.sleep(max(self.cfg.bulk_poll_min_seconds, 0.05))
+        if self._stopping:
+            return  # released on shutdown, import id kept
+        await asyncio.to_thread(outbox.record_import, self.engine, [m.id for m in msgs], None, worker=self.worker_id)
+        ready = [replace(m, bulk_import_id=None) for m in msgs]
+        if self.cfg.batching and len(ready) >= self.cfg.bulk_min_batch:
+            self._dispatch_bulk(ready)
+        else:
+            for msg in ready:
+                self._spawn_single(msg)
+
+    def _spawn_single(self, msg: outbox.ClaimedMessage, contact=_UNSET) -> None:
+        task = asyncio.create_task(self._deliver_guarded(msg, contact), name=f"deliver-{msg.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._bulk_tasks.discard(task)
+        self._wake.set()  # a finished head may unblock the next message of its partition
+
+    def _dispatch_bulk(self, claimed: list[outbox.ClaimedMessage]) -> bool:
+        """Group claimed heads into bulk imports; groups too small for an import go one by one."""
+        if not claimed:
+            return False
+        groups: dict[tuple, list[outbox.ClaimedMessage]] = defaultdict(list)
+        for msg in claimed:
+            bulk = BULK_HANDLERS[msg.kind]
+            groups[(msg.account, msg.kind, bulk.group_key(msg))].append(msg)
+        for (account, kind, _), msgs in groups.items():
+            if len(msgs) < self.cfg.bulk_min_batch:
+                for msg in msgs:
+                    self._spawn_single(msg)
+                continue
+            task = asyncio.create_task(self._deliver_bulk_guarded(account, kind, msgs), name=f"bulk-{kind}-{msgs[0].id}")
+            self._bulk_tasks.add(task)
+            task.add_done_callback(self._task_done)
+        return len(claimed) >= self.cfg.bulk_min_batch
+
+    async def _deliver_guarded(self, msg: outbox.ClaimedMessage, contact=_UNSET) -> None:
+        try:
+            await self.deliver(msg, contact)
+        except _NotStarted:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unexpected error delivering message %s", msg.id)
+
+    # -- single delivery ------------------------------------------------------------------------
+    async def deliver(self, msg: outbox.ClaimedMessage, contact=_UNSET) -> None:
+        """Deliver one message with its kind's single-record call. ``contact``: the message's contact if
+        the caller loaded it already (``None`` for none), else it is loaded here."""
+        started = utcnow()
+        paused = self.budget.paused_for(msg.account)
+        if paused > 0:
+            await self._settler.submit(outbox.Outcome(
+                msg, "retry", None, "account throttled; waiting for rate-limit reset", delay_seconds=paused,
+                count_attempt=False, started_at=started))
+            return
+        attempt = msg.attempts + 1
+        with start_span(
+            f"deliver {msg.kind}", kind=SpanKind.CONSUMER, links=_links(msg),
+            attributes={
+                "messaging.system": "ctdd-outbox", "messaging.operation.type": "process",
+                "messaging.message.id": str(msg.id), "messaging.destination.name": msg.account,
+                "ctdd.attempt": attempt, "ctdd.store_key": msg.store_key or "",
+            },
+        ) as span:
+            t0 = time.perf_counter()
+            outcome = await self._attempt(msg, started, attempt, span, contact)
+            attempts_counter.add(1, {"outcome": outcome, "kind": msg.kind})
+            delivery_duration.record(time.perf_counter() - t0, {"outcome": outcome, "kind": msg.kind})
+            self.stats[f"single_{outcome}"] += 1
+
+    async def _attempt(self, msg: outbox.ClaimedMessage, started, attempt: int, span, contact=_UNSET) -> str:
+        try:
+            handle = HANDLERS.get(msg.kind)
+            if handle is None:
+                raise ValueError(f"no delivery handler for outbox message kind {msg.kind!r}")
+            if contact is _UNSET:
+                contact = await asyncio.to_thread(self._load_contact, msg.contact_id)
+            elif contact is None and msg.contact_id is not None:
+                raise LookupError(f"contact {msg.contact_id} not found")
+            ctx = DeliveryContext(msg=msg, contact=contact, client=self.clients.get(msg.account), settings=self.settings)
+            async with self._slots:  # only the call itself holds one of the `concurrency` slots
+                if self._stopping:
+                    raise _NotStarted()  # claimed ahead but not begun: released on shutdown
+                result = await handle(ctx)
+        except _NotStarted:
+            raise
+        except DotdigitalError as exc:
+            span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
+            span.set_attribute("error.type", exc.code or type(exc).__name__)
+            if exc.status_code is not None:
+                span.set_attribute("http.response.status_code", exc.status_code)
+            return await self._failed(msg, started, attempt, reason=str(exc), status_code=exc.status_code,
+                                      retryable=exc.retryable, retry_after=exc.retry_after,
+                                      throttled=getattr(exc, "throttled", False))
+        except Exception as exc:  # a bug or an unexpected local failure: retry, never lose the message
+            log.exception("message %s: unexpected delivery error", msg.id)
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            return await self._failed(msg, started, attempt, reason=f"{type(exc).__name__}: {exc}", status_code=None,
+                                      retryable=not isinstance(exc, (ValueError, LookupError)), retry_after=None,
+                                      throttled=False)
+        span.set_attribute("http.response.status_code", result.status_code)
+        delivered = await self._settler.submit(outbox.Outcome(
+            msg, "delivered", result.status_code,
+            # only a contact id that is new to us is written (every contact upsert answers with one)
+            dotdigital_contact_id=(result.dotdigital_contact_id
+                                   if getattr(contact, "dotdigital_contact_id", None) != result.dotdigital_contact_id
+                                   else None),
+            started_at=started, channel_statuses=dict(result.channel_statuses or {}) or None))
+        if not delivered:
+            log.warning("message %s: lease lost before delivery was recorded", msg.id)
+        if delivered:
+            log.info("delivered message %s (%s, partition %s seq %s, attempt %d) -> HTTP %s", msg.id, msg.kind,
+                     msg.partition_key, msg.sequence, attempt, result.status_code)
+            self._notify(msg, "delivered", attempt, result.status_code, None)
+        return "delivered"
+
+    def _load_contact(self, contact_id: int | None) -> Contact | None:
+        if contact_id is None:
+            return None
+        contact = self._load_contacts({contact_id}).get(contact_id)
+        if contact is None:
+            raise LookupError(f"contact {contact_id} not found")
+        return contact
+
+    def _load_contacts(self, ids: set[int]) -> dict[int, Contact]:
+        if not ids:
+            return {}
+        # Ended by COMMIT rather than the ROLLBACK of a closing session: psycopg forgets its prepared statements
+        # at every ROLLBACK, and PostgreSQL would parse and plan the worker's statements anew each time.
+        with Session(self.engine) as session, session.begin():
+            rows = session.query(Contact).filter(Contact.id.in_(ids)).all()
+            for row in rows:
+                session.expunge(row)
+            return {row.id: row for row in rows}
+
+    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
+        delay = outbox.backoff_seconds(attempt, base=self.cfg.backoff_base_seconds, cap=self.cfg.backoff_cap_seconds)
+        return max(delay, retry_after) if retry_after is not None else delay
+
+    async def _failed(self, msg: outbox.ClaimedMessage, started, attempt: int, *, reason: str,
+                      status_code: int | None, retryable: bool, retry_after: float | None, throttled: bool) -> str:
+        if retryable and attempt < self.cfg.max_attempts:
+            delay = self._retry_delay(attempt, retry_after)
+            if throttled:
+                self.budget.pause(msg.account, delay)
+            await self._settler.submit(outbox.Outcome(msg, "retry", status_code, reason, delay_seconds=delay,
+                                                      started_at=started))
+            log.warning("message %s attempt %d failed (%s); retrying in %.2fs", msg.id, attempt, reason, delay)
+            self._notify(msg, "retry", attempt, status_code, reason)
+            return "retry"
+        if retryable:
+            reason = f"gave up after {attempt} attempts: {reason}"
+        await self._settler.submit(outbox.Outcome(msg, "dead", status_code, reason, started_at=started))
+        log.error("message %s dead-lettered (record %s/%s, HTTP %s): %s", msg.id, msg.record_type, msg.record_id,
+                  status_code, reason)
+        self._notify(msg, "dead", attempt, status_code, reason)
+        return "dead"
+
+    # -- bulk delivery --------------------------------------------------------------------------
+    async def _deliver_bulk_guarded(self, account: str, kind: str, msgs: list[outbox.ClaimedMessage]) -> None:
+        try:
+            await self.deliver_bulk(account, kind, msgs)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unexpected error delivering a bulk import of %d message(s)", len(msgs))
+
+    async def deliver_bulk(self, account: str, kind: str, msgs: list[outbox.ClaimedMessage]) -> None:
+        """Send ``msgs`` (heads of distinct partitions, one account, one kind) as bulk import(s)."""
+        bulk = BULK_HANDLERS[kind]
+        started = utcnow()
+        contacts = await asyncio.to_thread(self._load_contacts, {m.contact_id for m in msgs if m.contact_id})
+        links = [link for m in msgs[:64] for link in _links(m)]
+        with start_span(
+            f"deliver bulk {kind}", kind=SpanKind.CONSUMER, links=links,
+            attributes={"messaging.system": "ctdd-outbox", "messaging.operation.type": "process",
+                        "messaging.destination.name": account, "messaging.batch.message_count": len(msgs)},
+        ) as span:
+            t0 = time.perf_counter()
+            ctx = BulkContext(msgs=msgs, contacts=contacts, client=self.clients.get(account), settings=self.settings,
+                              timings=self.import_timings, timeout_seconds=self.cfg.bulk_import_timeout_seconds,
+                              max_bytes=self.cfg.bulk_max_bytes, on_started=self._import_started)
+            try:
+                results = await bulk.deliver(ctx)
+            except DotdigitalError as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
+                if exc.retryable:
+                    too_many_imports = (getattr(exc, "too_many_imports", False)
+                                        or "toomanyactiveimports" in (exc.code or "").casefold())
+                    if getattr(exc, "throttled", False) and not too_many_imports:
+                        self.budget.pause(account, self._retry_delay(1, exc.retry_after))
+                    results = {m.id: ItemResult.retry(str(exc), exc.status_code, exc.retry_after) for m in msgs}
+                else:
+                    # The whole request was refused: let each message find its own fate one by one.
+                    log.warning("bulk import of %d %s message(s) refused (%s); sending them one by one",
+                                len(msgs), kind, exc)
+                    results = {m.id: ItemResult.fallback(str(exc)) for m in msgs}
+            except Exception as exc:
+                log.exception("bulk import of %d %s message(s) failed", len(msgs), kind)
+                span.record_exception(exc)
+                results = {m.id: ItemResult.retry(f"{type(exc).__name__}: {exc}", None, None) for m in msgs}
+            outcomes: list[outbox.Outcome] = []
+            fallback: list[outbox.ClaimedMessage] = []
+            delays: dict[tuple, float] = {}  # one delay per (attempt, retry-after): a retried batch stays a batch
+            for msg in msgs:
+                res = results.get(msg.id) or ItemResult.fallback("not in the import report")
+                attempt = msg.attempts + 1
+                if res.outcome == "fallback":
+                    fallback.append(msg)
+                elif res.outcome == "delivered":
+                    outcomes.append(outbox.Outcome(msg, "delivered", res.status_code,
+                                                   dotdigital_contact_id=res.dotdigital_contact_id))
+                elif res.outcome == "retry" and attempt < self.cfg.max_attempts:
+                    delay = delays.setdefault((attempt, res.retry_after), self._retry_delay(attempt, res.retry_after))
+                    outcomes.append(outbox.Outcome(msg, "retry", res.status_code, res.error, delay_seconds=delay))
+                else:
+                    error = res.error if res.outcome == "dead" else f"gave up after {attempt} attempts: {res.error}"
+                    outcomes.append(outbox.Outcome(msg, "dead", res.status_code, error,
+                                                   dotdigital_contact_id=res.dotdigital_contact_id))
+            owned = await asyncio.to_thread(outbox.settle, self.engine, outcomes, worker=self.worker_id,
+                                            started_at=started)
+            elapsed = time.perf_counter() - t0
+            for o in outcomes:
+                if o.msg.id in owned:
+                    attempts_counter.add(1, {"outcome": o.outcome, "kind": kind})
+                    delivery_duration.record(elapsed, {"outcome": o.outcome, "kind": kind})
+                    self.stats[f"bulk_{o.outcome}"] += 1
+                    self._notify(o.msg, o.outcome, o.msg.attempts + 1, o.response_code, o.error)
+                    if o.outcome == "dead":
+                        log.error("message %s dead-lettered from bulk import (record %s/%s): %s", o.msg.id,
+                                  o.msg.record_type, o.msg.record_id, o.error)
+            span.set_attribute("ctdd.bulk.delivered", sum(o.outcome == "delivered" for o in outcomes))
+            span.set_attribute("ctdd.bulk.fallback", len(fallback))
+            log.info("bulk %s: %d message(s) of account %s -> %d delivered, %d retry, %d dead, %d one by one "
+                     "(%.2fs)", kind, len(msgs), account, sum(o.outcome == "delivered" for o in outcomes),
+                     sum(o.outcome == "retry" for o in outcomes), sum(o.outcome == "dead" for o in outcomes),
+                     len(fallback), elapsed)
+        self.stats["bulk_imports"] += 1
+        if fallback:
+            self.stats["bulk_fallback"] += len(fallback)
+            await asyncio.gather(*(self._deliver_guarded(m) for m in fallback))
+
+    async def _import_started(self, import_id: str, msgs: list[outbox.ClaimedMessage]) -> None:
+        self.stats["imports_started"] += 1
+        await asyncio.to_thread(outbox.record_import, self.engine, [m.id for m in msgs], import_id,
+                                worker=self.worker_id)
+
+    def _notify(self, msg: outbox.ClaimedMessage, outcome: str, attempt: int, code: int | None, error: str | None) -> None:
+        store = self.settings.stores.get(msg.store_key or "")
+        if store is None:
+            return
+        self.hooks.delivery_result(
+            HookContext(store=store, settings=self.settings),
+            DeliveryOutcome(message_id=msg.id, kind=msg.kind, outcome=outcome, attempt=attempt, response_code=code,
+                            error=error, record_type=msg.record_type, record_id=msg.record_id),
+        )
+
+
+def _links(msg: outbox.ClaimedMessage) -> list:
+    """Span links to the RPCs that enqueued the message and the messages merged into it."""
+    payload = msg.payload if isinstance(msg.payload, dict) else {}
+    links = list(links_from_carrier(payload.get("trace")))
+    for merged in payload.get("merged") or ():
+        links.extend(links_from_carrier(merged.get("trace")))
+    return links
+
+
+__all__ = ["Dispatcher", "DotdigitalClients", "make_worker_id", "is_sqlite"]

@@ -1,0 +1,73 @@
+"""Delivery handlers for insight records and contact removals (registered in ``ctdd.delivery.handlers``).
+
+- ``insight.upsert``: ``PUT /insightData/v3/contacts/{identifier}/{value}/{collection}/{recordId}``. The
+  record is delivered in the contact's partition, after the contact upsert that creates the contact, so
+  the contact always exists first (Dotdigital rejects records of unknown contacts, reference §7). A
+  missing collection is created (contact scope, with the collection type) and the record sent again.
+- ``contact.remove_from_lists``: v2 ``DELETE /v2/address-books/{id}/contacts/{contactId}`` per list
+  (a contact that is not a member is fine).
+- ``contact.delete``: v3 ``DELETE /contacts/v3/contactId/{id}``; a contact already gone is fine.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ctdd.delivery.handlers import Delivered, DeliveryContext, contact_path, handler
+from ctdd.dotdigital.errors import DotdigitalError
+from ctdd.delivery.outbox import CONTACT_DELETE, CONTACT_REMOVE_FROM_LISTS, INSIGHT_UPSERT
+
+log = logging.getLogger(__name__)
+
+
+def _is_collection_missing(exc: DotdigitalError) -> bool:
+    return exc.status_code == 404 and "collection" in (exc.code or "").lower()
+
+
+@handler(INSIGHT_UPSERT)
+async def deliver_insight_upsert(ctx: DeliveryContext) -> Delivered:
+    if ctx.contact is None:
+        raise ValueError("insight.upsert message without a contact")
+    p = ctx.msg.payload
+    identifier, value = contact_path(ctx.contact, {})
+    try:
+        status = await ctx.client.upsert_insight_record(
+            p["collection"], p["record_id"], p["record"], identifier=identifier, value=value, headers=ctx.headers
+        )
+    except DotdigitalError as exc:
+        if not _is_collection_missing(exc):
+            raise
+        log.info("creating insight collection %s (%s)", p["collection"], p.get("collection_type"))
+        await ctx.client.create_collection(p["collection"], scope=p.get("scope", "contact"),
+                                           collection_type=p.get("collection_type", "custom"))
+        status = await ctx.client.upsert_insight_record(
+            p["collection"], p["record_id"], p["record"], identifier=identifier, value=value, headers=ctx.headers
+        )
+    return Delivered(status)
+
+
+@handler(CONTACT_REMOVE_FROM_LISTS)
+async def deliver_remove_from_lists(ctx: DeliveryContext) -> Delivered:
+    contact = ctx.contact
+    if contact is None or not contact.dotdigital_contact_id:
+        return Delivered(204)  # never reached Dotdigital: nothing to remove
+    for list_id in ctx.msg.payload.get("list_ids", []):
+        try:
+            await ctx.client.remove_contact_from_address_book(int(list_id), contact.dotdigital_contact_id)
+        except DotdigitalError as exc:
+            if exc.status_code != 404:
+                raise
+    return Delivered(204)
+
+
+@handler(CONTACT_DELETE)
+async def deliver_contact_delete(ctx: DeliveryContext) -> Delivered:
+    contact = ctx.contact
+    if contact is None or not contact.dotdigital_contact_id:
+        return Delivered(204)
+    try:
+        await ctx.client.delete_contact("contactId", str(contact.dotdigital_contact_id), headers=ctx.headers)
+    except DotdigitalError as exc:
+        if exc.status_code != 404:
+            raise
+    return Delivered(200)

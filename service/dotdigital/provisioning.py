@@ -1,0 +1,288 @@
+"""``ctdd dotdigital setup``: create what the configured stores need in each Dotdigital account.
+
+For every configured account (reference dotdigital.md §4.5, §6, §7.1):
+
+- **data fields**: every target of the stores' ``data_fields`` mappings, with the type from
+  ``ctdd.config.data_field_type``. Names are checked (at most 20 characters of ``[A-Za-z0-9_-]``).
+  Dotdigital answers ``ERROR_NON_UNIQUE_DATAFIELD`` for a name that exists: that counts as "exists".
+- **lists** (address books): a list configured by NAME (``lists.newsletter = "Newsletter"``) is found by
+  name, case-insensitively, or created. A list configured by id must exist; a missing id is reported, since
+  a list cannot be created with a chosen id.
+- **insight collections**: ``Orders`` (contact/orders), ``CartInsight`` (contact/cartInsight),
+  ``ProductViews`` and ``CustomEvents`` (contact/custom), the collections TrackEvent writes.
+
+The plan is computed from what the account has (GET calls only), printed item by item as ``create`` or
+``exists``, and then applied unless ``dry_run``. A second run creates nothing.
+
+:func:`resolve_list_names` is what the service runs at start: it turns list names into ids once per
+account (``GET /v2/address-books``) and fails start-up when a named list does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable, TextIO
+
+from ctdd.config import ConfigError, Settings, StoreConfig, data_field_type
+from ctdd.dotdigital.client import DotdigitalClient
+from ctdd.dotdigital.errors import DotdigitalError
+
+log = logging.getLogger(__name__)
+
+_DATA_FIELD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
+
+#: the contact-scoped insight collections the service writes (ctdd.ingest.events.COLLECTION_TYPES)
+def _collections() -> dict[str, str]:
+    from ctdd.ingest.events import COLLECTION_TYPES
+
+    return dict(COLLECTION_TYPES)
+
+
+CREATE, EXISTS, MISSING, INVALID = "create", "exists", "missing", "invalid"
+
+
+@dataclass
+class PlanItem:
+    """One thing an account needs, and what setup does (or did) about it."""
+
+    account: str
+    kind: str  # "data field" | "list" | "collection"
+    name: str
+    #: type of a data field, "scope/type" of a collection, the config keys naming a list
+    detail: str
+    action: str  # create | exists | missing | invalid
+    note: str = ""
+    #: lists: the address book id (known, or once created)
+    list_id: int | None = None
+    #: lists: (store key, list key) pairs configured with this name (resolved ids are printed for them)
+    refs: list[tuple[str, str]] = field(default_factory=list)
+    done: bool = False
+
+    def describe(self) -> str:
+        label = f"{self.kind:<10}  {self.name} ({self.detail})"
+        action = self.action
+        if self.action == CREATE and self.done:
+            action = "created"
+        extra = f"  [{self.note}]" if self.note else ""
+        if self.list_id is not None:
+            extra = f"  -> id {self.list_id}" + extra
+        return f"  {label:<64} {action}{extra}"
+
+
+@dataclass
+class SetupResult:
+    items: list[PlanItem]
+    dry_run: bool
+
+    @property
+    def errors(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action in (MISSING, INVALID)]
+
+    @property
+    def to_create(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action == CREATE]
+
+
+async def plan_account(client: DotdigitalClient, account: str, stores: Iterable[StoreConfig]) -> list[PlanItem]:
+    """What ``account`` needs for ``stores``, compared with what it has (read-only)."""
+    stores = list(stores)
+    items: list[PlanItem] = []
+
+    existing_fields = {str(f.get("name", "")).casefold(): f for f in await client.list_data_fields()}
+    wanted_fields: dict[str, str] = {}
+    for store in stores:
+        for name in store.data_fields.values():
+            wanted_fields.setdefault(name.casefold(), name)
+    for folded, name in sorted(wanted_fields.items()):
+        wanted_type = data_field_type(name)
+        if not _DATA_FIELD_NAME.match(name):
+            items.append(PlanItem(account, "data field", name, wanted_type, INVALID,
+                                  "not a Dotdigital data-field name: at most 20 characters of A-Z a-z 0-9 _ -"))
+            continue
+        have = existing_fields.get(folded)
+        if have is None:
+            items.append(PlanItem(account, "data field", name, wanted_type, CREATE))
+        else:
+            note = "" if str(have.get("type")) == wanted_type else f"exists as {have.get('type')}, expected {wanted_type}"
+            items.append(PlanItem(account, "data field", name, wanted_type, EXISTS, note))
+
+    books = await client.list_address_books()
+    by_id = {int(b["id"]): b for b in books if isinstance(b.get("id"), int)}
+    by_name: dict[str, dict] = {}
+    for book in sorted(books, key=lambda b: b.get("id", 0)):
+        by_name.setdefault(str(book.get("name", "")).strip().casefold(), book)
+    named: dict[str, PlanItem] = {}
+    for store in stores:
+        for list_key, name in store.list_names.items():
+            folded = name.strip().casefold()
+            item = named.get(folded)
+            if item is None:
+                have = by_name.get(folded)
+                item = PlanItem(account, "list", f'"{name.strip()}"', "", EXISTS if have else CREATE,
+                                list_id=int(have["id"]) if have else None)
+                if have and str(have.get("name", "")).strip() != name.strip():
+                    item.note = f'"{str(have.get("name", "")).strip()}"'  # matched case-insensitively
+                named[folded] = item
+                items.append(item)
+            item.refs.append((store.key, list_key))
+        for list_key, list_id in store.lists.items():
+            if list_key in store.list_names:
+                continue  # resolved from a name at start: the named item covers it
+            have = by_id.get(list_id)
+            items.append(PlanItem(
+                account, "list", f"id {list_id}", f"stores.{store.key}.lists.{list_key}",
+                EXISTS if have else MISSING,
+                f'"{have.get("name")}"' if have else "no list with this id in the account; configure a name "
+                                                     "instead to have setup create it",
+                list_id=list_id if have else None, refs=[(store.key, list_key)]))
+    for item in named.values():
+        item.detail = ", ".join(f"stores.{s}.lists.{k}" for s, k in item.refs)
+
+    existing_collections = {str(c.get("collectionName", "")).casefold(): c for c in await client.list_collections()}
+    for name, collection_type in _collections().items():
+        have = existing_collections.get(name.casefold())
+        if have is None:
+            items.append(PlanItem(account, "collection", name, f"contact/{collection_type}", CREATE))
+        else:
+            actual = f"{have.get('collectionScope')}/{have.get('collectionType')}"
+            note = "" if actual == f"contact/{collection_type}" else f"exists as {actual}"
+            items.append(PlanItem(account, "collection", name, f"contact/{collection_type}", EXISTS, note))
+    return items
+
+
+async def apply_item(client: DotdigitalClient, item: PlanItem) -> None:
+    """Create one planned item (idempotent: an item that appeared meanwhile counts as existing)."""
+    if item.action != CREATE:
+        return
+    if item.kind == "data field":
+        created = await client.create_data_field(item.name, item.detail)
+        if not created:
+            item.action = EXISTS
+    elif item.kind == "list":
+        name = item.name.strip('"')
+        try:
+            book = await client.create_address_book(name)
+        except DotdigitalError as exc:
+            if "ERROR_ADDRESSBOOK_DUPLICATE" not in f"{exc.code} {exc}":
+                raise
+            book = next((b for b in await client.list_address_books()
+                         if str(b.get("name", "")).strip().casefold() == name.casefold()), None)
+            if book is None:
+                raise
+            item.action = EXISTS
+        item.list_id = int(book["id"])
+    elif item.kind == "collection":
+        scope, collection_type = item.detail.split("/", 1)
+        created = await client.create_collection(item.name, scope=scope, collection_type=collection_type)
+        if not created:
+            item.action = EXISTS
+    item.done = True
+
+
+async def run_setup(settings: Settings, clients, *, dry_run: bool = False, accounts: Iterable[str] | None = None,
+                    out: TextIO | None = None) -> SetupResult:
+    """Plan (and unless ``dry_run`` apply) the set-up of ``accounts`` (default: every configured account).
+
+    ``clients`` has ``get(account) -> DotdigitalClient`` (``ctdd.delivery.dispatcher.DotdigitalClients``).
+    The plan and the result are printed to ``out`` (default stdout). Personal data is never printed.
+    """
+    out = out or sys.stdout
+    names = list(accounts) if accounts is not None else list(settings.accounts)
+    result = SetupResult([], dry_run)
+    print("Dotdigital setup" + (" (dry run: nothing is written)" if dry_run else ""), file=out, flush=True)
+    for account in names:
+        if account not in settings.accounts:
+            raise ConfigError(f"unknown account {account!r} (known: {sorted(settings.accounts)})")
+        stores = [s for s in settings.stores.values() if s.account == account]
+        client = clients.get(account)
+        items = await plan_account(client, account, stores)
+        if not dry_run:
+            for item in items:
+                await apply_item(client, item)
+        result.items += items
+        print(f"account {account} ({len(stores)} store(s)):", file=out)
+        for item in items:
+            print(item.describe(), file=out)
+        lists = [i for i in items if i.kind == "list" and i.refs]
+        if lists:
+            print("  list ids:", file=out)
+            for item in lists:
+                if item.action == MISSING:
+                    shown = "(missing)"
+                elif item.list_id is None:
+                    shown = "(created by setup)"
+                else:
+                    shown = str(item.list_id)
+                for store_key, list_key in item.refs:
+                    print(f"    stores.{store_key}.lists.{list_key} = {shown}", file=out)
+        out.flush()
+    created = sum(1 for i in result.items if i.action == CREATE and i.done)
+    planned = len(result.to_create)
+    existing = sum(1 for i in result.items if i.action == EXISTS)
+    if dry_run:
+        print(f"plan: {planned} to create, {existing} already there, {len(result.errors)} problem(s)", file=out)
+    else:
+        print(f"done: {created} created, {existing} already there, {len(result.errors)} problem(s)", file=out)
+    for item in result.errors:
+        print(f"problem: account {item.account}: {item.kind} {item.name} ({item.detail}): {item.note}", file=out)
+    out.flush()
+    return result
+
+
+async def resolve_list_names(settings: Settings, clients) -> dict[str, dict[str, int]]:
+    """Resolve the lists configured by name to ids, once per account, completing ``store.lists`` in place.
+
+    Returns ``{store key: {list key: id}}`` of what was resolved. Raises ``ConfigError`` naming every list
+    that does not exist ("run ctdd dotdigital setup"). Accounts without named lists are not called.
+    """
+    resolved: dict[str, dict[str, int]] = {}
+    missing: list[str] = []
+    for account in settings.accounts:
+        stores = [s for s in settings.stores.values() if s.account == account and s.list_names]
+        if not stores:
+            continue
+        books = await clients.get(account).list_address_books()
+        ids: dict[str, int] = {}
+        for book in sorted(books, key=lambda b: b.get("id", 0)):
+            if isinstance(book.get("id"), int):
+                ids.setdefault(str(book.get("name", "")).strip().casefold(), book["id"])
+        for store in stores:
+            if not isinstance(store.lists, dict):
+                raise TypeError(f"stores.{store.key}.lists must be a dict to receive resolved list ids")
+            for list_key, name in store.list_names.items():
+                list_id = ids.get(name.strip().casefold())
+                if list_id is None:
+                    missing.append(f"stores.{store.key}.lists.{list_key} = {name!r} (account {account})")
+                    continue
+                store.lists[list_key] = list_id
+                resolved.setdefault(store.key, {})[list_key] = list_id
+    if missing:
+        raise ConfigError("no Dotdigital list with the configured name: " + "; ".join(missing)
+                          + ". Run `ctdd dotdigital setup` to create the lists (or fix the names)")
+    for store_key, lists in resolved.items():
+        log.info("store %s: lists resolved by name: %s", store_key,
+                 ", ".join(f"{k}={v}" for k, v in sorted(lists.items())))
+    return resolved
+
+
+async def cli_setup(args) -> int:
+    """``ctdd dotdigital setup [--dry-run] [--account NAME]``."""
+    from ctdd.cli.main import _load
+    from ctdd.delivery.dispatcher import DotdigitalClients
+
+    settings = _load(args)
+    if not settings.accounts:
+        raise ConfigError("no Dotdigital account configured: pass --config FILE (see README, Configuration)")
+    clients = DotdigitalClients(settings.accounts)
+    try:
+        result = await run_setup(settings, clients, dry_run=args.dry_run,
+                                 accounts=[args.account] if args.account else None)
+    except DotdigitalError as exc:
+        print(f"ctdd: Dotdigital: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await clients.aclose()
+    return 1 if result.errors else 0

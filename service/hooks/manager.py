@@ -1,0 +1,90 @@
+"""Plugin manager and the typed facade the core uses to call hooks (tox pattern).
+
+Environment variables:
+
+- ``CTDD_DISABLE_PLUGINS``: comma-separated plugin names (entry-point names) not to load.
+- ``CTDD_TRACE_PLUGINS=1``: log every hook call (pluggy tracing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, Mapping
+
+import pluggy
+
+from ctdd import hookimpl  # noqa: F401  (re-exported)
+from ctdd.plugins import default_mapping
+from ctdd.domain.contact import ContactInput
+from ctdd.hooks import spec as hookspecs
+from ctdd.hooks.types import DeliveryOutcome, HookContext, PluginConflict, SuppressDecision
+
+log = logging.getLogger(__name__)
+
+PROJECT = "ctdd"
+
+
+class Hooks:
+    """Typed facade over ``pm.hook``: the only way the core calls plugins."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+
+    def map_contact(self, ctx: HookContext, contact: ContactInput) -> dict[str, Any]:
+        mapped = self.pm.hook.ctdd_map_contact(ctx=ctx, contact=contact)
+        if mapped is None:
+            raise LookupError(f"no plugin mapped contacts for store {ctx.store_key!r}")
+        return dict(mapped)
+
+    def enrich_contact(self, ctx: HookContext, contact: ContactInput, mapped: Mapping[str, Any]) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        frozen = dict(mapped)
+        for fragment in self.pm.hook.ctdd_enrich_contact(ctx=ctx, contact=contact, mapped=frozen):
+            for path, value in (fragment or {}).items():
+                if path in frozen:
+                    raise PluginConflict(f"enrichment tried to override mapped field {path!r}")
+                if path in merged and merged[path] != value:
+                    raise PluginConflict(f"two enrichment plugins set {path!r} to different values")
+                merged[path] = value
+        return merged
+
+    def suppress_contact(self, ctx: HookContext, contact: ContactInput, mapped: Mapping[str, Any]) -> list[str]:
+        decisions = self.pm.hook.ctdd_suppress_contact(ctx=ctx, contact=contact, mapped=dict(mapped))
+        return [d.reason for d in decisions if d is not None]
+
+    def delivery_result(self, ctx: HookContext, outcome: DeliveryOutcome) -> None:
+        try:
+            self.pm.hook.ctdd_delivery_result(ctx=ctx, outcome=outcome)
+        except Exception:  # notification hooks must never break delivery
+            log.exception("ctdd_delivery_result hook failed for message %s", outcome.message_id)
+
+
+def create_plugin_manager(
+    extra_plugins: Iterable[object] = (), *, load_entrypoints: bool = True, env: Mapping[str, str] | None = None
+) -> Hooks:
+    """Build the plugin manager: hookspecs, the bundled default mapping, ``ctdd`` entry points, then ``extra_plugins``.
+
+    The default mapping is registered in code (as datasette registers its default plugins), so an
+    installation without entry points still maps contacts.
+
+    ``check_pending()`` runs last, so an implementation of a misspelt hook fails start-up loudly.
+    """
+    env = os.environ if env is None else env
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    disabled = {n.strip() for n in env.get("CTDD_DISABLE_PLUGINS", "").split(",") if n.strip()}
+    for name in disabled:
+        pm.set_blocked(name)
+    if "default_mapping" not in disabled:
+        pm.register(default_mapping, name="default_mapping")
+    if load_entrypoints:
+        pm.load_setuptools_entrypoints(PROJECT)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    if env.get("CTDD_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda msg: log.debug("plugin trace: %s", msg.rstrip()))
+        pm.enable_tracing()
+    log.info("plugins loaded: %s", ", ".join(sorted(n for n, _ in pm.list_name_plugin() if n)))
+    return Hooks(pm)

@@ -1,0 +1,74 @@
+"""Hook specifications for ctdd-sync plugins (pluggy project name ``ctdd``).
+
+A plugin is a module or object with functions named after these hooks and decorated with
+``ctdd.hookimpl``; it is registered through the ``ctdd`` entry-point group::
+
+    [project.entry-points.ctdd]
+    my_brand = "my_brand_plugin"
+
+Rules for every hook:
+
+- Hooks are called with keyword arguments; an implementation may accept any subset of them.
+- Hooks run synchronously inside the service's event loop: keep them fast and free of network I/O.
+- ``ctx`` is a :class:`ctdd.hooks.types.HookContext`: the store key, its configuration and the
+  commercetools project. New context goes there, so hook signatures stay stable.
+- Do not mutate the arguments unless the hook says so.
+
+The bundled default mapping (``ctdd.plugins.default_mapping``) is registered in code at start-up, with
+``trylast=True``, so a brand plugin that answers ``ctdd_map_contact`` replaces it for its stores.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctdd.domain.contact import ContactInput
+    from ctdd.hooks.types import DeliveryOutcome, HookContext, SuppressDecision
+
+hookspec = pluggy.HookspecMarker("ctdd")
+
+
+@hookspec(firstresult=True)
+def ctdd_map_contact(ctx: "HookContext", contact: "ContactInput") -> "Mapping[str, Any] | None":
+    """Map a contact onto Dotdigital field paths for ``ctx.store``.
+
+    Return a mapping of field path to value (see ``ctdd.domain.payload`` for the vocabulary, for example
+    ``{"dataFields.FIRSTNAME": "Jane", "lists.12": True}``), or None to let the next plugin answer.
+    The first non-None answer wins. Only attributes present in ``contact`` should be mapped: absent
+    attributes mean "unchanged", ``None`` values mean "clear".
+    """
+
+
+@hookspec
+def ctdd_enrich_contact(
+    ctx: "HookContext", contact: "ContactInput", mapped: "Mapping[str, Any]"
+) -> "Mapping[str, Any] | None":
+    """Add field paths to a mapped contact (for example a loyalty tier looked up from a local cache).
+
+    Every implementation is called; return a mapping of extra field paths, or None. Two plugins that set
+    the same field path to different values are a configuration error and fail the request; a plugin may
+    not override a field the mapping produced.
+    """
+
+
+@hookspec
+def ctdd_suppress_contact(
+    ctx: "HookContext", contact: "ContactInput", mapped: "Mapping[str, Any]"
+) -> "SuppressDecision | None":
+    """Veto sending a contact update to Dotdigital (test accounts, internal staff, blocked domains ...).
+
+    Every implementation is called; return ``SuppressDecision(reason=...)`` to suppress, or None. Any
+    suppression wins and every reason is kept. A suppressed update is accepted (the RPC answers OK) but
+    nothing is enqueued and the reasons are returned to the caller.
+    """
+
+
+@hookspec
+def ctdd_delivery_result(ctx: "HookContext", outcome: "DeliveryOutcome") -> None:
+    """Observe the outcome of one delivery attempt to Dotdigital (delivered, retry or dead).
+
+    Notification only: the return value is ignored, and an exception is logged and swallowed.
+    """

@@ -1,0 +1,1 @@
+"""Ingest: the SyncContact core, the TrackEvent core and the event inbox (queued TrackEvents)."""

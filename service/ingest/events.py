@@ -1,0 +1,589 @@
+"""TrackEvent: commercetools notifications and behavioural events -> contact updates and insight data.
+
+For each notification of a delivery:
+
+1. ignore subscription test notifications and notifications of another commercetools project;
+2. drop duplicates (``processed_event``: the commercetools message id, or a synthetic key) and stale
+   notifications (``resource_state``: a resource version not newer than the one already applied);
+3. get the resource: the full resource a message carries (``CustomerCreated``, ``OrderCreated`` ...) or,
+   for other messages, change notifications and ``payloadNotIncluded``, the current resource from the
+   commercetools API ("notify, then fetch": order of arrival stops mattering);
+4. apply, in ONE transaction with the dedupe record and the new resource version: customers go through the
+   same core as SyncContact; orders become a record of the contact-scoped ``Orders`` collection plus
+   recomputed contact aggregates (last order, number of orders, spend ...).
+
+Steps 1-3 are *preparation* (``prepare_delivery`` / ``prepare_behavioural``: parsing, fetching, pure
+mapping; async, no writes) and yield one :data:`Step` per notification: either a final outcome or a unit of
+work (``fn(session) -> NotificationOutcome``) for step 4. ``process_delivery`` / ``process_behavioural``
+apply the units at once through the transaction runner (TrackEvent with PROCESSING_APPLIED); the inbox
+processor (``ctdd.ingest.inbox``) applies the units of many queued events in one transaction.
+
+Fetch failures raise :class:`RetryableEventError` during preparation, before anything of the event was
+written: TrackEvent answers UNAVAILABLE and the transport retries the delivery; the inbox retries the event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Union
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ctdd.delivery import outbox
+from ctdd.config import Settings, StoreConfig
+from ctdd.ingest.contact_sync import INSERT_FIELD_STATE, UPDATE_FIELD_STATE, ContactSync, NewContactNeedsAddress
+from ctdd.db.engine import utcnow
+from ctdd.db.models import Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, ResourceState
+from ctdd.domain.commerce import (
+    ORDERS_COLLECTION,
+    OrderContext,
+    SummaryRow,
+    customer_to_contact,
+    localized,
+    order_aggregates,
+    order_email,
+    order_key,
+    order_record,
+    order_summary_values,
+    parse_ts,
+    refund_total,
+)
+from ctdd.domain.behaviour import BehaviouralEventInput
+from ctdd.domain.contact import ContactInput, Identity, SourceStamp
+from ctdd.domain.identity import customer_key
+from ctdd.domain.notifications import InvalidDelivery, Notification, UnsupportedNotification, parse_delivery
+from ctdd.db.transactions import TransactionRunner
+
+log = logging.getLogger(__name__)
+
+CART_COLLECTION = "CartInsight"
+BROWSE_COLLECTION = "ProductViews"
+CUSTOM_EVENTS_COLLECTION = "CustomEvents"
+
+APPLIED, DUPLICATE, STALE, IGNORED = "applied", "duplicate", "stale", "ignored"
+
+#: order messages that carry the full order (no fetch needed unless payloadNotIncluded)
+ORDER_WITH_PAYLOAD = frozenset({"OrderCreated", "OrderImported", "OrderCreatedFromRecurringOrder"})
+CUSTOMER_DELETED = frozenset({"CustomerDeleted"})
+
+
+class InvalidEvent(ValueError):
+    """The event can never be processed (poison): the message is safe to show and log."""
+
+
+class RetryableEventError(Exception):
+    """The event could not be processed now (commercetools unreachable ...); retry the delivery later."""
+
+
+@dataclass
+class NotificationOutcome:
+    dedupe_key: str
+    resource_type: str = ""
+    resource_id: str = ""
+    message_type: str = ""
+    outcome: str = APPLIED
+    reason: str = ""
+    contact_id: int | None = None
+    outbox_message_ids: list[int] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.outcome, self.reason, self.contact_id, self.outbox_message_ids = APPLIED, "", None, []
+
+
+#: what preparing a notification yields: its final outcome, or the unit of work that applies it
+Step = Union[NotificationOutcome, Callable[[Session], NotificationOutcome]]
+
+
+def behavioural_dedupe_key(store_key: str, event_id: str) -> str:
+    return f"event:{store_key}:{event_id}"
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class EventProcessor:
+    def __init__(self, settings: Settings, contact_sync: ContactSync, transactions: TransactionRunner,
+                 commercetools_clients: "CommercetoolsClients"):
+        self.settings = settings
+        self.contact_sync = contact_sync
+        self.transactions = transactions
+        self.ct = commercetools_clients
+        self._category_names: dict[str, list[str]] = {}
+
+    # -- entry points -------------------------------------------------------------------------
+    async def process_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
+                               ) -> list[NotificationOutcome]:
+        """Prepare every notification of a delivery, then apply each (in its own unit of work)."""
+        steps = await self.prepare_delivery(store_key, raw, priority=priority)
+        return [await self.finish(step) for step in steps]
+
+    async def process_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
+                                  priority: int = outbox.PRIORITY_LIVE) -> NotificationOutcome:
+        return await self.finish(self.prepare_behavioural(store_key, event, priority=priority))
+
+    async def finish(self, step: Step) -> NotificationOutcome:
+        """Apply a prepared step through the transaction runner (a final outcome is returned as it is)."""
+        if isinstance(step, NotificationOutcome):
+            return step
+        return await self.transactions.run(step)
+
+    def parse(self, store_key: str, raw: bytes) -> list[Notification] | NotificationOutcome:
+        """Validate a delivery: its notifications, or the IGNORED outcome of a well-formed irrelevant one.
+
+        Raises InvalidEvent (poison: unknown store, unparseable delivery).
+        """
+        self._store(store_key)
+        try:
+            return parse_delivery(raw)
+        except UnsupportedNotification as exc:
+            # Well-formed but irrelevant (Import API events ...): acknowledge, never dead-letter.
+            return NotificationOutcome(dedupe_key="", outcome=IGNORED, reason=exc.reason)
+        except InvalidDelivery as exc:
+            raise InvalidEvent(f"commercetools_delivery: {exc}") from None
+
+    async def prepare_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
+                               ) -> list[Step]:
+        parsed = self.parse(store_key, raw)
+        if isinstance(parsed, NotificationOutcome):
+            return [parsed]
+        store = self._store(store_key)
+        return [await self._prepare(store, n, priority) for n in parsed]
+
+    def prepare_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
+                            priority: int = outbox.PRIORITY_LIVE) -> Step:
+        store = self._store(store_key)
+        key = behavioural_dedupe_key(store.key, event.event_id)
+        outcome = NotificationOutcome(dedupe_key=key, message_type=event.kind)
+        if event.kind == "cart_updated":
+            collection, record_id = CART_COLLECTION, str(event.data.get("cartId") or "")
+            version = event.data.get("cartVersion") or None
+            outcome.resource_type, outcome.resource_id = "cart", record_id
+        elif event.kind == "product_viewed":
+            collection, record_id, version = BROWSE_COLLECTION, str(event.data.get("productId") or ""), None
+            outcome.resource_type, outcome.resource_id = "product", record_id
+        else:
+            collection, record_id, version = CUSTOM_EVENTS_COLLECTION, event.event_id, None
+        record = dict(event.data)
+        identity_input = ContactInput(store_key=store.key, identity=event.identity,
+                                      source=SourceStamp(modified_at=event.occurred_at))
+        mapped, suppression = self.contact_sync.map_contact(identity_input)
+
+        def body(session: Session) -> None:
+            if version is not None and not self._advance_version(
+                session, store.commercetools_project, outcome.resource_type, record_id, int(version)
+            ):
+                outcome.outcome, outcome.reason = STALE, f"cart version {version} is not newer than the last applied"
+                return
+            try:
+                result = self.contact_sync.apply(session, identity_input, dict(mapped), list(suppression),
+                                                 priority=priority)
+            except NewContactNeedsAddress:
+                outcome.outcome, outcome.reason = IGNORED, "unknown contact and no email or mobile number to create one"
+                return
+            outcome.contact_id = result.contact_id
+            outcome.outbox_message_ids = list(result.outbox_message_ids)
+            if not result.suppression_reasons:
+                mid = self._enqueue_insight(session, result.contact_id, store, collection, record_id, record,
+                                            SourceStamp(outcome.resource_type or "event", record_id, version),
+                                            priority)
+                if mid:
+                    outcome.outbox_message_ids.append(mid)
+
+        return self._once(store, key, outcome, body)
+
+    # -- notifications ------------------------------------------------------------------------
+    async def _prepare(self, store: StoreConfig, n: Notification, priority: int) -> Step:
+        outcome = NotificationOutcome(dedupe_key=n.dedupe_key, resource_type=n.resource_type,
+                                      resource_id=n.resource_id, message_type=n.message_type or n.notification_type)
+        if n.is_subscription_test:
+            outcome.outcome, outcome.reason = IGNORED, "subscription test notification"
+            return outcome
+        if n.project_key != store.commercetools_project:
+            outcome.outcome = IGNORED
+            outcome.reason = f"notification of project {n.project_key!r}; store {store.key!r} is bound to {store.commercetools_project!r}"
+            return outcome
+        handler = {"customer": self._customer, "order": self._order, "payment": self._payment}.get(n.resource_type)
+        if handler is None:
+            outcome.outcome, outcome.reason = IGNORED, f"resource type {n.resource_type!r} is not synced"
+            return outcome
+        return await handler(store, n, outcome, priority)
+
+    async def _already_done(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome) -> bool:
+        """Before fetching for ``n``: True (and ``outcome`` set) when it is a duplicate or stale already.
+
+        Only an optimisation (no fetch for a redelivery): the unit of work checks both again.
+        """
+        early = await self.transactions.run(lambda s: self._precheck(s, store, n))
+        if early is None:
+            return False
+        outcome.outcome, outcome.reason = early
+        return True
+
+    def _precheck(self, session: Session, store: StoreConfig, n: Notification) -> tuple[str, str] | None:
+        if session.get(ProcessedEvent, n.dedupe_key) is not None:
+            return DUPLICATE, "message already processed"
+        state = session.get(ResourceState, (store.commercetools_project, n.resource_type, n.resource_id))
+        if state is not None and n.resource_version is not None and n.resource_version <= state.version:
+            return STALE, f"resource version {n.resource_version} is not newer than the applied version {state.version}"
+        return None
+
+    def _store(self, store_key: str) -> StoreConfig:
+        store = self.settings.store(store_key) if store_key else None
+        if store is None:
+            raise InvalidEvent(f"store_key: unknown store {store_key!r}")
+        return store
+
+    async def _fetch(self, store: StoreConfig, resource: str, id_: str, **kwargs) -> dict | None:
+        client = self.ct.get(store)
+        if client is None:
+            raise InvalidEvent(
+                f"store {store.key!r} has no commercetools API client configured, but the notification needs a fetch"
+            )
+        try:
+            return await client.get(resource, id_, **kwargs)
+        except Exception as exc:  # CommercetoolsError (retryable or not) and transport errors
+            raise RetryableEventError(f"commercetools GET {resource}/{id_} failed: {exc}") from exc
+
+    async def _query(self, store: StoreConfig, resource: str, where: list[str]) -> list[dict]:
+        client = self.ct.get(store)
+        if client is None:
+            raise InvalidEvent(f"store {store.key!r} has no commercetools API client configured")
+        try:
+            page = await client.query(resource, where=where, limit=20, with_total=False)
+        except Exception as exc:
+            raise RetryableEventError(f"commercetools query {resource} failed: {exc}") from exc
+        return list(page.get("results", []))
+
+    # -- customers ------------------------------------------------------------------------------
+    async def _customer(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                        ) -> Step:
+        if n.message_type in CUSTOMER_DELETED or n.notification_type == "ResourceDeleted":
+            return self._customer_deleted(store, n, outcome, priority)
+        customer = n.payload.get("customer") if n.message_type == "CustomerCreated" and not n.payload_not_included else None
+        if customer is None:
+            if await self._already_done(store, n, outcome):
+                return outcome
+            customer = await self._fetch(store, "customers", n.resource_id)
+            if customer is None:
+                return self._finish_ignored(store, n, outcome, "customer no longer exists in commercetools")
+        c = store.consent
+        contact = customer_to_contact(customer, store.key,
+                                      consent_fields=(c.email_opt_in_field, c.sms_opt_in_field, c.updated_at_field))
+        mapped, suppression = self.contact_sync.map_contact(contact)
+        version = int(customer.get("version") or n.resource_version or 0)
+
+        def body(session: Session) -> None:
+            if not self._advance_version(session, store.commercetools_project, "customer", n.resource_id, version):
+                outcome.outcome, outcome.reason = STALE, f"customer version {version} already applied"
+                return
+            try:
+                result = self.contact_sync.apply(session, contact, dict(mapped), list(suppression), priority=priority)
+            except NewContactNeedsAddress:
+                outcome.outcome, outcome.reason = IGNORED, "customer has no email address or mobile number"
+                return
+            self._set_state_contact(session, store, "customer", n.resource_id, result.contact_id)
+            outcome.contact_id = result.contact_id
+            outcome.outbox_message_ids = list(result.outbox_message_ids)
+
+        return self._once(store, n.dedupe_key, outcome, body)
+
+    def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                          priority: int) -> Step:
+        policy = store.on_customer_deleted
+
+        def body(session: Session) -> None:
+            ident = session.execute(sa.select(ContactIdentifier).where(
+                ContactIdentifier.account == store.account, ContactIdentifier.kind == "customer_id",
+                ContactIdentifier.value == customer_key(store.commercetools_project, n.resource_id),
+            )).scalar_one_or_none()
+            if ident is None:
+                outcome.outcome, outcome.reason = IGNORED, "customer was never synced"
+                return
+            contact = session.get(Contact, ident.contact_id)
+            outcome.contact_id = contact.id
+            # The customer id no longer exists: it must not resolve to this contact any more.
+            session.delete(ident)
+            if policy == "delete_contact":
+                kind, payload = outbox.CONTACT_DELETE, {}
+                # Forget what was sent: a later sign-up with the same address starts from scratch.
+                session.execute(sa.delete(FieldState).where(FieldState.contact_id == contact.id))
+            elif policy == "remove_from_lists" and store.lists:
+                kind, payload = outbox.CONTACT_REMOVE_FROM_LISTS, {"list_ids": sorted(set(store.lists.values()))}
+                session.execute(sa.delete(FieldState).where(FieldState.contact_id == contact.id,
+                                                           FieldState.field.like("lists.%")))
+            else:
+                kind = None
+            if kind is not None:
+                mid = outbox.enqueue(
+                    session, contact_id=contact.id, account=store.account, kind=kind, payload=payload,
+                    ref=outbox.RecordRef(store.key, "customer", n.resource_id, n.resource_version), priority=priority,
+                )
+                outcome.outbox_message_ids.append(mid)
+            outcome.reason = f"customer deleted: {policy}"
+
+        return self._once(store, n.dedupe_key, outcome, body)
+
+    # -- orders -------------------------------------------------------------------------------
+    async def _payment(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                       ) -> Step:
+        """Refund transactions: re-read the order paying with this payment and re-send it."""
+        if await self._already_done(store, n, outcome):
+            return outcome
+        orders = await self._query(store, "orders", [f'paymentInfo(payments(id = "{n.resource_id}"))'])
+        if not orders:
+            return self._finish_ignored(store, n, outcome, "no order uses this payment")
+        return await self._apply_order(store, n, outcome, orders[0], priority, force=True)
+
+    async def _order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                     ) -> Step:
+        if n.notification_type == "ResourceDeleted" or n.message_type == "OrderDeleted":
+            return self._finish_ignored(store, n, outcome, "order deletions keep the Dotdigital record")
+        order = n.payload.get("order") if n.message_type in ORDER_WITH_PAYLOAD and not n.payload_not_included else None
+        if order is None:
+            if await self._already_done(store, n, outcome):
+                return outcome
+            order = await self._fetch(store, "orders", n.resource_id)
+            if order is None:
+                return self._finish_ignored(store, n, outcome, "order no longer exists in commercetools")
+        return await self._apply_order(store, n, outcome, order, priority, force=False)
+
+    async def _categories(self, store: StoreConfig, order: Mapping[str, Any], locale: str | None) -> dict[str, list[str]]:
+        """Category names per product of the order (current product projection; cached per process)."""
+        result: dict[str, list[str]] = {}
+        client = self.ct.get(store)
+        if client is None:
+            return result
+        for li in order.get("lineItems", []):
+            pid = li.get("productId")
+            if not pid or pid in result:
+                continue
+            cache_key = f"{store.commercetools_project}/{pid}/{locale}"
+            if cache_key not in self._category_names:
+                product = await self._fetch(store, "product-projections", pid)
+                names = []
+                for ref in (product or {}).get("categories", []):
+                    category = await self._fetch(store, "categories", ref["id"])
+                    if category:
+                        names.append(localized(category.get("name"), locale) or "")
+                self._category_names[cache_key] = names
+            result[pid] = self._category_names[cache_key]
+        return result
+
+    async def _refunds(self, store: StoreConfig, order: Mapping[str, Any]) -> float:
+        payments = []
+        for ref in ((order.get("paymentInfo") or {}).get("payments") or []):
+            payment = ref.get("obj") or await self._fetch(store, "payments", ref["id"])
+            if payment:
+                payments.append(payment)
+        return refund_total(payments)
+
+    async def _apply_order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                           order: Mapping[str, Any], priority: int, *, force: bool) -> Step:
+        email = order_email(order)
+        identity = Identity(customer_id=order.get("customerId") or None, email=email)
+        if identity.is_empty():
+            return self._finish_ignored(store, n, outcome, "order has neither a customer nor an email address")
+        locale = order.get("locale") or store.locale
+        ctx = OrderContext(store_key=store.key, locale=locale, categories=await self._categories(store, order, locale),
+                           refund_total=await self._refunds(store, order))
+        record = order_record(order, ctx)
+        summary = order_summary_values(order, ctx)
+        version = int(order.get("version") or n.resource_version or 0)
+        source = SourceStamp("order", str(order["id"]), version, parse_ts(order.get("lastModifiedAt")))
+
+        def body(session: Session) -> None:
+            advanced = self._advance_version(session, store.commercetools_project, "order", str(order["id"]), version)
+            if not advanced and not force:
+                outcome.outcome, outcome.reason = STALE, f"order version {version} already applied"
+                return
+            # A known customer keeps its own email: an order placed with another address must not move it.
+            ident = identity
+            if identity.customer_id and self.contact_sync.known_customer(session, store.key, identity.customer_id):
+                ident = Identity(customer_id=identity.customer_id)
+            identity_input = ContactInput(store_key=store.key, identity=ident)
+            identity_mapped, identity_suppression = self.contact_sync.map_contact(identity_input)
+            try:
+                first = self.contact_sync.apply(session, identity_input, identity_mapped,
+                                                identity_suppression, priority=priority)
+            except NewContactNeedsAddress:
+                outcome.outcome, outcome.reason = IGNORED, "order's customer is unknown and the order has no email"
+                return
+            contact_id = first.contact_id
+            outcome.contact_id = contact_id
+            outcome.outbox_message_ids.extend(first.outbox_message_ids)
+            self._upsert_summary(session, store, str(order["id"]), contact_id, summary)
+            aggregates = order_aggregates(self._summaries(session, contact_id))
+            agg_input = ContactInput(store_key=store.key, identity=ident, attributes=aggregates)
+            mapped, suppression = self.contact_sync.map_contact(agg_input)
+            second = self.contact_sync.apply(session, agg_input, dict(mapped), list(suppression), priority=priority)
+            outcome.outbox_message_ids.extend(second.outbox_message_ids)
+            if not (first.suppression_reasons or second.suppression_reasons):
+                mid = self._enqueue_insight(session, contact_id, store, ORDERS_COLLECTION, order_key(order), record,
+                                            source, priority)
+                if mid:
+                    outcome.outbox_message_ids.append(mid)
+
+        return self._once(store, n.dedupe_key, outcome, body)
+
+    def _upsert_summary(self, session: Session, store: StoreConfig, order_id: str, contact_id: int,
+                        values: dict[str, Any]) -> None:
+        row = session.get(OrderSummary, (store.commercetools_project, order_id))
+        if row is None:
+            row = OrderSummary(project_key=store.commercetools_project, order_id=order_id, contact_id=contact_id,
+                               updated_at=utcnow(), **values)
+            session.add(row)
+        elif values["version"] >= row.version:
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.contact_id = contact_id
+            row.updated_at = utcnow()
+        session.flush()
+
+    def _summaries(self, session: Session, contact_id: int) -> list[SummaryRow]:
+        rows = session.execute(sa.select(OrderSummary).where(OrderSummary.contact_id == contact_id)).scalars()
+        return [
+            SummaryRow(r.order_key, r.created_at, r.total, r.currency, r.store_key, r.locale, r.order_state,
+                       r.refund_total, list(r.categories or []))
+            for r in rows
+        ]
+
+    # -- shared steps ---------------------------------------------------------------------------
+    def _enqueue_insight(self, session: Session, contact_id: int, store: StoreConfig, collection: str,
+                         record_id: str, record: dict, source: SourceStamp, priority: int) -> int | None:
+        """Enqueue an insight record unless the identical record was already enqueued (delta for records)."""
+        path = f"insight.{collection}.{record_id}"
+        digest = _hash(record)
+        conn = session.connection()
+        stored = conn.execute(_SELECT_FIELD_VALUE, {"contact_id": contact_id, "field": path}).first()
+        if stored is not None and stored.value == digest:
+            return None
+        mid = outbox.enqueue(
+            session, contact_id=contact_id, account=store.account, kind=outbox.INSIGHT_UPSERT,
+            payload={"collection": collection, "record_id": record_id, "record": record, "scope": "contact",
+                     "collection_type": COLLECTION_TYPES.get(collection, "custom")},
+            ref=outbox.RecordRef(store.key, source.resource_type, source.resource_id, source.version),
+            priority=priority,
+        )
+        values = {"value": digest, "source_ref": source.ref, "source_version": source.version,
+                  "source_ts": source.modified_at, "message_id": mid, "updated_at": utcnow()}
+        if stored is None:
+            conn.execute(INSERT_FIELD_STATE, {"contact_id": contact_id, "field": path, **values})
+        else:
+            conn.execute(UPDATE_FIELD_STATE, {"b_contact_id": contact_id, "b_field": path,
+                                         **{f"b_{k}": v for k, v in values.items()}})
+        return mid
+
+    def _advance_version(self, session: Session, project: str, resource_type: str, resource_id: str,
+                         version: int) -> bool:
+        """Raise the applied version of a resource; False when ``version`` is not newer (stale)."""
+        conn = session.connection()
+        key = {"project_key": project, "resource_type": resource_type, "resource_id": resource_id}
+        applied = conn.execute(_LOCK_RESOURCE_VERSION, key).scalar_one_or_none()
+        if applied is None:
+            # a concurrent first insert of the same resource raises IntegrityError: the unit is run again
+            conn.execute(_INSERT_RESOURCE_STATE, {**key, "version": version, "updated_at": utcnow()})
+            return True
+        if version <= applied:
+            return False
+        conn.execute(_UPDATE_RESOURCE_VERSION, {**{f"b_{k}": v for k, v in key.items()}, "b_version": version,
+                                                "b_updated_at": utcnow()})
+        return True
+
+    def _set_state_contact(self, session: Session, store: StoreConfig, resource_type: str, resource_id: str,
+                           contact_id: int) -> None:
+        session.connection().execute(
+            sa.update(_RS).where(_RS.c.project_key == store.commercetools_project,
+                                 _RS.c.resource_type == resource_type, _RS.c.resource_id == resource_id)
+            .values(contact_id=contact_id))
+
+    def _once(self, store: StoreConfig, key: str, outcome: NotificationOutcome,
+              body: Callable[[Session], None]) -> Callable[[Session], NotificationOutcome]:
+        """The unit of work running ``body`` at most once per dedupe ``key``, with the dedupe record.
+
+        ``body`` sets ``outcome`` (applied by default; stale or ignored with a reason); the dedupe record keeps
+        that outcome. The unit resets ``outcome`` first, since it may be re-run after a lost uniqueness race.
+        """
+        def unit(session: Session) -> NotificationOutcome:
+            outcome.reset()
+            if session.connection().execute(_SELECT_PROCESSED, {"key": key}).first() is not None:
+                outcome.outcome, outcome.reason = DUPLICATE, "message already processed"
+                return outcome
+            body(session)
+            session.flush()  # whatever body left in the ORM session, before the Core insert below
+            # a concurrent insert of the same key raises IntegrityError: the unit is run again, finds it
+            session.connection().execute(_INSERT_PROCESSED, {
+                "dedupe_key": key, "store_key": store.key, "resource_type": outcome.resource_type or None,
+                "resource_id": outcome.resource_id or None, "outcome": outcome.outcome, "processed_at": utcnow()})
+            return outcome
+
+        return unit
+
+    def _finish_ignored(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                        reason: str) -> Callable[[Session], NotificationOutcome]:
+        def body(session: Session) -> None:
+            outcome.outcome, outcome.reason = IGNORED, reason
+
+        return self._once(store, n.dedupe_key, outcome, body)
+
+
+# -- prepared statements of the hot path ---------------------------------------------------------------
+_FS = FieldState.__table__
+_RS = ResourceState.__table__
+_PE = ProcessedEvent.__table__
+_SELECT_FIELD_VALUE = sa.select(_FS.c.value).where(_FS.c.contact_id == sa.bindparam("contact_id"),
+                                                   _FS.c.field == sa.bindparam("field"))
+_RESOURCE_KEY = (_RS.c.project_key, _RS.c.resource_type, _RS.c.resource_id)
+_LOCK_RESOURCE_VERSION = (
+    sa.select(_RS.c.version).where(*(col == sa.bindparam(col.name) for col in _RESOURCE_KEY)).with_for_update()
+)
+_INSERT_RESOURCE_STATE = sa.insert(_RS)
+_UPDATE_RESOURCE_VERSION = (
+    sa.update(_RS)
+    .where(*(col == sa.bindparam(f"b_{col.name}") for col in _RESOURCE_KEY))
+    .values(version=sa.bindparam("b_version"), updated_at=sa.bindparam("b_updated_at", type_=_RS.c.updated_at.type))
+)
+_SELECT_PROCESSED = sa.select(_PE.c.dedupe_key).where(_PE.c.dedupe_key == sa.bindparam("key"))
+_INSERT_PROCESSED = sa.insert(_PE)
+
+
+COLLECTION_TYPES = {
+    ORDERS_COLLECTION: "orders",
+    CART_COLLECTION: "cartInsight",
+    BROWSE_COLLECTION: "custom",
+    CUSTOM_EVENTS_COLLECTION: "custom",
+}
+
+
+class CommercetoolsClients:
+    """One commercetools API client per configured ``[commercetools.<name>]`` section, created lazily."""
+
+    def __init__(self, settings: Settings, factory: Callable[..., Any] | None = None):
+        self.settings = settings
+        self._clients: dict[str, Any] = {}
+        self._factory = factory
+
+    def get(self, store: StoreConfig):
+        if store.commercetools is None:
+            return None
+        client = self._clients.get(store.commercetools)
+        if client is None:
+            cfg = self.settings.commercetools[store.commercetools]
+            if self._factory is None:
+                from ctdd.commercetools.client import CommercetoolsClient
+
+                self._factory = CommercetoolsClient
+            client = self._factory(project_key=cfg.project_key, client_id=cfg.client_id,
+                                   client_secret=cfg.client_secret, region=cfg.region, api_url=cfg.api_url,
+                                   auth_url=cfg.auth_url, scopes=list(cfg.scopes) or None)
+            self._clients[store.commercetools] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()

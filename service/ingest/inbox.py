@@ -1,0 +1,551 @@
+"""The event inbox: TrackEvent with PROCESSING_QUEUED, stored durably at once and applied in the background.
+
+Applying an event (identity resolution, delta, insight records, outbox messages; maybe a commercetools
+fetch) costs milliseconds; storing it costs microseconds. A queued TrackEvent is validated (unknown store,
+unparseable delivery or invalid behavioural event: INVALID_ARGUMENT, as for applied events), written to
+``event_inbox`` as the serialized request, and answered once that write has committed.
+
+Ingest (:class:`InboxWriter`) is a group commit of plain INSERTs: the rows of all concurrent RPCs go into
+one transaction (one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING dedupe_key``), so durable
+ingest costs one fsync per batch of RPCs and no ORM work. A queued event whose message id or event id is
+already in the inbox is answered ``duplicate`` at once.
+
+Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` next to the dispatcher):
+
+1. claim up to ``[inbox] batch_size`` due pending rows in arrival (id) order with a lease (``FOR UPDATE
+   SKIP LOCKED`` on PostgreSQL, so several processors take different rows);
+2. prepare every claimed event concurrently (parse, commercetools fetches: ``EventProcessor.prepare_*``);
+3. apply them in arrival order, all in ONE transaction with a savepoint per event (its own group-commit
+   runner, not the ingest one). Each event's unit first flips its row to ``done`` only if the row is still
+   pending and leased to this processor, so an event is applied exactly once even when a lease expired
+   and another processor re-claimed it;
+4. an event whose preparation or unit failed with a retryable error (commercetools unreachable, a bug)
+   goes back to pending with a capped exponential backoff; after ``max_attempts`` it becomes ``failed``;
+   one that can never be applied becomes ``rejected``. Both are logged in ``rejected_record``.
+
+Finished rows are kept ``[inbox] retention_days`` (the dedupe record of queued events), then deleted by the
+processors, at most every ten minutes.
+
+Ordering: one processor applies events in arrival order. Several processors (PostgreSQL) claim and
+prepare different batches at once, but their apply transactions take turns (an advisory lock: batches that
+lock the same contacts in another order would otherwise deadlock), so batches are applied one after the
+other. A retried event is applied after events that came later; what is applied stays right because of
+the version and timestamp rules every event goes through (resource versions, cart versions, per-field
+source timestamps), the same rules that order concurrent TrackEvent calls.
+
+A processor killed mid-batch leaves its rows pending with a lease; when the lease expires, any processor
+claims them again (``[inbox] lease_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from ctdd.delivery import outbox
+from ctdd.api.convert import InvalidRequest, Violation, check_behavioural_event, parse_behavioural_event
+from ctdd.config import InboxConfig, Settings
+from ctdd.db.engine import sqlite_write_lock, utcnow
+from ctdd.db.models import EventInbox, InboxStatus, RejectedRecord
+from ctdd.ingest.events import (
+    EventProcessor,
+    InvalidEvent,
+    NotificationOutcome,
+    RetryableEventError,
+    Step,
+    behavioural_dedupe_key,
+)
+from ctdd.db.group_commit import GroupCommitRunner
+from ctdd.db.listen import OutboxListener
+
+log = logging.getLogger(__name__)
+
+INBOX = EventInbox.__table__
+#: PostgreSQL NOTIFY channel raised (on commit) by every ingest batch; inbox processors LISTEN on it
+NOTIFY_CHANNEL = "ctdd_inbox"
+#: how often a processor deletes finished rows older than ``[inbox] retention_days``
+PURGE_INTERVAL_SECONDS = 600.0
+#: rows per multi-row INSERT on SQLite: 3 bound parameters each plus the shared time (older SQLite builds allow
+#: 999 per statement)
+_SQLITE_ROWS_PER_INSERT = 332
+_INBOX_COLUMNS = "dedupe_key, store_key, request, status, attempts, next_attempt_at, received_at"
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_insert(rows: int) -> str:
+    """The INSERT of ``rows`` inbox rows: ``?1`` is the time (received and due), then three parameters per
+    row. One text per row count, so that sqlite3's statement cache prepares it once."""
+    values = ", ".join(f"(?{3 * i + 2}, ?{3 * i + 3}, ?{3 * i + 4}, '{InboxStatus.PENDING}', 0, ?1, ?1)"
+                       for i in range(rows))
+    return f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING dedupe_key"
+
+
+PAYLOAD_REQUIRED = Violation("payload", "one of commercetools_delivery or behavioural_event is required")
+#: one commercetools delivery (SQS allows 256 KB; Pub/Sub and EventBridge more)
+MAX_DELIVERY_BYTES = 4 * 1024 * 1024
+
+
+def priority_of(request: pb.TrackEventRequest) -> int:
+    return outbox.PRIORITY_BACKFILL if request.priority == pb.PRIORITY_BACKFILL else outbox.PRIORITY_LIVE
+
+
+def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
+    """The request's payload kind, after the checks every TrackEventRequest gets (InvalidRequest)."""
+    which = request.WhichOneof("payload")
+    if which is None:
+        raise InvalidRequest([PAYLOAD_REQUIRED])
+    if settings.store(request.store_key) is None:
+        raise InvalidRequest([Violation("store_key", f"unknown store {request.store_key!r}")])
+    if which == "commercetools_delivery" and len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:
+        raise InvalidRequest([Violation("commercetools_delivery", f"larger than {MAX_DELIVERY_BYTES} bytes")])
+    return which
+
+
+async def prepare_request(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest) -> list[Step]:
+    """The prepared steps of one TrackEventRequest (applied now, or taken from the inbox).
+
+    Raises InvalidRequest / InvalidEvent (never processable) or RetryableEventError (try again later).
+    """
+    priority = priority_of(request)
+    if _check(settings, request) == "commercetools_delivery":
+        return await events.prepare_delivery(request.store_key, request.commercetools_delivery, priority=priority)
+    event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
+    return [events.prepare_behavioural(request.store_key, event, priority=priority)]
+
+
+def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest
+                 ) -> QueuedEvent | NotificationOutcome:
+    """Validate a request for the inbox: what to store, or the final outcome of a delivery that needs no
+    processing (a well-formed but irrelevant message). Raises InvalidRequest / InvalidEvent."""
+    if _check(settings, request) == "commercetools_delivery":
+        parsed = events.parse(request.store_key, request.commercetools_delivery)
+        if isinstance(parsed, NotificationOutcome):
+            return parsed
+        key = parsed[0].dedupe_key if len(parsed) == 1 else None
+    else:
+        key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event))
+    return QueuedEvent(request.store_key, request.SerializeToString(), key)
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+class QueuedEvent(NamedTuple):
+    """One validated request for the inbox (a tuple: made once per queued RPC)."""
+
+    store_key: str
+    request: bytes
+    #: the message id / event id, when the request carries exactly one notification
+    dedupe_key: str | None
+
+
+class InboxWriter(GroupCommitRunner):
+    """Group commit for the inbox: ``await add(events)`` -> per event, True (queued) or False (duplicate).
+
+    The committer loop is :class:`~ctdd.db.group_commit.GroupCommitRunner`'s; a batch here is a list of
+    lists of :class:`QueuedEvent` (one list per RPC), written with one multi-row INSERT.
+
+    On SQLite the batch is written on the event loop itself whenever the database's write lock is free at
+    once (the common case: a batch costs about a millisecond, mostly the fsync of the COMMIT). Handing it
+    to a thread instead would cost more: every step of the thread must win the interpreter lock back from
+    the event loop, which is busy with gRPC, and those waits dominated ingest. When another writer holds
+    the lock (the inbox processor, the dispatcher, another process), the batch goes to a thread and waits
+    there, never on the event loop.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 256, min_commit_interval: float = 0.01):
+        super().__init__(engine, max_batch=max_batch, min_commit_interval=min_commit_interval)
+        self._postgres = engine.dialect.name == "postgresql"
+        self._inline: Any = None  # the raw SQLite connection of the inline path, opened on first use
+        self._inline_lock = (sqlite_write_lock(engine.url.database)
+                             if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+                             else None)
+        to_db = INBOX.c.received_at.type._cached_bind_processor(engine.dialect)  # the column type's conversion
+        self._to_db = to_db or (lambda value: value)
+        #: batches written on the event loop / in a thread (observability and tests)
+        self.inline_batches = 0
+
+    async def add(self, events: list[QueuedEvent]) -> list[bool]:
+        if not events:
+            return []
+        return await self.run(events)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        await super().close()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+
+    async def _apply_batch_async(self, items: list[Any]) -> list[tuple[bool, Any]]:
+        if self._inline_lock is not None:
+            results = self._try_inline(items)
+            if results is not None:
+                self.inline_batches += 1
+                return self._counted(items, [(True, r) for r in results])
+        return await asyncio.to_thread(self._apply_batch, items)
+
+    def _try_inline(self, items: list[list[QueuedEvent]]) -> list[list[bool]] | None:
+        """Write the batch without waiting for any lock; None when a lock is taken (or anything failed)."""
+        assert self._inline_lock is not None
+        if not self._inline_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._inline is None:
+                self._inline = self.engine.raw_connection()
+                self._inline.cursor().execute("PRAGMA busy_timeout=0")  # never wait on the event loop
+            cursor = self._inline.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+            except Exception:  # SQLITE_BUSY: another process is writing
+                return None
+            try:
+                results = self._write(cursor, items)
+                cursor.execute("COMMIT")
+                return results
+            except Exception:
+                log.warning("inline inbox write failed; retrying it in a thread", exc_info=True)
+                if self._inline.dbapi_connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+                return None
+        finally:
+            self._inline_lock.release()
+
+    def _apply_batch(self, items: list[Any]) -> list[tuple[bool, Any]]:
+        try:
+            with self.engine.begin() as conn:
+                results = self._write(conn.connection.cursor(), items)
+        except Exception:
+            log.warning("inbox write of %d request(s) failed; writing them one by one", len(items), exc_info=True)
+            outcomes: list[tuple[bool, Any]] = []
+            for item in items:
+                try:
+                    with self.engine.begin() as conn:
+                        outcomes.append((True, self._write(conn.connection.cursor(), [item])[0]))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+            return outcomes
+        return self._counted(items, [(True, r) for r in results])
+
+    def _counted(self, items: list[Any], outcomes: list[tuple[bool, Any]]) -> list[tuple[bool, Any]]:
+        self.batches += 1
+        self.units += len(items)
+        self.largest_batch = max(self.largest_batch, len(items))
+        return outcomes
+
+    def _write(self, cursor: Any, items: list[list[QueuedEvent]]) -> list[list[bool]]:
+        """Insert the batch's events; one whose dedupe key is already queued (before, or earlier in this
+        batch) is a duplicate. Plain DBAPI statements: at thousands of rows per second the ORM's, even
+        Core's, per-row work would cost more than the rows.
+
+        ``INSERT ... ON CONFLICT DO NOTHING RETURNING dedupe_key``: the database tells which keys were new,
+        so there is no separate lookup, and a key another process queued a moment ago is a duplicate too.
+        """
+        results: list[list[Any]] = []
+        rows: list[tuple[str | None, str, bytes]] = []
+        batch_keys: set[str] = set()
+        for item in items:
+            flags: list[Any] = []  # True (new), False (duplicate) or the key, until the INSERT has answered
+            for e in item:
+                key = e.dedupe_key
+                if key is None:
+                    flags.append(True)
+                elif key in batch_keys:
+                    flags.append(False)
+                    continue
+                else:
+                    batch_keys.add(key)
+                    flags.append(key)
+                rows.append((key, e.store_key, e.request))
+            results.append(flags)
+        inserted = self._insert(cursor, rows) if rows else set()
+        return [[flag if flag.__class__ is bool else flag in inserted for flag in flags] for flags in results]
+
+    def _insert(self, cursor: Any, rows: list[tuple[str | None, str, bytes]]) -> set[str]:
+        """INSERT the rows in order (their ids are the arrival order); the dedupe keys it inserted."""
+        now_db = self._to_db(utcnow())
+        inserted: set[str] = set()
+        if self._postgres:
+            # One statement for the whole batch (executemany would cost a round trip per row).
+            keys, stores, requests = (list(col) for col in zip(*rows))
+            cursor.execute(
+                f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) SELECT k, s, r, '{InboxStatus.PENDING}', 0, %s, %s "
+                "FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS t(k, s, r, n) ORDER BY n "
+                "ON CONFLICT DO NOTHING RETURNING dedupe_key",
+                (now_db, now_db, keys, stores, requests),
+            )
+            inserted.update(row[0] for row in cursor.fetchall())
+            cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            return inserted
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+            chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
+            cursor.execute(_sqlite_insert(len(chunk)), [now_db, *[value for row in chunk for value in row]])
+            inserted.update(row[0] for row in cursor.fetchall())
+        return inserted
+
+
+# -- claims and outcomes ----------------------------------------------------------------------------
+@dataclass
+class ClaimedEvent:
+    id: int
+    store_key: str
+    request: bytes
+    attempts: int
+
+
+def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None
+          ) -> list[ClaimedEvent]:
+    """Lease up to ``limit`` due pending events to ``worker``, oldest first."""
+    now = now or utcnow()
+    candidates = (
+        sa.select(INBOX.c.id)
+        .where(INBOX.c.status == InboxStatus.PENDING, INBOX.c.next_attempt_at <= now,
+               sa.or_(INBOX.c.lease_expires_at.is_(None), INBOX.c.lease_expires_at < now))
+        .order_by(INBOX.c.id)
+        .limit(limit)
+    )
+    stmt = (
+        sa.update(INBOX)
+        .where(*outbox.claimable(engine.dialect.name, INBOX.c.id, candidates,
+                                 INBOX.c.status == InboxStatus.PENDING))
+        .values(lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts)
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(stmt).all()
+    return sorted((ClaimedEvent(r.id, r.store_key, bytes(r.request), r.attempts) for r in rows), key=lambda e: e.id)
+
+
+def release(engine: Engine, *, worker: str | None = None) -> int:
+    """Hand back the leases ``worker`` holds (clean shutdown), or every lease (``None``: SQLite start-up,
+    where the one background worker of the file knows any lease is left from a previous run)."""
+    stmt = sa.update(INBOX).where(INBOX.c.status == InboxStatus.PENDING, INBOX.c.lease_owner.is_not(None))
+    if worker is not None:
+        stmt = stmt.where(INBOX.c.lease_owner == worker)
+    with engine.begin() as conn:
+        return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
+
+
+def purge_finished(engine: Engine, *, older_than: datetime, limit: int = 10_000) -> int:
+    """Delete up to ``limit`` finished rows (done, rejected, failed) that finished before ``older_than``."""
+    finished = (
+        sa.select(INBOX.c.id)
+        .where(INBOX.c.status != InboxStatus.PENDING, INBOX.c.processed_at < older_than)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    with engine.begin() as conn:
+        return conn.execute(sa.delete(INBOX).where(INBOX.c.id.in_(finished))).rowcount
+
+
+def pending_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(INBOX)
+                            .where(INBOX.c.status == InboxStatus.PENDING)).scalar_one()
+
+
+#: PostgreSQL advisory lock serializing the apply transactions of all inbox processors
+APPLY_LOCK_KEY = 0x63746464_696E6278 & 0x7FFFFFFFFFFFFFFF  # "ctddinbx"
+
+
+def _serialize_applies(session: Session) -> None:
+    """First statement of every apply transaction: on PostgreSQL, one processor applies at a time.
+
+    A batch locks the contacts of many events in the order the events came; two processors applying
+    batches at once would deadlock whenever their batches share contacts in another order (and each
+    deadlock costs PostgreSQL's ``deadlock_timeout``, a second, to detect). Preparation (parsing,
+    commercetools fetches) still runs in parallel; only the database work takes turns, in claim order.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPLY_LOCK_KEY})
+
+
+@dataclass
+class _Failure:
+    event: ClaimedEvent
+    error: str
+    #: False: the event can never be applied (rejected at once)
+    retryable: bool
+
+
+# -- processing --------------------------------------------------------------------------------------
+class _TakenOver(Exception):
+    """The event's lease passed to another processor before this one applied it."""
+
+
+#: a leased event applied: done, with its outcome; matches only while ``worker`` still holds the lease
+_FINISH_LEASED = (
+    sa.update(INBOX)
+    .where(INBOX.c.id == sa.bindparam("event_id"), INBOX.c.status == InboxStatus.PENDING,
+           INBOX.c.lease_owner == sa.bindparam("worker"))
+    .values(status=InboxStatus.DONE, processed_at=sa.bindparam("processed_at"),
+            outcome=sa.bindparam("outcome"), lease_owner=None, lease_expires_at=None)
+)
+
+
+class InboxProcessor:
+    """Claims queued events, prepares them concurrently and applies them in order, one transaction per batch."""
+
+    def __init__(self, engine: Engine, settings: Settings, events: EventProcessor, *, worker_id: str,
+                 on_enqueued=None):
+        self.engine = engine
+        self.settings = settings
+        self.cfg: InboxConfig = settings.inbox
+        self.events = events
+        self.worker_id = worker_id
+        self.on_enqueued = on_enqueued or (lambda: None)
+        self.runner = GroupCommitRunner(engine, max_batch=self.cfg.batch_size, on_begin=_serialize_applies)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task | None = None
+        self._listener: OutboxListener | None = None
+        #: counters for observability and tests
+        self.stats = {"applied": 0, "retried": 0, "rejected": 0, "failed": 0, "batches": 0}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="inbox-processor")
+        if self.engine.dialect.name == "postgresql":
+            self._listener = OutboxListener(self.engine, self.wake, channel=NOTIFY_CHANNEL)
+            self._listener.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then hand back any lease."""
+        self._stopping = True
+        self._wake.set()
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.runner.close()
+        await asyncio.to_thread(release, self.engine, worker=self.worker_id)
+
+    async def run(self) -> None:
+        next_purge = 0.0
+        while not self._stopping:
+            try:
+                claimed = await self.run_once()
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
+                    purged = await asyncio.to_thread(
+                        purge_finished, self.engine,
+                        older_than=utcnow() - timedelta(days=self.cfg.retention_days))
+                    if purged:
+                        log.info("purged %d finished queued event(s) older than %s days", purged,
+                                 self.cfg.retention_days)
+            except Exception:
+                log.exception("inbox processing failed; retrying shortly")
+                claimed = 0
+            if claimed >= self.cfg.batch_size:
+                await asyncio.sleep(0)
+                continue
+            if self._stopping:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.poll_interval_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """Process one batch of due events; returns how many were claimed."""
+        claimed = await asyncio.to_thread(claim, self.engine, worker=self.worker_id, limit=self.cfg.batch_size,
+                                          lease_seconds=self.cfg.lease_seconds)
+        if not claimed:
+            return 0
+        prepared = await asyncio.gather(*(self._prepare(e) for e in claimed))
+        failures = [p for p in prepared if isinstance(p, _Failure)]
+        ready = [(e, p) for e, p in zip(claimed, prepared) if not isinstance(p, _Failure)]
+        # Coroutines handed to gather start in order, and each queues its unit before its first await,
+        # so the runner applies the units in arrival order.
+        results = await asyncio.gather(*(self.runner.run(self._unit(e, steps)) for e, steps in ready),
+                                       return_exceptions=True)
+        enqueued = False
+        for (event, _), result in zip(ready, results):
+            if isinstance(result, _TakenOver):
+                log.info("queued event %d was taken over by another processor; skipped", event.id)
+            elif isinstance(result, BaseException):
+                log.error("queued event %d failed to apply: %s", event.id, type(result).__name__,
+                          exc_info=result if not isinstance(result, RetryableEventError) else None)
+                failures.append(_Failure(event, f"{type(result).__name__}: {result}", retryable=True))
+            elif result:
+                self.stats["applied"] += 1
+                enqueued |= any(o.outbox_message_ids for o in result)
+        if failures:
+            await asyncio.to_thread(self._record_failures, failures)
+        self.stats["batches"] += 1
+        if enqueued:
+            self.on_enqueued()
+        return len(claimed)
+
+    async def _prepare(self, event: ClaimedEvent) -> list[Step] | _Failure:
+        try:
+            request = pb.TrackEventRequest.FromString(event.request)
+            return await prepare_request(self.events, self.settings, request)
+        except (InvalidRequest, InvalidEvent) as exc:
+            return _Failure(event, str(exc) or "invalid request", retryable=False)
+        except RetryableEventError as exc:
+            return _Failure(event, str(exc), retryable=True)
+        except Exception as exc:  # a bug: keep the event, retry it with backoff
+            log.exception("preparing queued event %d failed", event.id)
+            return _Failure(event, f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def _unit(self, event: ClaimedEvent, steps: list[Step]):
+        worker = self.worker_id
+
+        def unit(session: Session) -> list[NotificationOutcome]:
+            outcomes = [step if isinstance(step, NotificationOutcome) else step(session) for step in steps]
+            # Exactly once: only the processor holding the row's lease turns it to done. Another that took
+            # the event over (this lease expired) keeps it: this unit's savepoint is rolled back.
+            taken = session.connection().execute(_FINISH_LEASED, {
+                "event_id": event.id, "worker": worker, "processed_at": utcnow(),
+                "outcome": ",".join(o.outcome for o in outcomes)[:200],
+            }).rowcount
+            if not taken:
+                raise _TakenOver(event.id)
+            return outcomes
+
+        return unit
+
+    def _record_failures(self, failures: list[_Failure]) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for f in failures:
+                attempt = f.event.attempts + 1
+                given_up = not (f.retryable and attempt < self.cfg.max_attempts)
+                if given_up:
+                    status = InboxStatus.FAILED if f.retryable else InboxStatus.REJECTED
+                    values = dict(attempts=attempt, status=status, processed_at=now)
+                else:
+                    delay = outbox.backoff_seconds(attempt, base=self.cfg.backoff_base_seconds,
+                                                   cap=self.cfg.backoff_cap_seconds)
+                    values = dict(attempts=attempt, next_attempt_at=now + timedelta(seconds=delay))
+                updated = conn.execute(
+                    sa.update(INBOX)
+                    .where(INBOX.c.id == f.event.id, INBOX.c.status == InboxStatus.PENDING,
+                           INBOX.c.lease_owner == self.worker_id)
+                    .values(lease_owner=None, lease_expires_at=None, last_error=f.error[:2000], **values)
+                ).rowcount
+                if not updated:  # taken over by another processor meanwhile: its outcome counts
+                    continue
+                if not given_up:
+                    self.stats["retried"] += 1
+                    continue
+                self.stats["failed" if f.retryable else "rejected"] += 1
+                reason = (f"queued event {status} after {attempt} attempt(s): {f.error}" if f.retryable
+                          else f"queued event rejected: {f.error}")
+                # in the same transaction as the status: a failed event always has its log entry
+                conn.execute(sa.insert(RejectedRecord.__table__).values(
+                    operation="TrackEvent", store_key=f.event.store_key, record_type="event_inbox",
+                    record_id=str(f.event.id), reason=reason[:2000], created_at=now))
+                log.warning("rejected queued TrackEvent %d for store %s: %s", f.event.id, f.event.store_key, reason)

@@ -1,0 +1,121 @@
+"""Wiring: database, plugins, Dotdigital clients, dispatcher and gRPC server in one application object.
+
+Shutdown order (engineering notes §2.3): health NOT_SERVING -> stop accepting RPCs and let in-flight ones
+finish -> stop the back-sync poller -> stop the inbox processor (finish its batch) -> stop the dispatcher (drain deliveries, release leases) -> close HTTP
+clients. Start-up resolves the lists configured by name (``ctdd.dotdigital.provisioning``) before anything runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ctdd.ingest import inbox
+
+from ctdd.delivery import outbox
+from ctdd.config import Settings
+from ctdd.ingest.contact_sync import ContactSync
+from ctdd.db.engine import create_db_engine, is_sqlite, upgrade_database
+from ctdd.delivery.dispatcher import Dispatcher, DotdigitalClients
+from ctdd.ingest.events import CommercetoolsClients, EventProcessor
+from ctdd.api.server import GrpcServer, SyncServicer
+from ctdd.hooks.manager import create_plugin_manager
+from ctdd.db.group_commit import GroupCommitRunner
+from ctdd.ingest.inbox import InboxProcessor, InboxWriter
+from ctdd.db.transactions import TransactionRunner
+from ctdd.runtime.worker import SQLiteDispatcherLock
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, settings: Settings, *, extra_plugins=(), run_dispatcher: bool = True, serve_grpc: bool = True,
+                 commercetools_factory=None, run_backsync: bool | None = None):
+        self.settings = settings
+        self.engine = create_db_engine(settings.database_url)
+        self.hooks = create_plugin_manager(extra_plugins)
+        self.contact_sync = ContactSync(self.engine, settings, self.hooks)
+        # Group commit: concurrent RPCs share transactions (one savepoint each); off = one transaction per RPC.
+        self.transactions = (GroupCommitRunner(self.engine, max_batch=settings.group_commit_max_batch)
+                             if settings.group_commit else TransactionRunner(self.engine))
+        self._dispatcher_lock: SQLiteDispatcherLock | None = None
+        self.clients = DotdigitalClients(settings.accounts)
+        self.dispatcher = Dispatcher(self.engine, settings, self.clients, self.hooks) if run_dispatcher else None
+        self.grpc: GrpcServer | None = None
+        self.events = EventProcessor(settings, self.contact_sync, self.transactions,
+                                     CommercetoolsClients(settings, commercetools_factory))
+        # Events queued with PROCESSING_QUEUED: written by the gRPC layer, applied next to the dispatcher.
+        self.inbox_writer: InboxWriter | None = None
+        self.inbox_processor = (
+            InboxProcessor(self.engine, settings, self.events, worker_id=self.dispatcher.worker_id,
+                           on_enqueued=self._wake_dispatcher)
+            if self.dispatcher is not None else None
+        )
+        if serve_grpc:
+            self.inbox_writer = InboxWriter(self.engine, max_batch=settings.group_commit_max_batch,
+                                            min_commit_interval=settings.inbox.write_interval_seconds)
+            servicer = SyncServicer(settings, self.contact_sync, self.transactions, on_enqueued=self._wake_dispatcher,
+                                    events=self.events, inbox=self.inbox_writer, on_queued=self._wake_inbox)
+            self.grpc = GrpcServer(servicer, settings.listen)
+        self.port: int | None = None
+        # Back-sync (Dotdigital opt-outs -> commercetools): always available for run_once, polling on a
+        # schedule when [backsync] is enabled (default: some store has a commercetools client).
+        from ctdd.backsync.feeds import BackSync
+
+        self.backsync = BackSync(self.engine, settings, self.clients, commercetools_factory=commercetools_factory)
+        self._run_backsync = settings.backsync_enabled if run_backsync is None else run_backsync
+
+    def _wake_dispatcher(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    def _wake_inbox(self) -> None:
+        if self.inbox_processor is not None:
+            self.inbox_processor.wake()
+
+    async def start(self) -> None:
+        from ctdd.dotdigital.provisioning import resolve_list_names
+
+        upgrade_database(self.engine)
+        # lists configured by name -> ids, once per account; a missing list stops start-up (ConfigError)
+        await resolve_list_names(self.settings, self.clients)
+        if self.dispatcher is not None:
+            if is_sqlite(self.engine):
+                # One dispatcher per SQLite file (enforced by a lock file, see ctdd.runtime.worker): anything still
+                # in flight belongs to a previous run.
+                self._dispatcher_lock = SQLiteDispatcherLock.for_engine(self.engine)
+                if self._dispatcher_lock is not None:
+                    self._dispatcher_lock.acquire()
+                released = outbox.release_leases(self.engine)
+                if released:
+                    log.warning("released %d in-flight message(s) left by a previous run", released)
+                released = inbox.release(self.engine)
+                if released:
+                    log.warning("released %d queued event(s) claimed by a previous run", released)
+            self.dispatcher.start()
+            assert self.inbox_processor is not None
+            self.inbox_processor.start()
+        if self.grpc is not None:
+            self.port = await self.grpc.start()
+            log.info("ctdd-sync listening on %s (port %s), database %s", self.settings.listen, self.port,
+                     self.engine.url.render_as_string(hide_password=True))
+        if self._run_backsync:
+            self.backsync.start()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.grpc is not None:
+            await self.grpc.begin_shutdown()
+            await self.grpc.stop(grace)
+        await self.backsync.stop(grace=grace)  # finish or cancel a poll, before its clients close
+        if self.inbox_processor is not None:
+            await self.inbox_processor.stop()  # before the dispatcher: it may still enqueue
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(drain_seconds=grace)
+        if self._dispatcher_lock is not None:
+            self._dispatcher_lock.release()
+        await self.transactions.close()
+        if self.inbox_writer is not None:
+            await self.inbox_writer.close()
+        await self.events.ct.aclose()
+        await self.clients.aclose()
+        self.engine.dispose()
+        log.info("ctdd-sync stopped")

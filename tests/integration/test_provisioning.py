@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import all_settled, contact_request, make_settings, wait_for
+from support import all_settled, contact_request, make_settings, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.runtime.app import App
 from ctdd.cli.main import main, with_sandbox

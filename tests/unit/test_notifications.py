@@ -24,8 +24,8 @@ from ctdd.domain.notifications import (
     parse_delivery,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "commercetools"
-SHARED_DIR = Path(os.environ.get("CTDD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "commercetools"
+SHARED_DIR = Path(os.environ.get("CTDD_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
 SHARED_FIXTURES = SHARED_DIR / "fixtures" / "commercetools"
 
 

@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 import pluggy
 import pytest
 
-from conftest import all_settled, contact_request, make_settings, outbox_rows, wait_for
+from support import all_settled, contact_request, make_settings, outbox_rows, wait_for
 from ctdd import hookimpl
 from ctdd.config import ConfigError, load_settings, settings_from_mapping
 from ctdd.hooks.manager import SuppressDecision, create_plugin_manager
@@ -136,7 +136,7 @@ def test_every_hook_is_documented_for_plugin_authors():
 
     from ctdd.hooks import spec as hookspecs
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
     hooks = [name for name in dir(hookspecs) if name.startswith("ctdd_")]
     assert hooks, "no hookspecs found"
     for name in hooks:

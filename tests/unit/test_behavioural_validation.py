@@ -8,7 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.api.convert import InvalidRequest, check_behavioural_event, parse_behavioural_event
-import ct_payloads as ct
+from support import ct_payloads as ct
 
 
 def _event(**fields) -> pb.BehaviouralEvent:

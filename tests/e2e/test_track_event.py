@@ -8,8 +8,8 @@ import json
 import grpc
 import pytest
 
-import ct_payloads as ct
-from conftest import all_settled, field_violations, make_settings, outbox_rows, wait_for
+from support import ct_payloads as ct
+from support import all_settled, field_violations, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.testing.commercetools_fake import FakeCommercetools
 
@@ -271,7 +271,7 @@ async def test_backfill_priority_yields_to_live_events(svc, sandbox):
 
 # -- contract: commercetools' published examples (shared fixtures), skipped where ../shared is absent ---------
 def _shared(name: str):
-    from conftest import SHARED_DIR
+    from support import SHARED_DIR
 
     path = SHARED_DIR / "fixtures" / "commercetools" / name
     if not path.exists():

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from conftest import contact_request, make_settings, outbox_rows, wait_for
+from support import contact_request, make_settings, outbox_rows, wait_for
 from ctdd.delivery import outbox
 from ctdd.delivery.bulk import ImportTimings
 from ctdd.delivery.dispatcher import Dispatcher

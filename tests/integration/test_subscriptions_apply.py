@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import commercetools_section
+from support import commercetools_section
 from ctdd.cli.main import main
 from ctdd.commercetools.subscriptions import (
     CUSTOMER_MESSAGES,

@@ -18,10 +18,10 @@ import uuid
 import boto3
 import pytest
 
-from conftest import stop_with_sigterm
-from scripted_sync_service import wait_for
+from support import stop_with_sigterm
+from support.scripted_sync_service import wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from scripted_sync_service import ScriptedSyncService
+from support.scripted_sync_service import ScriptedSyncService
 from ctdd.adapters.sqs import SqsAdapter, SqsAdapterConfig, backoff_seconds
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -284,8 +284,8 @@ async def test_end_to_end_with_the_real_service(moto_endpoint, sqs, queues, serv
     """SQS -> adapter -> ctdd-sync -> Dotdigital sandbox: a CustomerCreated (raw and SNS-wrapped) becomes a
     contact, its redelivery changes nothing, and an unparseable body ends in the DLQ - whether the adapter
     has events applied before the answer or queued in the service's event inbox (``--queued``)."""
-    import ct_payloads as ct
-    from conftest import all_settled, make_settings, wait_for as wait_settled
+    from support import ct_payloads as ct
+    from support import all_settled, make_settings, wait_for as wait_settled
     from ctdd.testing.commercetools_fake import FakeCommercetools
 
     queue, dlq = queues

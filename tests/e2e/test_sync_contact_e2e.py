@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from conftest import all_settled, contact_request, field_violations, make_settings, outbox_rows, wait_for
+from support import all_settled, contact_request, field_violations, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
 

@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from conftest import all_settled, contact_request, make_settings, wait_for
+from support import all_settled, contact_request, make_settings, wait_for
 
 EXPORTER = InMemorySpanExporter()
 READER = InMemoryMetricReader()

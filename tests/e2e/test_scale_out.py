@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session
 
-from conftest import _reset_postgres, contact_request, make_settings, outbox_rows, wait_for, write_service_config
+from support import reset_postgres, contact_request, make_settings, outbox_rows, wait_for, write_service_config
 from ctdd.delivery import outbox
 from ctdd.runtime.app import App
 from ctdd.config import settings_from_mapping
@@ -32,7 +32,7 @@ from ctdd.runtime.worker import DispatcherAlreadyRunning
 @pytest.fixture
 def pg_url(request):
     url = request.getfixturevalue("postgres_database")
-    _reset_postgres(url)
+    reset_postgres(url)
     return url
 
 

@@ -18,7 +18,7 @@ import grpc
 import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import contact_request, start_cli, stop_with_sigterm, wait_for, write_service_config
+from support import contact_request, start_cli, stop_with_sigterm, wait_for, write_service_config
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 
 CONCURRENCY = 4

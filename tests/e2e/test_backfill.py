@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from conftest import commercetools_section
+from support import commercetools_section
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from scripted_sync_service import INVALID_ARGUMENT, OK, UNAVAILABLE, ScriptedSyncService
+from support.scripted_sync_service import INVALID_ARGUMENT, OK, UNAVAILABLE, ScriptedSyncService
 from ctdd.adapters.forwarder import EventForwarder
 from ctdd.adapters.backfill import CURSOR_CONTAINER, BackfillError, ProgressBar, run_backfill
 from ctdd.commercetools.client import CommercetoolsClient
@@ -248,8 +248,8 @@ commercetools = "shop"
 async def test_backfill_into_the_real_service(service_factory, sqlite_url, sandbox):
     """Customers from the fake commercetools API become Dotdigital contacts through the real pipeline, at
     backfill priority; running the backfill again is deduplicated (nothing new is enqueued)."""
-    import ct_payloads as cp
-    from conftest import all_settled, make_settings, outbox_rows, wait_for as wait_settled
+    from support import ct_payloads as cp
+    from support import all_settled, make_settings, outbox_rows, wait_for as wait_settled
     from ctdd.delivery import outbox
 
     with FakeCommercetools(project_key=cp.PROJECT) as fake_ct:

@@ -20,7 +20,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from conftest import (_reset_postgres, contact_request, make_settings, start_cli, stop_with_sigterm, wait_for,
+from support import (reset_postgres, contact_request, make_settings, start_cli, stop_with_sigterm, wait_for,
                       write_service_config)
 
 pytestmark = pytest.mark.postgres
@@ -98,7 +98,7 @@ def _writes_by_contact(sandbox) -> dict[str, list[tuple[float, int, str]]]:
 
 async def test_kill_a_worker_mid_import_under_5xx_and_429_bursts(tmp_path, service_factory, request, sandbox):
     url = request.getfixturevalue("postgres_database")
-    _reset_postgres(url)
+    reset_postgres(url)
     sandbox.import_delay_seconds = IMPORT_DELAY
     sandbox.set_latency(LATENCY)
     ingest = await service_factory(make_settings(url, sandbox), run_dispatcher=False)

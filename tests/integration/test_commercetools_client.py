@@ -31,7 +31,7 @@ from ctdd.commercetools import (
 )
 from ctdd.testing.commercetools_fake import FakeCommercetools
 
-SHARED_DIR = Path(os.environ.get("CTDD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+SHARED_DIR = Path(os.environ.get("CTDD_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
 SHARED_FIXTURES = SHARED_DIR / "fixtures" / "commercetools"
 SECRET = "s3cr3t-Cl1ent-Secret-Value"
 

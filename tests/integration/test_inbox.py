@@ -9,8 +9,8 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-import ct_payloads as ct
-from conftest import all_settled, field_violations, make_settings, wait_for
+from support import ct_payloads as ct
+from support import all_settled, field_violations, make_settings, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.ingest import inbox
 from ctdd.ingest.contact_sync import ContactSync
@@ -203,10 +203,10 @@ async def test_an_expired_claim_is_taken_over_and_applied_exactly_once(service_f
 @pytest.mark.postgres
 async def test_processors_in_parallel_apply_every_event_once(service_factory, postgres_database, sandbox, fake_ct):
     # several processors on one database is the PostgreSQL deployment (SQLite has one background worker per file)
-    from conftest import _reset_postgres
+    from support import reset_postgres
 
     database_url = postgres_database
-    _reset_postgres(database_url)
+    reset_postgres(database_url)
     settings = make_inbox_settings(database_url, sandbox, fake_ct, batch_size=8)
     svc = await service_factory(settings, run_dispatcher=False)
     batch = pb.TrackEventBatchRequest(events=[

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import pytest
 
-from conftest import all_settled, contact_request, make_settings, outbox_rows, wait_for
+from support import all_settled, contact_request, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
 CONSENT_STORE = {"uk": {"email_list": "newsletter", "sms_list": "sms", "customers_list": "customers",

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-import ct_payloads as ct
-from conftest import all_settled, commercetools_section, contact_request, make_settings, outbox_rows, wait_for
+from support import ct_payloads as ct
+from support import all_settled, commercetools_section, contact_request, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.backsync.feeds import (
     SHOP_NEWER, UNCHANGED, WRITTEN, ChannelState, _claim, _release, consent_updates, iso, read_cursors,

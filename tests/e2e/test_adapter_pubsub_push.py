@@ -18,10 +18,10 @@ import sys
 import httpx
 import pytest
 
-from conftest import stop_with_sigterm
-from scripted_sync_service import wait_for
+from support import stop_with_sigterm
+from support.scripted_sync_service import wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
-from scripted_sync_service import ScriptedSyncService
+from support.scripted_sync_service import ScriptedSyncService
 from ctdd.adapters.pubsub_push import PubSubPushAdapter, PubSubPushConfig, push_body
 
 TOKEN = "s3cret-token-value"
@@ -240,8 +240,8 @@ async def test_shutdown_finishes_requests_in_progress(peer, adapter_factory):
 
 async def test_end_to_end_with_the_real_service(adapter_factory, service_factory, sqlite_url, sandbox, tmp_path):
     """Pub/Sub push -> adapter -> ctdd-sync -> Dotdigital sandbox."""
-    import ct_payloads as ct
-    from conftest import all_settled, make_settings, wait_for as wait_settled
+    from support import ct_payloads as ct
+    from support import all_settled, make_settings, wait_for as wait_settled
     from ctdd.testing.commercetools_fake import FakeCommercetools
 
     with FakeCommercetools(project_key=ct.PROJECT) as fake_ct:
@@ -266,7 +266,7 @@ async def test_end_to_end_with_the_real_service(adapter_factory, service_factory
 
 async def test_cli_refuses_to_start_with_a_store_the_service_does_not_know(service_factory, sqlite_url, sandbox):
     """A wrong --store would turn every delivery into poison; the adapter's start-up probe catches it."""
-    from conftest import make_settings
+    from support import make_settings
 
     svc = await service_factory(make_settings(sqlite_url, sandbox))
     proc = await asyncio.create_subprocess_exec(

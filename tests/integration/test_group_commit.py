@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from conftest import contact_request, make_settings
+from support import contact_request, make_settings
 from ctdd.db.engine import create_db_engine, utcnow
 from ctdd.db.models import ContactIdentifier, RejectedRecord, Contact
 from ctdd.db.group_commit import GroupCommitRunner
@@ -135,10 +135,10 @@ async def test_a_lost_uniqueness_race_is_retried_in_its_own_savepoint(engine):
 async def test_a_failed_commit_falls_back_to_one_transaction_per_unit(request):
     """A deferred constraint fails only at COMMIT: no unit of the batch was applied, so each is applied
     alone and only the offending one fails."""
-    from conftest import _reset_postgres
+    from support import reset_postgres
 
     url = request.getfixturevalue("postgres_database")
-    _reset_postgres(url)
+    reset_postgres(url)
     engine = create_db_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE deferred_t (k int, CONSTRAINT uq_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)"))

@@ -671,7 +671,7 @@ def _spec_dir() -> Path | None:
     shared = os.environ.get("CTDD_SHARED_DIR")
     if shared:
         candidates += [Path(shared) / "specs" / "dotdigital", Path(shared)]
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "specs" / "dotdigital")
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "specs" / "dotdigital")
     return next((c for c in candidates if (c / "dotdigital-contacts-service.json").is_file()), None)
 
 

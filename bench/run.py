@@ -22,7 +22,8 @@ Everything is measured on this machine in this run, against real processes over 
     one ``ctdd worker`` (two processes for two cores), and on SQLite with one ``ctdd serve`` doing both; then
     the PostgreSQL set-up again with PROCESSING_QUEUED (the worker applies the events from the inbox too).
 
-The targets of issue 5 are printed next to each figure; nothing is hard-coded or adjusted afterwards.
+The targets (``TARGETS``) are printed next to each figure; nothing is hard-coded or adjusted afterwards.
+Recorded runs and how to read them: bench/README.md.
 """
 
 from __future__ import annotations

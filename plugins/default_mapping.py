@@ -10,7 +10,7 @@ brand plugin's ``ctdd_map_contact`` answers first. What it maps, per store confi
   ``CURRENCY`` fall back to the store's defaults when the profile has none
 - email consent -> ``channelProperties.email.status`` / ``optInType`` and consent records; SMS consent ->
   ``channelProperties.sms.status`` and consent records (``email.status`` is only sent when the shop made
-  an explicit decision: Dotdigital would otherwise subscribe a new contact, reference §4.2)
+  an explicit decision: Dotdigital would otherwise subscribe a new contact)
 - the store's ``email_list`` / ``sms_list`` follow the channel decision (joined on opt-in, left on opt-out);
   every registered customer joins ``customers_list`` (a list the merchant must not market to)
 - list memberships -> ``lists.<id>``: ``True`` joins, ``False`` leaves

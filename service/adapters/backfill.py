@@ -1,7 +1,7 @@
 """``ctdd backfill customers|orders``: feed every existing customer or order of a commercetools project
 into the same pipeline as live events, at lower priority.
 
-Paging (reference ``shared/reference/commercetools.md`` §5.2): ``sort=id asc``, ``limit`` (at most 500),
+Paging: ``sort=id asc``, ``limit`` (at most 500),
 ``withTotal=false``, ``where=id > "<last id>"``; offsets are never used, so it scales past 10,000.
 
 Every resource becomes a synthetic Platform-format Message notification, sent with TrackEventBatch and
@@ -83,7 +83,7 @@ def message_id(spec: ResourceSpec, resource: dict[str, Any]) -> str:
 
 
 def synthetic_notification(spec: ResourceSpec, resource: dict[str, Any], project_key: str) -> dict[str, Any]:
-    """A Platform-format Message delivery (§2.4) carrying ``resource`` in full."""
+    """A Platform-format Message delivery carrying ``resource`` in full."""
     stamp = resource.get("lastModifiedAt") or resource.get("createdAt") or _now()
     return {
         "notificationType": "Message",

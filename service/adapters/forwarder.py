@@ -214,7 +214,7 @@ class CoalescingForwarder:
 
 
 def probe_event(store_key: str) -> pb.TrackEventRequest:
-    """A subscription test notification (§2.1): the service checks the store key and ignores the rest."""
+    """A subscription test notification: the service checks the store key and ignores the rest."""
     body = {"notificationType": "ResourceCreated", "projectKey": "ctdd-probe",
             "resource": {"typeId": "subscription", "id": "ctdd-adapter-probe"},
             "resourceUserProvidedIdentifiers": {"key": "ctdd-adapter-probe"}, "version": 1,

@@ -26,6 +26,7 @@ from typing import Any
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.adapters.forwarder import OK, POISON, RETRY, EventForwarder, Outcome, delivery_request
+from ctdd.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,8 @@ class BatchReport:
 
 def backoff_seconds(receive_count: int, base: float, cap: float) -> int:
     """Visibility delay for a message received ``receive_count`` times (whole seconds, at least 1)."""
-    n = max(1, receive_count)
-    delay = base * (2 ** min(n - 1, 30))
-    return int(max(1, min(cap, delay, MAX_VISIBILITY)))
+    delay = backoff_delay(receive_count, base=base, cap=min(cap, MAX_VISIBILITY), max_exponent=30)
+    return int(max(1, delay))
 
 
 def make_sqs_client(config: SqsAdapterConfig):
@@ -244,13 +244,14 @@ class SqsAdapter:
                 receive_errors = 0
             except Exception as exc:
                 receive_errors += 1
-                delay = min(30.0, 0.5 * 2 ** min(receive_errors, 6))
+                delay = backoff_delay(receive_errors + 1, base=0.5, cap=30.0, max_exponent=6)
                 log.warning("ReceiveMessage failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await _sleep_or_stop(stop, delay)
                 continue
             await self.process(messages)
             if self._transport_failures:
-                delay = min(self.config.retry_cap, 0.5 * 2 ** min(self._transport_failures, 6), 30.0)
+                delay = backoff_delay(self._transport_failures + 1, base=0.5, cap=min(self.config.retry_cap, 30.0),
+                                      max_exponent=6)
                 await _sleep_or_stop(stop, delay)
         log.info("SQS adapter stopped")
 

@@ -2,7 +2,7 @@
 
 Errors carry google.rpc rich details in trailing metadata (grpcio-status). They are sent with
 ``context.abort(code, details, trailing_metadata)`` rather than ``abort_with_status`` so OpenTelemetry's
-aio interceptor records the real status code (engineering notes §2.2).
+aio interceptor records the real status code.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from ctdd.api.convert import InvalidRequest, Violation, parse_sync_contact
 from ctdd.config import Settings
 from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError
-from ctdd.ingest.inbox import InboxWriter, QueuedEvent, prepare_request, queued_event
+from ctdd.api.track_event import prepare_request, queued_event
+from ctdd.ingest.inbox import InboxWriter, QueuedEvent
 from ctdd.hooks.manager import PluginConflict
 from ctdd.telemetry import start_span
 from ctdd.db.transactions import TransactionRunner

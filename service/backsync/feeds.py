@@ -1,5 +1,5 @@
-"""Back-sync: opt-outs made in Dotdigital reach commercetools (reference dotdigital.md §5.1, §10;
-commercetools.md §4.7, §4.8, §6).
+"""Back-sync: opt-outs made in Dotdigital reach commercetools (Dotdigital API docs: contact suppression and
+unsubscribe feeds; commercetools HTTP API docs: Custom Fields and CustomObjects).
 
 Per Dotdigital account, on a schedule (``[backsync]``), ctdd-sync polls three feeds from a cursor kept in
 the ``backsync_cursor`` table:
@@ -20,7 +20,7 @@ mobile number, within the account):
 
 1. **Shop decided later: skipped.** If the shop's newest decision for the channel is an opt-in made after
    the Dotdigital removal (``contact.shop_<channel>_consent_at > dateRemoved``), commercetools is left
-   alone, as the Magento connector does (§10). The same holds when commercetools itself says opted in
+   alone, as the Magento connector does. The same holds when commercetools itself says opted in
    with a newer ``updated_at_field``.
 2. **Recorded** on the contact (``consent_state.apply_channel_statuses``) and in the remembered field
    state: the channel status, and the store's ``email_list`` / ``sms_list`` membership, are remembered as
@@ -49,7 +49,6 @@ import asyncio
 import logging
 import os
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -60,13 +59,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ctdd.commercetools.client import custom_object_key_for_email
+from ctdd.commercetools.clients import CommercetoolsClients
+from ctdd.commercetools.errors import CommercetoolsConflict, CommercetoolsError
 from ctdd.config import ConsentFieldsConfig, Settings, StoreConfig
-from ctdd.ingest.consent_state import apply_channel_statuses
+from ctdd.db.consent_state import apply_channel_statuses
 from ctdd.db.engine import utcnow
 from ctdd.db.models import BacksyncCursor, Contact, ContactIdentifier, FieldState, ResourceState
 from ctdd.domain.commerce import consent_value, parse_ts
 from ctdd.domain.consent import normalise_status
 from ctdd.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
+from ctdd.dotdigital.errors import DotdigitalError
 from ctdd.db.transactions import run_in_transaction
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,7 @@ SUPPRESSED, UNSUBSCRIBED, MODIFIED = "suppressed", "unsubscribed", "modified"
 FEEDS = (SUPPRESSED, UNSUBSCRIBED, MODIFIED)
 _CURSOR_COLUMNS = {SUPPRESSED: "suppressed_since", UNSUBSCRIBED: "unsubscribed_since", MODIFIED: "modified_since"}
 
-#: Dotdigital email statuses that stop email marketing: each is an opt-out for commercetools (§4.3, §6)
+#: Dotdigital email statuses that stop email marketing: each is an opt-out for commercetools
 EMAIL_OPT_OUTS = frozenset({
     "unsubscribed", "suppressed", "softBounced", "hardBounced", "ispComplained", "directComplaint", "spamTrap",
     "blockedlocalpart", "sharedsuppression", "sharedDomainSuppression", "domainSuppressed", "knownComplainer",
@@ -217,8 +220,8 @@ def iso(moment: datetime) -> str:
 # -- what to write to commercetools (pure) ----------------------------------------------------------
 
 def opted_out_value(current: Any, field_type: str | None) -> Any:
-    """The opted-out value of a consent field: ``False`` for a Boolean, ``"optedOut"`` for an Enum/String
-    (commercetools.md §6). Decided by the current value's JSON type, else by the field's Type definition."""
+    """The opted-out value of a consent field: ``False`` for a Boolean, ``"optedOut"`` for an Enum/String.
+    Decided by the current value's JSON type, else by the field's Type definition."""
     if isinstance(current, bool):
         return False
     if isinstance(current, (str, dict)):
@@ -430,8 +433,6 @@ class BackSync:
 
     def __init__(self, engine: Engine, settings: Settings, clients, ct_clients=None, *,
                  commercetools_factory=None, clock: Callable[[], datetime] = utcnow):
-        from ctdd.ingest.events import CommercetoolsClients
-
         self.engine = engine
         self.settings = settings
         self.cfg = settings.backsync
@@ -535,8 +536,6 @@ class BackSync:
 
     async def _fetch(self, account: str, since: Mapping[str, datetime]) -> list[OptOut]:
         """Every opt-out of the three feeds, one per (channel, contact), the latest removal winning."""
-        from ctdd.dotdigital.errors import DotdigitalError
-
         client = self.clients.get(account)
         found: dict[tuple, OptOut] = {}
 
@@ -646,8 +645,6 @@ class BackSync:
         return self._field_types[key]
 
     async def _write_customer(self, account: str, customer_key: str, channel: str, recorded: Recorded) -> str:
-        from ctdd.commercetools.errors import CommercetoolsError
-
         project, _, customer_id = customer_key.partition("/")
         stores = self._stores_for(account, project)
         if not stores:
@@ -690,9 +687,6 @@ class BackSync:
         return outcome
 
     async def _write_guest(self, account: str, channel: str, recorded: Recorded) -> list[str]:
-        from ctdd.commercetools.client import custom_object_key_for_email
-        from ctdd.commercetools.errors import CommercetoolsConflict, CommercetoolsError
-
         if not recorded.email:
             return [NO_TARGET]
         outcomes = []
@@ -730,43 +724,3 @@ class BackSync:
                           key[:12], exc.status_code, exc.code)
                 outcomes.append(FAILED)
         return outcomes
-
-
-# -- command line -----------------------------------------------------------------------------------
-
-async def cli_run_once(args) -> int:
-    """``ctdd backsync run-once [--store KEY | --account NAME]``: one poll, counts printed."""
-    from ctdd.cli.main import _load
-    from ctdd.config import ConfigError
-    from ctdd.db.engine import create_db_engine, upgrade_database
-    from ctdd.delivery.dispatcher import DotdigitalClients
-    from ctdd.dotdigital.provisioning import resolve_list_names
-
-    settings = _load(args)
-    if args.store:
-        store = settings.store(args.store)
-        if store is None:
-            raise ConfigError(f"unknown store {args.store!r} (known: {sorted(settings.stores)})")
-        accounts = [store.account]
-    elif args.account:
-        if args.account not in settings.accounts:
-            raise ConfigError(f"unknown account {args.account!r} (known: {sorted(settings.accounts)})")
-        accounts = [args.account]
-    else:
-        accounts = None
-    engine = create_db_engine(settings.database_url)
-    clients = DotdigitalClients(settings.accounts)
-    backsync = BackSync(engine, settings, clients)
-    try:
-        await asyncio.to_thread(upgrade_database, engine)
-        await resolve_list_names(settings, clients)
-        results = await backsync.run_once(accounts)
-    finally:
-        await backsync.stop()
-        await clients.aclose()
-        engine.dispose()
-    if not results:
-        print("back-sync: no account has a store with a commercetools client; nothing to do", file=sys.stderr)
-    for result in results:
-        print(result.summary(), flush=True)
-    return 0 if all(r.complete or not r.polled for r in results) else 1

@@ -102,17 +102,18 @@ async def _adapter_pubsub(args) -> int:
 
 def _commercetools_client(args):
     """The commercetools client of ``--store``'s ``[commercetools.<name>]`` section, and the store."""
-    from ctdd.cli.main import _load_without_credentials
+    from ctdd.cli.loading import load_without_credentials
     from ctdd.commercetools.client import CommercetoolsClient
 
-    settings = _load_without_credentials(args)
+    settings = load_without_credentials(args)
     store = settings.store(args.store)
     if store is None:
         raise ConfigError(f"unknown store {args.store!r} (known: {sorted(settings.stores)})")
     if not store.commercetools or store.commercetools not in settings.commercetools:
-        raise ConfigError(f"store {args.store!r} has no [commercetools.<name>] section (see README, Configuration)")
+        raise ConfigError(f"store {args.store!r} has no [commercetools.<name>] section (see docs/configuration.md)")
     ct = settings.commercetools[store.commercetools]
-    client = CommercetoolsClient(project_key=ct.project_key, client_id=ct.client_id, client_secret=ct.client_secret,
+    client = CommercetoolsClient(project_key=ct.project_key, client_id=ct.client_id,
+                                 client_secret=ct.client_secret.get_secret_value(),
                                  region=ct.region, api_url=ct.api_url, auth_url=ct.auth_url,
                                  scopes=list(ct.scopes) or None)
     return settings, store, client
@@ -155,7 +156,7 @@ async def _subscriptions_apply(args) -> int:
         changes = plan(current, desired)
         for s in current:
             if s.get("status") not in (None, "Healthy"):
-                print(f"warning: subscription {s['key']} has status {s['status']} (see commercetools reference §2.3)",
+                print(f"warning: subscription {s['key']} has status {s['status']} (see commercetools' Subscription health status)",
                       file=sys.stderr)
         header = "plan (dry run, nothing written)" if args.dry_run else "plan"
         print(f"{header} for project {client.project_key}:")

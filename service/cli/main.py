@@ -4,11 +4,11 @@
     ctdd worker [--config FILE] [--database-url URL] [--grace S]
     ctdd db upgrade [--config FILE] [--database-url URL]
     ctdd sandbox [--port N]
-    ctdd adapter sqs|pubsub-push ...            (service/adapters/cli.py)
-    ctdd commercetools subscriptions apply ...  (service/adapters/cli.py)
-    ctdd backfill customers|orders --store KEY  (service/adapters/cli.py)
-    ctdd dotdigital setup [--dry-run] [--account NAME]        (service/provisioning.py)
-    ctdd backsync run-once [--store KEY | --account NAME]     (service/backsync.py)
+    ctdd adapter sqs|pubsub-push ...            (ctdd.cli.adapters)
+    ctdd commercetools subscriptions apply ...  (ctdd.cli.adapters)
+    ctdd backfill customers|orders --store KEY  (ctdd.cli.adapters)
+    ctdd dotdigital setup [--dry-run] [--account NAME]        (ctdd.cli.jobs)
+    ctdd backsync run-once [--store KEY | --account NAME]     (ctdd.cli.jobs)
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
 
-from ctdd.config import AccountConfig, ConfigError, Settings, StoreConfig, load_settings
+from ctdd import __version__
+from ctdd.cli.loading import load, load_without_credentials, with_sandbox
+from ctdd.config import ConfigError, translate_renamed_flags
 
 log = logging.getLogger("ctdd")
-
-SANDBOX_ACCOUNT = "sandbox"
-SANDBOX_STORE = "default"
-
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
@@ -36,43 +33,6 @@ def _setup_logging(level: str) -> None:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would repeat URLs with emails
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-
-def _load(args) -> Settings:
-    overrides = {"listen": getattr(args, "listen", None), "database_url": getattr(args, "database_url", None)}
-    return load_settings(args.config, overrides=overrides)
-
-
-def with_sandbox(settings: Settings, sandbox) -> Settings:
-    """Point every account at the sandbox; add a sandbox account and a ``default`` store if none exist."""
-    accounts = {
-        name: replace(acc, api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url)
-        for name, acc in settings.accounts.items()
-    }
-    if not accounts:
-        accounts[SANDBOX_ACCOUNT] = AccountConfig(
-            name=SANDBOX_ACCOUNT, api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url
-        )
-    stores = dict(settings.stores)
-    if not stores:
-        stores[SANDBOX_STORE] = StoreConfig(
-            key=SANDBOX_STORE, account=next(iter(accounts)), lists={"customers": 1, "newsletter": 2, "sms": 3}
-        )
-    provision_sandbox(sandbox, stores.values())
-    return replace(settings, accounts=accounts, stores=stores)
-
-
-def provision_sandbox(sandbox, stores) -> None:
-    """Create the data fields the stores map to, and the lists they name (what ``ctdd dotdigital setup``
-    does against a real account)."""
-    from ctdd.config import data_field_type
-
-    for store in stores:
-        for name in store.data_fields.values():
-            sandbox.add_data_field(name, data_field_type(name))
-        for name in store.list_names.values():
-            if not any(b["name"].strip().casefold() == name.strip().casefold() for b in sandbox.address_books):
-                sandbox.add_address_book(name.strip())
 
 
 async def _serve(args) -> int:
@@ -88,10 +48,10 @@ async def _serve(args) -> int:
         sandbox = DotdigitalSandbox(port=args.sandbox_port).start()
         log.warning("SANDBOX MODE: Dotdigital calls go to the local sandbox at %s, not to Dotdigital", sandbox.base_url)
     try:
-        settings = _load(args) if not args.sandbox else with_sandbox(_load_without_credentials(args), sandbox)
+        settings = load(args) if not args.sandbox else with_sandbox(load_without_credentials(args), sandbox)
         if not settings.accounts or not settings.stores:
             raise ConfigError(
-                "no Dotdigital account or store configured: pass --config FILE (see README, Configuration) "
+                "no Dotdigital account or store configured: pass --config FILE (see docs/configuration.md) "
                 "or run with --sandbox to try the service against the bundled Dotdigital sandbox"
             )
         # Handlers first: a SIGTERM during start-up (a supervisor scaling down) ends the process cleanly
@@ -114,31 +74,10 @@ async def _serve(args) -> int:
     return 0
 
 
-def _load_without_credentials(args) -> Settings:
-    """In sandbox mode accounts may lack credentials: the sandbox's are filled in."""
-    env = dict(os.environ)
-    raw_settings = None
-    try:
-        raw_settings = load_settings(args.config, env=env, overrides={"listen": args.listen, "database_url": args.database_url})
-    except ConfigError as exc:
-        if "credentials missing" not in str(exc):
-            raise
-        import tomllib
-        from pathlib import Path
-
-        raw = tomllib.loads(Path(args.config or env["CTDD_CONFIG"]).read_text())
-        for name in raw.get("accounts", {}):
-            key = name.upper().replace("-", "_")
-            env.setdefault(f"CTDD_ACCOUNT_{key}_API_USER", "sandbox")
-            env.setdefault(f"CTDD_ACCOUNT_{key}_PASSWORD", "sandbox")
-        raw_settings = load_settings(args.config, env=env, overrides={"listen": args.listen, "database_url": args.database_url})
-    return raw_settings
-
-
 def _db_upgrade(args) -> int:
     from ctdd.db.engine import create_db_engine, upgrade_database
 
-    settings = _load_without_credentials(args)
+    settings = load_without_credentials(args)
     engine = create_db_engine(settings.database_url)
     upgrade_database(engine)
     print(f"database upgraded: {engine.url.render_as_string(hide_password=True)}")
@@ -148,13 +87,14 @@ def _db_upgrade(args) -> int:
 async def _worker(args) -> int:
     from ctdd.runtime.process_tuning import freeze_startup_heap
     from ctdd.telemetry import configure_telemetry, shutdown_telemetry
-    from ctdd.runtime.worker import DispatcherAlreadyRunning, run_worker
+    from ctdd.db.locks import DispatcherAlreadyRunning
+    from ctdd.runtime.worker import run_worker
 
     configure_telemetry()
     try:
-        settings = _load(args)
+        settings = load(args)
         if not settings.accounts:
-            raise ConfigError("no Dotdigital account configured: pass --config FILE (see README, Configuration)")
+            raise ConfigError("no Dotdigital account configured: pass --config FILE (see docs/configuration.md)")
         return await run_worker(settings, grace=args.grace, ready=freeze_startup_heap)
     except DispatcherAlreadyRunning as exc:
         print(f"ctdd worker: {exc}", file=sys.stderr)
@@ -164,15 +104,15 @@ async def _worker(args) -> int:
 
 
 async def _dotdigital_setup(args) -> int:
-    from ctdd.dotdigital.provisioning import cli_setup
+    from ctdd.cli.jobs import dotdigital_setup
 
-    return await cli_setup(args)
+    return await dotdigital_setup(args)
 
 
 async def _backsync_run_once(args) -> int:
-    from ctdd.backsync.feeds import cli_run_once
+    from ctdd.cli.jobs import backsync_run_once
 
-    return await cli_run_once(args)
+    return await backsync_run_once(args)
 
 
 def _sandbox(args) -> int:
@@ -189,11 +129,13 @@ def _sandbox(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctdd", description="commercetools <-> Dotdigital sync service")
+    parser.add_argument("--version", action="version", version=f"ctdd-sync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
         p.add_argument("--config", default=None, help="TOML configuration file (env CTDD_CONFIG)")
         p.add_argument("--database-url", default=None, help="SQLAlchemy URL (env CTDD_DATABASE_URL)")
+        p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env CTDD_LOG_LEVEL)")
 
     serve = sub.add_parser("serve", help="run the gRPC service and the outbox dispatcher")
     common(serve)
@@ -240,13 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     from ctdd.cli.adapters import register as register_integrations  # adapter, commercetools, backfill
 
     register_integrations(sub, common)
+    from ctdd.cli.config_cmd import register as register_config  # config check
+
+    register_config(sub, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(os.environ.get("CTDD_LOG_LEVEL", "INFO"))
-    from ctdd.runtime.worker import DispatcherAlreadyRunning
+    args = build_parser().parse_args(translate_renamed_flags(sys.argv[1:] if argv is None else argv))
+    _setup_logging(getattr(args, "log_level", None) or os.environ.get("CTDD_LOG_LEVEL", "INFO"))
+    from ctdd.db.locks import DispatcherAlreadyRunning
 
     try:
         return args.func(args)

@@ -1,6 +1,6 @@
 """commercetools HTTP API access: an async client, its errors, and small mapping helpers.
 
-See ``client.py`` for the client (reference ``shared/reference/commercetools.md`` §1, §4, §5) and
+See ``client.py`` for the client and
 ``errors.py`` for error classification. Subscription deliveries are parsed by the pure
 ``ctdd.domain.notifications`` module; ``ctdd.testing.commercetools_fake`` is a fake API for tests.
 """

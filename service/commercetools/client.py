@@ -1,26 +1,26 @@
 """Async commercetools HTTP API client (httpx).
 
-Covers what the sync service needs from the commercetools Composable Commerce HTTP API (reference
-``shared/reference/commercetools.md``):
+Covers what the sync service needs from the commercetools Composable Commerce HTTP API
+(https://docs.commercetools.com/api/):
 
 * hosts per region: ``https://api.{region}.commercetools.com/{projectKey}/...`` and
-  ``https://auth.{region}.commercetools.com`` (§1.1); both can be overridden (fake server, proxies);
-* OAuth 2 client credentials (§1.2): ``POST {auth}/oauth/token`` with HTTP Basic ``client_id:client_secret``
+  ``https://auth.{region}.commercetools.com``; both can be overridden (fake server, proxies);
+* OAuth 2 client credentials: ``POST {auth}/oauth/token`` with HTTP Basic ``client_id:client_secret``
   and a form body ``grant_type=client_credentials&scope=...``. The token is cached until shortly before
   ``expires_in`` and shared by concurrent callers; a 401 from the API refetches it once and retries the
-  call once (§1.2 "cache it, refetch on 401");
+  call once;
 * reads: by id, by key, paged queries with ``where`` / ``sort`` / ``limit`` / ``offset`` / ``withTotal`` /
-  ``expand`` (§5.1), and deep paging by id (§5.2);
-* writes: create, update with optimistic locking (409 ``ConcurrentModification`` -> re-read and retry,
-  §5.9), delete, and CustomObjects (upsert on container + key, §4.7).
+  ``expand``, and deep paging by id;
+* writes: create, update with optimistic locking (409 ``ConcurrentModification`` -> re-read and retry),
+  delete, and CustomObjects (upsert on container + key).
 
 The client does not retry failures other than the 401 token refresh and ``update_with_retry``'s 409 loop:
 every other failure is raised as a classified ``CommercetoolsError`` (``retryable`` set for 5xx / 429 /
 transport errors, see ``errors.py``) so that the caller owns the retry policy. The client secret and the
 bearer token are never logged and never appear in errors or ``repr()``.
 
-Helpers for mapping commercetools data: ``money_to_major`` (§4 Money), ``localized`` (§4 LocalizedString),
-``custom_object_key_for_email`` (§4.7) and ``predicate_string`` (string literals in query predicates, §5.1).
+Helpers for mapping commercetools data: ``money_to_major`` (Money), ``localized`` (LocalizedString),
+``custom_object_key_for_email`` and ``predicate_string`` (string literals in query predicates).
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ import hashlib
 import inspect
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from ctdd.domain.commerce import localized, money_to_major  # noqa: F401  (re-exported)
+from ctdd.http_common import check_base_url, encode_json_body, transport_failure
+from ctdd.retry import backoff_delay
 
 from .errors import (
     CommercetoolsConflict,
@@ -63,10 +64,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Regions of the HTTP API (§1.1).
+#: Regions of the HTTP API.
 REGIONS = ("us-central1.gcp", "us-east-2.aws", "europe-west1.gcp", "eu-central-1.aws", "australia-southeast1.gcp")
 DEFAULT_REGION = "europe-west1.gcp"
-#: Query limits (§5.1): ``limit`` at most 500, ``offset`` at most 10,000.
+#: Query limits: ``limit`` at most 500, ``offset`` at most 10,000.
 MAX_LIMIT = 500
 MAX_OFFSET = 10_000
 #: A cached token is refreshed this long before it expires (capped at half its lifetime).
@@ -75,25 +76,25 @@ TOKEN_REFRESH_MARGIN_SECONDS = 300.0
 # Path segments: the first is a resource name ("customers", "product-projections", "in-store"), the rest
 # may be keys such as "key=uk" ("in-store/key=uk/customers").
 _RESOURCE_RE = re.compile(r"^[a-z][a-z-]*(?:/[A-Za-z0-9_.~=-]+)*$")
-#: CustomObject container and key pattern (§4.7); the key is 1-256 characters.
+#: CustomObject container and key pattern; the key is 1-256 characters.
 _CUSTOM_OBJECT_PART_RE = re.compile(r"^[-_~.a-zA-Z0-9]+$")
 _USER_AGENT = "ctdd-sync"
 
 #: ISO 4217 minor-unit exponents that differ from 2, used when a Money draft omits ``fractionDigits``
-#: (§4: "Drafts may omit type/fractionDigits"; the default is the currency's number of minor units).
+#: ("Drafts may omit type/fractionDigits"; the default is the currency's number of minor units).
 
 
 class CommercetoolsClient:
     """Async client for one commercetools project and API client.
 
     Args:
-        project_key: the project key, the first segment of every API path (§1.1).
-        client_id, client_secret: API client credentials for the client-credentials flow (§1.2). The
+        project_key: the project key, the first segment of every API path.
+        client_id, client_secret: API client credentials for the client-credentials flow. The
             secret is only sent to the token endpoint; it is never logged.
-        region: one of ``REGIONS``; selects the default hosts (§1.1).
+        region: one of ``REGIONS``; selects the default hosts.
         api_url, auth_url: override the hosts, e.g. ``FakeCommercetools.base_url`` in tests
             (no trailing slash needed; no path, query or credentials allowed).
-        scopes: requested scopes, e.g. ``["view_customers:my-project"]`` (§1.3). ``None`` omits ``scope``,
+        scopes: requested scopes, e.g. ``["view_customers:my-project"]``. ``None`` omits ``scope``,
             and the token gets every scope of the API client.
         timeout: per-request timeout in seconds.
         transport: custom httpx transport (tests, proxies).
@@ -122,7 +123,7 @@ class CommercetoolsClient:
             raise ValueError(f"unknown commercetools region {region!r}; expected one of {REGIONS}")
         for url in (api_url, auth_url):
             if url is not None:
-                _check_base_url(url)
+                check_base_url(url, allow_path=False)
         if scopes is not None and (isinstance(scopes, str) or not all(isinstance(s, str) and s for s in scopes)):
             raise ValueError("scopes must be a list of non-empty strings")
 
@@ -183,7 +184,7 @@ class CommercetoolsClient:
             return await self._fetch_token()
 
     async def _fetch_token(self) -> str:
-        """``POST {auth_url}/oauth/token`` (client credentials, HTTP Basic; §1.2). Caller holds the lock."""
+        """``POST {auth_url}/oauth/token`` (client credentials, HTTP Basic). Caller holds the lock."""
         path = "/oauth/token"
         form = {"grant_type": "client_credentials"}
         if self.scopes:
@@ -193,13 +194,9 @@ class CommercetoolsClient:
             response = await self._http.post(
                 self.auth_url + path, data=form, auth=httpx.BasicAuth(self.client_id, self._client_secret)
             )
-        except httpx.TimeoutException as exc:
-            raise CommercetoolsTransportError(f"token request timed out: {type(exc).__name__}", code="TIMEOUT",
-                                              method="POST", path=path) from None
         except httpx.TransportError as exc:
-            raise CommercetoolsTransportError(
-                f"token request failed: {type(exc).__name__}: {self._scrub(str(exc))}", method="POST", path=path
-            ) from None
+            code, message = transport_failure(exc, self._scrub, what="token request")
+            raise CommercetoolsTransportError(message, code=code, method="POST", path=path) from None
         if not 200 <= response.status_code < 300:
             error = error_from_response(response.status_code, response.content, method="POST", path=path,
                                         secrets=self._secrets(), auth_endpoint=True)
@@ -240,8 +237,8 @@ class CommercetoolsClient:
 
         ``resource`` is the plural path name (``customers``, ``orders``, ``payments``, ``carts``,
         ``products``, ``product-projections``, ``categories``, ``subscriptions``, ``types``, ``stores`` ...).
-        ``expand`` adds reference expansions (§5.1); ``params`` adds other query parameters, e.g.
-        ``{"staged": "false"}`` or price selection for product projections (§5.3).
+        ``expand`` adds reference expansions; ``params`` adds other query parameters, e.g.
+        ``{"staged": "false"}`` or price selection for product projections.
         """
         return await self._get_one(resource, _segment(id, "id"), expand=expand, params=params)
 
@@ -254,14 +251,7 @@ class CommercetoolsClient:
     async def _get_one(self, resource: str, tail: str, *, expand: Sequence[str],
                        params: Mapping[str, Any] | None) -> dict | None:
         path = f"{self._resource_path(resource)}/{tail}"
-        query = _expand_params(expand) + _extra_params(params)
-        try:
-            payload = await self._request_json("GET", path, params=query)
-        except CommercetoolsError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
-        return _expect_object(payload, "GET", path)
+        return await self._object_or_none("GET", path, params=_expand_params(expand) + _extra_params(params))
 
     async def query(
         self,
@@ -275,10 +265,10 @@ class CommercetoolsClient:
         expand: Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
     ) -> dict:
-        """``GET /{projectKey}/{resource}`` -> ``PagedQueryResponse`` ``{limit, offset, count, total?, results}`` (§5.1).
+        """``GET /{projectKey}/{resource}`` -> ``PagedQueryResponse`` ``{limit, offset, count, total?, results}``.
 
         ``where`` predicates are repeated and AND-ed by commercetools; ``sort`` is repeatable
-        (``"lastModifiedAt asc"``). ``limit`` must be 0-500 and ``offset`` 0-10,000 (§5.1, checked locally
+        (``"lastModifiedAt asc"``). ``limit`` must be 0-500 and ``offset`` 0-10,000 (checked locally
         with ``ValueError``); for more than 10,000 results use ``iterate_pages``. ``with_total=False`` skips
         the (capped, estimated) count. Build string literals with ``predicate_string``.
         """
@@ -308,7 +298,7 @@ class CommercetoolsClient:
         expand: Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[list[dict]]:
-        """Yield every matching resource, page by page, in ascending ``id`` order (deep paging, §5.2).
+        """Yield every matching resource, page by page, in ascending ``id`` order (deep paging).
 
         Each request is ``sort=id asc&limit={page_size}&withTotal=false`` plus ``where=id > "<last id>"``
         after the first page (or from ``after_id``, to resume from a stored cursor), AND-ed with ``where``.
@@ -341,7 +331,7 @@ class CommercetoolsClient:
         """``POST /{projectKey}/{resource}`` with a draft -> the created resource, as the API returns it.
 
         Note that ``customers`` answers with a ``CustomerSignInResult`` ``{"customer": {...}, "cart": ...}``
-        rather than the bare customer (§7.2); orders are created from an import draft with
+        rather than the bare customer; orders are created from an import draft with
         ``create("orders/import", draft)``.
         """
         if not isinstance(draft, dict):
@@ -352,7 +342,7 @@ class CommercetoolsClient:
     async def update(self, resource: str, id: str, version: int, actions: list[dict]) -> dict:  # noqa: A002
         """``POST /{projectKey}/{resource}/{id}`` ``{version, actions}`` -> the updated resource.
 
-        Optimistic locking (§5.9): if ``version`` is not the current one the API answers 409, raised as
+        Optimistic locking: if ``version`` is not the current one the API answers 409, raised as
         ``CommercetoolsConflict`` (with ``current_version``). See ``update_with_retry``.
         """
         _check_version(version)
@@ -370,7 +360,7 @@ class CommercetoolsClient:
         *,
         max_attempts: int = 5,
     ) -> dict | None:
-        """Read-modify-write with optimistic locking (§5.9: "409 ConcurrentModification -> re-read and retry").
+        """Read-modify-write with optimistic locking ("409 ConcurrentModification -> re-read and retry").
 
         Each attempt GETs the current resource, calls ``make_actions(resource)`` (sync or async) and sends
         the actions with the version just read. ``None`` / ``[]`` from ``make_actions`` means nothing to do:
@@ -396,13 +386,13 @@ class CommercetoolsClient:
                     raise
                 logger.info("commercetools %s/%s: version conflict (current %s), retrying (%d/%d)",
                             resource, id, exc.current_version, attempt, max_attempts)
-                await asyncio.sleep(min(1.0, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+                await asyncio.sleep(backoff_delay(attempt, base=0.05, cap=1.0, jitter=(0.5, 1.0)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def delete(self, resource: str, id: str, version: int, *, data_erasure: bool = False) -> dict:  # noqa: A002
         """``DELETE /{projectKey}/{resource}/{id}?version=`` -> the deleted resource.
 
-        ``data_erasure=True`` adds ``dataErasure=true`` (erase personal data; §2.4 ``ResourceDeleted.dataErasure``).
+        ``data_erasure=True`` adds ``dataErasure=true`` (erase personal data; see ``ResourceDeleted.dataErasure``).
         A stale ``version`` raises ``CommercetoolsConflict``.
         """
         _check_version(version)
@@ -410,23 +400,15 @@ class CommercetoolsClient:
         query = [("version", str(version))] + ([("dataErasure", "true")] if data_erasure else [])
         return _expect_object(await self._request_json("DELETE", path, params=query), "DELETE", path)
 
-    # -- custom objects (§4.7) --------------------------------------------------------------------------
+    # -- custom objects ---------------------------------------------------------------------------------
     async def get_custom_object(self, container: str, key: str) -> dict | None:
         """``GET /{projectKey}/custom-objects/{container}/{key}`` -> the CustomObject, or ``None`` on 404."""
-        path = f"{self._resource_path('custom-objects')}/{_custom_object_part(container, 'container')}/" \
-               f"{_custom_object_part(key, 'key')}"
-        try:
-            payload = await self._request_json("GET", path)
-        except CommercetoolsError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
-        return _expect_object(payload, "GET", path)
+        return await self._object_or_none("GET", self._custom_object_path(container, key))
 
     async def upsert_custom_object(self, container: str, key: str, value: Any, *, version: int | None = None) -> dict:
         """``POST /{projectKey}/custom-objects`` ``{container, key, value, version?}`` -> the CustomObject.
 
-        The endpoint is an upsert on (container, key) (§4.7). With ``version`` it becomes a compare-and-set:
+        The endpoint is an upsert on (container, key). With ``version`` it becomes a compare-and-set:
         a mismatch raises ``CommercetoolsConflict``. ``container`` and ``key`` must match
         ``^[-_~.a-zA-Z0-9]+$`` (so no ``@``: use ``custom_object_key_for_email``). Note that ``null`` fields
         inside ``value`` are not stored by commercetools.
@@ -446,27 +428,35 @@ class CommercetoolsClient:
     async def delete_custom_object(self, container: str, key: str, *, version: int | None = None) -> dict | None:
         """``DELETE /{projectKey}/custom-objects/{container}/{key}[?version=]`` -> the deleted object, ``None`` on 404.
 
-        Used e.g. to release a lock object (§4.7); with ``version`` a stale object raises ``CommercetoolsConflict``.
+        Used e.g. to release a lock object; with ``version`` a stale object raises ``CommercetoolsConflict``.
         """
-        path = f"{self._resource_path('custom-objects')}/{_custom_object_part(container, 'container')}/" \
-               f"{_custom_object_part(key, 'key')}"
+        path = self._custom_object_path(container, key)
         query: list[tuple[str, str]] = []
         if version is not None:
             _check_version(version)
             query.append(("version", str(version)))
-        try:
-            payload = await self._request_json("DELETE", path, params=query)
-        except CommercetoolsError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
-        return _expect_object(payload, "DELETE", path)
+        return await self._object_or_none("DELETE", path, params=query)
 
     # -- HTTP plumbing --------------------------------------------------------------------------------
     def _resource_path(self, resource: str) -> str:
         if not isinstance(resource, str) or not _RESOURCE_RE.match(resource) or ".." in resource:
             raise ValueError(f"invalid resource {resource!r}; expected a path such as 'customers'")
         return f"/{self.project_key}/{resource}"
+
+    def _custom_object_path(self, container: str, key: str) -> str:
+        return (f"{self._resource_path('custom-objects')}/{_custom_object_part(container, 'container')}/"
+                f"{_custom_object_part(key, 'key')}")
+
+    async def _object_or_none(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None
+                              ) -> dict | None:
+        """The JSON object the request answers, or ``None`` on 404."""
+        try:
+            payload = await self._request_json(method, path, params=params)
+        except CommercetoolsError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        return _expect_object(payload, method, path)
 
     async def _request_json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
@@ -489,10 +479,7 @@ class CommercetoolsClient:
         content: bytes | None = None
         headers: dict[str, str] = {}
         if json_body is not None:
-            try:
-                content = json.dumps(json_body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-            except ValueError as exc:
-                raise ValueError(f"request body is not valid JSON: {exc}") from None
+            content = encode_json_body(json_body)
             headers["Content-Type"] = "application/json"
         token = await self._access_token()
         response = await self._send(method, path, params, content, headers, token)
@@ -513,12 +500,9 @@ class CommercetoolsClient:
                 method, self.api_url + path, params=params or None, content=content,
                 headers={**headers, "Authorization": f"Bearer {token}"},
             )
-        except httpx.TimeoutException as exc:
-            raise CommercetoolsTransportError(f"timed out: {type(exc).__name__}", code="TIMEOUT",
-                                              method=method, path=path) from None
         except httpx.TransportError as exc:
-            raise CommercetoolsTransportError(f"{type(exc).__name__}: {self._scrub(str(exc))}",
-                                              method=method, path=path) from None
+            code, message = transport_failure(exc, self._scrub)
+            raise CommercetoolsTransportError(message, code=code, method=method, path=path) from None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("commercetools %s %s -> %s (%.0f ms)", method, path, response.status_code,
                          (time.monotonic() - started) * 1000)
@@ -531,8 +515,8 @@ class CommercetoolsClient:
 def custom_object_key_for_email(email: str) -> str:
     """CustomObject key for an email address: sha256 hex of the trimmed, lower-cased address.
 
-    CustomObject keys must match ``^[-_~.a-zA-Z0-9]+$``, so an address (with ``@``) cannot be a key
-    (§4.7, §6 "key = sha256(lowercased email)"). The result is 64 characters, within the 256 limit.
+    CustomObject keys must match ``^[-_~.a-zA-Z0-9]+$``, so an address (with ``@``) cannot be a key,
+    hence the hash. The result is 64 characters, within the 256 limit.
     """
     if not isinstance(email, str) or not email.strip():
         raise ValueError("email must be a non-empty string")
@@ -540,7 +524,7 @@ def custom_object_key_for_email(email: str) -> str:
 
 
 def predicate_string(value: str) -> str:
-    """A double-quoted string literal for a query predicate, with ``"`` and ``\\`` escaped (§5.1).
+    """A double-quoted string literal for a query predicate, with ``"`` and ``\\`` escaped.
 
     ``f"email = {predicate_string(email)}"`` -> ``email = "jane@example.com"``.
     """
@@ -552,14 +536,6 @@ def predicate_string(value: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
-def _check_base_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"base URL must be an absolute http(s) URL, got {url!r}")
-    if parts.query or parts.fragment or parts.username or parts.password or parts.path.strip("/"):
-        raise ValueError("base URL must not contain a path, credentials, a query or a fragment")
-
-
 def _segment(value: str, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
@@ -568,7 +544,7 @@ def _segment(value: str, name: str) -> str:
 
 def _custom_object_part(value: str, name: str) -> str:
     if not isinstance(value, str) or not _CUSTOM_OBJECT_PART_RE.match(value) or len(value) > 256:
-        raise ValueError(f"CustomObject {name} must be 1-256 characters of [-_~.a-zA-Z0-9] (§4.7), got {value!r}")
+        raise ValueError(f"CustomObject {name} must be 1-256 characters of [-_~.a-zA-Z0-9], got {value!r}")
     return value
 
 

@@ -1,23 +1,23 @@
 """commercetools API errors and their classification.
 
-commercetools answers every failed HTTP API call with one error envelope (reference
-``shared/reference/commercetools.md`` §5.9, §10; shape confirmed by the API's RAML ``ErrorResponse``)::
+commercetools answers every failed HTTP API call with one error envelope (commercetools HTTP API docs:
+Errors; the API's RAML type ``ErrorResponse``)::
 
     {"statusCode": 409,
      "message": "Object 3cdc... has a different version than expected. Expected: 1 - Actual: 2.",
      "errors": [{"code": "ConcurrentModification", "message": "...", "currentVersion": 2}]}
 
-The OAuth endpoint (§1.2) uses the same envelope and adds the OAuth 2 fields ``error`` and
+The OAuth endpoint uses the same envelope and adds the OAuth 2 fields ``error`` and
 ``error_description`` (e.g. ``invalid_client``, ``invalid_token``, ``insufficient_scope``).
 
 ``error_from_response`` turns a non-2xx response into one of:
 
-* ``CommercetoolsConflict`` - HTTP 409 (``ConcurrentModification``, optimistic locking, §5.9 / §4.7);
+* ``CommercetoolsConflict`` - HTTP 409 (``ConcurrentModification``, optimistic locking);
   carries ``current_version`` when the API sends it. Re-read and retry.
 * ``CommercetoolsAuthError`` - 401 (after one token refresh), 403 (e.g. ``insufficient_scope``), and any
-  rejection of the client credentials by the token endpoint (§1.2). Not retryable.
+  rejection of the client credentials by the token endpoint. Not retryable.
 * ``CommercetoolsError`` - everything else; ``retryable`` for 5xx (500, 502, 503, 504 ...) and 429
-  (the docs' "retry 502/503/504 with exponential backoff", §5.9).
+  (the docs' "retry 502/503/504 with exponential backoff").
 * ``CommercetoolsTransportError`` - no response at all (timeout, connection refused/reset). Retryable.
 
 Errors never carry the client secret or a bearer token (the client scrubs both from anything it puts in
@@ -27,10 +27,10 @@ messages (e.g. ``DuplicateField`` on ``email``).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
 from ctdd import redaction
+from ctdd.http_common import error_summary, json_or_none
 from ctdd.redaction import EXCERPT_LIMIT  # noqa: F401 - part of this module's namespace, as before
 
 __all__ = [
@@ -43,16 +43,13 @@ __all__ = [
     "redact",
 ]
 
-#: Statuses worth retrying besides every 5xx: 429 Too Many Requests (§5.9).
+#: Statuses worth retrying besides every 5xx: 429 Too Many Requests.
 RETRYABLE_STATUSES = frozenset({429})
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """Replace each non-empty secret in ``text`` by ``<redacted>`` and mask email addresses."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:  # a 1-3 character "secret" would mangle ordinary text
-            text = text.replace(secret, "<redacted>")
-    return redaction.mask_emails(text)
+    return redaction.mask_emails(redaction.replace_secrets(text, secrets))
 
 
 class CommercetoolsError(Exception):
@@ -95,14 +92,9 @@ class CommercetoolsError(Exception):
 
     def _render(self) -> str:
         # e.g. "commercetools API error: POST /my-project/customers/abc -> HTTP 409 ConcurrentModification - ..."
-        text = "commercetools API error: "
-        if self.method and self.path:
-            text += f"{self.method} {redact(self.path)} -> "
-        text += f"HTTP {self.status_code}" if self.status_code is not None else "no response"
-        if self.code:
-            text += f" {self.code}"
-        if self.message:
-            text += f" - {redact(self.message)}"
+        text = error_summary("commercetools", method=self.method, path=self.path and redact(self.path),
+                             status_code=self.status_code, code=self.code,
+                             message=self.message and redact(self.message))
         if self.retryable:
             text += " [retryable]"
         return text
@@ -116,7 +108,7 @@ class CommercetoolsError(Exception):
 
 
 class CommercetoolsConflict(CommercetoolsError):
-    """HTTP 409: the resource's version is not the one sent (``ConcurrentModification``, §5.9).
+    """HTTP 409: the resource's version is not the one sent (``ConcurrentModification``).
 
     ``current_version`` is the resource's current version when the API reports it (``currentVersion`` of
     the ``ConcurrentModification`` error); re-read the resource and retry with fresh update actions.
@@ -129,7 +121,7 @@ class CommercetoolsConflict(CommercetoolsError):
 
 
 class CommercetoolsAuthError(CommercetoolsError):
-    """401 after a token refresh, 403, or client credentials refused by the token endpoint (§1.2)."""
+    """401 after a token refresh, 403, or client credentials refused by the token endpoint."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("retryable", False)
@@ -153,10 +145,7 @@ def _parse_envelope(body: bytes | str | None) -> tuple[dict[str, Any] | None, st
     if not body:
         return None, None
     text = redaction.as_text(body)
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        payload = None
+    payload = json_or_none(text)
     if isinstance(payload, dict):
         return payload, None
     return None, redaction.excerpt(text, redact)
@@ -220,10 +209,7 @@ def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
     if not secrets:
         return value
     if isinstance(value, str):
-        for secret in secrets:
-            if len(secret) >= 4:
-                value = value.replace(secret, "<redacted>")
-        return value
+        return redaction.replace_secrets(value, secrets)
     if isinstance(value, list):
         return [_scrub(v, secrets) for v in value]
     if isinstance(value, dict):

@@ -1,12 +1,12 @@
 """The commercetools Subscriptions ctdd-sync needs, and an idempotent apply (plan, then create/update).
 
-``desired_subscriptions(store_key, destination, fmt)`` lists what one ctdd store needs
-(reference ``shared/reference/commercetools.md`` §2, §3):
+``desired_subscriptions(store_key, destination, fmt)`` lists what one ctdd store needs (commercetools HTTP API docs:
+Subscriptions and Message types):
 
 - ``ctdd-<store>-customers``: the customer messages below plus ``changes: customer``, because some customer
-  update actions (``setLocale``, ``setMiddleName`` ...) produce no message at all (§3.1);
-- ``ctdd-<store>-orders``: order messages; Order Edits only show up as ``OrderEditApplied`` (§3.2);
-- ``ctdd-<store>-payments``: payment transaction messages (refunds, §3.2).
+  update actions (``setLocale``, ``setMiddleName`` ...) produce no message at all;
+- ``ctdd-<store>-orders``: order messages; Order Edits only show up as ``OrderEditApplied``;
+- ``ctdd-<store>-payments``: payment transaction messages (refunds).
 
 ``plan(current, desired)`` compares them by subscription key and gives one ``Change`` per desired
 subscription: ``create``, ``update`` (with the update actions ``changeDestination`` / ``setMessages`` /
@@ -17,7 +17,7 @@ tool sets, except ``accessSecret`` (commercetools may not return it as sent), so
 
 Creating a Subscription makes commercetools send a test notification (``ResourceCreated`` of
 ``typeId: subscription``) to the destination, which TrackEvent ignores; changes take up to a minute to
-take effect (§2.1).
+take effect.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def subscription_key(store_key: str, suffix: str, prefix: str = "ctdd") -> str:
 
 
 def build_destination(destination_type: str, **fields: Any) -> dict[str, Any]:
-    """A Destination object (§2.2) from the given fields; unset (None) fields are left out."""
+    """A Destination object from the given fields; unset (None) fields are left out."""
     if destination_type not in DESTINATION_TYPES:
         raise SubscriptionConfigError(f"destination type must be one of {', '.join(DESTINATION_TYPES)}")
     destination = {"type": destination_type}

@@ -1,7 +1,7 @@
 """What Dotdigital says about a contact's channels, kept on the contact for the consent rules.
 
 Sources: the channel statuses in contact upsert responses (a PATCH on a suppressed contact succeeds but
-reports the sticky status, reference dotdigital.md §6) and the back-sync feeds (suppressed-since,
+reports the sticky status) and the back-sync feeds (suppressed-since,
 unsubscribed-since, contacts modified since). When Dotdigital's status differs from the value ctdd-sync
 last sent, the remembered value is replaced by Dotdigital's, so that a later shop decision counts as a
 change (delta) and an echo of Dotdigital's own state counts as none.

@@ -2,7 +2,7 @@
 
 SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` (a committed RPC survives a
 power cut), a busy timeout, and every transaction opened with ``BEGIN IMMEDIATE`` so that
-read-then-write transactions never fail with SQLITE_BUSY half way (engineering notes §3.7).
+read-then-write transactions never fail with SQLITE_BUSY half way.
 PostgreSQL is chosen by a ``postgresql+psycopg://`` URL.
 """
 

@@ -1,4 +1,5 @@
-"""LISTEN for the outbox's NOTIFY on PostgreSQL, so idle dispatchers wake as soon as work is committed.
+"""LISTEN for NOTIFY on PostgreSQL (the outbox's and the inbox's channels), so idle processes wake as soon as work
+is committed.
 
 Every enqueue runs ``NOTIFY ctdd_outbox`` inside its transaction (``ctdd.delivery.outbox.enqueue``); PostgreSQL
 delivers it to every listening session when the transaction commits. The listener keeps one dedicated
@@ -17,13 +18,13 @@ import psycopg
 from sqlalchemy.engine import Engine
 
 from ctdd.db.engine import libpq_url
-from ctdd.delivery.outbox import NOTIFY_CHANNEL
+from ctdd.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
 
-class OutboxListener:
-    def __init__(self, engine: Engine, on_notify: Callable[[], None], *, channel: str = NOTIFY_CHANNEL):
+class NotifyListener:
+    def __init__(self, engine: Engine, on_notify: Callable[[], None], *, channel: str):
         self._url = libpq_url(engine)
         self._on_notify = on_notify
         self._channel = channel
@@ -50,7 +51,7 @@ class OutboxListener:
             self._conn = None
 
     async def _run(self) -> None:
-        backoff = 0.5
+        failures = 0  # in a row, since the last successful LISTEN
         first = True
         while True:
             try:
@@ -60,7 +61,7 @@ class OutboxListener:
                 if not first:
                     self._on_notify()  # something may have been enqueued while we were away
                 first = False
-                backoff = 0.5
+                failures = 0
                 async for _ in self._conn.notifies():
                     self.received += 1
                     self._on_notify()
@@ -69,6 +70,8 @@ class OutboxListener:
                 raise
             except Exception as exc:
                 self.connected.clear()
+                failures += 1
+                backoff = backoff_delay(failures, base=0.5, cap=10.0)
                 log.warning("LISTEN %s connection lost (%s); reconnecting in %.1fs", self._channel, exc, backoff)
                 if self._conn is not None:
                     try:
@@ -77,4 +80,3 @@ class OutboxListener:
                         pass
                     self._conn = None
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)

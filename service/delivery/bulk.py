@@ -4,11 +4,11 @@ A bulk handler takes partition heads of one account and one kind (never two mess
 so per-contact order holds), sends them as one asynchronous import, polls its status and maps the
 per-record report back to the messages:
 
-- ``contact.upsert`` -> ``PUT /contacts/v3/import`` (reference ``dotdigital.md`` §4.4): each message becomes
+- ``contact.upsert`` -> ``PUT /contacts/v3/import``: each message becomes
   one import item matched by ``contactId`` once known, else by email or mobile number. ``created`` /
   ``updated`` entries deliver their message and give the contact's ``contactId`` (stored, as after a
   PATCH); ``failures`` settle only their own message.
-- ``insight.upsert`` -> ``PUT /insightData/v3/import`` (§7.1), one import per collection; a record is
+- ``insight.upsert`` -> ``PUT /insightData/v3/import``, one import per collection; a record is
   delivered unless it is listed in ``failures``.
 
 Per-record outcomes (:class:`ItemResult`): ``delivered``; ``dead`` for failures that cannot succeed on a
@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable, Hashable, Mapping, Protocol
 
 from ctdd.config import Settings
 from ctdd.db.models import Contact
-from ctdd.delivery.handlers import contact_path
+from ctdd.delivery.context import contact_path
 from ctdd.dotdigital.client import DotdigitalClient
 from ctdd.dotdigital.errors import DotdigitalError
 from ctdd.delivery.outbox import CONTACT_UPSERT, INSIGHT_UPSERT, ClaimedMessage
@@ -183,13 +183,13 @@ async def poll_import(ctx: BulkContext, key: Hashable, fetch: Callable[[], Await
 # ---------------------------------------------------------------------------------------------------
 # contacts
 # ---------------------------------------------------------------------------------------------------
-#: contacts import failure codes (reference §3.4, compared case-insensitively) a resend cannot fix
+#: contacts import failure codes (compared case-insensitively) a resend cannot fix
 CONTACT_DEAD_CODES = frozenset(code.casefold() for code in (
     "ApiSchemaViolation", "InvalidEmail", "InvalidContactId", "InvalidPhoneNumber", "InvalidDomain",
     "InvalidContact", "InvalidAddressBookIds", "InvalidMatchIdentifier", "InvalidContactStatus",
     "NoValidIdentifiers", "SuppressedByDomain", "consentRecordsNotApplied",
 ))
-#: import statuses after which the import is over (reference §4.4)
+#: import statuses after which the import is over
 IMPORT_DONE = frozenset(s.casefold() for s in ("Finished", "Complete", "Failed", "RejectedByWatchdog",
                                                "ExceedsAllowedContactLimit", "InvalidFileFormat",
                                                "NotAvailableInThisVersion"))
@@ -343,7 +343,7 @@ register(ContactsImport())
 # ---------------------------------------------------------------------------------------------------
 # insight records
 # ---------------------------------------------------------------------------------------------------
-#: insight import failure reasons (reference §3.5) a resend cannot fix
+#: insight import failure reasons a resend cannot fix
 INSIGHT_DEAD_REASONS = frozenset(r.casefold() for r in (
     "InvalidClientKey", "InvalidJson", "JsonContainsNestedArray", "JsonKeyTooLong", "JsonKeyInvalidCharacters",
     "JsonValueTooLong", "JsonValueIncompatibleWithSchema", "JsonNumberValueTooLarge", "JsonDoesNotMatchSchema",

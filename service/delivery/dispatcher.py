@@ -11,7 +11,7 @@
 - Retries: retryable failures (5xx, 408/425/429, throttling, transport errors) go back to ``pending`` with
   capped exponential backoff and jitter, at least as long as Retry-After / X-RateLimit-Reset asks; other
   4xx are dead-lettered at once with the response code and reason kept.
-- Rate limits: every call of an account goes through the account's :class:`~ctdd.delivery.rate_budget.RateBudget`,
+- Rate limits: every call of an account goes through the account's :class:`~ctdd.dotdigital.rate_budget.RateBudget`,
   which paces calls when the remaining budget runs low and pauses the whole account after a throttle.
   Paused accounts are not claimed for.
 - Several processes: on PostgreSQL any number of dispatchers (``ctdd worker``, ``ctdd serve``) share the
@@ -32,7 +32,6 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import replace
-from typing import Mapping
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.engine import Engine
@@ -40,15 +39,16 @@ from sqlalchemy.orm import Session
 
 from ctdd.delivery import outbox
 from ctdd.delivery.bulk import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
-from ctdd.config import AccountConfig, DispatcherConfig, Settings
+from ctdd.config import DispatcherConfig, Settings
 from ctdd.delivery.handlers import HANDLERS, DeliveryContext
 from ctdd.db.engine import is_sqlite, utcnow
 from ctdd.db.models import Contact
-from ctdd.dotdigital.client import DotdigitalClient
 from ctdd.dotdigital.errors import DotdigitalError
-from ctdd.db.listen import OutboxListener
+from ctdd.db.listen import NotifyListener
 from ctdd.hooks.manager import DeliveryOutcome, HookContext, Hooks
-from ctdd.delivery.rate_budget import BudgetTransport, RateBudget
+from ctdd.dotdigital.accounts import DotdigitalClients
+from ctdd.dotdigital.rate_budget import RateBudget
+from ctdd.retry import JITTER_20_PERCENT, backoff_delay
 from ctdd.telemetry import attempts_counter, delivery_duration, links_from_carrier, start_span
 
 log = logging.getLogger(__name__)
@@ -56,34 +56,6 @@ log = logging.getLogger(__name__)
 
 def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class DotdigitalClients:
-    """One client per configured Dotdigital account, created lazily, each paced by ``budget``."""
-
-    def __init__(self, accounts: Mapping[str, AccountConfig], *, budget: RateBudget | None = None, **client_kwargs):
-        self._accounts = accounts
-        self._clients: dict[str, DotdigitalClient] = {}
-        self._kwargs = client_kwargs
-        self.budget = budget or RateBudget()
-
-    def get(self, account: str) -> DotdigitalClient:
-        client = self._clients.get(account)
-        if client is None:
-            cfg = self._accounts[account]
-            kwargs = dict(self._kwargs)
-            kwargs.setdefault("transport", BudgetTransport(self.budget, account))
-            client = DotdigitalClient(
-                api_user=cfg.api_user, password=cfg.password, base_url=cfg.base_url, region=cfg.region,
-                discover_endpoint=cfg.discover_endpoint, timeout=cfg.timeout_seconds, **kwargs,
-            )
-            self._clients[account] = client
-        return client
-
-    async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
 
 
 _UNSET = object()
@@ -169,7 +141,7 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(self.cfg.concurrency)
         self._runner: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
-        self._listener: OutboxListener | None = None
+        self._listener: NotifyListener | None = None
         self.import_timings = ImportTimings(self.cfg.bulk_poll_min_seconds, self.cfg.bulk_poll_max_seconds)
         self._settler = _Settler(engine, self.worker_id, interval=self.cfg.settle_interval_seconds)
         #: counters for observability and tests
@@ -180,7 +152,7 @@ class Dispatcher:
         self._runner = asyncio.create_task(self.run(), name="outbox-dispatcher")
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="outbox-heartbeat")
         if self.cfg.listen_notify and self.engine.dialect.name == "postgresql":
-            self._listener = OutboxListener(self.engine, self.wake)
+            self._listener = NotifyListener(self.engine, self.wake, channel=outbox.NOTIFY_CHANNEL)
             self._listener.start()
 
     def wake(self) -> None:
@@ -465,7 +437,8 @@ class Dispatcher:
             return {row.id: row for row in rows}
 
     def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
-        delay = outbox.backoff_seconds(attempt, base=self.cfg.backoff_base_seconds, cap=self.cfg.backoff_cap_seconds)
+        delay = backoff_delay(attempt, base=self.cfg.backoff_base_seconds, cap=self.cfg.backoff_cap_seconds,
+                              jitter=JITTER_20_PERCENT)
         return max(delay, retry_after) if retry_after is not None else delay
 
     async def _failed(self, msg: outbox.ClaimedMessage, started, attempt: int, *, reason: str,

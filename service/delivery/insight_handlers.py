@@ -1,8 +1,8 @@
-"""Delivery handlers for insight records and contact removals (registered in ``ctdd.delivery.handlers``).
+"""Delivery handlers for insight records and contact removals (listed in ``ctdd.delivery.handlers``).
 
 - ``insight.upsert``: ``PUT /insightData/v3/contacts/{identifier}/{value}/{collection}/{recordId}``. The
   record is delivered in the contact's partition, after the contact upsert that creates the contact, so
-  the contact always exists first (Dotdigital rejects records of unknown contacts, reference §7). A
+  the contact always exists first (Dotdigital rejects records of unknown contacts). A
   missing collection is created (contact scope, with the collection type) and the record sent again.
 - ``contact.remove_from_lists``: v2 ``DELETE /v2/address-books/{id}/contacts/{contactId}`` per list
   (a contact that is not a member is fine).
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from ctdd.delivery.handlers import Delivered, DeliveryContext, contact_path, handler
+from ctdd.delivery.context import Delivered, DeliveryContext, contact_path
 from ctdd.dotdigital.errors import DotdigitalError
-from ctdd.delivery.outbox import CONTACT_DELETE, CONTACT_REMOVE_FROM_LISTS, INSIGHT_UPSERT
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +23,6 @@ def _is_collection_missing(exc: DotdigitalError) -> bool:
     return exc.status_code == 404 and "collection" in (exc.code or "").lower()
 
 
-@handler(INSIGHT_UPSERT)
 async def deliver_insight_upsert(ctx: DeliveryContext) -> Delivered:
     if ctx.contact is None:
         raise ValueError("insight.upsert message without a contact")
@@ -46,7 +44,6 @@ async def deliver_insight_upsert(ctx: DeliveryContext) -> Delivered:
     return Delivered(status)
 
 
-@handler(CONTACT_REMOVE_FROM_LISTS)
 async def deliver_remove_from_lists(ctx: DeliveryContext) -> Delivered:
     contact = ctx.contact
     if contact is None or not contact.dotdigital_contact_id:
@@ -60,7 +57,6 @@ async def deliver_remove_from_lists(ctx: DeliveryContext) -> Delivered:
     return Delivered(204)
 
 
-@handler(CONTACT_DELETE)
 async def deliver_contact_delete(ctx: DeliveryContext) -> Delivered:
     contact = ctx.contact
     if contact is None or not contact.dotdigital_contact_id:

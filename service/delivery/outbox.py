@@ -26,7 +26,6 @@ in flight. Merged messages keep their own record references and take the head's 
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Mapping
@@ -35,9 +34,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ctdd.ingest.consent_state import record_channel_statuses_many
+from ctdd.db.consent_state import record_channel_statuses_many
 from ctdd.db.engine import utcnow
 from ctdd.db.models import Contact, DeliveryAttempt, FieldState, OutboxMessage, OutboxStatus
+from ctdd.domain.payload import MAX_CONSENT_RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,6 @@ class ClaimedMessage:
 
 def partition_key(account: str, contact_id: int) -> str:
     return f"{account}:{contact_id}"
-
-
-def backoff_seconds(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Capped exponential backoff with ±20 % jitter: base·2^(attempt-1), at most ``cap``."""
-    rng = rng or random
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
-    return max(0.0, delay * rng.uniform(0.8, 1.2))
 
 
 def enqueue(
@@ -277,8 +270,6 @@ def merge_contact_bodies(first: dict, later: dict) -> dict | None:
     consent records are appended. Returns ``None`` when the two cannot be combined into one request
     (more than the 5 consent records Dotdigital accepts per request).
     """
-    from ctdd.domain.payload import MAX_CONSENT_RECORDS
-
     def merge_obj(a: dict, b: dict) -> dict:
         out = dict(a)
         for key, value in b.items():

@@ -5,9 +5,9 @@
 - :func:`order_summary_values` and :func:`order_aggregates`: per-contact aggregates recomputed from all
   known orders of the contact, so duplicates and out-of-order events cannot skew them.
 
-Money is converted to major units (``centAmount / 10**fractionDigits``, reference commercetools.md §4).
+Money is converted to major units (``centAmount / 10**fractionDigits``).
 The Orders record keeps stable JSON types for every field (Dotdigital locks a collection's schema on the
-first record, dotdigital.md §7): strings default to "", numbers to 0.0, lists to [].
+first record): strings default to "", numbers to 0.0, lists to [].
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any, Iterable, Mapping
 from ctdd.domain.contact import ChannelConsent, ContactInput, Identity, SourceStamp
 from ctdd.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
 
-ORDERS_COLLECTION = "Orders"
 #: refund transactions that count towards the refund total
 REFUND_STATES = frozenset({"Initial", "Pending", "Success"})
 
@@ -47,11 +46,12 @@ _CURRENCY_EXPONENTS: dict[str, int] = {
 
 
 def money_to_major(money: Mapping[str, Any]) -> float:
-    """Amount of a commercetools Money value in major units (e.g. 56.0 for 5600 EUR cents) (§4).
+    """Amount of a commercetools Money value in major units (e.g. 56.0 for 5600 EUR cents).
 
     ``centPrecision`` (and drafts without ``type``): ``centAmount / 10**fractionDigits``. ``highPrecision``:
     ``preciseAmount / 10**fractionDigits`` - its ``fractionDigits`` is the *high* precision, so dividing
-    ``centAmount`` by it would be wrong (§4 gives only the centPrecision rule; ``HighPrecisionMoney`` RAML). A missing ``fractionDigits`` (allowed in drafts) defaults to the
+    ``centAmount`` by it would be wrong (see the commercetools type ``HighPrecisionMoney``).
+    A missing ``fractionDigits`` (allowed in drafts) defaults to the
     currency's ISO 4217 minor units (2 unless listed in ``_CURRENCY_EXPONENTS``). Computed in ``Decimal``.
     """
     if not isinstance(money, Mapping):
@@ -74,7 +74,7 @@ def money_to_major(money: Mapping[str, Any]) -> float:
 
 
 def localized(value: Mapping[str, Any] | str | None, locale: str | None) -> str | None:
-    """Pick one text of a LocalizedString ``{"en": "Hats", "de-DE": "Hüte"}`` (§4, "pick preferred locale with fallback").
+    """Pick one text of a LocalizedString ``{"en": "Hats", "de-DE": "Hüte"}`` ("pick preferred locale with fallback").
 
     Order: the exact ``locale`` (tags compared case-insensitively, ``_`` accepted for ``-``); its language
     part (``en-GB`` -> ``en``); another tag of the same language (``en`` -> ``en-US``); ``en``; then the
@@ -126,7 +126,7 @@ def _address_by_id(customer: Mapping[str, Any], address_id: str | None) -> Mappi
 def consent_value(value: Any) -> str | None:
     """A commercetools consent custom-field value -> "subscribed" / "unsubscribed" / None (no decision).
 
-    Accepts a Boolean field or the Enum suggested in reference commercetools.md §6
+    Accepts a Boolean field or an Enum field
     (``optedIn | optedOut | pending | unknown``; ``pending`` and ``unknown`` are no decision yet).
     """
     if isinstance(value, dict):  # Enum values may come as {"key": ..., "label": ...}
@@ -151,7 +151,7 @@ def consent_from_custom_fields(fields: Mapping[str, Any], *, email_field: str, s
 def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
                         extra_attributes: Mapping[str, Any] | None = None,
                         consent_fields: tuple[str, str, str] | None = None) -> ContactInput:
-    """Map a commercetools Customer (reference commercetools.md §4.1) to a ContactInput.
+    """Map a commercetools Customer to a ContactInput.
 
     Every mapped attribute is present (None when unset), so a field removed in commercetools is cleared in
     Dotdigital. The source stamp (customer id + version + lastModifiedAt) makes older customer versions stale.
@@ -208,7 +208,7 @@ def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
 
 
 def order_key(order: Mapping[str, Any]) -> str:
-    """Record key of an order: its order number, else its id (Dotdigital §7.4 uses the order number)."""
+    """Record key of an order: its order number, else its id (as the Magento 2 connector keys its Orders records)."""
     return str(order.get("orderNumber") or order["id"])
 
 
@@ -399,7 +399,7 @@ def order_aggregates(rows: Iterable[SummaryRow]) -> dict[str, Any]:
 
 def cart_record(cart_id: str, cart: Mapping[str, Any], *, locale: str | None, currency: str | None,
                 modified_at: str = "") -> dict[str, Any]:
-    """A ``CartInsight`` record (reference dotdigital.md §7.3, the Magento 2 field set; stable types)."""
+    """A ``CartInsight`` record (the Magento 2 connector's field set; stable types)."""
     items = []
     for li in cart.get("lineItems", []):
         variant = li.get("variant") or {}

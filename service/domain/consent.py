@@ -1,8 +1,8 @@
 """Consent rules (pure): what may be sent to Dotdigital given what Dotdigital already knows.
 
 Dotdigital keeps suppression sticky: a v3 upsert of an unsubscribed or suppressed contact succeeds but
-leaves the status alone unless the payload resubscribes it with ``resubscribeOptions`` (reference
-dotdigital.md §4.2, §6). ctdd-sync decides when that is allowed:
+leaves the status alone unless the payload resubscribes it with ``resubscribeOptions`` (Dotdigital
+API docs: Contacts v3). ctdd-sync decides when that is allowed:
 
 - A shop opt-in resubscribes a contact that opted out in Dotdigital only when the shop's decision
   (``decided_at``) is newer than the Dotdigital opt-out; the store's resubscribe mode decides whether

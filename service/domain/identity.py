@@ -1,6 +1,6 @@
 """Identifier normalisation and the identity-resolution rules (pure: no I/O).
 
-Rules (documented in README "Identity resolution"):
+Rules (documented in docs/api.md, "Identity resolution"):
 
 1. Identity is scoped to a Dotdigital account: Dotdigital itself keeps one contact per email address and
    per mobile number within an account, so ctdd-sync keeps one internal contact per person per account.

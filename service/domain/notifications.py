@@ -1,15 +1,15 @@
 """Parsing of commercetools Subscription deliveries (pure: no I/O).
 
-commercetools has no plain webhook destination (§2.2 of ``shared/reference/commercetools.md``): an HTTP
+commercetools has no plain webhook destination (commercetools HTTP API docs: Subscriptions): an HTTP
 endpoint receives notifications wrapped by whatever carried them. ``parse_delivery`` takes the request
 body exactly as received and unwraps, recursively:
 
-* **Platform format** (§2.4): the ``DeliveryPayload`` itself, discriminated by ``notificationType``:
+* **Platform format**: the ``DeliveryPayload`` itself, discriminated by ``notificationType``:
   ``Message`` (message fields merged into the envelope), ``ResourceCreated``, ``ResourceUpdated``,
   ``ResourceDeleted``.
-* **CloudEvents** (§2.4): ``{"specversion": "1.0", ..., "data": <Platform payload>}`` in structured mode
+* **CloudEvents**: ``{"specversion": "1.0", ..., "data": <Platform payload>}`` in structured mode
   (``data_base64`` is accepted too), and CloudEvents JSON batches (arrays).
-* **Google Pub/Sub push** (§2.5): ``{"message": {"data": <base64>, "attributes", "messageId", ...},
+* **Google Pub/Sub push**: ``{"message": {"data": <base64>, "attributes", "messageId", ...},
   "subscription"}``; ``message.data`` decodes to a Platform payload or a CloudEvent.
 * **AWS SNS** HTTP(S) delivery: ``{"Type": "Notification", "Message": "<JSON string>", ...}``. A
   ``SubscriptionConfirmation`` raises ``SnsSubscriptionConfirmation`` (with ``subscribe_url``) so that the
@@ -23,12 +23,12 @@ body exactly as received and unwraps, recursively:
 
 Anything else raises ``InvalidDelivery`` whose ``reason`` names the problem (e.g. ``"not JSON"``,
 ``"missing resource.typeId"``, ``"base64 message.data is not valid"``) and never quotes the payload, so it
-is safe to log. ``Event`` notifications (beta; Import API / Checkout only, §2.4) raise the subclass
+is safe to log. ``Event`` notifications (beta; Import API / Checkout only) raise the subclass
 ``UnsupportedNotification``, which an adapter should acknowledge and drop.
 
-Each ``Notification`` carries the dedupe key (message ``id``, or a synthetic id for change notifications,
-§2.6), the ordering data (``resource_version``, ``sequence_number``) and a flag for the test notification
-commercetools sends when a Subscription is created (``resource.typeId == "subscription"``, §2.1), which
+Each ``Notification`` carries the dedupe key (message ``id``, or a synthetic id for change notifications),
+the ordering data (``resource_version``, ``sequence_number``) and a flag for the test notification
+commercetools sends when a Subscription is created (``resource.typeId == "subscription"``), which
 consumers must ignore.
 """
 
@@ -53,7 +53,7 @@ __all__ = [
     "parse_delivery",
 ]
 
-#: ``notificationType`` values this parser turns into ``Notification`` objects (§2.4).
+#: ``notificationType`` values this parser turns into ``Notification`` objects.
 NOTIFICATION_TYPES = ("Message", "ResourceCreated", "ResourceUpdated", "ResourceDeleted")
 CHANGE_NOTIFICATION_TYPES = ("ResourceCreated", "ResourceUpdated", "ResourceDeleted")
 #: Envelopes nest at most this deep (e.g. SQS record -> SNS -> CloudEvent -> Platform is 4).
@@ -104,19 +104,19 @@ class Notification:
         project_key: ``projectKey`` - which commercetools project sent it.
         resource_type: ``resource.typeId`` (``customer``, ``order``, ``payment``, ``product`` ...).
         resource_id: ``resource.id``.
-        message_id: the Message ``id`` (unique, §2.6); for change notifications the stable synthetic
+        message_id: the Message ``id`` (unique); for change notifications the stable synthetic
             ``"{notificationType}:{typeId}:{id}:{version}"``.
         message_type: the Message ``type`` (``CustomerCreated``, ``OrderCreated`` ...), or
             ``payloadNotIncluded.payloadType`` when the payload was left out; ``None`` for change notifications.
         resource_version: ``resourceVersion`` (messages) or ``version`` (change notifications): the
-            resource's version after the change (§2.6), for dropping stale notifications.
-        sequence_number: ``sequenceNumber`` of a Message (per resource, +1 per message, §2.6).
+            resource's version after the change, for dropping stale notifications.
+        sequence_number: ``sequenceNumber`` of a Message (per resource, +1 per message).
         occurred_at: ``createdAt`` (messages) or ``modifiedAt`` (change notifications), tz-aware UTC;
             for CloudEvents without either, the event's ``time``.
         payload: the whole Platform-format notification dict, message-specific fields included.
-        payload_not_included: ``payloadNotIncluded`` is present (§2.4): GET the resource instead.
+        payload_not_included: ``payloadNotIncluded`` is present: GET the resource instead.
         is_subscription_test: the test notification sent when a Subscription is created
-            (``resource.typeId == "subscription"``, §2.1) - consumers must ignore it.
+            (``resource.typeId == "subscription"``) - consumers must ignore it.
         envelope: the wrappers removed, outermost first, e.g. ``("pubsub", "cloudevents", "platform")``.
     """
 
@@ -136,7 +136,7 @@ class Notification:
 
     @property
     def dedupe_key(self) -> str:
-        """Idempotency key (§2.6): the Message id, or the synthetic change-notification id."""
+        """Idempotency key: the Message id, or the synthetic change-notification id."""
         if self.message_id is not None:
             return self.message_id
         return f"{self.notification_type}:{self.resource_type}:{self.resource_id}:{self.resource_version}"
@@ -226,7 +226,7 @@ def _parse(document: Any, envelope: tuple[str, ...], depth: int) -> list[Notific
 
 
 def _cloudevent(event: dict, envelope: tuple[str, ...], depth: int) -> list[Notification]:
-    """CloudEvents 1.0 structured mode (§2.4): ``data`` holds the Platform payload."""
+    """CloudEvents 1.0 structured mode: ``data`` holds the Platform payload."""
     version = event.get("specversion")
     if not isinstance(version, str) or not version.startswith("1."):
         raise InvalidDelivery("unsupported CloudEvents specversion")
@@ -251,7 +251,7 @@ def _cloudevent(event: dict, envelope: tuple[str, ...], depth: int) -> list[Noti
 
 
 def _pubsub(document: dict, envelope: tuple[str, ...], depth: int) -> list[Notification]:
-    """Google Pub/Sub push envelope (§2.5): base64 ``message.data`` holds the notification."""
+    """Google Pub/Sub push envelope: base64 ``message.data`` holds the notification."""
     message = document["message"]
     if "data" not in message:
         raise InvalidDelivery("Pub/Sub message has no data")
@@ -327,7 +327,7 @@ def _sqs_records(records: list, envelope: tuple[str, ...], depth: int) -> list[N
 
 
 # ---------------------------------------------------------------------------------------------------
-# Platform format (§2.4)
+# Platform format
 # ---------------------------------------------------------------------------------------------------
 def _platform(payload: dict, envelope: tuple[str, ...]) -> Notification:
     notification_type = payload.get("notificationType")

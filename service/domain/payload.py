@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-#: Dotdigital accepts at most 5 consent records per request (reference §4.2)
+#: Dotdigital accepts at most 5 consent records per request
 MAX_CONSENT_RECORDS = 5
 
 

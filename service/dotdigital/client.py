@@ -1,22 +1,22 @@
 """Async Dotdigital API client (httpx).
 
-Covers what the sync service needs (reference ``shared/reference/dotdigital.md``):
+Covers what the sync service needs of the Dotdigital API (https://developer.dotdigital.com/):
 
 * region discovery: ``GET /v2/account-info`` on r1 (or an explicit base URL), then every call goes to the
-  account's ``ApiEndpoint`` property (§1); discovered once per client, concurrency-safe;
-* contacts v3 single upsert ``PATCH /contacts/v3/{identifier}/{value}`` and ``GET`` (§4);
-* contacts v3 bulk import ``PUT /contacts/v3/import`` and its status (§4.4);
-* insight data v3 (§7.1): collections, single record upsert / read / delete for a contact or the account
-  (catalog, §8), and the bulk import ``PUT /insightData/v3/import`` with its status;
-* v2 data fields (§4.5) and address books: list, create, list membership removal (§6);
-* the back-sync feeds (§5.1, §10): ``GET /v2/contacts/suppressed-since/{date}``,
+  account's ``ApiEndpoint`` property; discovered once per client, concurrency-safe;
+* contacts v3 single upsert ``PATCH /contacts/v3/{identifier}/{value}`` and ``GET``;
+* contacts v3 bulk import ``PUT /contacts/v3/import`` and its status;
+* insight data v3: collections, single record upsert / read / delete for a contact or the account
+  (catalog), and the bulk import ``PUT /insightData/v3/import`` with its status;
+* v2 data fields and address books: list, create, list membership removal;
+* the back-sync feeds: ``GET /v2/contacts/suppressed-since/{date}``,
   ``GET /v2/contacts/unsubscribed-since/{date}`` and ``GET /contacts/v3?~modified=gte::<ts>`` (paged by marker).
 
 Bulk imports are asynchronous: ``start_*_import`` returns the ``importId``, ``*_import_status`` returns a
 report, and ``wait_for_import`` polls until the import is done. An import that failed as a whole is a report
 with ``failed=True``, not an exception; rejected items are listed in the report's ``failures``.
 
-Transport rules (§1): HTTP Basic with the API user, JSON in and out (``Accept`` / ``Content-Type:
+Transport rules: HTTP Basic with the API user, JSON in and out (``Accept`` / ``Content-Type:
 application/json``), a ``User-Agent``, and a default timeout of 121 s, which Dotdigital asks clients to
 allow. The client does **not** retry: every failure is raised as a classified ``DotdigitalError``
 (``retryable``, ``throttled``, ``retry_after``; see ``errors.py``) so the outbox owns the retry policy.
@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import http.cookiejar
-import json
 import logging
 import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
+
+from ctdd.domain.datafields import is_valid_data_field_name
+from ctdd.http_common import check_base_url, encode_json_body, transport_failure
 
 from .errors import (
     DotdigitalError,
@@ -62,40 +64,40 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Region discovery is always done on r1, whatever the account's region (§1).
+#: Region discovery is always done on r1, whatever the account's region.
 R1_BASE_URL = "https://r1-api.dotdigital.com"
 REGION_BASE_URLS: dict[str, str] = {
     "r1": R1_BASE_URL,  # Europe
     "r2": "https://r2-api.dotdigital.com",  # North America
     "r3": "https://r3-api.dotdigital.com",  # Asia Pacific
 }
-#: ``merge-option`` query values of the v3 PATCH upsert (kebab-case, unlike the bulk import's camelCase; §4.4).
+#: ``merge-option`` query values of the v3 PATCH upsert (kebab-case, unlike the bulk import's camelCase).
 MERGE_OPTIONS = ("overwrite", "overwrite-if-not-empty", "overwrite-if-empty")
-#: ``mergeOption`` values of the bulk contact import (camelCase, §4.4).
+#: ``mergeOption`` values of the bulk contact import (camelCase).
 IMPORT_MERGE_OPTIONS = ("overwrite", "overwriteIfNotEmpty", "overwriteIfEmpty")
-#: Insight data collection scopes and types ([SPEC-I3] ``collectionScope`` / ``collectionType``, §7.1).
+#: Insight data collection scopes and types (Insight data v3 spec: ``collectionScope`` / ``collectionType``).
 COLLECTION_SCOPES = ("account", "contact")
 COLLECTION_TYPES = (
     "cartInsight", "catalog", "consentInsight", "custom", "easyEditorExtensions", "nostoEmailCampaigns", "orders",
     "productCategories", "webInsight", "wishList",
 )
-#: Recommended per-call timeout (§1).
+#: Recommended per-call timeout.
 DEFAULT_TIMEOUT = 121.0
 #: Import statuses meaning "done and applied": the insight spec's enum says ``Complete``, its examples and the
-#: contacts import say ``Finished`` (§7.1).
+#: contacts import say ``Finished``.
 IMPORT_SUCCESS_STATUSES = frozenset({"Finished", "Complete"})
-#: Import statuses meaning "done, nothing (more) will be applied" ([M2]'s list, §7.1, plus the contacts enum).
+#: Import statuses meaning "done, nothing (more) will be applied" (the Magento 2 connector's list, plus the
+#: contacts enum).
 IMPORT_FAILURE_STATUSES = frozenset({
     "Failed", "RejectedByWatchdog", "ExceedsAllowedContactLimit", "InvalidFileFormat", "Unknown",
     "NotAvailableInThisVersion",
 })
 
-_IDENTIFIER_RE = re.compile(r"^[-A-Za-z0-9_]{1,50}$")  # path param ``identifier`` pattern [SPEC-C3]
-_COLLECTION_NAME_RE = re.compile(r"^[-A-Za-z_][-A-Za-z0-9_]{1,255}$")  # [SPEC-I3] ``collectionName`` (max 255)
-_DATA_FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")  # §4.5
+_IDENTIFIER_RE = re.compile(r"^[-A-Za-z0-9_]{1,50}$")  # path param ``identifier`` pattern of the Contacts v3 spec
+_COLLECTION_NAME_RE = re.compile(r"^[-A-Za-z_][-A-Za-z0-9_]{1,255}$")  # Insight data v3 spec ``collectionName``
 _DATA_FIELD_TYPES = ("String", "Numeric", "Date", "Boolean")
 _VISIBILITIES = ("Private", "Public")
-_PAGE_SIZE = 1000  # v2 ``select`` maximum (§5)
+_PAGE_SIZE = 1000  # v2 ``select`` maximum
 _FORBIDDEN_EXTRA_HEADERS = frozenset({"authorization", "host", "content-length"})
 
 
@@ -105,7 +107,7 @@ class ContactUpsertResult:
 
     ``created`` is true for 201 (new contact), false for 200 (updated). ``email_status`` is the email
     channel status from the response (``channelProperties.email.status``) - e.g. still ``suppressed`` /
-    ``unsubscribed`` after a PATCH on a suppressed contact (§6). ``body`` is the full v3 read model.
+    ``unsubscribed`` after a PATCH on a suppressed contact. ``body`` is the full v3 read model.
     """
 
     contact_id: int
@@ -117,15 +119,50 @@ class ContactUpsertResult:
 
 @dataclass(frozen=True)
 class ContactsPage:
-    """One page of ``GET /contacts/v3`` (§4.1): the contacts and the marker of the next page (``None``: last)."""
+    """One page of ``GET /contacts/v3``: the contacts and the marker of the next page (``None``: last)."""
 
     items: list[dict]
     next_marker: str | None
 
 
+class _ImportReport:
+    """What the contacts and the insight import reports share: reading the common fields of the status body
+    (``importId``, ``status``, ``summary``, ``failures``) and telling whether the import is over. Each report
+    is a frozen dataclass that adds its own fields through ``_fields_of``."""
+
+    finished: bool  # fields of the dataclasses (annotations only: a plain class adds no dataclass fields)
+    failed: bool
+
+    @property
+    def done(self) -> bool:
+        return self.finished or self.failed
+
+    @classmethod
+    def from_body(cls: type[_Report], body: dict) -> _Report:
+        status = str(body.get("status") or "")
+        return cls(
+            import_id=str(body.get("importId") or ""),
+            status=status,
+            finished=status in IMPORT_SUCCESS_STATUSES,
+            failed=status in IMPORT_FAILURE_STATUSES,
+            summary=dict(body.get("summary") or {}),
+            failures=list(body.get("failures") or []),
+            body=body,
+            **cls._fields_of(body),
+        )
+
+    @staticmethod
+    def _fields_of(body: dict) -> dict[str, Any]:
+        """The report's own fields, read from the status ``body``."""
+        return {}
+
+
+_Report = TypeVar("_Report", bound=_ImportReport)
+
+
 @dataclass(frozen=True)
-class ContactsImportReport:
-    """``GET /contacts/v3/import/{importId}`` (§4.4).
+class ContactsImportReport(_ImportReport):
+    """``GET /contacts/v3/import/{importId}``.
 
     ``finished``: done and applied (``Finished``); ``failed``: done as a whole failure (``Failed``,
     ``RejectedByWatchdog``, ``ExceedsAllowedContactLimit``, ...); neither: still running (``NotFinished``).
@@ -145,13 +182,9 @@ class ContactsImportReport:
     failures: list[dict]
     body: dict
 
-    @property
-    def done(self) -> bool:
-        return self.finished or self.failed
-
     def failure_codes(self, identifier: str, value: Any) -> list[str]:
         """The failure codes reported for the item with ``identifiers[identifier] == value`` (emails compare
-        case-insensitively). Codes are returned as sent; Dotdigital mixes PascalCase and camelCase (§3.4)."""
+        case-insensitively). Codes are returned as sent; Dotdigital mixes PascalCase and camelCase."""
         wanted = str(value).casefold() if identifier == "email" else str(value)
         codes: list[str] = []
         for entry in self.failures:
@@ -160,28 +193,18 @@ class ContactsImportReport:
                 codes += [str(f.get("failureCode")) for f in entry.get("failures") or [] if isinstance(f, dict)]
         return codes
 
-    @classmethod
-    def from_body(cls, body: dict) -> ContactsImportReport:
-        status = str(body.get("status") or "")
-        return cls(
-            import_id=str(body.get("importId") or ""),
-            status=status,
-            finished=status in IMPORT_SUCCESS_STATUSES,
-            failed=status in IMPORT_FAILURE_STATUSES,
-            summary=dict(body.get("summary") or {}),
-            created=list(body.get("created") or []),
-            updated=list(body.get("updated") or []),
-            failures=list(body.get("failures") or []),
-            body=body,
-        )
+    @staticmethod
+    def _fields_of(body: dict) -> dict[str, Any]:
+        return {"created": list(body.get("created") or []), "updated": list(body.get("updated") or [])}
 
 
 @dataclass(frozen=True)
-class InsightImportReport:
-    """``GET /insightData/v3/import/{importId}`` (§7.1).
+class InsightImportReport(_ImportReport):
+    """``GET /insightData/v3/import/{importId}``.
 
     ``finished``: ``Finished`` or ``Complete`` (the spec disagrees with itself, so both count as success);
-    ``failed``: ``Failed`` and the other terminal failures [M2] knows; neither: ``NotStarted`` / ``Processing``.
+    ``failed``: ``Failed`` and the other terminal failures the Magento 2 connector knows; neither: ``NotStarted`` /
+    ``Processing``.
     ``summary`` has ``totalRecords``, ``totalImported``, ``totalRejected``; ``failures`` are
     ``[{collectionOwner{ownerType, contactIdentity?}, failureReason, details, key, json}]`` - e.g.
     ``ContactEmailDoesNotExist`` for a record whose contact does not exist (the call itself still got 202).
@@ -196,27 +219,13 @@ class InsightImportReport:
     failures: list[dict]
     body: dict
 
-    @property
-    def done(self) -> bool:
-        return self.finished or self.failed
-
     def failure_reasons(self) -> dict[str, str]:
         """``{record key: failureReason}`` of the rejected records (keys of different contacts may collide)."""
         return {str(f.get("key")): str(f.get("failureReason")) for f in self.failures if isinstance(f, dict)}
 
-    @classmethod
-    def from_body(cls, body: dict) -> InsightImportReport:
-        status = str(body.get("status") or "")
-        return cls(
-            import_id=str(body.get("importId") or ""),
-            status=status,
-            finished=status in IMPORT_SUCCESS_STATUSES,
-            failed=status in IMPORT_FAILURE_STATUSES,
-            collection_name=body.get("collectionName"),
-            summary=dict(body.get("summary") or {}),
-            failures=list(body.get("failures") or []),
-            body=body,
-        )
+    @staticmethod
+    def _fields_of(body: dict) -> dict[str, Any]:
+        return {"collection_name": body.get("collectionName")}
 
 
 class _NoCookies(http.cookiejar.CookieJar):
@@ -243,13 +252,13 @@ class DotdigitalClient:
         base_url: explicit base URL (e.g. a sandbox or ``CTDD_DOTDIGITAL_BASE_URL``). With discovery on,
             account-info is fetched from here instead of r1.
         region: ``r1`` / ``r2`` / ``r3``; used as the base URL when ``discover_endpoint`` is false and no
-            ``base_url`` is given. Discovery always starts on r1 as documented (§1).
+            ``base_url`` is given. Discovery always starts on r1 as documented.
         discover_endpoint: resolve the account's ``ApiEndpoint`` via ``GET /v2/account-info`` before the
             first call (cached for the client's lifetime).
         timeout: per-request timeout in seconds (connect, read, write and pool).
         transport: custom httpx transport (tests, proxies).
         user_agent: ``User-Agent`` header value.
-        integration_token: optional Dotdigital partner ``x-ddg-integration-token`` sent on every call (§1).
+        integration_token: optional Dotdigital partner ``x-ddg-integration-token`` sent on every call.
     """
 
     def __init__(
@@ -272,7 +281,7 @@ class DotdigitalClient:
         if region is not None and region not in REGION_BASE_URLS:
             raise ValueError(f"unknown Dotdigital region {region!r}; expected one of {sorted(REGION_BASE_URLS)}")
         if base_url is not None:
-            _check_base_url(base_url)
+            check_base_url(base_url)
 
         self.api_user = api_user
         self.discover_endpoint = discover_endpoint
@@ -312,7 +321,7 @@ class DotdigitalClient:
     async def api_endpoint(self) -> str:
         """The base URL all API calls go to (no trailing slash), discovering it on first use.
 
-        Discovery (§1): ``GET /v2/account-info`` on the discovery base, read property ``ApiEndpoint``
+        Discovery: ``GET /v2/account-info`` on the discovery base, read property ``ApiEndpoint``
         (e.g. ``https://r2-api.dotdigital.com/``). Concurrent callers share one discovery call. If the
         property is missing, the discovery base is used. An ``ApiEndpoint`` that is not an absolute
         http(s) URL - or is plain http while discovery used https - is rejected, because the credentials
@@ -338,7 +347,7 @@ class DotdigitalClient:
             logger.warning("Dotdigital account-info has no ApiEndpoint; using %s", self.discovery_base_url)
             return self.discovery_base_url
         try:
-            _check_base_url(str(value))
+            check_base_url(str(value))
         except ValueError as exc:
             raise DotdigitalError(f"Invalid ApiEndpoint in account-info: {exc}", code="INVALID_API_ENDPOINT") from None
         if urlsplit(self.discovery_base_url).scheme == "https" and urlsplit(str(value)).scheme != "https":
@@ -362,11 +371,11 @@ class DotdigitalClient:
         merge_option: str = "overwrite",
         headers: dict[str, str] | None = None,
     ) -> ContactUpsertResult:
-        """Create or update one contact: ``PATCH /contacts/v3/{identifier}/{value}?merge-option=`` (§4.1).
+        """Create or update one contact: ``PATCH /contacts/v3/{identifier}/{value}?merge-option=``.
 
         ``identifier`` is ``email``, ``mobileNumber``, ``contactId`` or a custom identifier; ``value`` is
         percent-encoded as one path segment (``+`` -> ``%2B``, ``@`` -> ``%40``). ``body`` is the v3 write model
-        (§4.2) and is sent as-is. Returns 201 -> ``created=True``, 200 -> ``created=False``.
+        and is sent as-is. Returns 201 -> ``created=True``, 200 -> ``created=False``.
         ``headers`` adds request headers (e.g. ``Idempotency-Key``); ``Authorization`` cannot be overridden.
         """
         if merge_option not in MERGE_OPTIONS:
@@ -392,7 +401,7 @@ class DotdigitalClient:
         )
 
     async def get_contact(self, identifier: str, value: str) -> dict | None:
-        """``GET /contacts/v3/{identifier}/{value}`` -> the v3 read model, or ``None`` on 404 (§4.1)."""
+        """``GET /contacts/v3/{identifier}/{value}`` -> the v3 read model, or ``None`` on 404."""
         path = _contact_path(identifier, value)
         try:
             payload = await self._request_json("GET", await self.api_endpoint(), path)
@@ -406,20 +415,20 @@ class DotdigitalClient:
 
     # -- v2 data fields -------------------------------------------------------------------------------
     async def list_data_fields(self) -> list[dict]:
-        """``GET /v2/data-fields`` -> ``[{name, type, visibility, defaultValue}]`` (§4.5)."""
+        """``GET /v2/data-fields`` -> ``[{name, type, visibility, defaultValue}]``."""
         payload = await self._request_json("GET", await self.api_endpoint(), "/v2/data-fields", expect=list)
         return payload
 
     async def create_data_field(
         self, name: str, type: str = "String", visibility: str = "Private", default_value: Any = None  # noqa: A002
     ) -> bool:
-        """``POST /v2/data-fields``; returns ``False`` if the field already existed (§4.5).
+        """``POST /v2/data-fields``; returns ``False`` if the field already existed.
 
         Dotdigital answers ``400 "Field already exists. ERROR_NON_UNIQUE_DATAFIELD"`` for an existing name,
         which makes "ensure field exists" idempotent. The name (max 20 chars of ``[A-Za-z0-9_-]``), type and
         visibility are checked locally first (``ValueError``) to save an API call.
         """
-        if not _DATA_FIELD_NAME_RE.match(name or ""):
+        if not is_valid_data_field_name(name):
             raise ValueError(f"invalid data field name {name!r}: 1-20 characters of A-Z a-z 0-9 _ -")
         if type not in _DATA_FIELD_TYPES:
             raise ValueError(f"data field type must be one of {_DATA_FIELD_TYPES}, got {type!r}")
@@ -438,7 +447,7 @@ class DotdigitalClient:
 
     # -- v2 address books (lists) ---------------------------------------------------------------------
     async def list_address_books(self) -> list[dict]:
-        """``GET /v2/address-books`` (all pages of ``select=1000``) -> ``[{id, name, visibility, contacts}]`` (§6)."""
+        """``GET /v2/address-books`` (all pages of ``select=1000``) -> ``[{id, name, visibility, contacts}]``."""
         endpoint = await self.api_endpoint()
         books: list[dict] = []
         skip = 0
@@ -452,7 +461,7 @@ class DotdigitalClient:
             skip += _PAGE_SIZE
 
     async def create_address_book(self, name: str, visibility: str = "Private") -> dict:
-        """``POST /v2/address-books`` ``{name, visibility}`` -> ``{id, name, visibility, contacts}`` (§6).
+        """``POST /v2/address-books`` ``{name, visibility}`` -> ``{id, name, visibility, contacts}``.
 
         ``name`` is 1-128 characters, unique in the account (else ``ERROR_ADDRESSBOOK_DUPLICATE``, raised as a
         ``DotdigitalError``); checked locally first (``ValueError``).
@@ -468,7 +477,7 @@ class DotdigitalClient:
         return payload
 
     async def remove_contact_from_address_book(self, address_book_id: int, contact_id: int) -> None:
-        """``DELETE /v2/address-books/{addressBookId}/contacts/{contactId}`` -> 204 (§6).
+        """``DELETE /v2/address-books/{addressBookId}/contacts/{contactId}`` -> 204.
 
         v3 PATCH ``lists`` only ever adds memberships; removal is this v2 call. Raises ``DotdigitalError``
         (404 ``ERROR_ADDRESSBOOK_NOT_FOUND`` / ``ERROR_CONTACT_NOT_FOUND``) when either does not exist.
@@ -480,7 +489,7 @@ class DotdigitalClient:
             "DELETE", await self.api_endpoint(), f"/v2/address-books/{address_book_id}/contacts/{contact_id}"
         )
 
-    # -- back-sync feeds (§5.1, §10) ------------------------------------------------------------------
+    # -- back-sync feeds ------------------------------------------------------------------------------
     async def suppressed_since(self, since: datetime, *, select: int = _PAGE_SIZE, skip: int = 0) -> list[dict]:
         """``GET /v2/contacts/suppressed-since/{date}?select=&skip=`` -> one page of
         ``[{suppressedContact: {id, email, ...}, dateRemoved, reason}]`` (unsubscribes, bounces, complaints ...).
@@ -542,10 +551,10 @@ class DotdigitalClient:
     async def start_contacts_import(
         self, contacts: list[dict], *, merge_option: str = "overwrite", headers: dict[str, str] | None = None
     ) -> str:
-        """``PUT /contacts/v3/import`` ``{mergeOption, contacts}`` -> the ``importId`` of the 202 (§4.4).
+        """``PUT /contacts/v3/import`` ``{mergeOption, contacts}`` -> the ``importId`` of the 202.
 
-        Each item is a v3 write model (§4.2) with the import-only ``matchIdentifier`` and ``identifiers``
-        ([SPEC-C3] requires both; checked locally, ``ValueError``). ``merge_option`` is camelCase here
+        Each item is a v3 write model with the import-only ``matchIdentifier`` and ``identifiers``
+        (the Contacts v3 spec requires both; checked locally, ``ValueError``). ``merge_option`` is camelCase here
         (``overwrite`` | ``overwriteIfNotEmpty`` | ``overwriteIfEmpty``), unlike the PATCH. Items are sent as
         given. At most 25 imports may run at once: a 26th raises ``DotdigitalThrottled`` with
         ``too_many_imports`` set (429 ``contacts:tooManyActiveImports``).
@@ -573,7 +582,7 @@ class DotdigitalClient:
 
     # -- insight data v3 ------------------------------------------------------------------------------
     async def create_collection(self, name: str, *, scope: str, collection_type: str) -> bool:
-        """``POST /insightData/v3/collections/{name}?collectionScope=&collectionType=`` (§7.1).
+        """``POST /insightData/v3/collections/{name}?collectionScope=&collectionType=``.
 
         Returns ``True`` when created (201), ``False`` when it already existed (200). More than 1000
         collections -> ``DotdigitalError`` 412. Name, scope and type are checked locally (``ValueError``).
@@ -591,7 +600,7 @@ class DotdigitalClient:
 
     async def list_collections(self) -> list[dict]:
         """``GET /insightData/v3/collections`` -> ``[{collectionName, collectionType, collectionScope,
-        recordCount}]`` of both scopes (§7.1)."""
+        recordCount}]`` of both scopes."""
         payload = await self._request_json("GET", await self.api_endpoint(), "/insightData/v3/collections",
                                            expect=list)
         return payload
@@ -606,12 +615,12 @@ class DotdigitalClient:
         value: str,
         headers: dict[str, str] | None = None,
     ) -> int:
-        """``PUT /insightData/v3/contacts/{identifier}/{value}/{collection}/{recordId}`` -> 201 or 204 (§7.1).
+        """``PUT /insightData/v3/contacts/{identifier}/{value}/{collection}/{recordId}`` -> 201 or 204.
 
         ``record`` is the record's JSON object, sent as the body (it becomes ``json``; the key is
         ``record_id``). Returns the status: 201 created, 204 replaced. The contact and the collection must
         exist: 404 ``insightData:contactNotFound`` / ``insightData:collectionNotFound`` raise a non-retryable
-        ``DotdigitalError``. A record that breaks the collection's locked schema (§7) is a 400 whose
+        ``DotdigitalError``. A record that breaks the collection's locked schema is a 400 whose
         ``failure_reason`` is e.g. ``JsonValueIncompatibleWithSchema``.
         """
         path = _insight_contact_path(identifier, value, collection, record_id)
@@ -620,8 +629,8 @@ class DotdigitalClient:
     async def upsert_account_record(
         self, collection: str, record_id: str, record: dict, headers: dict[str, str] | None = None
     ) -> int:
-        """``PUT /insightData/v3/account/{collection}/{recordId}`` -> 201 created / 204 replaced (§7.1, §8:
-        account-scoped collections such as the product catalog)."""
+        """``PUT /insightData/v3/account/{collection}/{recordId}`` -> 201 created / 204 replaced
+        (account-scoped collections such as the product catalog)."""
         return await self._put_record(_insight_account_path(collection, record_id), record, headers)
 
     async def get_insight_record(
@@ -652,7 +661,7 @@ class DotdigitalClient:
         records: list[dict],
         headers: dict[str, str] | None = None,
     ) -> str:
-        """``PUT /insightData/v3/import`` -> the ``importId`` of the 202 (§7.1). Creates the collection if missing.
+        """``PUT /insightData/v3/import`` -> the ``importId`` of the 202. Creates the collection if missing.
 
         ``records`` are ``{key: str, json: dict}`` plus, for a contact-scoped collection (and only then),
         ``contactIdentity: {identifier, value}`` with string values; checked locally (``ValueError``).
@@ -688,7 +697,7 @@ class DotdigitalClient:
 
     async def insight_import_status(self, import_id: str) -> InsightImportReport:
         """``GET /insightData/v3/import/{importId}`` -> ``InsightImportReport`` (``Finished`` and ``Complete``
-        both count as finished, §7.1); 404 ``insightData:importNotFound`` raises ``DotdigitalError``."""
+        both count as finished); 404 ``insightData:importNotFound`` raises ``DotdigitalError``."""
         path = f"/insightData/v3/import/{_import_id_segment(import_id)}"
         payload = await self._request_json("GET", await self.api_endpoint(), path)
         if not isinstance(payload, dict) or not isinstance(payload.get("status"), str):
@@ -700,7 +709,7 @@ class DotdigitalClient:
     ) -> ContactsImportReport | InsightImportReport:
         """Poll the status of a ``kind`` (``"contacts"`` or ``"insight"``) import until it is finished or failed.
 
-        Dotdigital suggests polling every 5-30 s (§2). Returns the last report (check ``finished`` /
+        Dotdigital suggests polling every 5-30 s. Returns the last report (check ``finished`` /
         ``failed``); after ``timeout`` seconds raises ``DotdigitalImportTimeout`` (retryable: the import goes
         on). Errors of the status calls themselves (throttling, 5xx, ...) are raised as they are.
         """
@@ -787,25 +796,16 @@ class DotdigitalClient:
             request_headers[name] = value
         content: bytes | None = None
         if json_body is not None:
-            # Serialised here (not via httpx json=) to reject NaN/Infinity, which are not JSON.
-            try:
-                content = json.dumps(json_body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-            except ValueError as exc:
-                raise ValueError(f"request body is not valid JSON: {exc}") from None
+            content = encode_json_body(json_body)
             request_headers["Content-Type"] = "application/json"
         started = time.monotonic()
         try:
             response = await self._http.request(
                 method, base + path, content=content, params=params, headers=request_headers
             )
-        except httpx.TimeoutException as exc:
-            raise DotdigitalTransportError(
-                f"timed out: {type(exc).__name__}", code="TIMEOUT", method=method, path=path
-            ) from exc
         except httpx.TransportError as exc:
-            raise DotdigitalTransportError(
-                f"{type(exc).__name__}: {redact_pii(str(exc))}", code="TRANSPORT_ERROR", method=method, path=path
-            ) from exc
+            code, message = transport_failure(exc, redact_pii)
+            raise DotdigitalTransportError(message, code=code, method=method, path=path) from exc
         elapsed_ms = (time.monotonic() - started) * 1000
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Dotdigital %s %s -> %s (%.0f ms)", method, redact_pii(unquote(path)),
@@ -819,7 +819,7 @@ class DotdigitalClient:
 # helpers
 # ---------------------------------------------------------------------------------------------------
 def _utc_timestamp(moment: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.fffZ`` in UTC: the form the v3 ``~modified`` filter requires ([SPEC-C3]), which
+    """``YYYY-MM-DDTHH:MM:SS.fffZ`` in UTC: the form the v3 ``~modified`` filter requires (Contacts v3 spec), which
     the v2 ``{date}`` path parameters accept too."""
     if not isinstance(moment, datetime) or moment.tzinfo is None:
         raise ValueError("since must be a timezone-aware datetime")
@@ -830,21 +830,13 @@ def _strip(url: str) -> str:
     return url.rstrip("/")
 
 
-def _check_base_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"base URL must be an absolute http(s) URL, got {url!r}")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError("base URL must not contain credentials, a query or a fragment")
-
-
 def _contact_path(identifier: str, value: str) -> str:
-    """``/contacts/v3/{identifier}/{value}`` with both segments fully percent-encoded (§4.1)."""
+    """``/contacts/v3/{identifier}/{value}`` with both segments fully percent-encoded."""
     return f"/contacts/v3/{_contact_segments(identifier, value)}"
 
 
 def _contact_segments(identifier: str, value: str) -> str:
-    """``{identifier}/{value}``, checked and fully percent-encoded (``+`` -> ``%2B``, §4.1)."""
+    """``{identifier}/{value}``, checked and fully percent-encoded (``+`` -> ``%2B``)."""
     if not isinstance(identifier, str) or not _IDENTIFIER_RE.match(identifier):
         raise ValueError(f"invalid contact identifier {identifier!r}: 1-50 characters of A-Z a-z 0-9 _ -")
     value = str(value)
@@ -871,13 +863,13 @@ def _collection_path(name: str) -> str:
 
 
 def _insight_contact_path(identifier: str, value: str, collection: str, record_id: str) -> str:
-    """``/insightData/v3/contacts/{identifier}/{value}/{collectionName}/{recordId}`` (§7.1)."""
+    """``/insightData/v3/contacts/{identifier}/{value}/{collectionName}/{recordId}``."""
     return (f"/insightData/v3/contacts/{_contact_segments(identifier, value)}/"
             f"{_collection_segment(collection)}/{_record_segment(record_id)}")
 
 
 def _insight_account_path(collection: str, record_id: str) -> str:
-    """``/insightData/v3/account/{collectionName}/{recordId}`` (§7.1, §8)."""
+    """``/insightData/v3/account/{collectionName}/{recordId}``."""
     return f"/insightData/v3/account/{_collection_segment(collection)}/{_record_segment(record_id)}"
 
 

@@ -1,27 +1,27 @@
 """Dotdigital API errors and their classification.
 
-Dotdigital has two error envelopes (reference ``shared/reference/dotdigital.md`` §3):
+Dotdigital has two error envelopes (Dotdigital API docs: error response types):
 
 * v2 (``/v2/...``): ``{"message": "<text> ERROR_CODE"}`` - the code is a token embedded in the message
-  (sometimes prefixed ``Error: ``), so it is extracted with the regex ``ERROR_[A-Z_]+`` (§3.1).
+  (sometimes prefixed ``Error: ``), so it is extracted with the regex ``ERROR_[A-Z_]+``.
 * v3 (``/contacts/v3``, ``/insightData/v3``, ``/events/v3``):
-  ``{"errorCode": "service:code", "description": "...", "details": [{"item", "description"}]}`` (§3.2).
+  ``{"errorCode": "service:code", "description": "...", "details": [{"item", "description"}]}``.
 
 ``error_from_response`` turns any non-2xx response into a ``DotdigitalError`` whose ``retryable`` /
 ``throttled`` / ``retry_after`` attributes drive the outbox's retry policy:
 
 * retryable: 5xx, 408, 425, 429, and the v2 codes ``ERROR_SYSTEM_SERVICETEMPORARILYUNAVAILABLE``,
-  ``ERROR_ADDRESSBOOK_IN_USE`` and ``ERROR_APIUSAGE_EXCEEDED`` (§3.3, §14.6); every other 4xx is not.
+  ``ERROR_ADDRESSBOOK_IN_USE`` and ``ERROR_APIUSAGE_EXCEEDED``; every other 4xx is not.
 * throttled (``DotdigitalThrottled``): 429 (tiered per-minute limits) or 400 ``ERROR_APIUSAGE_EXCEEDED``
-  (legacy flat hourly limit) (§2).
-* auth (``DotdigitalAuthError``): 401 (bad credentials) and 403 (e.g. wrong region: "Access is denied", §1).
+  (legacy flat hourly limit).
+* auth (``DotdigitalAuthError``): 401 (bad credentials) and 403 (e.g. wrong region: "Access is denied").
 * ``retry_after``: ``Retry-After`` (seconds or HTTP date), else ``X-RateLimit-Reset`` - which Dotdigital
   documents ambiguously as seconds-until-reset or a Unix epoch, so values > 10**9 are treated as an epoch
-  (§2) - else 60 s for ``ERROR_APIUSAGE_EXCEEDED``.
-* Too many active bulk imports (429 ``contacts:tooManyActiveImports`` / ``insightData:tooManyActiveImports``,
-  §2) is throttling too, but of one kind of call only: ``DotdigitalThrottled.too_many_imports`` tells it apart
+  - else 60 s for ``ERROR_APIUSAGE_EXCEEDED``.
+* Too many active bulk imports (429 ``contacts:tooManyActiveImports`` / ``insightData:tooManyActiveImports``)
+  is throttling too, but of one kind of call only: ``DotdigitalThrottled.too_many_imports`` tells it apart
   from the account-wide per-minute limit.
-* Insight record rejections (400 ``insightData:*``) name the §3.5 failure reason (e.g.
+* Insight record rejections (400 ``insightData:*``) name the insight failure reason (e.g.
   ``JsonValueIncompatibleWithSchema``) in the description or details; ``DotdigitalError.failure_reason``
   extracts it.
 
@@ -31,7 +31,6 @@ numbers so they can be logged.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ctdd import redaction
+from ctdd.http_common import error_summary, json_or_none
 from ctdd.redaction import EXCERPT_LIMIT  # noqa: F401 - part of this module's namespace, as before
 
 __all__ = [
@@ -58,21 +58,21 @@ __all__ = [
 
 #: HTTP statuses that are worth retrying (besides every 5xx).
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
-#: v2 error codes that are transient whatever their HTTP status (§3.3, §14.6).
+#: v2 error codes that are transient whatever their HTTP status.
 RETRYABLE_CODES = frozenset({
     "ERROR_SYSTEM_SERVICETEMPORARILYUNAVAILABLE",
     "ERROR_ADDRESSBOOK_IN_USE",
     "ERROR_APIUSAGE_EXCEEDED",
 })
-#: Legacy flat-limit code: HTTP 400 but really a throttle (§2).
+#: Legacy flat-limit code: HTTP 400 but really a throttle.
 APIUSAGE_EXCEEDED = "ERROR_APIUSAGE_EXCEEDED"
 #: Back-off used for ``ERROR_APIUSAGE_EXCEEDED`` when the response says nothing about when to retry.
 DEFAULT_APIUSAGE_RETRY_AFTER = 60.0
-#: Values of ``X-RateLimit-Reset`` above this are Unix epoch seconds, below it a delay in seconds (§2).
+#: Values of ``X-RateLimit-Reset`` above this are Unix epoch seconds, below it a delay in seconds.
 EPOCH_THRESHOLD = 10**9
-#: 429 codes of the bulk-import concurrency limits (≤ 25 contact imports, ≤ 5 insight imports; §2).
+#: 429 codes of the bulk-import concurrency limits (≤ 25 contact imports, ≤ 5 insight imports).
 TOO_MANY_IMPORTS_CODES = frozenset({"contacts:tooManyActiveImports", "insightData:tooManyActiveImports"})
-#: Insight record failure reasons: the v3 import enum, then the extra v2 report reasons (§3.5).
+#: Insight record failure reasons: the v3 import enum, then the extra v2 report reasons.
 INSIGHT_FAILURE_REASONS = (
     "InvalidClientKey", "InvalidContactIdentifier", "InvalidJson", "DuplicateKey", "ContactIdDoesNotExist",
     "ContactEmailDoesNotExist", "JsonContainsNestedArray", "JsonKeyTooLong", "JsonKeyInvalidCharacters",
@@ -135,15 +135,9 @@ class DotdigitalError(Exception):
 
     def _render(self) -> str:
         # e.g. "Dotdigital API error: PATCH /contacts/v3/email/<email> -> HTTP 400 contacts:invalidId - ..."
-        status = f"HTTP {self.status_code}" if self.status_code is not None else "no response"
-        text = "Dotdigital API error: "
-        if self.method and self.path:
-            text += f"{self.method} {redact_pii(unquote(self.path))} -> "
-        text += status
-        if self.code:
-            text += f" {self.code}"
-        if self.description:
-            text += f" - {redact_pii(self.description)}"
+        text = error_summary("Dotdigital", method=self.method, path=self.path and redact_pii(unquote(self.path)),
+                             status_code=self.status_code, code=self.code,
+                             message=self.description and redact_pii(self.description))
         if self.details:
             items = [redact_pii(str(d.get("item"))) for d in self.details if isinstance(d, dict) and d.get("item")]
             if items:
@@ -163,7 +157,7 @@ class DotdigitalError(Exception):
 
     @property
     def failure_reason(self) -> str | None:
-        """The insight failure reason (§3.5) this error names, e.g. ``JsonValueIncompatibleWithSchema`` for a
+        """The insight failure reason this error names, e.g. ``JsonValueIncompatibleWithSchema`` for a
         schema-locking rejection of a single record upsert; ``None`` if it names none. Details come first."""
         texts = [str(d.get("description", "")) for d in self.details if isinstance(d, dict)]
         for text in [*texts, self.description]:
@@ -227,7 +221,7 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After``: delay-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    """``Retry-After``: delay-seconds or an HTTP date (RFC 9110, section 10.2.3)."""
     if value is None or not value.strip():
         return None
     value = value.strip()
@@ -242,7 +236,7 @@ def _parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 def _parse_rate_limit_reset(value: str | None, now: float) -> float | None:
-    """``X-RateLimit-Reset``: seconds until reset, or a Unix epoch if > 10**9 (§2 - handle both)."""
+    """``X-RateLimit-Reset``: seconds until reset, or a Unix epoch if > 10**9 (Dotdigital documents both)."""
     if value is None or not value.strip():
         return None
     try:
@@ -265,16 +259,13 @@ def _parse_body(body: bytes | str | None) -> tuple[str | None, str, list[Any]]:
     if not body:
         return None, "", []
     text = redaction.as_text(body)
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        payload = None
+    payload = json_or_none(text)
     if isinstance(payload, dict):
-        if isinstance(payload.get("errorCode"), str):  # v3 (§3.2)
+        if isinstance(payload.get("errorCode"), str):  # v3
             details = payload.get("details")
             return payload["errorCode"], str(payload.get("description") or ""), details if isinstance(details, list) else []
         message = payload.get("message", payload.get("Message"))
-        if isinstance(message, str):  # v2 (§3.1)
+        if isinstance(message, str):  # v2
             match = _V2_CODE_RE.search(message)
             return (match.group(0) if match else None), message.strip(), []
         if "title" in payload or "detail" in payload:  # RFC 7807 ProblemDetails (v2 DELETE data-field 409)

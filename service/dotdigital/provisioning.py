@@ -1,6 +1,6 @@
 """``ctdd dotdigital setup``: create what the configured stores need in each Dotdigital account.
 
-For every configured account (reference dotdigital.md §4.5, §6, §7.1):
+For every configured account:
 
 - **data fields**: every target of the stores' ``data_fields`` mappings, with the type from
   ``ctdd.config.data_field_type``. Names are checked (at most 20 characters of ``[A-Za-z0-9_-]``).
@@ -21,23 +21,21 @@ account (``GET /v2/address-books``) and fails start-up when a named list does no
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable, TextIO
 
 from ctdd.config import ConfigError, Settings, StoreConfig, data_field_type
+from ctdd.domain.collections import COLLECTION_TYPES
+from ctdd.domain.datafields import is_valid_data_field_name
 from ctdd.dotdigital.client import DotdigitalClient
 from ctdd.dotdigital.errors import DotdigitalError
 
 log = logging.getLogger(__name__)
 
-_DATA_FIELD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
 
-#: the contact-scoped insight collections the service writes (ctdd.ingest.events.COLLECTION_TYPES)
 def _collections() -> dict[str, str]:
-    from ctdd.ingest.events import COLLECTION_TYPES
-
+    """The contact-scoped insight collections the service writes."""
     return dict(COLLECTION_TYPES)
 
 
@@ -98,7 +96,7 @@ async def plan_account(client: DotdigitalClient, account: str, stores: Iterable[
             wanted_fields.setdefault(name.casefold(), name)
     for folded, name in sorted(wanted_fields.items()):
         wanted_type = data_field_type(name)
-        if not _DATA_FIELD_NAME.match(name):
+        if not is_valid_data_field_name(name):
             items.append(PlanItem(account, "data field", name, wanted_type, INVALID,
                                   "not a Dotdigital data-field name: at most 20 characters of A-Z a-z 0-9 _ -"))
             continue
@@ -266,23 +264,3 @@ async def resolve_list_names(settings: Settings, clients) -> dict[str, dict[str,
         log.info("store %s: lists resolved by name: %s", store_key,
                  ", ".join(f"{k}={v}" for k, v in sorted(lists.items())))
     return resolved
-
-
-async def cli_setup(args) -> int:
-    """``ctdd dotdigital setup [--dry-run] [--account NAME]``."""
-    from ctdd.cli.main import _load
-    from ctdd.delivery.dispatcher import DotdigitalClients
-
-    settings = _load(args)
-    if not settings.accounts:
-        raise ConfigError("no Dotdigital account configured: pass --config FILE (see README, Configuration)")
-    clients = DotdigitalClients(settings.accounts)
-    try:
-        result = await run_setup(settings, clients, dry_run=args.dry_run,
-                                 accounts=[args.account] if args.account else None)
-    except DotdigitalError as exc:
-        print(f"ctdd: Dotdigital: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await clients.aclose()
-    return 1 if result.errors else 0

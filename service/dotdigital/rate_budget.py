@@ -1,6 +1,6 @@
 """Per-account Dotdigital API budget: pace calls before the rate limit is hit, pause after a throttle.
 
-Dotdigital limits calls per account (reference ``dotdigital.md`` §2): the tiered scheme answers 429 with
+Dotdigital limits calls per account: the tiered scheme answers 429 with
 ``X-RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` once the per-minute budget is spent, and the legacy flat
 scheme answers 400 ``ERROR_APIUSAGE_EXCEEDED``. Successful responses carry the same ``X-RateLimit-*``
 headers, so the budget is visible *before* the wall:
@@ -146,7 +146,7 @@ class RateBudget:
         now = self._clock()
         reset_in: float | None = None
         if reset is not None:
-            # seconds until the reset, or a Unix epoch (reference §2: handle both)
+            # seconds until the reset, or a Unix epoch (Dotdigital documents both)
             reset_in = max(0.0, reset - self._wall()) if reset > EPOCH_THRESHOLD else max(0.0, reset)
         if limit is not None and remaining is not None:
             st.limit = int(limit)
@@ -187,7 +187,7 @@ class BudgetTransport(httpx.AsyncBaseTransport):
             raise
         status = response.status_code
         if status == 429 and request.method == "PUT" and request.url.path.rstrip("/").endswith("/import"):
-            # "too many active imports" (reference §2): a limit on concurrent imports, not on the call
+            # "too many active imports": a limit on concurrent imports, not on the call
             # rate; the dispatcher retries that batch later, the account's other calls go on.
             status = 200
         self.budget.observe(self.account, status, response.headers)

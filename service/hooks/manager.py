@@ -18,7 +18,7 @@ from ctdd import hookimpl  # noqa: F401  (re-exported)
 from ctdd.plugins import default_mapping
 from ctdd.domain.contact import ContactInput
 from ctdd.hooks import spec as hookspecs
-from ctdd.hooks.types import DeliveryOutcome, HookContext, PluginConflict, SuppressDecision
+from ctdd.hooks.types import DeliveryOutcome, HookContext, PluginConflict, SuppressDecision  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

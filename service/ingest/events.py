@@ -33,13 +33,20 @@ from typing import Any, Callable, Mapping, Union
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ctdd.commercetools.clients import CommercetoolsClients
 from ctdd.delivery import outbox
 from ctdd.config import Settings, StoreConfig
 from ctdd.ingest.contact_sync import INSERT_FIELD_STATE, UPDATE_FIELD_STATE, ContactSync, NewContactNeedsAddress
 from ctdd.db.engine import utcnow
 from ctdd.db.models import Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, ResourceState
-from ctdd.domain.commerce import (
+from ctdd.domain.collections import (
+    BROWSE_COLLECTION,
+    CART_COLLECTION,
+    COLLECTION_TYPES,
+    CUSTOM_EVENTS_COLLECTION,
     ORDERS_COLLECTION,
+)
+from ctdd.domain.commerce import (
     OrderContext,
     SummaryRow,
     customer_to_contact,
@@ -60,9 +67,6 @@ from ctdd.db.transactions import TransactionRunner
 
 log = logging.getLogger(__name__)
 
-CART_COLLECTION = "CartInsight"
-BROWSE_COLLECTION = "ProductViews"
-CUSTOM_EVENTS_COLLECTION = "CustomEvents"
 
 APPLIED, DUPLICATE, STALE, IGNORED = "applied", "duplicate", "stale", "ignored"
 
@@ -551,39 +555,3 @@ _SELECT_PROCESSED = sa.select(_PE.c.dedupe_key).where(_PE.c.dedupe_key == sa.bin
 _INSERT_PROCESSED = sa.insert(_PE)
 
 
-COLLECTION_TYPES = {
-    ORDERS_COLLECTION: "orders",
-    CART_COLLECTION: "cartInsight",
-    BROWSE_COLLECTION: "custom",
-    CUSTOM_EVENTS_COLLECTION: "custom",
-}
-
-
-class CommercetoolsClients:
-    """One commercetools API client per configured ``[commercetools.<name>]`` section, created lazily."""
-
-    def __init__(self, settings: Settings, factory: Callable[..., Any] | None = None):
-        self.settings = settings
-        self._clients: dict[str, Any] = {}
-        self._factory = factory
-
-    def get(self, store: StoreConfig):
-        if store.commercetools is None:
-            return None
-        client = self._clients.get(store.commercetools)
-        if client is None:
-            cfg = self.settings.commercetools[store.commercetools]
-            if self._factory is None:
-                from ctdd.commercetools.client import CommercetoolsClient
-
-                self._factory = CommercetoolsClient
-            client = self._factory(project_key=cfg.project_key, client_id=cfg.client_id,
-                                   client_secret=cfg.client_secret, region=cfg.region, api_url=cfg.api_url,
-                                   auth_url=cfg.auth_url, scopes=list(cfg.scopes) or None)
-            self._clients[store.commercetools] = client
-        return client
-
-    async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()

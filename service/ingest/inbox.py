@@ -45,28 +45,20 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.delivery import outbox
-from ctdd.api.convert import InvalidRequest, Violation, check_behavioural_event, parse_behavioural_event
 from ctdd.config import InboxConfig, Settings
 from ctdd.db.engine import sqlite_write_lock, utcnow
 from ctdd.db.models import EventInbox, InboxStatus, RejectedRecord
-from ctdd.ingest.events import (
-    EventProcessor,
-    InvalidEvent,
-    NotificationOutcome,
-    RetryableEventError,
-    Step,
-    behavioural_dedupe_key,
-)
+from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError, Step
 from ctdd.db.group_commit import GroupCommitRunner
-from ctdd.db.listen import OutboxListener
+from ctdd.db.listen import NotifyListener
+from ctdd.retry import JITTER_20_PERCENT, backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -90,56 +82,15 @@ def _sqlite_insert(rows: int) -> str:
     return f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING dedupe_key"
 
 
-PAYLOAD_REQUIRED = Violation("payload", "one of commercetools_delivery or behavioural_event is required")
-#: one commercetools delivery (SQS allows 256 KB; Pub/Sub and EventBridge more)
-MAX_DELIVERY_BYTES = 4 * 1024 * 1024
-
-
-def priority_of(request: pb.TrackEventRequest) -> int:
-    return outbox.PRIORITY_BACKFILL if request.priority == pb.PRIORITY_BACKFILL else outbox.PRIORITY_LIVE
-
-
-def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
-    """The request's payload kind, after the checks every TrackEventRequest gets (InvalidRequest)."""
-    which = request.WhichOneof("payload")
-    if which is None:
-        raise InvalidRequest([PAYLOAD_REQUIRED])
-    if settings.store(request.store_key) is None:
-        raise InvalidRequest([Violation("store_key", f"unknown store {request.store_key!r}")])
-    if which == "commercetools_delivery" and len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:
-        raise InvalidRequest([Violation("commercetools_delivery", f"larger than {MAX_DELIVERY_BYTES} bytes")])
-    return which
-
-
-async def prepare_request(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest) -> list[Step]:
-    """The prepared steps of one TrackEventRequest (applied now, or taken from the inbox).
-
-    Raises InvalidRequest / InvalidEvent (never processable) or RetryableEventError (try again later).
-    """
-    priority = priority_of(request)
-    if _check(settings, request) == "commercetools_delivery":
-        return await events.prepare_delivery(request.store_key, request.commercetools_delivery, priority=priority)
-    event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
-    return [events.prepare_behavioural(request.store_key, event, priority=priority)]
-
-
-def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest
-                 ) -> QueuedEvent | NotificationOutcome:
-    """Validate a request for the inbox: what to store, or the final outcome of a delivery that needs no
-    processing (a well-formed but irrelevant message). Raises InvalidRequest / InvalidEvent."""
-    if _check(settings, request) == "commercetools_delivery":
-        parsed = events.parse(request.store_key, request.commercetools_delivery)
-        if isinstance(parsed, NotificationOutcome):
-            return parsed
-        key = parsed[0].dedupe_key if len(parsed) == 1 else None
-    else:
-        key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event))
-    return QueuedEvent(request.store_key, request.SerializeToString(), key)
-
-
 # -- ingest ---------------------------------------------------------------------------------------
+#: turns a stored request back into the steps that apply it (``ctdd.api.track_event.stored_request_preparer``);
+#: raises InvalidEvent (never processable) or RetryableEventError (try again later)
+PrepareStored = Callable[[bytes], Awaitable[list[Step]]]
+
+
 class QueuedEvent(NamedTuple):
-    """One validated request for the inbox (a tuple: made once per queued RPC)."""
+    """One validated request for the inbox (a tuple: made once per queued RPC). ``request`` is opaque here:
+    the API layer stores its serialized request and reads it back (``PrepareStored``)."""
 
     store_key: str
     request: bytes
@@ -394,8 +345,9 @@ class InboxProcessor:
     """Claims queued events, prepares them concurrently and applies them in order, one transaction per batch."""
 
     def __init__(self, engine: Engine, settings: Settings, events: EventProcessor, *, worker_id: str,
-                 on_enqueued=None):
+                 prepare: PrepareStored, on_enqueued=None):
         self.engine = engine
+        self.prepare = prepare
         self.settings = settings
         self.cfg: InboxConfig = settings.inbox
         self.events = events
@@ -405,14 +357,14 @@ class InboxProcessor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
-        self._listener: OutboxListener | None = None
+        self._listener: NotifyListener | None = None
         #: counters for observability and tests
         self.stats = {"applied": 0, "retried": 0, "rejected": 0, "failed": 0, "batches": 0}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="inbox-processor")
         if self.engine.dialect.name == "postgresql":
-            self._listener = OutboxListener(self.engine, self.wake, channel=NOTIFY_CHANNEL)
+            self._listener = NotifyListener(self.engine, self.wake, channel=NOTIFY_CHANNEL)
             self._listener.start()
 
     def wake(self) -> None:
@@ -490,9 +442,8 @@ class InboxProcessor:
 
     async def _prepare(self, event: ClaimedEvent) -> list[Step] | _Failure:
         try:
-            request = pb.TrackEventRequest.FromString(event.request)
-            return await prepare_request(self.events, self.settings, request)
-        except (InvalidRequest, InvalidEvent) as exc:
+            return await self.prepare(event.request)
+        except InvalidEvent as exc:
             return _Failure(event, str(exc) or "invalid request", retryable=False)
         except RetryableEventError as exc:
             return _Failure(event, str(exc), retryable=True)
@@ -527,8 +478,8 @@ class InboxProcessor:
                     status = InboxStatus.FAILED if f.retryable else InboxStatus.REJECTED
                     values = dict(attempts=attempt, status=status, processed_at=now)
                 else:
-                    delay = outbox.backoff_seconds(attempt, base=self.cfg.backoff_base_seconds,
-                                                   cap=self.cfg.backoff_cap_seconds)
+                    delay = backoff_delay(attempt, base=self.cfg.backoff_base_seconds,
+                                          cap=self.cfg.backoff_cap_seconds, jitter=JITTER_20_PERCENT)
                     values = dict(attempts=attempt, next_attempt_at=now + timedelta(seconds=delay))
                 updated = conn.execute(
                     sa.update(INBOX)

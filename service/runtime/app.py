@@ -1,6 +1,6 @@
 """Wiring: database, plugins, Dotdigital clients, dispatcher and gRPC server in one application object.
 
-Shutdown order (engineering notes §2.3): health NOT_SERVING -> stop accepting RPCs and let in-flight ones
+Shutdown order: health NOT_SERVING -> stop accepting RPCs and let in-flight ones
 finish -> stop the back-sync poller -> stop the inbox processor (finish its batch) -> stop the dispatcher (drain deliveries, release leases) -> close HTTP
 clients. Start-up resolves the lists configured by name (``ctdd.dotdigital.provisioning``) before anything runs.
 """
@@ -15,14 +15,19 @@ from ctdd.delivery import outbox
 from ctdd.config import Settings
 from ctdd.ingest.contact_sync import ContactSync
 from ctdd.db.engine import create_db_engine, is_sqlite, upgrade_database
-from ctdd.delivery.dispatcher import Dispatcher, DotdigitalClients
-from ctdd.ingest.events import CommercetoolsClients, EventProcessor
+from ctdd.api.track_event import stored_request_preparer
+from ctdd.backsync.feeds import BackSync
+from ctdd.commercetools.clients import CommercetoolsClients
+from ctdd.delivery.dispatcher import Dispatcher
+from ctdd.dotdigital.accounts import DotdigitalClients
+from ctdd.dotdigital.provisioning import resolve_list_names
+from ctdd.ingest.events import EventProcessor
 from ctdd.api.server import GrpcServer, SyncServicer
 from ctdd.hooks.manager import create_plugin_manager
 from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.ingest.inbox import InboxProcessor, InboxWriter
 from ctdd.db.transactions import TransactionRunner
-from ctdd.runtime.worker import SQLiteDispatcherLock
+from ctdd.db.locks import SQLiteDispatcherLock
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ class App:
         self.inbox_writer: InboxWriter | None = None
         self.inbox_processor = (
             InboxProcessor(self.engine, settings, self.events, worker_id=self.dispatcher.worker_id,
+                           prepare=stored_request_preparer(self.events, settings),
                            on_enqueued=self._wake_dispatcher)
             if self.dispatcher is not None else None
         )
@@ -59,8 +65,6 @@ class App:
         self.port: int | None = None
         # Back-sync (Dotdigital opt-outs -> commercetools): always available for run_once, polling on a
         # schedule when [backsync] is enabled (default: some store has a commercetools client).
-        from ctdd.backsync.feeds import BackSync
-
         self.backsync = BackSync(self.engine, settings, self.clients, commercetools_factory=commercetools_factory)
         self._run_backsync = settings.backsync_enabled if run_backsync is None else run_backsync
 
@@ -73,14 +77,12 @@ class App:
             self.inbox_processor.wake()
 
     async def start(self) -> None:
-        from ctdd.dotdigital.provisioning import resolve_list_names
-
         upgrade_database(self.engine)
         # lists configured by name -> ids, once per account; a missing list stops start-up (ConfigError)
         await resolve_list_names(self.settings, self.clients)
         if self.dispatcher is not None:
             if is_sqlite(self.engine):
-                # One dispatcher per SQLite file (enforced by a lock file, see ctdd.runtime.worker): anything still
+                # One dispatcher per SQLite file (enforced by a lock file, see ctdd.db.locks): anything still
                 # in flight belongs to a previous run.
                 self._dispatcher_lock = SQLiteDispatcherLock.for_engine(self.engine)
                 if self._dispatcher_lock is not None:

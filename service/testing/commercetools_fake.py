@@ -3,30 +3,30 @@
 Like ``dotdigital_sandbox.py``, the fake is a *real* HTTP server (``http.server.ThreadingHTTPServer``) bound
 to loopback and run in a daemon thread, so code under test talks to it over real sockets exactly as it
 would talk to ``https://api.{region}.commercetools.com``. One base URL serves both the OAuth endpoint and
-the HTTP API: pass ``api_url=auth_url=fake.base_url`` to ``CommercetoolsClient``. Section references
-(``§n``) point at ``shared/reference/commercetools.md``.
+the HTTP API: pass ``api_url=auth_url=fake.base_url`` to ``CommercetoolsClient``. The behaviour follows the
+commercetools HTTP API docs (https://docs.commercetools.com/api/) and its RAML types.
 
 Why not ``commercetools.testing``: the Python SDK's backend is a ``requests-mock`` fake (no real sockets for
 an httpx client; its werkzeug server garbles ``limit``/``withTotal``), ignores ``sort`` and ``offset``, has
 no customer update actions, never updates ``lastModifiedAt``, raises on ``is defined`` and crashes when a
-subscription is created (§7.2). Deep paging, conflict and subscription tests need all of those, and the
+subscription is created. Deep paging, conflict and subscription tests need all of those, and the
 package would pull ``requests``, ``marshmallow`` and ``werkzeug`` into the project, so this fake is its own
 small implementation.
 
 Implemented
 -----------
-* ``POST /oauth/token`` - client credentials with HTTP Basic (§1.2): ``401 invalid_client`` for wrong
+* ``POST /oauth/token`` - client credentials with HTTP Basic: ``401 invalid_client`` for wrong
   credentials, ``400 unsupported_grant_type`` / ``invalid_scope``; answers
   ``{access_token, expires_in, scope, token_type: "Bearer"}``. Tokens expire after ``token_ttl_seconds``
   or on ``expire_tokens()``.
 * Every ``/{projectKey}/...`` call needs ``Authorization: Bearer <token>`` (``401 invalid_token``).
-* ``GET /{resource}`` queries (§5.1): ``where`` (repeatable, AND-ed; see ``_PredicateParser`` for the
+* ``GET /{resource}`` queries: ``where`` (repeatable, AND-ed; see ``_PredicateParser`` for the
   grammar), ``var.<name>`` input variables, ``sort`` (repeatable), ``limit`` (0-500), ``offset`` (0-10,000),
   ``withTotal``, ``expand``; ``GET /{resource}/{id}`` and ``/{resource}/key={key}`` (404 ``ResourceNotFound``).
 * Creates: customers (answers ``{"customer": ...}`` like the real API), orders from a cart and via
   ``/orders/import``, carts (line items with ``externalPrice`` only), subscriptions (destination, message
-  resource types and the 50-per-project limit are validated, §2.1-§2.2), types, payments, products,
-  categories, stores; custom objects (upsert on container + key with optional version check, §4.7).
+  resource types and the 50-per-project limit are validated), types, payments, products,
+  categories, stores; custom objects (upsert on container + key with optional version check).
 * Updates ``POST /{resource}/{id|key=}`` ``{version, actions}``: a wrong version is ``409
   ConcurrentModification`` with ``currentVersion``; a successful update bumps ``version`` by one and sets
   ``lastModifiedAt``. Actions are applied atomically (all or none). Implemented actions are listed in
@@ -81,14 +81,14 @@ _TYPE_ID_TO_RESOURCE = {
     "category": "categories", "subscription": "subscriptions", "type": "types", "store": "stores",
     "key-value-document": "custom-objects",
 }
-#: Resource types that can be subscribed to with messages (§3: note that ``cart`` is not one of them).
+#: Resource types that can be subscribed to with messages (note that ``cart`` is not one of them).
 _MESSAGE_RESOURCE_TYPE_IDS = frozenset({
     "approval-flow", "approval-rule", "associate-role", "business-unit", "category", "customer",
     "customer-email-token", "customer-group", "customer-password-token", "inventory-entry", "order", "payment",
     "product", "product-selection", "product-tailoring", "quote", "quote-request", "review", "shopping-list",
     "staged-quote", "standalone-price", "store",
 })
-#: Destination type -> required fields (§2.2).
+#: Destination type -> required fields.
 _DESTINATIONS: dict[str, tuple[str, ...]] = {
     "SQS": ("queueUrl", "region"),
     "SNS": ("topicArn",),
@@ -99,15 +99,15 @@ _DESTINATIONS: dict[str, tuple[str, ...]] = {
     "ConfluentCloud": ("bootstrapServer", "apiKey", "apiSecret", "acks", "topic"),
     "IronMQ": ("uri",),
 }
-MAX_SUBSCRIPTIONS = 50  # §2.1
-MAX_LIMIT = 500  # §5.1
-MAX_OFFSET = 10_000  # §5.1
-TOTAL_CAP_WITH_WHERE = 10_000  # §5.1: with a where predicate, total is capped at 10,000
-_ORDER_STATES = ("Open", "Confirmed", "Complete", "Cancelled")  # §4.3
+MAX_SUBSCRIPTIONS = 50  # per project
+MAX_LIMIT = 500
+MAX_OFFSET = 10_000
+TOTAL_CAP_WITH_WHERE = 10_000  # with a where predicate, total is capped at 10,000
+_ORDER_STATES = ("Open", "Confirmed", "Complete", "Cancelled")
 _SHIPMENT_STATES = ("Shipped", "Delivered", "Ready", "Pending", "Delayed", "Partial", "Backorder", "Canceled")
 _PAYMENT_STATES = ("BalanceDue", "Failed", "Pending", "CreditOwed", "Paid")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{2,256}$")
-_CUSTOM_OBJECT_PART_RE = re.compile(r"^[-_~.a-zA-Z0-9]{1,256}$")  # §4.7
+_CUSTOM_OBJECT_PART_RE = re.compile(r"^[-_~.a-zA-Z0-9]{1,256}$")
 _CURRENCY_EXPONENTS = {"JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "VND": 0, "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3,
                        "TND": 3}
 _MISSING = object()
@@ -328,7 +328,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         except _ApiError as exc:
             return exc.response
 
-    # -- OAuth (§1.2) ---------------------------------------------------------------------------------
+    # -- OAuth ----------------------------------------------------------------------------------------
     def _token_endpoint(self, query: dict[str, list[str]], headers: dict[str, str], body: bytes) -> _Response:
         if not loopback_http.basic_auth_matches(headers.get("authorization"), self.client_id, self.client_secret):
             return _oauth_error(401, "invalid_client",
@@ -430,7 +430,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         return list(self._data[resource].values())
 
     def _projections(self, query: dict[str, list[str]]) -> list[dict]:
-        """Product projections (§4.4): derived from products' ``masterData`` plus directly seeded ones."""
+        """Product projections: derived from products' ``masterData`` plus directly seeded ones."""
         staged = (query.get("staged") or ["false"])[0].lower() == "true"
         out: list[dict] = []
         for product in self._data["products"].values():
@@ -456,7 +456,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         out.extend(self._data["product-projections"].values())
         return out
 
-    # -- queries (§5.1) --------------------------------------------------------------------------------
+    # -- queries ---------------------------------------------------------------------------------------
     def _query(self, resource: str, items: list[dict], query: dict[str, list[str]]) -> dict:
         limit = _int_param(query, "limit", 20, 0, MAX_LIMIT)
         offset = _int_param(query, "offset", 0, 0, MAX_OFFSET)
@@ -481,7 +481,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         return result
 
     def _expand(self, obj: dict, paths: list[str]) -> None:
-        """Reference expansion (§5.1): ``customerGroup``, ``paymentInfo.payments[*]``, ``lineItems[0].x``."""
+        """Reference expansion: ``customerGroup``, ``paymentInfo.payments[*]``, ``lineItems[0].x``."""
         for path in paths:
             parts = [p for p in path.split(".") if p]
             if not parts:
@@ -559,7 +559,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         return 201, copy.deepcopy(obj)
 
     def _create_customer(self, draft: dict) -> dict:
-        """``CustomerDraft`` -> Customer (§4.1)."""
+        """``CustomerDraft`` -> Customer."""
         email = draft.get("email")
         if not isinstance(email, str) or not email.strip():
             raise _invalid_json("email: Missing required value")
@@ -599,8 +599,8 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         return copy.deepcopy(customer)
 
     def _check_email_unique(self, email: str, stores: list[dict], own_id: str | None) -> None:
-        """Emails are unique (case-insensitively) among global customers and within a store (§4.1; the
-        exact rule is unconfirmed [M] - fake choice)."""
+        """Emails are unique (case-insensitively) among global customers and within a store (the
+        exact rule is not documented - fake choice)."""
         keys = {s.get("key") for s in stores}
         for other in self._data["customers"].values():
             if other.get("id") == own_id or str(other.get("email", "")).lower() != email.lower():
@@ -611,7 +611,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
                              field="email", duplicateValue=email)
 
     def _import_order(self, draft: Any) -> dict:
-        """``OrderImportDraft`` -> Order (``POST /orders/import``, §4.3)."""
+        """``OrderImportDraft`` -> Order (``POST /orders/import``)."""
         if not isinstance(draft, dict):
             raise _invalid_json("The request body must be a JSON object.")
         if "totalPrice" not in draft:
@@ -713,7 +713,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         return copy.deepcopy(cart)
 
     def _create_subscription(self, draft: dict) -> dict:
-        """``SubscriptionDraft`` (§2.1): destination, one of messages/changes/events, format, 50 per project."""
+        """``SubscriptionDraft``: destination, one of messages/changes/events, format, 50 per project."""
         if len(self._data["subscriptions"]) >= MAX_SUBSCRIPTIONS:
             raise _error(400, "MaxResourceLimitExceeded",
                          f"You have exceeded the limit of {MAX_SUBSCRIPTIONS} subscriptions.",
@@ -737,7 +737,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         return copy.deepcopy(subscription)
 
     def _create_type(self, draft: dict) -> dict:
-        """``TypeDraft`` (§4.8): ``key``, ``name``, ``resourceTypeIds`` required; field names unique."""
+        """``TypeDraft``: ``key``, ``name``, ``resourceTypeIds`` required; field names unique."""
         for name in ("key", "name", "resourceTypeIds"):
             if draft.get(name) in (None, "", []):
                 raise _invalid_json(f"{name}: Missing required value")
@@ -771,7 +771,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         fields = {k: copy.deepcopy(v) for k, v in (draft.get("fields") or {}).items() if v is not None}
         return {"type": {"typeId": "type", "id": type_["id"]}, "fields": fields}
 
-    # -- custom objects (§4.7) -------------------------------------------------------------------------
+    # -- custom objects --------------------------------------------------------------------------------
     def _custom_object(self, container: str, key: str) -> dict | None:
         for obj in self._data["custom-objects"].values():
             if obj.get("container") == container and obj.get("key") == key:
@@ -805,7 +805,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         raise _error(405, "MethodNotAllowed", "Method not allowed.")
 
     def _upsert_custom_object(self, draft: Any) -> _Response:
-        """Upsert on (container, key); ``version`` makes it a compare-and-set (§4.7).
+        """Upsert on (container, key); ``version`` makes it a compare-and-set.
 
         Fake choices (undocumented upstream): ``version: 0`` means "create only if absent" (409 if the
         object exists); any other version for an absent object is a 409 as well. ``null`` fields inside
@@ -910,7 +910,7 @@ def _set_custom_field(fake: FakeCommercetools, resource: str, obj: dict, action:
     """``setCustomField {name, value?}``; absent/null value removes the field.
 
     Fake choice (lenient): on a resource without custom fields, ``custom.fields`` is created without a
-    ``type``; the real API requires a Type to be set first (``setCustomType``, §4.8).
+    ``type``; the real API requires a Type to be set first (``setCustomType``).
     """
     name = action.get("name")
     if not isinstance(name, str) or not name:
@@ -924,7 +924,7 @@ def _set_custom_field(fake: FakeCommercetools, resource: str, obj: dict, action:
 
 
 def _set_custom_type(fake: FakeCommercetools, resource: str, obj: dict, action: dict) -> None:
-    """``setCustomType {type?, fields?}``: replaces the Type and all custom values; no type removes them (§4.8)."""
+    """``setCustomType {type?, fields?}``: replaces the Type and all custom values; no type removes them."""
     if action.get("type") is None:
         obj.pop("custom", None)
         return
@@ -1023,7 +1023,7 @@ def _json_body(body: bytes) -> Any:
 
 
 def _check_version(obj: dict, expected: int) -> None:
-    """Optimistic locking (§5.9): 409 ``ConcurrentModification`` with ``currentVersion``."""
+    """Optimistic locking: 409 ``ConcurrentModification`` with ``currentVersion``."""
     if obj.get("version") != expected:
         raise _error(409, "ConcurrentModification",
                      f"Object {obj.get('id')} has a different version than expected. "
@@ -1091,7 +1091,7 @@ def _new_address(address: Any) -> dict:
 
 
 def _money(draft: Any) -> dict:
-    """Money draft -> ``CentPrecisionMoney`` (§4); ``fractionDigits`` defaults to the currency's minor units."""
+    """Money draft -> ``CentPrecisionMoney``; ``fractionDigits`` defaults to the currency's minor units."""
     if not isinstance(draft, dict):
         raise _invalid_json("money: expected an object")
     currency, cents = draft.get("currencyCode"), draft.get("centAmount")
@@ -1108,7 +1108,7 @@ def _money(draft: Any) -> dict:
 
 
 def _import_line_item(item: Any, *, price_mode: str = "Platform") -> dict:
-    """``LineItemImportDraft`` -> LineItem (§4.2): id, price, quantity, totalPrice = price x quantity."""
+    """``LineItemImportDraft`` -> LineItem: id, price, quantity, totalPrice = price x quantity."""
     if not isinstance(item, dict):
         raise _invalid_json("lineItems: expected objects")
     quantity = item.get("quantity")
@@ -1174,12 +1174,12 @@ def _validate_format(fmt: Any, destination: dict) -> dict:
     if fmt["type"] == "CloudEvents" and fmt.get("cloudEventsVersion") != "1.0":
         raise _invalid_input("format.cloudEventsVersion must be '1.0'.")
     if destination.get("type") == "EventGrid" and fmt["type"] != "CloudEvents":
-        raise _invalid_input("EventGrid destinations require the CloudEvents format.")  # §2.2
+        raise _invalid_input("EventGrid destinations require the CloudEvents format.")
     return copy.deepcopy(fmt)
 
 
 # ---------------------------------------------------------------------------------------------------
-# sort (§5.1)
+# sort
 # ---------------------------------------------------------------------------------------------------
 _SORT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*)\s+(asc|desc)\s*$", re.IGNORECASE)
 
@@ -1230,7 +1230,7 @@ def _as_datetime(value: str) -> datetime | None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# where predicates (§5.1)
+# where predicates
 # ---------------------------------------------------------------------------------------------------
 class _PredicateError(ValueError):
     pass
@@ -1250,7 +1250,7 @@ Predicate = Callable[[Any], bool]
 
 
 class _PredicateParser:
-    """Recursive-descent parser for commercetools query predicates (§5.1), compiled to Python callables.
+    """Recursive-descent parser for commercetools query predicates, compiled to Python callables.
 
     Grammar (keywords case-insensitive)::
 

@@ -4,30 +4,30 @@ The sandbox is a *real* HTTP server (``http.server.ThreadingHTTPServer``) bound 
 daemon thread, so code under test talks to it over real sockets exactly as it would talk to
 ``https://r1-api.dotdigital.com``. It implements the subset of the Dotdigital API the sync service uses and
 is deliberately strict about the documented rules, so that payload bugs surface in tests rather than in
-production. Section references (``§n``) point at ``shared/reference/dotdigital.md``; ``[SPEC-C3]`` is
-``specs/dotdigital/dotdigital-contacts-service.json``, ``[SPEC-I3]`` is ``dotdigital-insight-data-service.json``,
-``[SPEC-V2]`` is ``dotdigital-v2-api-swagger.json``.
+production. The rules come from the Dotdigital API docs (https://developer.dotdigital.com/) and Dotdigital's
+OpenAPI documents published there: "the Contacts v3 spec" (Contacts), "the Insight data v3 spec" or "the
+insight spec" (Insight data service) and "the v2 spec" (the v2 API).
 
 Implemented endpoints
 ---------------------
-* ``GET  /v2/account-info`` - region discovery; ``ApiEndpoint`` points at the sandbox itself (§1).
-* ``GET|POST /v2/data-fields`` - contact data fields (§4.5).
-* ``GET|POST /v2/address-books`` and ``DELETE /v2/address-books/{id}/contacts/{contactId}`` (§6).
+* ``GET  /v2/account-info`` - region discovery; ``ApiEndpoint`` points at the sandbox itself.
+* ``GET|POST /v2/data-fields`` - contact data fields.
+* ``GET|POST /v2/address-books`` and ``DELETE /v2/address-books/{id}/contacts/{contactId}``.
 * ``GET /v2/contacts/suppressed-since/{date}`` and ``GET /v2/contacts/unsubscribed-since/{date}`` - the
-  suppression feeds back-sync polls (§5.1, §10), fed by every change of a contact's email channel into a
+  suppression feeds back-sync polls, fed by every change of a contact's email channel into a
   suppressed status (``suppress()``, a PATCH or an import); ``dateRemoved`` is when that happened.
 * ``GET /contacts/v3?~modified=gte::<ts>&include=channelProperties&limit=&marker=`` - contacts modified
-  since a time, ascending, paged with ``_links.next.marker`` (§4.1, §10; SMS opt-outs show here).
-* ``PATCH /contacts/v3/{identifier}/{value}`` - single contact upsert (§4.1, §4.2) and
-  ``GET /contacts/v3/{identifier}/{value}`` (§4.3).
-* ``PUT /contacts/v3/import`` and ``GET /contacts/v3/import/{importId}`` - asynchronous bulk contact import
-  (§4.4); every item goes through the same validation and upsert code as the PATCH.
-* Insight data v3 (§7.1): ``POST /insightData/v3/collections/{collectionName}``, ``GET /insightData/v3/collections``,
+  since a time, ascending, paged with ``_links.next.marker`` (SMS opt-outs show here).
+* ``PATCH /contacts/v3/{identifier}/{value}`` - single contact upsert and
+  ``GET /contacts/v3/{identifier}/{value}``.
+* ``PUT /contacts/v3/import`` and ``GET /contacts/v3/import/{importId}`` - asynchronous bulk contact import;
+  every item goes through the same validation and upsert code as the PATCH.
+* Insight data v3: ``POST /insightData/v3/collections/{collectionName}``, ``GET /insightData/v3/collections``,
   ``GET /insightData/v3/account``, ``GET /insightData/v3/collections/{collectionName}/schema``,
   ``PUT|GET|DELETE /insightData/v3/contacts/{identifier}/{value}/{collectionName}/{recordId}``,
-  ``PUT|GET|DELETE /insightData/v3/account/{collectionName}/{recordId}`` (catalog, §8) and the asynchronous
+  ``PUT|GET|DELETE /insightData/v3/account/{collectionName}/{recordId}`` (catalog) and the asynchronous
   bulk import ``PUT /insightData/v3/import`` + ``GET /insightData/v3/import/{importId}``. Collections lock their
-  schema on first write (§7 "Schema locking").
+  schema on first write.
 
 Bulk imports are accepted with 202 and finish ``import_delay_seconds`` later (default 0.05 s): until then
 their status is ``NotFinished`` (contacts) or ``NotStarted`` / ``Processing`` (insight). Items are applied when
@@ -36,8 +36,8 @@ the import finishes, against the account state of that moment. ``complete_import
 Time: ``created`` / ``updated`` / ``dateRemoved`` come from ``sandbox.clock`` (a callable returning an aware
 ``datetime``; ``None``, the default, is the current time), so tests can place changes in time.
 
-Cross-cutting behaviour: HTTP Basic auth on every endpoint (§1), optional per-minute rate limiting with
-``X-RateLimit-*`` headers (§2), v2 / v3 error envelopes chosen by path (§3.1, §3.2), fault injection
+Cross-cutting behaviour: HTTP Basic auth on every endpoint, optional per-minute rate limiting with
+``X-RateLimit-*`` headers, v2 / v3 error envelopes chosen by path, fault injection
 (status, body, headers, latency, dropped connections) and a thread-safe log of every request received,
 with the ``Authorization`` header redacted.
 
@@ -71,6 +71,7 @@ from datetime import date, datetime, timezone
 from typing import Any, Callable
 from urllib.parse import unquote, urlencode, urlsplit
 
+from ctdd.domain.datafields import is_valid_data_field_name
 from ctdd.testing import loopback_http
 
 __all__ = [
@@ -85,7 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Data fields every new sandbox account has (name -> type). The first five are Dotdigital's system
-#: defaults (§4.5); the rest is a commerce set modelled on the Magento 2 connector's fields.
+#: defaults; the rest is a commerce set modelled on the Magento 2 connector's fields.
 DEFAULT_DATA_FIELDS: dict[str, str] = {
     "FIRSTNAME": "String",
     "LASTNAME": "String",
@@ -113,7 +114,7 @@ DEFAULT_DATA_FIELDS: dict[str, str] = {
 }
 
 #: System data fields are public in Dotdigital's examples (spec GET /v2/data-fields example); custom ones
-#: default to ``Private`` (§4.5).
+#: default to ``Private``.
 _SYSTEM_DATA_FIELDS = frozenset({"FIRSTNAME", "LASTNAME", "FULLNAME", "GENDER", "POSTCODE"})
 
 #: Address books (lists) every new sandbox account has (id -> name).
@@ -122,15 +123,15 @@ DEFAULT_ADDRESS_BOOKS: dict[int, str] = {1: "Customers", 2: "Newsletter", 3: "SM
 DATA_FIELD_TYPES = ("String", "Numeric", "Date", "Boolean")
 _VISIBILITIES = ("Private", "Public")
 
-# -- contacts v3 vocabulary ([SPEC-C3] components/schemas) -------------------------------------------
+# -- contacts v3 vocabulary (Contacts v3 spec: components/schemas) -------------------------------------------
 _PATH_IDENTIFIERS = ("contactId", "email", "mobileNumber")
 _MERGE_OPTIONS = ("overwrite", "overwrite-if-not-empty", "overwrite-if-empty")
 _WRITE_TOP_LEVEL_KEYS = frozenset(
     {"identifiers", "dataFields", "channelProperties", "lists", "preferences", "consentRecords", "matchIdentifier"}
 )
-# write enum (lower-camel) -> read enum (Pascal); [SPEC-C3] channelProperties_channelProperties_email vs
+# write enum (lower-camel) -> read enum (Pascal); the Contacts v3 spec's channelProperties_channelProperties_email vs
 # contact_channelProperties_email. Matching is case-insensitive because Dotdigital's own import example
-# sends "emailType": "Html" (§4.2 "Case gotcha").
+# sends "emailType": "Html".
 _EMAIL_TYPES = {"plaintext": "PlainText", "html": "Html"}
 _OPT_IN_TYPES = {"unknown": "Unknown", "single": "Single", "double": "Double", "verifieddouble": "VerifiedDouble"}
 _EMAIL_WRITE_STATUSES = {"subscribed": "subscribed", "unsubscribed": "unsubscribed", "suppressed": "suppressed"}
@@ -145,14 +146,14 @@ _EMAIL_READ_STATUSES = (
     "directComplaint", "spamTrap", "deleted", "blockedlocalpart", "sharedsuppression", "sharedDomainSuppression",
     "suppressed", "purchased", "knownComplainer", "knownLitigator", "binned", "domainSuppressed",
 )
-#: Email channel statuses that put the address on the account's suppression list (§6). A PATCH cannot
+#: Email channel statuses that put the address on the account's suppression list. A PATCH cannot
 #: change them, except an explicit resubscribe (see ``_apply_email_status``).
 _SUPPRESSED_EMAIL_STATUSES = frozenset({
     "unsubscribed", "hardBounced", "ispComplained", "directComplaint", "spamTrap", "blockedlocalpart",
     "sharedsuppression", "sharedDomainSuppression", "suppressed", "knownComplainer", "knownLitigator",
     "domainSuppressed",
 })
-#: Suppressions a resubscribe can lift; others (hard bounce, complaints, ...) are "ContactCannotBeUnsuppressed" (§6).
+#: Suppressions a resubscribe can lift; others (hard bounce, complaints, ...) are "ContactCannotBeUnsuppressed".
 _RESUBSCRIBABLE_EMAIL_STATUSES = frozenset({"unsubscribed", "suppressed"})
 _STICKY_SMS_STATUSES = frozenset({"suppressed", "bounced"})
 _PREFERRED_LOCALES = frozenset({
@@ -161,7 +162,6 @@ _PREFERRED_LOCALES = frozenset({
 })
 _CONSENT_KEYS = ("text", "dateTimeConsented", "url", "ipAddress", "userAgent")
 
-_DATA_FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
 _IDENTIFIER_NAME_RE = re.compile(r"^[-A-Za-z0-9_]{1,50}$")
 _EMAIL_RE = re.compile(
     r"^(?=.{3,254}$)(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -182,21 +182,21 @@ _CALLING_CODES = {
     "971": "AE",
 }
 
-# -- bulk imports (§4.4, §7.1) --------------------------------------------------------------------------
-#: ``mergeOption`` of the contacts import (camelCase) -> the PATCH ``merge-option`` value (kebab-case) (§4.4).
+# -- bulk imports ---------------------------------------------------------------------------------------
+#: ``mergeOption`` of the contacts import (camelCase) -> the PATCH ``merge-option`` value (kebab-case).
 _IMPORT_MERGE_OPTIONS = {
     "overwrite": "overwrite",
     "overwriteIfNotEmpty": "overwrite-if-not-empty",
     "overwriteIfEmpty": "overwrite-if-empty",
 }
 _IMPORT_ID_RE = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
-#: [SPEC-C3] 429 example of ``PUT /contacts/v3/import`` (verbatim, typo included).
+#: The Contacts v3 spec's 429 example of ``PUT /contacts/v3/import`` (verbatim, typo included).
 _TOO_MANY_CONTACT_IMPORTS = (
     "Your import request cannot be accepted as too many imports are being processed for you account. "
     "Please wait for an import to complete and then resubmit."
 )
 
-# -- insight data v3 vocabulary ([SPEC-I3] components/schemas) ----------------------------------------
+# -- insight data v3 vocabulary (Insight data v3 spec: components/schemas) ----------------------------------------
 #: ``collectionName``: pattern ``(^[-A-Za-z_][-A-Za-z0-9_]{1,255}$)`` and ``maxLength: 255``.
 _COLLECTION_NAME_RE = re.compile(r"^[-A-Za-z_][-A-Za-z0-9_]{1,255}$")
 _COLLECTION_NAME_MAX = 255
@@ -205,17 +205,17 @@ COLLECTION_TYPES = (
     "cartInsight", "catalog", "consentInsight", "custom", "easyEditorExtensions", "nostoEmailCampaigns", "orders",
     "productCategories", "webInsight", "wishList",
 )
-#: Keys inside a record's JSON ([M2] ``KeyValidator``; failure reason ``JsonKeyInvalidCharacters``, §7).
+#: Keys inside a record's JSON (the Magento 2 connector ``KeyValidator``; failure reason ``JsonKeyInvalidCharacters``).
 _INSIGHT_JSON_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _INSIGHT_IMPORT_KEYS = frozenset({"collectionName", "collectionScope", "collectionType", "records"})
 _INSIGHT_RECORD_KEYS = frozenset({"contactIdentity", "key", "json"})  # upsertInsightRecord (closed)
 _RECORD_KEY_MAX = 255  # sandbox choice: the spec gives recordId no length limit
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-#: Failure reason when a contact-scoped import record names a contact that does not exist (§3.5, §7).
+#: Failure reason when a contact-scoped import record names a contact that does not exist.
 _MISSING_OWNER_REASONS = {"email": "ContactEmailDoesNotExist", "contactId": "ContactIdDoesNotExist"}
 
 _RESERVED_ADDRESS_BOOK_NAMES = frozenset({"test", "all contacts"})
-_APIUSAGE_HOURLY_CAP = 2000  # legacy flat limit, reported through account-info (§2)
+_APIUSAGE_HOURLY_CAP = 2000  # legacy flat limit, reported through account-info
 _RATE_WINDOW_SECONDS = 60.0
 
 
@@ -247,7 +247,7 @@ class _Response(loopback_http.Response):
 class _ApiError(Exception):
     """Raised inside request handling to short-circuit with an error response.
 
-    ``failure_code`` is the code a bulk contact import reports for the same problem (§3.4), when it differs
+    ``failure_code`` is the code a bulk contact import reports for the same problem, when it differs
     from the default mapping in ``_import_failure_code``.
     """
 
@@ -297,7 +297,7 @@ class _Contact:
 
 @dataclass
 class _ContactWrite:
-    """A validated, normalised v3 write model (§4.2)."""
+    """A validated, normalised v3 write model."""
 
     email: str | None = None
     mobile: str | None = None
@@ -342,9 +342,9 @@ _SHAPE_NAMES = {"STRING": "String", "FLOAT": "Number", "BOOLEAN": "Boolean", "RE
 
 @dataclass
 class _Shape:
-    """The locked type of one insight JSON value (§7 "Schema locking").
+    """The locked type of one insight JSON value (schema locking).
 
-    ``kind`` is STRING, FLOAT (every JSON number, as in the [SPEC-I3] schema example), BOOLEAN or RECORD, or
+    ``kind`` is STRING, FLOAT (every JSON number, as in the insight spec's schema example), BOOLEAN or RECORD, or
     ``None`` while only ``null`` / empty arrays were seen, which fix nothing. ``repeated`` marks an array of
     ``kind``.
     """
@@ -368,7 +368,7 @@ class _Shape:
 
 
 class _RecordRejected(Exception):
-    """An insight record failed validation; ``reason`` is a [SPEC-I3] ``failureReason`` (§3.5)."""
+    """An insight record failed validation; ``reason`` is an Insight data v3 spec ``failureReason``."""
 
     def __init__(self, reason: str, detail: str, item: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -386,7 +386,7 @@ class _InsightRecord:
     owner_contact_id: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """[SPEC-I3] ``returnedInsightRecord``: ``{key, json, created, updated, ownerContactId}``."""
+        """The Insight data v3 spec ``returnedInsightRecord``: ``{key, json, created, updated, ownerContactId}``."""
         body: dict[str, Any] = {"key": self.key, "json": copy.deepcopy(self.json), "created": self.created,
                                 "updated": self.updated}
         if self.owner_contact_id is not None:
@@ -404,7 +404,7 @@ class _Collection:
     records: dict[tuple[int | None, str], _InsightRecord] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """[SPEC-I3] ``collectionSummary``."""
+        """The Insight data v3 spec ``collectionSummary``."""
         return {"collectionName": self.name, "collectionType": self.type, "collectionScope": self.scope,
                 "recordCount": len(self.records)}
 
@@ -451,22 +451,22 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     Parameters beyond the documented ones:
         account_id: value of ``id`` in ``/v2/account-info``.
         mobile_subscription_default: SMS/WhatsApp status given to new contacts with a mobile number when
-            the payload sets none (Dotdigital takes it from the account setting "Mobile subscription", §4.2).
+            the payload sets none (Dotdigital takes it from the account setting "Mobile subscription").
         import_delay_seconds: how long a bulk import stays unfinished (also settable as an attribute).
     """
 
     api_user: str
     password: str
     #: ``X-RateLimit-Scope`` reported with rate-limit headers. The sandbox keeps one counter; Dotdigital
-    #: keeps one per tier (Low/Medium/High/Unlimited, §2).
+    #: keeps one per tier (Low/Medium/High/Unlimited).
     rate_limit_scope: str = "Medium"
-    #: Unfinished imports allowed at once: 25 contact imports (§4.4), 5 insight imports (§7.1). Past that -> 429.
+    #: Unfinished imports allowed at once: 25 contact imports, 5 insight imports. Past that -> 429.
     max_active_contact_imports: int = 25
     max_active_insight_imports: int = 5
-    #: Insight data collections an account may have (§7); creating one more -> 412.
+    #: Insight data collections an account may have; creating one more -> 412.
     max_insight_collections: int = 1000
-    #: Status of a finished insight import. [SPEC-I3]'s examples (and [M2]) say ``Finished``, its enum says
-    #: ``Complete`` (§7.1); set ``"Complete"`` to check that a client accepts both.
+    #: Status of a finished insight import. The insight spec's examples (and the Magento 2 connector) say ``Finished``, its enum says
+    #: ``Complete``; set ``"Complete"`` to check that a client accepts both.
     insight_import_finished_status: str = "Finished"
 
     _thread_name = "dotdigital-sandbox"
@@ -524,7 +524,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     @property
     def api_endpoint(self) -> str:
-        """The ``ApiEndpoint`` account property (with trailing slash, like the real API, §1).
+        """The ``ApiEndpoint`` account property (with trailing slash, like the real API).
 
         Defaults to the sandbox itself; assign another URL to simulate an account living in a different
         region from the one used for discovery.
@@ -580,7 +580,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     def get_contact(
         self, *, email: str | None = None, mobile: str | None = None, contact_id: int | None = None
     ) -> dict | None:
-        """The v3 read model (§4.3) of the contact with this email / mobile number / id, or ``None``."""
+        """The v3 read model of the contact with this email / mobile number / id, or ``None``."""
         with self._lock:
             self._advance_imports()
             contact = self._find_contact(email=email, mobile=mobile, contact_id=contact_id)
@@ -600,7 +600,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         With ``email`` the contact's email channel status becomes ``reason`` (any v3 email channel status,
         e.g. ``unsubscribed``, ``suppressed``, ``hardBounced``, ``ispComplained``); with only ``mobile`` the SMS
         channel becomes ``unsubscribed`` (reason ``unsubscribed``) or ``suppressed`` (anything else). The
-        contact is created if it does not exist yet (a suppressed address is still a contact, §6).
+        contact is created if it does not exist yet (a suppressed address is still a contact).
 
         ``at`` (aware) is when it happened - the ``dateRemoved`` of the suppression feeds and the contact's
         ``updated``; default: the sandbox clock.
@@ -645,7 +645,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     def add_data_field(self, name: str, type: str = "String") -> None:  # noqa: A002 - mirrors the API field name
         """Create a contact data field directly (no-op if it already exists, case-insensitive)."""
-        if not _DATA_FIELD_NAME_RE.match(name):
+        if not is_valid_data_field_name(name):
             raise ValueError(f"invalid data field name {name!r} (max 20 chars of [A-Za-z0-9_-])")
         with self._lock:
             if name.casefold() not in self._data_fields:
@@ -737,7 +737,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                     if owner == contact.contact_id}
 
     def account_records(self, collection: str) -> dict[str, Any]:
-        """``{key: json}`` of an account-scoped collection (e.g. a catalog, §8)."""
+        """``{key: json}`` of an account-scoped collection (e.g. a catalog)."""
         with self._lock:
             self._advance_imports()
             found = self._collection_for_helper(collection, "account")
@@ -764,7 +764,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     # Request pipeline (called from handler threads)
     # ==================================================================================================
     def _fault_error_body(self, status: int, phrase: str, raw_path: str) -> Any:
-        """A fault without a body answers in the envelope of the path's API version (§3.1, §3.2)."""
+        """A fault without a body answers in the envelope of the path's API version."""
         return _error_body(raw_path, status, _lower_camel(phrase), phrase).body
 
     def _internal_error_response(self, raw_path: str) -> _Response:
@@ -774,13 +774,13 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return {"contact_id": response.contact_id}
 
     def _authenticate(self, authorization: str | None) -> bool:
-        """HTTP Basic with the API user (§1). Compared in constant time."""
+        """HTTP Basic with the API user. Compared in constant time."""
         return loopback_http.basic_auth_matches(authorization, self.api_user, self.password)
 
     def _rate_limit_check(self, raw_path: str) -> tuple[_Response | None, dict[str, str]]:
-        """Tiered per-minute limit (§2): rolling 60 s window; past the budget -> 429 + ``X-RateLimit-*``.
+        """Tiered per-minute limit: rolling 60 s window; past the budget -> 429 + ``X-RateLimit-*``.
 
-        ``X-RateLimit-Reset`` is sent as *seconds until reset* (the [PHP] SDK's reading, §2); clients must
+        ``X-RateLimit-Reset`` is sent as *seconds until reset* (the Dotdigital PHP SDK's reading); clients must
         also cope with epoch values, which the generic fault mechanism can simulate.
         """
         now = time.time()
@@ -901,7 +901,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     # v2 endpoints
     # ==================================================================================================
     def _v2_account_info(self) -> _Response:
-        """``GET /v2/account-info`` (§1): ``{id, properties: [{name, type, value}]}`` incl. ``ApiEndpoint``."""
+        """``GET /v2/account-info``: ``{id, properties: [{name, type, value}]}`` incl. ``ApiEndpoint``."""
         calls = len(self._hourly)
         properties = [
             ("AvailableEmailSendsCredits", "Int", "10000"),
@@ -924,16 +924,16 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                                "properties": [{"name": n, "type": t, "value": v} for n, t, v in properties]})
 
     def _v2_list_data_fields(self) -> _Response:
-        """``GET /v2/data-fields`` (§4.5): ``[{name, type, visibility, defaultValue}]``."""
+        """``GET /v2/data-fields``: ``[{name, type, visibility, defaultValue}]``."""
         return _Response(200, [f.as_json() for f in self._data_fields.values()])
 
     def _v2_create_data_field(self, raw: bytes) -> _Response:
-        """``POST /v2/data-fields`` (§4.5).
+        """``POST /v2/data-fields``.
 
         * ``name`` required, ``^[A-Za-z0-9_-]{1,20}$`` -> else 400 ``ERROR_DATAFIELD_INVALID``.
         * ``type`` required (hub spec) and one of String|Numeric|Date|Boolean; ``visibility`` Private|Public.
         * existing name (case-insensitive) -> 400 ``Field already exists. ERROR_NON_UNIQUE_DATAFIELD``.
-        * ``ApiDataField`` is ``additionalProperties: false`` [SPEC-V2] -> unknown keys rejected.
+        * ``ApiDataField`` is ``additionalProperties: false`` in the v2 spec -> unknown keys rejected.
         * ``defaultValue`` must fit the type (sandbox choice). Success: 201 echo.
         """
         body = _parse_v2_json(raw)
@@ -943,7 +943,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         if unknown:
             raise _ApiError(_v2_error(400, f"Unknown data field property '{unknown[0]}'. ERROR_DATAFIELD_INVALID"))
         name = body.get("name")
-        if not isinstance(name, str) or not _DATA_FIELD_NAME_RE.match(name):
+        if not is_valid_data_field_name(name):
             raise _ApiError(_v2_error(
                 400, "The data field name must be 1-20 characters of A-Z, a-z, 0-9, '-' or '_'. ERROR_DATAFIELD_INVALID"))
         type_ = _match_choice(body.get("type"), DATA_FIELD_TYPES)
@@ -962,7 +962,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(201, created.as_json())
 
     def _v2_list_address_books(self, query: dict[str, list[str]]) -> _Response:
-        """``GET /v2/address-books?select=&skip=`` (§6); ``select`` 1-1000 (default 1000), ``skip`` >= 0 (§5)."""
+        """``GET /v2/address-books?select=&skip=``; ``select`` 1-1000 (default 1000), ``skip`` >= 0."""
         select = _int_param(query, "select", 1000)
         skip = _int_param(query, "skip", 0)
         if select is None or skip is None or not 1 <= select <= 1000 or skip < 0:
@@ -971,11 +971,11 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(200, [self._address_book_json(b) for b in books])
 
     def _v2_create_address_book(self, raw: bytes) -> _Response:
-        """``POST /v2/address-books`` (§6).
+        """``POST /v2/address-books``.
 
         ``name`` required, <= 128 chars (else ``ERROR_ADDRESSBOOK_INVALID``), unique case-insensitively and
         not a reserved system list ("Test", "All Contacts") -> else ``ERROR_ADDRESSBOOK_DUPLICATE``.
-        Answers 201 as [SPEC-V2] documents (the per-area hub spec says 200).
+        Answers 201 as the v2 spec documents (the per-area hub spec says 200).
         """
         body = _parse_v2_json(raw)
         if not isinstance(body, dict):
@@ -999,7 +999,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(201, self._address_book_json(book))
 
     def _v2_remove_from_address_book(self, raw_book_id: str, raw_contact_id: str) -> _Response:
-        """``DELETE /v2/address-books/{addressBookId}/contacts/{contactId}`` -> 204 (§6).
+        """``DELETE /v2/address-books/{addressBookId}/contacts/{contactId}`` -> 204.
 
         Unknown list -> 404 ``ERROR_ADDRESSBOOK_NOT_FOUND``; unknown contact -> 404 ``ERROR_CONTACT_NOT_FOUND``.
         Removing a contact that is not a member answers 204 (sandbox choice: removal is idempotent).
@@ -1017,13 +1017,13 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(204, None, contact_id=contact_id)
 
     def _v2_suppressions_since(self, feed: str, raw_date: str, query: dict[str, list[str]]) -> _Response:
-        """``GET /v2/contacts/suppressed-since/{date}`` and ``/v2/contacts/unsubscribed-since/{date}`` (§5.1, §10).
+        """``GET /v2/contacts/suppressed-since/{date}`` and ``/v2/contacts/unsubscribed-since/{date}``.
 
         ``[{"suppressedContact": ApiContact, "dateRemoved": dt, "reason": ApiContactStatuses}]`` for every
         contact whose email channel went into a suppressed status at or after ``date`` and is still in it
         (a resubscribed contact drops out); ``unsubscribed-since`` lists the ``Unsubscribed`` ones only.
         Ascending by ``dateRemoved`` (then id), paged with ``select`` 1-1000 (default 1000) and ``skip`` >= 0
-        (else 400 ``ERROR_PARAMETER_INVALID``, §5). ``date`` is ISO 8601 (a date, or a date-time; without an
+        (else 400 ``ERROR_PARAMETER_INVALID``). ``date`` is ISO 8601 (a date, or a date-time; without an
         offset it is UTC); anything else -> 400 ``ERROR_PARAMETER_INVALID`` (sandbox choice: the code of a
         bad path date is not documented).
         """
@@ -1051,7 +1051,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(200, page)
 
     def _v2_contact_json(self, c: _Contact) -> dict[str, Any]:
-        """[SPEC-V2] ``ApiContact`` (§5): PascalCase enums, ``dataFields`` as key/value pairs."""
+        """The v2 spec's ``ApiContact``: PascalCase enums, ``dataFields`` as key/value pairs."""
         return {
             "id": c.contact_id,
             "email": c.email,
@@ -1066,7 +1066,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     # contacts v3
     # ==================================================================================================
     def _v3_list_contacts(self, query: dict[str, list[str]]) -> _Response:
-        """``GET /contacts/v3`` - contacts by criteria, ascending, paged by marker (§4.1, [SPEC-C3] getContacts).
+        """``GET /contacts/v3`` - contacts by criteria, ascending, paged by marker (Contacts v3 spec: getContacts).
 
         * ``~modified=gte::<ts>`` / ``~created=gte::<ts>`` (pattern ``gte::YYYY-MM-DDTHH:MM:SS[.fff]Z``, not
           both) -> else 400 ``contacts:invalidFilter``; ``~listId`` (existing list) filters on membership;
@@ -1169,7 +1169,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(200, {"_items": items, "_links": links})
 
     def _v3_get_contact(self, raw_identifier: str, raw_value: str) -> _Response:
-        """``GET /contacts/v3/{identifier}/{value}`` -> read model, or 404 ``contacts:contactNotFound`` (§4.1)."""
+        """``GET /contacts/v3/{identifier}/{value}`` -> read model, or 404 ``contacts:contactNotFound``."""
         identifier, value = self._parse_contact_path(raw_identifier, raw_value)
         contact = self._lookup(identifier, value)
         if contact is None:
@@ -1179,15 +1179,15 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     def _v3_patch_contact(
         self, raw_identifier: str, raw_value: str, query: dict[str, list[str]], raw: bytes
     ) -> _Response:
-        """``PATCH /contacts/v3/{identifier}/{value}?merge-option=`` - the single-contact upsert (§4.1, §4.2).
+        """``PATCH /contacts/v3/{identifier}/{value}?merge-option=`` - the single-contact upsert.
 
         * Existing contact (matched by the path identifier) -> only supplied fields change, 200.
         * No match -> create (email or mobileNumber required; new sequential ``contactId``), 201; the path
           value becomes the matching identifier unless ``identifiers`` supplies that identifier too.
         * Path identifier ``contactId`` with no match -> 404 ``contacts:contactNotFound`` (cannot create).
         * An identifier already owned by another contact -> 409 ``contacts:idAlreadyExists``.
-        * Suppression is sticky (§6): see ``_apply_email_status``.
-        * ``lists`` adds memberships and never removes any (§4.2).
+        * Suppression is sticky: see ``_apply_email_status``.
+        * ``lists`` adds memberships and never removes any.
         """
         identifier, value = self._parse_contact_path(raw_identifier, raw_value)
         merge_values = query.get("merge-option", [])
@@ -1231,7 +1231,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                                 "InvalidContactId")
             self._check_identifier_conflicts(contact, write.email, write.mobile)
             if write.email is not None and contact.email is None:
-                contact.email_status = "subscribed"  # a new email channel starts like a new contact (§4.2)
+                contact.email_status = "subscribed"  # a new email channel starts like a new contact
             if write.email is not None:
                 contact.email = write.email
             if write.mobile is not None:
@@ -1245,12 +1245,12 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     # -- contact helpers ------------------------------------------------------------------------------
     def _parse_contact_path(self, raw_identifier: str, raw_value: str, *, service: str = "contacts") -> tuple[str, str]:
-        """Validate ``{identifier}/{value}`` (§4.1); errors carry ``<service>:invalidId``.
+        """Validate ``{identifier}/{value}``; errors carry ``<service>:invalidId``.
 
         * ``identifier`` must be ``contactId``, ``email`` or ``mobileNumber`` (the sandbox account has no
           custom identifiers, which "must exist in the account") -> else 400 ``contacts:invalidId``.
         * ``value`` 1-256 chars, of the identifier's type (valid email / E.164 number / integer).
-        * A literal ``+`` in the value segment is rejected (sandbox strictness): §4.1 says to URL-encode
+        * A literal ``+`` in the value segment is rejected (sandbox strictness): Dotdigital says to URL-encode
           it as ``%2B``; an unencoded ``+`` is easily read as a space by the server.
         """
         identifier = unquote(raw_identifier)
@@ -1300,7 +1300,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return None
 
     def _check_identifier_conflicts(self, contact: _Contact | None, email: str | None, mobile: str | None) -> None:
-        """All identifiers must be unique in the account -> 409 ``contacts:idAlreadyExists`` ([SPEC-C3])."""
+        """All identifiers must be unique in the account -> 409 ``contacts:idAlreadyExists`` (Contacts v3 spec)."""
         for name, value, other in (
             ("email", email, self._find_contact(email=email) if email else None),
             ("mobileNumber", mobile, self._find_contact(mobile=mobile) if mobile else None),
@@ -1333,7 +1333,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             if merge == "overwrite-if-empty" and current not in (None, ""):
                 continue
             if value is None:
-                contact.data.pop(name, None)  # null clears the field (§4.2)
+                contact.data.pop(name, None)  # null clears the field
             else:
                 contact.data[name] = value
 
@@ -1343,7 +1343,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             contact.opt_in_type = write.opt_in_type
         before = None if creating else contact.email_status
         if creating:
-            requested = write.email_status or "subscribed"  # documented default for new contacts (§4.2)
+            requested = write.email_status or "subscribed"  # documented default for new contacts
             if requested == "subscribed" and contact.opt_in_type == "VerifiedDouble":
                 requested = "pendingOptIn"
             contact.email_status = requested
@@ -1372,7 +1372,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     @staticmethod
     def _apply_email_status(contact: _Contact, write: _ContactWrite) -> None:
-        """Email channel status change on an existing contact (§4.2, §6).
+        """Email channel status change on an existing contact.
 
         * No status in the payload -> unchanged.
         * Currently suppressed (unsubscribed, suppressed, bounced, complained, ...): the PATCH still succeeds
@@ -1404,12 +1404,12 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             contact.email_status = requested
 
     def _validate_write(self, body: Any) -> _ContactWrite:
-        """Validate a v3 contact write model (§4.2, [SPEC-C3] ``updateContactRequest``).
+        """Validate a v3 contact write model (Contacts v3 spec: ``updateContactRequest``).
 
         Structural problems (not an object, unknown top-level key, wrong JSON types, bad enums, bad
         consent records) -> 400 ``contacts:badJson``. Identifier values -> 400 ``contacts:invalidId``.
         Data-field problems (unknown field, value incompatible with the field type) and unknown list ids ->
-        400 ``contacts:invalidContacts`` (the code in Dotdigital's error-handling docs example, §3.2; the
+        400 ``contacts:invalidContacts`` (the code in Dotdigital's error-handling docs example; the
         spec has no code for this case) with one ``details`` entry per offending field.
         """
         if not isinstance(body, dict):
@@ -1437,7 +1437,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     @staticmethod
     def _validate_identifiers(identifiers: Any, write: _ContactWrite, present: bool) -> None:
         """``identifiers``: email (valid address), mobileNumber (E.164, stored without ``+``), contactId
-        (match only, int >= 0). A ``null`` identifier is ignored: nulls only clear data fields (§4.2)."""
+        (match only, int >= 0). A ``null`` identifier is ignored: nulls only clear data fields."""
         if not present:
             return
         if not isinstance(identifiers, dict):
@@ -1459,7 +1459,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                 continue
             invalid = _v3_error(400, "contacts:invalidId", f"The id value '{value}' is invalid for the identifier '{key}'",
                                 [{"item": f"identifiers.{key}", "description": "Invalid value"}])
-            failure_code = "InvalidEmail" if key == "email" else "InvalidPhoneNumber"  # import codes (§3.4)
+            failure_code = "InvalidEmail" if key == "email" else "InvalidPhoneNumber"  # import codes
             if not isinstance(value, str):
                 raise _ApiError(invalid, failure_code)
             if key == "email":
@@ -1473,8 +1473,8 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                 write.mobile = normalised
 
     def _validate_data_fields(self, body: dict[str, Any], write: _ContactWrite) -> None:
-        """``dataFields``: every key must be an existing data field (case-insensitive; create fields first,
-        §4.5) and every value must fit the field's type: Numeric -> JSON number, Date -> ISO 8601 date or
+        """``dataFields``: every key must be an existing data field (case-insensitive; create fields first)
+        and every value must fit the field's type: Numeric -> JSON number, Date -> ISO 8601 date or
         date-time string, Boolean -> JSON boolean, String -> JSON string; ``null`` clears the field."""
         if "dataFields" not in body:
             return
@@ -1501,7 +1501,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     @staticmethod
     def _validate_channel_properties(body: dict[str, Any], write: _ContactWrite) -> None:
-        """``channelProperties`` ([SPEC-C3] ``channelProperties_channelProperties*``, all
+        """``channelProperties`` (Contacts v3 spec: ``channelProperties_channelProperties*``, all
         ``additionalProperties: false``): email {emailType plainText|html, optInType
         unknown|single|double|verifiedDouble, status subscribed|unsubscribed|suppressed, resubscribeOptions},
         sms/whatsApp {status noSubscription|subscribed|unsubscribed|suppressed}. Enum matching is
@@ -1564,7 +1564,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     def _validate_lists(self, body: dict[str, Any], write: _ContactWrite) -> None:
         """``lists``: 1-100 integer address book ids, each of which must exist (else
-        ``contacts:invalidContacts``; the import report calls it ``InvalidAddressBookIds``, §3.4)."""
+        ``contacts:invalidContacts``; the import report calls it ``InvalidAddressBookIds``)."""
         if "lists" not in body:
             return
         lists = body["lists"]
@@ -1581,7 +1581,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     # -- serialisation --------------------------------------------------------------------------------
     def _read_model(self, c: _Contact) -> dict[str, Any]:
-        """The v3 read model (§4.3, [SPEC-C3] ``contact``): read enums are Pascal-case for emailType /
+        """The v3 read model (Contacts v3 spec: ``contact``): read enums are Pascal-case for emailType /
         optInType; ``dataFields`` lists every account field (``null`` where unset)."""
         identifiers: dict[str, Any] = {}
         if c.email is not None:
@@ -1617,7 +1617,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     @staticmethod
     def _contact_status(c: _Contact) -> str:
-        """Top-level contact status ([SPEC-C3] ``status`` enum), derived from the email channel (or SMS)."""
+        """Top-level contact status (Contacts v3 spec: ``status`` enum), derived from the email channel (or SMS)."""
         status = c.email_status if c.email is not None else c.sms_status
         if status in ("subscribed", "unsubscribed", "pendingOptIn", "noSubscription", "deleted", "binned", "suppressed"):
             return status
@@ -1643,14 +1643,14 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         canonical = _match_choice(type_, DATA_FIELD_TYPES)
         if canonical is None:
             raise ValueError(f"invalid data field type {type_!r}; expected one of {DATA_FIELD_TYPES}")
-        if not _DATA_FIELD_NAME_RE.match(name):
+        if not is_valid_data_field_name(name):
             raise ValueError(f"invalid data field name {name!r}")
         data_field = _DataField(name=name, type=canonical, visibility=visibility, default_value=default)
         self._data_fields[name.casefold()] = data_field
         return data_field
 
     # ==================================================================================================
-    # Bulk imports: shared plumbing (§4.4, §7.1)
+    # Bulk imports: shared plumbing
     # ==================================================================================================
     def _new_import(self, kind: str, payload: dict[str, Any]) -> _Import:
         now = time.monotonic()
@@ -1679,14 +1679,14 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             raise _ApiError(response)
 
     def _import_status(self, kind: str, raw_import_id: str) -> _Response:
-        """``GET /contacts/v3/import/{importId}`` (§4.4) and ``GET /insightData/v3/import/{importId}`` (§7.1).
+        """``GET /contacts/v3/import/{importId}`` and ``GET /insightData/v3/import/{importId}``.
 
         * Not a GUID -> 400 ``<service>:invalidId`` (sandbox choice); unknown (or of the other kind) -> 404
           ``<service>:importNotFound`` with the specs' description.
         * Contacts: ``NotFinished`` until done, then ``Finished`` with the report (``_process_contacts_import``).
         * Insight: ``NotStarted`` for the first half of the delay, ``Processing`` for the second, then
           ``insight_import_finished_status`` with ``collectionName``, ``summary`` and - if any - ``failures``
-          ([SPEC-I3] declares ``failures`` with ``minItems: 1``).
+          (the Insight data v3 spec declares ``failures`` with ``minItems: 1``).
         """
         service = "contacts" if kind == "contacts" else "insightData"
         import_id = unquote(raw_import_id)
@@ -1710,10 +1710,10 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(200, body)
 
     # ==================================================================================================
-    # contacts v3 bulk import (§4.4)
+    # contacts v3 bulk import
     # ==================================================================================================
     def _v3_start_contacts_import(self, raw: bytes) -> _Response:
-        """``PUT /contacts/v3/import`` -> 202 ``{importId}`` (§4.4, [SPEC-C3] ``v3_import_body``).
+        """``PUT /contacts/v3/import`` -> 202 ``{importId}`` (Contacts v3 spec: ``v3_import_body``).
 
         * Body ``{mergeOption?, contacts: [...]}``: another top-level key, a ``mergeOption`` other than
           ``overwrite`` | ``overwriteIfNotEmpty`` | ``overwriteIfEmpty`` (camelCase, unlike the PATCH query) or no
@@ -1742,9 +1742,9 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(202, {"importId": imp.import_id})
 
     def _process_contacts_import(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Apply a contacts import item by item, with the PATCH's validation and upsert (§4.2, §4.4).
+        """Apply a contacts import item by item, with the PATCH's validation and upsert.
 
-        The report ([SPEC-C3] ``inline_response_200_2``) has ``summary``, ``created`` / ``updated`` as
+        The report (Contacts v3 spec: ``inline_response_200_2``) has ``summary``, ``created`` / ``updated`` as
         ``[{contactId, identifiers}]`` and ``failures`` as ``[{contactId?, matchIdentifier, identifiers,
         failures: [{failureCode, description}]}]``. Each item fails alone:
 
@@ -1759,12 +1759,12 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
           ``duplicateIdentifier`` (sandbox choice: none of them wins);
         * an existing contact whose email channel (or, without email, SMS channel) is suppressed is left alone:
           ``GloballySuppressed`` (``globallySuppressed``: "suppressed at the account level, so can't be
-          updated", [SPEC-C3]), unless the item explicitly resubscribes a resubscribable status (§6). This is
-          stricter than the PATCH, which still updates a suppressed contact's data fields (§4.2);
+          updated", the Contacts v3 spec), unless the item explicitly resubscribes a resubscribable status. This is
+          stricter than the PATCH, which still updates a suppressed contact's data fields;
         * invalid ``consentRecords`` do not stop the contact: it is imported without them and also listed in
-          ``failures`` with ``consentRecordsNotApplied`` and its ``contactId`` ([SPEC-C3] example, §4.4).
+          ``failures`` with ``consentRecordsNotApplied`` and its ``contactId`` (the Contacts v3 spec's example).
 
-        Failure codes are those of §3.4 (PascalCase) where it has one, else those of the [SPEC-C3] examples
+        Failure codes are those of the import report docs (PascalCase) where it has one, else those of the Contacts v3 spec examples
         (camelCase); compare them case-insensitively.
         """
         merge = payload["merge"]
@@ -1815,7 +1815,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     def _prepare_import_item(self, item: Any) -> _PreparedImportItem | tuple[str, str]:
         """Validate one import item like a PATCH body (``_validate_write``), plus the import-only rules:
-        ``identifiers`` and ``matchIdentifier`` are required ([SPEC-C3] ``contactRequest``) and the match
+        ``identifiers`` and ``matchIdentifier`` are required (Contacts v3 spec: ``contactRequest``) and the match
         identifier must have a value. Returns the prepared item or ``(failureCode, description)``."""
         if not isinstance(item, dict):
             return "ApiSchemaViolation", "Each contact must be a JSON object"
@@ -1863,7 +1863,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return identifiers
 
     # ==================================================================================================
-    # insight data v3 (§7, §7.1, §8)
+    # insight data v3
     # ==================================================================================================
     def _route_insight(
         self, method: str, segments: list[str], lowered: list[str], query: dict[str, list[str]], body: bytes
@@ -1899,13 +1899,13 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return False, None
 
     def _insight_create_collection(self, raw_name: str, query: dict[str, list[str]]) -> _Response:
-        """``POST /insightData/v3/collections/{collectionName}?collectionScope=&collectionType=`` (§7.1).
+        """``POST /insightData/v3/collections/{collectionName}?collectionScope=&collectionType=``.
 
         * Name pattern ``(^[-A-Za-z_][-A-Za-z0-9_]{1,255}$)``, max 255 -> 400 ``insightData:invalidId``
-          ("The collectionName value 'x' is invalid", [SPEC-I3]).
+          ("The collectionName value 'x' is invalid", the Insight data v3 spec).
         * Both query parameters are required, with exact enum values -> else 400 ``insightData:invalidParameter``
           (sandbox choice: the spec documents no code).
-        * Existing collection -> 200 (names compare case-insensitively and are unique across scopes, §7); the
+        * Existing collection -> 200 (names compare case-insensitively and are unique across scopes); the
           same name with another scope or type -> 400 ``insightData:invalidId`` (sandbox choice).
         * One more than ``max_insight_collections`` (1000) -> 412 ``insightData:collectionLimitExceeded`` (the
           spec gives 412 no body; code is a sandbox choice). Else 201. Successes have an empty body.
@@ -1947,7 +1947,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     def _insight_get_schema(self, raw_name: str) -> _Response:
         """``GET /insightData/v3/collections/{collectionName}/schema`` -> ``{collectionName, collectionType,
-        schema}`` (§7.1); unknown -> 404 ``insightData:collectionNotFound``. See ``_schema_json``."""
+        schema}``; unknown -> 404 ``insightData:collectionNotFound``. See ``_schema_json``."""
         name = _parse_collection_name(raw_name)
         collection = self._find_collection(name)
         if collection is None:
@@ -1958,7 +1958,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     @staticmethod
     def _schema_json(collection: _Collection) -> list[dict[str, Any]]:
         """The locked schema as BigQuery-style columns ``{name, mode, type, fields}``, like the only example in
-        [SPEC-I3] - whose schema declares ``schema`` an *object*; the sandbox follows the example. System columns
+        the insight spec, whose schema declares ``schema`` an *object*; the sandbox follows the example. System columns
         first, then ``json`` with one field per key whose type is fixed: STRING, FLOAT (all numbers), BOOLEAN or
         RECORD, ``mode: REPEATED`` for arrays. Keys seen only with ``null`` / ``[]`` are not listed yet."""
         columns = [{"name": "key", "mode": "NULLABLE", "type": "STRING", "fields": []}]
@@ -1977,20 +1977,20 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     ) -> _Response:
         """One record of a contact-scoped collection (``contact_path`` = raw ``identifier``/``value``:
         ``/insightData/v3/contacts/{identifier}/{value}/{collectionName}/{recordId}``) or of an account-scoped one
-        (``/insightData/v3/account/{collectionName}/{recordId}``, e.g. the catalog, §8). Checks in this order:
+        (``/insightData/v3/account/{collectionName}/{recordId}``, e.g. the catalog). Checks in this order:
 
-        * collection name pattern, ``identifier``/``value`` (as for contacts, §4.1) and ``recordId`` (1-255
+        * collection name pattern, ``identifier``/``value`` (as for contacts) and ``recordId`` (1-255
           characters, sandbox choice) -> 400 ``insightData:invalidId``;
-        * PUT body: the record's JSON object -> else 400 ``insightData:badJson``. [SPEC-I3] types the body
+        * PUT body: the record's JSON object -> else 400 ``insightData:badJson``. The insight spec types the body
           ``type: string, format: json``; a JSON *string* holding the record (double encoding) is rejected;
-        * the contact must exist -> 404 ``insightData:contactNotFound`` ([SPEC-I3] example);
+        * the contact must exist -> 404 ``insightData:contactNotFound`` (the Insight data v3 spec's example);
         * the collection must exist with this scope -> 404 ``insightData:collectionNotFound``. A single PUT never
-          creates a collection: [SPEC-I3] documents collectionNotFound for it, and only the bulk import
+          creates a collection: the Insight data v3 spec documents collectionNotFound for it, and only the bulk import
           "will create" a missing collection;
         * PUT: the record rules and schema locking of ``_store_record`` -> 400 ``insightData:badJson`` whose
           description starts with the failure reason, e.g. ``JsonValueIncompatibleWithSchema. A value named
           'price' of type Number already exists in this collection and new values must be of this type.`` (the v2
-          message of §3.1), with ``details: [{item: <field path>, description: <reason>}]`` (sandbox choice: the
+          error message), with ``details: [{item: <field path>, description: <reason>}]`` (sandbox choice: the
           spec names no code for this);
         * GET / DELETE of a missing record -> 404 ``insightData:recordNotFound``.
 
@@ -2029,7 +2029,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     @staticmethod
     def _store_record(collection: _Collection, owner: int | None, key: str, value: dict[str, Any]) -> bool:
-        """Upsert one record after the §7 rules (``_shape_of``) and schema locking: the first non-null value of
+        """Upsert one record after the record rules (``_shape_of``) and schema locking: the first non-null value of
         a field fixes its type for the whole collection; a later record may add fields but a value of another
         type (string vs number vs boolean vs object vs list) is ``JsonValueIncompatibleWithSchema``. Nothing is
         changed when the record is rejected. Returns ``True`` if the record is new."""
@@ -2044,13 +2044,13 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return True
 
     def _insight_start_import(self, raw: bytes) -> _Response:
-        """``PUT /insightData/v3/import`` -> 202 ``{importId}`` (§7.1, [SPEC-I3] ``v3_import_body``).
+        """``PUT /insightData/v3/import`` -> 202 ``{importId}`` (Insight data v3 spec: ``v3_import_body``).
 
         Checked at once, 400 ``insightData:badJson`` unless noted: a JSON object with exactly ``collectionName``
         (pattern -> 400 ``insightData:invalidId``), ``collectionScope`` and ``collectionType`` (enums) and
         ``records``: 1 or more objects with no keys but ``contactIdentity`` / ``key`` / ``json``
         (``upsertInsightRecord`` is closed). Then ``max_active_insight_imports`` (5) unfinished imports -> 429
-        ``insightData:tooManyActiveImports`` (sandbox choice of code; [SPEC-I3] documents no 429, the limit is from
+        ``insightData:tooManyActiveImports`` (sandbox choice of code; the insight spec documents no 429, the limit is from
         Dotdigital's docs). A missing collection is created (412 past the limit); one with another scope or type
         -> 400. The records are checked when the import runs (``_process_insight_import``).
         """
@@ -2092,14 +2092,14 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         return _Response(202, {"importId": imp.import_id})
 
     def _process_insight_import(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Apply an insight import record by record (§7, §7.1); a rejected record fails alone (§3.5 reasons):
+        """Apply an insight import record by record; a rejected record fails alone (insight failure reasons):
 
         * contact scope: ``contactIdentity`` ``{identifier, value}`` (strings) is required; an identifier other
           than email / mobileNumber / contactId, or a value invalid for it -> ``InvalidContactIdentifier``; no
           such contact -> ``ContactEmailDoesNotExist`` / ``ContactIdDoesNotExist`` (a mobile number -> ``Unknown``
           with detail ``ContactPhoneNumberDoesNotExist``, a v2 reason the v3 enum lacks). Contacts are never
           created. Account scope: a ``contactIdentity`` -> ``InvalidContactIdentifier`` (sandbox choice).
-        * ``key``: a string of 1-255 characters -> else ``InvalidClientKey`` (so the numeric key of the [SPEC-I3]
+        * ``key``: a string of 1-255 characters -> else ``InvalidClientKey`` (so the numeric key of the insight spec
           example is rejected: sandbox strictness). The same owner + key twice in one import -> the later record
           fails with ``DuplicateKey``.
         * ``json``: an object -> else ``InvalidJson``; then the rules of ``_store_record``.
@@ -2204,7 +2204,7 @@ def _coerce_data_value(type_: str, value: Any) -> Any:
 
 
 def _validate_preferences(body: dict[str, Any], write: _ContactWrite) -> None:
-    """``preferences``: >= 1 items of ``{id: int, isOptedIn: bool}`` ([SPEC-C3] ``preference``)."""
+    """``preferences``: >= 1 items of ``{id: int, isOptedIn: bool}`` (Contacts v3 spec: ``preference``)."""
     if "preferences" not in body:
         return
     prefs = body["preferences"]
@@ -2225,7 +2225,7 @@ def _validate_preferences(body: dict[str, Any], write: _ContactWrite) -> None:
 def _validate_consent_records(body: dict[str, Any], write: _ContactWrite) -> None:
     """``consentRecords``: 1-5 records with exactly ``text`` (non-empty), ``dateTimeConsented`` (ISO 8601
     date-time), ``url`` (absolute URI), ``ipAddress`` (IPv4/IPv6) and ``userAgent`` (non-empty); all
-    required, no other keys (``additionalProperties: false``) ([SPEC-C3] ``consentRecord``, §6)."""
+    required, no other keys (``additionalProperties: false``) (Contacts v3 spec: ``consentRecord``)."""
     if "consentRecords" not in body:
         return
     records = body["consentRecords"]
@@ -2296,9 +2296,9 @@ def _match_choice(value: Any, choices: tuple[str, ...]) -> str | None:
     return next((c for c in choices if c.lower() == value.lower()), None)
 
 
-_V3_SINCE_FILTER_RE = re.compile(r"^gte::\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$")  # [SPEC-C3]
+_V3_SINCE_FILTER_RE = re.compile(r"^gte::\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$")  # Contacts v3 spec ``~modified``
 _V3_INCLUDES = ("channelProperties", "lists", "preferences", "consentRecords")
-#: v3 email status -> v2 ``ApiContactStatuses`` (§5); statuses without a v2 counterpart are ``Suppressed``
+#: v3 email status -> v2 ``ApiContactStatuses``; statuses without a v2 counterpart are ``Suppressed``
 _V2_STATUSES = {
     "subscribed": "Subscribed", "unsubscribed": "Unsubscribed", "softBounced": "SoftBounced",
     "hardBounced": "HardBounced", "ispComplained": "IspComplained", "pendingOptIn": "PendingOptIn",
@@ -2398,13 +2398,13 @@ def _normalise_identifier_value(identifier: str, value: str) -> str | None:
 
 
 # -- bulk contact import helpers ----------------------------------------------------------------------
-#: Import failure code for a PATCH error without an explicit ``failure_code`` (§3.4).
+#: Import failure code for a PATCH error without an explicit ``failure_code``.
 _DEFAULT_IMPORT_FAILURE_CODES = {
     "contacts:badJson": "ApiSchemaViolation",
     "contacts:invalidContacts": "InvalidContact",
     "contacts:invalidId": "NoValidIdentifiers",
-    "contacts:contactNotFound": "contactNotFound",  # [SPEC-C3] failures example
-    "contacts:idAlreadyExists": "identifierConflict",  # the token [M2] looks for
+    "contacts:contactNotFound": "contactNotFound",  # the Contacts v3 spec's failures example
+    "contacts:idAlreadyExists": "identifierConflict",  # the token the Magento 2 connector looks for
 }
 
 
@@ -2424,7 +2424,7 @@ def _api_error_text(exc: _ApiError) -> str:
 
 
 def _import_failure(item: Any, code: str, description: str, contact_id: int | None = None) -> dict[str, Any]:
-    """One ``failures`` entry of a contacts import report ([SPEC-C3] ``inline_response_200_2_failures_1``)."""
+    """One ``failures`` entry of a contacts import report (Contacts v3 spec: ``inline_response_200_2_failures_1``)."""
     entry: dict[str, Any] = {}
     if contact_id is not None:
         entry["contactId"] = contact_id
@@ -2439,7 +2439,7 @@ def _import_failure(item: Any, code: str, description: str, contact_id: int | No
 
 # -- insight data helpers -----------------------------------------------------------------------------
 def _parse_collection_name(raw: str) -> str:
-    """Path ``collectionName`` ([SPEC-I3] pattern, max 255) -> else 400 ``insightData:invalidId``."""
+    """Path ``collectionName`` (Insight data v3 spec: pattern, max 255) -> else 400 ``insightData:invalidId``."""
     name = unquote(raw)
     if len(name) > _COLLECTION_NAME_MAX or not _COLLECTION_NAME_RE.match(name):
         raise _ApiError(_v3_error(400, "insightData:invalidId", f"The collectionName value '{name}' is invalid",
@@ -2483,12 +2483,12 @@ def _collection_not_found(name: str, description: str) -> _Response:
 
 
 def _shape_of(value: Any, path: str) -> _Shape:
-    """The shape of a record's JSON value, enforcing the record rules of §7 (raises ``_RecordRejected``):
+    """The shape of a record's JSON value, enforcing Dotdigital's insight record rules (raises ``_RecordRejected``):
 
     * object keys of ``[A-Za-z0-9_-]`` only -> ``JsonKeyInvalidCharacters``;
     * no array directly inside an array -> ``JsonContainsNestedArray`` (arrays of objects are fine);
     * integers within signed 64 bits, no infinities -> ``JsonNumberValueTooLarge``, NaN -> ``InvalidJson``
-      (sandbox choice of bound: Dotdigital's limits are unconfirmed, §15);
+      (sandbox choice of bound: Dotdigital documents no limit);
     * the items of one array share a type -> ``JsonValueIncompatibleWithSchema``.
     Length limits (``JsonKeyTooLong``, ``JsonValueTooLong``) are not enforced: their values are unknown.
     """
@@ -2529,7 +2529,7 @@ def _shape_of(value: Any, path: str) -> _Shape:
 
 def _unify(existing: _Shape, new: _Shape, path: str, *, in_array: bool = False) -> _Shape:
     """Merge ``new`` into ``existing`` (neither is changed): new fields extend the schema, a type change is
-    ``JsonValueIncompatibleWithSchema`` naming the locked type, as in the v2 message of §3.1."""
+    ``JsonValueIncompatibleWithSchema`` naming the locked type, as in the v2 error message."""
     if existing.blank:
         return new.copy()
     if new.blank:
@@ -2563,15 +2563,15 @@ def _shape_columns(shape: _Shape) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Error envelopes (§3)
+# Error envelopes
 # ---------------------------------------------------------------------------------------------------
 def _v2_error(status: int, message: str, *, contact_id: int | None = None) -> _Response:
-    """v2 envelope ``{"message": "<text> ERROR_CODE"}`` (§3.1)."""
+    """v2 envelope ``{"message": "<text> ERROR_CODE"}``."""
     return _Response(status, {"message": message}, contact_id=contact_id)
 
 
 def _v3_error(status: int, code: str, description: str, details: list[dict[str, str]] | None = None) -> _Response:
-    """v3 envelope ``{"errorCode": "service:code", "description": ..., "details": [{item, description}]}`` (§3.2)."""
+    """v3 envelope ``{"errorCode": "service:code", "description": ..., "details": [{item, description}]}``."""
     return _Response(status, {"errorCode": code, "description": description, "details": list(details or [])})
 
 
@@ -2580,7 +2580,7 @@ def _bad_json(description: str, details: list[dict[str, str]] | None = None, *, 
 
 
 def _contact_not_found(identifier: str, value: str, *, service: str = "contacts") -> _Response:
-    """404 ``<service>:contactNotFound`` ([SPEC-C3] and [SPEC-I3] use the same description and details)."""
+    """404 ``<service>:contactNotFound`` (the contacts and insight specs use the same description and details)."""
     return _v3_error(404, f"{service}:contactNotFound", "The following contacts could not be found",
                      [{"item": value, "description": f"Not found using the identifier '{identifier}'"}])
 

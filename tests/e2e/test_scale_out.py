@@ -26,7 +26,7 @@ from ctdd.db.engine import alembic_config, create_db_engine, upgrade_database, u
 from ctdd.db.models import Contact
 from ctdd.delivery.dispatcher import Dispatcher
 from ctdd.hooks.manager import create_plugin_manager
-from ctdd.runtime.worker import DispatcherAlreadyRunning
+from ctdd.db.locks import DispatcherAlreadyRunning
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ TrackEvent over real gRPC and sends nothing to Dotdigital. Every test runs on SQ
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -18,7 +17,7 @@ from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.backsync.feeds import (
     SHOP_NEWER, UNCHANGED, WRITTEN, ChannelState, _claim, _release, consent_updates, iso, read_cursors,
 )
-from ctdd.config import BacksyncConfig
+from ctdd.config import BacksyncConfig, replace
 from ctdd.db.models import Contact
 from ctdd.testing.commercetools_fake import FakeCommercetools
 
@@ -308,7 +307,7 @@ def test_moving_the_shared_decision_time_does_not_revive_a_revoked_sms_opt_in():
 
 
 def test_run_once_command(tmp_path, sandbox, monkeypatch, capsys):
-    from ctdd.cli.main import main
+    from ctdd.cli import main
     from ctdd.db.engine import create_db_engine
 
     monkeypatch.setenv("DD_PASSWORD", sandbox.password)

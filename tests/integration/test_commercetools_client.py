@@ -1,7 +1,7 @@
 """The async commercetools client against the fake commercetools API, over real HTTP on loopback.
 
-Covers the token lifecycle (§1.2), reads, deep paging (§5.2), optimistic locking (§5.9), custom objects
-(§4.7), error classification and secret hygiene, plus the fake's own API behaviour and the mapping helpers.
+Covers the token lifecycle, reads, deep paging, optimistic locking, custom objects,
+error classification and secret hygiene, plus the fake's own API behaviour and the mapping helpers.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_default_hosts_follow_the_region():
 
 
 # ---------------------------------------------------------------------------------------------------
-# token lifecycle (§1.2)
+# token lifecycle
 # ---------------------------------------------------------------------------------------------------
 async def test_token_is_fetched_once_and_cached_across_calls(fake, client):
     customer = fake.add("customers", {"email": "jane@example.com"})
@@ -308,7 +308,7 @@ async def test_fake_rejects_limits_beyond_the_api_maximum(fake, client):
 
 
 # ---------------------------------------------------------------------------------------------------
-# deep paging (§5.2)
+# deep paging
 # ---------------------------------------------------------------------------------------------------
 async def test_deep_paging_by_id_over_1200_customers(fake, client):
     ids = [str(uuid.uuid4()) for _ in range(1200)]
@@ -355,7 +355,7 @@ async def test_deep_paging_stops_on_an_empty_page_without_yielding_it(fake, clie
 
 
 # ---------------------------------------------------------------------------------------------------
-# writes and optimistic locking (§5.9)
+# writes and optimistic locking
 # ---------------------------------------------------------------------------------------------------
 async def test_create_update_and_delete_a_customer(fake, client):
     result = await client.create("customers", {"email": "Jane@Example.com", "firstName": "Jane", "password": "pw"})
@@ -468,7 +468,7 @@ async def test_orders_import_and_state_actions(fake, client):
 
 
 async def test_subscriptions(fake, client):
-    with pytest.raises(CommercetoolsError) as info:  # carts have no messages (§3.4)
+    with pytest.raises(CommercetoolsError) as info:  # carts have no messages
         await client.create("subscriptions", {"destination": {"type": "GoogleCloudPubSub", "projectId": "p",
                                                               "topic": "t"},
                                               "messages": [{"resourceTypeId": "cart"}]})
@@ -523,7 +523,7 @@ async def test_fake_carts_orders_from_carts_projections_and_sorting(fake, client
 
 
 # ---------------------------------------------------------------------------------------------------
-# custom objects (§4.7)
+# custom objects
 # ---------------------------------------------------------------------------------------------------
 async def test_custom_object_upsert_and_version_conflict(fake, client):
     key = custom_object_key_for_email("  Jane.Doe@Example.com ")
@@ -577,7 +577,7 @@ async def test_transport_error_on_an_unreachable_host():
 
 
 # ---------------------------------------------------------------------------------------------------
-# helpers (§4)
+# helpers
 # ---------------------------------------------------------------------------------------------------
 def test_money_to_major():
     assert money_to_major({"type": "centPrecision", "currencyCode": "EUR", "centAmount": 5600, "fractionDigits": 2}) == 56.0

@@ -2,7 +2,6 @@
 
 Contract tests at the end validate the bodies the client sends (and the sandbox's responses) against the
 JSON schemas of Dotdigital's OpenAPI documents, with the validator of ``test_dotdigital_sandbox_client.py``.
-Section references (§n) point at ``shared/reference/dotdigital.md``.
 """
 
 from __future__ import annotations
@@ -151,7 +150,7 @@ async def test_single_upsert_does_not_create_a_collection(sandbox, client, raw):
 
 
 # ---------------------------------------------------------------------------------------------------
-# schema locking and record rules (§7)
+# schema locking and record rules
 # ---------------------------------------------------------------------------------------------------
 async def test_schema_locking_rejects_type_changes_and_accepts_new_fields(sandbox, client):
     await _contact(client, JANE)
@@ -168,7 +167,7 @@ async def test_schema_locking_rejects_type_changes_and_accepts_new_fields(sandbo
 
     rejected = [
         ({"orderTotal": "12.50"}, "orderTotal", "Number"),  # number -> string
-        ({"custom": ["gift"]}, "custom", "Object"),  # object -> list (the M2 issue #65 case)
+        ({"custom": ["gift"]}, "custom", "Object"),  # object -> list (issue #65 of the Magento 2 extension)
         ({"custom": {"gift": "yes"}}, "custom.gift", "Boolean"),  # nested field
         ({"products": {"sku": "c"}}, "products", "List of Object"),  # list -> object
         ({"products": [{"qty": "two"}]}, "products.qty", "Number"),  # inside an array of objects
@@ -221,7 +220,8 @@ async def test_record_body_must_be_a_json_object(sandbox, client, raw):
     await _contact(client)
     sandbox.create_collection("Custom_Data")
     path = "/insightData/v3/contacts/email/jane.doe%40example.com/Custom_Data/k1"
-    # [SPEC-I3] types the body as a JSON string; a double-encoded record is refused, only the object works.
+    # The Insight data v3 spec types the body as a JSON string; a double-encoded record is refused, only the
+    # object works.
     for body in (json.dumps(json.dumps({"a": 1})), "[1, 2]", "{", ""):
         response = await raw.put(path, content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 400 and response.json()["errorCode"] == "insightData:badJson", body
@@ -232,7 +232,7 @@ async def test_record_body_must_be_a_json_object(sandbox, client, raw):
 
 
 # ---------------------------------------------------------------------------------------------------
-# account scope (catalog, §8) and collections
+# account scope (catalog) and collections
 # ---------------------------------------------------------------------------------------------------
 async def test_account_scoped_catalog_records(sandbox, client, raw):
     assert await client.create_collection("Catalog_Default", scope="account", collection_type="catalog")
@@ -282,7 +282,7 @@ async def test_collection_create_is_idempotent_and_validated(sandbox, client, ra
          "recordCount": 0},
     ]
 
-    with pytest.raises(DotdigitalError) as clash:  # names are unique across scopes (§7)
+    with pytest.raises(DotdigitalError) as clash:  # names are unique across scopes
         await client.create_collection("orders", scope="account", collection_type="catalog")
     assert clash.value.status_code == 400 and clash.value.code == "insightData:invalidId"
 
@@ -311,7 +311,7 @@ async def test_collection_create_is_idempotent_and_validated(sandbox, client, ra
 
 
 # ---------------------------------------------------------------------------------------------------
-# insight bulk import (§7.1)
+# insight bulk import
 # ---------------------------------------------------------------------------------------------------
 async def test_insight_import_with_known_and_unknown_contacts(sandbox, client):
     sandbox.import_delay_seconds = 60  # finished below by complete_imports(), so the pending state is certain
@@ -429,7 +429,7 @@ async def test_insight_import_rejects_records_one_by_one(sandbox, client, raw):
 
 
 async def test_insight_import_complete_status_counts_as_finished(sandbox, client):
-    sandbox.insight_import_finished_status = "Complete"  # the spec's enum value (§7.1)
+    sandbox.insight_import_finished_status = "Complete"  # the spec's enum value
     import_id = await client.start_insight_import("Catalog_Default", scope="account", collection_type="catalog",
                                                   records=[{"key": "1", "json": {"name": "Hat"}}])
     report = await client.wait_for_import(import_id, kind="insight", **POLL)
@@ -468,7 +468,7 @@ async def test_sandbox_rejects_invalid_insight_import_bodies(sandbox, raw, body,
 
 
 # ---------------------------------------------------------------------------------------------------
-# contacts bulk import (§4.4)
+# contacts bulk import
 # ---------------------------------------------------------------------------------------------------
 async def test_contacts_import_creates_updates_and_fails_items_alone(sandbox, client):
     sandbox.import_delay_seconds = 60
@@ -876,7 +876,7 @@ async def test_contract_import_reports_match_spec(specs, sandbox, client):
                                                 records=[_order("1", JANE), _order("2", GHOST)])
     done = await client.wait_for_import(insight, kind="insight", **POLL)
     insight_status = _schema(specs["insight"], "/insightData/v3/import/{importId}", "get", "200")
-    # Spec quirk (§7.1): the enum says Complete, the examples (and the sandbox's default) say Finished.
+    # Spec quirk: the enum says Complete, the examples (and the sandbox's default) say Finished.
     assert insight_validator.errors(done.body, insight_status) == [
         "$.status: 'Finished' not in ['NotStarted', 'Processing', 'Complete', 'Failed']"]
     assert insight_validator.errors({**done.body, "status": "Complete"}, insight_status) == []

@@ -37,7 +37,7 @@ from ctdd.dotdigital.errors import (
     DotdigitalTransportError,
     error_from_response,
 )
-from ctdd.delivery.rate_budget import BudgetTransport, RateBudget
+from ctdd.dotdigital.rate_budget import BudgetTransport, RateBudget
 from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox, RecordedRequest
 
 JANE = "jane.doe@example.com"

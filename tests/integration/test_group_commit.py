@@ -183,7 +183,7 @@ def test_group_commit_can_be_turned_off(database_url, sandbox):
     from ctdd.db.transactions import TransactionRunner
 
     settings = make_settings(database_url, sandbox)
-    from dataclasses import replace
+    from ctdd.config import replace
 
     app = App(replace(settings, group_commit=False), serve_grpc=False, run_dispatcher=False)
     assert type(app.transactions) is TransactionRunner

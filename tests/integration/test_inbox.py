@@ -12,9 +12,11 @@ import sqlalchemy as sa
 from support import ct_payloads as ct
 from support import all_settled, field_violations, make_settings, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
+from ctdd.api.track_event import stored_request_preparer
 from ctdd.ingest import inbox
 from ctdd.ingest.contact_sync import ContactSync
-from ctdd.ingest.events import CommercetoolsClients, EventProcessor
+from ctdd.commercetools.clients import CommercetoolsClients
+from ctdd.ingest.events import EventProcessor
 from ctdd.hooks.manager import create_plugin_manager
 from ctdd.testing.commercetools_fake import FakeCommercetools
 from ctdd.db.transactions import TransactionRunner
@@ -30,9 +32,7 @@ def fake_ct():
 
 def make_inbox_settings(database_url, sandbox, fake_ct, **inbox_cfg):
     settings = make_settings(database_url, sandbox, commercetools=fake_ct)
-    from dataclasses import replace
-
-    from ctdd.config import InboxConfig
+    from ctdd.config import InboxConfig, replace
 
     cfg = dict(batch_size=16, poll_interval_seconds=0.05, backoff_base_seconds=0.05, backoff_cap_seconds=0.2,
                lease_seconds=5.0)
@@ -174,8 +174,8 @@ async def test_an_expired_claim_is_taken_over_and_applied_exactly_once(service_f
     for i in range(5):
         assert (await svc.stub.TrackEvent(cart_event(f"x-{i}", i + 1, "twice@example.com", 100 + i))).queued
     engine, events = processor_parts(settings, fake_ct)
-    slow = inbox.InboxProcessor(engine, settings, events, worker_id="slow")
-    fast = inbox.InboxProcessor(engine, settings, events, worker_id="fast")
+    slow = inbox.InboxProcessor(engine, settings, events, worker_id="slow", prepare=stored_request_preparer(events, settings))
+    fast = inbox.InboxProcessor(engine, settings, events, worker_id="fast", prepare=stored_request_preparer(events, settings))
     try:
         # "slow" claims everything, then stalls past its lease (a paused or dying worker) ...
         claimed = await asyncio.to_thread(inbox.claim, engine, worker="slow", limit=10, lease_seconds=0.01)
@@ -184,8 +184,8 @@ async def test_an_expired_claim_is_taken_over_and_applied_exactly_once(service_f
         # ... "fast" takes the expired claims over and applies them
         assert await fast.run_once() == 5
         # "slow" wakes up and tries to apply what it had prepared: every unit finds its row taken
-        steps = [await inbox.prepare_request(events, settings, pb.TrackEventRequest.FromString(c.request))
-                 for c in claimed]
+        prepare = stored_request_preparer(events, settings)
+        steps = [await prepare(c.request) for c in claimed]
         results = await asyncio.gather(*(slow.runner.run(slow._unit(c, s)) for c, s in zip(claimed, steps)),
                                        return_exceptions=True)
         assert all(isinstance(r, inbox._TakenOver) for r in results), results  # each unit rolled back
@@ -221,7 +221,7 @@ async def test_processors_in_parallel_apply_every_event_once(service_factory, po
     for name in ("a", "b", "c"):
         engine, events = processor_parts(settings, fake_ct)
         engines.append(engine)
-        processors.append(inbox.InboxProcessor(engine, settings, events, worker_id=name))
+        processors.append(inbox.InboxProcessor(engine, settings, events, worker_id=name, prepare=stored_request_preparer(events, settings)))
 
     async def drain(p):
         # until nothing is pending: an event that lost a deadlock three times comes back after its backoff

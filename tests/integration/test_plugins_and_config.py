@@ -104,7 +104,8 @@ def test_password_from_env_or_file(tmp_path):
                         "b-2": {"api_user": "u", "password_env": "MY_PW"}},
            "stores": {"s": {"account": "a", "data_fields": {"custom.x": "X_FIELD"}}}}
     s = settings_from_mapping(raw, env={"MY_PW": "from-env", "CTDD_DOTDIGITAL_BASE_URL": "http://127.0.0.1:9/"})
-    assert s.accounts["a"].password == "s3cret" and s.accounts["b-2"].password == "from-env"
+    assert s.accounts["a"].password.get_secret_value() == "s3cret"
+    assert s.accounts["b-2"].password.get_secret_value() == "from-env"
     assert s.accounts["a"].base_url == "http://127.0.0.1:9"
     assert "s3cret" not in repr(s)
     assert s.stores["s"].data_fields["custom.x"] == "X_FIELD" and s.stores["s"].data_fields["first_name"] == "FIRSTNAME"

@@ -7,7 +7,8 @@ import pytest
 from support import all_settled, contact_request, make_settings, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.runtime.app import App
-from ctdd.cli.main import main, with_sandbox
+from ctdd.cli import main
+from ctdd.cli.loading import with_sandbox
 from ctdd.config import ConfigError, load_settings
 from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
 

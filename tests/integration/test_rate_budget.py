@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support import contact_request, make_settings, outbox_rows, wait_for
-from ctdd.delivery.rate_budget import RateBudget
+from ctdd.dotdigital.rate_budget import RateBudget
 from ctdd.testing import dotdigital_sandbox
 from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
 

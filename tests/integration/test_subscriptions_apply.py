@@ -7,7 +7,7 @@ import json
 import pytest
 
 from support import commercetools_section
-from ctdd.cli.main import main
+from ctdd.cli import main
 from ctdd.commercetools.subscriptions import (
     CUSTOMER_MESSAGES,
     ORDER_MESSAGES,

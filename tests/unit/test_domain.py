@@ -8,7 +8,6 @@ from ctdd.domain.contact import SourceStamp
 from ctdd.domain.delta import StoredField, compute_delta
 from ctdd.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile, resolve
 from ctdd.domain.payload import build_contact_body
-from ctdd.delivery.outbox import backoff_seconds
 
 
 def test_email_normalisation():
@@ -102,13 +101,3 @@ def test_payload_builder_nests_paths():
     }
     with pytest.raises(ValueError):
         build_contact_body({"bogus.x": 1})
-
-
-def test_backoff_is_exponential_capped_and_jittered():
-    import random
-
-    rng = random.Random(1)
-    delays = [backoff_seconds(a, base=1, cap=30, rng=rng) for a in range(1, 10)]
-    assert 0.8 <= delays[0] <= 1.2 and 3.2 <= delays[2] <= 4.8
-    assert all(d <= 36 for d in delays) and delays[-1] >= 24
-    assert len({round(backoff_seconds(3, base=1, cap=30), 6) for _ in range(20)}) > 1

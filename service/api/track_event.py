@@ -1,0 +1,72 @@
+"""TrackEvent requests: the checks every request gets, how it becomes prepared steps (applied now), and how
+it is stored in the inbox and read back (queued). The only place that knows the wire format of a TrackEvent;
+the inbox below stores the serialized request as opaque bytes."""
+
+from __future__ import annotations
+
+
+from ctdd.api.convert import InvalidRequest, Violation, check_behavioural_event, parse_behavioural_event
+from ctdd.config import Settings
+from ctdd.delivery import outbox
+from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, Step, behavioural_dedupe_key
+from ctdd.ingest.inbox import PrepareStored, QueuedEvent
+from ctdd.sync.v1 import sync_service_pb2 as pb
+
+PAYLOAD_REQUIRED = Violation("payload", "one of commercetools_delivery or behavioural_event is required")
+#: one commercetools delivery (SQS allows 256 KB; Pub/Sub and EventBridge more)
+MAX_DELIVERY_BYTES = 4 * 1024 * 1024
+
+
+def priority_of(request: pb.TrackEventRequest) -> int:
+    return outbox.PRIORITY_BACKFILL if request.priority == pb.PRIORITY_BACKFILL else outbox.PRIORITY_LIVE
+
+
+def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
+    """The request's payload kind, after the checks every TrackEventRequest gets (InvalidRequest)."""
+    which = request.WhichOneof("payload")
+    if which is None:
+        raise InvalidRequest([PAYLOAD_REQUIRED])
+    if settings.store(request.store_key) is None:
+        raise InvalidRequest([Violation("store_key", f"unknown store {request.store_key!r}")])
+    if which == "commercetools_delivery" and len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:
+        raise InvalidRequest([Violation("commercetools_delivery", f"larger than {MAX_DELIVERY_BYTES} bytes")])
+    return which
+
+
+async def prepare_request(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest) -> list[Step]:
+    """The prepared steps of one TrackEventRequest (applied now, or taken from the inbox).
+
+    Raises InvalidRequest / InvalidEvent (never processable) or RetryableEventError (try again later).
+    """
+    priority = priority_of(request)
+    if _check(settings, request) == "commercetools_delivery":
+        return await events.prepare_delivery(request.store_key, request.commercetools_delivery, priority=priority)
+    event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
+    return [events.prepare_behavioural(request.store_key, event, priority=priority)]
+
+
+def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest
+                 ) -> QueuedEvent | NotificationOutcome:
+    """Validate a request for the inbox: what to store, or the final outcome of a delivery that needs no
+    processing (a well-formed but irrelevant message). Raises InvalidRequest / InvalidEvent."""
+    if _check(settings, request) == "commercetools_delivery":
+        parsed = events.parse(request.store_key, request.commercetools_delivery)
+        if isinstance(parsed, NotificationOutcome):
+            return parsed
+        key = parsed[0].dedupe_key if len(parsed) == 1 else None
+    else:
+        key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event))
+    return QueuedEvent(request.store_key, request.SerializeToString(), key)
+
+
+def stored_request_preparer(events: EventProcessor, settings: Settings) -> PrepareStored:
+    """What the inbox processor calls with a stored request (the bytes :func:`queued_event` stored)."""
+
+    async def prepare(stored: bytes) -> list[Step]:
+        try:
+            request = pb.TrackEventRequest.FromString(stored)
+            return await prepare_request(events, settings, request)
+        except InvalidRequest as exc:
+            raise InvalidEvent(str(exc) or "invalid request") from exc
+
+    return prepare

@@ -1,0 +1,81 @@
+"""How the commands load their settings: the configuration file, the environment and the flags, and the
+sandbox mode that points every account at the bundled Dotdigital sandbox."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ctdd.config import AccountConfig, ConfigError, Settings, StoreConfig, load_settings, replace
+from ctdd.config.sources import env_key
+
+SANDBOX_ACCOUNT = "sandbox"
+SANDBOX_STORE = "default"
+
+
+def _overrides(args) -> dict:
+    """The flags that override settings (None: not given)."""
+    return {key: getattr(args, key, None) for key in ("listen", "database_url", "log_level")}
+
+
+def _use_log_level(settings: Settings) -> Settings:
+    """Apply the effective log level (flag > CTDD_LOG_LEVEL > [service] log_level > INFO)."""
+    logging.getLogger().setLevel(settings.log_level)
+    return settings
+
+
+def load(args) -> Settings:
+    return _use_log_level(load_settings(args.config, overrides=_overrides(args)))
+
+
+def with_sandbox(settings: Settings, sandbox) -> Settings:
+    """Point every account at the sandbox; add a sandbox account and a ``default`` store if none exist."""
+    accounts = {
+        name: replace(acc, api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url)
+        for name, acc in settings.accounts.items()
+    }
+    if not accounts:
+        accounts[SANDBOX_ACCOUNT] = AccountConfig(
+            name=SANDBOX_ACCOUNT, api_user=sandbox.api_user, password=sandbox.password, base_url=sandbox.base_url
+        )
+    stores = dict(settings.stores)
+    if not stores:
+        stores[SANDBOX_STORE] = StoreConfig(
+            key=SANDBOX_STORE, account=next(iter(accounts)), lists={"customers": 1, "newsletter": 2, "sms": 3}
+        )
+    provision_sandbox(sandbox, stores.values())
+    return replace(settings, accounts=accounts, stores=stores)
+
+
+def provision_sandbox(sandbox, stores) -> None:
+    """Create the data fields the stores map to, and the lists they name (what ``ctdd dotdigital setup``
+    does against a real account)."""
+    from ctdd.config import data_field_type
+
+    for store in stores:
+        for name in store.data_fields.values():
+            sandbox.add_data_field(name, data_field_type(name))
+        for name in store.list_names.values():
+            if not any(b["name"].strip().casefold() == name.strip().casefold() for b in sandbox.address_books):
+                sandbox.add_address_book(name.strip())
+
+
+def load_without_credentials(args) -> Settings:
+    """In sandbox mode accounts may lack credentials: the sandbox's are filled in."""
+    env = dict(os.environ)
+    raw_settings = None
+    try:
+        raw_settings = load_settings(args.config, env=env, overrides=_overrides(args))
+    except ConfigError as exc:
+        if "credentials missing" not in str(exc):
+            raise
+        import tomllib
+        from pathlib import Path
+
+        raw = tomllib.loads(Path(args.config or env["CTDD_CONFIG"]).read_text())
+        for name in raw.get("accounts", {}):
+            key = env_key(name)
+            env.setdefault(f"CTDD_ACCOUNT_{key}_API_USER", "sandbox")
+            env.setdefault(f"CTDD_ACCOUNT_{key}_PASSWORD", "sandbox")
+        raw_settings = load_settings(args.config, env=env, overrides=_overrides(args))
+    return _use_log_level(raw_settings)

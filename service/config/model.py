@@ -178,6 +178,104 @@ class ConsentFieldsConfig(Section):
     guest_container: str = Field("dd-consent", min_length=1)
 
 
+
+PROGRAM_KINDS = ("abandoned_cart", "browse_abandonment", "post_purchase_first", "post_purchase_repeat",
+                 "review_request")
+
+
+def _clock_time(value: str) -> tuple[int, int]:
+    hours, colon, minutes = value.partition(":")
+    if not colon or not hours.isdigit() or not minutes.isdigit() or int(hours) > 23 or int(minutes) > 59:
+        raise ValueError(f"must be a time of day HH:MM, got {value!r}")
+    return int(hours), int(minutes)
+
+
+class ProgramConfig(Section):
+    """``[stores.<key>.programs.<kind>]``: one Dotdigital program started by ctdd-sync for this store."""
+
+    kind: str = derived()
+    #: the Dotdigital program: its id, or its name (resolved at start; ``ctdd dotdigital setup`` checks it is Active)
+    program: int | str
+    #: how the program is started: enrolment (``POST /v2/programs/enrolments``, 20 calls an hour per account)
+    #: or list_join (the contact is added to ``trigger_list``, for a program that starts on joining a list)
+    strategy: Literal["enrolment", "list_join"] = "enrolment"
+    #: strategy list_join: the list key (of ``[stores.<key>.lists]``) whose join starts the program
+    trigger_list: str | None = None
+    #: minutes after the subject's last change (cart change, last product view, order, delivery) until the trigger
+    delay_minutes: float = Field(60.0, ge=0, le=30 * 24 * 60)
+    #: reminders: minutes after the previous step (a series has at most three steps)
+    reminder_minutes: list[float] = Field(default_factory=list, max_length=2)
+    #: no second trigger of this program for a contact within this many hours (0: no limit)
+    retrigger_window_hours: float = Field(24.0, ge=0, le=24 * 365)
+    #: local time of day (the store's time zone) from which triggers wait until ``quiet_hours_end``
+    quiet_hours_start: str | None = None
+    quiet_hours_end: str | None = None
+    #: the channel whose consent the contact needs (email or sms)
+    channel: Literal["email", "sms"] = "email"
+    enabled: bool = True
+
+    @field_validator("program")
+    @classmethod
+    def _program_id_or_name(cls, value: int | str) -> int | str:
+        if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
+            raise ValueError("must be a positive Dotdigital program id or a program name")
+        if isinstance(value, str) and not (0 < len(value.strip()) <= 255):
+            raise ValueError("a Dotdigital program name has 1-255 characters")
+        return value
+
+    @field_validator("reminder_minutes")
+    @classmethod
+    def _positive_reminders(cls, value: list[float]) -> list[float]:
+        if any(minutes <= 0 for minutes in value):
+            raise ValueError("every reminder comes a positive number of minutes after the previous step")
+        return value
+
+    @field_validator("quiet_hours_start", "quiet_hours_end")
+    @classmethod
+    def _time_of_day(cls, value: str | None) -> str | None:
+        if value is not None:
+            _clock_time(value)
+        return value
+
+    @model_validator(mode="after")
+    def _strategy_and_quiet_hours(self) -> Self:
+        if (self.quiet_hours_start is None) != (self.quiet_hours_end is None):
+            raise InvalidKey(("quiet_hours_start",), "quiet_hours_start and quiet_hours_end go together")
+        if self.strategy == "list_join" and not self.trigger_list:
+            raise InvalidKey(("trigger_list",), "strategy list_join needs the list key whose join starts the program")
+        return self
+
+    @property
+    def quiet_hours(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        if self.quiet_hours_start is None or self.quiet_hours_end is None:
+            return None
+        return _clock_time(self.quiet_hours_start), _clock_time(self.quiet_hours_end)
+
+    @property
+    def steps_minutes(self) -> list[float]:
+        """Minutes from the subject's last change to each step of the series."""
+        steps, at = [], self.delay_minutes
+        steps.append(at)
+        for reminder in self.reminder_minutes:
+            at += reminder
+            steps.append(at)
+        return steps
+
+
+class CartWatcherConfig(Section):
+    """``[stores.<key>.cart_watcher]``: polling the store's active carts in commercetools (carts emit no
+    messages, and change subscriptions only report their creation)."""
+
+    #: None: on when the store has a commercetools client and an abandoned_cart program
+    enabled: bool | None = None
+    interval_seconds: float = Field(60.0, gt=0)
+    #: each poll reads carts modified since the cursor minus this (writes commit out of timestamp order)
+    overlap_seconds: float = Field(120.0, ge=0)
+    #: how far back the first poll of a store looks
+    initial_lookback_hours: float = Field(48.0, ge=0)
+    page_size: int = Field(500, ge=1, le=500)
+
+
 class StoreConfig(Section):
     """``[stores.<key>]``: one commercetools store and how it maps onto a Dotdigital account."""
 
@@ -208,6 +306,15 @@ class StoreConfig(Section):
     #: how a contact who opted out in Dotdigital is resubscribed after a newer shop opt-in
     resubscribe: Literal["challenge", "no_challenge"] = "challenge"
     consent: ConsentFieldsConfig = Field(default_factory=ConsentFieldsConfig)
+    #: IANA time zone of the store (quiet hours are local time)
+    time_zone: str = "UTC"
+    #: CartInsight product URL: {slug}, {product_id}, {sku}, {locale}, {store} are replaced
+    product_url_template: str | None = None
+    #: CartInsight cart URL (where the email's "back to your cart" goes): {cart_id}, {locale}, {store}
+    cart_url_template: str | None = None
+    #: the programs ctdd-sync starts for this store, by kind (abandoned_cart, browse_abandonment, ...)
+    programs: dict[str, ProgramConfig] = Field(default_factory=dict)
+    cart_watcher: CartWatcherConfig = Field(default_factory=CartWatcherConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -251,6 +358,43 @@ class StoreConfig(Section):
             list_key = getattr(self, role)
             if list_key is not None and list_key not in self.lists and list_key not in self.list_names:
                 raise InvalidKey((role,), f"{list_key!r} is not a key of stores.{self.key}.lists")
+        return self
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("product_url_template", "cart_url_template")
+    @classmethod
+    def _http_template(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL template")
+        return value
+
+    @field_validator("programs", mode="before")
+    @classmethod
+    def _known_kinds(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for kind, program in value.items():
+                if kind not in PROGRAM_KINDS:
+                    raise InvalidKey((kind,), f"unknown program kind; one of {', '.join(PROGRAM_KINDS)}")
+                if isinstance(program, dict):
+                    program.setdefault("kind", kind)
+        return value
+
+    @model_validator(mode="after")
+    def _trigger_lists_exist(self) -> Self:
+        for kind, program in self.programs.items():
+            if program.trigger_list and program.trigger_list not in self.lists and program.trigger_list not in self.list_names:
+                raise InvalidKey(("programs", kind, "trigger_list"),
+                                 f"{program.trigger_list!r} is not a key of stores.{self.key}.lists")
         return self
 
     def configured_lists(self) -> dict[str, int | str]:
@@ -327,3 +471,24 @@ class InboxConfig(Section):
     write_interval_seconds: float = Field(0.01, ge=0)
     #: finished rows (done, rejected, failed) are deleted this long after they finished
     retention_days: float = Field(7.0, gt=0)
+
+
+class ProgramsConfig(Section):
+    """``[programs]``: how due program triggers are decided and sent (``ctdd.programs``)."""
+
+    #: Dotdigital allows 20 enrolment calls an hour per account, across all programs
+    enrolment_calls_per_hour: int = Field(20, ge=1, le=20)
+    #: contacts per enrolment call (Dotdigital: at most 25)
+    enrolment_batch_size: int = Field(25, ge=1, le=25)
+    #: a due trigger waits at most this long for its batch to fill before a partial batch is sent
+    batch_wait_seconds: float = Field(300.0, ge=0)
+    poll_interval_seconds: float = Field(5.0, gt=0)
+    #: a claim is held this long; triggers of a processor that died are decided by another after it
+    lease_seconds: float = Field(60.0, gt=0)
+    #: triggers claimed and decided together
+    batch_size: int = Field(500, ge=1)
+    #: a trigger whose contact is not in Dotdigital yet waits for its upsert, re-checked this often
+    contact_wait_seconds: float = Field(30.0, gt=0)
+    #: decided triggers are kept this long (what ``ctdd triggers list`` shows), then deleted
+    retention_days: float = Field(30.0, gt=0)
+

@@ -16,6 +16,7 @@ from ctdd.config.model import (
     CommercetoolsConfig,
     DispatcherConfig,
     InboxConfig,
+    ProgramsConfig,
     Replaceable,
     ServiceConfig,
     StoreConfig,
@@ -36,6 +37,7 @@ class Settings(Replaceable, BaseSettings):
     dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
     backsync: BacksyncConfig = Field(default_factory=BacksyncConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)
+    programs: ProgramsConfig = Field(default_factory=ProgramsConfig)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

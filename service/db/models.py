@@ -366,3 +366,138 @@ class EventInbox(SQLModel, table=True):
     last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
     received_at: datetime
     processed_at: Optional[datetime] = None
+
+
+# -- programs: cart state, durable trigger timers, enrolment calls ---------------------------------------------
+
+
+class CartStatus:
+    """``cart.state``: commercetools' ``cartState`` plus what ctdd-sync learnt (an empty cart stays Active)."""
+
+    ACTIVE = "Active"
+    ORDERED = "Ordered"
+    MERGED = "Merged"
+    FROZEN = "Frozen"
+
+
+class Cart(SQLModel, table=True):
+    """The last known state of one commercetools cart of a store (from cart_updated events, the cart watcher,
+    ResourceCreated notifications and orders): what the trigger safeguards read at the moment of sending."""
+
+    __tablename__ = "cart"
+    __table_args__ = (
+        sa.Index("ix_cart_contact_id", "contact_id"),
+        sa.Index("ix_cart_anonymous_id", "store_key", "anonymous_id"),
+    )
+
+    store_key: str = Field(primary_key=True, max_length=100)
+    cart_id: str = Field(primary_key=True, max_length=200)
+    version: int = Field(sa_type=sa.BigInteger)
+    #: the contact the cart is attributed to (None: an anonymous cart without an email, not attributable yet)
+    contact_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    customer_id: Optional[str] = Field(default=None, max_length=200)
+    anonymous_id: Optional[str] = Field(default=None, max_length=200)
+    state: str = Field(max_length=20)
+    line_item_count: int = 0
+    #: the cart's own lastModifiedAt (its latest change)
+    last_modified_at: datetime
+    order_id: Optional[str] = Field(default=None, max_length=200)
+    ordered_at: Optional[datetime] = None
+    #: the cart this one was merged into at login (the anonymous cart counts once, as that cart)
+    merged_into: Optional[str] = Field(default=None, max_length=200)
+    updated_at: datetime
+
+
+class ProductView(SQLModel, table=True):
+    """The latest view of a product by a contact in a store (browse abandonment reads them)."""
+
+    __tablename__ = "product_view"
+
+    store_key: str = Field(primary_key=True, max_length=100)
+    contact_id: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    product_id: str = Field(primary_key=True, max_length=200)
+    viewed_at: datetime
+    data: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+
+
+class TriggerStatus:
+    """Lifecycle of a program trigger: ``pending`` (timer running) -> ``claimed`` (leased by a processor
+    deciding it) -> ``sent`` | ``skipped`` (with its reason) | ``cancelled`` (its subject changed: a newer
+    cart version, an order, a cancellation); ``enrolling`` while its enrolment call is in flight."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    ENROLLING = "enrolling"
+    SENT = "sent"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class ProgramTrigger(SQLModel, table=True):
+    """A durable timer: contact X enters program P for subject S (a cart version, an order, a browse session)
+    at ``due_at``, unless a safeguard says otherwise when it is due. One row per subject version and step, so
+    a restart or a crashed worker neither loses nor duplicates a trigger."""
+
+    __tablename__ = "program_trigger"
+    __table_args__ = (
+        sa.UniqueConstraint("store_key", "program_kind", "subject_type", "subject_id", "subject_version", "step"),
+        sa.Index("ix_program_trigger_due", "status", "due_at"),
+        sa.Index("ix_program_trigger_contact_id", "contact_id"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True, sa_type=BigInt)
+    store_key: str = Field(max_length=100)
+    account: str = Field(max_length=100)
+    #: abandoned_cart | browse_abandonment | post_purchase_first | post_purchase_repeat | review_request
+    program_kind: str = Field(max_length=40)
+    contact_id: int = Field(sa_type=sa.BigInteger)
+    #: cart | order | browse
+    subject_type: str = Field(max_length=20)
+    subject_id: str = Field(max_length=200)
+    subject_version: int = Field(default=0, sa_type=sa.BigInteger)
+    #: 1..3: the step of a series (reminders)
+    step: int = 1
+    due_at: datetime
+    status: str = Field(max_length=20)
+    reason: Optional[str] = Field(default=None, max_length=500)
+    lease_owner: Optional[str] = Field(default=None, max_length=200)
+    lease_expires_at: Optional[datetime] = None
+    #: the Dotdigital program the trigger went to, and how (enrolment id, or the list joined)
+    program_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    enrolment_id: Optional[str] = Field(default=None, max_length=100)
+    attempts: int = 0
+    created_at: datetime
+    decided_at: Optional[datetime] = None
+
+
+class EnrolmentCall(SQLModel, table=True):
+    """One ``POST /v2/programs/enrolments`` (Dotdigital allows 20 an hour per account, across programs): the
+    durable budget every worker counts against, and the enrolment whose status and faults are read later."""
+
+    __tablename__ = "enrolment_call"
+    __table_args__ = (sa.Index("ix_enrolment_call_account_called_at", "account", "called_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True, sa_type=BigInt)
+    account: str = Field(max_length=100)
+    program_id: int = Field(sa_type=sa.BigInteger)
+    called_at: datetime
+    contact_count: int = 0
+    #: the enrolment's id (None when the call failed), its last known status and the error code of a failure
+    enrolment_id: Optional[str] = Field(default=None, max_length=100)
+    status: str = Field(max_length=40)
+    error_code: Optional[str] = Field(default=None, max_length=100)
+    faults: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    finished_at: Optional[datetime] = None
+
+
+class Lease(SQLModel, table=True):
+    """A named lease held by one process at a time (the cart watcher of a store, the enrolment batcher of an
+    account), taken over when it expires; ``cursor`` keeps where the holder got to."""
+
+    __tablename__ = "lease"
+
+    name: str = Field(primary_key=True, max_length=200)
+    owner: Optional[str] = Field(default=None, max_length=200)
+    expires_at: Optional[datetime] = None
+    cursor: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    updated_at: datetime

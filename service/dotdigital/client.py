@@ -10,7 +10,10 @@ Covers what the sync service needs of the Dotdigital API (https://developer.dotd
   (catalog), and the bulk import ``PUT /insightData/v3/import`` with its status;
 * v2 data fields and address books: list, create, list membership removal;
 * the back-sync feeds: ``GET /v2/contacts/suppressed-since/{date}``,
-  ``GET /v2/contacts/unsubscribed-since/{date}`` and ``GET /contacts/v3?~modified=gte::<ts>`` (paged by marker).
+  ``GET /v2/contacts/unsubscribed-since/{date}`` and ``GET /contacts/v3?~modified=gte::<ts>`` (paged by marker);
+* programs (Dotdigital API docs: Programs): list / get programs, enrol contacts
+  (``POST /v2/programs/enrolments``, asynchronous, at most 20 calls an hour per account), enrolment status and
+  the CSV fault report of the contacts that were not enrolled.
 
 Bulk imports are asynchronous: ``start_*_import`` returns the ``importId``, ``*_import_status`` returns a
 report, and ``wait_for_import`` polls until the import is done. An import that failed as a whole is a report
@@ -26,10 +29,13 @@ Credentials are never logged and never appear in errors or ``repr()``.
 from __future__ import annotations
 
 import asyncio
+import csv
 import http.cookiejar
+import io
 import logging
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -51,15 +57,23 @@ from .errors import (
 __all__ = [
     "COLLECTION_SCOPES",
     "COLLECTION_TYPES",
+    "ENROLMENT_STATUSES",
     "IMPORT_MERGE_OPTIONS",
+    "MAX_ENROLMENT_CONTACTS",
     "MERGE_OPTIONS",
+    "PROGRAM_STATUSES",
     "R1_BASE_URL",
     "REGION_BASE_URLS",
     "ContactUpsertResult",
     "ContactsImportReport",
     "ContactsPage",
     "DotdigitalClient",
+    "DotdigitalEnrolmentAllowanceExceeded",
+    "DotdigitalEnrolmentProcessing",
+    "EnrolmentFault",
     "InsightImportReport",
+    "Program",
+    "ProgramEnrolment",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,6 +113,14 @@ _DATA_FIELD_TYPES = ("String", "Numeric", "Date", "Boolean")
 _VISIBILITIES = ("Private", "Public")
 _PAGE_SIZE = 1000  # v2 ``select`` maximum
 _FORBIDDEN_EXTRA_HEADERS = frozenset({"authorization", "host", "content-length"})
+#: Programs (Dotdigital API docs: Programs, and the Programs OpenAPI document).
+PROGRAM_STATUSES = ("Draft", "Active", "Deactivated", "ReadOnly")
+ENROLMENT_STATUSES = ("NotAvailableInThisVersion", "Processing", "Finished")
+#: Contacts one enrolment call may name (the Programs spec's ``contacts`` ``maxItems``).
+MAX_ENROLMENT_CONTACTS = 25
+ENROLMENT_ALLOWANCE_EXCEEDED = "ERROR_ENROLMENT_ALLOWANCE_EXCEEDED"
+ENROLMENT_IS_PROCESSING = "ERROR_ENROLMENT_IS_PROCESSING"
+_FAULT_REPORT_COLUMNS = ("Id", "Email", "TelephoneNumber", "Reason")
 
 
 @dataclass(frozen=True)
@@ -226,6 +248,95 @@ class InsightImportReport(_ImportReport):
     @staticmethod
     def _fields_of(body: dict) -> dict[str, Any]:
         return {"collection_name": body.get("collectionName")}
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program (automation): ``GET /v2/programs`` / ``GET /v2/programs/{id}`` (the Programs spec's
+    ``programDetails``). ``status`` is ``Draft``, ``Active``, ``Deactivated`` or ``ReadOnly``; only an
+    ``Active`` program accepts enrolments. ``date_created`` is the string Dotdigital sent."""
+
+    id: int
+    name: str
+    status: str
+    date_created: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "Active"
+
+
+@dataclass(frozen=True)
+class ProgramEnrolment:
+    """A program enrolment (the Programs spec's ``ApiProgramEnrolment``): ``POST /v2/programs/enrolments`` and
+    ``GET /v2/programs/enrolments/{id}``. ``status`` is ``Processing`` until Dotdigital has processed it, then
+    ``Finished`` (``NotAvailableInThisVersion`` also exists). ``contacts`` / ``address_books`` are the ids the
+    enrolment was made for (empty when Dotdigital does not echo them)."""
+
+    id: str
+    status: str
+    program_id: int
+    date_created: str | None = None
+    contacts: tuple[int, ...] = ()
+    address_books: tuple[int, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "Finished"
+
+    @classmethod
+    def from_body(cls, body: Any, method: str, path: str) -> ProgramEnrolment:
+        if not isinstance(body, dict):
+            raise _invalid_response(method, path, "expected an enrolment object")
+        enrolment_id, status, program_id = body.get("id"), body.get("status"), body.get("programId")
+        if (not isinstance(enrolment_id, str) or not enrolment_id or not isinstance(status, str)
+                or isinstance(program_id, bool) or not isinstance(program_id, int)):
+            raise _invalid_response(method, path, "enrolment without id, status or programId")
+
+        def ids(name: str) -> tuple[int, ...]:
+            value = body.get(name)
+            if not isinstance(value, list):
+                return ()
+            return tuple(i for i in value if isinstance(i, int) and not isinstance(i, bool))
+
+        created = body.get("dateCreated")
+        return cls(id=enrolment_id, status=status, program_id=program_id,
+                   date_created=created if isinstance(created, str) else None,
+                   contacts=ids("contacts"), address_books=ids("addressBooks"))
+
+
+@dataclass(frozen=True)
+class EnrolmentFault:
+    """One row of an enrolment's fault report (a contact that was not enrolled): ``contact_id`` (``None`` if
+    the row had none), ``email`` and ``phone`` (``None`` when empty) and ``reason`` as Dotdigital spells it,
+    e.g. ``Unsubcribed`` [sic], ``Suppressed``, ``AlreadyInProgram``, ``PendingOptIn``. Holds PII."""
+
+    contact_id: int | None
+    email: str | None
+    phone: str | None
+    reason: str
+
+
+class DotdigitalEnrolmentAllowanceExceeded(DotdigitalError):
+    """400 ``ERROR_ENROLMENT_ALLOWANCE_EXCEEDED``: the account made its 20 enrolment calls of the rolling hour
+    (across all programs). Retryable, but only enrolments must wait, so ``throttled`` stays false (the rest of
+    the account's calls are not limited). Dotdigital says nothing of when a slot frees up, so ``retry_after`` is
+    ``None``: a caller that keeps its own log of enrolment calls knows better (an hour after its oldest one)."""
+
+    def __init__(self, description: str = "", **kwargs: Any) -> None:
+        kwargs["retryable"] = True
+        kwargs.setdefault("code", ENROLMENT_ALLOWANCE_EXCEEDED)
+        super().__init__(description, **kwargs)
+
+
+class DotdigitalEnrolmentProcessing(DotdigitalError):
+    """400 ``ERROR_ENROLMENT_IS_PROCESSING``: the fault report of an enrolment that is still ``Processing``.
+    Retryable: ask again later."""
+
+    def __init__(self, description: str = "", **kwargs: Any) -> None:
+        kwargs["retryable"] = True
+        kwargs.setdefault("code", ENROLMENT_IS_PROCESSING)
+        super().__init__(description, **kwargs)
 
 
 class _NoCookies(http.cookiejar.CookieJar):
@@ -768,6 +879,124 @@ class DotdigitalClient:
             raise
         return True
 
+    # -- v2 programs (automation) ---------------------------------------------------------------------
+    async def list_programs(self) -> list[Program]:
+        """``GET /v2/programs`` (all pages of ``select=1000``) -> every :class:`Program` of the account.
+        An account without the Programs permission -> 403, raised as ``DotdigitalAuthError``."""
+        endpoint = await self.api_endpoint()
+        programs: list[Program] = []
+        skip = 0
+        while True:
+            page = await self._request_json(
+                "GET", endpoint, "/v2/programs", params={"select": _PAGE_SIZE, "skip": skip}, expect=list
+            )
+            programs.extend(_program_from(item, "/v2/programs") for item in page)
+            if len(page) < _PAGE_SIZE:
+                return programs
+            skip += _PAGE_SIZE
+
+    async def get_program(self, program_id: int) -> Program | None:
+        """``GET /v2/programs/{id}`` -> the :class:`Program`, or ``None`` when there is none with that id
+        (404 ``ERROR_PROGRAM_NOT_FOUND``)."""
+        _check_int32("program_id", program_id, minimum=1)
+        path = f"/v2/programs/{program_id}"
+        try:
+            payload = await self._request_json("GET", await self.api_endpoint(), path)
+        except DotdigitalError as exc:
+            if exc.code == "ERROR_PROGRAM_NOT_FOUND":
+                return None
+            raise
+        return _program_from(payload, path)
+
+    async def enrol_contacts(
+        self, program_id: int, contact_ids: list[int], *, headers: dict[str, str] | None = None
+    ) -> ProgramEnrolment:
+        """``POST /v2/programs/enrolments`` ``{"programId", "contacts"}`` -> the :class:`ProgramEnrolment` of the
+        201 (usually ``Processing``: Dotdigital enrols asynchronously; poll :meth:`get_enrolment`, then read
+        :meth:`enrolment_faults` for the contacts that did not enter).
+
+        ``contact_ids`` are 1-25 distinct Dotdigital contact ids (ints), in the order given; checked locally
+        (``ValueError``). Errors (``DotdigitalError`` with ``code``):
+
+        * ``ERROR_ENROLMENT_ALLOWANCE_EXCEEDED`` (more than 20 calls in an hour, across all programs; calls
+          count, not contacts) -> :class:`DotdigitalEnrolmentAllowanceExceeded`, retryable, not ``throttled``;
+        * ``ERROR_PROGRAM_NOT_ACTIVE`` (422), ``ERROR_PROGRAM_NOT_FOUND`` (404), ``ERROR_CONTACT_NOT_FOUND`` (an
+          unknown contact id: nobody is enrolled), ``ERROR_ENROLMENT_INVALID``: not retryable;
+        * 403 (no Programs permission) -> ``DotdigitalAuthError``.
+
+        The call is not idempotent: a transport error leaves it unknown whether the enrolment was made, and a
+        2xx that cannot be read is raised as a *non-retryable* ``INVALID_RESPONSE``.
+        """
+        _check_int32("program_id", program_id, minimum=1)
+        if not isinstance(contact_ids, (list, tuple)):
+            raise ValueError("contact_ids must be a list of ints")
+        if not 1 <= len(contact_ids) <= MAX_ENROLMENT_CONTACTS:
+            raise ValueError(f"contact_ids must hold 1-{MAX_ENROLMENT_CONTACTS} ids, got {len(contact_ids)}")
+        for contact_id in contact_ids:
+            _check_int32("contact id", contact_id, minimum=1)
+        if len(set(contact_ids)) != len(contact_ids):
+            raise ValueError("contact_ids must not repeat an id")
+        path = "/v2/programs/enrolments"
+        body = {"programId": program_id, "contacts": list(contact_ids)}
+        try:
+            response = await self._request("POST", await self.api_endpoint(), path, json_body=body, headers=headers)
+        except DotdigitalError as exc:
+            if exc.code == ENROLMENT_ALLOWANCE_EXCEEDED:
+                raise DotdigitalEnrolmentAllowanceExceeded(
+                    exc.description, status_code=exc.status_code, details=exc.details,
+                    response_excerpt=exc.response_excerpt, method=exc.method, path=exc.path,
+                ) from exc
+            raise
+        try:
+            return ProgramEnrolment.from_body(_decode_json(response, "POST", path), "POST", path)
+        except DotdigitalError as exc:  # the enrolment was probably made: do not invite a blind retry
+            raise DotdigitalError(exc.description, code=exc.code, retryable=False, method="POST", path=path) from None
+
+    async def get_enrolment(self, enrolment_id: str) -> ProgramEnrolment:
+        """``GET /v2/programs/enrolments/{enrolmentId}`` -> the :class:`ProgramEnrolment` with its current
+        ``status``. ``enrolment_id`` must be a GUID (``ValueError``); 404 ``ERROR_ENROLMENT_NOT_FOUND`` raises."""
+        path = f"/v2/programs/enrolments/{_enrolment_id_segment(enrolment_id)}"
+        payload = await self._request_json("GET", await self.api_endpoint(), path)
+        return ProgramEnrolment.from_body(payload, "GET", path)
+
+    async def list_enrolments(self, status: str) -> list[ProgramEnrolment]:
+        """``GET /v2/programs/enrolments/{status}`` (all pages of ``select=1000``) -> the enrolments in
+        ``status`` (one of ``ENROLMENT_STATUSES``, checked locally)."""
+        _check_choice("status", status, ENROLMENT_STATUSES)
+        endpoint = await self.api_endpoint()
+        path = f"/v2/programs/enrolments/{status}"
+        enrolments: list[ProgramEnrolment] = []
+        skip = 0
+        while True:
+            page = await self._request_json("GET", endpoint, path, params={"select": _PAGE_SIZE, "skip": skip},
+                                            expect=list)
+            enrolments.extend(ProgramEnrolment.from_body(item, "GET", path) for item in page)
+            if len(page) < _PAGE_SIZE:
+                return enrolments
+            skip += _PAGE_SIZE
+
+    async def enrolment_faults(self, enrolment_id: str) -> list[EnrolmentFault]:
+        """``GET /v2/programs/enrolments/{id}/report-faults`` -> one :class:`EnrolmentFault` per contact of a
+        finished enrolment that was not enrolled (``[]``: everybody entered).
+
+        The report is CSV with the header ``Id,Email,TelephoneNumber,Reason``. While the enrolment is still
+        ``Processing`` Dotdigital answers 400 ``ERROR_ENROLMENT_IS_PROCESSING``, raised as
+        :class:`DotdigitalEnrolmentProcessing` (retryable). An unknown id -> ``DotdigitalError``
+        ``ERROR_ENROLMENT_NOT_FOUND``; a report without those columns -> ``INVALID_RESPONSE``.
+        """
+        path = f"/v2/programs/enrolments/{_enrolment_id_segment(enrolment_id)}/report-faults"
+        try:
+            response = await self._request("GET", await self.api_endpoint(), path,
+                                           headers={"Accept": "text/csv, application/json;q=0.5"})
+        except DotdigitalError as exc:
+            if exc.code == ENROLMENT_IS_PROCESSING:
+                raise DotdigitalEnrolmentProcessing(
+                    exc.description, status_code=exc.status_code, details=exc.details,
+                    response_excerpt=exc.response_excerpt, method=exc.method, path=exc.path,
+                ) from exc
+            raise
+        return _parse_fault_report(response.content, path)
+
     # -- HTTP plumbing --------------------------------------------------------------------------------
     async def _request_json(self, method: str, base: str, path: str, *, expect: type | None = None,
                             **kwargs: Any) -> Any:
@@ -877,6 +1106,54 @@ def _import_id_segment(import_id: str) -> str:
     if not isinstance(import_id, str) or not import_id:
         raise ValueError("import_id must be a non-empty string")
     return quote(import_id, safe="")
+
+
+def _check_int32(name: str, value: Any, *, minimum: int = -(2**31)) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**31:
+        raise ValueError(f"{name} must be an int between {minimum} and {2**31 - 1}, got {value!r}")
+
+
+def _enrolment_id_segment(enrolment_id: str) -> str:
+    """An enrolment id path segment: the GUID in its canonical form (``ValueError`` otherwise)."""
+    if not isinstance(enrolment_id, str):
+        raise ValueError("enrolment_id must be a GUID string")
+    try:
+        return str(uuid.UUID(enrolment_id.strip("{}")))
+    except ValueError:
+        raise ValueError(f"enrolment_id must be a GUID, got {enrolment_id!r}") from None
+
+
+def _program_from(item: Any, path: str) -> Program:
+    if not isinstance(item, dict):
+        raise _invalid_response("GET", path, "expected a program object")
+    program_id, name, status = item.get("id"), item.get("name"), item.get("status")
+    if isinstance(program_id, bool) or not isinstance(program_id, int) or not isinstance(status, str):
+        raise _invalid_response("GET", path, "program without an integer id or a status")
+    created = item.get("dateCreated")
+    return Program(id=program_id, name=str(name or ""), status=status,
+                   date_created=created if isinstance(created, str) else None)
+
+
+def _parse_fault_report(content: bytes, path: str) -> list[EnrolmentFault]:
+    """The enrolment fault report CSV (``Id,Email,TelephoneNumber,Reason``; column names matched
+    case-insensitively, a UTF-8 BOM and blank lines tolerated) -> the faults."""
+    text = content.decode("utf-8-sig", errors="replace")
+    if not text.strip():
+        return []
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None) or []
+    columns = {name.strip().lower(): index for index, name in enumerate(header)}
+    wanted = [columns.get(name.lower()) for name in _FAULT_REPORT_COLUMNS]
+    if any(index is None for index in wanted):
+        raise _invalid_response("GET", path, f"fault report without the columns {', '.join(_FAULT_REPORT_COLUMNS)}")
+    faults: list[EnrolmentFault] = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        id_cell, email, phone, reason = (row[i].strip() if i is not None and i < len(row) else "" for i in wanted)
+        faults.append(EnrolmentFault(contact_id=int(id_cell) if id_cell.isdigit() else None, email=email or None,
+                                     phone=phone or None, reason=reason))
+    return faults
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -28,13 +28,29 @@ Implemented endpoints
   ``PUT|GET|DELETE /insightData/v3/account/{collectionName}/{recordId}`` (catalog) and the asynchronous
   bulk import ``PUT /insightData/v3/import`` + ``GET /insightData/v3/import/{importId}``. Collections lock their
   schema on first write.
+* Programs (Dotdigital API docs: Programs, and the Programs OpenAPI document): ``GET /v2/programs``,
+  ``GET /v2/programs/{id}``, ``POST /v2/programs/enrolments``, ``GET /v2/programs/enrolments/{enrolmentId}``,
+  ``GET /v2/programs/enrolments/{status}`` and ``GET /v2/programs/enrolments/{enrolmentId}/report-faults``.
 
 Bulk imports are accepted with 202 and finish ``import_delay_seconds`` later (default 0.05 s): until then
 their status is ``NotFinished`` (contacts) or ``NotStarted`` / ``Processing`` (insight). Items are applied when
 the import finishes, against the account state of that moment. ``complete_imports()`` finishes all at once.
 
 Time: ``created`` / ``updated`` / ``dateRemoved`` come from ``sandbox.clock`` (a callable returning an aware
-``datetime``; ``None``, the default, is the current time), so tests can place changes in time.
+``datetime``; ``None``, the default, is the current time), so tests can place changes in time. Programs run
+entirely on that clock too (see below), so a simulation with a virtual clock can run a day in seconds.
+
+Programs: tests set them up with ``add_program(name, status="Active", allow_reentry=False,
+start_list_id=None)``, ``set_program_status`` and ``set_program_reentry``; ``programs_enabled = False`` makes the
+account lack the Programs permission (403 everywhere below ``/v2/programs``). An enrolment is ``Processing``
+for ``enrolment_delay_seconds`` (default 0.2) of *sandbox* time, then ``Finished``; ``finish_enrolments()``
+finishes all at once. When it finishes, each contact either enters the program or gets a fault report row
+(``Unsubcribed`` [sic], ``Suppressed``, ``PendingOptIn``, ``AlreadyInProgram``: see ``_entry_refusal``).
+At most ``enrolment_allowance_per_hour`` (20) calls are accepted per rolling hour of sandbox time, across all
+programs. A program with a ``start_list_id`` also starts for every contact that joins that list (v3 PATCH
+``lists``, bulk contact imports), once per join, without allowance. ``program_entries(program_id)`` lists who
+really entered which program, how (enrolment id or ``"list_join"``) and when: assert exactly-once on it;
+``enrolment_calls`` lists every enrolment call with its time and outcome.
 
 Cross-cutting behaviour: HTTP Basic auth on every endpoint, optional per-minute rate limiting with
 ``X-RateLimit-*`` headers, v2 / v3 error envelopes chosen by path, fault injection
@@ -58,6 +74,8 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import csv
+import io
 import ipaddress
 import json
 import logging
@@ -67,7 +85,7 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable
 from urllib.parse import unquote, urlencode, urlsplit
 
@@ -79,7 +97,13 @@ __all__ = [
     "COLLECTION_TYPES",
     "DEFAULT_ADDRESS_BOOKS",
     "DEFAULT_DATA_FIELDS",
+    "ENROLMENT_FAULT_REASONS",
+    "ENROLMENT_STATUSES",
+    "LIST_JOIN",
+    "PROGRAM_STATUSES",
     "DotdigitalSandbox",
+    "EnrolmentCall",
+    "ProgramEntry",
     "RecordedRequest",
 ]
 
@@ -196,6 +220,24 @@ _TOO_MANY_CONTACT_IMPORTS = (
     "Please wait for an import to complete and then resubmit."
 )
 
+# -- programs (Dotdigital API docs: Programs, and the Programs OpenAPI document) ------------------------------
+PROGRAM_STATUSES = ("Draft", "Active", "Deactivated", "ReadOnly")
+ENROLMENT_STATUSES = ("NotAvailableInThisVersion", "Processing", "Finished")
+#: ``Reason`` column of an enrolment fault report. The first four are Dotdigital's (``Unsubcribed`` is spelt as
+#: Dotdigital spells it); ``ContactNotFound`` (the contact was deleted before the enrolment ran) and
+#: ``ProgramNotActive`` (the program stopped being Active before it ran) are sandbox choices.
+ENROLMENT_FAULT_REASONS = ("Unsubcribed", "Suppressed", "PendingOptIn", "AlreadyInProgram", "ContactNotFound",
+                           "ProgramNotActive")
+#: ``ProgramEntry.via`` of an entry caused by joining the program's start list.
+LIST_JOIN = "list_join"
+#: Enrolment body keys, case-insensitively (the Magento 2 connector sends ``ProgramId``, ``Contacts``, ``AddressBooks``).
+_ENROLMENT_KEYS = {"programid": "programId", "contacts": "contacts", "addressbooks": "addressBooks"}
+_MAX_ENROLMENT_CONTACTS = 25  # Programs spec: contacts maxItems
+_MAX_ENROLMENT_ADDRESS_BOOKS = 10  # Programs spec: addressBooks maxItems (ERROR_ADDRESSBOOK_TOOMANY)
+_ENROLMENT_ALLOWANCE_WINDOW = timedelta(hours=1)
+_FAULT_REPORT_COLUMNS = ("Id", "Email", "TelephoneNumber", "Reason")
+_V2_ERROR_CODE_RE = re.compile(r"ERROR_[A-Z_]+")
+
 # -- insight data v3 vocabulary (Insight data v3 spec: components/schemas) ----------------------------------------
 #: ``collectionName``: pattern ``(^[-A-Za-z_][-A-Za-z0-9_]{1,255}$)`` and ``maxLength: 255``.
 _COLLECTION_NAME_RE = re.compile(r"^[-A-Za-z_][-A-Za-z0-9_]{1,255}$")
@@ -234,6 +276,48 @@ class RecordedRequest(loopback_http.RecordedRequest):
     """
 
     contact_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ProgramEntry:
+    """A contact that really entered a program: what tests count to assert "exactly once".
+
+    ``via`` is the id of the enrolment that brought the contact in, or ``LIST_JOIN`` (``"list_join"``) when
+    joining the program's start list did; then ``list_id`` names that list. ``at`` is the sandbox time of
+    the entry (aware, UTC): when the enrolment finished, or when the contact joined the list.
+    """
+
+    program_id: int
+    contact_id: int
+    via: str
+    at: datetime
+    list_id: int | None = None
+
+    @property
+    def enrolment_id(self) -> str | None:
+        return None if self.via == LIST_JOIN else self.via
+
+
+@dataclass(frozen=True)
+class EnrolmentCall:
+    """One ``POST /v2/programs/enrolments`` the sandbox answered after authentication and the per-minute limit.
+
+    ``at`` is the sandbox time of the call; ``status`` the HTTP status sent back (201 = accepted); ``error``
+    the ``ERROR_*`` code of a refused call. Only accepted calls count against the hourly enrolment allowance
+    (``counted``). ``program_id``, ``contacts`` and ``address_books`` are what could be read from the body.
+    """
+
+    at: datetime
+    status: int
+    program_id: int | None = None
+    contacts: tuple[int, ...] = ()
+    address_books: tuple[int, ...] = ()
+    enrolment_id: str | None = None
+    error: str | None = None
+
+    @property
+    def counted(self) -> bool:
+        return self.status == 201
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,6 +419,44 @@ class _PreparedImportItem:
     write: _ContactWrite
     consent_error: str | None
     identity_keys: list[tuple[str, Any]]
+
+
+@dataclass
+class _Program:
+    id: int
+    name: str
+    status: str
+    created: str
+    allow_reentry: bool = False
+    start_list_id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The Programs spec's ``programDetails``: ``{id, name, status, dateCreated}``."""
+        return {"id": self.id, "name": self.name, "status": self.status, "dateCreated": self.created}
+
+
+@dataclass
+class _Enrolment:
+    """One program enrolment; ``finished_at`` is set (and ``faults`` filled) when it has been processed."""
+
+    id: str
+    program_id: int
+    contacts: list[int]
+    address_books: list[int]
+    created: datetime
+    due: datetime  # sandbox time at which it finishes
+    finished_at: datetime | None = None
+    #: fault report rows: (Id, Email, TelephoneNumber, Reason)
+    faults: list[tuple[Any, str, str, str]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return "Processing" if self.finished_at is None else "Finished"
+
+    def as_json(self) -> dict[str, Any]:
+        """The Programs spec's ``ApiProgramEnrolment``."""
+        return {"id": self.id, "programId": self.program_id, "status": self.status, "dateCreated": _iso(self.created),
+                "contacts": list(self.contacts), "addressBooks": list(self.address_books)}
 
 
 _SHAPE_NAMES = {"STRING": "String", "FLOAT": "Number", "BOOLEAN": "Boolean", "RECORD": "Object"}
@@ -453,6 +575,8 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         mobile_subscription_default: SMS/WhatsApp status given to new contacts with a mobile number when
             the payload sets none (Dotdigital takes it from the account setting "Mobile subscription").
         import_delay_seconds: how long a bulk import stays unfinished (also settable as an attribute).
+        enrolment_delay_seconds: how long a program enrolment stays ``Processing``, in sandbox time (also
+            settable as an attribute); see "Programs" in the module docstring.
     """
 
     api_user: str
@@ -468,6 +592,12 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     #: Status of a finished insight import. The insight spec's examples (and the Magento 2 connector) say ``Finished``, its enum says
     #: ``Complete``; set ``"Complete"`` to check that a client accepts both.
     insight_import_finished_status: str = "Finished"
+    #: Accepted ``POST /v2/programs/enrolments`` calls allowed per rolling hour of sandbox time, across all
+    #: programs (Dotdigital API docs: Programs - 20 per account); one more -> 400 ``ERROR_ENROLMENT_ALLOWANCE_EXCEEDED``.
+    enrolment_allowance_per_hour: int = 20
+    #: Whether list joins made by a bulk contact import start list-join programs (a third-party guide claims
+    #: bulk imports do not fire list-join triggers; set ``False`` to simulate that).
+    imports_start_list_programs: bool = True
 
     _thread_name = "dotdigital-sandbox"
     _label = "Dotdigital sandbox"
@@ -491,6 +621,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         account_id: int = 1,
         mobile_subscription_default: str = "noSubscription",
         import_delay_seconds: float = 0.05,
+        enrolment_delay_seconds: float = 0.2,
     ) -> None:
         super().__init__(host=host, port=port)
         self.api_user = api_user
@@ -518,6 +649,16 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         self._imports: dict[str, _Import] = {}  # lower-case importId -> import (submission ordered)
         self._import_delay = self._check_delay_value(import_delay_seconds)
         self._clock: Callable[[], datetime] | None = None
+
+        self._programs: dict[int, _Program] = {}
+        self._programs_enabled = True
+        self._enrolments: dict[str, _Enrolment] = {}  # lower-case enrolment id -> enrolment (creation ordered)
+        self._enrolment_delay = self._check_delay_value(enrolment_delay_seconds, "enrolment_delay_seconds")
+        self._enrolment_calls: list[EnrolmentCall] = []
+        self._allowance_window: deque[datetime] = deque()  # sandbox times of accepted enrolment calls
+        self._program_entries: list[ProgramEntry] = []
+        self._entered: set[tuple[int, int]] = set()  # (program id, contact id) that ever entered
+        self._applying_import = False  # list joins made now come from a bulk contact import
 
     def __repr__(self) -> str:  # never show the password
         return f"DotdigitalSandbox(base_url={self.base_url if self._server else None!r}, api_user={self.api_user!r})"
@@ -582,7 +723,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     ) -> dict | None:
         """The v3 read model of the contact with this email / mobile number / id, or ``None``."""
         with self._lock:
-            self._advance_imports()
+            self._advance()
             contact = self._find_contact(email=email, mobile=mobile, contact_id=contact_id)
             return None if contact is None else self._read_model(contact)
 
@@ -590,7 +731,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     def contacts(self) -> list[dict]:
         """Read models of all contacts, ordered by ``contactId``."""
         with self._lock:
-            self._advance_imports()
+            self._advance()
             return [self._read_model(c) for _, c in sorted(self._contacts.items())]
 
     def suppress(self, *, email: str | None = None, mobile: str | None = None, reason: str = "unsubscribed",
@@ -614,6 +755,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         if status is None or status not in _SUPPRESSED_EMAIL_STATUSES:
             raise ValueError(f"{reason!r} is not a suppression status")
         with self._lock:
+            self._advance_enrolments()  # enrolments due before this change see the old state
             contact = self._find_contact(email=email) if email is not None else None
             if contact is None and mobile is not None:
                 contact = self._find_contact(mobile=mobile)
@@ -634,6 +776,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         """Simulate a contact deleted in Dotdigital (by a user or a retention rule); its contactId is gone,
         and so are its contact-scoped insight records."""
         with self._lock:
+            self._advance_enrolments()  # enrolments due before this change see the old state
             contact = self._find_contact(email=email, mobile=mobile, contact_id=contact_id)
             if contact is None:
                 return False
@@ -683,10 +826,10 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             self._import_delay = self._check_delay_value(value)
 
     @staticmethod
-    def _check_delay_value(value: float) -> float:
+    def _check_delay_value(value: float, name: str = "import_delay_seconds") -> float:
         value = float(value)
         if not math.isfinite(value) or value < 0:
-            raise ValueError("import_delay_seconds must be a finite number >= 0")
+            raise ValueError(f"{name} must be a finite number >= 0")
         return value
 
     def complete_imports(self) -> None:
@@ -696,13 +839,13 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             for imp in self._imports.values():
                 if imp.result is None:
                     imp.due = min(imp.due, now)
-            self._advance_imports()
+            self._advance()
 
     @property
     def collections(self) -> list[dict[str, Any]]:
         """Summaries of all insight collections, as ``GET /insightData/v3/collections`` returns them."""
         with self._lock:
-            self._advance_imports()
+            self._advance()
             return [c.summary() for c in self._collections.values()]
 
     def create_collection(self, name: str, *, scope: str = "contact", collection_type: str = "custom") -> bool:
@@ -728,7 +871,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         if (contact_email is None) == (contact_id is None):
             raise ValueError("pass exactly one of contact_email / contact_id")
         with self._lock:
-            self._advance_imports()
+            self._advance()
             found = self._collection_for_helper(collection, "contact")
             contact = self._find_contact(email=contact_email, contact_id=contact_id)
             if contact is None:
@@ -739,14 +882,14 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     def account_records(self, collection: str) -> dict[str, Any]:
         """``{key: json}`` of an account-scoped collection (e.g. a catalog)."""
         with self._lock:
-            self._advance_imports()
+            self._advance()
             found = self._collection_for_helper(collection, "account")
             return {key: copy.deepcopy(record.json) for (_, key), record in found.records.items()}
 
     def collection_schema(self, collection: str) -> list[dict[str, Any]]:
         """The locked schema, as ``GET /insightData/v3/collections/{name}/schema`` returns it in ``schema``."""
         with self._lock:
-            self._advance_imports()
+            self._advance()
             found = self._find_collection(collection)
             if found is None:
                 raise KeyError(f"no insight collection {collection!r}")
@@ -759,6 +902,120 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         if found.scope != scope:
             raise ValueError(f"collection {found.name!r} is {found.scope} scoped")
         return found
+
+    # -- programs and enrolments ----------------------------------------------------------------------
+    def add_program(
+        self,
+        name: str,
+        status: str = "Active",
+        *,
+        allow_reentry: bool = False,
+        start_list_id: int | None = None,
+        program_id: int | None = None,
+    ) -> int:
+        """Create a program (automation) and return its id.
+
+        ``status`` is one of ``PROGRAM_STATUSES``; only ``Active`` programs accept enrolments and start on list
+        joins. ``allow_reentry``: whether a contact that entered the program before may enter it again (else
+        a later enrolment reports it as ``AlreadyInProgram``). ``start_list_id``: the program starts when a
+        contact joins this address book (which must exist).
+        """
+        if not isinstance(name, str) or not 1 <= len(name) <= 255:
+            raise ValueError("program name must be 1-255 characters")  # Programs spec: name minLength/maxLength
+        if status not in PROGRAM_STATUSES:
+            raise ValueError(f"program status must be one of {PROGRAM_STATUSES}, got {status!r}")
+        with self._lock:
+            if start_list_id is not None and start_list_id not in self._address_books:
+                raise ValueError(f"address book {start_list_id} does not exist")
+            new_id = program_id if program_id is not None else max(self._programs, default=0) + 1
+            if new_id in self._programs:
+                raise ValueError(f"program {new_id} already exists")
+            self._programs[new_id] = _Program(new_id, name, status, self._now_iso(), bool(allow_reentry),
+                                              start_list_id)
+            return new_id
+
+    def set_program_status(self, program_id: int, status: str) -> None:
+        """Change a program's status (e.g. ``Deactivated``: enrolments get 422 ``ERROR_PROGRAM_NOT_ACTIVE``)."""
+        if status not in PROGRAM_STATUSES:
+            raise ValueError(f"program status must be one of {PROGRAM_STATUSES}, got {status!r}")
+        with self._lock:
+            self._program(program_id).status = status
+
+    def set_program_reentry(self, program_id: int, allow_reentry: bool) -> None:
+        """Change whether contacts may enter the program more than once."""
+        with self._lock:
+            self._program(program_id).allow_reentry = bool(allow_reentry)
+
+    def _program(self, program_id: int) -> _Program:
+        program = self._programs.get(program_id)
+        if program is None:
+            raise KeyError(f"no program {program_id}")
+        return program
+
+    @property
+    def programs(self) -> list[dict[str, Any]]:
+        """All programs, as ``GET /v2/programs`` returns them."""
+        with self._lock:
+            return [p.as_json() for _, p in sorted(self._programs.items())]
+
+    @property
+    def programs_enabled(self) -> bool:
+        """Whether the account has the Programs permission; ``False`` -> every program endpoint answers 403."""
+        with self._lock:
+            return self._programs_enabled
+
+    @programs_enabled.setter
+    def programs_enabled(self, value: bool) -> None:
+        with self._lock:
+            self._programs_enabled = bool(value)
+
+    @property
+    def enrolment_delay_seconds(self) -> float:
+        """Sandbox seconds a new enrolment stays ``Processing`` (captured per enrolment when it is created)."""
+        with self._lock:
+            return self._enrolment_delay
+
+    @enrolment_delay_seconds.setter
+    def enrolment_delay_seconds(self, value: float) -> None:
+        with self._lock:
+            self._enrolment_delay = self._check_delay_value(value, "enrolment_delay_seconds")
+
+    def finish_enrolments(self) -> None:
+        """Process every ``Processing`` enrolment now (in creation order), whatever the clock says."""
+        with self._lock:
+            self._advance()
+            now = self._now()
+            for enrolment in sorted(self._pending_enrolments(), key=lambda e: e.due):
+                self._process_enrolment(enrolment, min(enrolment.due, now))
+
+    @property
+    def enrolments(self) -> list[dict[str, Any]]:
+        """All enrolments (oldest first), as ``GET /v2/programs/enrolments/{id}`` returns them."""
+        with self._lock:
+            self._advance()
+            return [e.as_json() for e in self._enrolments.values()]
+
+    @property
+    def enrolment_calls(self) -> list[EnrolmentCall]:
+        """Every ``POST /v2/programs/enrolments`` answered, accepted or not, oldest first."""
+        with self._lock:
+            return list(self._enrolment_calls)
+
+    @property
+    def enrolment_allowance_remaining(self) -> int:
+        """Enrolment calls still allowed in the rolling hour that ends now (sandbox time)."""
+        with self._lock:
+            self._prune_allowance_window(self._now())
+            return max(0, self.enrolment_allowance_per_hour - len(self._allowance_window))
+
+    def program_entries(self, program_id: int | None = None, *, contact_id: int | None = None) -> list[ProgramEntry]:
+        """Contacts that really entered programs (of ``program_id`` / for ``contact_id`` when given), in order of
+        entry. Enrolments due by now are processed first."""
+        with self._lock:
+            self._advance()
+            return [e for e in self._program_entries
+                    if (program_id is None or e.program_id == program_id)
+                    and (contact_id is None or e.contact_id == contact_id)]
 
     # ==================================================================================================
     # Request pipeline (called from handler threads)
@@ -777,15 +1034,18 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         """HTTP Basic with the API user. Compared in constant time."""
         return loopback_http.basic_auth_matches(authorization, self.api_user, self.password)
 
-    def _rate_limit_check(self, raw_path: str) -> tuple[_Response | None, dict[str, str]]:
+    def _rate_limit_check(self, raw_path: str, method: str | None = None) -> tuple[_Response | None, dict[str, str]]:
         """Tiered per-minute limit: rolling 60 s window; past the budget -> 429 + ``X-RateLimit-*``.
 
         ``X-RateLimit-Reset`` is sent as *seconds until reset* (the Dotdigital PHP SDK's reading); clients must
-        also cope with epoch values, which the generic fault mechanism can simulate.
+        also cope with epoch values, which the generic fault mechanism can simulate. Program enrolments do not
+        count toward the flat hourly limit (``ApiCallsInLastHour``; Dotdigital API docs: Programs): they have
+        their own allowance.
         """
         now = time.time()
         with self._lock:
-            self._hourly.append(now)
+            if not (method == "POST" and raw_path.lower().rstrip("/") == "/v2/programs/enrolments"):
+                self._hourly.append(now)
             while self._hourly and self._hourly[0] <= now - 3600:
                 self._hourly.popleft()
             limit = self._rate_limit
@@ -824,7 +1084,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             response = _error_body(raw_path, 401, "unauthorized", "Authorization has been denied for this request.")
             response.headers["WWW-Authenticate"] = 'Basic realm="dotdigital-sandbox"'
             return response
-        throttled, rl_headers = self._rate_limit_check(raw_path)
+        throttled, rl_headers = self._rate_limit_check(raw_path, method)
         if throttled is not None:
             return throttled
         try:
@@ -886,10 +1146,12 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                 handler = lambda: self._import_status("contacts", segments[3])  # noqa: E731
         elif lowered[:2] == ["insightdata", "v3"]:
             path_known, handler = self._route_insight(method, segments[2:], lowered[2:], query, body)
+        elif lowered[:2] == ["v2", "programs"]:
+            path_known, handler = self._route_programs(method, segments[2:], lowered[2:], query, body)
 
         if handler is not None:
             with self._lock:
-                self._advance_imports()
+                self._advance()
                 return handler()
         if path_known:
             return _error_body(raw_path, 405, "methodNotAllowed",
@@ -1061,6 +1323,278 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                            if f.name in c.data],
             "status": _v2_status(c.email_status),
         }
+
+    # ==================================================================================================
+    # v2 programs (Dotdigital API docs: Programs)
+    # ==================================================================================================
+    def _route_programs(
+        self, method: str, segments: list[str], lowered: list[str], query: dict[str, list[str]], body: bytes
+    ) -> tuple[bool, Callable[[], _Response] | None]:
+        """Routes below ``/v2/programs`` (``segments`` / ``lowered`` without that prefix)."""
+        if lowered == []:
+            return True, (lambda: self._v2_list_programs(query)) if method == "GET" else None
+        if lowered == ["enrolments"]:
+            return True, (lambda: self._v2_create_enrolment(body)) if method == "POST" else None
+        if len(lowered) == 2 and lowered[0] == "enrolments":
+            return True, (lambda: self._v2_get_enrolments(segments[1], query)) if method == "GET" else None
+        if len(lowered) == 3 and lowered[0] == "enrolments" and lowered[2] == "report-faults":
+            return True, (lambda: self._v2_enrolment_faults(segments[1])) if method == "GET" else None
+        if len(lowered) == 1:
+            return True, (lambda: self._v2_get_program(segments[0])) if method == "GET" else None
+        return False, None
+
+    def _require_programs(self) -> None:
+        """403 when the account lacks the Programs permission (``programs_enabled = False``). The Programs spec
+        gives the 403 no body; the sandbox sends the v2 envelope with ``ERROR_FEATURENOTACTIVE`` (sandbox choice)."""
+        if not self._programs_enabled:
+            raise _ApiError(_v2_error(403, "The account does not have the Programs permission. ERROR_FEATURENOTACTIVE"))
+
+    def _v2_list_programs(self, query: dict[str, list[str]]) -> _Response:
+        """``GET /v2/programs?select=&skip=`` -> ``[programDetails]`` by id; ``select`` 1-1000 (default 1000),
+        ``skip`` >= 0 (the spec's ``minimum: 1`` contradicts its own "must not be negative"; the sandbox follows
+        the text, like the other v2 lists) -> else 400 ``ERROR_PARAMETER_INVALID``."""
+        self._require_programs()
+        select, skip = _paging(query)
+        programs = [p for _, p in sorted(self._programs.items())][skip : skip + select]
+        return _Response(200, [p.as_json() for p in programs])
+
+    def _v2_get_program(self, raw_id: str) -> _Response:
+        """``GET /v2/programs/{id}`` -> ``programDetails``; not an int32 -> 400 ``ERROR_PARAMETER_INVALID``,
+        unknown -> 404 ``ERROR_PROGRAM_NOT_FOUND``."""
+        self._require_programs()
+        program_id = _parse_int32(unquote(raw_id))
+        if program_id is None:
+            raise _ApiError(_v2_error(400, "The program id must be an integer. ERROR_PARAMETER_INVALID"))
+        program = self._programs.get(program_id)
+        if program is None:
+            raise _ApiError(_v2_error(404, "Error: ERROR_PROGRAM_NOT_FOUND"))
+        return _Response(200, program.as_json())
+
+    def _v2_create_enrolment(self, raw: bytes) -> _Response:
+        """``POST /v2/programs/enrolments`` -> 201 ``ApiProgramEnrolment`` (``Processing``; ``Finished`` when
+        ``enrolment_delay_seconds`` is 0). Every call is recorded in ``enrolment_calls``. Checks, in order:
+
+        * programs disabled -> 403; malformed JSON -> 400 ``ERROR_MALFORMED_REQUEST``.
+        * Body: an object with ``programId`` (int32, required), ``contacts`` (1-25 contact ids) and/or
+          ``addressBooks`` (ids). Keys match case-insensitively (``ProgramId``, ``Contacts``, ``AddressBooks``
+          as the Magento 2 connector sends them); ``null`` is the same as absent. Anything else -> 400
+          ``ERROR_ENROLMENT_INVALID``: a missing or non-integer ``programId``, no contacts and no (non-empty)
+          address books, ``contacts: []`` (the spec's ``minItems: 1``), more than 25 contacts, non-integer
+          ids; and, as sandbox choices: unknown keys, a key given twice in different cases, repeated ids,
+          and contacts *and* address books in one call (the docs say "contacts or address books").
+        * More than 10 address books -> 400 ``ERROR_ADDRESSBOOK_TOOMANY``.
+        * Unknown program -> 404 ``ERROR_PROGRAM_NOT_FOUND``; a program that is not ``Active`` -> 422
+          ``ERROR_PROGRAM_NOT_ACTIVE``.
+        * Any unknown contact id -> 400 ``ERROR_CONTACT_NOT_FOUND``; any unknown address book -> 400
+          ``ERROR_ADDRESSBOOK_NOT_FOUND``. The whole call is refused (the Programs spec lists both as reasons
+          the request is invalid); nobody is enrolled.
+        * ``enrolment_allowance_per_hour`` (20) accepted calls in the rolling hour of sandbox time before
+          this one -> 400 ``Error: ERROR_ENROLMENT_ALLOWANCE_EXCEEDED `` (with the trailing space of the real
+          message the Magento 2 connector matches). Calls, not contacts, are counted, across all programs; only
+          accepted calls count (sandbox choice: refused ones, including refusals for the allowance, do not).
+        """
+        now = self._now()
+        seen: dict[str, Any] = {}
+        try:
+            self._require_programs()
+            enrolment = self._accept_enrolment(raw, now, seen)
+        except _ApiError as exc:
+            message = exc.response.body.get("message", "") if isinstance(exc.response.body, dict) else ""
+            code = _V2_ERROR_CODE_RE.search(message)
+            self._enrolment_calls.append(EnrolmentCall(
+                now, exc.response.status, seen.get("programId"), tuple(seen.get("contacts") or ()),
+                tuple(seen.get("addressBooks") or ()), error=code.group(0) if code else None))
+            raise
+        self._enrolment_calls.append(EnrolmentCall(now, 201, enrolment.program_id, tuple(enrolment.contacts),
+                                                   tuple(enrolment.address_books), enrolment_id=enrolment.id))
+        return _Response(201, enrolment.as_json())
+
+    def _accept_enrolment(self, raw: bytes, now: datetime, seen: dict[str, Any]) -> _Enrolment:
+        def invalid(reason: str) -> _ApiError:
+            return _ApiError(_v2_error(400, f"{reason} ERROR_ENROLMENT_INVALID"))
+
+        body = _parse_v2_json(raw)
+        if not isinstance(body, dict):
+            raise invalid("The enrolment must be a JSON object.")
+        fields: dict[str, Any] = {}
+        for key, value in body.items():
+            name = _ENROLMENT_KEYS.get(str(key).lower())
+            if name is None:
+                raise invalid(f"Unknown enrolment property '{key}'.")
+            if name in fields:
+                raise invalid(f"The enrolment property '{name}' is given more than once.")
+            fields[name] = value
+
+        program_id = fields.get("programId")
+        if isinstance(program_id, bool) or not isinstance(program_id, int) or not -(2**31) <= program_id < 2**31:
+            raise invalid("programId is required and must be an integer.")
+        seen["programId"] = program_id
+        lists: dict[str, list[int]] = {}
+        for name in ("contacts", "addressBooks"):
+            value = fields.get(name)
+            if value is None:
+                lists[name] = []
+                continue
+            if not isinstance(value, list) or any(
+                isinstance(i, bool) or not isinstance(i, int) or not -(2**31) <= i < 2**31 for i in value
+            ):
+                raise invalid(f"{name} must be an array of integer ids.")
+            seen[name] = value
+            if len(set(value)) != len(value):
+                raise invalid(f"{name} holds the same id more than once.")
+            lists[name] = list(value)
+        contacts, books = lists["contacts"], lists["addressBooks"]
+        if fields.get("contacts") is not None and not contacts:
+            raise invalid("contacts must hold at least one contact id.")
+        if len(contacts) > _MAX_ENROLMENT_CONTACTS:
+            raise invalid(f"At most {_MAX_ENROLMENT_CONTACTS} contacts can be enrolled in one call.")
+        if len(books) > _MAX_ENROLMENT_ADDRESS_BOOKS:
+            raise _ApiError(_v2_error(400, "Error: ERROR_ADDRESSBOOK_TOOMANY"))
+        if not contacts and not books:
+            raise invalid("No contacts or address books were specified.")
+        if contacts and books:
+            raise invalid("Enrol contacts or address books, not both.")
+
+        program = self._programs.get(program_id)
+        if program is None:
+            raise _ApiError(_v2_error(404, "Error: ERROR_PROGRAM_NOT_FOUND"))
+        if program.status != "Active":
+            raise _ApiError(_v2_error(422, "Error: ERROR_PROGRAM_NOT_ACTIVE"))
+        if any(c not in self._contacts for c in contacts):
+            raise _ApiError(_v2_error(400, "Error: ERROR_CONTACT_NOT_FOUND"))
+        if any(b not in self._address_books for b in books):
+            raise _ApiError(_v2_error(400, "Error: ERROR_ADDRESSBOOK_NOT_FOUND"))
+        self._prune_allowance_window(now)
+        if len(self._allowance_window) >= self.enrolment_allowance_per_hour:
+            raise _ApiError(_v2_error(400, "Error: ERROR_ENROLMENT_ALLOWANCE_EXCEEDED "))
+
+        self._allowance_window.append(now)
+        enrolment = _Enrolment(str(uuid.uuid4()), program_id, contacts, books, now,
+                               now + timedelta(seconds=self._enrolment_delay))
+        self._enrolments[enrolment.id] = enrolment
+        if enrolment.due <= now:
+            self._process_enrolment(enrolment, now)
+        return enrolment
+
+    def _prune_allowance_window(self, now: datetime) -> None:
+        while self._allowance_window and self._allowance_window[0] <= now - _ENROLMENT_ALLOWANCE_WINDOW:
+            self._allowance_window.popleft()
+
+    def _v2_get_enrolments(self, raw_key: str, query: dict[str, list[str]]) -> _Response:
+        """``GET /v2/programs/enrolments/{enrolmentId}`` and ``GET /v2/programs/enrolments/{status}`` share a path.
+
+        A status (``ENROLMENT_STATUSES``, matched case-insensitively) lists the enrolments in it, oldest first,
+        paged by ``select`` / ``skip`` like ``GET /v2/programs``; a GUID answers that enrolment or 404
+        ``ERROR_ENROLMENT_NOT_FOUND``; anything else -> 400 ``ERROR_PARAMETER_INVALID`` (sandbox choice).
+        """
+        self._require_programs()
+        key = unquote(raw_key)
+        status = _match_choice(key, ENROLMENT_STATUSES)
+        if status is not None:
+            select, skip = _paging(query)
+            matching = [e for e in self._enrolments.values() if e.status == status][skip : skip + select]
+            return _Response(200, [e.as_json() for e in matching])
+        return _Response(200, self._find_enrolment(key).as_json())
+
+    def _find_enrolment(self, enrolment_id: str) -> _Enrolment:
+        if not _IMPORT_ID_RE.match(enrolment_id):
+            raise _ApiError(_v2_error(400, "The enrolment id must be a GUID. ERROR_PARAMETER_INVALID"))
+        enrolment = self._enrolments.get(enrolment_id.lower())
+        if enrolment is None:
+            raise _ApiError(_v2_error(404, "Error: ERROR_ENROLMENT_NOT_FOUND"))
+        return enrolment
+
+    def _v2_enrolment_faults(self, raw_id: str) -> _Response:
+        """``GET /v2/programs/enrolments/{id}/report-faults`` -> 200 ``text/csv``: the header
+        ``Id,Email,TelephoneNumber,Reason`` and one row per contact that was not enrolled (telephone numbers
+        with ``+``; empty cells for what the contact lacks). While the enrolment is ``Processing`` -> 400
+        ``ERROR_ENROLMENT_IS_PROCESSING``; not a GUID -> 400 ``ERROR_PARAMETER_INVALID``; unknown -> 404
+        ``ERROR_ENROLMENT_NOT_FOUND``."""
+        self._require_programs()
+        enrolment = self._find_enrolment(unquote(raw_id))
+        if enrolment.finished_at is None:
+            raise _ApiError(_v2_error(400, "Error: ERROR_ENROLMENT_IS_PROCESSING"))
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(_FAULT_REPORT_COLUMNS)
+        writer.writerows(enrolment.faults)
+        return _Response(200, out.getvalue().encode("utf-8"), headers={"Content-Type": "text/csv; charset=utf-8"})
+
+    # -- enrolment processing and program entries -----------------------------------------------------
+    def _pending_enrolments(self) -> list[_Enrolment]:
+        return [e for e in self._enrolments.values() if e.finished_at is None]
+
+    def _advance_enrolments(self) -> None:
+        """Process every enrolment that is due by the sandbox clock, earliest first (the caller holds the lock)."""
+        pending = self._pending_enrolments()
+        if not pending:
+            return
+        now = self._now()
+        for enrolment in sorted(pending, key=lambda e: e.due):
+            if enrolment.due <= now:
+                self._process_enrolment(enrolment, enrolment.due)
+
+    def _process_enrolment(self, enrolment: _Enrolment, at: datetime) -> None:
+        """Finish an enrolment against the account state of now: enter each of its contacts (the listed ones,
+        then the members of its address books by contactId, each once) or report why not (see
+        ``_entry_refusal``; a contact deleted meanwhile -> ``ContactNotFound``, a program no longer ``Active``
+        -> ``ProgramNotActive``). Entries are stamped ``at``."""
+        program = self._programs.get(enrolment.program_id)
+        members = [c.contact_id for _, c in sorted(self._contacts.items())
+                   if any(b in c.lists for b in enrolment.address_books)]
+        for contact_id in dict.fromkeys([*enrolment.contacts, *members]):
+            contact = self._contacts.get(contact_id)
+            if contact is None:
+                enrolment.faults.append((contact_id, "", "", "ContactNotFound"))
+                continue
+            reason = "ProgramNotActive" if program is None or program.status != "Active" \
+                else self._entry_refusal(program, contact)
+            if reason is not None:
+                phone = f"+{contact.mobile}" if contact.mobile else ""
+                enrolment.faults.append((contact.contact_id, contact.email or "", phone, reason))
+                continue
+            assert program is not None
+            self._enter_program(program, contact, enrolment.id, at)
+        enrolment.finished_at = at
+
+    def _entry_refusal(self, program: _Program, contact: _Contact) -> str | None:
+        """Why ``contact`` cannot enter ``program`` now (a fault report ``Reason``), or ``None``.
+
+        The channel status (email, or SMS for a contact without email) decides first: ``unsubscribed`` ->
+        ``Unsubcribed`` (sic), ``pendingOptIn`` -> ``PendingOptIn``, any other suppressed status -> ``Suppressed``.
+        Then a contact that entered the program before -> ``AlreadyInProgram`` unless the program allows
+        re-entry (the sandbox does not model contacts leaving a program).
+        """
+        status = contact.email_status if contact.email is not None else contact.sms_status
+        if status == "unsubscribed":
+            return "Unsubcribed"
+        if status == "pendingOptIn":
+            return "PendingOptIn"
+        if status in _SUPPRESSED_EMAIL_STATUSES or status in _STICKY_SMS_STATUSES:
+            return "Suppressed"
+        if not program.allow_reentry and (program.id, contact.contact_id) in self._entered:
+            return "AlreadyInProgram"
+        return None
+
+    def _enter_program(self, program: _Program, contact: _Contact, via: str, at: datetime,
+                       list_id: int | None = None) -> None:
+        self._program_entries.append(ProgramEntry(program.id, contact.contact_id, via, at, list_id))
+        self._entered.add((program.id, contact.contact_id))
+
+    def _on_list_join(self, contact: _Contact, book_id: int) -> None:
+        """``contact`` just joined address book ``book_id`` (it was not a member): every ``Active`` program
+        started by that list enters it, at the sandbox time of now, under the same rules as an enrolment
+        (``_entry_refusal``: a suppressed or pending contact, or one already in a program without re-entry,
+        does not enter). No allowance applies. Every path that adds list members must call this."""
+        if self._applying_import and not self.imports_start_list_programs:
+            return
+        now: datetime | None = None
+        for program in self._programs.values():
+            if program.start_list_id != book_id or program.status != "Active":
+                continue
+            if self._entry_refusal(program, contact) is None:
+                now = now or self._now()
+                self._enter_program(program, contact, LIST_JOIN, now, list_id=book_id)
 
     # ==================================================================================================
     # contacts v3
@@ -1364,7 +1898,9 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
         now = self._now_iso()
         for book_id in write.lists:
-            contact.lists.setdefault(book_id, now)
+            if book_id not in contact.lists:
+                contact.lists[book_id] = now
+                self._on_list_join(contact, book_id)
         for pref_id, opted_in in write.preferences:
             contact.preferences[pref_id] = opted_in
         for record in write.consent_records:
@@ -1658,6 +2194,11 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         self._imports[imp.import_id] = imp
         return imp
 
+    def _advance(self) -> None:
+        """Bring the account up to date (the caller holds the lock): due bulk imports, then due enrolments."""
+        self._advance_imports()
+        self._advance_enrolments()
+
     def _advance_imports(self) -> None:
         """Process every import whose time has come, earliest first (the caller holds the lock)."""
         now = time.monotonic()
@@ -1795,12 +2336,15 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                                                 "The contact is suppressed at the account level, so it can't be updated",
                                                 existing.contact_id))
                 continue
+            self._applying_import = True  # list joins of this item come from an import
             try:
                 contact, was_created = self._upsert_contact(ready.match, ready.match_value, ready.write, merge)
             except _ApiError as exc:
                 summary["invalidEntries"] += 1
                 failures.append(_import_failure(item, _import_failure_code(exc), _api_error_text(exc)))
                 continue
+            finally:
+                self._applying_import = False
             reference = {"contactId": contact.contact_id, "identifiers": self._identifiers_json(contact)}
             if was_created:
                 summary["newContacts"] += 1
@@ -2364,6 +2908,15 @@ def _int_param(query: dict[str, list[str]], name: str, default: int) -> int | No
     if not values:
         return default
     return _parse_int32(values[-1])
+
+
+def _paging(query: dict[str, list[str]]) -> tuple[int, int]:
+    """v2 ``select`` (1-1000, default 1000) and ``skip`` (>= 0, default 0) -> else 400 ``ERROR_PARAMETER_INVALID``."""
+    select = _int_param(query, "select", 1000)
+    skip = _int_param(query, "skip", 0)
+    if select is None or skip is None or not 1 <= select <= 1000 or skip < 0:
+        raise _ApiError(_v2_error(400, "select must be 1-1000 and skip >= 0. ERROR_PARAMETER_INVALID"))
+    return select, skip
 
 
 def _parse_v2_json(raw: bytes) -> Any:

@@ -1,27 +1,26 @@
-"""The gRPC layer: SyncService servicer, error mapping and the grpc.aio server.
+"""The gRPC layer: SyncService servicer, error mapping and the grpc.aio server (which also serves the
+operator's AdminService, ``ctdd.api.admin``).
 
-Errors carry google.rpc rich details in trailing metadata (grpcio-status). They are sent with
-``context.abort(code, details, trailing_metadata)`` rather than ``abort_with_status`` so OpenTelemetry's
-aio interceptor records the real status code.
+Errors carry google.rpc rich details in trailing metadata (grpcio-status), built by ``ctdd.api.errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 from opentelemetry.trace import SpanKind
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
+from ctdd.sync.v1 import admin_service_pb2_grpc as admin_pb_grpc
+from ctdd.api.admin import ADMIN_SERVICE_NAME, AdminServicer
 from ctdd.api.convert import InvalidRequest, Violation, parse_sync_contact
+from ctdd.api.errors import abort as _abort, bad_request  # noqa: F401 (bad_request: also imported from here)
 from ctdd.config import Settings
 from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError
@@ -47,24 +46,6 @@ _OUTCOMES = {
 #: the answers to a queued event (shared: a response is only read, by the serializer or a copy)
 _QUEUED = pb.TrackEventResponse(queued=True)
 _DUPLICATE = pb.TrackEventResponse(duplicate=True)
-
-
-async def _abort(context: grpc.aio.ServicerContext, code: int, message: str, details: Iterable[object] = ()) -> None:
-    packed = []
-    for detail in details:
-        any_msg = any_pb2.Any()
-        any_msg.Pack(detail)
-        packed.append(any_msg)
-    status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
-    await context.abort(status.code, status.details, status.trailing_metadata)
-
-
-def bad_request(violations: Iterable[Violation]) -> error_details_pb2.BadRequest:
-    return error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in violations
-        ]
-    )
 
 
 class SyncServicer(pb_grpc.SyncServiceServicer):
@@ -286,9 +267,9 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
 
 
 class GrpcServer:
-    """grpc.aio server with SyncService, health checking and reflection."""
+    """grpc.aio server with SyncService, the operator's AdminService, health checking and reflection."""
 
-    def __init__(self, servicer: SyncServicer, listen: str):
+    def __init__(self, servicer: SyncServicer, listen: str, admin: AdminServicer | None = None):
         self.listen = listen
         self.server = grpc.aio.server(
             options=[
@@ -298,10 +279,13 @@ class GrpcServer:
             ]
         )
         pb_grpc.add_SyncServiceServicer_to_server(servicer, self.server)
+        admin_pb_grpc.add_AdminServiceServicer_to_server(
+            admin or AdminServicer(servicer.settings, servicer.contact_sync.engine), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
             self.server,
         )
         self.port: int | None = None
@@ -313,6 +297,7 @@ class GrpcServer:
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(ADMIN_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
     async def begin_shutdown(self) -> None:

@@ -1,0 +1,139 @@
+"""The operator's gRPC service (``ctdd.sync.v1.AdminService``): what ctdd-sync decided for a contact.
+
+``ListTriggers`` reads the program triggers of one contact (``ctdd.programs.queries``) and never writes. The
+database is read in a worker thread so the event loop keeps serving. Identifiers in requests are personal
+data: they are matched, never logged nor put on spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2
+from opentelemetry.trace import SpanKind
+from sqlalchemy.engine import Engine
+
+from ctdd.api.convert import Violation
+from ctdd.api.errors import abort, bad_request
+from ctdd.config import Settings
+from ctdd.programs.queries import (
+    DEFAULT_LIMIT, MAX_LIMIT, InvalidQuery, TriggerSummary, TriggerView, contact_account, find_contact,
+    list_triggers, trigger_summary,
+)
+from ctdd.sync.v1 import admin_service_pb2 as pb
+from ctdd.sync.v1 import admin_service_pb2_grpc as pb_grpc
+from ctdd.telemetry import start_span
+
+ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+#: stored status <-> wire enum
+STATUS_TO_PB = {
+    "pending": pb.TRIGGER_STATUS_PENDING,
+    "claimed": pb.TRIGGER_STATUS_CLAIMED,
+    "enrolling": pb.TRIGGER_STATUS_ENROLLING,
+    "sent": pb.TRIGGER_STATUS_SENT,
+    "skipped": pb.TRIGGER_STATUS_SKIPPED,
+    "cancelled": pb.TRIGGER_STATUS_CANCELLED,
+}
+PB_TO_STATUS = {value: name for name, value in STATUS_TO_PB.items()}
+#: argument names of ctdd.programs.queries -> request field names (None: the ``contact`` oneof itself)
+_FIELDS = {None: "contact", "mobile": "mobile_number", "limit": "page_size"}
+
+
+def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def trigger_message(view: TriggerView) -> pb.Trigger:
+    return pb.Trigger(
+        id=view.id, contact_id=str(view.contact_id), store_key=view.store_key, account=view.account,
+        program_kind=view.program_kind, program_id=view.program_id or 0, subject_type=view.subject_type,
+        subject_id=view.subject_id, subject_version=view.subject_version, step=view.step,
+        status=STATUS_TO_PB.get(view.status, pb.TRIGGER_STATUS_UNSPECIFIED), status_name=view.status,
+        due_at=_timestamp(view.due_at), decided_at=_timestamp(view.decided_at), reason=view.reason or "",
+        enrolment_id=view.enrolment_id or "", attempts=view.attempts, created_at=_timestamp(view.created_at),
+    )
+
+
+def summary_message(summary: TriggerSummary) -> pb.TriggerSummary:
+    return pb.TriggerSummary(
+        statuses=[pb.TriggerStatusCount(status=STATUS_TO_PB.get(status, pb.TRIGGER_STATUS_UNSPECIFIED),
+                                        status_name=status, count=count)
+                  for status, count in summary.by_status.items()],
+        skipped_reasons=[pb.TriggerReasonCount(reason=reason, count=count)
+                         for reason, count in summary.skipped_by_reason.items()],
+        pending_due=summary.pending_due,
+        enrolment_budgets=[pb.EnrolmentBudget(account=b.account, calls_last_hour=b.calls_last_hour,
+                                              calls_per_hour=b.calls_per_hour)
+                           for b in summary.enrolment_budgets],
+    )
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    """AdminService: reads only; served on the same grpc.aio server as SyncService."""
+
+    def __init__(self, settings: Settings, engine: Engine):
+        self.settings = settings
+        self.engine = engine
+
+    async def ListTriggers(self, request: pb.ListTriggersRequest, context: grpc.aio.ServicerContext):
+        selector = request.WhichOneof("contact")
+        with start_span(
+            "ListTriggers", kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": ADMIN_SERVICE_NAME, "rpc.method": "ListTriggers",
+                        "ctdd.selector": selector or ""},
+        ):
+            return await self._list_triggers(request, selector, context)
+
+    async def _list_triggers(self, request: pb.ListTriggersRequest, selector: str | None,
+                             context: grpc.aio.ServicerContext):
+        violations: list[Violation] = []
+        if selector is None:
+            violations.append(Violation("contact", "set one of email, customer_id (with store_key), mobile_number "
+                                                   "or contact_id"))
+        if request.page_size < 0:
+            violations.append(Violation("page_size", "must not be negative"))
+        if any(s not in PB_TO_STATUS for s in request.statuses):
+            violations.append(Violation("statuses", "TRIGGER_STATUS_UNSPECIFIED (or an unknown value) is no status "
+                                                    "to filter by"))
+        if violations:
+            await abort(context, code_pb2.INVALID_ARGUMENT, "invalid ListTriggersRequest", [bad_request(violations)])
+            return
+        limit = min(request.page_size or DEFAULT_LIMIT, MAX_LIMIT)
+        statuses = [PB_TO_STATUS[s] for s in request.statuses] or None
+        selected = {"email": None, "customer_id": None, "mobile": None, "contact_id": None}
+        selected["mobile" if selector == "mobile_number" else selector] = getattr(request, selector)
+        try:
+            found = await asyncio.to_thread(self._read, selected, request.store_key or None, statuses, limit)
+        except InvalidQuery as exc:
+            field = _FIELDS.get(exc.field, exc.field)
+            await abort(context, code_pb2.INVALID_ARGUMENT, "invalid ListTriggersRequest",
+                        [bad_request([Violation(field, str(exc))])])
+            return
+        if found is None:
+            await abort(context, code_pb2.NOT_FOUND, f"no contact has this {selector.replace('_', ' ')}"
+                        + (f" in store {request.store_key!r}" if request.store_key else ""))
+            return
+        contact_id, account, views, summary = found
+        matched = sum(count for status, count in summary.by_status.items() if statuses is None or status in statuses)
+        return pb.ListTriggersResponse(
+            contact_id=str(contact_id), account=account or "", triggers=[trigger_message(v) for v in views],
+            has_more=matched > len(views), summary=summary_message(summary),
+        )
+
+    def _read(self, selected: dict, store_key: str | None, statuses: list[str] | None, limit: int):
+        """The contact, its account, up to ``limit`` triggers and the summary of all its triggers; None when no
+        contact matches. Runs in a worker thread."""
+        contact_id = find_contact(self.engine, store_key=store_key, settings=self.settings, **selected)
+        if contact_id is None:
+            return None
+        views = list_triggers(self.engine, contact_id, statuses=statuses, limit=limit)
+        summary = trigger_summary(self.engine, contact_id=contact_id, settings=self.settings)
+        return contact_id, contact_account(self.engine, contact_id), views, summary

@@ -10,7 +10,10 @@ The service uses only the OpenTelemetry API; nothing is exported unless a provid
 Spans (:func:`start_span`; no-ops while no provider is installed): ``SyncContact`` and ``TrackEvent``
 (server), ``deliver <kind>`` / ``deliver bulk <kind>`` (consumer, one per attempt, linked to the span that
 enqueued the message through the W3C trace context kept in the outbox payload).
-Metrics: ``ctdd.outbox.enqueued``, ``ctdd.delivery.attempts`` (by outcome), ``ctdd.delivery.duration`` (s).
+Metrics: ``ctdd.outbox.enqueued``, ``ctdd.delivery.attempts`` (by outcome), ``ctdd.delivery.duration`` (s);
+programs: ``ctdd.programs.decisions`` (by kind, outcome, reason), ``ctdd.programs.enrolment_calls`` (by account,
+outcome) and the gauge ``ctdd.programs.backlog`` (per account: triggers the hourly enrolment allowance cannot
+send this hour).
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ attempts_counter = meter.create_counter("ctdd.delivery.attempts", unit="{attempt
                                         description="Delivery attempts to Dotdigital, by outcome")
 delivery_duration = meter.create_histogram("ctdd.delivery.duration", unit="s",
                                            description="Duration of one delivery attempt")
+program_decisions = meter.create_counter("ctdd.programs.decisions", unit="{trigger}",
+                                         description="Program trigger decisions, by kind, outcome and reason")
+enrolment_calls = meter.create_counter("ctdd.programs.enrolment_calls", unit="{call}",
+                                       description="POST /v2/programs/enrolments calls, by account and outcome")
+program_backlog = meter.create_gauge("ctdd.programs.backlog", unit="{trigger}",
+                                     description="Triggers waiting for an enrolment call beyond what the account's "
+                                                 "hourly enrolment allowance can send this hour")
 
 
 #: what :func:`start_span` returns while no tracer provider is installed (reusable, stateless)

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.config import Settings
 from ctdd.domain.behaviour import BehaviouralEventInput
-from ctdd.domain.commerce import cart_record
+from ctdd.domain.commerce import CartContext, cart_record
 from ctdd.domain.contact import ChannelConsent, ConsentRecord, ContactInput, Identity, SourceStamp
 from ctdd.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile
 
@@ -360,11 +360,11 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool) -> BehaviouralE
             v.append(Violation("behavioural_event.cart_updated.cart_id", "required"))
         cart = _integral_floats_to_int(json_format.MessageToDict(cu.cart))
         try:  # (also when only checking: this is what tells whether the cart is a commercetools Cart)
-            data = cart_record(cu.cart_id, cart, locale=msg.locale or None, currency=msg.currency or None,
-                               modified_at=when)
+            cart_record(cu.cart_id, cart, CartContext(locale=msg.locale or None, currency=msg.currency or None))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             v.append(Violation("behavioural_event.cart_updated.cart", f"not a commercetools Cart: {exc}"))
-        data["cartVersion"] = cu.cart_version or None
+        # the cart itself: ingest builds the CartInsight record with the store's URL templates
+        data = {"cartId": cu.cart_id, "cartVersion": cu.cart_version or None, "cart": cart, "modifiedAt": when}
     else:
         ce = msg.custom_event
         if not ce.name:

@@ -9,6 +9,8 @@
     ctdd backfill customers|orders --store KEY  (ctdd.cli.adapters)
     ctdd dotdigital setup [--dry-run] [--account NAME]        (ctdd.cli.jobs)
     ctdd backsync run-once [--store KEY | --account NAME]     (ctdd.cli.jobs)
+    ctdd triggers list|summary ...              (ctdd.cli.triggers_cmd)
+    ctdd simulate STREAM [--config F] [--openapi DIR] [--json] [--until T]  (ctdd.cli.simulate_cmd)
 """
 
 from __future__ import annotations
@@ -185,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     from ctdd.cli.config_cmd import register as register_config  # config check
 
     register_config(sub, common)
+    from ctdd.cli.triggers_cmd import register as register_triggers  # triggers list, triggers summary
+
+    register_triggers(sub, common)
+    from ctdd.cli.simulate_cmd import register as register_simulate  # simulate a recorded stream
+
+    register_simulate(sub, common)
     return parser
 
 

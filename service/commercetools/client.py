@@ -73,6 +73,8 @@ MAX_OFFSET = 10_000
 #: A cached token is refreshed this long before it expires (capped at half its lifetime).
 TOKEN_REFRESH_MARGIN_SECONDS = 300.0
 
+#: commercetools store keys
+_STORE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{2,256}$")
 # Path segments: the first is a resource name ("customers", "product-projections", "in-store"), the rest
 # may be keys such as "key=uk" ("in-store/key=uk/customers").
 _RESOURCE_RE = re.compile(r"^[a-z][a-z-]*(?:/[A-Za-z0-9_.~=-]+)*$")
@@ -287,6 +289,14 @@ class CommercetoolsClient:
         if not isinstance(payload.get("results"), list):
             raise _invalid_response("GET", path, "PagedQueryResponse has no results list")
         return payload
+
+    async def query_in_store(self, store_key: str, resource: str, **kwargs: Any) -> dict:
+        """``GET /{projectKey}/in-store/key={storeKey}/{resource}``: :meth:`query` limited to one store's
+        resources (carts, orders, customers ...; commercetools HTTP API: "in-store" endpoints, which also work
+        with a token scoped to that store only)."""
+        if not isinstance(store_key, str) or not _STORE_KEY_RE.match(store_key):
+            raise ValueError(f"invalid store key {store_key!r}")
+        return await self.query(f"in-store/key={store_key}/{resource}", **kwargs)
 
     async def iterate_pages(
         self,

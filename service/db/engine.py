@@ -13,8 +13,9 @@ import fcntl
 import logging
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import sqlalchemy as sa
 from alembic import command
@@ -22,14 +23,17 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
+from ctdd.clock import now as clock_now
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-def utcnow() -> datetime:
-    """Timezone-aware UTC now: the one time representation used with the database."""
-    return datetime.now(timezone.utc)
+#: Timezone-aware UTC now: the one time representation used with the database. It is the service clock
+#: itself (``ctdd.clock.now``: real time, or the virtual time of ``ctdd simulate``), not a wrapper around it,
+#: so reading it costs no extra call.
+utcnow: Callable[[], datetime] = clock_now
 
 
 def normalise_url(url: str) -> str:

@@ -465,6 +465,8 @@ class ProgramTrigger(SQLModel, table=True):
     #: the Dotdigital program the trigger went to, and how (enrolment id, or the list joined)
     program_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
     enrolment_id: Optional[str] = Field(default=None, max_length=100)
+    #: ``enrolling``: the ``enrolment_call`` that carries it (None while it waits for its batch)
+    enrolment_call_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
     attempts: int = 0
     created_at: datetime
     decided_at: Optional[datetime] = None

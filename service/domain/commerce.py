@@ -4,6 +4,8 @@
 - :func:`order_record`: an Order -> the record of the contact-scoped ``Orders`` insight collection.
 - :func:`order_summary_values` and :func:`order_aggregates`: per-contact aggregates recomputed from all
   known orders of the contact, so duplicates and out-of-order events cannot skew them.
+- :func:`cart_record`: a Cart -> the record of the contact-scoped ``CartInsight`` collection, with product
+  and cart URLs from the store's templates (:class:`CartContext`).
 
 Money is converted to major units (``centAmount / 10**fractionDigits``).
 The Orders record keeps stable JSON types for every field (Dotdigital locks a collection's schema on the
@@ -17,6 +19,7 @@ from decimal import Decimal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
+from urllib.parse import quote
 
 from ctdd.domain.contact import ChannelConsent, ContactInput, Identity, SourceStamp
 from ctdd.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
@@ -397,35 +400,115 @@ def order_aggregates(rows: Iterable[SummaryRow]) -> dict[str, Any]:
     }
 
 
-def cart_record(cart_id: str, cart: Mapping[str, Any], *, locale: str | None, currency: str | None,
-                modified_at: str = "") -> dict[str, Any]:
-    """A ``CartInsight`` record (the Magento 2 connector's field set; stable types)."""
-    items = []
-    for li in cart.get("lineItems", []):
-        variant = li.get("variant") or {}
-        images = variant.get("images") or []
-        qty = int(li.get("quantity", 0))
-        unit = money((li.get("price") or {}).get("value"))
-        items.append({
-            "sku": str(variant.get("sku") or ""),
-            "name": localized(li.get("name"), locale) or "",
-            "imageUrl": str(images[0].get("url", "")) if images else "",
-            "productUrl": "",
-            "unitPrice": unit,
-            "salePrice": unit,
-            "quantity": qty,
-            "totalPrice": money(li.get("totalPrice")),
-        })
-    total = money(cart.get("totalPrice"))
+#: CartInsight ``cartPhase`` values (as the Magento 2 connector and Dotdigital's tag use them)
+CART_PHASE_PENDING = "ORDER_PENDING"
+CART_PHASE_COMPLETE = "ORDER_COMPLETE"
+
+
+@dataclass(frozen=True)
+class CartContext:
+    """What a ``CartInsight`` record needs beyond the cart itself (the store's configuration)."""
+
+    store_key: str = ""
+    locale: str | None = None
+    currency: str | None = None
+    #: ``{slug}``, ``{product_id}``, ``{sku}``, ``{locale}``, ``{store}`` are replaced (None: no product URLs)
+    product_url_template: str | None = None
+    #: ``{cart_id}``, ``{locale}``, ``{store}`` are replaced (None: no cart URL)
+    cart_url_template: str | None = None
+    #: the record's ``modifiedDate`` when the cart has no ``lastModifiedAt`` (a behavioural event's time)
+    modified_at: str = ""
+
+
+def fill_template(template: str | None, values: Mapping[str, str | None]) -> str:
+    """``template`` with each ``{name}`` replaced by its URL-quoted value; "" when there is no template or a
+    placeholder it uses has no value (a link to the wrong page is worse than none)."""
+    if not template:
+        return ""
+    out = template
+    for name, value in values.items():
+        token = "{" + name + "}"
+        if token in out:
+            if not value:
+                return ""
+            out = out.replace(token, quote(str(value), safe="-_.~"))
+    return out
+
+
+def _round_money(value: float, currency_code: str | None) -> float:
+    return round(float(value), _CURRENCY_EXPONENTS.get(str(currency_code or "").upper(), 2))
+
+
+def sale_price(line_item: Mapping[str, Any]) -> float:
+    """The price of one unit after discounts: the average of ``discountedPricePerQuantity`` (cart
+    discounts), else the product discount (``price.discounted``), else the price itself."""
+    price = line_item.get("price") or {}
+    base = (price.get("discounted") or {}).get("value") or price.get("value")
+    unit = money(base)
+    parts = [p for p in line_item.get("discountedPricePerQuantity") or [] if isinstance(p, Mapping)]
+    quantity = int(line_item.get("quantity") or 0)
+    if not parts or quantity <= 0:
+        return unit
+    discounted_units = sum(int(p.get("quantity") or 0) for p in parts)
+    total = sum(int(p.get("quantity") or 0) * money((p.get("discountedPrice") or {}).get("value")) for p in parts)
+    total += max(quantity - discounted_units, 0) * unit
+    return _round_money(total / quantity, (base or {}).get("currencyCode"))
+
+
+def _cart_line(li: Mapping[str, Any], ctx: CartContext, locale: str | None) -> dict[str, Any]:
+    variant = li.get("variant") or {}
+    images = variant.get("images") or []
+    sku = str(variant.get("sku") or "")
+    product_id = str(li.get("productId") or "")
+    slug = localized(li.get("productSlug"), locale)
+    url = fill_template(ctx.product_url_template, {"slug": slug, "product_id": product_id, "sku": sku,
+                                                   "locale": locale, "store": ctx.store_key})
     return {
-        "cartId": cart_id,
-        "cartUrl": "",
+        "sku": sku,
+        "name": localized(li.get("name"), locale) or "",
+        "imageUrl": str(images[0].get("url") or "") if images else "",
+        "productUrl": url,
+        "unitPrice": money((li.get("price") or {}).get("value")),
+        "salePrice": sale_price(li),
+        "quantity": float(int(li.get("quantity") or 0)),
+        "totalPrice": money(li.get("totalPrice")),
+    }
+
+
+def cart_record(cart_id: str, cart: Mapping[str, Any], ctx: CartContext, *, phase: str | None = None
+                ) -> dict[str, Any]:
+    """The ``CartInsight`` record of ``cart`` (the Magento 2 connector's field set).
+
+    One schema for every cart (Dotdigital locks a collection's schema on the first record): every field is
+    always present, amounts and quantities are floats, texts are strings ("" when unknown). An empty cart
+    is a record with ``lineItems: []`` (so a program can let the contact go). ``unitPrice`` is the list
+    price, ``salePrice`` the price of a unit after discounts; ``discountAmount`` is what the discounts take
+    off the list prices and the cart total. ``cartPhase`` is ``ORDER_COMPLETE`` for an ordered cart (or
+    ``phase``), else ``ORDER_PENDING``.
+    """
+    locale = cart.get("locale") or ctx.locale
+    items = [_cart_line(li, ctx, locale) for li in cart.get("lineItems") or []]
+    total_price = cart.get("totalPrice") or {}
+    currency = str(total_price.get("currencyCode") or ctx.currency or "")
+    subtotal = _round_money(sum((i["totalPrice"] for i in items), 0.0), currency)
+    listed = sum((i["unitPrice"] * i["quantity"] for i in items), 0.0)
+    on_total = money((cart.get("discountOnTotalPrice") or {}).get("discountedAmount"))
+    shipping = (cart.get("taxedShippingPrice") or {}).get("totalGross") or \
+        ((cart.get("shippingInfo") or {}).get("price"))
+    if phase is None:
+        phase = CART_PHASE_COMPLETE if cart.get("cartState") == "Ordered" else CART_PHASE_PENDING
+    return {
+        "cartId": str(cart_id),
+        "cartUrl": fill_template(ctx.cart_url_template, {"cart_id": str(cart_id), "locale": locale,
+                                                         "store": ctx.store_key}),
         "createdDate": str(cart.get("createdAt") or ""),
-        "modifiedDate": str(cart.get("lastModifiedAt") or modified_at),
-        "currency": str((cart.get("totalPrice") or {}).get("currencyCode") or currency or ""),
-        "subTotal": round(sum(i["totalPrice"] for i in items), 6),
-        "discountAmount": money((cart.get("discountOnTotalPrice") or {}).get("discountedAmount")),
-        "grandTotal": total,
-        "cartPhase": "ORDER_COMPLETE" if cart.get("cartState") == "Ordered" else "ORDER_PENDING",
+        "modifiedDate": str(cart.get("lastModifiedAt") or ctx.modified_at or ""),
+        "currency": currency,
+        "subTotal": subtotal,
+        "taxAmount": money((cart.get("taxedPrice") or {}).get("totalTax")),
+        "shipping": money(shipping),
+        "discountAmount": _round_money(max(listed - subtotal, 0.0) + on_total, currency),
+        "grandTotal": money(total_price),
+        "cartPhase": phase,
         "lineItems": items,
     }

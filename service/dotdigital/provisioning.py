@@ -11,11 +11,17 @@ For every configured account:
 - **insight collections**: ``Orders`` (contact/orders), ``CartInsight`` (contact/cartInsight),
   ``ProductViews`` and ``CustomEvents`` (contact/custom), the collections TrackEvent writes.
 
+- **programs**: every program of ``[stores.<key>.programs.<kind>]`` (by id, or by name, case-insensitively)
+  must exist and be ``Active`` (only an Active program accepts enrolments and starts on list joins). Setup
+  cannot create programs: a missing or inactive program is reported as a problem.
+
 The plan is computed from what the account has (GET calls only), printed item by item as ``create`` or
 ``exists``, and then applied unless ``dry_run``. A second run creates nothing.
 
 :func:`resolve_list_names` is what the service runs at start: it turns list names into ids once per
 account (``GET /v2/address-books``) and fails start-up when a named list does not exist.
+:func:`resolve_program_names` does the same for programs configured by name (``GET /v2/programs``); the
+trigger processor runs it at start and keeps the triggers of a program it cannot find until it can.
 """
 
 from __future__ import annotations
@@ -139,6 +145,8 @@ async def plan_account(client: DotdigitalClient, account: str, stores: Iterable[
     for item in named.values():
         item.detail = ", ".join(f"stores.{s}.lists.{k}" for s, k in item.refs)
 
+    items += await _plan_programs(client, account, stores)
+
     existing_collections = {str(c.get("collectionName", "")).casefold(): c for c in await client.list_collections()}
     for name, collection_type in _collections().items():
         have = existing_collections.get(name.casefold())
@@ -149,6 +157,59 @@ async def plan_account(client: DotdigitalClient, account: str, stores: Iterable[
             note = "" if actual == f"contact/{collection_type}" else f"exists as {actual}"
             items.append(PlanItem(account, "collection", name, f"contact/{collection_type}", EXISTS, note))
     return items
+
+
+async def _plan_programs(client: DotdigitalClient, account: str, stores: list[StoreConfig]) -> list[PlanItem]:
+    """One item per configured program: ``exists`` when it is Active, else a problem (``missing`` / ``invalid``)."""
+    wanted = [(store, kind, cfg) for store in stores for kind, cfg in store.programs.items() if cfg.enabled]
+    if not wanted:
+        return []
+    programs = await client.list_programs()
+    by_id = {p.id: p for p in programs}
+    by_name: dict[str, object] = {}
+    for program in sorted(programs, key=lambda p: p.id):
+        by_name.setdefault(program.name.strip().casefold(), program)
+    items = []
+    for store, kind, cfg in wanted:
+        ref = f"stores.{store.key}.programs.{kind}"
+        have = by_id.get(cfg.program) if isinstance(cfg.program, int) else by_name.get(cfg.program.strip().casefold())
+        name = f"id {cfg.program}" if isinstance(cfg.program, int) else f'"{cfg.program.strip()}"'
+        if have is None:
+            items.append(PlanItem(account, "program", name, ref, MISSING,
+                                  "no program with this " + ("id" if isinstance(cfg.program, int) else "name")
+                                  + " in the account; create it in Dotdigital (setup cannot create programs)"))
+        elif have.status != "Active":
+            items.append(PlanItem(account, "program", name, ref, INVALID,
+                                  f"program {have.id} is {have.status}: only an Active program accepts enrolments; "
+                                  "activate it in Dotdigital"))
+        else:
+            items.append(PlanItem(account, "program", name, ref, EXISTS, f"id {have.id}, Active"))
+    return items
+
+
+async def resolve_program_names(settings: Settings, clients) -> tuple[dict[tuple[str, str], int], list[str]]:
+    """The ids of the programs configured by name, once per account (``GET /v2/programs``).
+
+    Returns ``({(store key, program kind): program id}, [what could not be resolved])``; programs configured
+    by id are not looked up. Accounts without named programs are not called.
+    """
+    resolved: dict[tuple[str, str], int] = {}
+    missing: list[str] = []
+    for account in settings.accounts:
+        named = [(store, kind, cfg) for store in settings.stores.values() if store.account == account
+                 for kind, cfg in store.programs.items() if isinstance(cfg.program, str)]
+        if not named:
+            continue
+        ids: dict[str, int] = {}
+        for program in sorted(await clients.get(account).list_programs(), key=lambda p: p.id):
+            ids.setdefault(program.name.strip().casefold(), program.id)
+        for store, kind, cfg in named:
+            program_id = ids.get(cfg.program.strip().casefold())
+            if program_id is None:
+                missing.append(f"stores.{store.key}.programs.{kind}.program = {cfg.program!r} (account {account})")
+            else:
+                resolved[(store.key, kind)] = program_id
+    return resolved, missing
 
 
 async def apply_item(client: DotdigitalClient, item: PlanItem) -> None:

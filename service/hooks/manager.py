@@ -18,7 +18,9 @@ from ctdd import hookimpl  # noqa: F401  (re-exported)
 from ctdd.plugins import default_mapping
 from ctdd.domain.contact import ContactInput
 from ctdd.hooks import spec as hookspecs
-from ctdd.hooks.types import DeliveryOutcome, HookContext, PluginConflict, SuppressDecision  # noqa: F401  (re-exported)
+from ctdd.hooks.types import (  # noqa: F401  (re-exported)
+    DeliveryOutcome, HookContext, PluginConflict, SuppressDecision, TriggerDecision, TriggerInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,43 @@ class Hooks:
             self.pm.hook.ctdd_delivery_result(ctx=ctx, outcome=outcome)
         except Exception:  # notification hooks must never break delivery
             log.exception("ctdd_delivery_result hook failed for message %s", outcome.message_id)
+
+    def should_trigger(self, ctx: HookContext, trigger: TriggerInfo) -> TriggerDecision | None:
+        """Ask every ``ctdd_should_trigger`` implementation about ``trigger``: the first veto, else the latest
+        deferral, else None (allowed). An implementation that raises vetoes this trigger with a reason naming
+        the plugin (``plugin_failed: <name>: <exception>``); the other triggers are not affected."""
+        veto: TriggerDecision | None = None
+        defer: TriggerDecision | None = None
+        # Called one by one (not through pm.hook) so that a failure names its plugin and stops nothing else.
+        for impl in reversed(self.pm.hook.ctdd_should_trigger.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            plugin = _plugin_label(impl)
+            try:
+                answer = impl.function(**{name: value for name, value in (("ctx", ctx), ("trigger", trigger))
+                                          if name in impl.argnames})
+            except Exception as exc:
+                log.exception("ctdd_should_trigger of plugin %s failed for trigger %s", plugin, trigger.trigger_id)
+                return TriggerDecision("failed", f"{plugin}: {type(exc).__name__}")
+            if answer is None:
+                continue
+            if not isinstance(answer, TriggerDecision) or answer.action not in ("veto", "defer"):
+                log.error("ctdd_should_trigger of plugin %s returned %r (expected None or a TriggerDecision)",
+                          plugin, answer)
+                return TriggerDecision("failed", f"{plugin}: invalid answer {type(answer).__name__}")
+            if answer.action == "veto":
+                veto = veto or answer
+            elif defer is None or (answer.until and defer.until and answer.until > defer.until):
+                defer = answer
+        return veto or defer
+
+
+def _plugin_label(impl) -> str:
+    """The plugin's registered name, or for one registered without a name its module or class name."""
+    name = impl.plugin_name
+    if name and not name.isdigit():
+        return name
+    return getattr(impl.plugin, "__name__", None) or type(impl.plugin).__name__
 
 
 def create_plugin_manager(

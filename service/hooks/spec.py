@@ -26,7 +26,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctdd.domain.contact import ContactInput
-    from ctdd.hooks.types import DeliveryOutcome, HookContext, SuppressDecision
+    from ctdd.hooks.types import DeliveryOutcome, HookContext, SuppressDecision, TriggerDecision, TriggerInfo
 
 hookspec = pluggy.HookspecMarker("ctdd")
 
@@ -71,4 +71,35 @@ def ctdd_delivery_result(ctx: "HookContext", outcome: "DeliveryOutcome") -> None
     """Observe the outcome of one delivery attempt to Dotdigital (delivered, retry or dead).
 
     Notification only: the return value is ignored, and an exception is logged and swallowed.
+    """
+
+
+@hookspec
+def ctdd_should_trigger(ctx: "HookContext", trigger: "TriggerInfo") -> "TriggerDecision | None":
+    """Veto or hold back a program trigger (abandoned cart, browse abandonment, post-purchase, review request)
+    at the moment it would be sent.
+
+    Called by the trigger processor (``ctdd.programs.processor``) for a due trigger once every built-in
+    safeguard has passed (the subject still stands, the contact has an address and consent, it is outside
+    the re-trigger window) and before the quiet hours and the Dotdigital-contact wait, so a deferral you
+    ask for is combined with those.
+
+    Arguments:
+        ctx: the store (``ctx.store``, with ``ctx.store.programs``) and the settings.
+        trigger: a :class:`ctdd.hooks.types.TriggerInfo`: the program kind and configured program, the
+            strategy and channel, the contact (id, email, mobile number), the subject (``cart``/``order``/
+            ``browse``, its id and version), the step of the series, its due time and the processor's ``now``.
+
+    Return:
+        - ``None`` to allow it;
+        - ``TriggerDecision.veto(reason)``: the trigger is skipped, its reason recorded as ``vetoed: <reason>``;
+        - ``TriggerDecision.defer(until, reason)``: it stays pending until ``until`` (an aware datetime), when
+          all safeguards and this hook are asked again; recorded as ``deferred_by_plugin: <reason>``.
+
+    Not ``firstresult``: every implementation is called. Any veto wins (the first plugin's reason is kept);
+    otherwise the latest deferral wins.
+
+    An implementation that raises skips that trigger only, with the reason ``plugin_failed: <plugin name>:
+    <exception type>`` (logged with its traceback): a failing plugin never sends what it could not judge, and
+    never blocks the other triggers. Keep it fast and free of network I/O, as every hook.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ctdd.config import Settings, StoreConfig
@@ -45,6 +46,56 @@ class DeliveryOutcome:
     error: str | None
     record_type: str | None
     record_id: str | None
+
+
+@dataclass(frozen=True)
+class TriggerInfo:
+    """A due program trigger, as ``ctdd_should_trigger`` sees it (after every built-in safeguard passed)."""
+
+    trigger_id: int
+    #: abandoned_cart | browse_abandonment | post_purchase_first | post_purchase_repeat | review_request
+    program_kind: str
+    #: the Dotdigital program as configured (an id, or a name)
+    program: int | str
+    strategy: str  # enrolment | list_join
+    channel: str  # email | sms
+    contact_id: int
+    email: str | None
+    mobile_number: str | None
+    #: cart | order | browse, the cart or order id (``browse/<contact id>`` for browse), its version
+    subject_type: str
+    subject_id: str
+    subject_version: int
+    #: 1..3: the step of a series
+    step: int
+    due_at: datetime
+    #: the time of the decision (the processor's clock)
+    now: datetime
+
+
+@dataclass(frozen=True)
+class TriggerDecision:
+    """Returned by ``ctdd_should_trigger`` to stop a trigger (``veto``) or hold it back (``defer``).
+
+    ``TriggerDecision.veto("staff account")`` skips the trigger with reason ``vetoed: staff account``;
+    ``TriggerDecision.defer(until, "stock check")`` keeps it pending until ``until`` (aware datetime), when
+    every safeguard is checked again.
+    """
+
+    #: veto | defer (the plugin manager reports a plugin that raised as ``failed``, reason ``<plugin>: <error>``)
+    action: str
+    reason: str
+    until: datetime | None = None
+
+    @classmethod
+    def veto(cls, reason: str) -> TriggerDecision:
+        return cls("veto", reason)
+
+    @classmethod
+    def defer(cls, until: datetime, reason: str = "deferred") -> TriggerDecision:
+        if until.tzinfo is None:
+            raise ValueError("TriggerDecision.defer needs an aware datetime")
+        return cls("defer", reason, until)
 
 
 class PluginConflict(ValueError):

@@ -10,7 +10,10 @@ For each notification of a delivery:
    commercetools API ("notify, then fetch": order of arrival stops mattering);
 4. apply, in ONE transaction with the dedupe record and the new resource version: customers go through the
    same core as SyncContact; orders become a record of the contact-scoped ``Orders`` collection plus
-   recomputed contact aggregates (last order, number of orders, spend ...).
+   recomputed contact aggregates (last order, number of orders, spend ...); carts (``cart_updated`` events,
+   ``ResourceCreated`` for a cart, the cart watcher's :meth:`EventProcessor.cart_unit`, the cart of a new
+   order) go through ``ctdd.ingest.carts``; the programs hear of carts, orders and product views through
+   ``ctdd.ingest.triggers``.
 
 Steps 1-3 are *preparation* (``prepare_delivery`` / ``prepare_behavioural``: parsing, fetching, pure
 mapping; async, no writes) and yield one :data:`Step` per notification: either a final outcome or a unit of
@@ -38,10 +41,9 @@ from ctdd.delivery import outbox
 from ctdd.config import Settings, StoreConfig
 from ctdd.ingest.contact_sync import INSERT_FIELD_STATE, UPDATE_FIELD_STATE, ContactSync, NewContactNeedsAddress
 from ctdd.db.engine import utcnow
-from ctdd.db.models import Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, ResourceState
+from ctdd.db.models import Cart, Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, ResourceState
 from ctdd.domain.collections import (
     BROWSE_COLLECTION,
-    CART_COLLECTION,
     COLLECTION_TYPES,
     CUSTOM_EVENTS_COLLECTION,
     ORDERS_COLLECTION,
@@ -59,11 +61,13 @@ from ctdd.domain.commerce import (
     parse_ts,
     refund_total,
 )
+from ctdd.domain import programs as program_rules
 from ctdd.domain.behaviour import BehaviouralEventInput
 from ctdd.domain.contact import ContactInput, Identity, SourceStamp
 from ctdd.domain.identity import customer_key
 from ctdd.domain.notifications import InvalidDelivery, Notification, UnsupportedNotification, parse_delivery
 from ctdd.db.transactions import TransactionRunner
+from ctdd.ingest import carts, triggers
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,8 @@ APPLIED, DUPLICATE, STALE, IGNORED = "applied", "duplicate", "stale", "ignored"
 
 #: order messages that carry the full order (no fetch needed unless payloadNotIncluded)
 ORDER_WITH_PAYLOAD = frozenset({"OrderCreated", "OrderImported", "OrderCreatedFromRecurringOrder"})
+#: order messages of an order placed just now (an imported order is history: no purchase now)
+ORDER_CREATED = frozenset({"OrderCreated", "OrderCreatedFromRecurringOrder"})
 CUSTOMER_DELETED = frozenset({"CustomerDeleted"})
 
 
@@ -118,6 +124,7 @@ class EventProcessor:
         self.transactions = transactions
         self.ct = commercetools_clients
         self._category_names: dict[str, list[str]] = {}
+        self.carts = carts.CartApplier(contact_sync, self._enqueue_insight)
 
     # -- entry points -------------------------------------------------------------------------
     async def process_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
@@ -164,25 +171,18 @@ class EventProcessor:
         key = behavioural_dedupe_key(store.key, event.event_id)
         outcome = NotificationOutcome(dedupe_key=key, message_type=event.kind)
         if event.kind == "cart_updated":
-            collection, record_id = CART_COLLECTION, str(event.data.get("cartId") or "")
-            version = event.data.get("cartVersion") or None
-            outcome.resource_type, outcome.resource_id = "cart", record_id
-        elif event.kind == "product_viewed":
-            collection, record_id, version = BROWSE_COLLECTION, str(event.data.get("productId") or ""), None
+            return self._prepare_cart_event(store, event, outcome, priority)
+        if event.kind == "product_viewed":
+            collection, record_id = BROWSE_COLLECTION, str(event.data.get("productId") or "")
             outcome.resource_type, outcome.resource_id = "product", record_id
         else:
-            collection, record_id, version = CUSTOM_EVENTS_COLLECTION, event.event_id, None
+            collection, record_id = CUSTOM_EVENTS_COLLECTION, event.event_id
         record = dict(event.data)
         identity_input = ContactInput(store_key=store.key, identity=event.identity,
                                       source=SourceStamp(modified_at=event.occurred_at))
         mapped, suppression = self.contact_sync.map_contact(identity_input)
 
         def body(session: Session) -> None:
-            if version is not None and not self._advance_version(
-                session, store.commercetools_project, outcome.resource_type, record_id, int(version)
-            ):
-                outcome.outcome, outcome.reason = STALE, f"cart version {version} is not newer than the last applied"
-                return
             try:
                 result = self.contact_sync.apply(session, identity_input, dict(mapped), list(suppression),
                                                  priority=priority)
@@ -193,12 +193,55 @@ class EventProcessor:
             outcome.outbox_message_ids = list(result.outbox_message_ids)
             if not result.suppression_reasons:
                 mid = self._enqueue_insight(session, result.contact_id, store, collection, record_id, record,
-                                            SourceStamp(outcome.resource_type or "event", record_id, version),
+                                            SourceStamp(outcome.resource_type or "event", record_id, None),
                                             priority)
                 if mid:
                     outcome.outbox_message_ids.append(mid)
+                if event.kind == "product_viewed":
+                    now = utcnow()
+                    triggers.product_viewed(session, store, result.contact_id, record_id, event.occurred_at or now,
+                                            now, data=record)
 
         return self._once(store, key, outcome, body)
+
+    def _prepare_cart_event(self, store: StoreConfig, event: BehaviouralEventInput, outcome: NotificationOutcome,
+                            priority: int) -> Step:
+        """A ``cart_updated`` event: the cart's row, its CartInsight record and its triggers."""
+        cart_id = str(event.data.get("cartId") or "")
+        outcome.resource_type, outcome.resource_id = "cart", cart_id
+        snap = carts.snapshot(cart_id, event.data.get("cart") or {}, version=event.data.get("cartVersion"),
+                              fallback_time=event.occurred_at or utcnow(),
+                              modified_text=str(event.data.get("modifiedAt") or ""))
+        return self._once(store, outcome.dedupe_key, outcome,
+                          self._cart_body(store, snap, event.identity, outcome, priority))
+
+    def cart_unit(self, store: StoreConfig, cart: Mapping[str, Any], *, priority: int = outbox.PRIORITY_LIVE
+                  ) -> Callable[[Session], NotificationOutcome]:
+        """The unit of work applying one version of a cart read from commercetools (the cart watcher): the
+        same as a ``cart_updated`` event's, without a dedupe record (the cart's version is the dedupe)."""
+        outcome = NotificationOutcome(dedupe_key="", resource_type="cart", resource_id=str(cart["id"]),
+                                      message_type="CartPolled")
+        snap = carts.snapshot(str(cart["id"]), cart, version=None, fallback_time=utcnow())
+        body = self._cart_body(store, snap, None, outcome, priority)
+
+        def unit(session: Session) -> NotificationOutcome:
+            outcome.reset()
+            body(session)
+            return outcome
+
+        return unit
+
+    def _cart_body(self, store: StoreConfig, snap: "carts.CartSnapshot", identity: Identity | None,
+                   outcome: NotificationOutcome, priority: int) -> Callable[[Session], None]:
+        """What every cart signal does in its unit of work (``ctdd.ingest.carts``), reported in ``outcome``."""
+        def body(session: Session) -> None:
+            applied = self.carts.apply(session, store, snap, identity, priority=priority)
+            outcome.contact_id = applied.contact_id
+            outcome.outbox_message_ids = list(applied.outbox_message_ids)
+            if applied.outcome == "stale":
+                outcome.outcome, outcome.reason = STALE, applied.reason
+
+        return body
 
     # -- notifications ------------------------------------------------------------------------
     async def _prepare(self, store: StoreConfig, n: Notification, priority: int) -> Step:
@@ -211,7 +254,8 @@ class EventProcessor:
             outcome.outcome = IGNORED
             outcome.reason = f"notification of project {n.project_key!r}; store {store.key!r} is bound to {store.commercetools_project!r}"
             return outcome
-        handler = {"customer": self._customer, "order": self._order, "payment": self._payment}.get(n.resource_type)
+        handler = {"customer": self._customer, "order": self._order, "payment": self._payment,
+                   "cart": self._cart}.get(n.resource_type)
         if handler is None:
             outcome.outcome, outcome.reason = IGNORED, f"resource type {n.resource_type!r} is not synced"
             return outcome
@@ -231,6 +275,11 @@ class EventProcessor:
     def _precheck(self, session: Session, store: StoreConfig, n: Notification) -> tuple[str, str] | None:
         if session.get(ProcessedEvent, n.dedupe_key) is not None:
             return DUPLICATE, "message already processed"
+        if n.resource_type == "cart":  # carts keep their version in the cart table
+            cart = session.get(Cart, (store.key, n.resource_id))
+            if cart is not None and n.resource_version is not None and n.resource_version <= cart.version:
+                return STALE, f"cart version {n.resource_version} is not newer than the applied version {cart.version}"
+            return None
         state = session.get(ResourceState, (store.commercetools_project, n.resource_type, n.resource_id))
         if state is not None and n.resource_version is not None and n.resource_version <= state.version:
             return STALE, f"resource version {n.resource_version} is not newer than the applied version {state.version}"
@@ -332,6 +381,20 @@ class EventProcessor:
 
         return self._once(store, n.dedupe_key, outcome, body)
 
+    # -- carts --------------------------------------------------------------------------------
+    async def _cart(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                    ) -> Step:
+        """A cart change notification (commercetools sends ``ResourceCreated`` only): fetch the cart, apply it."""
+        if n.notification_type == "ResourceDeleted":
+            return self._finish_ignored(store, n, outcome, "cart deletions change nothing")
+        if await self._already_done(store, n, outcome):
+            return outcome
+        cart = await self._fetch(store, "carts", n.resource_id)
+        if cart is None:
+            return self._finish_ignored(store, n, outcome, "cart no longer exists in commercetools")
+        snap = carts.snapshot(n.resource_id, cart, version=None, fallback_time=n.occurred_at or utcnow())
+        return self._once(store, n.dedupe_key, outcome, self._cart_body(store, snap, None, outcome, priority))
+
     # -- orders -------------------------------------------------------------------------------
     async def _payment(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
                        ) -> Step:
@@ -399,6 +462,8 @@ class EventProcessor:
         summary = order_summary_values(order, ctx)
         version = int(order.get("version") or n.resource_version or 0)
         source = SourceStamp("order", str(order["id"]), version, parse_ts(order.get("lastModifiedAt")))
+        cart_id = str((order.get("cart") or {}).get("id") or "") or None
+        placed_cart = await self._placed_cart(store, n, cart_id)
 
         def body(session: Session) -> None:
             advanced = self._advance_version(session, store.commercetools_project, "order", str(order["id"]), version)
@@ -420,7 +485,7 @@ class EventProcessor:
             contact_id = first.contact_id
             outcome.contact_id = contact_id
             outcome.outbox_message_ids.extend(first.outbox_message_ids)
-            self._upsert_summary(session, store, str(order["id"]), contact_id, summary)
+            previous = self._upsert_summary(session, store, str(order["id"]), contact_id, summary)
             aggregates = order_aggregates(self._summaries(session, contact_id))
             agg_input = ContactInput(store_key=store.key, identity=ident, attributes=aggregates)
             mapped, suppression = self.contact_sync.map_contact(agg_input)
@@ -431,22 +496,71 @@ class EventProcessor:
                                             source, priority)
                 if mid:
                     outcome.outbox_message_ids.append(mid)
+            if cart_id:
+                outcome.outbox_message_ids.extend(self.carts.order_placed(
+                    session, store, cart_id, order, contact_id, cart=placed_cart, priority=priority))
+            if not (first.suppression_reasons or second.suppression_reasons):
+                self._order_triggers(session, store, n, order, contact_id, previous, summary, priority, cart_id)
 
         return self._once(store, n.dedupe_key, outcome, body)
 
+    async def _placed_cart(self, store: StoreConfig, n: Notification, cart_id: str | None) -> dict | None:
+        """The cart an order was just created from, as commercetools now has it (Ordered), for the CartInsight
+        record sent again as ORDER_COMPLETE; None when not needed or not available (the order stands in)."""
+        if not cart_id or n.message_type not in ORDER_CREATED or self.ct.get(store) is None:
+            return None
+        try:
+            return await self._fetch(store, "carts", cart_id)
+        except RetryableEventError as exc:
+            log.info("ordered cart not fetched, the order stands in for it: %s", exc)
+            return None
+
+    def _order_triggers(self, session: Session, store: StoreConfig, n: Notification, order: Mapping[str, Any],
+                        contact_id: int, previous: tuple[str, float] | None, summary: Mapping[str, Any],
+                        priority: int, cart_id: str | None) -> None:
+        """The programs' side of an order message: placed (a new live order, not an imported or backfilled
+        one), cancelled or fully refunded, delivered."""
+        now = utcnow()
+        order_id = str(order["id"])
+        live = priority == outbox.PRIORITY_LIVE and n.message_type != "OrderImported"
+        if previous is None and live and (n.message_type in ORDER_CREATED or cart_id):
+            placed_at = summary["created_at"]
+            triggers.order_placed(session, store, contact_id, order_id, placed_at, now, cart_id=cart_id,
+                                  first_order=not self._earlier_order(session, contact_id, order_id, placed_at))
+        if summary["order_state"] == "Cancelled" and (previous is None or previous[0] != "Cancelled"):
+            triggers.order_cancelled(session, store, order_id, program_rules.ORDER_CANCELLED, now)
+        total, refunded = summary["total"], summary["refund_total"]
+        if 0 < total <= refunded and (previous is None or previous[1] < total):
+            triggers.order_cancelled(session, store, order_id, program_rules.ORDER_REFUNDED, now)
+        delivered_now = n.message_type == "OrderShipmentStateChanged" or previous is None
+        if live and order.get("shipmentState") == "Delivered" and delivered_now:
+            triggers.shipment_delivered(session, store, contact_id, order_id, n.occurred_at or now, now)
+
+    @staticmethod
+    def _earlier_order(session: Session, contact_id: int, order_id: str, placed_at: Any) -> bool:
+        """Whether the contact placed another order (not cancelled) before ``placed_at``."""
+        return session.execute(sa.select(OrderSummary.order_id).where(
+            OrderSummary.contact_id == contact_id, OrderSummary.order_id != order_id,
+            OrderSummary.order_state != "Cancelled", OrderSummary.created_at < placed_at).limit(1)).first() is not None
+
     def _upsert_summary(self, session: Session, store: StoreConfig, order_id: str, contact_id: int,
-                        values: dict[str, Any]) -> None:
+                        values: dict[str, Any]) -> tuple[str, float] | None:
+        """Write the order's summary row; the (order state, refund total) it had before, None for a new order."""
         row = session.get(OrderSummary, (store.commercetools_project, order_id))
+        previous = None
         if row is None:
             row = OrderSummary(project_key=store.commercetools_project, order_id=order_id, contact_id=contact_id,
                                updated_at=utcnow(), **values)
             session.add(row)
-        elif values["version"] >= row.version:
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.contact_id = contact_id
-            row.updated_at = utcnow()
+        else:
+            previous = (row.order_state, row.refund_total)
+            if values["version"] >= row.version:
+                for name, value in values.items():
+                    setattr(row, name, value)
+                row.contact_id = contact_id
+                row.updated_at = utcnow()
         session.flush()
+        return previous
 
     def _summaries(self, session: Session, contact_id: int) -> list[SummaryRow]:
         rows = session.execute(sa.select(OrderSummary).where(OrderSummary.contact_id == contact_id)).scalars()

@@ -12,11 +12,23 @@ Callers (``ctdd.ingest.events``, the cart watcher) pass facts, not protobuf or c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ctdd.config import StoreConfig
+from ctdd.config import ProgramConfig, StoreConfig
+from ctdd.db.models import CartStatus, ProductView, ProgramTrigger, TriggerStatus
+from ctdd.domain import programs as rules
+from ctdd.programs.leases import insert_ignore
+
+PT = ProgramTrigger.__table__
+PV = ProductView.__table__
+
+#: statuses a subject change can still cancel: not decided yet, or decided "send" but waiting for its
+#: enrolment batch (``enrolling`` without an enrolment call)
+_OPEN = (TriggerStatus.PENDING, TriggerStatus.CLAIMED)
 
 
 @dataclass(frozen=True)
@@ -34,47 +46,164 @@ class CartFacts:
     last_modified_at: datetime
 
 
+def enabled_program(store: StoreConfig, kind: str) -> ProgramConfig | None:
+    """The store's program of ``kind`` when configured and enabled."""
+    program = store.programs.get(kind)
+    return program if program is not None and program.enabled else None
+
+
+def cancel_triggers(session: Session, store_key: str, subject_type: str, subject_id: str, reason: str,
+                    now: datetime, *, kinds: tuple[str, ...] | None = None, below_version: int | None = None) -> int:
+    """Cancel the undecided triggers of a subject (those not sent yet: pending, claimed by a processor, or
+    waiting for their enrolment batch); returns how many. A processor holding one of them finds it cancelled
+    when it records its decision, and records nothing."""
+    conditions = [PT.c.store_key == store_key, PT.c.subject_type == subject_type, PT.c.subject_id == subject_id,
+                  sa.or_(PT.c.status.in_(_OPEN),
+                         sa.and_(PT.c.status == TriggerStatus.ENROLLING, PT.c.enrolment_call_id.is_(None)))]
+    if kinds is not None:
+        conditions.append(PT.c.program_kind.in_(kinds))
+    if below_version is not None:
+        conditions.append(PT.c.subject_version < below_version)
+    return session.connection().execute(
+        sa.update(PT).where(*conditions).values(status=TriggerStatus.CANCELLED, reason=reason, decided_at=now,
+                                                lease_owner=None, lease_expires_at=None)
+    ).rowcount
+
+
+def schedule(session: Session, store: StoreConfig, kind: str, *, contact_id: int, subject_type: str,
+             subject_id: str, version: int, due_at: datetime, now: datetime, step: int = 1) -> bool:
+    """Write one trigger; False when it exists already (one per store, kind, subject, version and step)."""
+    return bool(insert_ignore(session.connection(), PT, [{
+        "store_key": store.key, "account": store.account, "program_kind": kind, "contact_id": contact_id,
+        "subject_type": subject_type, "subject_id": subject_id, "subject_version": version, "step": step,
+        "due_at": due_at, "status": TriggerStatus.PENDING, "reason": None, "attempts": 0, "created_at": now,
+    }]))
+
+
+def _newest_version(session: Session, store_key: str, kind: str, subject_type: str, subject_id: str) -> int | None:
+    return session.connection().execute(
+        sa.select(sa.func.max(PT.c.subject_version)).where(
+            PT.c.store_key == store_key, PT.c.program_kind == kind, PT.c.subject_type == subject_type,
+            PT.c.subject_id == subject_id)
+    ).scalar_one_or_none()
+
+
+_CLOSED_REASONS = {CartStatus.ORDERED: rules.CART_ORDERED, CartStatus.MERGED: rules.CART_MERGED,
+                   CartStatus.FROZEN: rules.CART_FROZEN}
+
+
 def on_cart_changed(session: Session, store: StoreConfig, cart: CartFacts, now: datetime) -> None:
     """A cart was created or changed (or became attributable). Cancels the pending abandoned-cart triggers of
     older versions of this cart and, for an Active non-empty attributed cart, schedules the steps of the
     store's abandoned_cart program for this version (one trigger per cart version and step at most)."""
-    raise NotImplementedError
+    if cart.state != CartStatus.ACTIVE:
+        on_cart_closed(session, store, cart.cart_id, cart.state, now)
+        return
+    reason = rules.CART_EMPTIED if cart.line_item_count <= 0 else rules.CART_CHANGED
+    cancel_triggers(session, store.key, rules.SUBJECT_CART, cart.cart_id, reason, now,
+                    below_version=cart.version + (1 if cart.line_item_count <= 0 else 0))
+    program = enabled_program(store, rules.ABANDONED_CART)
+    if program is None or cart.line_item_count <= 0 or cart.contact_id is None:
+        return
+    newest = _newest_version(session, store.key, rules.ABANDONED_CART, rules.SUBJECT_CART, cart.cart_id)
+    if newest is not None and newest > cart.version:
+        return  # an older version arriving late: the newer one has its timer already
+    schedule(session, store, rules.ABANDONED_CART, contact_id=cart.contact_id, subject_type=rules.SUBJECT_CART,
+             subject_id=cart.cart_id, version=cart.version,
+             due_at=cart.last_modified_at + timedelta(minutes=program.delay_minutes), now=now)
 
 
 def on_cart_closed(session: Session, store: StoreConfig, cart_id: str, state: str, now: datetime, *,
                    order_id: str | None = None, merged_into: str | None = None) -> None:
     """A cart was ordered, merged into another cart at login, or frozen: its pending triggers are cancelled
     with that reason."""
-    raise NotImplementedError
+    reason = _CLOSED_REASONS.get(state, rules.CART_ORDERED if order_id else rules.CART_MERGED if merged_into
+                                 else rules.CART_CHANGED)
+    cancel_triggers(session, store.key, rules.SUBJECT_CART, cart_id, reason, now)
 
 
 def on_order_placed(session: Session, store: StoreConfig, contact_id: int, order_id: str, placed_at: datetime,
                     now: datetime, *, first_order: bool, cart_id: str | None = None) -> None:
     """An order was created (not imported: a historical order is no purchase now). Schedules
     post_purchase_first or post_purchase_repeat. The contact's pending abandoned-cart and browse triggers are
-    left to the processor, which skips them ("ordered since") when they fall due."""
-    raise NotImplementedError
+    left to the processor, which skips them ("ordered since") when they fall due; those of the ordered cart
+    (``cart_id``) are cancelled at once ("cart_ordered")."""
+    if cart_id:
+        cancel_triggers(session, store.key, rules.SUBJECT_CART, cart_id, rules.CART_ORDERED, now)
+    kind = rules.POST_PURCHASE_FIRST if first_order else rules.POST_PURCHASE_REPEAT
+    program = enabled_program(store, kind)
+    if program is None:
+        return
+    schedule(session, store, kind, contact_id=contact_id, subject_type=rules.SUBJECT_ORDER, subject_id=order_id,
+             version=0, due_at=placed_at + timedelta(minutes=program.delay_minutes), now=now)
 
 
 def on_order_cancelled(session: Session, store: StoreConfig, order_id: str, reason: str, now: datetime) -> None:
-    """An order was cancelled or fully refunded: its pending post-purchase and review triggers are cancelled."""
-    raise NotImplementedError
+    """An order was cancelled or fully refunded: its pending post-purchase and review triggers are cancelled.
+    ``reason``: ``order_cancelled`` or ``order_refunded``."""
+    cancel_triggers(session, store.key, rules.SUBJECT_ORDER, order_id, reason or rules.ORDER_CANCELLED, now,
+                    kinds=rules.ORDER_KINDS)
 
 
 def on_shipment_delivered(session: Session, store: StoreConfig, contact_id: int, order_id: str,
                           delivered_at: datetime, now: datetime) -> None:
     """An order's shipment state became Delivered: schedules review_request."""
-    raise NotImplementedError
+    program = enabled_program(store, rules.REVIEW_REQUEST)
+    if program is None:
+        return
+    schedule(session, store, rules.REVIEW_REQUEST, contact_id=contact_id, subject_type=rules.SUBJECT_ORDER,
+             subject_id=order_id, version=0, due_at=delivered_at + timedelta(minutes=program.delay_minutes), now=now)
 
 
 def on_product_viewed(session: Session, store: StoreConfig, contact_id: int, product_id: str, viewed_at: datetime,
                       now: datetime, *, data: dict | None = None) -> None:
     """A contact viewed a product: the view is remembered (``product_view``) and the contact's browse-abandonment
-    timer restarts from this view (after a quiet period without views it falls due)."""
-    raise NotImplementedError
+    timer restarts from this view (after a quiet period without views it falls due).
+
+    The browse trigger's subject is ``browse/<contact id>`` and its version the view time in epoch
+    milliseconds: a later view cancels the earlier timer ("viewed_again") and sets its own."""
+    program = enabled_program(store, rules.BROWSE_ABANDONMENT)
+    if program is None:
+        return
+    conn = session.connection()
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(PV).values(store_key=store.key, contact_id=contact_id, product_id=product_id,
+                                     viewed_at=viewed_at, data=data)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[PV.c.store_key, PV.c.contact_id, PV.c.product_id],
+        set_={"viewed_at": stmt.excluded.viewed_at, "data": stmt.excluded.data},
+        where=PV.c.viewed_at < stmt.excluded.viewed_at))
+    version = rules.epoch_ms(viewed_at)
+    subject_id = str(contact_id)
+    cancel_triggers(session, store.key, rules.SUBJECT_BROWSE, subject_id, rules.VIEWED_AGAIN, now,
+                    kinds=(rules.BROWSE_ABANDONMENT,), below_version=version)
+    newest = _newest_version(session, store.key, rules.BROWSE_ABANDONMENT, rules.SUBJECT_BROWSE, subject_id)
+    if newest is not None and newest >= version:
+        return  # a later view has its timer already
+    schedule(session, store, rules.BROWSE_ABANDONMENT, contact_id=contact_id, subject_type=rules.SUBJECT_BROWSE,
+             subject_id=subject_id, version=version, due_at=viewed_at + timedelta(minutes=program.delay_minutes),
+             now=now)
 
 
 def on_product_added_to_cart(session: Session, store: StoreConfig, contact_id: int, product_ids: list[str],
                              now: datetime) -> None:
-    """Products a contact put in a cart no longer count as browsed-and-abandoned."""
-    raise NotImplementedError
+    """Products a contact put in a cart no longer count as browsed-and-abandoned: their views are forgotten, and
+    a browse trigger left with no viewed product is skipped ("products_in_cart") when it falls due."""
+    if not product_ids or enabled_program(store, rules.BROWSE_ABANDONMENT) is None:
+        return
+    session.connection().execute(sa.delete(PV).where(
+        PV.c.store_key == store.key, PV.c.contact_id == contact_id, PV.c.product_id.in_(list(product_ids))))
+
+
+def schedule_next_step(session: Session, store: StoreConfig, *, kind: str, contact_id: int, subject_type: str,
+                       subject_id: str, version: int, step: int, sent_at: datetime, now: datetime) -> bool:
+    """Step ``step`` of a series was sent at ``sent_at``: write the next step (reminders count from the previous
+    step), if the program has one. The next step is checked again in full when it falls due."""
+    program = enabled_program(store, kind)
+    if program is None:
+        return False
+    due = rules.next_step_due(sent_at, step, program.steps_minutes)
+    if due is None:
+        return False
+    return schedule(session, store, kind, contact_id=contact_id, subject_type=subject_type, subject_id=subject_id,
+                    version=version, due_at=due, now=now, step=step + 1)

@@ -1,7 +1,7 @@
 """Wiring: database, plugins, Dotdigital clients, dispatcher and gRPC server in one application object.
 
 Shutdown order: health NOT_SERVING -> stop accepting RPCs and let in-flight ones
-finish -> stop the back-sync poller -> stop the inbox processor (finish its batch) -> stop the dispatcher (drain deliveries, release leases) -> close HTTP
+finish -> stop the back-sync poller -> stop the cart watcher -> stop the inbox processor (finish its batch) -> stop the program trigger processor (finish its pass, hand back claims and enrolment leases) -> stop the dispatcher (drain deliveries, release leases) -> close HTTP
 clients. Start-up resolves the lists configured by name (``ctdd.dotdigital.provisioning``) before anything runs.
 """
 
@@ -21,6 +21,7 @@ from ctdd.commercetools.clients import CommercetoolsClients
 from ctdd.delivery.dispatcher import Dispatcher
 from ctdd.dotdigital.accounts import DotdigitalClients
 from ctdd.dotdigital.provisioning import resolve_list_names
+from ctdd.ingest.cart_watcher import CartWatcher
 from ctdd.ingest.events import EventProcessor
 from ctdd.api.server import GrpcServer, SyncServicer
 from ctdd.hooks.manager import create_plugin_manager
@@ -28,6 +29,7 @@ from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.ingest.inbox import InboxProcessor, InboxWriter
 from ctdd.db.transactions import TransactionRunner
 from ctdd.db.locks import SQLiteDispatcherLock
+from ctdd.programs.processor import TriggerProcessor
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,16 @@ class App:
             InboxProcessor(self.engine, settings, self.events, worker_id=self.dispatcher.worker_id,
                            prepare=stored_request_preparer(self.events, settings),
                            on_enqueued=self._wake_dispatcher)
+            if self.dispatcher is not None else None
+        )
+        # Carts changed in commercetools (no messages for carts): polled next to the dispatcher, one process
+        # per store at a time (a lease), for the stores whose [stores.<key>.cart_watcher] is on.
+        self.cart_watcher = (CartWatcher(self.engine, settings, self.events, owner=self.dispatcher.worker_id)
+                             if self.dispatcher is not None else None)
+        # Program triggers (abandoned cart, post-purchase ...): decided and sent next to the dispatcher.
+        self.programs = (
+            TriggerProcessor(self.engine, settings, self.clients, self.hooks, worker_id=self.dispatcher.worker_id,
+                             on_enqueued=self._wake_dispatcher)
             if self.dispatcher is not None else None
         )
         if serve_grpc:
@@ -96,6 +108,10 @@ class App:
             self.dispatcher.start()
             assert self.inbox_processor is not None
             self.inbox_processor.start()
+            if self.programs is not None and self.programs.enabled:
+                self.programs.start()
+            assert self.cart_watcher is not None
+            self.cart_watcher.start()
         if self.grpc is not None:
             self.port = await self.grpc.start()
             log.info("ctdd-sync listening on %s (port %s), database %s", self.settings.listen, self.port,
@@ -108,8 +124,12 @@ class App:
             await self.grpc.begin_shutdown()
             await self.grpc.stop(grace)
         await self.backsync.stop(grace=grace)  # finish or cancel a poll, before its clients close
+        if self.cart_watcher is not None:
+            await self.cart_watcher.stop(grace=grace)  # finish or cancel a poll, give the leases back
         if self.inbox_processor is not None:
             await self.inbox_processor.stop()  # before the dispatcher: it may still enqueue
+        if self.programs is not None:
+            await self.programs.stop()  # before the dispatcher: list joins are enqueued
         if self.dispatcher is not None:
             await self.dispatcher.stop(drain_seconds=grace)
         if self._dispatcher_lock is not None:

@@ -34,6 +34,20 @@ Implemented
 * ``DELETE /{resource}/{id}?version=`` and ``GET|DELETE /custom-objects/{container}/{key}``.
 * ``GET /product-projections`` is derived from stored products (``masterData.current``, or ``staged``
   with ``staged=true``) plus any projection seeded directly.
+* Store-scoped endpoints ``/in-store/key={storeKey}/{carts|orders|customers}[/...]``: queries and reads see
+  only that store's resources (``store.key``; customers: ``stores``), creates are assigned to the store.
+* Carts: update actions ``addLineItem`` (with ``externalPrice``), ``removeLineItem``,
+  ``changeLineItemQuantity``, ``setCustomerId``, ``setAnonymousId``, ``setCustomerEmail``, ``setLocale``
+  (totals are recomputed); ``POST /login`` (and in-store) signs a customer in with an anonymous cart: with
+  ``MergeWithExistingCustomerCart`` (the default) and an Active cart of the customer, the anonymous cart's
+  line items are merged into it and the anonymous cart becomes ``Merged``; otherwise the anonymous cart
+  becomes the customer's. With ``anonymousId``, the carts of that anonymous id get the customer
+  (commercetools HTTP API: Customers, "Sign-in"). Fake choices: the customer's cart is updated before the
+  anonymous one; a password is checked against what ``POST /customers`` stored.
+* Notifications: for every subscription stored (``changes`` / ``messages`` resource types), the fake
+  records what commercetools would deliver - ``ResourceCreated`` for carts created through the API, and the
+  order messages ``OrderCreated`` (order from a cart), ``OrderStateChanged`` and
+  ``OrderShipmentStateChanged`` - in Platform format; ``take_notifications()`` hands them out.
 
 Test controls: ``add``/``get``/``all`` (seed and inspect state), ``requests`` (every request, with the
 ``Authorization`` header redacted), ``inject_fault``, ``expire_tokens`` and ``bump_version`` (a concurrent
@@ -210,6 +224,8 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         self._data: dict[str, dict[str, dict]] = {name: {} for name in RESOURCES}
         self._tokens: dict[str, tuple[float, str]] = {}  # token -> (monotonic expiry, scope)
         self._last_timestamp: datetime | None = None
+        self._notifications: list[dict] = []
+        self._sequence: dict[str, int] = {}
 
     def __repr__(self) -> str:  # never show the secret
         return (f"FakeCommercetools(base_url={self.base_url if self._server else None!r}, "
@@ -266,6 +282,38 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
             obj["version"] = int(obj.get("version", 0)) + 1
             obj["lastModifiedAt"] = self._now()
             return copy.deepcopy(obj)
+
+    def take_notifications(self) -> list[dict]:
+        """The notifications recorded since the last call (Platform format), oldest first."""
+        with self._lock:
+            taken, self._notifications = self._notifications, []
+            return copy.deepcopy(taken)
+
+    def _subscribed(self, kind: str, type_id: str, message_type: str | None = None) -> bool:
+        for sub in self._data["subscriptions"].values():
+            for entry in sub.get(kind) or []:
+                if isinstance(entry, dict) and entry.get("resourceTypeId") == type_id and (
+                        kind == "changes" or not entry.get("types") or message_type in entry["types"]):
+                    return True
+        return False
+
+    def _notify_created(self, type_id: str, obj: dict) -> None:
+        if self._subscribed("changes", type_id):
+            self._notifications.append({
+                "notificationType": "ResourceCreated", "projectKey": self.project_key,
+                "resource": {"typeId": type_id, "id": obj["id"]}, "version": obj["version"],
+                "modifiedAt": obj["lastModifiedAt"]})
+
+    def _notify_message(self, type_id: str, obj: dict, message_type: str, **fields: Any) -> None:
+        if not self._subscribed("messages", type_id, message_type):
+            return
+        seq = self._sequence[obj["id"]] = self._sequence.get(obj["id"], 0) + 1
+        now = self._now()
+        self._notifications.append({
+            "notificationType": "Message", "projectKey": self.project_key, "id": str(uuid.uuid4()), "version": 1,
+            "sequenceNumber": seq, "resource": {"typeId": type_id, "id": obj["id"]},
+            "resourceVersion": obj["version"], "resourceUserProvidedIdentifiers": {}, "type": message_type,
+            "createdAt": now, "lastModifiedAt": now, **copy.deepcopy(fields)})
 
     @staticmethod
     def _check_resource(resource: str) -> None:
@@ -371,7 +419,18 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
     def _route(self, method: str, path: list[str], query: dict[str, list[str]], body: bytes) -> _Response:
         if not path:
             raise _error(404, "ResourceNotFound", "The endpoint was not found.")
+        store_key = None
+        if path[0] == "in-store":
+            if len(path) < 3 or not path[1].startswith("key=") or path[2] not in _IN_STORE_RESOURCES:
+                raise _error(404, "ResourceNotFound", "The endpoint was not found.")
+            store_key, path = path[1][4:], path[2:]
+        if path == ["login"]:
+            if method != "POST":
+                raise _error(405, "MethodNotAllowed", "Method not allowed.")
+            return _Response(200, self._sign_in(_json_body(body), store_key))
         resource, rest = path[0], path[1:]
+        if store_key is not None:
+            return self._route_in_store(method, store_key, resource, rest, query, body)
         if resource not in RESOURCES:
             raise _error(404, "ResourceNotFound", f"The endpoint '/{resource}' was not found.")
         if resource == "custom-objects":
@@ -406,6 +465,31 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
             del self._data[resource][obj["id"]]
             return _Response(200, copy.deepcopy(obj))
         raise _error(405, "MethodNotAllowed", "Method not allowed.")
+
+    def _route_in_store(self, method: str, store_key: str, resource: str, rest: list[str],
+                        query: dict[str, list[str]], body: bytes) -> _Response:
+        """``/in-store/key={store}/{resource}``: the store's resources only; creates belong to the store."""
+        if not rest:
+            if method == "GET":
+                items = [o for o in self._data[resource].values() if _in_store(resource, o, store_key)]
+                return _Response(200, self._query(resource, items, query))
+            if method == "POST":
+                draft = _json_body(body)
+                if not isinstance(draft, dict):
+                    raise _invalid_json("The request body must be a JSON object.")
+                if resource == "customers":
+                    draft = {**draft, "stores": [{"typeId": "store", "key": store_key}]}
+                else:
+                    draft = {**draft, "store": {"typeId": "store", "key": store_key}}
+                status, created = self._create(resource, draft)
+                return _Response(status, created)
+            raise _error(405, "MethodNotAllowed", "Method not allowed.")
+        if len(rest) != 1:
+            raise _error(404, "ResourceNotFound", "The endpoint was not found.")
+        obj = self._find(resource, rest[0], query)
+        if not _in_store(resource, obj, store_key):
+            raise _not_found(resource, rest[0])
+        return self._route(method, [resource, rest[0]], query, body)
 
     def _find(self, resource: str, ident: str, query: dict[str, list[str]]) -> dict:
         """The stored object addressed by ``{id}`` or ``key={key}`` (404 otherwise)."""
@@ -548,7 +632,9 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         if resource == "types":
             return 201, self._create_type(draft)
         if resource == "carts":
-            return 201, self._create_cart(draft)
+            cart = self._create_cart(draft)
+            self._notify_created("cart", cart)
+            return 201, cart
         # payments, products, categories, stores: stored as sent (fake choice: no draft validation).
         self._check_unique_key(resource, draft.get("key"))
         obj = self._base(draft)
@@ -666,6 +752,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         cart["version"] += 1
         cart["lastModifiedAt"] = self._now()
         self._data["orders"][order["id"]] = order
+        self._notify_message("order", order, "OrderCreated", order=order)
         return copy.deepcopy(order)
 
     def _check_order_number(self, number: Any) -> None:
@@ -860,11 +947,74 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
                 raise _invalid_input(f"Unknown update action '{name}' for {resource} (not implemented by the fake "
                                      f"or not valid for this resource).")
             handler(self, resource, updated, action)
+        if resource == "carts":
+            _recompute_cart(updated)
         # Fake choice: every successful update request bumps the version by exactly one.
         updated["version"] = obj["version"] + 1
         updated["lastModifiedAt"] = self._now()
         self._data[resource][obj["id"]] = updated
+        if resource == "orders":
+            for name, message in (("orderState", "OrderStateChanged"), ("shipmentState", "OrderShipmentStateChanged")):
+                if updated.get(name) != obj.get(name):
+                    self._notify_message("order", updated, message, **{
+                        name: updated.get(name), f"old{name[0].upper()}{name[1:]}": obj.get(name)})
         return copy.deepcopy(updated)
+
+    # -- sign-in ------------------------------------------------------------------------------------
+    def _sign_in(self, draft: Any, store_key: str | None) -> dict:
+        """``CustomerSignin`` -> ``CustomerSignInResult {customer, cart?}`` (see the module docstring)."""
+        if not isinstance(draft, dict) or not isinstance(draft.get("email"), str):
+            raise _invalid_json("email: Missing required value")
+        customer = next((c for c in self._data["customers"].values()
+                         if str(c.get("email", "")).lower() == draft["email"].lower()
+                         and (store_key is None or _in_store("customers", c, store_key))), None)
+        stored = (customer or {}).get("password")
+        given = draft.get("password")
+        if customer is None or (stored is not None and (not isinstance(given, str) or stored != (
+                "****" + base64.b64encode(given.encode()).decode()[-4:]))):
+            raise _error(400, "InvalidCredentials", "Account with the given credentials not found.")
+        anonymous_id = draft.get("anonymousId")
+        ref = draft.get("anonymousCart") if isinstance(draft.get("anonymousCart"), dict) else None
+        anonymous = None
+        if ref is not None:
+            anonymous = next((c for c in self._data["carts"].values()
+                              if c.get("id") == ref.get("id") or (ref.get("key") and c.get("key") == ref["key"])), None)
+            if anonymous is None or anonymous.get("cartState") != "Active":
+                raise _error(400, "InvalidOperation", "The anonymous cart is not an active cart.")
+            if anonymous_id and anonymous.get("anonymousId") != anonymous_id:
+                raise _invalid_input("The anonymousId does not match the anonymous cart.")
+        own = [c for c in self._data["carts"].values() if c.get("customerId") == customer["id"]
+               and c.get("cartState") == "Active" and c is not anonymous
+               and (store_key is None or _in_store("carts", c, store_key))]
+        own.sort(key=lambda c: _sort_key(c.get("lastModifiedAt")))
+        result_cart = own[-1] if own else None
+        mode = draft.get("anonymousCartSignInMode") or "MergeWithExistingCustomerCart"
+        if anonymous is not None and mode == "MergeWithExistingCustomerCart" and result_cart is not None:
+            _merge_line_items(result_cart, anonymous)
+            self._touch_cart(result_cart)
+            anonymous["cartState"] = "Merged"
+            if anonymous_id:
+                anonymous["customerId"] = customer["id"]
+            self._touch_cart(anonymous)
+        elif anonymous is not None:
+            anonymous["customerId"] = customer["id"]
+            anonymous.setdefault("customerEmail", customer.get("email"))
+            self._touch_cart(anonymous)
+            result_cart = anonymous
+        if anonymous_id:
+            for cart in self._data["carts"].values():
+                if cart.get("anonymousId") == anonymous_id and not cart.get("customerId"):
+                    cart["customerId"] = customer["id"]
+                    self._touch_cart(cart)
+        out: dict[str, Any] = {"customer": copy.deepcopy(customer)}
+        if result_cart is not None:
+            out["cart"] = copy.deepcopy(result_cart)
+        return out
+
+    def _touch_cart(self, cart: dict) -> None:
+        _recompute_cart(cart)
+        cart["version"] = int(cart.get("version", 0)) + 1
+        cart["lastModifiedAt"] = self._now()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -972,6 +1122,88 @@ def _add_field_definition(fake: FakeCommercetools, resource: str, obj: dict, act
     obj.setdefault("fieldDefinitions", []).append(copy.deepcopy(definition))
 
 
+def _cart_line(cart: dict, action: dict) -> dict:
+    line = next((li for li in cart.get("lineItems") or [] if li.get("id") == action.get("lineItemId")), None)
+    if line is None:
+        raise _invalid_input(f"The cart has no line item '{action.get('lineItemId')}'.")
+    return line
+
+
+def _add_line_item(fake: FakeCommercetools, resource: str, obj: dict, action: dict) -> None:
+    """``addLineItem`` with an ``externalPrice`` (the fake selects no prices); the same product and SKU add up."""
+    if "externalPrice" not in action:
+        raise _invalid_input("The fake prices line items only from externalPrice; seed carts with add().")
+    quantity = action.get("quantity", 1)
+    new = _import_line_item({k: v for k, v in action.items() if k not in ("action", "externalPrice", "quantity")}
+                            | {"price": {"value": action["externalPrice"]}, "quantity": quantity},
+                            price_mode="ExternalPrice")
+    _merge_line_items(obj, {"lineItems": [new]})
+
+
+def _remove_line_item(fake: FakeCommercetools, resource: str, obj: dict, action: dict) -> None:
+    line = _cart_line(obj, action)
+    quantity = action.get("quantity")
+    if isinstance(quantity, int) and not isinstance(quantity, bool) and quantity < line["quantity"]:
+        line["quantity"] -= quantity
+    else:
+        obj["lineItems"] = [li for li in obj["lineItems"] if li is not line]
+
+
+def _change_line_item_quantity(fake: FakeCommercetools, resource: str, obj: dict, action: dict) -> None:
+    line = _cart_line(obj, action)
+    quantity = action.get("quantity")
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+        raise _invalid_json("quantity: Missing required value")
+    if quantity == 0:
+        obj["lineItems"] = [li for li in obj["lineItems"] if li is not line]
+    else:
+        line["quantity"] = quantity
+
+
+def _merge_line_items(into: dict, source: dict) -> None:
+    """Add ``source``'s line items to ``into`` (the same product and SKU add their quantities)."""
+    lines = into.setdefault("lineItems", [])
+    for item in source.get("lineItems") or []:
+        sku = (item.get("variant") or {}).get("sku")
+        same = next((li for li in lines if li.get("productId") == item.get("productId")
+                     and (li.get("variant") or {}).get("sku") == sku), None)
+        if same is not None:
+            same["quantity"] += item["quantity"]
+        else:
+            lines.append({**copy.deepcopy(item), "id": str(uuid.uuid4())})
+    _recompute_cart(into)
+
+
+def _recompute_cart(cart: dict) -> None:
+    """Line totals (price x quantity, minus the discounted prices per quantity), the cart total and
+    ``totalLineItemQuantity`` (absent without line items)."""
+    currency = (cart.get("totalPrice") or {}).get("currencyCode")
+    total = 0
+    for li in cart.get("lineItems") or []:
+        value = (li.get("price") or {}).get("value") or {}
+        currency = currency or value.get("currencyCode")
+        discounted = sum(p["quantity"] * p["discountedPrice"]["value"]["centAmount"]
+                         for p in li.get("discountedPricePerQuantity") or [])
+        undiscounted = li["quantity"] - sum(p["quantity"] for p in li.get("discountedPricePerQuantity") or [])
+        cents = discounted + max(undiscounted, 0) * int(value.get("centAmount", 0))
+        li["totalPrice"] = _money({"currencyCode": value.get("currencyCode") or currency, "centAmount": cents})
+        total += cents
+    if currency:
+        cart["totalPrice"] = _money({"currencyCode": currency, "centAmount": total})
+    quantity = sum(li["quantity"] for li in cart.get("lineItems") or [])
+    if quantity:
+        cart["totalLineItemQuantity"] = quantity
+    else:
+        cart.pop("totalLineItemQuantity", None)
+
+
+def _in_store(resource: str, obj: dict, store_key: str) -> bool:
+    if resource == "customers":
+        return any(isinstance(s, dict) and s.get("key") == store_key for s in obj.get("stores") or [])
+    return (obj.get("store") or {}).get("key") == store_key
+
+
+_IN_STORE_RESOURCES = frozenset({"carts", "orders", "customers", "login"})
 _CUSTOM_ACTIONS = {"setCustomField": _set_custom_field, "setCustomType": _set_custom_type}
 #: resource -> update action name -> handler(fake, resource, obj copy, action)
 _ACTIONS: dict[str, dict[str, Callable[[FakeCommercetools, str, dict, dict], None]]] = {
@@ -1002,7 +1234,9 @@ _ACTIONS: dict[str, dict[str, Callable[[FakeCommercetools, str, dict, dict], Non
     },
     "types": {"addFieldDefinition": _add_field_definition, "setKey": _set_key},
     "carts": {"setCustomerEmail": _setter("customerEmail"), "setLocale": _setter("locale"), "setKey": _set_key,
-              **_CUSTOM_ACTIONS},
+              "setCustomerId": _setter("customerId"), "setAnonymousId": _setter("anonymousId"),
+              "addLineItem": _add_line_item, "removeLineItem": _remove_line_item,
+              "changeLineItemQuantity": _change_line_item_quantity, **_CUSTOM_ACTIONS},
     "payments": {"setKey": _set_key, **_CUSTOM_ACTIONS},
     "products": {"setKey": _set_key},
     "categories": {"setKey": _set_key, **_CUSTOM_ACTIONS},

@@ -2,7 +2,7 @@
 
 Also contract tests: request bodies the client sends (and responses the sandbox returns) are validated
 against the JSON schemas in Dotdigital's own OpenAPI documents (``shared/specs/dotdigital``), with a small
-hand-written validator (``jsonschema`` is not a project dependency).
+hand-written validator (``ctdd.testing.openapi``, which ``ctdd simulate --openapi`` uses too).
 """
 
 from __future__ import annotations
@@ -12,14 +12,11 @@ import base64
 import json
 import logging
 import os
-import re
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -39,6 +36,7 @@ from ctdd.dotdigital.errors import (
 )
 from ctdd.dotdigital.rate_budget import BudgetTransport, RateBudget
 from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox, RecordedRequest
+from ctdd.testing.openapi import SchemaValidator  # also imported from here by test_dotdigital_insight_import
 
 JANE = "jane.doe@example.com"
 
@@ -673,157 +671,6 @@ def _spec_dir() -> Path | None:
         candidates += [Path(shared) / "specs" / "dotdigital", Path(shared)]
     candidates.append(Path(__file__).resolve().parents[3] / "shared" / "specs" / "dotdigital")
     return next((c for c in candidates if (c / "dotdigital-contacts-service.json").is_file()), None)
-
-
-class SchemaValidator:
-    """A minimal JSON Schema / OpenAPI 3.0-3.1 validator for the subset Dotdigital's specs use.
-
-    Supports local ``$ref``, ``type`` (incl. 3.1 type lists and 3.0 ``nullable``), ``enum``, ``required``,
-    ``properties``, ``additionalProperties`` (bool or schema), ``min/maxProperties``, ``items``,
-    ``min/maxItems``, ``min/maxLength``, ``pattern`` (search semantics), ``minimum``/``maximum``, ``format``
-    (date-time, uri, ipv4, ipv6), ``allOf``, ``oneOf`` and ``anyOf``.
-
-    ``merge_allof=True`` validates an ``allOf`` as the *merged* object schema (union of properties,
-    closed if any branch is closed) - how OpenAPI generators read composed request models. Plain JSON
-    Schema semantics (``merge_allof=False``) check each branch on its own, under which a closed branch
-    rejects properties declared by a sibling branch (see ``test_spec_quirk_...``).
-    """
-
-    _TYPES = {
-        "object": lambda v: isinstance(v, dict),
-        "array": lambda v: isinstance(v, list),
-        "string": lambda v: isinstance(v, str),
-        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "boolean": lambda v: isinstance(v, bool),
-        "null": lambda v: v is None,
-    }
-
-    def __init__(self, document: dict, *, merge_allof: bool = True) -> None:
-        self.document = document
-        self.merge_allof = merge_allof
-
-    def errors(self, instance: Any, schema: dict | str) -> list[str]:
-        found: list[str] = []
-        self._check(instance, {"$ref": schema} if isinstance(schema, str) else schema, "$", found)
-        return found
-
-    def resolve(self, ref: str) -> dict:
-        assert ref.startswith("#/"), f"only local refs are supported: {ref}"
-        node: Any = self.document
-        for part in ref[2:].split("/"):
-            node = node[part.replace("~1", "/").replace("~0", "~")]
-        return node
-
-    def _deref(self, schema: dict) -> dict:
-        while "$ref" in schema:
-            schema = self.resolve(schema["$ref"])
-        return schema
-
-    def _merged(self, schema: dict) -> dict:
-        branches = [self._deref(b) for b in schema["allOf"]]
-        branches = [self._merged(b) if "allOf" in b else b for b in branches]
-        own = {k: v for k, v in schema.items() if k != "allOf"}
-        merged: dict[str, Any] = {}
-        properties: dict[str, list[dict]] = {}
-        required: set[str] = set()
-        closed, extra = False, []
-        for part in [own, *branches]:
-            for name, sub in part.get("properties", {}).items():
-                properties.setdefault(name, []).append(sub)
-            required |= set(part.get("required", []))
-            additional = part.get("additionalProperties")
-            if additional is False:
-                closed = True
-            elif isinstance(additional, dict):
-                extra.append(additional)
-            for key, value in part.items():
-                if key not in ("properties", "required", "additionalProperties", "description", "example"):
-                    merged.setdefault(key, value)
-        merged["properties"] = {n: s[0] if len(s) == 1 else {"allOf": s} for n, s in properties.items()}
-        if required:
-            merged["required"] = sorted(required)
-        if closed:
-            merged["additionalProperties"] = False
-        elif extra:
-            merged["additionalProperties"] = extra[0] if len(extra) == 1 else {"allOf": extra}
-        return merged
-
-    def _check(self, value: Any, schema: dict, where: str, errors: list[str]) -> None:
-        schema = self._deref(schema)
-        if "allOf" in schema:
-            if self.merge_allof:
-                schema = self._merged(schema)
-            else:
-                for branch in schema["allOf"]:
-                    self._check(value, branch, where, errors)
-        if value is None and schema.get("nullable"):
-            return
-        types = schema.get("type")
-        if types is not None:
-            allowed = types if isinstance(types, list) else [types]
-            if not any(self._TYPES[t](value) for t in allowed):
-                errors.append(f"{where}: expected {types}, got {type(value).__name__}")
-                return
-        if "enum" in schema and value not in schema["enum"]:
-            errors.append(f"{where}: {value!r} not in {schema['enum']}")
-        if isinstance(value, str):
-            if len(value) < schema.get("minLength", 0):
-                errors.append(f"{where}: shorter than {schema['minLength']}")
-            if "maxLength" in schema and len(value) > schema["maxLength"]:
-                errors.append(f"{where}: longer than {schema['maxLength']}")
-            if "pattern" in schema and not re.search(schema["pattern"], value):
-                errors.append(f"{where}: does not match {schema['pattern']}")
-            fmt = schema.get("format")
-            if fmt and not self._format_ok(fmt, value):
-                errors.append(f"{where}: not a valid {fmt}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if "minimum" in schema and value < schema["minimum"]:
-                errors.append(f"{where}: below minimum {schema['minimum']}")
-            if "maximum" in schema and value > schema["maximum"]:
-                errors.append(f"{where}: above maximum {schema['maximum']}")
-        if isinstance(value, list):
-            if len(value) < schema.get("minItems", 0):
-                errors.append(f"{where}: fewer than {schema['minItems']} items")
-            if "maxItems" in schema and len(value) > schema["maxItems"]:
-                errors.append(f"{where}: more than {schema['maxItems']} items")
-            if "items" in schema:
-                for index, item in enumerate(value):
-                    self._check(item, schema["items"], f"{where}[{index}]", errors)
-        if isinstance(value, dict):
-            for name in schema.get("required", []):
-                if name not in value:
-                    errors.append(f"{where}: missing required {name!r}")
-            if len(value) < schema.get("minProperties", 0) or len(value) > schema.get("maxProperties", len(value)):
-                errors.append(f"{where}: wrong number of properties")
-            properties = schema.get("properties", {})
-            additional = schema.get("additionalProperties", True)
-            for name, item in value.items():
-                if name in properties:
-                    self._check(item, properties[name], f"{where}.{name}", errors)
-                elif additional is False:
-                    errors.append(f"{where}: unexpected property {name!r}")
-                elif isinstance(additional, dict):
-                    self._check(item, additional, f"{where}.{name}", errors)
-        for keyword, want in (("oneOf", 1), ("anyOf", None)):
-            if keyword in schema:
-                passing = sum(not self.errors(value, branch) for branch in schema[keyword])
-                if (want is not None and passing != want) or (want is None and passing == 0):
-                    errors.append(f"{where}: {passing} {keyword} branches match")
-
-    @staticmethod
-    def _format_ok(fmt: str, value: str) -> bool:
-        if fmt == "date-time":
-            return bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", value))
-        if fmt == "uri":
-            parts = urlsplit(value)
-            return bool(parts.scheme and parts.netloc)
-        if fmt in ("ipv4", "ipv6"):
-            try:
-                return ip_address(value).version == int(fmt[-1])
-            except ValueError:
-                return False
-        return True  # formats not used by these specs are not checked
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,7 @@ def upgrade() -> None:
     sa.Column('lease_expires_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.Column('program_id', sa.BigInteger(), nullable=True),
     sa.Column('enrolment_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
+    sa.Column('enrolment_call_id', sa.BigInteger(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('decided_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),

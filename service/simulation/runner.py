@@ -6,12 +6,16 @@ sandbox per account and a commercetools fake per project (``ctdd.simulation.envi
 reads the virtual clock (``ctdd.clock``), and so do the sandboxes.
 
 The loop moves the clock event by event. Between two events it does not sleep: it jumps from one due time to
-the next (a trigger falling due, the end of an enrolment batch's wait, a slot of the hourly enrolment
-budget, the next cart-watcher poll, an outbox retry, an enrolment status poll) and at each step runs the
-trigger processor and the cart watcher once, then waits (in real time) until the dispatcher has delivered
-everything due, so that the clock never moves while work of the current instant is in flight. What happened
-is read back after each step: the requests each sandbox received (stamped with the virtual time of the step)
-and the ``program_trigger`` rows that changed.
+the next and takes a step there. Due times are those of the engine's own schedules: the trigger processor
+runs on the ticks of ``[programs] poll_interval_seconds`` (counted from the first event) when a trigger falls
+due, a partial enrolment batch has waited ``batch_wait_seconds``, the hourly enrolment allowance or a pause
+ends, or an enrolment's outcome is to be read; each store's cart watcher polls every ``interval_seconds``
+while commercetools has changed since its last poll (a poll that cannot find anything is skipped); the
+dispatcher and the inbox processor retry at their ``next_attempt_at``. At a step, the watchers and the
+processor run once, then the loop waits (in real time) until the dispatcher has delivered everything due, so
+the clock never moves while work of the current instant is in flight. What happened is read back after each
+step: the requests each sandbox received (stamped with the virtual time of the step) and the
+``program_trigger`` rows that changed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,14 +45,14 @@ from ctdd.simulation.timeline import (
     Timeline,
     endpoint_of,
     iso,
+    render_json,
+    render_text,
     short_id,
     summarise,
 )
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from ctdd.testing.openapi import OpenApiDocuments
-
-log = logging.getLogger(__name__)
 
 PT = ProgramTrigger.__table__
 EC = EnrolmentCall.__table__
@@ -80,8 +83,6 @@ class SimulationResult:
     missing: list[str] = field(default_factory=list)  # parts of the engine this build does not have
 
     def as_json(self) -> dict[str, Any]:
-        from ctdd.simulation.timeline import render_json
-
         document = render_json(self.timeline, self.summary, self.violations)
         if self.violations is not None:
             document["openapi_unchecked_endpoints"] = self.unchecked_endpoints
@@ -89,8 +90,6 @@ class SimulationResult:
         return document
 
     def as_text(self) -> str:
-        from ctdd.simulation.timeline import render_text
-
         text = render_text(self.timeline, self.summary, self.violations)
         if self.violations is not None and self.unchecked_endpoints:
             text += "  not in the OpenAPI documents (not checked): " + ", ".join(self.unchecked_endpoints) + "\n"
@@ -240,8 +239,8 @@ class Runner:
             self._move(target)  # nothing is due at the target itself: no step
 
     async def _run_until_idle(self, limit: datetime) -> None:
-        """After the last event: on through the due times until no trigger, delivery, enrolment or inbox event
-        is open and every cart watcher has polled once after the last event."""
+        """After the last event: on through the due times until nothing is due any more (no open trigger,
+        enrolment, delivery or queued event, and no cart watcher with changes to read)."""
         while True:
             due = await asyncio.to_thread(self._next_due, True)
             if due is None or due > limit:
@@ -277,8 +276,9 @@ class Runner:
         return self._origin - ((self._origin - moment) // self._tick) * self._tick
 
     def _next_due(self, stop_when_idle: bool) -> datetime | None:
-        """The earliest future moment at which something is due (None: nothing is; with ``stop_when_idle`` also
-        when only the cart watchers' polls are left and each has polled since the last event)."""
+        """The earliest moment at which something is due (None: nothing is). With ``stop_when_idle``, None also
+        when only the engine's idle polls would be left: no trigger, enrolment, delivery or queued event is
+        due later, and no cart watcher has a change of commercetools to read."""
         now = self.clock()
         with self.app.engine.connect() as conn:
             engine_work, deliveries = _due_times(conn, self.settings, now)
@@ -404,6 +404,7 @@ class Runner:
         if fake is None:
             raise ValueError(f"store {event.store!r} has no commercetools client in the configuration")
         self._commercetools_changed[event.store] = event.at
+        self._due_cache = None  # the cart watcher has something to find
         at = iso(event.at)
         if event.kind == "cart":
             cart = dict(event.payload)
@@ -575,8 +576,8 @@ def _track_outcome(reply: pb.TrackEventResponse) -> dict[str, Any]:
 
 
 async def _trigger_processor(app, settings: Settings, clock: VirtualClock):
-    """The trigger processor, driven by the loop: the App's (its own schedule stopped), or one made like it;
-    None when this build has none."""
+    """A trigger processor made as the App makes it, driven by the loop (an App that runs its own is stopped
+    first: its schedule is real time); None when this build has none."""
     try:
         from ctdd.programs.processor import TriggerProcessor
     except ImportError:
@@ -584,8 +585,6 @@ async def _trigger_processor(app, settings: Settings, clock: VirtualClock):
     for value in vars(app).values():
         if isinstance(value, TriggerProcessor):
             await value.stop()
-            value._stopping = False  # stopped as a loop, still used for run_once
-            return value
     return TriggerProcessor(app.engine, settings, app.clients, app.hooks, worker_id=app.dispatcher.worker_id,
                             clock=clock, on_enqueued=app.dispatcher.wake)
 

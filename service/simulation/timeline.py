@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-#: entry kinds, in the order entries of one instant are listed
-KINDS = ("event", "dotdigital", "trigger", "note")
+#: entry kinds (entries of one instant are listed in the order they were recorded: the input first)
+ENTRY_KINDS = ("event", "dotdigital", "trigger", "note")
 
 #: Dotdigital endpoints the service calls, as templates (for "calls by endpoint")
 _ENDPOINTS = [
@@ -52,7 +52,7 @@ class Entry:
     """One line of the timeline. ``data`` holds the entry's facts with stable keys (the JSON output)."""
 
     at: datetime
-    kind: str  # one of KINDS
+    kind: str  # one of ENTRY_KINDS
     text: str
     data: dict[str, Any] = field(default_factory=dict)
     seq: int = 0  # order of recording, for a stable sort within an instant

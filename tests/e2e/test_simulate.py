@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ctdd.simulation import read_stream, simulate
+from ctdd.simulation.stream import parse_time
 from support.helpers import SHARED_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,16 +121,15 @@ def test_burst_of_1000_carts_stays_within_the_enrolment_allowance_with_full_batc
     entries = summary["program_entries"]
     assert {k: (v["entries"], v["contacts"]) for k, v in entries.items()} == {"brand/101": (500, 500),
                                                                            "brand/102": (500, 500)}
-    # each trigger was decided an hour after its cart's last change (a tick of the 60 s poll at most later)
-    enrolling = [e for e in result.timeline.entries if e.kind == "trigger" and e.data["status"] == "enrolling"]
-    assert len(enrolling) == 1000
-    assert all(0 <= (e.at - _time(e.data["due_at"])).total_seconds() < 60 for e in enrolling)
-
-
-def _time(text: str):
-    from ctdd.simulation.stream import parse_time
-
-    return parse_time(text)
+    # each trigger was decided an hour after its cart's last change (at most one 60 s poll of the processor
+    # later): "enrolling" while its batch fills or the allowance is used up, or "sent" at once in a full batch
+    decided = {}
+    for entry in result.timeline.entries:
+        if entry.kind == "trigger" and entry.data["status"] != "pending":
+            decided.setdefault(entry.data["trigger_id"], entry)
+    assert len(decided) == 1000
+    assert all(0 <= (e.at - parse_time(e.data["due_at"])).total_seconds() < 60 for e in decided.values())
+    assert {e.data["status"] for e in decided.values()} == {"enrolling", "sent"}
 
 
 @needs_specs
@@ -177,12 +177,13 @@ def test_a_plugin_mapping_with_a_wrong_type_is_reported():
         def ctdd_enrich_contact(self, ctx, contact, mapped):
             return {"channelProperties.email.emailType": 1}  # an enum string in the documents
 
+    # (until: Dotdigital refuses the contact, so its trigger would wait a day for it before it is skipped)
     result = simulate(read_stream(EXAMPLES / "abandoned-cart.jsonl"), config=CONFIG, openapi=SPECS,
-                      plugins=(WrongType(),))
-    assert {(v["endpoint"], v["where"]) for v in result.violations} == {
-        ("PATCH /contacts/v3/{identifier}/{value}", "$.channelProperties.email.emailType")}
+                      plugins=(WrongType(),), until="+10m")
+    assert [(v["endpoint"], v["where"]) for v in result.violations] == [
+        ("PATCH /contacts/v3/{identifier}/{value}", "$.channelProperties.email.emailType")] * 3  # 3 cart versions
     text = result.as_text()
-    assert "OpenAPI violations: 1" in text and "$.channelProperties.email.emailType: expected string" in text
+    assert "OpenAPI violations: 3" in text and "$.channelProperties.email.emailType: expected string" in text
 
 
 def test_cli_refuses_a_bad_stream_with_the_line(tmp_path):

@@ -8,7 +8,10 @@
 - ``skip`` / ``cancel``: the status and reason; ``defer``: still ``pending``, with the new due time and reason.
 
 Every write is conditional on the claim (``status = 'claimed' AND lease_owner = <me>``): a trigger cancelled
-by its subject meanwhile, or taken over after the lease expired, is left as it is.
+by its subject meanwhile, or taken over after the lease expired, is left as it is. Verdicts that write the same
+values (every send to one program, every skip with one reason ...) go in one ``UPDATE ... WHERE id IN (...)
+RETURNING id``: one statement per kind of decision rather than one per trigger (a batch of 500 sends had
+spent three quarters of its time building and running 500 UPDATEs).
 
 The re-trigger window is checked once more here, under a lock of the contact rows (PostgreSQL ``FOR
 UPDATE``; SQLite serialises writers anyway), so two triggers of one contact decided at once, in one batch or
@@ -50,8 +53,44 @@ class Verdict:
     list_id: int | None = None
 
 
-def _claimed(t: ClaimedTrigger, worker: str):
-    return [PT.c.id == t.id, PT.c.status == TriggerStatus.CLAIMED, PT.c.lease_owner == worker]
+#: trigger ids per UPDATE when a decision is written for many triggers at once
+_IDS_PER_UPDATE = 500
+
+
+def _update(v: Verdict, now: datetime) -> tuple[tuple, dict]:
+    """The values a verdict writes on its trigger row, and a key equal for verdicts that write the same values."""
+    d = v.decision
+    values: dict = {"lease_owner": None, "lease_expires_at": None}
+    if d.action == rules.SEND:
+        key: tuple = (d.action, v.strategy, v.program_id, v.list_id)
+        values.update(status=TriggerStatus.ENROLLING if v.strategy == "enrolment" else TriggerStatus.SENT,
+                      reason=None if v.strategy == "enrolment" else f"list_join: {v.list_id}",
+                      decided_at=now, program_id=v.program_id)
+    elif d.action == rules.DEFER:
+        key = (d.action, d.until, d.reason)
+        values.update(status=TriggerStatus.PENDING, due_at=d.until, reason=d.reason, attempts=PT.c.attempts + 1)
+    else:
+        key = (d.action, d.reason)
+        values.update(status=TriggerStatus.SKIPPED if d.action == rules.SKIP else TriggerStatus.CANCELLED,
+                      reason=d.reason, decided_at=now)
+    return key, values
+
+
+def _write(conn, verdicts: list[Verdict], *, worker: str, now: datetime) -> set[int]:
+    """Write the verdicts, one ``UPDATE ... WHERE id IN (...)`` per distinct set of values (every send to one
+    program, every skip with one reason ...), each conditional on the claim; the ids of the rows written."""
+    groups: dict[tuple, tuple[dict, list[int]]] = {}
+    for v in verdicts:
+        key, values = _update(v, now)
+        groups.setdefault(key, (values, []))[1].append(v.trigger.id)
+    written: set[int] = set()
+    for values, ids in groups.values():
+        for i in range(0, len(ids), _IDS_PER_UPDATE):
+            chunk = ids[i:i + _IDS_PER_UPDATE]
+            written.update(conn.execute(
+                sa.update(PT).where(PT.c.id.in_(chunk), PT.c.status == TriggerStatus.CLAIMED,
+                                    PT.c.lease_owner == worker).values(**values).returning(PT.c.id)).scalars())
+    return written
 
 
 def record(engine: Engine, settings: Settings, verdicts: list[Verdict], *, worker: str, now: datetime) -> list[Verdict]:
@@ -61,20 +100,10 @@ def record(engine: Engine, settings: Settings, verdicts: list[Verdict], *, worke
     with Session(engine) as session, session.begin():
         conn = session.connection()
         verdicts = _recheck_window(conn, settings, verdicts, now)
+        written = _write(conn, verdicts, worker=worker, now=now)
         for v in verdicts:
             t, d = v.trigger, v.decision
-            values: dict = {"lease_owner": None, "lease_expires_at": None}
-            if d.action == rules.SEND:
-                values.update(status=TriggerStatus.ENROLLING if v.strategy == "enrolment" else TriggerStatus.SENT,
-                              reason=None if v.strategy == "enrolment" else f"list_join: {v.list_id}",
-                              decided_at=now, program_id=v.program_id)
-            elif d.action == rules.DEFER:
-                values.update(status=TriggerStatus.PENDING, due_at=d.until, reason=d.reason,
-                              attempts=PT.c.attempts + 1)
-            else:
-                values.update(status=TriggerStatus.SKIPPED if d.action == rules.SKIP else TriggerStatus.CANCELLED,
-                              reason=d.reason, decided_at=now)
-            if not conn.execute(sa.update(PT).where(*_claimed(t, worker)).values(**values)).rowcount:
+            if t.id not in written:
                 log.info("trigger %s was cancelled or taken over before its decision (%s) was recorded", t.id,
                          d.action)
                 continue

@@ -207,6 +207,9 @@ class ProgramConfig(Section):
     reminder_minutes: list[float] = Field(default_factory=list, max_length=2)
     #: no second trigger of this program for a contact within this many hours (0: no limit)
     retrigger_window_hours: float = Field(24.0, ge=0, le=24 * 365)
+    #: a trigger still unsent this many hours after it first fell due (quiet hours, a held program, a paused
+    #: account, a stopped service) is skipped as ``too_old`` instead of sent late (0: no limit)
+    max_age_hours: float = Field(24.0, ge=0, le=24 * 365)
     #: local time of day (the store's time zone) from which triggers wait until ``quiet_hours_end``
     quiet_hours_start: str | None = None
     quiet_hours_end: str | None = None

@@ -88,6 +88,19 @@ class Settings(Replaceable, BaseSettings):
                                  f"{store.commercetools!r} (known: {sorted(self.commercetools)})")
         return self
 
+    @model_validator(mode="after")
+    def _retrigger_windows_within_retention(self) -> Self:
+        """A decided trigger is deleted after [programs] retention_days: a longer retrigger window could not
+        be honoured."""
+        limit = self.programs.retention_days * 24
+        for key, store in self.stores.items():
+            for kind, program in store.programs.items():
+                if program.retrigger_window_hours > limit:
+                    raise InvalidKey(("stores", key, "programs", kind, "retrigger_window_hours"),
+                                     f"must be <= programs.retention_days x 24 = {limit:g} (decided triggers "
+                                     f"are deleted after retention_days), got {program.retrigger_window_hours:g}")
+        return self
+
     def replace(self, **changes: Any) -> Self:
         """A validated copy with ``changes``; ``[service]`` keys may be given on their own (``listen=...``)."""
         service = {key: changes.pop(key) for key in list(changes) if key in ServiceConfig.model_fields}

@@ -443,6 +443,8 @@ class ProgramTrigger(SQLModel, table=True):
         sa.UniqueConstraint("store_key", "program_kind", "subject_type", "subject_id", "subject_version", "step"),
         sa.Index("ix_program_trigger_due", "status", "due_at"),
         sa.Index("ix_program_trigger_contact_id", "contact_id"),
+        # cancelling a subject's triggers filters without program_kind (the unique index cannot serve it)
+        sa.Index("ix_program_trigger_subject", "store_key", "subject_type", "subject_id"),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True, sa_type=BigInt)
@@ -458,6 +460,8 @@ class ProgramTrigger(SQLModel, table=True):
     #: 1..3: the step of a series (reminders)
     step: int = 1
     due_at: datetime
+    #: the step's first due time (``due_at`` moves on a deferral): ``max_age_hours`` counts from it
+    first_due_at: Optional[datetime] = None
     status: str = Field(max_length=20)
     reason: Optional[str] = Field(default=None, max_length=500)
     lease_owner: Optional[str] = Field(default=None, max_length=200)

@@ -65,6 +65,7 @@ PROGRAM_UNRESOLVED = "program_unresolved"
 VETOED = "vetoed"
 PLUGIN_FAILED = "plugin_failed"
 DEFERRED_BY_PLUGIN = "deferred_by_plugin"
+TOO_OLD = "too_old"
 
 #: every reason a decision can carry (``vetoed``/``plugin_failed``/``deferred_by_plugin`` are followed by
 #: ``: <text>``), plus ``unsubscribed``/``suppressed``/``pending_opt_in`` (the channel statuses)
@@ -72,7 +73,7 @@ REASONS = (
     CART_ORDERED, CART_MERGED, CART_EMPTIED, CART_CHANGED, CART_FROZEN, CART_UNKNOWN, CART_NOT_ATTRIBUTED,
     VIEWED_AGAIN, ORDERED_SINCE, PRODUCTS_IN_CART, ORDER_CANCELLED, ORDER_REFUNDED, NO_ADDRESS, NO_EMAIL,
     NO_MOBILE, UNSUBSCRIBED, SUPPRESSED, PENDING_OPT_IN, WITHIN_RETRIGGER_WINDOW, CONTACT_NOT_IN_DOTDIGITAL,
-    QUIET_HOURS, PROGRAM_DISABLED, PROGRAM_UNRESOLVED, VETOED, PLUGIN_FAILED, DEFERRED_BY_PLUGIN,
+    QUIET_HOURS, PROGRAM_DISABLED, PROGRAM_UNRESOLVED, VETOED, PLUGIN_FAILED, DEFERRED_BY_PLUGIN, TOO_OLD,
 )
 
 SEND, SKIP, DEFER, CANCEL = "send", "skip", "defer", "cancel"
@@ -286,6 +287,16 @@ class TriggerFacts:
     # -- quiet hours (the store's local time)
     time_zone: str = "UTC"
     quiet_hours: QuietHours | None = None
+    # -- lateness: the step's first due time, and how late it may still go (0: no limit)
+    first_due_at: datetime | None = None
+    max_age_hours: float = 0.0
+
+
+def too_old(f: TriggerFacts, at: datetime | None = None) -> bool:
+    """Whether the trigger would go more than ``max_age_hours`` after it first fell due (at ``at``, default now)."""
+    if f.first_due_at is None or f.max_age_hours <= 0:
+        return False
+    return (at or f.now) - f.first_due_at > timedelta(hours=f.max_age_hours)
 
 
 def subject_decision(f: TriggerFacts) -> Decision | None:
@@ -340,11 +351,22 @@ def decide(f: TriggerFacts) -> Decision:
     """The safeguard decision for a due trigger, checked in this order: the subject (cancel: ordered, merged,
     changed, emptied, order cancelled; skip: ordered since, products carted), the contact (skip: no address,
     channel unsubscribed/suppressed/pending opt-in, within the re-trigger window), a plugin's veto (skip) or
-    deferral, the Dotdigital contact (defer while its upsert is on its way), the quiet hours (defer)."""
+    deferral, the Dotdigital contact (defer while its upsert is on its way), the quiet hours (defer); and
+    lateness: a trigger more than ``max_age_hours`` past its first due time, or that a deferral would take
+    past it, is skipped as ``too_old``."""
     for check in (subject_decision, contact_decision):
         decision = check(f)
         if decision is not None:
             return decision
+    if too_old(f):
+        return Decision.skip(TOO_OLD)
+    decision = _deciding(f)
+    if decision.action == DEFER and too_old(f, decision.until):
+        return Decision.skip(TOO_OLD)
+    return decision
+
+
+def _deciding(f: TriggerFacts) -> Decision:
     if f.plugin_veto is not None:
         return Decision.skip(f.plugin_veto)
     if f.plugin_defer_until is not None and f.plugin_defer_until > f.now:
@@ -360,14 +382,20 @@ def decide(f: TriggerFacts) -> Decision:
 
 
 def presend_decision(f: TriggerFacts) -> Decision | None:
-    """The checks repeated right before an enrolment call (the timer may have fired minutes earlier): the
-    subject and the contact's consent; a skip or cancel, or None. No window, plugin or quiet-hours check:
-    those were passed when the trigger was decided."""
+    """The checks repeated right before an enrolment call (the trigger may have waited minutes or hours for its
+    batch or for the hourly allowance): the subject and the contact's consent (a skip or cancel), then the quiet
+    hours (a defer to their end: the trigger goes back to ``pending``); None when it may go. No window or plugin
+    check: those were passed when the trigger was decided."""
     decision = subject_decision(f)
     if decision is not None:
         return decision
     if f.channel_status in (UNSUBSCRIBED, SUPPRESSED, PENDING_OPT_IN):
         return Decision.skip(f.channel_status)
+    if too_old(f):
+        return Decision.skip(TOO_OLD)
+    allowed = next_allowed_time(f.now, f.time_zone, f.quiet_hours)
+    if allowed > f.now:
+        return Decision.skip(TOO_OLD) if too_old(f, allowed) else Decision.defer(allowed, QUIET_HOURS)
     return None
 
 

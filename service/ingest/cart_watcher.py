@@ -39,8 +39,10 @@ from sqlalchemy.orm import Session
 
 from ctdd.config import Settings, StoreConfig
 from ctdd.db.engine import utcnow
-from ctdd.db.models import Cart
+from ctdd.commercetools.errors import CommercetoolsError
+from ctdd.db.models import Cart, RejectedRecord
 from ctdd.domain.commerce import parse_ts
+from ctdd.ingest.carts import DERIVED_VERSION_MIN
 from ctdd.ingest.events import EventProcessor
 from ctdd.programs import leases
 
@@ -148,6 +150,12 @@ class CartWatcher:
                     await self.poll_store(store, self.clock())
                 except asyncio.CancelledError:
                     raise
+                except CommercetoolsError as exc:
+                    if not exc.retryable:
+                        log.exception("cart watcher poll of store %s failed", store.key)
+                    else:  # commercetools unreachable or busy: one line, the next interval tries again
+                        log.warning("cart watcher poll of store %s failed, retrying in %ss: %s", store.key,
+                                    store.cart_watcher.interval_seconds, exc)
                 except Exception:
                     log.exception("cart watcher poll of store %s failed", store.key)
                 due[store.key] = time.monotonic() + store.cart_watcher.interval_seconds
@@ -206,7 +214,9 @@ class CartWatcher:
     async def _apply(self, store: StoreConfig, carts: list[dict]) -> int:
         """Apply the carts newer than their ``cart`` row, ``CHUNK`` per transaction; how many were applied."""
         known = await asyncio.to_thread(self._versions, store.key, [str(c["id"]) for c in carts])
-        changed = [c for c in carts if not isinstance(c.get("version"), int) or c["version"] > known.get(str(c["id"]), 0)]
+        # a row on a derived version (epoch milliseconds, see carts.effective_version) is compared by the applier
+        changed = [c for c in carts if not isinstance(c.get("version"), int) or c["version"] > known.get(str(c["id"]), 0)
+                   or known.get(str(c["id"]), 0) >= DERIVED_VERSION_MIN]
         applied = 0
         for start in range(0, len(changed), CHUNK):
             units = [self.events.cart_unit(store, cart) for cart in changed[start:start + CHUNK]]
@@ -214,9 +224,34 @@ class CartWatcher:
             def chunk(session: Session, units=units) -> list:
                 return [unit(session) for unit in units]
 
-            outcomes = await self.events.transactions.run(chunk)
+            try:
+                outcomes = await self.events.transactions.run(chunk)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError):
+                raise  # the database is unavailable: the page is read again next time
+            except Exception:
+                # one cart failed the chunk: apply them one by one and skip the poison cart, else the cursor
+                # would never move past it
+                outcomes = []
+                for cart, unit in zip(changed[start:start + CHUNK], units):
+                    try:
+                        outcomes.append(await self.events.transactions.run(unit))
+                    except (sa.exc.OperationalError, sa.exc.InterfaceError):
+                        raise
+                    except Exception as exc:
+                        await asyncio.to_thread(self._reject, store.key, cart, exc)
             applied += sum(1 for o in outcomes if o.outcome == "applied")
         return applied
+
+    def _reject(self, store_key: str, cart: dict, exc: Exception) -> None:
+        """Log a cart that cannot be applied (in ``rejected_record``); the watcher moves on without it."""
+        version = cart.get("version") if isinstance(cart.get("version"), int) else None
+        reason = f"cart watcher could not apply the cart: {type(exc).__name__}: {exc}"
+        log.error("cart watcher of store %s skips cart %s (version %s): %s", store_key, cart.get("id"), version,
+                  reason, exc_info=exc)
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(RejectedRecord.__table__).values(
+                operation="CartWatcher", store_key=store_key, record_type="cart", record_id=str(cart.get("id"))[:200],
+                record_version=version, reason=reason[:2000], created_at=utcnow()))
 
     def _versions(self, store_key: str, cart_ids: list[str]) -> dict[str, int]:
         c = Cart.__table__

@@ -7,6 +7,8 @@ Rules:
 - **Versions only move forward.** A cart version not newer than the row's is stale and changes nothing,
   with one exception: the same version may still attribute a cart that had no contact yet. An Ordered or
   Merged cart never becomes Active again (commercetools: both states are final).
+  A signal without a version gets the cart's lastModifiedAt in epoch milliseconds (``effective_version``),
+  so a later change always wins and restarts the cart's timer.
 - **Attribution.** A cart belongs to the contact of its ``customerId``, else of its ``customerEmail`` (the
   caller's identity of a behavioural event comes first). A cart with only an ``anonymousId`` belongs to the
   contact that anonymous id was linked to, else to nobody yet: no CartInsight, no trigger. When a cart is
@@ -25,7 +27,7 @@ programs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
@@ -38,6 +40,7 @@ from ctdd.db.models import Cart, CartStatus, FieldState
 from ctdd.delivery import outbox
 from ctdd.domain.collections import CART_COLLECTION
 from ctdd.domain.commerce import CART_PHASE_COMPLETE, CartContext, cart_record, parse_ts
+from ctdd.domain import programs as rules
 from ctdd.domain.contact import ContactInput, Identity, SourceStamp
 from ctdd.domain.identity import InvalidIdentifier, normalise_email
 from ctdd.ingest import triggers
@@ -49,6 +52,10 @@ CLOSED = frozenset({ORDERED, MERGED, FROZEN})
 #: states a cart never leaves
 FINAL = frozenset({ORDERED, MERGED})
 
+#: a cart version at least this large was derived from the cart's lastModifiedAt (epoch milliseconds), not
+#: given by commercetools (whose versions count changes from 1)
+DERIVED_VERSION_MIN = 10**12
+
 #: ``enqueue_insight(session, contact_id, store, collection, record_id, record, source, priority)``
 EnqueueInsight = Callable[[Session, int, StoreConfig, str, str, dict, SourceStamp, int], "int | None"]
 
@@ -58,7 +65,8 @@ class CartSnapshot:
     """One version of a commercetools cart, as the cart table and the programs see it."""
 
     cart_id: str
-    #: None: unknown (a behavioural event without a version), applied whatever the row holds
+    #: None: unknown (a behavioural event without a version); :meth:`CartApplier.apply` then derives one from
+    #: ``last_modified_at`` (see :func:`effective_version`)
     version: int | None
     state: str
     customer_id: str | None
@@ -95,6 +103,19 @@ def snapshot(cart_id: str, cart: Mapping[str, Any], *, version: int | None, fall
         last_modified_at=(parse_ts(modified) if isinstance(modified, str) else None) or fallback_time,
         cart=cart, modified_text=modified_text,
     )
+
+
+def effective_version(snap: CartSnapshot, stored: Mapping[str, Any] | None) -> int:
+    """The version ``snap`` is applied as. A cart without a version gets its lastModifiedAt in epoch
+    milliseconds (a later change always wins and restarts its timer); once a cart's row holds such a derived
+    version, every later snapshot of it is compared by lastModifiedAt the same way (a commercetools version,
+    counting from 1, would otherwise look older)."""
+    derived = rules.epoch_ms(snap.last_modified_at)
+    if snap.version is None:
+        return derived
+    if stored is not None and (stored.get("version") or 0) >= DERIVED_VERSION_MIN:
+        return derived
+    return snap.version
 
 
 def cart_context(store: StoreConfig, modified_text: str = "") -> CartContext:
@@ -141,12 +162,18 @@ def write_row(session: Session, store_key: str, cart_id: str, stored: Mapping[st
                      .values(**values, updated_at=now))
 
 
-def link_anonymous(session: Session, store_key: str, anonymous_id: str, contact_id: int, except_cart: str) -> None:
-    """Attribute the store's other carts of ``anonymous_id`` that have no contact yet."""
-    session.connection().execute(
-        sa.update(_C).where(_C.c.store_key == store_key, _C.c.anonymous_id == anonymous_id,
-                            _C.c.contact_id.is_(None), _C.c.cart_id != except_cart)
-        .values(contact_id=contact_id, updated_at=utcnow()))
+def link_anonymous(session: Session, store_key: str, anonymous_id: str, contact_id: int,
+                   except_cart: str) -> list[Mapping[str, Any]]:
+    """Attribute the store's other carts of ``anonymous_id`` that have no contact yet; returns their rows (as
+    they were before, locked for this transaction)."""
+    conn = session.connection()
+    where = (_C.c.store_key == store_key, _C.c.anonymous_id == anonymous_id, _C.c.contact_id.is_(None),
+             _C.c.cart_id != except_cart)
+    rows = [dict(r._mapping) for r in conn.execute(sa.select(_C).where(*where).with_for_update())]
+    if rows:
+        conn.execute(sa.update(_C).where(*where, _C.c.cart_id.in_([r["cart_id"] for r in rows]))
+                     .values(contact_id=contact_id, updated_at=utcnow()))
+    return rows
 
 
 def merge_target(session: Session, store_key: str, cart_id: str, customer_id: str | None,
@@ -195,6 +222,7 @@ class CartApplier:
         """Apply one cart version; ``identity`` is the caller's (a behavioural event's), if any."""
         result = CartApplied()
         stored = lock_row(session, store.key, snap.cart_id)
+        snap = replace(snap, version=effective_version(snap, stored))
         ident, cart_email = _identity(snap, identity)
         stale = _stale(stored, snap, ident)
         if stale:
@@ -210,7 +238,7 @@ class CartApplier:
         if snap.state == MERGED:
             merged_into = (stored or {}).get("merged_into") or merge_target(
                 session, store.key, snap.cart_id, snap.customer_id, owner)
-        version = snap.version if snap.version is not None else (stored or {}).get("version", 0)
+        version = snap.version
         write_row(session, store.key, snap.cart_id, stored, {
             "version": version, "contact_id": owner, "state": snap.state,
             "customer_id": snap.customer_id or (stored or {}).get("customer_id"),
@@ -218,11 +246,19 @@ class CartApplier:
             "line_item_count": snap.line_item_count, "last_modified_at": snap.last_modified_at,
             "merged_into": merged_into,
         })
+        linked = []
         if owner is not None and snap.anonymous_id:
-            link_anonymous(session, store.key, snap.anonymous_id, owner, snap.cart_id)
+            linked = link_anonymous(session, store.key, snap.anonymous_id, owner, snap.cart_id)
         if owner is not None and snap.customer_id and snap.state == ACTIVE:
             adopt_merged(session, store.key, snap.cart_id, snap.customer_id, owner)
         attributed = owner if not suppressed else None
+        if attributed is not None:
+            # the anonymous carts just attributed start their timers as a cart attributed directly does
+            for row in linked:
+                if row["state"] == ACTIVE:
+                    triggers.cart_changed(session, store, triggers.CartFacts(
+                        row["cart_id"], int(row["version"] or 0), attributed, row["state"], row["line_item_count"],
+                        row["last_modified_at"]), utcnow())
         if attributed is not None and snap.state != MERGED:
             record = cart_record(snap.cart_id, snap.cart, cart_context(store, snap.modified_text))
             mid = self.enqueue_insight(session, attributed, store, CART_COLLECTION, snap.cart_id, record,

@@ -2,7 +2,9 @@
 at most ``[programs] enrolment_calls_per_hour`` (20) calls per rolling hour per account, across all programs.
 
 Only the holder of the account's lease ``enrol:<account>`` (``lease`` table) sends its enrolments, so workers
-sharing a PostgreSQL database never call for the same account at once. For each account it holds:
+sharing a PostgreSQL database never call for the same account at once. The lease is renewed (only while this
+worker still owns it) in the transaction of each reservation, which on PostgreSQL also serialises the count of the
+hour's calls with the insert of the new one; a worker that lost it stops its pass. For each account it holds:
 
 1. **Stale calls**: a call left ``calling`` by a process that died (older than the lease) is looked up in
    Dotdigital (an enrolment of that program for exactly those contacts): found, it is adopted; not found, its
@@ -13,17 +15,22 @@ sharing a PostgreSQL database never call for the same account at once. For each 
 3. **New calls**, per program: a full batch goes as soon as it exists, a partial batch only when its oldest
    trigger waited ``batch_wait_seconds``; while the account has calls left this hour (the ``enrolment_call``
    rows of the last hour, :mod:`ctdd.programs.budget`). Right before a call the subject and consent
-   safeguards are checked once more (an order may have arrived since the trigger was decided), and the call
+   safeguards are checked once more (an order may have arrived since the trigger was decided), and the quiet
+   hours: a trigger that waited into them goes back to ``pending``, due at their end (reason ``quiet_hours``); the call
    row is written (status ``calling``) in the same transaction that assigns the triggers to it, before the
    HTTP call: a crash cannot overspend, and an order arriving later can no longer cancel these triggers.
 
 Failures: ``ERROR_ENROLMENT_ALLOWANCE_EXCEEDED`` holds the triggers and pauses the account until the oldest
 call of the window is an hour old; ``ERROR_PROGRAM_NOT_ACTIVE`` / ``ERROR_PROGRAM_NOT_FOUND`` hold that
-program's triggers (the error is logged once with its code; the program is looked at again every
-:data:`PROGRAM_RETRY`, with ``GET /v2/programs/{id}``, which costs no enrolment); other retryable errors hold
-the triggers and pause the account for :data:`RETRY_PAUSE` (a call that got no answer at all is first looked
-up in Dotdigital, as a stale one is); a permanent error skips the batch's triggers
-with the reason ``enrolment_failed: <code>``. Nothing is lost.
+program's triggers (they stay ``enrolling`` with the reason ``held: <code>``; the error is logged once with its
+code, saying "not found" or "not active"; the program is looked at again every :data:`PROGRAM_RETRY`, with
+``GET /v2/programs/{id}``, which costs no enrolment); other retryable errors hold the triggers and pause the
+account for :data:`RETRY_PAUSE` (a call that got no answer at all, or a 2xx whose body
+cannot be read (``INVALID_RESPONSE``: the enrolment was probably made), is first looked up in Dotdigital, as a stale
+one is, and held when not found); ``ERROR_CONTACT_NOT_FOUND`` (nobody enrolled) looks up each contact of the call
+(``GET /contacts/v3/contactId/{id}``, no enrolment spent), skips only the triggers of the contacts Dotdigital no
+longer knows (``contact_not_in_dotdigital``) and sends the others in a new call; any other permanent error skips the
+batch's triggers with the reason ``enrolment_failed: <code>``. Nothing is lost.
 
 When more triggers wait than the calls left this hour can carry, the account's backlog is set on the gauge
 ``ctdd.programs.backlog`` and a warning is logged once an hour, naming the list-join strategy (no cap).
@@ -56,6 +63,9 @@ EC = EnrolmentCall.__table__
 
 ALLOWANCE_EXCEEDED = "ERROR_ENROLMENT_ALLOWANCE_EXCEEDED"
 PROGRAM_CODES = ("ERROR_PROGRAM_NOT_ACTIVE", "ERROR_PROGRAM_NOT_FOUND")
+CONTACT_NOT_FOUND = "ERROR_CONTACT_NOT_FOUND"
+#: a 2xx whose body cannot be read: the enrolment was probably made, so it is looked up like a transport error
+INVALID_RESPONSE = "INVALID_RESPONSE"
 #: a program that is not Active is looked at again this often
 PROGRAM_RETRY = timedelta(minutes=15)
 #: a retryable failure of an enrolment call pauses the account's enrolments this long
@@ -66,12 +76,23 @@ WARN_EVERY = timedelta(hours=1)
 CALLING, FAILED, INTERRUPTED = "calling", "failed", "interrupted"
 
 
+def _retryable(exc: DotdigitalError) -> DotdigitalError:
+    """``exc`` as a retryable error (the batch is held and goes in a new call, instead of being skipped)."""
+    if exc.retryable:
+        return exc
+    return DotdigitalError(exc.description, code=exc.code, status_code=exc.status_code, retryable=True)
+
+
 @dataclass(frozen=True)
 class Reserved:
     call_id: int
     program_id: int
     trigger_ids: tuple[int, ...]
     contact_ids: tuple[int, ...]
+
+
+#: :meth:`EnrolmentBatcher._next_batch` when this worker no longer holds the account's lease
+LOST = Reserved(-1, 0, (), ())
 
 
 class EnrolmentBatcher:
@@ -130,6 +151,11 @@ class EnrolmentBatcher:
         for _ in range(self.cfg.enrolment_calls_per_hour + 1):
             await self._check_held_programs(account, client)
             reserved = await asyncio.to_thread(self._next_batch, account)
+            if reserved is LOST:
+                self._held.discard(account)
+                log.warning("account %s: worker %s no longer holds the enrolment lease; it stops this pass and "
+                            "leaves the rest to the new holder", account, self.worker_id)
+                break
             if reserved is None:
                 break
             if reserved.contact_ids:
@@ -145,6 +171,14 @@ class EnrolmentBatcher:
         size, wait = self.cfg.enrolment_batch_size, timedelta(seconds=self.cfg.batch_wait_seconds)
         with Session(self.engine) as session, session.begin():
             conn = session.connection()
+            # Renew the lease, only while still its owner, in the transaction that counts and writes the call:
+            # on PostgreSQL the lease row stays locked until commit, so two reservations never interleave.
+            renewed = conn.execute(
+                sa.update(leases.LT).where(leases.LT.c.name == budget.lease_name(account),
+                                           leases.LT.c.owner == self.worker_id)
+                .values(expires_at=now + timedelta(seconds=self.lease_seconds(account)), updated_at=now)).rowcount
+            if not renewed:
+                return LOST
             cursor = leases.cursor(conn, budget.lease_name(account))
             paused = budget.paused_until(cursor)
             used, _ = budget.calls_in_window(conn, account, now)
@@ -173,7 +207,8 @@ class EnrolmentBatcher:
         conn = session.connection()
         size = self.cfg.enrolment_batch_size
         query = (sa.select(PT.c.id, PT.c.store_key, PT.c.program_kind, PT.c.contact_id, PT.c.subject_type,
-                           PT.c.subject_id, PT.c.subject_version, PT.c.step, PT.c.created_at)
+                           PT.c.subject_id, PT.c.subject_version, PT.c.step, PT.c.created_at,
+                           PT.c.first_due_at)
                  .where(PT.c.account == account, PT.c.status == TriggerStatus.ENROLLING,
                         PT.c.enrolment_call_id.is_(None), PT.c.program_id == program_id)
                  .order_by(PT.c.decided_at, PT.c.id).limit(size))
@@ -188,6 +223,14 @@ class EnrolmentBatcher:
             contact = batch.contacts.get(ref.contact_id)
             if decision is None and (contact is None or contact.dotdigital_contact_id is None):
                 decision = rules.Decision.skip(rules.CONTACT_NOT_IN_DOTDIGITAL)
+            if decision is not None and decision.action == rules.DEFER:
+                # it waited into the quiet hours: back to pending, due when they end (decided again then)
+                conn.execute(sa.update(PT).where(PT.c.id == ref.id).values(
+                    status=TriggerStatus.PENDING, due_at=decision.until, reason=decision.reason,
+                    lease_owner=None, lease_expires_at=None))
+                log.info("trigger %s (%s, store %s): deferred to %s (%s) before its enrolment call", ref.id,
+                         ref.program_kind, ref.store_key, decision.until.isoformat(), decision.reason)
+                continue
             if decision is not None:
                 status = TriggerStatus.CANCELLED if decision.action == rules.CANCEL else TriggerStatus.SKIPPED
                 conn.execute(sa.update(PT).where(PT.c.id == ref.id).values(status=status, reason=decision.reason,
@@ -226,18 +269,22 @@ class EnrolmentBatcher:
     async def _call(self, account: str, client, reserved: Reserved) -> None:
         try:
             enrolment = await client.enrol_contacts(reserved.program_id, list(reserved.contact_ids))
-        except DotdigitalTransportError as exc:
-            # No answer: the enrolment may have been made. Look for it before sending these contacts again.
+        except DotdigitalError as exc:
+            if not (isinstance(exc, DotdigitalTransportError) or exc.code == INVALID_RESPONSE):
+                if exc.code == CONTACT_NOT_FOUND:
+                    await self._contact_not_found(account, client, reserved, exc)
+                else:
+                    await asyncio.to_thread(self._failed, account, reserved, exc)
+                return
+            # No (readable) answer: the enrolment may have been made. Look for it before sending these contacts
+            # again; not found, the triggers are held and go in a new call.
             found = await self._find_enrolment(account, client, reserved.program_id, set(reserved.contact_ids))
             if found is not None:
                 log.warning("account %s: enrolment call %s got no answer (%s), but Dotdigital has its enrolment %s",
                             account, reserved.call_id, exc, found.id)
                 await asyncio.to_thread(self._succeeded, account, reserved.call_id, found.id, found.status)
             else:
-                await asyncio.to_thread(self._failed, account, reserved, exc)
-            return
-        except DotdigitalError as exc:
-            await asyncio.to_thread(self._failed, account, reserved, exc)
+                await asyncio.to_thread(self._failed, account, reserved, _retryable(exc))
             return
         except Exception as exc:  # a bug or a local failure: the triggers wait for another call
             log.exception("enrolment call %s (account %s, program %s) failed", reserved.call_id, account,
@@ -247,6 +294,46 @@ class EnrolmentBatcher:
             return
         await asyncio.to_thread(self._succeeded, account, reserved.call_id, enrolment.id, enrolment.status)
 
+    async def _contact_not_found(self, account: str, client, reserved: Reserved, exc: DotdigitalError) -> None:
+        """``ERROR_CONTACT_NOT_FOUND`` enrols nobody: find which contacts Dotdigital does not know (one
+        ``GET /contacts/v3/contactId/{id}`` each, no enrolment spent), skip only their triggers
+        (``contact_not_in_dotdigital``) and let the others go in a new call."""
+        missing: set[int] = set()
+        for contact_id in reserved.contact_ids:
+            try:
+                if await client.get_contact("contactId", str(contact_id)) is None:
+                    missing.add(int(contact_id))
+            except DotdigitalError as lookup:
+                log.warning("account %s: could not look up contact %s after %s (%s); the batch is held", account,
+                            contact_id, CONTACT_NOT_FOUND, lookup)
+                await asyncio.to_thread(self._failed, account, reserved, _retryable(exc))
+                return
+        if not missing:  # Dotdigital knows them all: nothing to single out, keep the old rule
+            await asyncio.to_thread(self._failed, account, reserved, exc)
+            return
+        await asyncio.to_thread(self._split_unknown_contacts, account, reserved, missing)
+
+    def _split_unknown_contacts(self, account: str, reserved: Reserved, missing: set[int]) -> None:
+        now = self.clock()
+        self.stats["failed_calls"] += 1
+        enrolment_calls.add(1, {"account": account, "outcome": CONTACT_NOT_FOUND})
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(EC).where(EC.c.id == reserved.call_id)
+                         .values(status=FAILED, error_code=CONTACT_NOT_FOUND))
+            rows = conn.execute(
+                sa.select(PT.c.id, facts.CT.c.dotdigital_contact_id).join(facts.CT, facts.CT.c.id == PT.c.contact_id)
+                .where(PT.c.enrolment_call_id == reserved.call_id, PT.c.status == TriggerStatus.ENROLLING)).all()
+            unknown = [r.id for r in rows if r.dotdigital_contact_id is not None
+                       and int(r.dotdigital_contact_id) in missing]
+            if unknown:
+                conn.execute(sa.update(PT).where(PT.c.id.in_(unknown)).values(
+                    status=TriggerStatus.SKIPPED, reason=rules.CONTACT_NOT_IN_DOTDIGITAL, decided_at=now))
+            conn.execute(sa.update(PT).where(PT.c.enrolment_call_id == reserved.call_id,
+                                             PT.c.status == TriggerStatus.ENROLLING).values(enrolment_call_id=None))
+        log.warning("account %s: enrolment call %s refused with %s: contact(s) %s no longer exist in Dotdigital; "
+                    "%d trigger(s) skipped (%s), %d go in a new call", account, reserved.call_id, CONTACT_NOT_FOUND,
+                    sorted(missing), len(unknown), rules.CONTACT_NOT_IN_DOTDIGITAL, len(rows) - len(unknown))
+
     def _succeeded(self, account: str, call_id: int, enrolment_id: str, status: str) -> None:
         now = self.clock()
         with Session(self.engine) as session, session.begin():
@@ -254,7 +341,8 @@ class EnrolmentBatcher:
             conn.execute(sa.update(EC).where(EC.c.id == call_id).values(enrolment_id=enrolment_id, status=status))
             rows = conn.execute(sa.update(PT).where(PT.c.enrolment_call_id == call_id,
                                                     PT.c.status == TriggerStatus.ENROLLING)
-                                .values(status=TriggerStatus.SENT, enrolment_id=enrolment_id, decided_at=now)
+                                .values(status=TriggerStatus.SENT, enrolment_id=enrolment_id, decided_at=now,
+                                        reason=None)
                                 .returning(PT.c.store_key, PT.c.program_kind, PT.c.contact_id, PT.c.subject_type,
                                            PT.c.subject_id, PT.c.subject_version, PT.c.step)).all()
             for row in rows:
@@ -288,13 +376,22 @@ class EnrolmentBatcher:
                             "paused until %s", account, reserved.call_id, code, len(reserved.trigger_ids),
                             until.isoformat())
             elif code in PROGRAM_CODES:
-                conn.execute(triggers.values(enrolment_call_id=None))
+                # held, not lost: the rows stay enrolling (retried once the program is Active) with the reason
+                conn.execute(sa.update(PT).where(PT.c.program_id == reserved.program_id, PT.c.account == account,
+                                                 PT.c.status == TriggerStatus.ENROLLING,
+                                                 sa.or_(PT.c.enrolment_call_id.is_(None),
+                                                        PT.c.enrolment_call_id == reserved.call_id))
+                             .values(enrolment_call_id=None, reason=f"held: {code}"))
                 cursor, news = budget.hold_program(cursor, reserved.program_id, code, now + PROGRAM_RETRY)
                 leases.set_cursor(conn, name, cursor, now)
+                if code == "ERROR_PROGRAM_NOT_FOUND":
+                    what, fix = "was not found", "check the program id in the configuration"
+                else:
+                    what, fix = "is not active", "activate it in Dotdigital"
                 (log.error if news else log.info)(
-                    "account %s: program %s refused enrolments with %s: its triggers are held (not lost) and the "
-                    "program is looked at again every %d minutes; activate it in Dotdigital", account,
-                    reserved.program_id, code, PROGRAM_RETRY.total_seconds() // 60)
+                    "account %s: program %s %s (%s): its triggers are held (not lost) and the program is looked "
+                    "at again every %d minutes; %s", account, reserved.program_id, what, code,
+                    PROGRAM_RETRY.total_seconds() // 60, fix)
             elif exc.retryable:
                 conn.execute(triggers.values(enrolment_call_id=None))
                 leases.set_cursor(conn, name, budget.pause(cursor, now + RETRY_PAUSE), now)

@@ -45,6 +45,8 @@ class TriggerRef:
     subject_version: int
     step: int
     created_at: datetime
+    #: the step's first due time (None on rows written before it was recorded)
+    first_due_at: datetime | None = None
 
 
 @dataclass
@@ -157,7 +159,8 @@ def facts_for(t: TriggerRef, batch: BatchFacts, settings: Settings, now: datetim
     if program is not None and store is not None:
         values.update(strategy=program.strategy, channel=program.channel,
                       retrigger_window_hours=program.retrigger_window_hours, time_zone=store.time_zone,
-                      quiet_hours=program.quiet_hours,
+                      quiet_hours=program.quiet_hours, first_due_at=t.first_due_at,
+                      max_age_hours=program.max_age_hours,
                       contact_wait_until=t.created_at + timedelta(minutes=program.steps_minutes[-1])
                       + CONTACT_WAIT_LIMIT)
     if contact is not None:

@@ -227,7 +227,7 @@ class TriggerProcessor:
 
 def _ref(t: triggers.ClaimedTrigger) -> facts.TriggerRef:
     return facts.TriggerRef(t.id, t.store_key, t.program_kind, t.contact_id, t.subject_type, t.subject_id,
-                            t.subject_version, t.step, t.created_at)
+                            t.subject_version, t.step, t.created_at, t.first_due_at)
 
 
 def _outcome(v: decisions.Verdict) -> str:

@@ -76,7 +76,7 @@ def schedule(session: Session, store: StoreConfig, kind: str, *, contact_id: int
     return bool(insert_ignore(session.connection(), PT, [{
         "store_key": store.key, "account": store.account, "program_kind": kind, "contact_id": contact_id,
         "subject_type": subject_type, "subject_id": subject_id, "subject_version": version, "step": step,
-        "due_at": due_at, "status": TriggerStatus.PENDING, "reason": None, "attempts": 0, "created_at": now,
+        "due_at": due_at, "first_due_at": due_at, "status": TriggerStatus.PENDING, "reason": None, "attempts": 0, "created_at": now,
     }]))
 
 

@@ -22,7 +22,8 @@ from ctdd.delivery.outbox import claimable
 PT = ProgramTrigger.__table__
 
 _COLUMNS = (PT.c.id, PT.c.store_key, PT.c.account, PT.c.program_kind, PT.c.contact_id, PT.c.subject_type,
-            PT.c.subject_id, PT.c.subject_version, PT.c.step, PT.c.due_at, PT.c.attempts, PT.c.created_at)
+            PT.c.subject_id, PT.c.subject_version, PT.c.step, PT.c.due_at, PT.c.attempts, PT.c.created_at,
+            PT.c.first_due_at)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ClaimedTrigger:
     due_at: datetime
     attempts: int
     created_at: datetime
+    first_due_at: datetime | None = None
 
 
 _STATEMENTS: dict[str, sa.Update] = {}

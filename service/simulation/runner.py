@@ -129,10 +129,28 @@ def simulate(events: list[StreamEvent], *, config: str | Path | None = None, ope
     with use_clock(clock):
         environment = build_environment(config, clock)
         try:
+            check_stores(events, environment.settings, environment.config_source)
             runner = Runner(environment, clock, documents, plugins)
             return asyncio.run(runner.run(events, end))
         finally:
             environment.close()
+
+
+def check_stores(events: list[StreamEvent], settings: Settings, source: str) -> None:
+    """Every line names a store of the configuration, and lines changing commercetools (cart, commercetools)
+    a store with a commercetools client: else the stream does not fit the configuration (SimulationError)."""
+    known = sorted(settings.stores)
+    for event in events:
+        payload = event.payload if isinstance(event.payload, dict) else {}
+        key = (payload.get("storeKey") or payload.get("store_key") or event.store
+               if event.kind in ("track_event", "sync_contact") else event.store)
+        store = settings.store(key)
+        if store is None:
+            raise SimulationError(f"line {event.line}: unknown store {key!r}; the stores of {source}: "
+                                  f"{', '.join(known) or '(none)'}")
+        if event.kind in ("cart", "commercetools") and store.commercetools is None:
+            raise SimulationError(f"line {event.line}: store {event.store!r} has no commercetools client in "
+                                  f"{source}, which a {event.kind} line needs")
 
 
 class Runner:

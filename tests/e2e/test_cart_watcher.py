@@ -168,3 +168,41 @@ def test_enabled_by_default_with_a_client_and_an_abandoned_cart_program(database
     assert watcher_enabled(stores["uk"]) and not watcher_enabled(stores["de"])  # de: no programs
     without = cart_settings(database_url, sandbox, fake_ct, programs={}, enabled=None).stores["uk"]
     assert not watcher_enabled(without)
+
+
+async def test_a_poison_cart_is_skipped_and_the_cursor_moves_on(svc, fake_ct, monkeypatch):
+    base = datetime.now(timezone.utc) - timedelta(minutes=10)
+    for i, cid in enumerate(["c-ok-1", "c-poison", "c-ok-2"]):
+        seed(fake_ct, cid, base + timedelta(seconds=i), email=f"{cid}@example.com")
+    carts = svc.app.events.carts
+    real_apply = carts.apply
+
+    def apply(session, store, snap, *args, **kwargs):
+        if snap.cart_id == "c-poison":
+            raise ValueError("cannot apply this cart")
+        return real_apply(session, store, snap, *args, **kwargs)
+
+    monkeypatch.setattr(carts, "apply", apply)
+    [result] = await watcher(svc).run_once()
+    assert (result.carts_read, result.carts_applied) == (3, 2)
+    assert lease(svc)["cursor"]["last_id"] == "c-ok-2"
+    assert sorted(r["cart_id"] for r in svc.rows("SELECT cart_id FROM cart")) == ["c-ok-1", "c-ok-2"]
+    [rejected] = svc.rows("SELECT operation, record_type, record_id, reason FROM rejected_record")
+    assert (rejected["operation"], rejected["record_type"], rejected["record_id"]) == ("CartWatcher", "cart", "c-poison")
+    assert "cannot apply this cart" in rejected["reason"]
+
+
+async def test_a_transport_failure_logs_one_line(svc, caplog):
+    from ctdd.commercetools.errors import CommercetoolsTransportError
+
+    w = watcher(svc)
+
+    async def poll_store(store, now):
+        w._stop.set()
+        raise CommercetoolsTransportError("connection refused")
+
+    w.poll_store = poll_store
+    with caplog.at_level("WARNING", logger="ctdd"):
+        await asyncio.wait_for(w._loop(), timeout=5)
+    [record] = [r for r in caplog.records if "cart watcher poll" in r.getMessage()]
+    assert record.levelname == "WARNING" and record.exc_info is None and "connection refused" in record.getMessage()

@@ -194,3 +194,25 @@ def test_cli_refuses_a_bad_stream_with_the_line(tmp_path):
                           timeout=60)
     assert done.returncode == 2
     assert "line 2" in done.stderr and "duration" in done.stderr
+
+
+def test_cli_refuses_a_stream_naming_an_unknown_store(tmp_path):
+    stream = tmp_path / "unknown-store.jsonl"
+    stream.write_text('{"at": "2026-11-30T10:00:00Z", "store": "default", "cart": {"id": "c-1"}}\n'
+                      '{"at": "+5m", "store": "nowhere", "cart": {"id": "c-2"}}\n')
+    done = subprocess.run([sys.executable, "-m", "ctdd", "simulate", str(stream)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "line 2: unknown store 'nowhere'" in done.stderr and "default" in done.stderr
+    assert done.stdout == ""
+
+
+def test_a_cart_line_for_a_store_without_commercetools_client_is_refused(tmp_path):
+    from ctdd.simulation import SimulationError
+
+    config = tmp_path / "plain.toml"
+    config.write_text('[accounts.sandbox]\n\n[stores.plain]\naccount = "sandbox"\n')
+    stream = tmp_path / "plain.jsonl"
+    stream.write_text('{"at": "2026-11-30T10:00:00Z", "store": "plain", "cart": {"id": "c-1"}}\n')
+    with pytest.raises(SimulationError, match=r"line 1: store 'plain' has no commercetools client"):
+        simulate(read_stream(stream), config=config)

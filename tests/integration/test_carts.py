@@ -274,3 +274,52 @@ async def test_cartinsight_bodies_match_the_insight_data_openapi_document(svc, s
         assert validator.errors({"key": body["cartId"], "json": body},
                                 "#/components/schemas/insightRecord") == []
     assert {b["lineItems"][0]["salePrice"] for b in bodies if b["lineItems"]} == {10.0}
+
+
+async def test_cancelling_a_subjects_triggers_has_an_index(svc):
+    """Cancelling a cart's triggers filters on store, subject type and id (not on program kind)."""
+    import sqlalchemy as sa
+
+    indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(svc.engine).get_indexes("program_trigger")}
+    assert indexes.get("ix_program_trigger_subject") == ["store_key", "subject_type", "subject_id"]
+
+
+async def test_a_cart_update_without_a_version_restarts_the_timer_from_its_last_change(svc, spy):
+    hat = ct.line_item("p1", "HAT-1", "Blue Hat", 1, 1250)
+    r1 = await svc.stub.TrackEvent(cart_event("ev-n1", "cart-n", 0, cart_json(
+        hat, lastModifiedAt="2026-11-02T10:00:00.000Z"), email="noversion@example.com"))
+    r2 = await svc.stub.TrackEvent(cart_event("ev-n2", "cart-n", 0, cart_json(
+        hat, hat, lastModifiedAt="2026-11-02T10:50:00.000Z"), email="noversion@example.com"))
+    assert outcomes(r1) == outcomes(r2) == ["APPLIED"]
+    first, second = (c.args[0] for c in spy.of("on_cart_changed"))
+    assert first.version and second.version > first.version
+    assert cart_rows(svc)["cart-n"]["version"] == second.version
+    triggers = svc.rows("SELECT subject_version, status FROM program_trigger WHERE subject_id = 'cart-n' "
+                        "ORDER BY subject_version")
+    assert [(t["subject_version"], t["status"]) for t in triggers] == [(first.version, "cancelled"),
+                                                                       (second.version, "pending")]
+    # an earlier change arriving late changes nothing
+    late = await svc.stub.TrackEvent(cart_event("ev-n0", "cart-n", 0, cart_json(
+        hat, lastModifiedAt="2026-11-02T10:20:00.000Z"), email="noversion@example.com"))
+    assert outcomes(late) == ["STALE"]
+    # a commercetools version after derived ones is compared by its lastModifiedAt
+    later = await svc.stub.TrackEvent(cart_event("ev-n3", "cart-n", 7, cart_json(
+        hat, lastModifiedAt="2026-11-02T11:00:00.000Z"), email="noversion@example.com"))
+    assert outcomes(later) == ["APPLIED"] and cart_rows(svc)["cart-n"]["version"] > second.version
+
+
+async def test_linking_an_anonymous_cart_starts_its_timer(svc, spy):
+    hat = ct.line_item("p1", "HAT-1", "Blue Hat", 1, 1250)
+    r1 = await svc.stub.TrackEvent(cart_event("ev-l1", "cart-l1", 1, cart_json(hat, anonymousId="anon-l"),
+                                              anonymous_id="anon-l"))
+    assert outcomes(r1) == ["APPLIED"] and contact_of(r1) is None
+    assert svc.rows("SELECT subject_id FROM program_trigger WHERE subject_id = 'cart-l1'") == []
+    r2 = await svc.stub.TrackEvent(cart_event("ev-l2", "cart-l2", 1, cart_json(
+        hat, anonymousId="anon-l", customerEmail="linked@example.com"), anonymous_id="anon-l"))
+    contact_id = contact_of(r2)
+    assert outcomes(r2) == ["APPLIED"] and contact_id
+    assert cart_rows(svc)["cart-l1"]["contact_id"] == contact_id
+    linked = [c.args[0] for c in spy.of("on_cart_changed") if c.args[0].cart_id == "cart-l1"]
+    assert [(f.contact_id, f.version, f.line_item_count) for f in linked] == [(None, 1, 1), (contact_id, 1, 1)]
+    triggers = svc.rows("SELECT contact_id, status FROM program_trigger WHERE subject_id = 'cart-l1'")
+    assert triggers == [{"contact_id": contact_id, "status": "pending"}]

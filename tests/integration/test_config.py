@@ -52,6 +52,9 @@ BAD = {
     "literal password": ('[accounts.second]\napi_user = "u"\npassword = "hunter2"\n', "accounts.second.password"),
     "bad data field": ('[stores.uk.data_fields]\n"custom.x" = "THIS_NAME_IS_FAR_TOO_LONG"\n',
                        'stores.uk.data_fields."custom.x"'),
+    "retrigger window beyond retention": (('[stores.uk.programs.abandoned_cart]\nprogram = 7\n'
+                                           'retrigger_window_hours = 1000\n'),
+                                          "stores.uk.programs.abandoned_cart.retrigger_window_hours"),
 }
 #: the commands run on every bad file (serve and worker, which start slower, on the issue's examples)
 COMMANDS = [(kind, "config") for kind in BAD] + [(kind, "serve") for kind in ("wrong type", "out of range",
@@ -271,6 +274,19 @@ def test_settings_are_immutable_and_replace_validates():
         replace(settings, dispatcher={"concurrency": 0})
     assert hash(settings.stores["uk"].consent) == hash(ConsentFieldsConfig())  # used as a set member
     assert "pw" not in repr(settings) and settings.accounts["main"].password.get_secret_value() == "pw"
+
+
+def test_a_retrigger_window_longer_than_the_trigger_retention_is_refused():
+    program = '[stores.uk.programs.abandoned_cart]\nprogram = 7\nretrigger_window_hours = 1000\n'
+    with pytest.raises(ConfigError, match=r"^stores\.uk\.programs\.abandoned_cart\.retrigger_window_hours: "
+                                          r"must be <= programs\.retention_days x 24 = 720 .*got 1000") as exc:
+        settings_from_mapping(tomllib.loads(BASE + program), env={"DD_PASSWORD": "pw"})
+    assert exc.value.key == "stores.uk.programs.abandoned_cart.retrigger_window_hours"
+    longer = settings_from_mapping(tomllib.loads(BASE + program + "[programs]\nretention_days = 42\n"),
+                                   env={"DD_PASSWORD": "pw"})
+    assert longer.stores["uk"].programs["abandoned_cart"].retrigger_window_hours == 1000
+    at_limit = '[stores.uk.programs.abandoned_cart]\nprogram = 7\nretrigger_window_hours = 720\n'
+    settings_from_mapping(tomllib.loads(BASE + at_limit), env={"DD_PASSWORD": "pw"})
 
 
 def test_a_bare_settings_object_reads_the_environment_and_the_file_it_names(tmp_path, monkeypatch):

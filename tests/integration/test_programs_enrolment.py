@@ -223,15 +223,51 @@ async def test_a_program_not_active_holds_its_triggers_and_logs_once(engine, dat
         await run_until(proc, clock, START + timedelta(hours=2), step=timedelta(minutes=1))
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "ERROR_PROGRAM_NOT_ACTIVE" in errors[0].getMessage()
-    got = {r["program_kind"]: (r["status"], r["enrolment_call_id"]) for r in triggers(engine)}
-    assert got["abandoned_cart"] == ("enrolling", None)  # held, not lost
+    assert "is not active" in errors[0].getMessage() and "not found" not in errors[0].getMessage()
+    got = {r["program_kind"]: (r["status"], r["enrolment_call_id"], r["reason"]) for r in triggers(engine)}
+    assert got["abandoned_cart"] == ("enrolling", None, "held: ERROR_PROGRAM_NOT_ACTIVE")  # held, not lost
     assert got["post_purchase_first"][0] == "sent"  # another program is not held back
     not_active = [c for c in sandbox.enrolment_calls if c.error == "ERROR_PROGRAM_NOT_ACTIVE"]
     assert len(not_active) == 1  # looked at again with GET /v2/programs/{id}, not by spending enrolments
     sandbox.set_program_status(program, "Active")
     await run_until(proc, clock, clock() + timedelta(minutes=20), step=timedelta(minutes=1))
-    assert one_trigger(engine, program_kind="abandoned_cart")["status"] == "sent"
+    row = one_trigger(engine, program_kind="abandoned_cart")
+    assert (row["status"], row["reason"]) == ("sent", None)
     assert len(sandbox.program_entries(program)) == 1
+
+
+async def test_triggers_held_past_their_max_age_are_skipped_not_sent_late(engine, database_url, sandbox, clock):
+    program = sandbox.add_program("Abandoned cart", status="Deactivated")
+    settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {
+        **AC, "program": program, "max_age_hours": 6}}}, batch_wait_seconds=0)
+    contacts = await seed_contacts(engine, sandbox, 2)
+    put_cart(engine, settings, "uk", "cart-0", version=1, contact_id=contacts[0], modified=START)
+    proc = processor(engine, settings, clock)
+    await run_until(proc, clock, START + timedelta(hours=3), step=timedelta(minutes=5))
+    assert one_trigger(engine)["reason"] == "held: ERROR_PROGRAM_NOT_ACTIVE"
+    # a second cart falls due while the program is held; the program is activated 8 hours after the first
+    put_cart(engine, settings, "uk", "cart-1", version=1, contact_id=contacts[1], modified=START + timedelta(hours=5),
+             now=clock())
+    await run_until(proc, clock, START + timedelta(hours=9), step=timedelta(minutes=5))
+    sandbox.set_program_status(program, "Active")
+    await run_until(proc, clock, START + timedelta(hours=10), step=timedelta(minutes=5))
+    got = {r["subject_id"]: (r["status"], r["reason"]) for r in triggers(engine)}
+    assert got == {"cart-0": ("skipped", "too_old"), "cart-1": ("sent", None)}
+    assert len(sandbox.program_entries(program)) == 1  # only the one still in time
+
+
+async def test_a_program_not_found_holds_its_triggers_with_the_reason(engine, database_url, sandbox, clock, caplog):
+    settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {**AC, "program": 987654}}},
+                                batch_wait_seconds=0)
+    [contact] = await seed_contacts(engine, sandbox, 1)
+    put_cart(engine, settings, "uk", "cart-0", version=1, contact_id=contact, modified=START)
+    with caplog.at_level(logging.INFO, logger="ctdd.programs.enrolment"):
+        await run_until(processor(engine, settings, clock), clock, START + timedelta(minutes=62),
+                        step=timedelta(minutes=1))
+    row = one_trigger(engine)
+    assert (row["status"], row["reason"]) == ("enrolling", "held: ERROR_PROGRAM_NOT_FOUND")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "not found" in errors[0] and "is not active" not in errors[0]
 
 
 async def test_the_allowance_exceeded_pauses_the_account_until_an_hour_after_its_oldest_call(engine, database_url,
@@ -363,3 +399,84 @@ async def test_a_permanent_failure_skips_the_batch_with_the_code(engine, databas
     await run_until(processor(engine, settings, clock), clock, START + timedelta(minutes=62), step=timedelta(minutes=1))
     row = one_trigger(engine)
     assert (row["status"], row["reason"]) == ("skipped", "enrolment_failed: ERROR_ENROLMENT_INVALID")
+
+
+async def test_a_contact_deleted_in_dotdigital_skips_only_its_own_trigger(engine, database_url, sandbox, clock, caplog):
+    program = sandbox.add_program("Abandoned cart")
+    settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {**AC, "program": program}}},
+                                batch_wait_seconds=0)
+    contacts = await seed_contacts(engine, sandbox, 4)
+    for i, contact in enumerate(contacts):
+        put_cart(engine, settings, "uk", f"cart-{i}", version=1, contact_id=contact, modified=START)
+    gone = sandbox.contacts[1]["contactId"]
+    assert sandbox.delete_contact(contact_id=gone)
+    await run_until(processor(engine, settings, clock), clock, START + timedelta(minutes=65),
+                    step=timedelta(seconds=30))
+    rows = triggers(engine)
+    assert Counter((r["status"], r["reason"]) for r in rows) == {
+        ("sent", None): 3, ("skipped", "contact_not_in_dotdigital"): 1}
+    entered = sorted(e.contact_id for e in sandbox.program_entries(program))
+    assert gone not in entered and len(entered) == 3
+
+
+async def test_an_unreadable_201_is_looked_up_not_skipped(engine, database_url, sandbox, clock):
+    program = sandbox.add_program("Abandoned cart")
+    settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {**AC, "program": program}}},
+                                batch_wait_seconds=0)
+    contacts = await seed_contacts(engine, sandbox, 2)
+    for i, contact in enumerate(contacts):
+        put_cart(engine, settings, "uk", f"cart-{i}", version=1, contact_id=contact, modified=START)
+    sandbox.inject_fault(status=201, method="POST", path_contains="/v2/programs/enrolments", body="<html>ok</html>")
+    await run_until(processor(engine, settings, clock), clock, START + timedelta(minutes=65),
+                    step=timedelta(seconds=30))
+    assert Counter(r["status"] for r in triggers(engine)) == {"sent": 2}
+    assert len(sandbox.program_entries(program)) == 2
+
+
+async def test_a_trigger_that_waited_into_quiet_hours_goes_back_to_pending(engine, database_url, sandbox, clock):
+    from zoneinfo import ZoneInfo
+
+    program = sandbox.add_program("Abandoned cart")
+    tz = ZoneInfo(program_settings(database_url, sandbox, {}).stores["uk"].time_zone)
+    due = START + timedelta(minutes=60)  # decided "send" then; its partial batch waits 5 minutes
+    quiet_start, quiet_end = (due + timedelta(minutes=2)).astimezone(tz), (due + timedelta(hours=2)).astimezone(tz)
+    ac = {**AC, "program": program, "quiet_hours_start": quiet_start.strftime("%H:%M"),
+          "quiet_hours_end": quiet_end.strftime("%H:%M")}
+    settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": ac}}, batch_wait_seconds=300)
+    [contact] = await seed_contacts(engine, sandbox, 1)
+    put_cart(engine, settings, "uk", "cart-0", version=1, contact_id=contact, modified=START)
+    proc = processor(engine, settings, clock)
+    await run_until(proc, clock, due + timedelta(minutes=1), step=timedelta(seconds=30))
+    assert one_trigger(engine)["status"] == "enrolling"
+    await run_until(proc, clock, due + timedelta(minutes=10), step=timedelta(seconds=30))
+    row = one_trigger(engine)
+    assert (row["status"], row["reason"]) == ("pending", "quiet_hours")
+    assert row["due_at"].replace(tzinfo=None) == (due + timedelta(hours=2)).replace(tzinfo=None)
+    assert sandbox.program_entries(program) == []
+    await run_until(proc, clock, due + timedelta(hours=2, minutes=10), step=timedelta(minutes=1))
+    assert one_trigger(engine)["status"] == "sent"
+    assert len(sandbox.program_entries(program)) == 1
+
+
+async def test_a_pass_stops_when_another_worker_took_the_enrolment_lease(engine, database_url, sandbox, clock):
+    from ctdd.db.models import Lease
+
+    program = sandbox.add_program("Abandoned cart")
+    settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {**AC, "program": program}}},
+                                batch_wait_seconds=0, enrolment_batch_size=2)
+    contacts = await seed_contacts(engine, sandbox, 4)
+    for i, contact in enumerate(contacts):
+        put_cart(engine, settings, "uk", f"cart-{i}", version=1, contact_id=contact, modified=START)
+    proc = processor(engine, settings, clock, worker_id="first")
+    real_call = proc.batcher._call
+
+    async def call_then_lose_the_lease(account, client, reserved):
+        await real_call(account, client, reserved)
+        with engine.begin() as conn:  # the lease expired during the call and another worker took it
+            conn.execute(sa.update(Lease.__table__).values(owner="second", expires_at=clock() + timedelta(hours=1)))
+
+    proc.batcher._call = call_then_lose_the_lease
+    clock.advance(START + timedelta(minutes=61))
+    await proc.run_once()
+    assert len(sandbox.enrolment_calls) == 1  # the second batch is left to the lease's new holder
+    assert Counter(r["status"] for r in triggers(engine)) == {"sent": 2, "enrolling": 2}

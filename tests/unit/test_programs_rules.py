@@ -219,13 +219,46 @@ def test_browse_subjects():
     assert rules.decide(replace(f, last_order_at=NOW - timedelta(minutes=1))) == Decision.skip("ordered_since")
 
 
-def test_presend_checks_the_subject_and_consent_only():
+def test_presend_checks_the_subject_consent_and_quiet_hours():
     assert rules.presend_decision(cart_facts(cart_ordered=True)) == Decision.cancel("cart_ordered")
     assert rules.presend_decision(cart_facts(last_order_at=NOW)) == Decision.skip("ordered_since")
     assert rules.presend_decision(cart_facts(channel_status=rules.SUPPRESSED)) == Decision.skip("suppressed")
-    assert rules.presend_decision(cart_facts(last_entry_at=NOW, quiet_hours=((0, 0), (23, 59)))) is None
+    assert rules.presend_decision(cart_facts(last_entry_at=NOW)) is None  # the window was passed when decided
+    assert rules.presend_decision(cart_facts(quiet_hours=((21, 0), (8, 0)))) is None  # 12:00: allowed
+
+
+def test_presend_defers_a_trigger_that_waited_into_quiet_hours():
+    # decided "send" at 20:58, its batch goes at 21:03: quiet hours 21:00-08:00 send it back to pending until 08:00
+    f = cart_facts(now=at(2026, 6, 1, 21, 3), quiet_hours=((21, 0), (8, 0)))
+    assert rules.presend_decision(f) == Decision.defer(at(2026, 6, 2, 8, 0), "quiet_hours")
+    # a cancelled subject still wins over the quiet hours
+    assert rules.presend_decision(replace(f, cart_ordered=True)) == Decision.cancel("cart_ordered")
 
 
 def test_reasons_are_stable_strings():
     assert len(set(rules.REASONS)) == len(rules.REASONS)
     assert all(r == r.lower() and " " not in r for r in rules.REASONS)
+
+
+def test_a_trigger_past_its_max_age_is_skipped_as_too_old():
+    late = cart_facts(first_due_at=NOW - timedelta(hours=25), max_age_hours=24)
+    assert rules.decide(late) == Decision.skip("too_old")
+    assert rules.presend_decision(late) == Decision.skip("too_old")
+    # just inside the limit: sent; no limit (0) or no first due time recorded: never too old
+    assert rules.decide(replace(late, first_due_at=NOW - timedelta(hours=23))) == Decision.send()
+    assert rules.decide(replace(late, max_age_hours=0)) == Decision.send()
+    assert rules.decide(replace(late, first_due_at=None)) == Decision.send()
+    # the subject still decides first: an ordered cart is cancelled, not "too old"
+    assert rules.decide(replace(late, cart_ordered=True)) == Decision.cancel("cart_ordered")
+
+
+def test_a_deferral_that_would_end_past_the_max_age_skips_at_once():
+    # due 21:30, decided at 22:30 inside quiet hours 22:00-08:00 with a 6-hour limit: 08:00 is too late
+    f = cart_facts(now=at(2026, 6, 1, 22, 30), first_due_at=at(2026, 6, 1, 21, 30), max_age_hours=6,
+                   quiet_hours=NIGHT)
+    assert rules.decide(f) == Decision.skip("too_old")
+    assert rules.presend_decision(f) == Decision.skip("too_old")
+    # with a 12-hour limit it waits for the morning
+    assert rules.decide(replace(f, max_age_hours=12)) == Decision.defer(at(2026, 6, 2, 8, 0), "quiet_hours")
+    assert rules.presend_decision(replace(f, max_age_hours=12)) == Decision.defer(at(2026, 6, 2, 8, 0),
+                                                                                  "quiet_hours")

@@ -6,8 +6,9 @@ brand plugin's ``ctdd_map_contact`` answers first. What it maps, per store confi
 - identifiers: email -> ``identifiers.email``, mobile -> ``identifiers.mobileNumber``
 - attributes: ``stores.<key>.data_fields`` maps attribute paths (``first_name``, ``billing_address.city``,
   ``custom.<name>`` for custom fields ...) to data-field names; unmapped attributes are ignored
-- ``STORE`` (when mapped) is always the store key, so multi-store accounts segment correctly; ``LOCALE`` /
-  ``CURRENCY`` fall back to the store's defaults when the profile has none
+- ``STORE`` (when mapped) is always the store key, so multi-store accounts segment correctly; the store's
+  ``locale`` / ``currency`` defaults for ``LOCALE`` / ``CURRENCY`` are not applied here but by the core
+  (``ctdd.ingest.contact_sync``), which alone knows whether the contact has a value already
 - email consent -> ``channelProperties.email.status`` / ``optInType`` and consent records; SMS consent ->
   ``channelProperties.sms.status`` and consent records (``email.status`` is only sent when the shop made
   an explicit decision: Dotdigital would otherwise subscribe a new contact)
@@ -56,10 +57,6 @@ def ctdd_map_contact(ctx, contact):
     if identity.customer_id:
         attributes.setdefault("customer_id", identity.customer_id)
     attributes["store"] = store.key
-    if store.locale:
-        attributes.setdefault("locale", store.locale)
-    if store.currency:
-        attributes.setdefault("currency", store.currency)
     for attr, value in attributes.items():
         dd_name = store.data_fields.get(attr)
         if dd_name:

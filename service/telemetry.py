@@ -14,6 +14,8 @@ Metrics: ``ctdd.outbox.enqueued``, ``ctdd.delivery.attempts`` (by outcome), ``ct
 programs: ``ctdd.programs.decisions`` (by kind, outcome, reason), ``ctdd.programs.enrolment_calls`` (by account,
 outcome) and the gauge ``ctdd.programs.backlog`` (per account: triggers the hourly enrolment allowance cannot
 send this hour).
+Delivery pauses (``ctdd.delivery.account_guard``): the gauge ``ctdd.delivery.account_paused`` (1 while an account
+is paused for HTTP 401/403, by account) and the counter ``ctdd.delivery.parked`` (messages parked, by account).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ program_decisions = meter.create_counter("ctdd.programs.decisions", unit="{trigg
                                          description="Program trigger decisions, by kind, outcome and reason")
 enrolment_calls = meter.create_counter("ctdd.programs.enrolment_calls", unit="{call}",
                                        description="POST /v2/programs/enrolments calls, by account and outcome")
+account_paused = meter.create_gauge("ctdd.delivery.account_paused", unit="{account}",
+                                    description="1 while delivery to a Dotdigital account is paused because it "
+                                                "refused the credentials (HTTP 401/403), else 0; by account")
+parked_counter = meter.create_counter("ctdd.delivery.parked", unit="{message}",
+                                      description="Outbox messages parked after max_attempts retryable failures, "
+                                                  "by account")
 program_backlog = meter.create_gauge("ctdd.programs.backlog", unit="{trigger}",
                                      description="Triggers waiting for an enrolment call beyond what the account's "
                                                  "hourly enrolment allowance can send this hour")

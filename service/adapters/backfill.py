@@ -2,7 +2,8 @@
 into the same pipeline as live events, at lower priority.
 
 Paging: ``sort=id asc``, ``limit`` (at most 500),
-``withTotal=false``, ``where=id > "<last id>"``; offsets are never used, so it scales past 10,000.
+``withTotal=false``, ``where=id > :afterId`` with ``var.afterId=<last id>`` (a predicate input variable, never
+pasted into the predicate); offsets are never used, so it scales past 10,000.
 
 Every resource becomes a synthetic Platform-format Message notification, sent with TrackEventBatch and
 ``priority = PRIORITY_BACKFILL`` (live events are delivered first):

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import grpc
 
+from ctdd.adapters.grpc_target import TargetSecurity
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 
@@ -75,11 +76,14 @@ def classify(result: pb.TrackEventResult) -> Outcome:
 class EventForwarder:
     """Sends TrackEventBatch calls to one ctdd-sync target over a grpc.aio channel."""
 
-    def __init__(self, target: str, *, timeout: float = 30.0, channel: grpc.aio.Channel | None = None):
+    def __init__(self, target: str, *, timeout: float = 30.0, channel: grpc.aio.Channel | None = None,
+                 security: TargetSecurity | None = None):
         self.target = target
         self.timeout = timeout
         self._own_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(
+        #: TLS, client certificate and bearer token for an authenticated target (ctdd.adapters.grpc_target)
+        self.security = security or TargetSecurity()
+        self.channel = channel or self.security.channel(
             target,
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -113,7 +117,8 @@ class EventForwarder:
             return []
         try:
             response = await self.stub.TrackEventBatch(
-                pb.TrackEventBatchRequest(events=events), timeout=self.timeout, wait_for_ready=False
+                pb.TrackEventBatchRequest(events=events), timeout=self.timeout, wait_for_ready=False,
+                metadata=self.security.metadata,
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

@@ -6,6 +6,11 @@ subscription on that topic POSTs every message to this endpoint as
 forwarded verbatim as ``commercetools_delivery`` (the service unwraps the envelope) with TrackEventBatch;
 requests arriving at the same time share one call.
 
+HTTP is served by aiohttp.web (``client_max_size`` bounds a body, its parser bounds the head and answers
+malformed HTTP, duplicate ``Content-Length`` included, with 400 at once). Who may push is checked before the
+body is read (``ctdd.adapters.push_auth``: a shared token or a Google-signed OIDC token); the adapter refuses
+to start with neither unless ``insecure`` is set.
+
 Pub/Sub treats any 2xx answer as an acknowledgement and anything else (or a timeout) as a reason to
 redeliver with backoff. So:
 
@@ -15,14 +20,15 @@ redeliver with backoff. So:
   given (``<time>-<messageId>.body`` = the request body verbatim, ``.json`` = code and reason; files are
   mode 0600), then acknowledged with **204** (header ``X-Ctdd-Outcome: poison``). If the dead-letter file
   cannot be written the answer is 503, so nothing is lost silently;
-- **401** / **403** when ``--token`` is set and the ``?token=`` query parameter is missing / wrong
-  (compared in constant time); **413** for a body over ``--max-body-bytes`` (Pub/Sub will redeliver it,
-  so give the push subscription a dead-letter topic to catch those); **411** without Content-Length,
-  **400** for a malformed request, **404** / **405** for other paths and methods.
+- **401** / **403** for missing / wrong credentials (one log line each, without the credential; Pub/Sub
+  redelivers, so a misconfiguration loses nothing); **413** for a body over ``--max-body-bytes`` (Pub/Sub
+  will redeliver it, so give the push subscription a dead-letter topic to catch those); **411** without a
+  body, **400** for malformed HTTP or an empty body, **404** / **405** for other paths and methods, **408**
+  for a body not received within ``body_timeout``.
 - ``GET /healthz`` answers 200 while serving and 503 while shutting down.
 
-HTTP/1.1 with one request per connection (``Connection: close``); ``Expect: 100-continue`` is honoured.
-Bodies are never logged; logs carry the Pub/Sub message id and result codes.
+Bodies are never logged; logs carry the Pub/Sub message id and result codes. The access log is off: the
+query string carries the shared token.
 """
 
 from __future__ import annotations
@@ -30,30 +36,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import json
 import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.adapters.forwarder import OK, POISON, CoalescingForwarder, EventForwarder, Outcome, delivery_request
+from ctdd.adapters.push_auth import OidcSettings, PushAuthenticator
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 16 * 1024
+#: aiohttp's limits for one line of the request head and for one header field
+MAX_HEADER_BYTES = 8190
+MAX_HEADERS = 64
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
-
-REASONS = {
-    100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
-    413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
-}
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -63,23 +66,21 @@ class PubSubPushConfig:
     listen: str
     target: str
     store_key: str
-    token: str | None = None
+    #: shared secret expected as ``?token=`` or ``Authorization: Bearer``
+    token: str | None = field(default=None, repr=False)
+    #: verify Google-signed OIDC tokens of an authenticated push subscription
+    oidc: OidcSettings | None = None
+    #: serve without any authentication (refused otherwise when neither token nor oidc is set)
+    insecure: bool = False
     path: str = "/"
     dead_letter_dir: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
     rpc_timeout: float = 30.0
-    header_timeout: float = 10.0
     body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
     priority: int = pb.PRIORITY_LIVE
     #: PROCESSING_QUEUED: acknowledged once in ctdd-sync's event inbox (fetch failures retried there)
     processing: int = pb.PROCESSING_APPLIED
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -99,122 +100,133 @@ def pubsub_message_id(body: bytes) -> str:
         return "-"
 
 
+class _MalformedRequestLine(logging.Filter):
+    """aiohttp logs each malformed request at ERROR with a traceback that quotes the request (whose query may
+    carry the token): keep one WARNING line with the peer and the kind of error instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
+            record.msg, record.args = "malformed HTTP request from %s refused: %s (%s)", (
+                peer, type(exc).__name__, exc.code)
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+http_log = logging.getLogger(__name__ + ".http")
+http_log.addFilter(_MalformedRequestLine())
+
+
+def _answer(status: int, body: dict | None = None, headers: dict | None = None) -> web.Response:
+    if body is None or status == 204:
+        return web.Response(status=status, headers=headers)
+    return web.json_response(body, status=status, headers=headers)
+
+
 class PubSubPushAdapter:
-    def __init__(self, config: PubSubPushConfig, *, forwarder: EventForwarder | None = None):
+    def __init__(self, config: PubSubPushConfig, *, forwarder: EventForwarder | None = None,
+                 authenticator: PushAuthenticator | None = None):
+        """Raises :class:`InsecureConfigError` when neither a token nor OIDC is configured and
+        ``config.insecure`` is not set."""
         self.config = config
+        self.authenticator = authenticator or PushAuthenticator(token=config.token, oidc=config.oidc,
+                                                                insecure=config.insecure)
         self.forwarder = forwarder or EventForwarder(config.target, timeout=config.rpc_timeout)
         self.batcher = CoalescingForwarder(self.forwarder)
-        self.server: asyncio.base_events.Server | None = None
+        self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self._handlers: set[asyncio.Task] = set()
         self._draining = False
 
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_post(self.config.path, self._push)
+        return app
+
     async def start(self) -> int:
         host, port = split_hostport(self.config.listen)
         self.batcher.start()
-        self.server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEADER_BYTES)
-        self.port = self.server.sockets[0].getsockname()[1]
-        log.info("Pub/Sub push adapter on %s:%s -> %s (store %s)%s", host, self.port, self.config.target,
-                 self.config.store_key, "" if self.config.token else " without a token check")
+        # access_log=None: the query string carries the token; auto_decompress=False: the body is forwarded
+        # as received and client_max_size bounds what arrives, not what a compressed body expands to
+        self.runner = web.AppRunner(self._app(), access_log=None, logger=http_log, handle_signals=False,
+                                    max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES,
+                                    max_headers=MAX_HEADERS, keepalive_timeout=self.config.keepalive_timeout,
+                                    auto_decompress=False, shutdown_timeout=1.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        log.info("Pub/Sub push adapter on %s:%s -> %s (store %s), accepting %s", host, self.port,
+                 self.config.target, self.config.store_key, self.authenticator.describe())
+        if self.authenticator.open:
+            log.warning("Pub/Sub push adapter runs WITHOUT authentication (--insecure): anyone who reaches "
+                        "it can push events")
         return self.port
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting connections, let requests in progress finish (up to ``grace`` s), close."""
         self._draining = True
-        if self.server is not None:
-            self.server.close()
+        if self.runner is not None:
+            for site in list(self.runner.sites):
+                await site.stop()
         if self._handlers:
             done, pending = await asyncio.wait(set(self._handlers), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        if self.server is not None:
-            await self.server.wait_closed()
+        if self.runner is not None:
+            await self.runner.cleanup()
         await self.batcher.close()
         await self.forwarder.close()
         log.info("Pub/Sub push adapter stopped")
 
     # -- HTTP ----------------------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self._draining:
+            return _answer(503, {"status": "shutting down"})
+        return _answer(200, {"status": "ok"})
+
+    async def _push(self, request: web.Request) -> web.StreamResponse:
         task = asyncio.current_task()
         self._handlers.add(task)
         try:
-            try:
-                status, body, headers = await self._respond(reader, writer)
-            except HttpError as exc:
-                status, body, headers = exc.status, {"error": exc.message}, {}
-            except Exception:
-                log.exception("request failed")
-                status, body, headers = 500, {"error": "internal error"}, {}
-            await self._write(writer, status, body, headers)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+            return await self._respond(request)
         finally:
             self._handlers.discard(task)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
 
-    async def _write(self, writer: asyncio.StreamWriter, status: int, body: dict | None, headers: dict) -> None:
-        payload = b"" if body is None or status == 204 else json.dumps(body).encode()
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", "Connection: close",
-                 f"Content-Length: {len(payload)}"]
-        if payload:
-            lines.append("Content-Type: application/json")
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
-        await writer.drain()
-
-    async def _read_head(self, reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:
+    async def _respond(self, request: web.Request) -> web.StreamResponse:
+        if self._draining:
+            return _answer(503, {"error": "shutting down"}, {"Connection": "close"})
+        refusal = await self.authenticator.check(request.query.get("token"), request.headers.get("Authorization"))
+        if refusal is not None:
+            log.warning("push from %s refused: %s (%d)", request.remote, refusal.reason, refusal.status)
+            headers = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
+            return _answer(refusal.status, {"error": refusal.reason}, headers)
+        if not request.body_exists:
+            return _answer(411 if request.content_length is None else 400, {"error": "a request body is required"})
+        if (request.content_length or 0) > self.config.max_body_bytes:
+            return _answer(413, {"error": f"body over {self.config.max_body_bytes} bytes"}, {"Connection": "close"})
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.config.header_timeout)
-        except asyncio.LimitOverrunError:
-            raise HttpError(431, "request head too large") from None
-        except asyncio.IncompleteReadError:
-            raise ConnectionError("client closed the connection") from None
-        except asyncio.TimeoutError:
-            raise HttpError(408, "request head not received in time") from None
-        try:
-            text = head.decode("latin-1")
-            request_line, *header_lines = text[:-4].split("\r\n")
-            method, target, version = request_line.split(" ")
-        except ValueError:
-            raise HttpError(400, "malformed request line") from None
-        if not version.startswith("HTTP/1."):
-            raise HttpError(505, "only HTTP/1.x is supported")
-        headers: dict[str, str] = {}
-        for line in header_lines:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise HttpError(400, "malformed header")
-            headers[name.lower()] = value.strip()
-        return method, target, headers
-
-    async def _respond(self, reader, writer) -> tuple[int, dict | None, dict]:
-        method, target, headers = await self._read_head(reader)
-        url = urlsplit(target)
-        if url.path == "/healthz":
-            if method not in ("GET", "HEAD"):
-                raise HttpError(405, "use GET")
-            if self._draining:
-                return 503, {"status": "shutting down"}, {}
-            return 200, {"status": "ok"}, {}
-        if url.path != self.config.path:
-            raise HttpError(404, "not found")
-        if method != "POST":
-            raise HttpError(405, "use POST")
-        self._check_token(url.query)
-        body = await self._read_body(reader, writer, headers)
+            async with asyncio.timeout(self.config.body_timeout):
+                body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _answer(413, {"error": f"body over {self.config.max_body_bytes} bytes"}, {"Connection": "close"})
+        except TimeoutError:
+            return _answer(408, {"error": "body not received in time"}, {"Connection": "close"})
+        if not body:
+            return _answer(400, {"error": "empty body"})
         message_id = pubsub_message_id(body)
         outcome = await self.batcher.submit(delivery_request(self.config.store_key, body, self.config.priority,
                                                                 self.config.processing))
         if outcome.kind == OK:
             log.info("pubsub message %s: accepted", message_id)
-            return 204, None, {"X-Ctdd-Outcome": "accepted"}
+            return _answer(204, None, {"X-Ctdd-Outcome": "accepted"})
         if outcome.kind == POISON:
             log.warning("pubsub message %s: refused by the service (code %d); acknowledged as poison",
                         message_id, outcome.code)
@@ -225,42 +237,11 @@ class PubSubPushAdapter:
                 except OSError as exc:
                     log.error("pubsub message %s: dead-letter write failed (%s); answering 503 so Pub/Sub "
                               "redelivers it", message_id, exc.strerror or type(exc).__name__)
-                    return 503, {"error": "dead-letter write failed"}, {}
+                    return _answer(503, {"error": "dead-letter write failed"})
                 log.warning("pubsub message %s: dead-lettered to %s", message_id, path.name)
-            return 204, None, {"X-Ctdd-Outcome": "poison"}
+            return _answer(204, None, {"X-Ctdd-Outcome": "poison"})
         log.info("pubsub message %s: not accepted, retry later (code %d)", message_id, outcome.code)
-        return 503, {"error": "not accepted, retry later", "code": outcome.code}, {}
-
-    def _check_token(self, query: str) -> None:
-        expected = self.config.token
-        if not expected:
-            return
-        given = parse_qs(query).get("token")
-        if not given:
-            raise HttpError(401, "token missing")
-        if not hmac.compare_digest(given[0].encode(), expected.encode()):
-            raise HttpError(403, "token wrong")
-
-    async def _read_body(self, reader, writer, headers: dict[str, str]) -> bytes:
-        if "transfer-encoding" in headers:
-            raise HttpError(411, "chunked bodies are not supported; send Content-Length")
-        raw = headers.get("content-length")
-        if raw is None:
-            raise HttpError(411, "Content-Length required")
-        if not raw.isdigit():
-            raise HttpError(400, "bad Content-Length")
-        length = int(raw)
-        if length > self.config.max_body_bytes:
-            raise HttpError(413, f"body over {self.config.max_body_bytes} bytes")
-        if headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await writer.drain()
-        try:
-            return await asyncio.wait_for(reader.readexactly(length), self.config.body_timeout)
-        except asyncio.IncompleteReadError:
-            raise HttpError(400, "body shorter than Content-Length") from None
-        except asyncio.TimeoutError:
-            raise HttpError(408, "body not received in time") from None
+        return _answer(503, {"error": "not accepted, retry later", "code": outcome.code})
 
     def _write_dead_letter(self, body: bytes, message_id: str, outcome: Outcome) -> Path:
         directory = Path(self.config.dead_letter_dir)

@@ -1,4 +1,5 @@
-"""The operator's gRPC service (``ctdd.sync.v1.AdminService``): what ctdd-sync decided for a contact.
+"""The operator's gRPC service (``ctdd.sync.v1.AdminService``): what ctdd-sync decided for a contact, and the
+redrive of what failed (``ctdd.api.failures``).
 
 ``ListTriggers`` reads the program triggers of one contact (``ctdd.programs.queries``) and never writes. The
 database is read in a worker thread so the event loop keeps serving. Identifiers in requests are personal
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from ctdd.api.convert import Violation
 from ctdd.api.errors import abort, bad_request
+from ctdd.api.failures import FailuresServicer
 from ctdd.config import Settings
 from ctdd.programs.queries import (
     DEFAULT_LIMIT, MAX_LIMIT, InvalidQuery, TriggerSummary, TriggerView, contact_account, find_contact,
@@ -76,8 +78,9 @@ def summary_message(summary: TriggerSummary) -> pb.TriggerSummary:
     )
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):
-    """AdminService: reads only; served on the same grpc.aio server as SyncService."""
+class AdminServicer(FailuresServicer, pb_grpc.AdminServiceServicer):
+    """AdminService, served on the same grpc.aio server as SyncService: ListTriggers reads only; the redrive
+    RPCs (ListFailures, GetFailure, RetryFailures, SkipFailures) are ``ctdd.api.failures``'."""
 
     def __init__(self, settings: Settings, engine: Engine):
         self.settings = settings

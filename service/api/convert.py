@@ -15,17 +15,28 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from ctdd import clock
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.config import Settings
 from ctdd.domain.behaviour import BehaviouralEventInput
-from ctdd.domain.commerce import CartContext, cart_record
+from ctdd.domain.commerce import CartContext, cart_record, parse_ts
 from ctdd.domain.contact import ChannelConsent, ConsentRecord, ContactInput, Identity, SourceStamp
+from ctdd.domain.echo import echo
 from ctdd.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile
+from ctdd.domain.resources import MAX_ID, InvalidResource, check_resource
 
 MAX_STRING = 1000
 MAX_CUSTOM_FIELDS = 100
 MAX_CONSENT_RECORDS = 5
 MAX_LISTS = 100
+#: Limits of values that are stored in a column or end up in a URL (one set, matching ``ctdd.db.models``;
+#: tests/unit/test_input_limits.py checks them against the columns): ``source.resource_type``
+#: (record_type), ``source.resource_id``, customer and anonymous ids, product ids and cart ids (resource_id,
+#: customer_id, product_id, cart_id: MAX_ID = 200), behavioural event ids (the dedupe key
+#: ``event:{store}:{id}`` fits processed_event.dedupe_key), locales (order_summary.locale).
+MAX_RESOURCE_TYPE = 50
+MAX_EVENT_ID = 190
+MAX_LOCALE = 20
 #: how far in the future a client's clock may be before a timestamp counts as "in the future"
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -85,12 +96,50 @@ def _timestamp(violations: list[Violation], path: str, value) -> datetime:
     return _timestamp_and_text(violations, path, value)[0]
 
 
+def check_values(message) -> None:
+    """Refuse (InvalidRequest) a request with a NUL character in any string (PostgreSQL stores none in text)
+    or NaN or Infinity in a google.protobuf.Struct (not JSON: Dotdigital and the database refuse them)."""
+    violations: list[Violation] = []
+    _scan(violations, "", message)
+    if violations:
+        raise InvalidRequest(violations)
+
+
+def _scan(violations: list[Violation], path: str, message) -> None:
+    for fd, value in message.ListFields():
+        where = f"{path}.{fd.name}" if path else fd.name
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                _scan_value(violations, where, key, None)
+                _scan_value(violations, f"{where}.{key}", item, value_fd)
+        elif fd.is_repeated:
+            for i, item in enumerate(value):
+                _scan_value(violations, f"{where}[{i}]", item, fd)
+        else:
+            _scan_value(violations, where, value, fd)
+        if len(violations) >= 16:
+            return
+
+
+def _scan_value(violations: list[Violation], path: str, value, fd) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            violations.append(Violation(path, "must not contain a NUL character"))
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            violations.append(Violation(path, "must be a finite number (NaN and Infinity are not JSON)"))
+    elif fd is not None and fd.message_type is not None:
+        _scan(violations, path, value)
+
+
 def _check_len(violations: list[Violation], path: str, value: str, limit: int = MAX_STRING) -> None:
     if len(value) > limit:
         violations.append(Violation(path, f"must be at most {limit} characters"))
 
 
-def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, channel: str) -> ChannelConsent | None:
+def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, channel: str,
+             not_after: datetime | None = None) -> ChannelConsent | None:
     if msg.status == pb.CONSENT_STATUS_UNSPECIFIED and not msg.records and msg.opt_in_type == pb.OPT_IN_TYPE_UNSPECIFIED:
         return None
     if msg.status not in (pb.CONSENT_STATUS_UNSPECIFIED, *_STATUS):
@@ -115,7 +164,7 @@ def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, cha
             violations.append(Violation(f"{rpath}.consented_at", "required"))
         else:
             consented_at = _timestamp(violations, f"{rpath}.consented_at", rec.consented_at)
-            if consented_at > datetime.now(timezone.utc) + CLOCK_SKEW:
+            if consented_at > (not_after or datetime.now(timezone.utc) + CLOCK_SKEW):
                 violations.append(Violation(f"{rpath}.consented_at", "must not be in the future"))
         if rec.ip_address.strip():
             try:
@@ -131,7 +180,7 @@ def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, cha
             )
         )
     decided_at = _timestamp(violations, f"{path}.decided_at", msg.decided_at) if msg.HasField("decided_at") else None
-    if decided_at is not None and decided_at > datetime.now(timezone.utc) + CLOCK_SKEW:
+    if decided_at is not None and decided_at > (not_after or datetime.now(timezone.utc) + CLOCK_SKEW):
         violations.append(Violation(f"{path}.decided_at", "must not be in the future"))
     return ChannelConsent(
         status=_STATUS.get(msg.status),
@@ -153,7 +202,7 @@ def _address(violations: list[Violation], path: str, msg: pb.Address, attributes
 
 def _check_identifier(v: list[Violation], path: str, name: str, value: str | None) -> None:
     if value is not None:
-        _check_len(v, f"{path}.{name}", value, 256)
+        _check_len(v, f"{path}.{name}", value, MAX_ID)
         if is_junk(value):
             v.append(Violation(f"{path}.{name}", "placeholder values such as 'null' or '0' are not identifiers"))
 
@@ -193,14 +242,16 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
     v: list[Violation] = []
     if request.ByteSize() > settings.max_request_bytes:
         raise InvalidRequest([Violation("", f"request is larger than {settings.max_request_bytes} bytes")])
+    check_values(request)
 
     store = settings.store(request.store_key) if request.store_key else None
     if not request.store_key:
         v.append(Violation("store_key", "required"))
     elif store is None:
-        v.append(Violation("store_key", f"unknown store {request.store_key!r}"))
+        v.append(Violation("store_key", f"unknown store {echo(request.store_key)}"))
 
     identity = _parse_identity(v, "identity", request.identity)
+    not_after = latest_acceptable(settings)
 
     attributes: dict[str, Any] = {}
     profile = request.profile
@@ -238,8 +289,8 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
 
     email_consent = sms_consent = None
     if request.HasField("consent"):
-        email_consent = _consent(v, "consent.email", request.consent.email, "email")
-        sms_consent = _consent(v, "consent.sms", request.consent.sms, "sms")
+        email_consent = _consent(v, "consent.email", request.consent.email, "email", not_after)
+        sms_consent = _consent(v, "consent.sms", request.consent.sms, "sms", not_after)
         if sms_consent is not None and sms_consent.status == "subscribed" and not identity.mobile_number:
             v.append(Violation("consent.sms.status", "SMS opt-in requires identity.mobile_number"))
         if sms_consent is not None and sms_consent.records and not identity.mobile_number:
@@ -255,7 +306,7 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         if not membership.list_key:
             v.append(Violation(f"lists[{i}].list_key", "required"))
         elif store is not None and membership.list_key not in store.lists:
-            v.append(Violation(f"lists[{i}].list_key", f"unknown list {membership.list_key!r} for store {store.key!r}"))
+            v.append(Violation(f"lists[{i}].list_key", f"unknown list {echo(membership.list_key)} for store {store.key!r}"))
         else:
             lists[membership.list_key] = membership.member
 
@@ -265,21 +316,23 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
             v.append(Violation(f"preferences[{i}].preference_key", "required"))
         elif store is not None and choice.preference_key not in store.preferences:
             v.append(Violation(f"preferences[{i}].preference_key",
-                               f"unknown preference {choice.preference_key!r} for store {store.key!r}"))
+                               f"unknown preference {echo(choice.preference_key)} for store {store.key!r}"))
         else:
             preferences[choice.preference_key] = choice.opted_in
 
     src = request.source
     if src.version < 0:
         v.append(Violation("source.version", "must not be negative"))
-    for name in ("resource_type", "resource_id"):
-        _check_len(v, f"source.{name}", getattr(src, name), 200)
+    _check_len(v, "source.resource_type", src.resource_type, MAX_RESOURCE_TYPE)
+    _check_len(v, "source.resource_id", src.resource_id, MAX_ID)
     source = SourceStamp(
         resource_type=src.resource_type or None,
         resource_id=src.resource_id or None,
         version=src.version or None,
         modified_at=_timestamp(v, "source.modified_at", src.modified_at) if src.HasField("modified_at") else None,
     )
+    if source.modified_at is not None and source.modified_at > not_after:
+        v.append(Violation("source.modified_at", _future(settings)))
 
     if v:
         raise InvalidRequest(v)
@@ -310,31 +363,57 @@ def _integral_floats_to_int(value: Any) -> Any:
     return value
 
 
+def _cart_modified_at(cart: Any) -> datetime | None:
+    modified = cart.get("lastModifiedAt") if isinstance(cart, dict) else None
+    try:
+        return parse_ts(modified) if isinstance(modified, str) else None
+    except (ValueError, OverflowError):  # not a time: the cart's own validation says so
+        return None
+
+
 def _struct(value) -> dict[str, Any]:
     return json_format.MessageToDict(value) if value.fields else {}
 
 
+def latest_acceptable(settings: Settings) -> datetime:
+    """The latest timestamp that may decide staleness: the server's clock plus ``max_clock_skew_seconds``.
+    A later one (year 9999) would make every later update look stale."""
+    return clock.now() + timedelta(seconds=settings.service.max_clock_skew_seconds)
+
+
+def _future(settings: Settings) -> str:
+    return (f"must not be more than {settings.service.max_clock_skew_seconds:g} seconds ahead of the server's "
+            "clock (max_clock_skew_seconds)")
+
+
 def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_key: str) -> BehaviouralEventInput:
     """Validate a typed behavioural event; return a ``BehaviouralEventInput`` or raise InvalidRequest."""
-    event = _behavioural_event(msg, build=True)
+    event = _behavioural_event(msg, build=True, settings=settings)
     assert event is not None
     return event
 
 
-def check_behavioural_event(msg: pb.BehaviouralEvent) -> str:
+def check_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings | None = None) -> str:
     """Validate a typed behavioural event exactly as :func:`parse_behavioural_event` does, without building
     the domain event (a queued event is stored as received and parsed when it is applied): its event id,
     or InvalidRequest. Building costs about a third of parsing, and queued ingest does little else."""
-    _behavioural_event(msg, build=False)
+    _behavioural_event(msg, build=False, settings=settings)
     return msg.event_id.strip()
 
 
-def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool) -> BehaviouralEventInput | None:
+def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool,
+                       settings: Settings | None = None) -> BehaviouralEventInput | None:
     v: list[Violation] = []
     event_id = msg.event_id
     if not event_id.strip():
         v.append(Violation("behavioural_event.event_id", "required (it is the deduplication key)"))
-    _check_len(v, "behavioural_event.event_id", event_id, 200)
+    _check_len(v, "behavioural_event.event_id", event_id, MAX_EVENT_ID)
+    _scan(v, "behavioural_event", msg)
+    if v:  # a NUL, NaN or Infinity: not converted further
+        raise InvalidRequest(v)
+    if msg.currency and not (len(msg.currency) == 3 and msg.currency.isascii() and msg.currency.isalpha()):
+        v.append(Violation("behavioural_event.currency", "must be an ISO 4217 currency code (three letters)"))
+    _check_len(v, "behavioural_event.locale", msg.locale, MAX_LOCALE)
     identity = _identity_values(v, "behavioural_event.identity", msg.identity)
     kind = msg.WhichOneof("kind")
     data: dict[str, Any] = {}
@@ -345,12 +424,18 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool) -> BehaviouralE
             occurred, when = _timestamp_and_text(v, "behavioural_event.occurred_at", msg.occurred_at)
         else:
             _check_timestamp(v, "behavioural_event.occurred_at", msg.occurred_at)
+        if settings is not None and _check_timestamp([], "", msg.occurred_at):
+            moment = _whole_second(msg.occurred_at.seconds)[0]  # occurred_at decides staleness (the source stamp)
+            if moment > latest_acceptable(settings):
+                v.append(Violation("behavioural_event.occurred_at", _future(settings)))
     if kind is None:
         v.append(Violation("behavioural_event.kind", "one of product_viewed, cart_updated, custom_event is required"))
     elif kind == "product_viewed":
         pv = msg.product_viewed
         if not pv.product_id:
             v.append(Violation("behavioural_event.product_viewed.product_id", "required"))
+        _check_len(v, "behavioural_event.product_viewed.product_id", pv.product_id, MAX_ID)
+        _check_len(v, "behavioural_event.product_viewed.sku", pv.sku, MAX_ID)
         if build:
             data = {"productId": pv.product_id, "sku": pv.sku, "lastViewedAt": when,
                     "properties": _struct(pv.properties)}
@@ -358,11 +443,21 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool) -> BehaviouralE
         cu = msg.cart_updated
         if not cu.cart_id:
             v.append(Violation("behavioural_event.cart_updated.cart_id", "required"))
+        _check_len(v, "behavioural_event.cart_updated.cart_id", cu.cart_id, MAX_ID)
+        if cu.cart_version < 0:
+            v.append(Violation("behavioural_event.cart_updated.cart_version", "must not be negative"))
         cart = _integral_floats_to_int(json_format.MessageToDict(cu.cart))
-        try:  # (also when only checking: this is what tells whether the cart is a commercetools Cart)
+        try:  # the typed model of a commercetools Cart (ctdd.domain.resources); the id may be left out
+            check_resource("cart", {"id": cu.cart_id or "-", **cart}, name="cart")
+            # (also when only checking: this is what tells whether the cart is a commercetools Cart)
             cart_record(cu.cart_id, cart, CartContext(locale=msg.locale or None, currency=msg.currency or None))
+        except InvalidResource as exc:
+            v.append(Violation("behavioural_event.cart_updated.cart", exc.reason))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             v.append(Violation("behavioural_event.cart_updated.cart", f"not a commercetools Cart: {exc}"))
+        modified = _cart_modified_at(cart)  # a cart without a version is ordered by it
+        if settings is not None and modified is not None and modified > latest_acceptable(settings):
+            v.append(Violation("behavioural_event.cart_updated.cart.lastModifiedAt", _future(settings)))
         # the cart itself: ingest builds the CartInsight record with the store's URL templates
         data = {"cartId": cu.cart_id, "cartVersion": cu.cart_version or None, "cart": cart, "modifiedAt": when}
     else:

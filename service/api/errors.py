@@ -16,6 +16,15 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ctdd.api.convert import Violation
+from ctdd.domain.echo import clip
+
+#: what one error reply may carry: gRPC sends the status (message and details) as trailing metadata, which
+#: the client refuses above 16 KiB (RESOURCE_EXHAUSTED instead of the real error); these caps keep a reply
+#: below 8 KiB whatever the input
+MAX_MESSAGE = 500
+MAX_VIOLATIONS = 16
+MAX_FIELD = 160
+MAX_DESCRIPTION = 240
 
 
 async def abort(context: grpc.aio.ServicerContext, code: int, message: str, details: Iterable[object] = ()) -> None:
@@ -25,14 +34,22 @@ async def abort(context: grpc.aio.ServicerContext, code: int, message: str, deta
         any_msg = any_pb2.Any()
         any_msg.Pack(detail)
         packed.append(any_msg)
-    status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
+    status = rpc_status.to_status(status_pb2.Status(code=code, message=clip(message, MAX_MESSAGE), details=packed))
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def bad_request(violations: Iterable[Violation]) -> error_details_pb2.BadRequest:
-    """A google.rpc.BadRequest detail with one field violation per problem."""
+    """A google.rpc.BadRequest detail with one field violation per problem (at most :data:`MAX_VIOLATIONS`,
+    the last one then saying how many more there were; fields and descriptions capped)."""
+    violations = list(violations)
+    shown = violations[:MAX_VIOLATIONS]
+    if len(violations) > MAX_VIOLATIONS:
+        shown = violations[:MAX_VIOLATIONS - 1] + [
+            Violation("", f"and {len(violations) - MAX_VIOLATIONS + 1} more violations")]
     return error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in violations
+            error_details_pb2.BadRequest.FieldViolation(field=clip(v.field, MAX_FIELD),
+                                                        description=clip(v.description, MAX_DESCRIPTION))
+            for v in shown
         ]
     )

@@ -20,11 +20,17 @@ from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from ctdd.sync.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from ctdd.api.admin import ADMIN_SERVICE_NAME, AdminServicer
 from ctdd.api.convert import InvalidRequest, Violation, parse_sync_contact
+from ctdd.api.limits import connection_options
+from ctdd.api.decoding import DecodeGuard
+from ctdd.api.security import ServerSecurity
 from ctdd.api.errors import abort as _abort, bad_request  # noqa: F401 (bad_request: also imported from here)
+from ctdd.api.errors import MAX_MESSAGE
+from ctdd.domain.echo import clip
 from ctdd.config import Settings
 from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError
 from ctdd.api.track_event import prepare_request, queued_event
+from ctdd.api.catalog_export import export_catalog
 from ctdd.ingest.inbox import InboxWriter, QueuedEvent
 from ctdd.hooks.manager import PluginConflict
 from ctdd.telemetry import start_span
@@ -33,6 +39,11 @@ from ctdd.db.transactions import TransactionRunner
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SyncService"].full_name
+#: health service names of delivery: "ctdd.account/<account>" is NOT_SERVING while that Dotdigital account is
+#: paused because it refused the credentials (401/403); "ctdd.delivery" is NOT_SERVING while any account is
+#: (the readiness of delivery). "" and the SyncService stay SERVING: updates are still accepted and kept.
+ACCOUNT_HEALTH_PREFIX = "ctdd.account/"
+DELIVERY_HEALTH_NAME = "ctdd.delivery"
 #: hard transport limit; the per-request business limit (settings.max_request_bytes) is checked in
 #: api_convert so that oversized requests get INVALID_ARGUMENT with a field violation
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -165,7 +176,8 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             try:
                 checked = queued_event(self.events, self.settings, request)
             except (InvalidRequest, InvalidEvent) as exc:
-                results.append(exc)
+                # kept without its traceback: its frames (this one included) would hold the request in a cycle
+                results.append(exc.with_traceback(None))
                 continue
             if isinstance(checked, NotificationOutcome):
                 results.append(self._response([checked]))
@@ -184,7 +196,10 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         if request.processing == pb.PROCESSING_QUEUED:
             result = (await self._queue([request]))[0]
             if isinstance(result, Exception):
-                raise result
+                try:
+                    raise result
+                finally:
+                    del result  # no cycle frame -> exception -> traceback -> frame keeping the request alive
             return result
         return await self._apply(request)
 
@@ -214,10 +229,10 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                 await _abort(context, code_pb2.INVALID_ARGUMENT, str(exc),
                              [bad_request([Violation(field, description or str(exc))])])
             except RetryableEventError as exc:
-                log.warning("TrackEvent for store %s not processed now: %s", request.store_key, exc)
+                log.warning("TrackEvent for store %s not processed now: %s", clip(request.store_key, 100), exc)
                 await _abort(context, code_pb2.UNAVAILABLE, f"not processed, retry later: {exc}")
             except Exception as exc:  # a bug: nothing was committed; the caller may retry
-                log.exception("TrackEvent for store %s failed", request.store_key)
+                log.exception("TrackEvent for store %s failed", clip(request.store_key, 100))
                 await _abort(context, code_pb2.INTERNAL, f"internal error ({type(exc).__name__}); nothing was written")
 
     async def TrackEventBatch(self, request: pb.TrackEventBatchRequest, context: grpc.aio.ServicerContext):
@@ -242,6 +257,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             except Exception as exc:  # mapped to the event's result below
                 outcome = exc
             results[index] = await self._batch_result(index, event, outcome)
+            del outcome  # an exception's traceback holds this frame: no cycle keeping the request alive
         return pb.TrackEventBatchResponse(results=results)
 
     async def _batch_result(self, index: int, event: pb.TrackEventRequest,
@@ -251,10 +267,12 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         if isinstance(outcome, InvalidRequest):
             await self._log_rejected_event(event, str(outcome), [{"field": v.field, "description": v.description}
                                                                 for v in outcome.violations])
-            return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT, message=str(outcome))
+            return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT,
+                                       message=clip(str(outcome), MAX_MESSAGE))
         if isinstance(outcome, InvalidEvent):
             await self._log_rejected_event(event, str(outcome))
-            return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT, message=str(outcome))
+            return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT,
+                                       message=clip(str(outcome), MAX_MESSAGE))
         if isinstance(outcome, RetryableEventError):
             return pb.TrackEventResult(index=index, code=code_pb2.UNAVAILABLE, message=str(outcome), retryable=True)
         # a bug: report it for this event only, the adapter retries it later
@@ -263,7 +281,9 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                                    retryable=True)
 
     async def ExportCatalog(self, request, context):
-        await _abort(context, code_pb2.UNIMPLEMENTED, "ExportCatalog is not implemented yet")
+        # ctdd.api.catalog_export; ``catalog`` (a CatalogExporter) is set by the runtime
+        async for progress in export_catalog(getattr(self, "catalog", None), self.settings, request, context):
+            yield progress
 
 
 class GrpcServer:
@@ -271,18 +291,27 @@ class GrpcServer:
 
     def __init__(self, servicer: SyncServicer, listen: str, admin: AdminServicer | None = None):
         self.listen = listen
+        service = servicer.settings.service
+        # TLS / mutual TLS, bearer tokens, and no open port beyond loopback (ctdd.api.security)
+        self.security = ServerSecurity(service, listen=listen, caller_services=(SERVICE_NAME,))
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+                *connection_options(service),  # connection and stream limits (ctdd.api.limits)
+            ],
+            # DecodeGuard (outermost): an undecodable request is INVALID_ARGUMENT, not UNKNOWN, and a refused
+            # request is not kept in memory (ctdd.api.decoding)
+            interceptors=[DecodeGuard(), *self.security.interceptors],
+            maximum_concurrent_rpcs=service.max_concurrent_rpcs,
         )
         pb_grpc.add_SyncServiceServicer_to_server(servicer, self.server)
         admin_pb_grpc.add_AdminServiceServicer_to_server(
             admin or AdminServicer(servicer.settings, servicer.contact_sync.engine), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.accounts = tuple(servicer.settings.accounts)  # delivery health per account (set_paused_accounts)
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME),
@@ -291,14 +320,24 @@ class GrpcServer:
         self.port: int | None = None
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(self.listen)
+        self.port = self.security.add_port(self.server)
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(ADMIN_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await self.set_paused_accounts(getattr(self, "_paused_accounts", frozenset()))
         return self.port
+
+    async def set_paused_accounts(self, paused: frozenset[str]) -> None:
+        """Delivery health: ``ctdd.account/<account>`` NOT_SERVING for each account in ``paused`` (refused
+        credentials), SERVING for the other configured accounts; ``ctdd.delivery`` NOT_SERVING while any is."""
+        self._paused_accounts = frozenset(paused)
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        for account in sorted({*self.accounts, *paused}):
+            await self.health.set(ACCOUNT_HEALTH_PREFIX + account, not_serving if account in paused else serving)
+        await self.health.set(DELIVERY_HEALTH_NAME, not_serving if paused else serving)
 
     async def begin_shutdown(self) -> None:
         await self.health.enter_graceful_shutdown()

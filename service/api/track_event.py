@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ctdd.api.convert import InvalidRequest, Violation, check_behavioural_event, parse_behavioural_event
 from ctdd.config import Settings
+from ctdd.domain.echo import echo
 from ctdd.delivery import outbox
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, Step, behavioural_dedupe_key
 from ctdd.ingest.inbox import PrepareStored, QueuedEvent
@@ -27,7 +28,7 @@ def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
     if which is None:
         raise InvalidRequest([PAYLOAD_REQUIRED])
     if settings.store(request.store_key) is None:
-        raise InvalidRequest([Violation("store_key", f"unknown store {request.store_key!r}")])
+        raise InvalidRequest([Violation("store_key", f"unknown store {echo(request.store_key)}")])
     if which == "commercetools_delivery" and len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:
         raise InvalidRequest([Violation("commercetools_delivery", f"larger than {MAX_DELIVERY_BYTES} bytes")])
     return which
@@ -55,7 +56,7 @@ def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEv
             return parsed
         key = parsed[0].dedupe_key if len(parsed) == 1 else None
     else:
-        key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event))
+        key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event, settings))
     return QueuedEvent(request.store_key, request.SerializeToString(), key)
 
 

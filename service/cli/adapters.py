@@ -3,10 +3,14 @@
     ctdd adapter sqs --queue-url URL --target HOST:PORT --store KEY [--dlq-url URL] [--endpoint-url URL]
                      [--region R] [--batch 10] [--wait 20] [--visibility-timeout S] [--retry-base S] [--retry-cap S]
     ctdd adapter pubsub-push --listen HOST:PORT --target HOST:PORT --store KEY [--token T | env CTDD_PUBSUB_PUSH_TOKEN]
+                     [--oidc-audience AUD --oidc-service-account SA] [--insecure]
                      [--path /] [--dead-letter-dir DIR] [--max-body-bytes N]
     ctdd commercetools subscriptions apply --store KEY --destination-type SQS|SNS|GoogleCloudPubSub|EventBridge
                      [destination options] [--format Platform|CloudEvents] [--dry-run]
     ctdd backfill customers|orders --store KEY [--page-size 500] [--target HOST:PORT] [--where PRED] [--restart]
+
+The adapters and the backfill also take --target-tls, --target-ca-file, --target-cert-file, --target-key-file,
+--target-server-name and --target-token-file (or env CTDD_TARGET_TOKEN) to reach a ctdd-sync with TLS and tokens.
 """
 
 from __future__ import annotations
@@ -41,6 +45,40 @@ async def _check_store(forwarder, store_key: str) -> bool:
     return True
 
 
+# -- reaching an authenticated target (TLS, client certificate, bearer token) ----------------------
+
+def target_security(args):
+    """The TLS and token settings of ``--target-*`` (and ``CTDD_TARGET_TOKEN``) for the gRPC channel."""
+    from ctdd.adapters.grpc_target import TOKEN_VARIABLE, TargetSecurity, TargetSecurityError, read_token_file
+
+    try:
+        token = (read_token_file(args.target_token_file) if args.target_token_file
+                 else os.environ.get(TOKEN_VARIABLE) or None)
+        return TargetSecurity(tls=args.target_tls, ca_file=args.target_ca_file, cert_file=args.target_cert_file,
+                              key_file=args.target_key_file, server_name=args.target_server_name, token=token)
+    except TargetSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def target_forwarder(args):
+    """The EventForwarder to ``--target`` with the ``--target-*`` TLS and token settings."""
+    from ctdd.adapters.forwarder import EventForwarder
+
+    return EventForwarder(args.target, timeout=args.rpc_timeout, security=target_security(args))
+
+
+def add_target_arguments(parser) -> None:
+    """``--target-tls``, ``--target-ca-file`` ...: how to reach a ctdd-sync with TLS and tokens."""
+    group = parser.add_argument_group("reaching an authenticated ctdd-sync (docs/adapters.md)")
+    group.add_argument("--target-tls", action="store_true", help="TLS to the target, verified with the system's CAs")
+    group.add_argument("--target-ca-file", default=None, help="PEM CA file verifying the target's certificate (implies TLS)")
+    group.add_argument("--target-cert-file", default=None, help="PEM client certificate for mutual TLS")
+    group.add_argument("--target-key-file", default=None, help="PEM private key of --target-cert-file")
+    group.add_argument("--target-server-name", default=None, help="TLS name to verify instead of the target's host")
+    group.add_argument("--target-token-file", default=None,
+                       help="file whose first line is the bearer token (else the env CTDD_TARGET_TOKEN)")
+
+
 # -- adapter sqs ------------------------------------------------------------------------------------
 
 async def _adapter_sqs(args) -> int:
@@ -55,7 +93,7 @@ async def _adapter_sqs(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        adapter = SqsAdapter(config)
+        adapter = SqsAdapter(config, forwarder=target_forwarder(args))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     stop = asyncio.Event()
@@ -77,14 +115,24 @@ async def _adapter_sqs(args) -> int:
 
 async def _adapter_pubsub(args) -> int:
     from ctdd.adapters.pubsub_push import PubSubPushAdapter, PubSubPushConfig
+    from ctdd.adapters.push_auth import GOOGLE_CERTS_URL, InsecureConfigError, OidcSettings
 
     token = args.token or os.environ.get("CTDD_PUBSUB_PUSH_TOKEN") or None
-    config = PubSubPushConfig(
-        listen=args.listen, target=args.target, store_key=args.store, token=token, path=args.path,
-        dead_letter_dir=args.dead_letter_dir, max_body_bytes=args.max_body_bytes, rpc_timeout=args.rpc_timeout,
-        processing=_processing(args),
-    )
-    adapter = PubSubPushAdapter(config)
+    audience = args.oidc_audience or os.environ.get("CTDD_PUBSUB_PUSH_OIDC_AUDIENCE") or None
+    accounts = args.oidc_service_account or [
+        a.strip() for a in os.environ.get("CTDD_PUBSUB_PUSH_OIDC_SERVICE_ACCOUNTS", "").split(",") if a.strip()]
+    try:
+        oidc = (OidcSettings(audience=audience or "", service_accounts=tuple(accounts),
+                             certs_url=args.oidc_certs_url or GOOGLE_CERTS_URL)
+                if audience or accounts else None)
+        config = PubSubPushConfig(
+            listen=args.listen, target=args.target, store_key=args.store, token=token, oidc=oidc,
+            insecure=args.insecure, path=args.path, dead_letter_dir=args.dead_letter_dir,
+            max_body_bytes=args.max_body_bytes, rpc_timeout=args.rpc_timeout, processing=_processing(args),
+        )
+        adapter = PubSubPushAdapter(config, forwarder=target_forwarder(args))
+    except InsecureConfigError as exc:
+        raise ConfigError(f"pubsub-push: {exc}") from None
     stop = asyncio.Event()
     _install_stop(stop)
     if not await _check_store(adapter.forwarder, args.store):
@@ -182,7 +230,7 @@ async def _backfill(args) -> int:
 
     settings, store, client = _commercetools_client(args)
     target = args.target or settings.listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "127.0.0.1:")
-    async with client, EventForwarder(target, timeout=args.rpc_timeout) as forwarder:
+    async with client, EventForwarder(target, timeout=args.rpc_timeout, security=target_security(args)) as forwarder:
         if not await _check_store(forwarder, args.store):
             return 2
         try:
@@ -236,6 +284,7 @@ def register(sub, common) -> None:
     sqs.add_argument("--retry-cap", type=float, default=300.0, help="maximum visibility backoff in seconds")
     sqs.add_argument("--rpc-timeout", type=float, default=30.0)
     sqs.add_argument("--queued", action="store_true", help=QUEUED_HELP)
+    add_target_arguments(sqs)
     sqs.set_defaults(func=lambda a: run(_adapter_sqs(a)))
 
     ps = asub.add_parser("pubsub-push", help="HTTP endpoint for Google Pub/Sub push subscriptions")
@@ -243,13 +292,25 @@ def register(sub, common) -> None:
     ps.add_argument("--target", required=True, help="ctdd-sync gRPC address HOST:PORT")
     ps.add_argument("--store", required=True, help="store key sent with every event")
     ps.add_argument("--token", default=None,
-                    help="shared secret expected as ?token= (prefer the env CTDD_PUBSUB_PUSH_TOKEN)")
+                    help="shared secret expected as ?token= or Authorization: Bearer (prefer the env CTDD_PUBSUB_PUSH_TOKEN)")
+    ps.add_argument("--oidc-audience", default=None,
+                    help="verify Google-signed OIDC tokens with this audience (the subscription's "
+                         "--push-auth-token-audience; env CTDD_PUBSUB_PUSH_OIDC_AUDIENCE)")
+    ps.add_argument("--oidc-service-account", action="append", default=None,
+                    help="service account allowed to push (the subscription's --push-auth-service-account), "
+                         "repeatable (env CTDD_PUBSUB_PUSH_OIDC_SERVICE_ACCOUNTS, comma-separated)")
+    ps.add_argument("--oidc-certs-url", default=None,
+                    help="where the token signing certificates are fetched (default: Google's, "
+                         "https://www.googleapis.com/oauth2/v1/certs)")
+    ps.add_argument("--insecure", action="store_true",
+                    help="serve without a token or OIDC (anyone who reaches the endpoint can push)")
     ps.add_argument("--path", default="/", help="path of the push endpoint (default /)")
     ps.add_argument("--dead-letter-dir", default=None, help="write poison requests here before acknowledging them")
     ps.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     ps.add_argument("--rpc-timeout", type=float, default=30.0)
     ps.add_argument("--queued", action="store_true", help=QUEUED_HELP)
     ps.add_argument("--grace", type=float, default=10.0, help="seconds to finish requests on shutdown")
+    add_target_arguments(ps)
     ps.set_defaults(func=lambda a: run(_adapter_pubsub(a)))
 
     ct = sub.add_parser("commercetools", help="commercetools project set-up")
@@ -284,6 +345,7 @@ def register(sub, common) -> None:
     bf.add_argument("--restart", action="store_true", help="start from the beginning even if a run was interrupted")
     bf.add_argument("--no-progress", action="store_true", help="no progress bar")
     bf.add_argument("--rpc-timeout", type=float, default=60.0)
+    add_target_arguments(bf)
     bf.set_defaults(func=lambda a: run(_backfill(a)), listen=None)
 
 

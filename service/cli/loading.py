@@ -3,7 +3,6 @@ sandbox mode that points every account at the bundled Dotdigital sandbox."""
 
 from __future__ import annotations
 
-import logging
 import os
 
 from ctdd.config import AccountConfig, ConfigError, Settings, StoreConfig, load_settings, replace
@@ -15,12 +14,15 @@ SANDBOX_STORE = "default"
 
 def _overrides(args) -> dict:
     """The flags that override settings (None: not given)."""
-    return {key: getattr(args, key, None) for key in ("listen", "database_url", "log_level")}
+    return {key: getattr(args, key, None) for key in ("listen", "database_url", "log_level", "insecure")}
 
 
 def _use_log_level(settings: Settings) -> Settings:
-    """Apply the effective log level (flag > CTDD_LOG_LEVEL > [service] log_level > INFO)."""
-    logging.getLogger().setLevel(settings.log_level)
+    """Apply the effective log level (flag > CTDD_LOG_LEVEL > [service] log_level > INFO) and log format
+    (CTDD_LOG_FORMAT > [service] log_format), and register the configured secrets for log redaction."""
+    from ctdd.logging_setup import apply_settings
+
+    apply_settings(settings)
     return settings
 
 
@@ -44,6 +46,9 @@ def with_sandbox(settings: Settings, sandbox) -> Settings:
             key=SANDBOX_STORE, account=next(iter(accounts)), lists={"customers": 1, "newsletter": 2, "sms": 3}
         )
     provision_sandbox(sandbox, stores.values())
+    from ctdd.redaction import register_secrets
+
+    register_secrets([sandbox.password])  # never logged, like a configured password
     return replace(settings, accounts=accounts, stores=stores)
 
 

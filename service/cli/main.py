@@ -1,6 +1,6 @@
 """The ``ctdd`` command line.
 
-    ctdd serve [--sandbox] [--config FILE] [--listen HOST:PORT] [--database-url URL]
+    ctdd serve [--sandbox] [--config FILE] [--listen HOST:PORT] [--database-url URL] [--insecure]
     ctdd worker [--config FILE] [--database-url URL] [--grace S]
     ctdd db upgrade [--config FILE] [--database-url URL]
     ctdd sandbox [--port N]
@@ -10,6 +10,7 @@
     ctdd dotdigital setup [--dry-run] [--account NAME]        (ctdd.cli.jobs)
     ctdd backsync run-once [--store KEY | --account NAME]     (ctdd.cli.jobs)
     ctdd triggers list|summary ...              (ctdd.cli.triggers_cmd)
+    ctdd failures list|show|retry|skip ...      (ctdd.cli.failures_cmd)
     ctdd simulate STREAM [--config F] [--openapi DIR] [--json] [--until T]  (ctdd.cli.simulate_cmd)
 """
 
@@ -29,12 +30,11 @@ from ctdd.config import ConfigError, translate_renamed_flags
 log = logging.getLogger("ctdd")
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would repeat URLs with emails
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    """stderr, redacted, one line per record (ctdd.logging_setup); the settings' format is applied on load."""
+    from ctdd.logging_setup import configure_logging
+
+    log_format = os.environ.get("CTDD_LOG_FORMAT", "text").strip().lower()
+    configure_logging(level, log_format if log_format in ("text", "json") else "text")
 
 
 async def _serve(args) -> int:
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC service and the outbox dispatcher")
     common(serve)
     serve.add_argument("--listen", default=None, help="HOST:PORT (env CTDD_LISTEN, default 127.0.0.1:50051)")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow a non-loopback --listen without TLS or tokens (anyone reaching the port may call)")
     serve.add_argument("--sandbox", action="store_true", help="send to the bundled Dotdigital sandbox on loopback")
     serve.add_argument("--sandbox-port", type=int, default=0, help="port of the sandbox (default: any free port)")
     serve.add_argument("--no-dispatcher", action="store_true",
@@ -190,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ctdd.cli.triggers_cmd import register as register_triggers  # triggers list, triggers summary
 
     register_triggers(sub, common)
+    from ctdd.cli.failures_cmd import register as register_failures  # failures list, show, retry, skip
+
+    register_failures(sub, common)
     from ctdd.cli.simulate_cmd import register as register_simulate  # simulate a recorded stream
 
     register_simulate(sub, common)

@@ -70,6 +70,8 @@ DEFAULT_REGION = "europe-west1.gcp"
 #: Query limits: ``limit`` at most 500, ``offset`` at most 10,000.
 MAX_LIMIT = 500
 MAX_OFFSET = 10_000
+#: the predicate input variable holding the last id of the previous page (``iterate_pages``)
+_AFTER_ID_VAR = "afterId"
 #: A cached token is refreshed this long before it expires (capped at half its lifetime).
 TOKEN_REFRESH_MARGIN_SECONDS = 300.0
 
@@ -272,7 +274,9 @@ class CommercetoolsClient:
         ``where`` predicates are repeated and AND-ed by commercetools; ``sort`` is repeatable
         (``"lastModifiedAt asc"``). ``limit`` must be 0-500 and ``offset`` 0-10,000 (checked locally
         with ``ValueError``); for more than 10,000 results use ``iterate_pages``. ``with_total=False`` skips
-        the (capped, estimated) count. Build string literals with ``predicate_string``.
+        the (capped, estimated) count. Pass values as predicate input variables rather than in the predicate's
+        text: ``where=["email = :email"], params={"var.email": email}`` (commercetools HTTP API, "Query
+        Predicates": input variables); ``predicate_string`` is for literals that are not input.
         """
         _check_strings(where, "where")
         _check_strings(sort, "sort")
@@ -310,8 +314,9 @@ class CommercetoolsClient:
     ) -> AsyncIterator[list[dict]]:
         """Yield every matching resource, page by page, in ascending ``id`` order (deep paging).
 
-        Each request is ``sort=id asc&limit={page_size}&withTotal=false`` plus ``where=id > "<last id>"``
-        after the first page (or from ``after_id``, to resume from a stored cursor), AND-ed with ``where``.
+        Each request is ``sort=id asc&limit={page_size}&withTotal=false`` plus ``where=id > :afterId`` with
+        ``var.afterId=<last id>`` after the first page (or from ``after_id``, to resume from a stored cursor),
+        AND-ed with ``where``.
         Offsets stop at 10,000, ids do not. Iteration stops after the first page shorter than ``page_size``;
         empty pages are not yielded. The last id of each page is a resumable cursor.
         """
@@ -320,11 +325,13 @@ class CommercetoolsClient:
         _check_strings(where, "where")
         last = after_id
         while True:
-            predicates = list(where)
+            predicates, page_params = list(where), dict(params or {})
             if last is not None:
-                predicates.append(f"id > {predicate_string(last)}")
+                # a predicate input variable: the id is a value, never part of the predicate's text
+                predicates.append(f"id > :{_AFTER_ID_VAR}")
+                page_params[f"var.{_AFTER_ID_VAR}"] = last
             page = await self.query(resource, where=predicates, sort=("id asc",), limit=page_size,
-                                    with_total=False, expand=expand, params=params)
+                                    with_total=False, expand=expand, params=page_params)
             results = page["results"]
             if results:
                 yield results

@@ -55,11 +55,54 @@ class ServiceConfig(Section):
     database_url: str = DEFAULT_DATABASE_URL
     #: logging level (``CTDD_LOG_LEVEL``, ``--log-level``)
     log_level: str = "INFO"
+    #: ``text`` lines or one JSON object per line (``CTDD_LOG_FORMAT``; ctdd.logging_setup)
+    log_format: Literal["text", "json"] = "text"
+    #: ``rejected_record`` rows are deleted this long after they were written (ctdd.ingest.rejections)
+    rejected_retention_days: float = Field(30.0, gt=0)
     #: larger SyncContact requests get INVALID_ARGUMENT
     max_request_bytes: int = Field(256 * 1024, ge=1, le=MAX_MESSAGE_BYTES)
+    #: timestamps that decide staleness (``source.modified_at``, ``occurred_at``, a commercetools resource's
+    #: ``lastModifiedAt`` ...) more than this far ahead of the server's clock are refused
+    max_clock_skew_seconds: float = Field(300.0, ge=0)
     #: commit concurrent RPCs in shared transactions (ctdd.db.group_commit); ``CTDD_GROUP_COMMIT=0`` turns it off
     group_commit: bool = True
     group_commit_max_batch: int = Field(256, ge=1)
+    # -- who may call (ctdd.api.security; docs/api.md "Security") --
+    #: PEM certificate chain and private key of the server: TLS on the gRPC port, files reloaded on change
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    #: PEM CA certificates: mutual TLS, every client must present a certificate issued by one of them
+    tls_client_ca_file: str | None = None
+    #: TOML file of the callers' bearer tokens (``[[tokens]]`` name, sha256 or token, stores, operator)
+    tokens_file: str | None = None
+    #: name of an environment variable holding a document like ``tokens_file``'s
+    tokens_env: str | None = None
+    #: with tokens: grpc.health.v1.Health without a token
+    allow_unauthenticated_health: bool = True
+    #: with tokens: server reflection without a token
+    allow_unauthenticated_reflection: bool = False
+    #: listen on a non-loopback address without TLS or tokens (``--insecure``)
+    insecure: bool = False
+    # -- connection and stream limits of the gRPC server (ctdd.api.limits) --
+    max_connections: int = Field(1000, ge=1)
+    max_concurrent_rpcs: int = Field(1000, ge=1)
+    max_concurrent_streams: int = Field(100, ge=1)
+    handshake_timeout_seconds: float = Field(10.0, gt=0)
+    max_connection_idle_seconds: float = Field(300.0, gt=0)
+    max_connection_age_seconds: float = Field(3600.0, gt=0)
+    max_connection_age_grace_seconds: float = Field(30.0, ge=0)
+    keepalive_time_seconds: float = Field(300.0, gt=0)
+    keepalive_timeout_seconds: float = Field(20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Self:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise InvalidKey((missing,), "tls_cert_file and tls_key_file go together (TLS needs both)")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise InvalidKey(("tls_client_ca_file",),
+                             "mutual TLS needs TLS: set tls_cert_file and tls_key_file too")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -279,6 +322,46 @@ class CartWatcherConfig(Section):
     page_size: int = Field(500, ge=1, le=500)
 
 
+class CatalogConfig(Section):
+    """``[stores.<key>.catalog]``: exporting the store's products and categories to Dotdigital insight data
+    (``ctdd catalog export``, ``ExportCatalog``, product messages; docs/catalog.md)."""
+
+    enabled: bool = False
+    #: account-scoped collection of the products (default ``Catalog_<store key>``)
+    collection: str | None = None
+    #: export the categories too, into ``categories_collection`` (default ``Categories_<store key>``)
+    include_categories: bool = False
+    categories_collection: str | None = None
+    #: product URL: {slug}, {product_id}, {key}, {sku}, {variant_id}, {locale}, {store} are replaced
+    url_template: str | None = None
+    #: locales of the texts, the first is the record's own (default: the store's locale, else "en")
+    locales: list[str] = Field(default_factory=list)
+    #: currencies of the prices, the first is the record's own (default: the store's currency)
+    currencies: list[str] = Field(default_factory=list)
+    #: price selection: country (ISO 3166-1 alpha-2), channel id (default: the store's first distribution
+    #: channel), customer group id
+    country: str | None = None
+    channel: str | None = None
+    customer_group: str | None = None
+    #: one record per product (key = product id) or per variant (key = SKU)
+    sku_per: Literal["product", "variant"] = "product"
+    description_max_chars: int = Field(1000, ge=1, le=100_000)
+    page_size: int = Field(500, ge=1, le=500)
+    #: records per bulk import (and the body size limit; Dotdigital allows 50 MB)
+    import_max_records: int = Field(5000, ge=1)
+    import_max_bytes: int = Field(20_000_000, ge=1_000, le=50_000_000)
+
+    @field_validator("collection", "categories_collection")
+    @classmethod
+    def _collection_name(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.fullmatch(r"[-A-Za-z_][-A-Za-z0-9_]{1,255}", value):
+            raise ValueError("a collection name has 2-256 characters of A-Z, a-z, 0-9, '-' and '_' and does not "
+                             "start with a digit")
+        return value
+
+
 class StoreConfig(Section):
     """``[stores.<key>]``: one commercetools store and how it maps onto a Dotdigital account."""
 
@@ -318,6 +401,7 @@ class StoreConfig(Section):
     #: the programs ctdd-sync starts for this store, by kind (abandoned_cart, browse_abandonment, ...)
     programs: dict[str, ProgramConfig] = Field(default_factory=dict)
     cart_watcher: CartWatcherConfig = Field(default_factory=CartWatcherConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -442,6 +526,13 @@ class DispatcherConfig(Section):
     rate_burst_fraction: float = Field(0.5, ge=0, le=1)
     #: calls kept in reserve: at or below it, wait for the rate-limit window to reset
     rate_reserve: int = Field(2, ge=0)
+    #: an account that answered 401/403 is paused; its first probe (GET /v2/account-info) comes this long after,
+    #: then the wait doubles up to auth_probe_max_seconds (ctdd.delivery.account_guard)
+    auth_probe_initial_seconds: float = Field(5.0, gt=0)
+    auth_probe_max_seconds: float = Field(300.0, gt=0)
+    #: while an account has parked messages (max_attempts of retryable failures) and delivers nothing, its
+    #: oldest parked message is tried again this often; any delivery of the account resumes them all at once
+    park_retry_minutes: float = Field(30.0, gt=0)
 
 
 class BacksyncConfig(Section):

@@ -44,7 +44,7 @@ from ctdd.config.renames import apply_renamed_keys
 ENV_PREFIX = "CTDD_"
 CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"
 #: ``[service]`` keys read from ``CTDD_<KEY>``
-SERVICE_VARIABLES = ("listen", "database_url", "log_level", "group_commit")
+SERVICE_VARIABLES = ("listen", "database_url", "log_level", "log_format", "group_commit")
 #: ``[<section>.<name>]`` keys read from ``CTDD_<WORD>_<NAME>_<KEY>``
 TABLE_VARIABLES = {
     "accounts": ("ACCOUNT", ("api_user", "password")),
@@ -55,7 +55,7 @@ SECTION_VARIABLES = {("accounts", "base_url"): ENV_PREFIX + "DOTDIGITAL_BASE_URL
 #: the secret of the tables of a section: never a literal in the file
 SECRETS = {"accounts": "password", "commercetools": "client_secret"}
 #: command-line flags of the keys overridden from the command line
-FLAGS = {"listen": "--listen", "database_url": "--database-url", "log_level": "--log-level"}
+FLAGS = {"listen": "--listen", "database_url": "--database-url", "log_level": "--log-level", "insecure": "--insecure"}
 
 
 def env_key(name: str) -> str:

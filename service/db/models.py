@@ -28,7 +28,8 @@ class OutboxStatus:
 
     ``pending`` -> ``in_flight`` (claimed, leased) -> ``delivered``; a retryable failure puts it back to
     ``pending`` with a later ``next_attempt_at``; a permanent failure (or too many attempts) makes it
-    ``dead``; an operator may ``park`` a message, which holds back the rest of its partition.
+    ``dead``; a message whose retryable failures outlast ``max_attempts`` is ``parked`` (kept, holding back the
+    rest of its partition, until its account delivers again or an operator acts: ``ctdd.delivery.account_guard``).
 
     ``merged``: a pending contact upsert that nobody had claimed yet was coalesced into the earlier
     message of its partition (``merged_into``); it takes that message's final status (``delivered`` or
@@ -41,6 +42,8 @@ class OutboxStatus:
     DEAD = "dead"
     PARKED = "parked"
     MERGED = "merged"
+    #: dropped by an operator (``ctdd failures skip``) with a reason: final, it no longer holds back its partition
+    SKIPPED = "skipped"
 
     #: statuses that still hold back later messages of the same partition
     BLOCKING = (PENDING, IN_FLIGHT, PARKED)
@@ -328,6 +331,8 @@ class InboxStatus:
     DONE = "done"
     REJECTED = "rejected"
     FAILED = "failed"
+    #: a failed or rejected event an operator dropped (``ctdd failures skip``); the reason is in ``outcome``
+    SKIPPED = "skipped"
 
 
 class EventInbox(SQLModel, table=True):
@@ -506,4 +511,37 @@ class Lease(SQLModel, table=True):
     owner: Optional[str] = Field(default=None, max_length=200)
     expires_at: Optional[datetime] = None
     cursor: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    updated_at: datetime
+
+
+class CatalogRecord(SQLModel, table=True):
+    """One record of a store's catalog collection (a product, a variant or a category) as ctdd-sync wants it
+    in Dotdigital (``record``/``hash``, None when it must be removed) and as Dotdigital has it (``sent_hash``).
+
+    ``pending`` marks a difference still to deliver; ``import_id`` the bulk import carrying it (kept when the
+    process dies, so the next one reads that import's report instead of sending again); ``rejected`` the
+    hash Dotdigital refused (not sent again until the content changes); ``seen_run`` the last full export
+    that read it (what a full export did not see has left the store). ``version`` is the product version
+    the record was built from: older product messages do not overwrite newer data.
+    """
+
+    __tablename__ = "catalog_record"
+    __table_args__ = (
+        sa.Index("ix_catalog_record_pending", "store_key", "pending"),
+        sa.Index("ix_catalog_record_product", "store_key", "product_id"),
+    )
+
+    store_key: str = Field(primary_key=True, max_length=100)
+    collection: str = Field(primary_key=True, max_length=256)
+    record_key: str = Field(primary_key=True, max_length=256)
+    kind: str = Field(max_length=20)  # product | category
+    product_id: Optional[str] = Field(default=None, max_length=200)
+    version: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
+    record: Optional[Any] = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    hash: Optional[str] = Field(default=None, max_length=64)
+    sent_hash: Optional[str] = Field(default=None, max_length=64)
+    rejected: Optional[str] = Field(default=None, max_length=64)
+    pending: bool = Field(default=False)
+    import_id: Optional[str] = Field(default=None, max_length=64)
+    seen_run: Optional[str] = Field(default=None, max_length=64)
     updated_at: datetime

@@ -9,8 +9,12 @@
   the import, and settles each message from the per-record report. Pending contact upserts queued behind
   a head are coalesced into it when claimed in bulk mode (``coalesce``).
 - Retries: retryable failures (5xx, 408/425/429, throttling, transport errors) go back to ``pending`` with
-  capped exponential backoff and jitter, at least as long as Retry-After / X-RateLimit-Reset asks; other
-  4xx are dead-lettered at once with the response code and reason kept.
+  capped exponential backoff and jitter, at least as long as Retry-After / X-RateLimit-Reset asks; after
+  ``max_attempts`` the message is *parked* (kept, resumed once the account delivers again); other 4xx are
+  dead-lettered at once with the response code and reason kept.
+- Authentication: a 401/403 pauses the whole account (all workers), the message goes back to ``pending``
+  without its attempt counting, and probes resume the account once the credentials work
+  (:mod:`ctdd.delivery.account_guard`).
 - Rate limits: every call of an account goes through the account's :class:`~ctdd.dotdigital.rate_budget.RateBudget`,
   which paces calls when the remaining budget runs low and pauses the whole account after a throttle.
   Paused accounts are not claimed for.
@@ -44,6 +48,7 @@ from ctdd.delivery.handlers import HANDLERS, DeliveryContext
 from ctdd.db.engine import is_sqlite, utcnow
 from ctdd.db.models import Contact
 from ctdd.dotdigital.errors import DotdigitalError
+from ctdd.delivery.account_guard import AccountGuard, is_auth_failure
 from ctdd.db.listen import NotifyListener
 from ctdd.hooks.manager import DeliveryOutcome, HookContext, Hooks
 from ctdd.dotdigital.accounts import DotdigitalClients
@@ -144,6 +149,8 @@ class Dispatcher:
         self._listener: NotifyListener | None = None
         self.import_timings = ImportTimings(self.cfg.bulk_poll_min_seconds, self.cfg.bulk_poll_max_seconds)
         self._settler = _Settler(engine, self.worker_id, interval=self.cfg.settle_interval_seconds)
+        #: auth pauses and park episodes of the accounts (``on_change``: set by the runtime for gRPC health)
+        self.guard = AccountGuard(engine, self.cfg, clients, worker_id=self.worker_id, wake=self.wake)
         #: counters for observability and tests
         self.stats: dict[str, int] = defaultdict(int)
 
@@ -177,6 +184,7 @@ class Dispatcher:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self._settler.close()
+        await self.guard.close()
         released = await asyncio.to_thread(outbox.release_leases, self.engine, worker=self.worker_id)
         if released:
             log.info("released %d lease(s) on shutdown", released)
@@ -213,7 +221,8 @@ class Dispatcher:
                     # Every worker rescues: a dead worker's messages come back whoever notices first.
                     await asyncio.to_thread(outbox.rescue_expired, self.engine)
                     last_rescue = time.monotonic()
-                paused = self.budget.paused_accounts()
+                await self.guard.tick()
+                paused = tuple(sorted({*self.budget.paused_accounts(), *self.guard.paused_accounts()}))
                 # One "now" for the backlog check and both claims: a message falling due in between
                 # waits for the next round's check rather than slipping into the single-call path.
                 now = utcnow()
@@ -291,7 +300,9 @@ class Dispatcher:
                     if import_done(await bulk.status(self.clients.get(account), import_id)):
                         break
                 except DotdigitalError as exc:
-                    if not exc.retryable:  # e.g. 404: Dotdigital no longer knows it
+                    if is_auth_failure(exc):  # the account is paused; the import goes on in Dotdigital
+                        await self.guard.auth_failed(account, exc.status_code)
+                    elif not exc.retryable:  # e.g. 404: Dotdigital no longer knows it
                         break
                 except Exception:
                     log.exception("polling orphaned import %s failed", import_id)
@@ -349,6 +360,11 @@ class Dispatcher:
         """Deliver one message with its kind's single-record call. ``contact``: the message's contact if
         the caller loaded it already (``None`` for none), else it is loaded here."""
         started = utcnow()
+        if self.guard.is_paused(msg.account):  # claimed before the pause: back, not counted, not called
+            await self._settler.submit(outbox.Outcome(
+                msg, "retry", None, "account paused: Dotdigital refused its credentials (HTTP 401/403)",
+                count_attempt=False, started_at=started))
+            return
         paused = self.budget.paused_for(msg.account)
         if paused > 0:
             await self._settler.submit(outbox.Outcome(
@@ -391,6 +407,8 @@ class Dispatcher:
             span.set_attribute("error.type", exc.code or type(exc).__name__)
             if exc.status_code is not None:
                 span.set_attribute("http.response.status_code", exc.status_code)
+            if is_auth_failure(exc):
+                return await self._auth_failed(msg, started, attempt, exc)
             return await self._failed(msg, started, attempt, reason=str(exc), status_code=exc.status_code,
                                       retryable=exc.retryable, retry_after=exc.retry_after,
                                       throttled=getattr(exc, "throttled", False))
@@ -414,6 +432,7 @@ class Dispatcher:
         if delivered:
             log.info("delivered message %s (%s, partition %s seq %s, attempt %d) -> HTTP %s", msg.id, msg.kind,
                      msg.partition_key, msg.sequence, attempt, result.status_code)
+            self.guard.delivered(msg.account)
             self._notify(msg, "delivered", attempt, result.status_code, None)
         return "delivered"
 
@@ -453,12 +472,26 @@ class Dispatcher:
             self._notify(msg, "retry", attempt, status_code, reason)
             return "retry"
         if retryable:
-            reason = f"gave up after {attempt} attempts: {reason}"
+            # An outage longer than the retry horizon: park (kept, resumed when the account delivers again).
+            reason = f"parked after {attempt} attempts: {reason}"
+            if await self._settler.submit(outbox.Outcome(msg, "parked", status_code, reason, started_at=started)):
+                await self.guard.message_parked(msg.account, msg.id, status_code, reason)
+                self._notify(msg, "parked", attempt, status_code, reason)
+            return "parked"
         await self._settler.submit(outbox.Outcome(msg, "dead", status_code, reason, started_at=started))
         log.error("message %s dead-lettered (record %s/%s, HTTP %s): %s", msg.id, msg.record_type, msg.record_id,
                   status_code, reason)
         self._notify(msg, "dead", attempt, status_code, reason)
         return "dead"
+
+    async def _auth_failed(self, msg: outbox.ClaimedMessage, started, attempt: int, exc: DotdigitalError) -> str:
+        """401/403: pause the account; the message goes back to ``pending``, its attempt not counted."""
+        await self.guard.auth_failed(msg.account, exc.status_code)
+        await self._settler.submit(outbox.Outcome(msg, "retry", exc.status_code, str(exc), count_attempt=False,
+                                                  started_at=started))
+        log.info("message %s back to pending: account %s paused (HTTP %s)", msg.id, msg.account, exc.status_code)
+        self._notify(msg, "retry", attempt, exc.status_code, str(exc))
+        return "paused"
 
     # -- bulk delivery --------------------------------------------------------------------------
     async def _deliver_bulk_guarded(self, account: str, kind: str, msgs: list[outbox.ClaimedMessage]) -> None:
@@ -484,11 +517,17 @@ class Dispatcher:
             ctx = BulkContext(msgs=msgs, contacts=contacts, client=self.clients.get(account), settings=self.settings,
                               timings=self.import_timings, timeout_seconds=self.cfg.bulk_import_timeout_seconds,
                               max_bytes=self.cfg.bulk_max_bytes, on_started=self._import_started)
+            auth_failure: DotdigitalError | None = None
             try:
                 results = await bulk.deliver(ctx)
             except DotdigitalError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
-                if exc.retryable:
+                if is_auth_failure(exc):
+                    # the account is paused; every message goes back to pending, its attempt not counted
+                    await self.guard.auth_failed(account, exc.status_code)
+                    auth_failure = exc
+                    results = {m.id: ItemResult.retry(str(exc), exc.status_code) for m in msgs}
+                elif exc.retryable:
                     too_many_imports = (getattr(exc, "too_many_imports", False)
                                         or "toomanyactiveimports" in (exc.code or "").casefold())
                     if getattr(exc, "throttled", False) and not too_many_imports:
@@ -509,7 +548,9 @@ class Dispatcher:
             for msg in msgs:
                 res = results.get(msg.id) or ItemResult.fallback("not in the import report")
                 attempt = msg.attempts + 1
-                if res.outcome == "fallback":
+                if auth_failure is not None:
+                    outcomes.append(outbox.Outcome(msg, "retry", res.status_code, res.error, count_attempt=False))
+                elif res.outcome == "fallback":
                     fallback.append(msg)
                 elif res.outcome == "delivered":
                     outcomes.append(outbox.Outcome(msg, "delivered", res.status_code,
@@ -517,9 +558,11 @@ class Dispatcher:
                 elif res.outcome == "retry" and attempt < self.cfg.max_attempts:
                     delay = delays.setdefault((attempt, res.retry_after), self._retry_delay(attempt, res.retry_after))
                     outcomes.append(outbox.Outcome(msg, "retry", res.status_code, res.error, delay_seconds=delay))
+                elif res.outcome == "retry":  # retries ran out: park (kept, resumed when the account delivers)
+                    outcomes.append(outbox.Outcome(msg, "parked", res.status_code,
+                                                   f"parked after {attempt} attempts: {res.error}"))
                 else:
-                    error = res.error if res.outcome == "dead" else f"gave up after {attempt} attempts: {res.error}"
-                    outcomes.append(outbox.Outcome(msg, "dead", res.status_code, error,
+                    outcomes.append(outbox.Outcome(msg, "dead", res.status_code, res.error,
                                                    dotdigital_contact_id=res.dotdigital_contact_id))
             owned = await asyncio.to_thread(outbox.settle, self.engine, outcomes, worker=self.worker_id,
                                             started_at=started)
@@ -533,6 +576,10 @@ class Dispatcher:
                     if o.outcome == "dead":
                         log.error("message %s dead-lettered from bulk import (record %s/%s): %s", o.msg.id,
                                   o.msg.record_type, o.msg.record_id, o.error)
+                    elif o.outcome == "parked":
+                        await self.guard.message_parked(account, o.msg.id, o.response_code, o.error or "")
+            if any(o.outcome == "delivered" and o.msg.id in owned for o in outcomes):
+                self.guard.delivered(account)
             span.set_attribute("ctdd.bulk.delivered", sum(o.outcome == "delivered" for o in outcomes))
             span.set_attribute("ctdd.bulk.fallback", len(fallback))
             log.info("bulk %s: %d message(s) of account %s -> %d delivered, %d retry, %d dead, %d one by one "

@@ -6,7 +6,9 @@
   missing collection is created (contact scope, with the collection type) and the record sent again.
 - ``contact.remove_from_lists``: v2 ``DELETE /v2/address-books/{id}/contacts/{contactId}`` per list
   (a contact that is not a member is fine).
-- ``contact.delete``: v3 ``DELETE /contacts/v3/contactId/{id}``; a contact already gone is fine.
+- ``contact.delete``: v3 ``DELETE /contacts/v3/contactId/{id}`` (200 ``{contactId}``); a contact already gone
+  (404 ``contacts:contactNotFound``) is fine. A later upsert of the same contact finds its stored contactId gone
+  and upserts it again by its address (``ctdd.delivery.contact_handlers``).
 """
 
 from __future__ import annotations
@@ -61,9 +63,6 @@ async def deliver_contact_delete(ctx: DeliveryContext) -> Delivered:
     contact = ctx.contact
     if contact is None or not contact.dotdigital_contact_id:
         return Delivered(204)
-    try:
-        await ctx.client.delete_contact("contactId", str(contact.dotdigital_contact_id), headers=ctx.headers)
-    except DotdigitalError as exc:
-        if exc.status_code != 404:
-            raise
-    return Delivered(200)
+    # 404 (already gone) is success: the client answers False for it
+    deleted = await ctx.client.delete_contact("contactId", str(contact.dotdigital_contact_id), headers=ctx.headers)
+    return Delivered(200 if deleted else 404)

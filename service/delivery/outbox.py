@@ -2,7 +2,7 @@
 
 Ordering rule: a message is claimable only when no earlier message (lower ``sequence``) of its partition is
 still ``pending``, ``in_flight`` or ``parked``. A failing head therefore holds back its own partition and
-nothing else; a ``dead`` head releases the partition (skip policy). A partial unique index allows at most
+nothing else (a ``parked`` one too, until it is resumed); a ``dead`` head releases the partition (skip policy). A partial unique index allows at most
 one ``in_flight`` message per partition as a backstop.
 
 Every state change here is one short transaction. SQLite transactions start with ``BEGIN IMMEDIATE``
@@ -38,6 +38,7 @@ from ctdd.db.consent_state import record_channel_statuses_many
 from ctdd.db.engine import utcnow
 from ctdd.db.models import Contact, DeliveryAttempt, FieldState, OutboxMessage, OutboxStatus
 from ctdd.domain.payload import MAX_CONSENT_RECORDS
+from ctdd.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +366,12 @@ def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime) -> list[Claime
     return result
 
 
+def _stored_error(error: str) -> str:
+    """An error text as stored in ``last_error`` and ``delivery_attempt.error``: personal data, secrets and SQL
+    parameter dumps masked (ctdd.redaction), at most 2000 characters."""
+    return redact_text(error)[:2000]
+
+
 def _record_attempt(conn, msg: ClaimedMessage, *, worker: str, outcome: str, started_at: datetime,
                     response_code: int | None, error: str | None, now: datetime) -> None:
     conn.execute(
@@ -415,7 +422,7 @@ def _settle_merged(conn, head_ids: list[int], status: str, *, now: datetime, res
     if status == OutboxStatus.DELIVERED:
         values["delivered_at"] = now
     if error is not None:
-        values["last_error"] = error
+        values["last_error"] = _stored_error(error)
     conn.execute(
         sa.update(OM).where(OM.c.merged_into.in_(head_ids), OM.c.status == OutboxStatus.MERGED).values(**values)
     )
@@ -440,12 +447,12 @@ def mark_retry(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: 
                 attempts=OM.c.attempts + (1 if count_attempt else 0),
                 next_attempt_at=now + timedelta(seconds=delay_seconds),
                 updated_at=now, lease_owner=None, lease_expires_at=None,
-                last_response_code=response_code, last_error=error[:2000], bulk_import_id=None,
+                last_response_code=response_code, last_error=_stored_error(error), bulk_import_id=None,
             )
         ).rowcount
         if updated and count_attempt:
             _record_attempt(conn, msg, worker=worker, outcome="retry", started_at=started_at,
-                            response_code=response_code, error=error[:2000], now=now)
+                            response_code=response_code, error=_stored_error(error), now=now)
 
 
 def mark_dead(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: datetime, response_code: int | None,
@@ -457,7 +464,8 @@ def mark_dead(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: d
         updated = conn.execute(
             sa.update(OM).where(_owned(msg, worker)).values(
                 status=OutboxStatus.DEAD, attempts=OM.c.attempts + 1, updated_at=now,
-                lease_owner=None, lease_expires_at=None, last_response_code=response_code, last_error=error[:2000],
+                lease_owner=None, lease_expires_at=None, last_response_code=response_code,
+                last_error=_stored_error(error),
                 bulk_import_id=None,
             )
         ).rowcount
@@ -467,7 +475,7 @@ def mark_dead(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: d
         _settle_merged(conn, [msg.id], OutboxStatus.DEAD, now=now, response_code=response_code,
                        error=f"merged into message {msg.id}: {error}"[:2000])
         _record_attempt(conn, msg, worker=worker, outcome="dead", started_at=started_at,
-                        response_code=response_code, error=error[:2000], now=now)
+                        response_code=response_code, error=_stored_error(error), now=now)
 
 
 def release_leases(engine: Engine, *, worker: str | None = None) -> int:
@@ -544,7 +552,7 @@ class Outcome:
     """The result of delivering one message of a batch (see :func:`settle`)."""
 
     msg: ClaimedMessage
-    #: "delivered", "retry" or "dead"
+    #: "delivered", "retry", "dead" or "parked" (retries ran out: kept, holding back its partition, until resumed)
     outcome: str
     response_code: int | None = None
     error: str | None = None
@@ -603,6 +611,7 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
         delivered = [o for o in mine if o.outcome == "delivered"]
         retries = [o for o in mine if o.outcome == "retry"]
         dead = [o for o in mine if o.outcome == "dead"]
+        parked = [o for o in mine if o.outcome == "parked"]
         by_code: dict[int | None, list[int]] = {}
         for o in delivered:
             by_code.setdefault(o.response_code, []).append(o.msg.id)
@@ -622,7 +631,17 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                 ),
                 [{"mid": o.msg.id, "inc": 1 if o.count_attempt else 0,
                   "due": now + timedelta(seconds=o.delay_seconds), "code": o.response_code,
-                  "err": (o.error or "")[:2000]} for o in retries],
+                  "err": _stored_error(o.error or "")} for o in retries],
+            )
+        if parked:
+            # Like a retry that is not due: it keeps its field values, its merged messages and its place.
+            conn.execute(
+                sa.update(OM).where(OM.c.id == sa.bindparam("mid")).values(
+                    status=OutboxStatus.PARKED, attempts=OM.c.attempts + 1, updated_at=now,
+                    lease_owner=None, lease_expires_at=None, last_response_code=sa.bindparam("code"),
+                    last_error=sa.bindparam("err"), bulk_import_id=None,
+                ),
+                [{"mid": o.msg.id, "code": o.response_code, "err": _stored_error(o.error or "")} for o in parked],
             )
         if dead:
             conn.execute(
@@ -631,7 +650,7 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                     lease_owner=None, lease_expires_at=None, last_response_code=sa.bindparam("code"),
                     last_error=sa.bindparam("err"), bulk_import_id=None,
                 ),
-                [{"mid": o.msg.id, "code": o.response_code, "err": (o.error or "")[:2000]} for o in dead],
+                [{"mid": o.msg.id, "code": o.response_code, "err": _stored_error(o.error or "")} for o in dead],
             )
             dead_ids = [o.msg.id for o in dead]
             _forget_fields(conn, dead_ids)
@@ -641,7 +660,7 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                                    error=f"merged into message {o.msg.id}: {o.error}"[:2000])
         attempts = [
             dict(message_id=o.msg.id, attempt=o.msg.attempts + 1, outcome=o.outcome, response_code=o.response_code,
-                 error=(o.error or None) and o.error[:2000], worker=worker,
+                 error=(o.error or None) and _stored_error(o.error), worker=worker,
                  started_at=o.started_at or started_at or now, finished_at=now)
             for o in mine if o.outcome != "retry" or o.count_attempt
         ]

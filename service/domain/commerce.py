@@ -156,8 +156,10 @@ def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
                         consent_fields: tuple[str, str, str] | None = None) -> ContactInput:
     """Map a commercetools Customer to a ContactInput.
 
-    Every mapped attribute is present (None when unset), so a field removed in commercetools is cleared in
-    Dotdigital. The source stamp (customer id + version + lastModifiedAt) makes older customer versions stale.
+    Only attributes the customer has are present: commercetools leaves unset fields out of a resource, and an
+    absent attribute means "unchanged" (never ``null``, which would clear the Dotdigital field, e.g. a
+    ``LOCALE`` set by SyncContact). The source stamp (customer id + version + lastModifiedAt) makes older
+    customer versions stale.
     """
     try:
         email = normalise_email(customer["email"]) if customer.get("email") else None
@@ -182,6 +184,7 @@ def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
     for name, value in ((customer.get("custom") or {}).get("fields") or {}).items():
         if isinstance(value, (str, int, float, bool)) or value is None:
             attributes[f"custom.{name}"] = value
+    attributes = {name: value for name, value in attributes.items() if value is not None}
     attributes.update(extra_attributes or {})
     mobile = None
     for addr in customer.get("addresses", []):

@@ -66,7 +66,8 @@ def normalise_mobile(value: str) -> str:
         raise InvalidIdentifier("is not a possible phone number for its country code")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     if e164 != raw:
-        raise InvalidIdentifier(f"must be in E.164 format ({e164!r}, without spaces or punctuation)")
+        # the number is not echoed: violation texts reach the caller, the log and rejected_record
+        raise InvalidIdentifier("must be in E.164 format, without spaces or punctuation (for example +447700900123)")
     return e164
 
 

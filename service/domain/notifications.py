@@ -26,6 +26,12 @@ Anything else raises ``InvalidDelivery`` whose ``reason`` names the problem (e.g
 is safe to log. ``Event`` notifications (beta; Import API / Checkout only) raise the subclass
 ``UnsupportedNotification``, which an adapter should acknowledge and drop.
 
+Limits (the columns the values are stored in, ``ctdd.db.models``; tests/unit/test_input_limits.py checks
+them): at most :data:`MAX_NOTIFICATIONS` notifications per delivery, ids and keys of the lengths below,
+versions and sequence numbers from 0 to 2^63-1, no NaN or Infinity, no NUL character anywhere. The
+resource a message carries (``customer``, ``order``) is checked against the typed models of
+``ctdd.domain.resources``. Every failure is an ``InvalidDelivery``: poison, never retried.
+
 Each ``Notification`` carries the dedupe key (message ``id``, or a synthetic id for change notifications),
 the ordering data (``resource_version``, ``sequence_number``) and a flag for the test notification
 commercetools sends when a Subscription is created (``resource.typeId == "subscription"``), which
@@ -43,6 +49,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from ctdd.domain.resources import MAX_ID, MAX_VERSION, InvalidResource, check_resource
+
 __all__ = [
     "CHANGE_NOTIFICATION_TYPES",
     "NOTIFICATION_TYPES",
@@ -58,6 +66,17 @@ NOTIFICATION_TYPES = ("Message", "ResourceCreated", "ResourceUpdated", "Resource
 CHANGE_NOTIFICATION_TYPES = ("ResourceCreated", "ResourceUpdated", "ResourceDeleted")
 #: Envelopes nest at most this deep (e.g. SQS record -> SNS -> CloudEvent -> Platform is 4).
 MAX_NESTING = 6
+#: notifications in one delivery (a batch); more are refused as a whole (split the batch instead)
+MAX_NOTIFICATIONS = 500
+#: ``resource.typeId`` (resource_state.resource_type)
+MAX_TYPE_ID = 50
+#: ``projectKey`` (resource_state.project_key)
+MAX_PROJECT_KEY = 100
+#: a Message ``id``, the dedupe key (processed_event.dedupe_key)
+MAX_MESSAGE_ID = 300
+#: the resource a message carries, by message type (checked against ``ctdd.domain.resources``)
+EMBEDDED_RESOURCES = {"CustomerCreated": "customer", "OrderCreated": "order", "OrderImported": "order",
+                      "OrderCreatedFromRecurringOrder": "order"}
 
 _SNS_HOST_RE = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?$")
 _DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})$")
@@ -168,17 +187,55 @@ def parse_delivery(raw: bytes | str) -> list[Notification]:
     if not text:
         raise InvalidDelivery("empty body")
     document = _loads(text, "not JSON")
-    return _parse(document, (), 0)
+    notifications = _parse(document, (), 0)
+    if len(notifications) > MAX_NOTIFICATIONS:
+        raise InvalidDelivery(f"more than {MAX_NOTIFICATIONS} notifications in one delivery")
+    for index, notification in enumerate(notifications):
+        _check_embedded(notification, f"notification[{index}]: " if len(notifications) > 1 else "")
+    return notifications
+
+
+def _check_embedded(notification: "Notification", where: str) -> None:
+    """The resource a message carries, checked against its typed model (``ctdd.domain.resources``)."""
+    key = EMBEDDED_RESOURCES.get(notification.message_type or "")
+    if key is None or notification.payload_not_included or notification.payload.get(key) is None:
+        return
+    try:
+        check_resource(key, notification.payload[key])
+    except InvalidResource as exc:
+        raise InvalidDelivery(f"{where}{exc.reason}") from None
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------
 # envelope detection
 # ---------------------------------------------------------------------------------------------------
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _loads(text: str, reason: str) -> Any:
-    try:
-        return json.loads(text)
+    try:  # NaN and Infinity are not JSON (Python's json would accept them)
+        document = json.loads(text, parse_constant=_not_a_number)
     except (ValueError, RecursionError):
         raise InvalidDelivery(reason) from None
+    if "\\u0000" in text and _has_nul(document):  # PostgreSQL stores no NUL in text
+        raise InvalidDelivery("contains a NUL character (\\u0000)")
+    return document
 
 
 def _parse(document: Any, envelope: tuple[str, ...], depth: int) -> list[Notification]:
@@ -340,6 +397,8 @@ def _platform(payload: dict, envelope: tuple[str, ...]) -> Notification:
     project_key = payload.get("projectKey")
     if not isinstance(project_key, str) or not project_key:
         raise InvalidDelivery("missing projectKey")
+    if len(project_key) > MAX_PROJECT_KEY:
+        raise InvalidDelivery(f"projectKey longer than {MAX_PROJECT_KEY} characters")
     resource = payload.get("resource")
     if not isinstance(resource, dict):
         raise InvalidDelivery("missing resource")
@@ -348,6 +407,10 @@ def _platform(payload: dict, envelope: tuple[str, ...]) -> Notification:
         raise InvalidDelivery("missing resource.typeId")
     if not isinstance(resource_id, str) or not resource_id:
         raise InvalidDelivery("missing resource.id")
+    if len(type_id) > MAX_TYPE_ID:
+        raise InvalidDelivery(f"resource.typeId longer than {MAX_TYPE_ID} characters")
+    if len(resource_id) > MAX_ID:
+        raise InvalidDelivery(f"resource.id longer than {MAX_ID} characters")
 
     not_included = payload.get("payloadNotIncluded")
     if not_included is not None and not isinstance(not_included, dict):
@@ -357,6 +420,8 @@ def _platform(payload: dict, envelope: tuple[str, ...]) -> Notification:
         message_id = payload.get("id")
         if not isinstance(message_id, str) or not message_id:
             raise InvalidDelivery("missing message id")
+        if len(message_id) > MAX_MESSAGE_ID:
+            raise InvalidDelivery(f"message id longer than {MAX_MESSAGE_ID} characters")
         message_type = payload.get("type")
         if message_type is None and not_included is not None:
             message_type = not_included.get("payloadType")  # "Value of the type field in the original payload"
@@ -397,6 +462,8 @@ def _int_field(payload: dict, name: str, *, required: bool) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidDelivery(f"{name} must be an integer")
+    if not 0 <= value <= MAX_VERSION:
+        raise InvalidDelivery(f"{name} must be from 0 to 2^63-1")
     return value
 
 
@@ -418,7 +485,7 @@ def _datetime(value: Any, name: str) -> datetime:
         text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
     try:
         return datetime.fromisoformat(text).astimezone(timezone.utc)
-    except ValueError:
+    except (ValueError, OverflowError):  # an offset can push year 1 or 9999 out of range
         raise InvalidDelivery(f"{name} is not an ISO 8601 date-time") from None
 
 

@@ -97,6 +97,10 @@ COLLECTION_TYPES = (
 )
 #: Recommended per-call timeout.
 DEFAULT_TIMEOUT = 121.0
+#: the longest request URL sent (path and query). Servers commonly refuse longer ones (414), and httpx
+#: refuses URLs over 65,536 characters: a request over it can never succeed, so it fails at once, not
+#: retryable (the message is dead-lettered instead of blocking its contact's partition with retries).
+MAX_URL_LENGTH = 8192
 #: Import statuses meaning "done and applied": the insight spec's enum says ``Complete``, its examples and the
 #: contacts import say ``Finished``.
 IMPORT_SUCCESS_STATUSES = frozenset({"Finished", "Complete"})
@@ -523,6 +527,21 @@ class DotdigitalClient:
         if not isinstance(payload, dict):
             raise _invalid_response("GET", path, "expected a JSON object")
         return payload
+
+    async def delete_contact(self, identifier: str, value: str, *, headers: dict[str, str] | None = None) -> bool:
+        """``DELETE /contacts/v3/{identifier}/{value}`` -> ``True`` when deleted (200 ``{contactId}``, or 204),
+        ``False`` when there was no such contact (404 ``contacts:contactNotFound``: already gone).
+
+        Other errors raise a classified ``DotdigitalError``; ``value`` is percent-encoded as for the upsert.
+        """
+        path = _contact_path(identifier, value)
+        try:
+            await self._request("DELETE", await self.api_endpoint(), path, headers=headers)
+        except DotdigitalError as exc:
+            if exc.status_code == 404 and exc.code in (None, "", "contacts:contactNotFound"):
+                return False
+            raise
+        return True
 
     # -- v2 data fields -------------------------------------------------------------------------------
     async def list_data_fields(self) -> list[dict]:
@@ -1027,11 +1046,17 @@ class DotdigitalClient:
         if json_body is not None:
             content = encode_json_body(json_body)
             request_headers["Content-Type"] = "application/json"
+        if len(base) + len(path) > MAX_URL_LENGTH:
+            raise DotdigitalError(f"request URL longer than {MAX_URL_LENGTH} characters: it can never succeed",
+                                  code="url_too_long", retryable=False, method=method, path=path[:200])
         started = time.monotonic()
         try:
             response = await self._http.request(
                 method, base + path, content=content, params=params, headers=request_headers
             )
+        except httpx.InvalidURL as exc:  # e.g. over httpx's own limit with the query: never succeeds either
+            raise DotdigitalError(f"invalid request URL: {exc}", code="invalid_url", retryable=False,
+                                  method=method, path=path[:200]) from exc
         except httpx.TransportError as exc:
             code, message = transport_failure(exc, redact_pii)
             raise DotdigitalTransportError(message, code=code, method=method, path=path) from exc

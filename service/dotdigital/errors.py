@@ -84,12 +84,11 @@ INSIGHT_FAILURE_REASONS = (
 
 _V2_CODE_RE = re.compile(r"ERROR_[A-Z_]+")
 _FAILURE_REASON_RE = re.compile(r"\b(" + "|".join(INSIGHT_FAILURE_REASONS) + r")\b")
-_PHONE_RE = re.compile(r"(?<![\w.])\+?\d{10,15}(?![\w.])")
 
 
 def redact_pii(text: str) -> str:
-    """Mask email addresses and E.164-looking phone numbers (10-15 digits) in ``text``."""
-    return _PHONE_RE.sub("<phone>", redaction.mask_emails(text))
+    """Mask email addresses and phone numbers (E.164 and other phone-like digit runs, ``ctdd.redaction``)."""
+    return redaction.mask_phones(redaction.mask_emails(text))
 
 
 class DotdigitalError(Exception):

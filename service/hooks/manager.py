@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping
 import pluggy
 
 from ctdd import hookimpl  # noqa: F401  (re-exported)
-from ctdd.plugins import default_mapping
+from ctdd.plugins import catalog_mapping, default_mapping
+from ctdd.domain.catalog import CatalogItem
 from ctdd.domain.contact import ContactInput
 from ctdd.hooks import spec as hookspecs
 from ctdd.hooks.types import (  # noqa: F401  (re-exported)
@@ -37,6 +38,12 @@ class Hooks:
         mapped = self.pm.hook.ctdd_map_contact(ctx=ctx, contact=contact)
         if mapped is None:
             raise LookupError(f"no plugin mapped contacts for store {ctx.store_key!r}")
+        return dict(mapped)
+
+    def map_catalog_item(self, ctx: HookContext, item: CatalogItem) -> dict[str, Any]:
+        mapped = self.pm.hook.ctdd_map_catalog_item(ctx=ctx, item=item)
+        if mapped is None:
+            raise LookupError(f"no plugin mapped catalog items for store {ctx.store_key!r}")
         return dict(mapped)
 
     def enrich_contact(self, ctx: HookContext, contact: ContactInput, mapped: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,6 +124,8 @@ def create_plugin_manager(
         pm.set_blocked(name)
     if "default_mapping" not in disabled:
         pm.register(default_mapping, name="default_mapping")
+    if "catalog_mapping" not in disabled:
+        pm.register(catalog_mapping, name="catalog_mapping")
     if load_entrypoints:
         pm.load_setuptools_entrypoints(PROJECT)
     for plugin in extra_plugins:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ctdd.domain.catalog import CatalogItem
     from ctdd.domain.contact import ContactInput
     from ctdd.hooks.types import DeliveryOutcome, HookContext, SuppressDecision, TriggerDecision, TriggerInfo
 
@@ -39,6 +40,20 @@ def ctdd_map_contact(ctx: "HookContext", contact: "ContactInput") -> "Mapping[st
     ``{"dataFields.FIRSTNAME": "Jane", "lists.12": True}``), or None to let the next plugin answer.
     The first non-None answer wins. Only attributes present in ``contact`` should be mapped: absent
     attributes mean "unchanged", ``None`` values mean "clear".
+    """
+
+
+@hookspec(firstresult=True)
+def ctdd_map_catalog_item(ctx: "HookContext", item: "CatalogItem") -> "Mapping[str, Any] | None":
+    """Map one catalog item (a product, or a variant) of ``ctx.store`` onto its Dotdigital catalog record.
+
+    ``item`` is a :class:`ctdd.domain.catalog.CatalogItem`: texts per locale (name, description as plain
+    text, URL from the store's template, category paths), the selected price per currency (with the sale
+    price), images, attributes, stock and the product projection as read. Return the record (a JSON object:
+    keys of ``A-Z a-z 0-9 _ -``, no arrays of arrays, and each field always of the same JSON type, since the
+    collection's schema is fixed by its first records), or None to let the next plugin answer. The first
+    non-None answer wins; the bundled ``ctdd.plugins.catalog_mapping`` answers last. Only changed records
+    are sent (the delta compares a hash of what you return).
     """
 
 
@@ -68,7 +83,8 @@ def ctdd_suppress_contact(
 
 @hookspec
 def ctdd_delivery_result(ctx: "HookContext", outcome: "DeliveryOutcome") -> None:
-    """Observe the outcome of one delivery attempt to Dotdigital (delivered, retry or dead).
+    """Observe the outcome of one delivery attempt to Dotdigital (delivered, retry, dead or parked: retries ran
+    out, the message is kept and resumes when its account delivers again).
 
     Notification only: the return value is ignored, and an exception is logged and swallowed.
     """

@@ -40,7 +40,7 @@ class DeliveryOutcome:
 
     message_id: int
     kind: str
-    outcome: str  # delivered | retry | dead
+    outcome: str  # delivered | retry | dead | parked
     attempt: int
     response_code: int | None
     error: str | None

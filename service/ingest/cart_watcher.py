@@ -45,6 +45,7 @@ from ctdd.domain.commerce import parse_ts
 from ctdd.ingest.carts import DERIVED_VERSION_MIN
 from ctdd.ingest.events import EventProcessor
 from ctdd.programs import leases
+from ctdd.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ class CartWatcher:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(RejectedRecord.__table__).values(
                 operation="CartWatcher", store_key=store_key, record_type="cart", record_id=str(cart.get("id"))[:200],
-                record_version=version, reason=reason[:2000], created_at=utcnow()))
+                record_version=version, reason=redact_text(reason)[:2000], created_at=utcnow()))
 
     def _versions(self, store_key: str, cart_ids: list[str]) -> dict[str, int]:
         c = Cart.__table__

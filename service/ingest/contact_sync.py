@@ -16,10 +16,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ctdd.delivery import outbox
-from ctdd.config import Settings
+from ctdd.config import Settings, StoreConfig
 from ctdd.db.engine import utcnow
+from ctdd.redaction import mask_emails, redact_text, redact_value
 from ctdd.db.models import Contact, ContactIdentifier, FieldState, IdentityConflictRecord, RejectedRecord
 from ctdd.domain.contact import ContactInput
+from ctdd.domain.echo import clip
 from ctdd.domain.consent import ChannelState, guard_channel
 from ctdd.domain.delta import StoredField, compute_delta, is_older
 from ctdd.domain.identity import SINGLE_VALUED, Conflict, customer_key, hash_identifier, resolve
@@ -133,6 +135,7 @@ class ContactSync:
         resolution = resolve(requested, owners)
 
         created = resolution.contact_id is None
+        defaults = _store_defaults(store, mapped)
         if created:
             if not (contact.identity.email or contact.identity.mobile_number):
                 raise NewContactNeedsAddress()
@@ -155,10 +158,13 @@ class ContactSync:
             state_before = {name: row[name] for name in _CONTACT_STATE}
             wanted = set(mapped)
             wanted.update(IDENTIFIER_FIELDS.values())
+            wanted.update(defaults)
             stored = {
                 r[0]: StoredField(r[1], r[2], r[3], r[4])
                 for r in conn.execute(_SELECT_FIELDS, {"contact_id": contact_id, "fields": sorted(wanted)})
             }
+        # a store default only fills a field the contact has no value for (not one sent before, nor a cleared one)
+        mapped.update({path: value for path, value in defaults.items() if path not in stored})
 
         skipped: set[str] = set()
         new_identifiers: list[dict[str, Any]] = []
@@ -321,6 +327,17 @@ def _owners_statement(kinds: tuple[str, ...]):
     return stmt
 
 
+def _store_defaults(store: StoreConfig, mapped: dict[str, Any]) -> dict[str, Any]:
+    """The store's documented defaults (``locale`` -> ``LOCALE``, ``currency`` -> ``CURRENCY``, where mapped) for
+    the fields this update does not set: applied only when the contact has no value for them yet."""
+    defaults: dict[str, Any] = {}
+    for attribute, value in (("locale", store.locale), ("currency", store.currency)):
+        name = store.data_fields.get(attribute)
+        if value and name and f"dataFields.{name}" not in mapped:
+            defaults[f"dataFields.{name}"] = value
+    return defaults
+
+
 def _decide_shop_consent(row: dict[str, Any], contact: ContactInput, now) -> None:
     """Remember the shop's newest consent decision per channel in ``row`` (back-sync compares with it)."""
     for channel, consent in (("email", contact.email_consent), ("sms", contact.sms_consent)):
@@ -331,6 +348,15 @@ def _decide_shop_consent(row: dict[str, Any], contact: ContactInput, now) -> Non
         if previous is None or (decided is not None and decided >= previous):
             row[f"shop_{channel}_consent"] = consent.status
             row[f"shop_{channel}_consent_at"] = decided or now
+
+
+#: what one rejected record keeps (see :func:`log_rejected`)
+MAX_REJECTED_REASON = 2000
+MAX_REJECTED_VIOLATIONS = 20
+
+
+def _capped(value: str | None, limit: int) -> str | None:
+    return clip(value, limit) if value else value
 
 
 def log_rejected(
@@ -344,11 +370,23 @@ def log_rejected(
     record_version: int | None = None,
     violations: list[Mapping[str, str]] | None = None,
 ) -> int:
-    """Write a rejected-record log entry (no personal data: field names and reasons only)."""
+    """Write a rejected-record log entry (no personal data: field names and reasons only).
+
+    What one rejection keeps is capped (the values were refused, perhaps for their size): each value to its
+    column's length, the reason to ``MAX_REJECTED_REASON`` characters, at most ``MAX_REJECTED_VIOLATIONS``
+    violations; control characters (NUL included, which PostgreSQL refuses) are escaped."""
+    store_key, record_id = _capped(store_key, 100), _capped(record_id, 200)
+    record_type = _capped(record_type, 50)
+    reason = clip(reason, MAX_REJECTED_REASON)
+    if violations is not None:
+        violations = [{"field": clip(str(v.get("field", "")), 160), "description": clip(str(v.get("description", "")), 240)}
+                      for v in violations[:MAX_REJECTED_VIOLATIONS]]
     with Session(engine) as session, session.begin():
-        rec = RejectedRecord(
-            operation=operation, store_key=store_key, record_type=record_type, record_id=record_id,
-            record_version=record_version, reason=reason, violations=violations, created_at=utcnow(),
+        rec = RejectedRecord(  # a store key or record id sent as an email address is not kept either
+            operation=operation, store_key=store_key and mask_emails(store_key), record_type=record_type,
+            record_id=record_id and mask_emails(record_id),
+            record_version=record_version, reason=redact_text(reason), violations=redact_value(violations),
+            created_at=utcnow(),
         )
         session.add(rec)
         session.flush()

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Union
 
 import sqlalchemy as sa
@@ -41,7 +42,8 @@ from ctdd.delivery import outbox
 from ctdd.config import Settings, StoreConfig
 from ctdd.ingest.contact_sync import INSERT_FIELD_STATE, UPDATE_FIELD_STATE, ContactSync, NewContactNeedsAddress
 from ctdd.db.engine import utcnow
-from ctdd.db.models import Cart, Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, ResourceState
+from ctdd.db.models import (Cart, Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, RejectedRecord,
+                             ResourceState)
 from ctdd.domain.collections import (
     BROWSE_COLLECTION,
     COLLECTION_TYPES,
@@ -65,6 +67,8 @@ from ctdd.domain import programs as program_rules
 from ctdd.domain.behaviour import BehaviouralEventInput
 from ctdd.domain.contact import ContactInput, Identity, SourceStamp
 from ctdd.domain.identity import customer_key
+from ctdd.domain.echo import echo
+from ctdd.domain.resources import InvalidResource, check_resource
 from ctdd.domain.notifications import InvalidDelivery, Notification, UnsupportedNotification, parse_delivery
 from ctdd.db.transactions import TransactionRunner
 from ctdd.ingest import carts, triggers
@@ -110,6 +114,17 @@ Step = Union[NotificationOutcome, Callable[[Session], NotificationOutcome]]
 
 def behavioural_dedupe_key(store_key: str, event_id: str) -> str:
     return f"event:{store_key}:{event_id}"
+
+
+def _checked(resource: str, found: Any) -> Any:
+    """A resource read from the commercetools API, checked against its typed model (``ctdd.domain.resources``):
+    one of another shape can never be applied, so the event is refused (InvalidEvent), not retried."""
+    if found is not None:
+        try:
+            check_resource(resource, found)
+        except InvalidResource as exc:
+            raise InvalidEvent(f"commercetools {resource}: {exc.reason}") from None
+    return found
 
 
 def _hash(value: Any) -> str:
@@ -223,9 +238,15 @@ class EventProcessor:
                                       message_type="CartPolled")
         snap = carts.snapshot(str(cart["id"]), cart, version=None, fallback_time=utcnow())
         body = self._cart_body(store, snap, None, outcome, priority)
+        future = self._too_far_ahead(snap.last_modified_at)
 
         def unit(session: Session) -> NotificationOutcome:
             outcome.reset()
+            if future:  # its time would order every later version of the cart before it
+                outcome.outcome = IGNORED
+                outcome.reason = f"cart lastModifiedAt {snap.last_modified_at.isoformat()} is {self._ahead_text()}"
+                log.warning("cart %s not applied: %s", snap.cart_id, outcome.reason)
+                return outcome
             body(session)
             return outcome
 
@@ -285,10 +306,20 @@ class EventProcessor:
             return STALE, f"resource version {n.resource_version} is not newer than the applied version {state.version}"
         return None
 
+    def _too_far_ahead(self, moment: Any) -> bool:
+        """Whether a time that decides staleness lies beyond the server's clock plus ``max_clock_skew_seconds``
+        (a year-9999 ``lastModifiedAt`` would make every later update look stale)."""
+        skew = timedelta(seconds=self.settings.service.max_clock_skew_seconds)
+        return isinstance(moment, datetime) and moment > utcnow() + skew
+
+    def _ahead_text(self) -> str:
+        return (f"more than {self.settings.service.max_clock_skew_seconds:g} seconds ahead of the server's clock "
+                "(max_clock_skew_seconds)")
+
     def _store(self, store_key: str) -> StoreConfig:
         store = self.settings.store(store_key) if store_key else None
         if store is None:
-            raise InvalidEvent(f"store_key: unknown store {store_key!r}")
+            raise InvalidEvent(f"store_key: unknown store {echo(store_key)}")
         return store
 
     async def _fetch(self, store: StoreConfig, resource: str, id_: str, **kwargs) -> dict | None:
@@ -298,19 +329,24 @@ class EventProcessor:
                 f"store {store.key!r} has no commercetools API client configured, but the notification needs a fetch"
             )
         try:
-            return await client.get(resource, id_, **kwargs)
+            found = await client.get(resource, id_, **kwargs)
         except Exception as exc:  # CommercetoolsError (retryable or not) and transport errors
             raise RetryableEventError(f"commercetools GET {resource}/{id_} failed: {exc}") from exc
+        return _checked(resource, found)
 
-    async def _query(self, store: StoreConfig, resource: str, where: list[str]) -> list[dict]:
+    async def _query(self, store: StoreConfig, resource: str, where: list[str], variables: Mapping[str, str]
+                     ) -> list[dict]:
+        """Query ``resource``; every value goes in ``variables`` (``:name`` in ``where``, sent as ``var.name``
+        query parameters), never into the predicate text."""
         client = self.ct.get(store)
         if client is None:
             raise InvalidEvent(f"store {store.key!r} has no commercetools API client configured")
+        params = {f"var.{name}": value for name, value in variables.items()}
         try:
-            page = await client.query(resource, where=where, limit=20, with_total=False)
+            page = await client.query(resource, where=where, limit=20, with_total=False, params=params)
         except Exception as exc:
             raise RetryableEventError(f"commercetools query {resource} failed: {exc}") from exc
-        return list(page.get("results", []))
+        return [_checked(resource, found) for found in page.get("results", [])]
 
     # -- customers ------------------------------------------------------------------------------
     async def _customer(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
@@ -324,26 +360,48 @@ class EventProcessor:
             customer = await self._fetch(store, "customers", n.resource_id)
             if customer is None:
                 return self._finish_ignored(store, n, outcome, "customer no longer exists in commercetools")
+        apply_customer = self._customer_unit(store, customer, n.resource_version, priority)
+        if isinstance(apply_customer, str):
+            return self._finish_rejected(store, n, outcome, apply_customer)
+
+        def body(session: Session) -> None:
+            applied = apply_customer(session)
+            if isinstance(applied, tuple):
+                outcome.outcome, outcome.reason = applied
+                return
+            outcome.contact_id = applied.contact_id
+            outcome.outbox_message_ids = list(applied.outbox_message_ids)
+
+        return self._once(store, n.dedupe_key, outcome, body)
+
+    def _customer_unit(self, store: StoreConfig, customer: Mapping[str, Any], notified_version: int | None,
+                       priority: int) -> Callable[[Session], Any] | str:
+        """Map a commercetools customer now (plugins, no database); the returned step applies it in a unit of
+        work and answers the ``SyncResult``, or the (outcome, reason) of a customer it did not apply. A customer
+        whose times are too far in the future is refused at once: the reason why."""
         c = store.consent
         contact = customer_to_contact(customer, store.key,
                                       consent_fields=(c.email_opt_in_field, c.sms_opt_in_field, c.updated_at_field))
+        for name, moment in (("lastModifiedAt", contact.source.modified_at),
+                             (c.updated_at_field, contact.email_consent and contact.email_consent.decided_at),
+                             (c.updated_at_field, contact.sms_consent and contact.sms_consent.decided_at)):
+            if self._too_far_ahead(moment):
+                return f"customer {name} {moment.isoformat()} is {self._ahead_text()}"
         mapped, suppression = self.contact_sync.map_contact(contact)
-        version = int(customer.get("version") or n.resource_version or 0)
+        version = int(customer.get("version") or notified_version or 0)
+        customer_id = str(customer["id"])
 
-        def body(session: Session) -> None:
-            if not self._advance_version(session, store.commercetools_project, "customer", n.resource_id, version):
-                outcome.outcome, outcome.reason = STALE, f"customer version {version} already applied"
-                return
+        def apply(session: Session) -> Any:
+            if not self._advance_version(session, store.commercetools_project, "customer", customer_id, version):
+                return STALE, f"customer version {version} already applied"
             try:
                 result = self.contact_sync.apply(session, contact, dict(mapped), list(suppression), priority=priority)
             except NewContactNeedsAddress:
-                outcome.outcome, outcome.reason = IGNORED, "customer has no email address or mobile number"
-                return
-            self._set_state_contact(session, store, "customer", n.resource_id, result.contact_id)
-            outcome.contact_id = result.contact_id
-            outcome.outbox_message_ids = list(result.outbox_message_ids)
+                return IGNORED, "customer has no email address or mobile number"
+            self._set_state_contact(session, store, "customer", customer_id, result.contact_id)
+            return result
 
-        return self._once(store, n.dedupe_key, outcome, body)
+        return apply
 
     def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
                           priority: int) -> Step:
@@ -393,6 +451,9 @@ class EventProcessor:
         if cart is None:
             return self._finish_ignored(store, n, outcome, "cart no longer exists in commercetools")
         snap = carts.snapshot(n.resource_id, cart, version=None, fallback_time=n.occurred_at or utcnow())
+        if self._too_far_ahead(snap.last_modified_at):
+            return self._finish_rejected(store, n, outcome, f"cart lastModifiedAt {snap.last_modified_at.isoformat()} "
+                                                            f"is {self._ahead_text()}")
         return self._once(store, n.dedupe_key, outcome, self._cart_body(store, snap, None, outcome, priority))
 
     # -- orders -------------------------------------------------------------------------------
@@ -401,7 +462,7 @@ class EventProcessor:
         """Refund transactions: re-read the order paying with this payment and re-send it."""
         if await self._already_done(store, n, outcome):
             return outcome
-        orders = await self._query(store, "orders", [f'paymentInfo(payments(id = "{n.resource_id}"))'])
+        orders = await self._query(store, "orders", ["paymentInfo(payments(id = :pid))"], {"pid": n.resource_id})
         if not orders:
             return self._finish_ignored(store, n, outcome, "no order uses this payment")
         return await self._apply_order(store, n, outcome, orders[0], priority, force=True)
@@ -455,6 +516,12 @@ class EventProcessor:
         identity = Identity(customer_id=order.get("customerId") or None, email=email)
         if identity.is_empty():
             return self._finish_ignored(store, n, outcome, "order has neither a customer nor an email address")
+        apply_customer = None
+        if identity.customer_id and not email:
+            unknown = await self._unknown_customer_step(store, str(identity.customer_id), priority)
+            if isinstance(unknown, str):
+                return self._finish_rejected(store, n, outcome, unknown)
+            apply_customer = unknown
         locale = order.get("locale") or store.locale
         ctx = OrderContext(store_key=store.key, locale=locale, categories=await self._categories(store, order, locale),
                            refund_total=await self._refunds(store, order))
@@ -470,6 +537,10 @@ class EventProcessor:
             if not advanced and not force:
                 outcome.outcome, outcome.reason = STALE, f"order version {version} already applied"
                 return
+            if apply_customer is not None:  # the order's customer, fetched from commercetools: creates the contact
+                applied = apply_customer(session)
+                if not isinstance(applied, tuple):
+                    outcome.outbox_message_ids.extend(applied.outbox_message_ids)
             # A known customer keeps its own email: an order placed with another address must not move it.
             ident = identity
             if identity.customer_id and self.contact_sync.known_customer(session, store.key, identity.customer_id):
@@ -480,7 +551,9 @@ class EventProcessor:
                 first = self.contact_sync.apply(session, identity_input, identity_mapped,
                                                 identity_suppression, priority=priority)
             except NewContactNeedsAddress:
-                outcome.outcome, outcome.reason = IGNORED, "order's customer is unknown and the order has no email"
+                reason = "order's customer is unknown and the order has no email"
+                outcome.outcome, outcome.reason = IGNORED, reason
+                self._reject(session, store, n, reason)
                 return
             contact_id = first.contact_id
             outcome.contact_id = contact_id
@@ -504,6 +577,22 @@ class EventProcessor:
 
         return self._once(store, n.dedupe_key, outcome, body)
 
+    async def _unknown_customer_step(self, store: StoreConfig, customer_id: str, priority: int
+                                     ) -> Callable[[Session], Any] | str | None:
+        """For an order without an email: None when its customer is known; else the step applying the customer
+        fetched from commercetools (a failed fetch raises RetryableEventError: the event is retried), or why
+        the order cannot be applied (no API client to fetch with, customer gone)."""
+        if await self.transactions.run(lambda s: self.contact_sync.known_customer(s, store.key, customer_id)):
+            return None
+        if self.ct.get(store) is None:
+            return (f"order's customer {customer_id!r} is unknown, the order has no email, and store {store.key!r} "
+                    "has no commercetools API client to fetch the customer with")
+        customer = await self._fetch(store, "customers", customer_id)
+        if customer is None:
+            return f"order's customer {customer_id!r} no longer exists in commercetools and the order has no email"
+        step = self._customer_unit(store, customer, None, priority)
+        return f"order's {step}" if isinstance(step, str) else step
+
     async def _placed_cart(self, store: StoreConfig, n: Notification, cart_id: str | None) -> dict | None:
         """The cart an order was just created from, as commercetools now has it (Ordered), for the CartInsight
         record sent again as ORDER_COMPLETE; None when not needed or not available (the order stands in)."""
@@ -511,7 +600,7 @@ class EventProcessor:
             return None
         try:
             return await self._fetch(store, "carts", cart_id)
-        except RetryableEventError as exc:
+        except (RetryableEventError, InvalidEvent) as exc:
             log.info("ordered cart not fetched, the order stands in for it: %s", exc)
             return None
 
@@ -647,6 +736,24 @@ class EventProcessor:
             outcome.outcome, outcome.reason = IGNORED, reason
 
         return self._once(store, n.dedupe_key, outcome, body)
+
+    def _finish_rejected(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                         reason: str) -> Callable[[Session], NotificationOutcome]:
+        """Ignored, and kept visible as a rejected record with ``reason`` (an event that could not be applied)."""
+        def body(session: Session) -> None:
+            outcome.outcome, outcome.reason = IGNORED, reason
+            self._reject(session, store, n, reason)
+
+        return self._once(store, n.dedupe_key, outcome, body)
+
+    @staticmethod
+    def _reject(session: Session, store: StoreConfig, n: Notification, reason: str) -> None:
+        """Keep a notification that was not applied visible in ``rejected_record`` (cut to the columns)."""
+        session.add(RejectedRecord(operation="TrackEvent", store_key=store.key[:100],
+                                   record_type=(n.resource_type or "")[:50] or None,
+                                   record_id=(n.resource_id or "")[:200] or None, record_version=n.resource_version,
+                                   reason=reason[:2000], created_at=utcnow()))
+        log.warning("notification %s of %s/%s not applied: %s", n.dedupe_key, n.resource_type, n.resource_id, reason)
 
 
 # -- prepared statements of the hot path ---------------------------------------------------------------

@@ -24,7 +24,8 @@ Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` n
    one that can never be applied becomes ``rejected``. Both are logged in ``rejected_record``.
 
 Finished rows are kept ``[inbox] retention_days`` (the dedupe record of queued events), then deleted by the
-processors, at most every ten minutes.
+processors, at most every ten minutes; on the same tick, ``rejected_record`` rows older than ``[service]
+rejected_retention_days`` are deleted in bounded batches (``ctdd.ingest.rejections``).
 
 Ordering: one processor applies events in arrival order. Several processors (PostgreSQL) claim and
 prepare different batches at once, but their apply transactions take turns (an advisory lock: batches that
@@ -56,8 +57,10 @@ from ctdd.config import InboxConfig, Settings
 from ctdd.db.engine import sqlite_write_lock, utcnow
 from ctdd.db.models import EventInbox, InboxStatus, RejectedRecord
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError, Step
+from ctdd.ingest.rejections import purge_rejected
 from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.db.listen import NotifyListener
+from ctdd.redaction import redact_text
 from ctdd.retry import JITTER_20_PERCENT, backoff_delay
 
 log = logging.getLogger(__name__)
@@ -395,6 +398,11 @@ class InboxProcessor:
                     if purged:
                         log.info("purged %d finished queued event(s) older than %s days", purged,
                                  self.cfg.retention_days)
+                    rejected_days = self.settings.service.rejected_retention_days
+                    purged = await asyncio.to_thread(
+                        purge_rejected, self.engine, older_than=utcnow() - timedelta(days=rejected_days))
+                    if purged:
+                        log.info("purged %d rejected record(s) older than %s days", purged, rejected_days)
             except Exception:
                 log.exception("inbox processing failed; retrying shortly")
                 claimed = 0
@@ -485,7 +493,7 @@ class InboxProcessor:
                     sa.update(INBOX)
                     .where(INBOX.c.id == f.event.id, INBOX.c.status == InboxStatus.PENDING,
                            INBOX.c.lease_owner == self.worker_id)
-                    .values(lease_owner=None, lease_expires_at=None, last_error=f.error[:2000], **values)
+                    .values(lease_owner=None, lease_expires_at=None, last_error=redact_text(f.error)[:2000], **values)
                 ).rowcount
                 if not updated:  # taken over by another processor meanwhile: its outcome counts
                     continue
@@ -498,5 +506,5 @@ class InboxProcessor:
                 # in the same transaction as the status: a failed event always has its log entry
                 conn.execute(sa.insert(RejectedRecord.__table__).values(
                     operation="TrackEvent", store_key=f.event.store_key, record_type="event_inbox",
-                    record_id=str(f.event.id), reason=reason[:2000], created_at=now))
+                    record_id=str(f.event.id), reason=redact_text(reason)[:2000], created_at=now))
                 log.warning("rejected queued TrackEvent %d for store %s: %s", f.event.id, f.event.store_key, reason)

@@ -25,6 +25,7 @@ from ctdd.ingest.cart_watcher import CartWatcher
 from ctdd.ingest.events import EventProcessor
 from ctdd.api.server import GrpcServer, SyncServicer
 from ctdd.hooks.manager import create_plugin_manager
+from ctdd.catalog.export import CatalogExporter
 from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.ingest.inbox import InboxProcessor, InboxWriter
 from ctdd.db.transactions import TransactionRunner
@@ -73,7 +74,12 @@ class App:
                                             min_commit_interval=settings.inbox.write_interval_seconds)
             servicer = SyncServicer(settings, self.contact_sync, self.transactions, on_enqueued=self._wake_dispatcher,
                                     events=self.events, inbox=self.inbox_writer, on_queued=self._wake_inbox)
+            # ExportCatalog (ctdd.catalog.export): reads through the events' commercetools clients
+            servicer.catalog = CatalogExporter(self.engine, settings, self.hooks, commercetools=self.events.ct.get,
+                                               dotdigital=self.clients.get)
             self.grpc = GrpcServer(servicer, settings.listen)
+            if self.dispatcher is not None:  # health: an account paused for 401/403 is NOT_SERVING
+                self.dispatcher.guard.on_change = self.grpc.set_paused_accounts
         self.port: int | None = None
         # Back-sync (Dotdigital opt-outs -> commercetools): always available for run_once, polling on a
         # schedule when [backsync] is enabled (default: some store has a commercetools client).
@@ -114,8 +120,8 @@ class App:
             self.cart_watcher.start()
         if self.grpc is not None:
             self.port = await self.grpc.start()
-            log.info("ctdd-sync listening on %s (port %s), database %s", self.settings.listen, self.port,
-                     self.engine.url.render_as_string(hide_password=True))
+            log.info("ctdd-sync listening on %s (port %s, %s), database %s", self.settings.listen, self.port,
+                     self.grpc.security.describe(), self.engine.url.render_as_string(hide_password=True))
         if self._run_backsync:
             self.backsync.start()
 

@@ -87,7 +87,7 @@ logger = logging.getLogger(__name__)
 #: Resources the fake stores (plural path names).
 RESOURCES = (
     "customers", "orders", "payments", "carts", "products", "product-projections", "categories",
-    "subscriptions", "types", "stores", "custom-objects",
+    "subscriptions", "types", "stores", "custom-objects", "product-selections",
 )
 #: Reference ``typeId`` -> resource path, for ``expand`` and ``setCustomType``.
 _TYPE_ID_TO_RESOURCE = {
@@ -226,6 +226,7 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         self._last_timestamp: datetime | None = None
         self._notifications: list[dict] = []
         self._sequence: dict[str, int] = {}
+        self._selection_products: dict[str, list[str]] = {}  # product selection id -> assigned product ids
 
     def __repr__(self) -> str:  # never show the secret
         return (f"FakeCommercetools(base_url={self.base_url if self._server else None!r}, "
@@ -469,6 +470,8 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
     def _route_in_store(self, method: str, store_key: str, resource: str, rest: list[str],
                         query: dict[str, list[str]], body: bytes) -> _Response:
         """``/in-store/key={store}/{resource}``: the store's resources only; creates belong to the store."""
+        if resource == "product-selection-assignments":
+            return self._selection_assignments(method, store_key, rest, query)
         if not rest:
             if method == "GET":
                 items = [o for o in self._data[resource].values() if _in_store(resource, o, store_key)]
@@ -490,6 +493,38 @@ class FakeCommercetools(loopback_http.LoopbackServer[RecordedRequest]):
         if not _in_store(resource, obj, store_key):
             raise _not_found(resource, rest[0])
         return self._route(method, [resource, rest[0]], query, body)
+
+    def assign_products(self, selection_id: str, product_ids: list[str]) -> None:
+        """Add products to a product selection (what the ``addProduct`` update action does)."""
+        with self._lock:
+            assigned = self._selection_products.setdefault(selection_id, [])
+            present = set(assigned)
+            assigned.extend(p for p in dict.fromkeys(product_ids) if p not in present)
+
+    def unassign_products(self, selection_id: str, product_ids: list[str]) -> None:
+        with self._lock:
+            gone = set(product_ids)
+            self._selection_products[selection_id] = [p for p in self._selection_products.get(selection_id, [])
+                                                      if p not in gone]
+
+    def _selection_assignments(self, method: str, store_key: str, rest: list[str],
+                               query: dict[str, list[str]]) -> _Response:
+        """``GET /in-store/key={store}/product-selection-assignments``: ``{product, productSelection}`` for every
+        product of the store's active product selections (queryable like any resource)."""
+        if method != "GET" or rest:
+            raise _error(405, "MethodNotAllowed", "Method not allowed.")
+        store = next((o for o in self._data["stores"].values() if o.get("key") == store_key), None)
+        if store is None:
+            raise _error(404, "ResourceNotFound", f"The Store with key '{store_key}' was not found.")
+        items = []
+        for setting in store.get("productSelections") or []:
+            selection_id = (setting.get("productSelection") or {}).get("id")
+            if not setting.get("active", True) or selection_id is None:
+                continue
+            for product_id in self._selection_products.get(selection_id, []):
+                items.append({"product": {"typeId": "product", "id": product_id},
+                              "productSelection": {"typeId": "product-selection", "id": selection_id}})
+        return _Response(200, self._query("product-selection-assignments", items, query))
 
     def _find(self, resource: str, ident: str, query: dict[str, list[str]]) -> dict:
         """The stored object addressed by ``{id}`` or ``key={key}`` (404 otherwise)."""
@@ -1203,7 +1238,7 @@ def _in_store(resource: str, obj: dict, store_key: str) -> bool:
     return (obj.get("store") or {}).get("key") == store_key
 
 
-_IN_STORE_RESOURCES = frozenset({"carts", "orders", "customers", "login"})
+_IN_STORE_RESOURCES = frozenset({"carts", "orders", "customers", "login", "product-selection-assignments"})
 _CUSTOM_ACTIONS = {"setCustomField": _set_custom_field, "setCustomType": _set_custom_type}
 #: resource -> update action name -> handler(fake, resource, obj copy, action)
 _ACTIONS: dict[str, dict[str, Callable[[FakeCommercetools, str, dict, dict], None]]] = {

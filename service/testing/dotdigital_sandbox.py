@@ -18,8 +18,8 @@ Implemented endpoints
   suppressed status (``suppress()``, a PATCH or an import); ``dateRemoved`` is when that happened.
 * ``GET /contacts/v3?~modified=gte::<ts>&include=channelProperties&limit=&marker=`` - contacts modified
   since a time, ascending, paged with ``_links.next.marker`` (SMS opt-outs show here).
-* ``PATCH /contacts/v3/{identifier}/{value}`` - single contact upsert and
-  ``GET /contacts/v3/{identifier}/{value}``.
+* ``PATCH /contacts/v3/{identifier}/{value}`` - single contact upsert,
+  ``GET /contacts/v3/{identifier}/{value}`` and ``DELETE /contacts/v3/{identifier}/{value}``.
 * ``PUT /contacts/v3/import`` and ``GET /contacts/v3/import/{importId}`` - asynchronous bulk contact import;
   every item goes through the same validation and upsert code as the PATCH.
 * Insight data v3: ``POST /insightData/v3/collections/{collectionName}``, ``GET /insightData/v3/collections``,
@@ -780,10 +780,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             contact = self._find_contact(email=email, mobile=mobile, contact_id=contact_id)
             if contact is None:
                 return False
-            del self._contacts[contact.contact_id]
-            for collection in self._collections.values():
-                for owner_key in [k for k in collection.records if k[0] == contact.contact_id]:
-                    del collection.records[owner_key]
+            self._remove_contact(contact)
             return True
 
     def add_data_field(self, name: str, type: str = "String") -> None:  # noqa: A002 - mirrors the API field name
@@ -1135,6 +1132,8 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                 handler = lambda: self._v3_patch_contact(segments[2], segments[3], query, body)  # noqa: E731
             elif method == "GET":
                 handler = lambda: self._v3_get_contact(segments[2], segments[3])  # noqa: E731
+            elif method == "DELETE":
+                handler = lambda: self._v3_delete_contact(segments[2], segments[3])  # noqa: E731
 
         elif lowered == ["contacts", "v3", "import"]:
             path_known = True
@@ -1709,6 +1708,23 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         if contact is None:
             raise _ApiError(_contact_not_found(identifier, value))
         return _Response(200, self._read_model(contact), contact_id=contact.contact_id)
+
+    def _v3_delete_contact(self, raw_identifier: str, raw_value: str) -> _Response:
+        """``DELETE /contacts/v3/{identifier}/{value}`` -> 200 ``{contactId}`` (the Contacts v3 spec's
+        ``deleteContact``), or 404 ``contacts:contactNotFound``. The contact's contact-scoped insight records go
+        with it, as with :meth:`delete_contact`."""
+        identifier, value = self._parse_contact_path(raw_identifier, raw_value)
+        contact = self._lookup(identifier, value)
+        if contact is None:
+            raise _ApiError(_contact_not_found(identifier, value))
+        self._remove_contact(contact)
+        return _Response(200, {"contactId": contact.contact_id}, contact_id=contact.contact_id)
+
+    def _remove_contact(self, contact: _Contact) -> None:
+        del self._contacts[contact.contact_id]
+        for collection in self._collections.values():
+            for owner_key in [k for k in collection.records if k[0] == contact.contact_id]:
+                del collection.records[owner_key]
 
     def _v3_patch_contact(
         self, raw_identifier: str, raw_value: str, query: dict[str, list[str]], raw: bytes

@@ -44,6 +44,8 @@ async def adapter_factory():
     started = []
 
     async def start(target: str, **kw) -> tuple[PubSubPushAdapter, str]:
+        # tests about forwarding run without authentication; those about it pass a token or OIDC settings
+        kw.setdefault("insecure", not (kw.get("token") or kw.get("oidc")))
         config = PubSubPushConfig(listen="127.0.0.1:0", target=target, store_key="uk", rpc_timeout=3.0, **kw)
         adapter = PubSubPushAdapter(config)
         port = await adapter.start()
@@ -143,13 +145,23 @@ async def test_oversize_body_is_413_and_not_forwarded(peer, adapter_factory):
     assert len([e for c in peer.calls for e in c]) == 1
 
 
-async def _raw(url: str, request: bytes) -> bytes:
+async def _raw(url: str, request: bytes, *, close: bool = False) -> bytes:
+    """Send ``request`` as is and return the answer's head (and what came with it); fails after 5 s without
+    one. ``close``: hang up right after sending."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(request)
     await writer.drain()
-    writer.write_eof()  # the client is done sending
-    data = await asyncio.wait_for(reader.read(), 5)
+    if close:
+        writer.close()
+        return b""
+    data = b""
+    async with asyncio.timeout(5):
+        while b"\r\n\r\n" not in data:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data += chunk
     writer.close()
     return data
 
@@ -162,14 +174,49 @@ async def test_http_edge_cases_and_healthz(peer, adapter_factory):
         assert (await http.post(url + "/elsewhere", content=b"{}")).status_code == 404
     no_length = await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert no_length.startswith(b"HTTP/1.1 411 ")
-    chunked = await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-    assert chunked.startswith(b"HTTP/1.1 411 ")
+    empty_chunked = await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert empty_chunked.startswith(b"HTTP/1.1 400 ")
     garbage = await _raw(url, b"NONSENSE\r\n\r\n")
-    assert garbage.startswith(b"HTTP/1.1 400 ")
-    short = await _raw(url, b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n{}")
-    assert short.startswith(b"HTTP/1.1 400 ")
-    huge_head = await _raw(url, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
-    assert huge_head.startswith(b"HTTP/1.1 431 ")
+    assert garbage.split(b" ")[1] == b"400"
+    no_host = await _raw(url, b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+    assert no_host.split(b" ")[1] == b"400"
+    huge_head = await _raw(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    assert huge_head.split(b" ")[1] == b"400"
+    await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}", close=True)  # short body
+    assert (await _raw(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    assert peer.calls == []
+
+
+async def test_duplicate_content_length_is_400_at_once(peer, adapter_factory, caplog):
+    """The hand-written parser waited 30 s for a body and answered 408; a conflicting or repeated
+    Content-Length (request smuggling material) is refused as soon as the head is read."""
+    _, url = await adapter_factory(peer.target, token=TOKEN)
+    body = push_body(delivery("good", 20))
+    for lengths in ((len(body), len(body)), (len(body), len(body) + 5)):
+        head = f"POST /?token={TOKEN} HTTP/1.1\r\nHost: x\r\n" + "".join(
+            f"Content-Length: {n}\r\n" for n in lengths) + "\r\n"
+        with caplog.at_level("INFO"):
+            answer = await _raw(url, head.encode() + body)
+        assert answer.split(b" ")[1] == b"400", answer[:200]
+    assert peer.calls == []
+    assert "malformed HTTP request" in caplog.text and TOKEN not in caplog.text
+
+
+async def test_oversize_bodies_are_413_before_forwarding(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target, max_body_bytes=1024)
+    declared = await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000)
+    assert declared.startswith(b"HTTP/1.1 413 ")
+    chunk = b"x" * 4096
+    chunked = await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 413 ")
+    assert peer.calls == []
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408(peer, adapter_factory):
+    _, url = await adapter_factory(peer.target, body_timeout=0.5)
+    answer = await _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"message\"")
+    assert answer.startswith(b"HTTP/1.1 408 ")
     assert peer.calls == []
 
 
@@ -271,9 +318,72 @@ async def test_cli_refuses_to_start_with_a_store_the_service_does_not_know(servi
     svc = await service_factory(make_settings(sqlite_url, sandbox))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ctdd", "adapter", "pubsub-push", "--listen", "127.0.0.1:0",
-        "--target", f"127.0.0.1:{svc.app.port}", "--store", "no-such-store",
+        "--target", f"127.0.0.1:{svc.app.port}", "--store", "no-such-store", "--insecure",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert "refused store key 'no-such-store'" in err.decode()
+
+
+# -- who may push ------------------------------------------------------------------------------------
+
+def test_the_adapter_refuses_to_be_built_without_authentication():
+    from ctdd.adapters.push_auth import InsecureConfigError, OidcSettings
+
+    with pytest.raises(InsecureConfigError, match="--insecure"):
+        PubSubPushAdapter(PubSubPushConfig(listen="127.0.0.1:0", target="127.0.0.1:1", store_key="uk"))
+    with pytest.raises(InsecureConfigError, match="service account"):  # the audience alone admits anyone
+        OidcSettings(audience="https://push.example.com/", service_accounts=())
+
+
+async def test_cli_refuses_to_start_without_authentication_unless_insecure(peer, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTDD_PUBSUB_PUSH_")}
+    base = [sys.executable, "-m", "ctdd", "adapter", "pubsub-push", "--target", peer.target, "--store", "uk"]
+    for extra in ([], ["--oidc-audience", "https://push.example.com/"]):
+        proc = await asyncio.create_subprocess_exec(*base, "--listen", "127.0.0.1:0", *extra, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2, err.decode()
+        assert "pubsub-push:" in err.decode()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path / "adapter.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*base, "--listen", f"127.0.0.1:{port}", "--insecure"], stdout=log,
+                                stderr=subprocess.STDOUT, env={**env, "CTDD_LOG_LEVEL": "INFO"})
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            r = await http.post(f"http://127.0.0.1:{port}/", content=push_body(delivery("good", 30)))
+        assert r.status_code == 204
+    finally:
+        assert await stop_with_sigterm(proc) == 0
+    assert "WITHOUT authentication" in log_path.read_text()
+
+
+async def test_shared_token_in_query_or_bearer_header_and_one_log_line_per_refusal(peer, adapter_factory, caplog):
+    _, url = await adapter_factory(peer.target, token=TOKEN)
+    payload = push_body(delivery("good", 31))
+    with caplog.at_level("INFO", logger="ctdd.adapters"):
+        async with httpx.AsyncClient() as http:
+            query = await http.post(f"{url}/?token={TOKEN}", content=payload)
+            bearer = await http.post(url + "/", content=payload, headers={"Authorization": f"Bearer {TOKEN}"})
+            wrong_bearer = await http.post(url + "/", content=payload, headers={"Authorization": "Bearer nope"})
+            basic = await http.post(url + "/", content=payload, headers={"Authorization": "Basic Zm9vOmJhcg=="})
+            wrong_query = await http.post(url + "/?token=" + TOKEN[:-1], content=payload,
+                                          headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (query.status_code, bearer.status_code) == (204, 204)
+    assert (wrong_bearer.status_code, basic.status_code, wrong_query.status_code) == (403, 401, 403)
+    assert len(peer.accepted_bodies()) == 2
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 3 and all(r.levelname == "WARNING" for r in refusals)
+    assert TOKEN not in caplog.text and TOKEN[:-1] not in caplog.text

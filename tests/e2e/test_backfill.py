@@ -107,7 +107,8 @@ async def test_every_customer_once_in_id_order_at_backfill_priority(fake, ct, pe
         assert r.query["sort"] == ["id asc"] and r.query["limit"] == ["3"] and r.query["withTotal"] == ["false"]
         assert r.query.get("offset", ["0"]) == ["0"]
     assert "where" not in pages[0].query
-    assert [r.query["where"] for r in pages[1:]] == [[f'id > "{expected[i]}"'] for i in (2, 5, 8)]
+    assert [r.query["where"] for r in pages[1:]] == [["id > :afterId"]] * 3  # the id is an input variable
+    assert [r.query["var.afterId"] for r in pages[1:]] == [[expected[i]] for i in (2, 5, 8)]
 
     obj = cursor(fake)
     assert obj["value"]["status"] == "completed" and obj["value"]["lastId"] == expected[-1]
@@ -135,7 +136,7 @@ async def test_retryable_failure_stops_at_last_accepted_page_and_resumes(fake, c
     # resumed at the cursor: page 1 is not read or sent again
     assert sent_ids(e for call in peer.calls for e in call) == expected[3:]
     first_page = [r for r in fake.requests if r.method == "GET" and r.path.endswith("/customers")][0]
-    assert first_page.query["where"] == [f'id > "{expected[2]}"']
+    assert first_page.query["where"] == ["id > :afterId"] and first_page.query["var.afterId"] == [expected[2]]
     # every customer ended up accepted; the two accepted before the stop were sent again (same message ids:
     # the service drops the duplicates)
     accepted = sent_ids(peer.accepted)

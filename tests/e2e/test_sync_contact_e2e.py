@@ -258,7 +258,8 @@ async def test_health_reflection_and_unimplemented_export(service):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in service.stub.ExportCatalog(pb.ExportCatalogRequest(store_key="uk")):
             pass
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # the store's catalog is not enabled (issue 15: ExportCatalog works for enabled stores)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 async def test_graceful_shutdown_goes_not_serving_and_releases_leases(service_factory, sqlite_url, sandbox):

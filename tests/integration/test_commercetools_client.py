@@ -330,8 +330,10 @@ async def test_deep_paging_by_id_over_1200_customers(fake, client):
         assert request.query["limit"] == ["500"]
         assert "offset" not in request.query or request.query["offset"] == ["0"]
     assert "where" not in queries[0].query
-    assert queries[1].query["where"] == [f'id > "{pages[0][-1]["id"]}"']
-    assert queries[2].query["where"] == [f'id > "{pages[1][-1]["id"]}"']
+    # the last id travels as a predicate input variable, never inside the predicate's text
+    assert queries[1].query["where"] == queries[2].query["where"] == ["id > :afterId"]
+    assert queries[1].query["var.afterId"] == [pages[0][-1]["id"]]
+    assert queries[2].query["var.afterId"] == [pages[1][-1]["id"]]
 
 
 async def test_deep_paging_resumes_after_an_id_and_combines_predicates(fake, client):
@@ -342,7 +344,8 @@ async def test_deep_paging_resumes_after_an_id_and_combines_predicates(fake, cli
     pages = [p async for p in client.iterate_pages("customers", page_size=2, where=['firstName = "even"'],
                                                    after_id="00000000-0000-4000-8000-000000000003")]
     assert [[c["email"] for c in p] for p in pages] == [["c4@example.com", "c6@example.com"], ["c8@example.com"]]
-    assert api_requests(fake)[0].query["where"] == ['firstName = "even"', 'id > "00000000-0000-4000-8000-000000000003"']
+    assert api_requests(fake)[0].query["where"] == ['firstName = "even"', "id > :afterId"]
+    assert api_requests(fake)[0].query["var.afterId"] == ["00000000-0000-4000-8000-000000000003"]
 
 
 async def test_deep_paging_stops_on_an_empty_page_without_yielding_it(fake, client):

@@ -250,6 +250,22 @@ async def test_merge_options(sandbox, client):
         await client.upsert_contact("email", JANE, {}, merge_option="overwriteIfEmpty")
 
 
+async def test_delete_contact_by_id_and_by_email_and_already_gone(sandbox, client):
+    jane = await client.upsert_contact("email", JANE, {"dataFields": {"FIRSTNAME": "Jane"}})
+    plus = await client.upsert_contact("email", "a+b@example.com", {})
+    assert await client.delete_contact("contactId", str(jane.contact_id), headers={"X-Ctdd-Message-Id": "7"}) is True
+    assert sandbox.get_contact(email=JANE) is None
+    assert await client.delete_contact("contactId", str(jane.contact_id)) is False  # 404: already gone
+    assert await client.delete_contact("email", "a+b@example.com") is True  # '+' travels as %2B
+    assert sandbox.get_contact(contact_id=plus.contact_id) is None
+    calls = sandbox.requests_matching("DELETE")
+    assert [c.status for c in calls] == [200, 404, 200] and calls[2].path == "/contacts/v3/email/a%2Bb%40example.com"
+    assert calls[0].headers["x-ctdd-message-id"] == "7"
+    with pytest.raises(DotdigitalError) as info:  # an invalid identifier value is not "already gone"
+        await client.delete_contact("contactId", "not-a-number")
+    assert info.value.status_code == 400
+
+
 async def test_suppressed_contact_stays_suppressed_but_data_fields_update(sandbox, client):
     await client.upsert_contact("email", JANE, {"dataFields": {"FIRSTNAME": "Jane"}})
     sandbox.suppress(email=JANE)  # e.g. the contact clicked "unsubscribe" in a Dotdigital email
@@ -421,8 +437,10 @@ async def test_sandbox_malformed_json_and_unknown_routes(raw):
     assert r.status_code == 404 and set(r.json()) == {"message"}
     r = await raw.get("/insightData/v3/account/Catalog_Default")
     assert r.status_code == 404 and r.json()["errorCode"].startswith("insightData:")
-    r = await raw.delete("/contacts/v3/email/a%40example.com")
+    r = await raw.post("/contacts/v3/email/a%40example.com", json={})
     assert r.status_code == 405 and r.json()["errorCode"].startswith("contacts:")
+    r = await raw.delete("/contacts/v3/email/a%40example.com")  # deleteContact of a contact that does not exist
+    assert r.status_code == 404 and r.json()["errorCode"] == "contacts:contactNotFound"
     r = await raw.patch("/contacts/v3/email/a%40example.com?merge-option=overwriteIfEmpty", json={})
     assert r.status_code == 400
     r = await raw.get("/contacts/v3/customerNo/C1")

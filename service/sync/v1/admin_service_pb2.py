@@ -25,29 +25,63 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ctdd/sync/v1/admin_service.proto\x12\x0c\x63tdd.sync.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x13ListTriggersRequest\x12\x0f\n\x05\x65mail\x18\x01 \x01(\tH\x00\x12\x15\n\x0b\x63ustomer_id\x18\x02 \x01(\tH\x00\x12\x17\n\rmobile_number\x18\x03 \x01(\tH\x00\x12\x14\n\ncontact_id\x18\x04 \x01(\tH\x00\x12\x11\n\tstore_key\x18\x05 \x01(\t\x12-\n\x08statuses\x18\x06 \x03(\x0e\x32\x1b.ctdd.sync.v1.TriggerStatus\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x42\t\n\x07\x63ontact\"\xa5\x01\n\x14ListTriggersResponse\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\'\n\x08triggers\x18\x03 \x03(\x0b\x32\x15.ctdd.sync.v1.Trigger\x12\x10\n\x08has_more\x18\x04 \x01(\x08\x12-\n\x07summary\x18\x05 \x01(\x0b\x32\x1c.ctdd.sync.v1.TriggerSummary\"\xce\x03\n\x07Trigger\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x11\n\tstore_key\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x04 \x01(\t\x12\x14\n\x0cprogram_kind\x18\x05 \x01(\t\x12\x12\n\nprogram_id\x18\x06 \x01(\x03\x12\x14\n\x0csubject_type\x18\x07 \x01(\t\x12\x12\n\nsubject_id\x18\x08 \x01(\t\x12\x17\n\x0fsubject_version\x18\t \x01(\x03\x12\x0c\n\x04step\x18\n \x01(\x05\x12+\n\x06status\x18\x0b \x01(\x0e\x32\x1b.ctdd.sync.v1.TriggerStatus\x12\x13\n\x0bstatus_name\x18\x0c \x01(\t\x12*\n\x06\x64ue_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndecided_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0f \x01(\t\x12\x14\n\x0c\x65nrolment_id\x18\x10 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x11 \x01(\x05\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x01\n\x0eTriggerSummary\x12\x32\n\x08statuses\x18\x01 \x03(\x0b\x32 .ctdd.sync.v1.TriggerStatusCount\x12\x39\n\x0fskipped_reasons\x18\x02 \x03(\x0b\x32 .ctdd.sync.v1.TriggerReasonCount\x12\x13\n\x0bpending_due\x18\x03 \x01(\x03\x12\x38\n\x11\x65nrolment_budgets\x18\x04 \x03(\x0b\x32\x1d.ctdd.sync.v1.EnrolmentBudget\"e\n\x12TriggerStatusCount\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.ctdd.sync.v1.TriggerStatus\x12\x13\n\x0bstatus_name\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"3\n\x12TriggerReasonCount\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"S\n\x0f\x45nrolmentBudget\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61lls_last_hour\x18\x02 \x01(\x05\x12\x16\n\x0e\x63\x61lls_per_hour\x18\x03 \x01(\x05*\xd8\x01\n\rTriggerStatus\x12\x1e\n\x1aTRIGGER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRIGGER_STATUS_PENDING\x10\x01\x12\x1a\n\x16TRIGGER_STATUS_CLAIMED\x10\x02\x12\x1c\n\x18TRIGGER_STATUS_ENROLLING\x10\x03\x12\x17\n\x13TRIGGER_STATUS_SENT\x10\x04\x12\x1a\n\x16TRIGGER_STATUS_SKIPPED\x10\x05\x12\x1c\n\x18TRIGGER_STATUS_CANCELLED\x10\x06\x32\x65\n\x0c\x41\x64minService\x12U\n\x0cListTriggers\x12!.ctdd.sync.v1.ListTriggersRequest\x1a\".ctdd.sync.v1.ListTriggersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ctdd/sync/v1/admin_service.proto\x12\x0c\x63tdd.sync.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x01\n\rFailureFilter\x12\x11\n\tstore_key\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x14\n\ncontact_id\x18\x04 \x01(\tH\x00\x12\x0f\n\x05\x65mail\x18\x05 \x01(\tH\x00\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08statuses\x18\x08 \x03(\x0e\x32\x1b.ctdd.sync.v1.FailureStatusB\t\n\x07\x63ontact\"U\n\x13ListFailuresRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.ctdd.sync.v1.FailureFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"Q\n\x14ListFailuresResponse\x12\'\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x15.ctdd.sync.v1.Failure\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"Q\n\x0fRecordReference\x12\x13\n\x0brecord_type\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x16\n\x0erecord_version\x18\x03 \x01(\x03\"\x85\x04\n\x07\x46\x61ilure\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12+\n\x06source\x18\x02 \x01(\x0e\x32\x1b.ctdd.sync.v1.FailureSource\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.ctdd.sync.v1.FailureStatus\x12\x13\n\x0bstatus_name\x18\x04 \x01(\t\x12\x11\n\tstore_key\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x12\n\ncontact_id\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x08 \x01(\t\x12\x15\n\rresponse_code\x18\t \x01(\x05\x12\x12\n\nerror_code\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12-\n\x06record\x18\r \x01(\x0b\x32\x1d.ctdd.sync.v1.RecordReference\x12-\n\tfailed_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rpartition_key\x18\x10 \x01(\t\x12\x10\n\x08sequence\x18\x11 \x01(\x03\x12\x13\n\x0bmerged_into\x18\x12 \x01(\t\x12\x12\n\ndedupe_key\x18\x13 \x01(\t\x12\x0c\n\x04note\x18\x14 \x01(\t\"\xca\x01\n\x0f\x44\x65liveryAttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x15\n\rresponse_code\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0e\n\x06worker\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11RejectedViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\" \n\x11GetFailureRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\xa2\x01\n\x12GetFailureResponse\x12&\n\x07\x66\x61ilure\x18\x01 \x01(\x0b\x32\x15.ctdd.sync.v1.Failure\x12/\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x1d.ctdd.sync.v1.DeliveryAttempt\x12\x33\n\nviolations\x18\x03 \x03(\x0b\x32\x1f.ctdd.sync.v1.RejectedViolation\"q\n\rRedriveResult\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.ctdd.sync.v1.RedriveOutcome\x12\x13\n\x0bstatus_name\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x8a\x01\n\x14RetryFailuresRequest\x12\x0c\n\x04refs\x18\x01 \x03(\t\x12\x31\n\x0c\x61ll_matching\x18\x02 \x01(\x0b\x32\x1b.ctdd.sync.v1.FailureFilter\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"h\n\x15RetryFailuresResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.ctdd.sync.v1.RedriveResult\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x05\x12\x10\n\x08has_more\x18\x03 \x01(\x08\"\x89\x01\n\x13SkipFailuresRequest\x12\x0c\n\x04refs\x18\x01 \x03(\t\x12\x31\n\x0c\x61ll_matching\x18\x02 \x01(\x0b\x32\x1b.ctdd.sync.v1.FailureFilter\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"g\n\x14SkipFailuresResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.ctdd.sync.v1.RedriveResult\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x05\x12\x10\n\x08has_more\x18\x03 \x01(\x08\"\xcc\x01\n\x13ListTriggersRequest\x12\x0f\n\x05\x65mail\x18\x01 \x01(\tH\x00\x12\x15\n\x0b\x63ustomer_id\x18\x02 \x01(\tH\x00\x12\x17\n\rmobile_number\x18\x03 \x01(\tH\x00\x12\x14\n\ncontact_id\x18\x04 \x01(\tH\x00\x12\x11\n\tstore_key\x18\x05 \x01(\t\x12-\n\x08statuses\x18\x06 \x03(\x0e\x32\x1b.ctdd.sync.v1.TriggerStatus\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x42\t\n\x07\x63ontact\"\xa5\x01\n\x14ListTriggersResponse\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\'\n\x08triggers\x18\x03 \x03(\x0b\x32\x15.ctdd.sync.v1.Trigger\x12\x10\n\x08has_more\x18\x04 \x01(\x08\x12-\n\x07summary\x18\x05 \x01(\x0b\x32\x1c.ctdd.sync.v1.TriggerSummary\"\xce\x03\n\x07Trigger\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x11\n\tstore_key\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x04 \x01(\t\x12\x14\n\x0cprogram_kind\x18\x05 \x01(\t\x12\x12\n\nprogram_id\x18\x06 \x01(\x03\x12\x14\n\x0csubject_type\x18\x07 \x01(\t\x12\x12\n\nsubject_id\x18\x08 \x01(\t\x12\x17\n\x0fsubject_version\x18\t \x01(\x03\x12\x0c\n\x04step\x18\n \x01(\x05\x12+\n\x06status\x18\x0b \x01(\x0e\x32\x1b.ctdd.sync.v1.TriggerStatus\x12\x13\n\x0bstatus_name\x18\x0c \x01(\t\x12*\n\x06\x64ue_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndecided_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0f \x01(\t\x12\x14\n\x0c\x65nrolment_id\x18\x10 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x11 \x01(\x05\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x01\n\x0eTriggerSummary\x12\x32\n\x08statuses\x18\x01 \x03(\x0b\x32 .ctdd.sync.v1.TriggerStatusCount\x12\x39\n\x0fskipped_reasons\x18\x02 \x03(\x0b\x32 .ctdd.sync.v1.TriggerReasonCount\x12\x13\n\x0bpending_due\x18\x03 \x01(\x03\x12\x38\n\x11\x65nrolment_budgets\x18\x04 \x03(\x0b\x32\x1d.ctdd.sync.v1.EnrolmentBudget\"e\n\x12TriggerStatusCount\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.ctdd.sync.v1.TriggerStatus\x12\x13\n\x0bstatus_name\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"3\n\x12TriggerReasonCount\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"S\n\x0f\x45nrolmentBudget\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61lls_last_hour\x18\x02 \x01(\x05\x12\x16\n\x0e\x63\x61lls_per_hour\x18\x03 \x01(\x05*\xb7\x01\n\rFailureStatus\x12\x1e\n\x1a\x46\x41ILURE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41ILURE_STATUS_DEAD\x10\x01\x12\x19\n\x15\x46\x41ILURE_STATUS_PARKED\x10\x02\x12\x19\n\x15\x46\x41ILURE_STATUS_FAILED\x10\x03\x12\x1b\n\x17\x46\x41ILURE_STATUS_REJECTED\x10\x04\x12\x1a\n\x16\x46\x41ILURE_STATUS_SKIPPED\x10\x05*\x81\x01\n\rFailureSource\x12\x1e\n\x1a\x46\x41ILURE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41ILURE_SOURCE_OUTBOX\x10\x01\x12\x18\n\x14\x46\x41ILURE_SOURCE_INBOX\x10\x02\x12\x1b\n\x17\x46\x41ILURE_SOURCE_REJECTED\x10\x03*\x87\x02\n\x0eRedriveOutcome\x12\x1f\n\x1bREDRIVE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17REDRIVE_OUTCOME_RETRIED\x10\x01\x12\x1b\n\x17REDRIVE_OUTCOME_SKIPPED\x10\x02\x12\x1d\n\x19REDRIVE_OUTCOME_UNCHANGED\x10\x03\x12\x1b\n\x17REDRIVE_OUTCOME_REFUSED\x10\x04\x12\x1d\n\x19REDRIVE_OUTCOME_NOT_FOUND\x10\x05\x12\x1f\n\x1bREDRIVE_OUTCOME_WOULD_RETRY\x10\x06\x12\x1e\n\x1aREDRIVE_OUTCOME_WOULD_SKIP\x10\x07*\xd8\x01\n\rTriggerStatus\x12\x1e\n\x1aTRIGGER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRIGGER_STATUS_PENDING\x10\x01\x12\x1a\n\x16TRIGGER_STATUS_CLAIMED\x10\x02\x12\x1c\n\x18TRIGGER_STATUS_ENROLLING\x10\x03\x12\x17\n\x13TRIGGER_STATUS_SENT\x10\x04\x12\x1a\n\x16TRIGGER_STATUS_SKIPPED\x10\x05\x12\x1c\n\x18TRIGGER_STATUS_CANCELLED\x10\x06\x32\xbe\x03\n\x0c\x41\x64minService\x12U\n\x0cListTriggers\x12!.ctdd.sync.v1.ListTriggersRequest\x1a\".ctdd.sync.v1.ListTriggersResponse\x12U\n\x0cListFailures\x12!.ctdd.sync.v1.ListFailuresRequest\x1a\".ctdd.sync.v1.ListFailuresResponse\x12O\n\nGetFailure\x12\x1f.ctdd.sync.v1.GetFailureRequest\x1a .ctdd.sync.v1.GetFailureResponse\x12X\n\rRetryFailures\x12\".ctdd.sync.v1.RetryFailuresRequest\x1a#.ctdd.sync.v1.RetryFailuresResponse\x12U\n\x0cSkipFailures\x12!.ctdd.sync.v1.SkipFailuresRequest\x1a\".ctdd.sync.v1.SkipFailuresResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ctdd.sync.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRIGGERSTATUS']._serialized_start=1374
-  _globals['_TRIGGERSTATUS']._serialized_end=1590
-  _globals['_LISTTRIGGERSREQUEST']._serialized_start=84
-  _globals['_LISTTRIGGERSREQUEST']._serialized_end=288
-  _globals['_LISTTRIGGERSRESPONSE']._serialized_start=291
-  _globals['_LISTTRIGGERSRESPONSE']._serialized_end=456
-  _globals['_TRIGGER']._serialized_start=459
-  _globals['_TRIGGER']._serialized_end=921
-  _globals['_TRIGGERSUMMARY']._serialized_start=924
-  _globals['_TRIGGERSUMMARY']._serialized_end=1130
-  _globals['_TRIGGERSTATUSCOUNT']._serialized_start=1132
-  _globals['_TRIGGERSTATUSCOUNT']._serialized_end=1233
-  _globals['_TRIGGERREASONCOUNT']._serialized_start=1235
-  _globals['_TRIGGERREASONCOUNT']._serialized_end=1286
-  _globals['_ENROLMENTBUDGET']._serialized_start=1288
-  _globals['_ENROLMENTBUDGET']._serialized_end=1371
-  _globals['_ADMINSERVICE']._serialized_start=1592
-  _globals['_ADMINSERVICE']._serialized_end=1693
+  _globals['_FAILURESTATUS']._serialized_start=3463
+  _globals['_FAILURESTATUS']._serialized_end=3646
+  _globals['_FAILURESOURCE']._serialized_start=3649
+  _globals['_FAILURESOURCE']._serialized_end=3778
+  _globals['_REDRIVEOUTCOME']._serialized_start=3781
+  _globals['_REDRIVEOUTCOME']._serialized_end=4044
+  _globals['_TRIGGERSTATUS']._serialized_start=4047
+  _globals['_TRIGGERSTATUS']._serialized_end=4263
+  _globals['_FAILUREFILTER']._serialized_start=84
+  _globals['_FAILUREFILTER']._serialized_end=329
+  _globals['_LISTFAILURESREQUEST']._serialized_start=331
+  _globals['_LISTFAILURESREQUEST']._serialized_end=416
+  _globals['_LISTFAILURESRESPONSE']._serialized_start=418
+  _globals['_LISTFAILURESRESPONSE']._serialized_end=499
+  _globals['_RECORDREFERENCE']._serialized_start=501
+  _globals['_RECORDREFERENCE']._serialized_end=582
+  _globals['_FAILURE']._serialized_start=585
+  _globals['_FAILURE']._serialized_end=1102
+  _globals['_DELIVERYATTEMPT']._serialized_start=1105
+  _globals['_DELIVERYATTEMPT']._serialized_end=1307
+  _globals['_REJECTEDVIOLATION']._serialized_start=1309
+  _globals['_REJECTEDVIOLATION']._serialized_end=1364
+  _globals['_GETFAILUREREQUEST']._serialized_start=1366
+  _globals['_GETFAILUREREQUEST']._serialized_end=1398
+  _globals['_GETFAILURERESPONSE']._serialized_start=1401
+  _globals['_GETFAILURERESPONSE']._serialized_end=1563
+  _globals['_REDRIVERESULT']._serialized_start=1565
+  _globals['_REDRIVERESULT']._serialized_end=1678
+  _globals['_RETRYFAILURESREQUEST']._serialized_start=1681
+  _globals['_RETRYFAILURESREQUEST']._serialized_end=1819
+  _globals['_RETRYFAILURESRESPONSE']._serialized_start=1821
+  _globals['_RETRYFAILURESRESPONSE']._serialized_end=1925
+  _globals['_SKIPFAILURESREQUEST']._serialized_start=1928
+  _globals['_SKIPFAILURESREQUEST']._serialized_end=2065
+  _globals['_SKIPFAILURESRESPONSE']._serialized_start=2067
+  _globals['_SKIPFAILURESRESPONSE']._serialized_end=2170
+  _globals['_LISTTRIGGERSREQUEST']._serialized_start=2173
+  _globals['_LISTTRIGGERSREQUEST']._serialized_end=2377
+  _globals['_LISTTRIGGERSRESPONSE']._serialized_start=2380
+  _globals['_LISTTRIGGERSRESPONSE']._serialized_end=2545
+  _globals['_TRIGGER']._serialized_start=2548
+  _globals['_TRIGGER']._serialized_end=3010
+  _globals['_TRIGGERSUMMARY']._serialized_start=3013
+  _globals['_TRIGGERSUMMARY']._serialized_end=3219
+  _globals['_TRIGGERSTATUSCOUNT']._serialized_start=3221
+  _globals['_TRIGGERSTATUSCOUNT']._serialized_end=3322
+  _globals['_TRIGGERREASONCOUNT']._serialized_start=3324
+  _globals['_TRIGGERREASONCOUNT']._serialized_end=3375
+  _globals['_ENROLMENTBUDGET']._serialized_start=3377
+  _globals['_ENROLMENTBUDGET']._serialized_end=3460
+  _globals['_ADMINSERVICE']._serialized_start=4266
+  _globals['_ADMINSERVICE']._serialized_end=4712
 # @@protoc_insertion_point(module_scope)

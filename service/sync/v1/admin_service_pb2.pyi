@@ -10,6 +10,33 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FailureStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_STATUS_UNSPECIFIED: _ClassVar[FailureStatus]
+    FAILURE_STATUS_DEAD: _ClassVar[FailureStatus]
+    FAILURE_STATUS_PARKED: _ClassVar[FailureStatus]
+    FAILURE_STATUS_FAILED: _ClassVar[FailureStatus]
+    FAILURE_STATUS_REJECTED: _ClassVar[FailureStatus]
+    FAILURE_STATUS_SKIPPED: _ClassVar[FailureStatus]
+
+class FailureSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_SOURCE_UNSPECIFIED: _ClassVar[FailureSource]
+    FAILURE_SOURCE_OUTBOX: _ClassVar[FailureSource]
+    FAILURE_SOURCE_INBOX: _ClassVar[FailureSource]
+    FAILURE_SOURCE_REJECTED: _ClassVar[FailureSource]
+
+class RedriveOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REDRIVE_OUTCOME_UNSPECIFIED: _ClassVar[RedriveOutcome]
+    REDRIVE_OUTCOME_RETRIED: _ClassVar[RedriveOutcome]
+    REDRIVE_OUTCOME_SKIPPED: _ClassVar[RedriveOutcome]
+    REDRIVE_OUTCOME_UNCHANGED: _ClassVar[RedriveOutcome]
+    REDRIVE_OUTCOME_REFUSED: _ClassVar[RedriveOutcome]
+    REDRIVE_OUTCOME_NOT_FOUND: _ClassVar[RedriveOutcome]
+    REDRIVE_OUTCOME_WOULD_RETRY: _ClassVar[RedriveOutcome]
+    REDRIVE_OUTCOME_WOULD_SKIP: _ClassVar[RedriveOutcome]
+
 class TriggerStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TRIGGER_STATUS_UNSPECIFIED: _ClassVar[TriggerStatus]
@@ -19,6 +46,24 @@ class TriggerStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRIGGER_STATUS_SENT: _ClassVar[TriggerStatus]
     TRIGGER_STATUS_SKIPPED: _ClassVar[TriggerStatus]
     TRIGGER_STATUS_CANCELLED: _ClassVar[TriggerStatus]
+FAILURE_STATUS_UNSPECIFIED: FailureStatus
+FAILURE_STATUS_DEAD: FailureStatus
+FAILURE_STATUS_PARKED: FailureStatus
+FAILURE_STATUS_FAILED: FailureStatus
+FAILURE_STATUS_REJECTED: FailureStatus
+FAILURE_STATUS_SKIPPED: FailureStatus
+FAILURE_SOURCE_UNSPECIFIED: FailureSource
+FAILURE_SOURCE_OUTBOX: FailureSource
+FAILURE_SOURCE_INBOX: FailureSource
+FAILURE_SOURCE_REJECTED: FailureSource
+REDRIVE_OUTCOME_UNSPECIFIED: RedriveOutcome
+REDRIVE_OUTCOME_RETRIED: RedriveOutcome
+REDRIVE_OUTCOME_SKIPPED: RedriveOutcome
+REDRIVE_OUTCOME_UNCHANGED: RedriveOutcome
+REDRIVE_OUTCOME_REFUSED: RedriveOutcome
+REDRIVE_OUTCOME_NOT_FOUND: RedriveOutcome
+REDRIVE_OUTCOME_WOULD_RETRY: RedriveOutcome
+REDRIVE_OUTCOME_WOULD_SKIP: RedriveOutcome
 TRIGGER_STATUS_UNSPECIFIED: TriggerStatus
 TRIGGER_STATUS_PENDING: TriggerStatus
 TRIGGER_STATUS_CLAIMED: TriggerStatus
@@ -26,6 +71,198 @@ TRIGGER_STATUS_ENROLLING: TriggerStatus
 TRIGGER_STATUS_SENT: TriggerStatus
 TRIGGER_STATUS_SKIPPED: TriggerStatus
 TRIGGER_STATUS_CANCELLED: TriggerStatus
+
+class FailureFilter(_message.Message):
+    __slots__ = ("store_key", "code", "kind", "contact_id", "email", "since", "until", "statuses")
+    STORE_KEY_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    store_key: str
+    code: str
+    kind: str
+    contact_id: str
+    email: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    statuses: _containers.RepeatedScalarFieldContainer[FailureStatus]
+    def __init__(self, store_key: _Optional[str] = ..., code: _Optional[str] = ..., kind: _Optional[str] = ..., contact_id: _Optional[str] = ..., email: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., statuses: _Optional[_Iterable[_Union[FailureStatus, str]]] = ...) -> None: ...
+
+class ListFailuresRequest(_message.Message):
+    __slots__ = ("filter", "page_size")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    filter: FailureFilter
+    page_size: int
+    def __init__(self, filter: _Optional[_Union[FailureFilter, _Mapping]] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListFailuresResponse(_message.Message):
+    __slots__ = ("failures", "has_more")
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    failures: _containers.RepeatedCompositeFieldContainer[Failure]
+    has_more: bool
+    def __init__(self, failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...
+
+class RecordReference(_message.Message):
+    __slots__ = ("record_type", "record_id", "record_version")
+    RECORD_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    record_type: str
+    record_id: str
+    record_version: int
+    def __init__(self, record_type: _Optional[str] = ..., record_id: _Optional[str] = ..., record_version: _Optional[int] = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("ref", "source", "status", "status_name", "store_key", "kind", "contact_id", "account", "response_code", "error_code", "error", "attempts", "record", "failed_at", "created_at", "partition_key", "sequence", "merged_into", "dedupe_key", "note")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_NAME_FIELD_NUMBER: _ClassVar[int]
+    STORE_KEY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    FAILED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MERGED_INTO_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    source: FailureSource
+    status: FailureStatus
+    status_name: str
+    store_key: str
+    kind: str
+    contact_id: str
+    account: str
+    response_code: int
+    error_code: str
+    error: str
+    attempts: int
+    record: RecordReference
+    failed_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    partition_key: str
+    sequence: int
+    merged_into: str
+    dedupe_key: str
+    note: str
+    def __init__(self, ref: _Optional[str] = ..., source: _Optional[_Union[FailureSource, str]] = ..., status: _Optional[_Union[FailureStatus, str]] = ..., status_name: _Optional[str] = ..., store_key: _Optional[str] = ..., kind: _Optional[str] = ..., contact_id: _Optional[str] = ..., account: _Optional[str] = ..., response_code: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., record: _Optional[_Union[RecordReference, _Mapping]] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., partition_key: _Optional[str] = ..., sequence: _Optional[int] = ..., merged_into: _Optional[str] = ..., dedupe_key: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class DeliveryAttempt(_message.Message):
+    __slots__ = ("attempt", "outcome", "response_code", "error", "worker", "started_at", "finished_at")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    outcome: str
+    response_code: int
+    error: str
+    worker: str
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    def __init__(self, attempt: _Optional[int] = ..., outcome: _Optional[str] = ..., response_code: _Optional[int] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RejectedViolation(_message.Message):
+    __slots__ = ("field", "description")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    description: str
+    def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class GetFailureRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+
+class GetFailureResponse(_message.Message):
+    __slots__ = ("failure", "attempts", "violations")
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    failure: Failure
+    attempts: _containers.RepeatedCompositeFieldContainer[DeliveryAttempt]
+    violations: _containers.RepeatedCompositeFieldContainer[RejectedViolation]
+    def __init__(self, failure: _Optional[_Union[Failure, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[DeliveryAttempt, _Mapping]]] = ..., violations: _Optional[_Iterable[_Union[RejectedViolation, _Mapping]]] = ...) -> None: ...
+
+class RedriveResult(_message.Message):
+    __slots__ = ("ref", "outcome", "status_name", "message")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    outcome: RedriveOutcome
+    status_name: str
+    message: str
+    def __init__(self, ref: _Optional[str] = ..., outcome: _Optional[_Union[RedriveOutcome, str]] = ..., status_name: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RetryFailuresRequest(_message.Message):
+    __slots__ = ("refs", "all_matching", "dry_run", "operator", "reason")
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    ALL_MATCHING_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    all_matching: FailureFilter
+    dry_run: bool
+    operator: str
+    reason: str
+    def __init__(self, refs: _Optional[_Iterable[str]] = ..., all_matching: _Optional[_Union[FailureFilter, _Mapping]] = ..., dry_run: _Optional[bool] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RetryFailuresResponse(_message.Message):
+    __slots__ = ("results", "changed", "has_more")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RedriveResult]
+    changed: int
+    has_more: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[RedriveResult, _Mapping]]] = ..., changed: _Optional[int] = ..., has_more: _Optional[bool] = ...) -> None: ...
+
+class SkipFailuresRequest(_message.Message):
+    __slots__ = ("refs", "all_matching", "dry_run", "operator", "reason")
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    ALL_MATCHING_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    all_matching: FailureFilter
+    dry_run: bool
+    operator: str
+    reason: str
+    def __init__(self, refs: _Optional[_Iterable[str]] = ..., all_matching: _Optional[_Union[FailureFilter, _Mapping]] = ..., dry_run: _Optional[bool] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SkipFailuresResponse(_message.Message):
+    __slots__ = ("results", "changed", "has_more")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RedriveResult]
+    changed: int
+    has_more: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[RedriveResult, _Mapping]]] = ..., changed: _Optional[int] = ..., has_more: _Optional[bool] = ...) -> None: ...
 
 class ListTriggersRequest(_message.Message):
     __slots__ = ("email", "customer_id", "mobile_number", "contact_id", "store_key", "statuses", "page_size")

@@ -26,10 +26,11 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService is the operator's service: visibility into, and later control of, what ctdd-sync does for
-    a contact and an account. Today it lists the program triggers of a contact (abandoned cart, browse
-    abandonment, post-purchase, review request): what is pending and what was decided, with the reason.
-    Later versions add the redrive of failed work and the inspection of a contact to this service.
+    """AdminService is the operator's service: visibility into, and control of, what ctdd-sync does for a
+    contact and an account. It lists the program triggers of a contact (abandoned cart, browse
+    abandonment, post-purchase, review request): what is pending and what was decided, with the reason;
+    and it lists, shows, retries and skips what failed (redrive: dead and parked outbox messages, failed or
+    rejected queued events, rejected records).
 
     Give it to operators and support staff, not to shops' middleware: it shows per-contact decisions.
     """
@@ -45,13 +46,34 @@ class AdminServiceStub:
                 request_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersRequest.SerializeToString,
                 response_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersResponse.FromString,
                 _registered_method=True)
+        self.ListFailures = channel.unary_unary(
+                '/ctdd.sync.v1.AdminService/ListFailures',
+                request_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListFailuresRequest.SerializeToString,
+                response_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListFailuresResponse.FromString,
+                _registered_method=True)
+        self.GetFailure = channel.unary_unary(
+                '/ctdd.sync.v1.AdminService/GetFailure',
+                request_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetFailureRequest.SerializeToString,
+                response_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetFailureResponse.FromString,
+                _registered_method=True)
+        self.RetryFailures = channel.unary_unary(
+                '/ctdd.sync.v1.AdminService/RetryFailures',
+                request_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.RetryFailuresRequest.SerializeToString,
+                response_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.RetryFailuresResponse.FromString,
+                _registered_method=True)
+        self.SkipFailures = channel.unary_unary(
+                '/ctdd.sync.v1.AdminService/SkipFailures',
+                request_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.SkipFailuresRequest.SerializeToString,
+                response_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.SkipFailuresResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService is the operator's service: visibility into, and later control of, what ctdd-sync does for
-    a contact and an account. Today it lists the program triggers of a contact (abandoned cart, browse
-    abandonment, post-purchase, review request): what is pending and what was decided, with the reason.
-    Later versions add the redrive of failed work and the inspection of a contact to this service.
+    """AdminService is the operator's service: visibility into, and control of, what ctdd-sync does for a
+    contact and an account. It lists the program triggers of a contact (abandoned cart, browse
+    abandonment, post-purchase, review request): what is pending and what was decided, with the reason;
+    and it lists, shows, retries and skips what failed (redrive: dead and parked outbox messages, failed or
+    rejected queued events, rejected records).
 
     Give it to operators and support staff, not to shops' middleware: it shows per-contact decisions.
     """
@@ -76,6 +98,62 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFailures(self, request, context):
+        """ListFailures lists what failed, most recent first: outbox messages that are dead (a permanent
+        Dotdigital error, or retries given up) or parked (held back with the rest of their contact's
+        partition), queued TrackEvents (the event inbox) that ended failed or rejected, and records refused
+        at the API boundary (rejected records). Each carries a typed reference ("outbox:123", "inbox:45",
+        "rejected:7") for GetFailure, RetryFailures and SkipFailures.
+
+        Errors: INVALID_ARGUMENT (BadRequest field violations, field names prefixed "filter.") for an unknown
+        store, a malformed code, kind, contact id or email, `since` not before `until`, a status that is
+        FAILURE_STATUS_UNSPECIFIED, or a negative `page_size`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFailure(self, request, context):
+        """GetFailure shows one failure in full: its response code and last error (as stored: personal data
+        was masked before it was stored), the record it came from and, for an outbox message, every delivery
+        attempt with its code and time and every operator action. A row that was retried or skipped is
+        shown in its current status. It never shows a message's payload.
+
+        Errors: INVALID_ARGUMENT (violation on "ref") for a malformed reference; NOT_FOUND when no row has it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryFailures(self, request, context):
+        """RetryFailures sends failures again. An outbox message (dead or parked) becomes pending with its
+        attempts reset and is due at once; it keeps its place (sequence) in its contact's partition, so it is
+        never delivered ahead of an earlier unsettled message of that contact, and several retried messages
+        of one contact are delivered in their original order. A queued event that failed is processed again.
+        Rejected records and rejected queued events are refused (outcome REDRIVE_OUTCOME_REFUSED): the request
+        itself was invalid and would be refused again. Idempotent: a row that is no longer failed is left as
+        it is (REDRIVE_OUTCOME_UNCHANGED). Each call is logged once (operator, references, reason).
+
+        Errors: INVALID_ARGUMENT (BadRequest) when neither or both of `refs` and `all_matching` are given, a
+        reference is malformed (violation "refs[i]"), a filter is invalid ("all_matching.<field>"), or
+        `operator` or `reason` is too long.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SkipFailures(self, request, context):
+        """SkipFailures drops failures with the operator's reason: an outbox message (dead or parked) or a
+        queued event (failed or rejected) becomes skipped, a final status recorded with the reason. A
+        skipped parked message no longer holds back its partition. Nothing is deleted. Rejected records are
+        read-only (REDRIVE_OUTCOME_REFUSED). Idempotent, logged once per call like RetryFailures.
+
+        Errors: INVALID_ARGUMENT (BadRequest) as for RetryFailures, and when `reason` is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +161,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListTriggers,
                     request_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersRequest.FromString,
                     response_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersResponse.SerializeToString,
+            ),
+            'ListFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFailures,
+                    request_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListFailuresRequest.FromString,
+                    response_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListFailuresResponse.SerializeToString,
+            ),
+            'GetFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFailure,
+                    request_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetFailureRequest.FromString,
+                    response_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetFailureResponse.SerializeToString,
+            ),
+            'RetryFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryFailures,
+                    request_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.RetryFailuresRequest.FromString,
+                    response_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.RetryFailuresResponse.SerializeToString,
+            ),
+            'SkipFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.SkipFailures,
+                    request_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.SkipFailuresRequest.FromString,
+                    response_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.SkipFailuresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,10 +191,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService is the operator's service: visibility into, and later control of, what ctdd-sync does for
-    a contact and an account. Today it lists the program triggers of a contact (abandoned cart, browse
-    abandonment, post-purchase, review request): what is pending and what was decided, with the reason.
-    Later versions add the redrive of failed work and the inspection of a contact to this service.
+    """AdminService is the operator's service: visibility into, and control of, what ctdd-sync does for a
+    contact and an account. It lists the program triggers of a contact (abandoned cart, browse
+    abandonment, post-purchase, review request): what is pending and what was decided, with the reason;
+    and it lists, shows, retries and skips what failed (redrive: dead and parked outbox messages, failed or
+    rejected queued events, rejected records).
 
     Give it to operators and support staff, not to shops' middleware: it shows per-contact decisions.
     """
@@ -118,6 +217,114 @@ class AdminService:
             '/ctdd.sync.v1.AdminService/ListTriggers',
             ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersRequest.SerializeToString,
             ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctdd.sync.v1.AdminService/ListFailures',
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListFailuresRequest.SerializeToString,
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListFailuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctdd.sync.v1.AdminService/GetFailure',
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetFailureRequest.SerializeToString,
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetFailureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctdd.sync.v1.AdminService/RetryFailures',
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.RetryFailuresRequest.SerializeToString,
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.RetryFailuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SkipFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctdd.sync.v1.AdminService/SkipFailures',
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.SkipFailuresRequest.SerializeToString,
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.SkipFailuresResponse.FromString,
             options,
             channel_credentials,
             insecure,

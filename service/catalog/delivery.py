@@ -1,0 +1,195 @@
+"""Pending catalog records to Dotdigital.
+
+Upserts go in bulk imports (``PUT /insightData/v3/import``, account scope; at most ``import_max_records``
+records and ``import_max_bytes`` per import), polled with the outbox's import poller
+(``ctdd.delivery.bulk.poll_import``, which learns how long imports take, so an import usually costs a start
+and one poll). The import id is stored on its records before polling: a process that dies meanwhile leaves
+it there and the next run reads that import's report instead of sending the records again. A 429
+``tooManyActiveImports`` (Dotdigital runs at most 5 insight imports per account, shared with the outbox's
+imports) waits and tries again. Every record Dotdigital rejects is logged in ``rejected_record`` with its
+failure reason and product, and is not sent again until its content changes. Removals are single
+``DELETE /insightData/v3/account/{collection}/{recordId}`` calls (a record already gone is fine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ctdd.catalog.records import CR
+from ctdd.config import Settings
+from ctdd.db.models import RejectedRecord
+from ctdd.delivery.bulk import IMPORT_OK, BulkContext, ImportTimings, import_done, poll_import
+from ctdd.dotdigital.client import DotdigitalClient
+from ctdd.dotdigital.errors import DotdigitalError, DotdigitalThrottled
+
+log = logging.getLogger(__name__)
+RR = RejectedRecord.__table__
+
+
+@dataclass
+class FlushResult:
+    sent: int = 0
+    rejected: int = 0
+    removed: int = 0
+    calls: int = 0
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class CatalogDelivery:
+    def __init__(self, engine: Engine, settings: Settings, client: DotdigitalClient, *,
+                 timings: ImportTimings | None = None, clock: Callable[[], datetime] = _now):
+        self.engine = engine
+        self.settings = settings
+        self.client = client
+        cfg = settings.dispatcher
+        self.timings = timings or ImportTimings(cfg.bulk_poll_min_seconds, cfg.bulk_poll_max_seconds)
+        self.clock = clock
+
+    def _ctx(self) -> BulkContext:
+        return BulkContext(msgs=[], contacts={}, client=self.client, settings=self.settings, timings=self.timings,
+                           timeout_seconds=self.settings.dispatcher.bulk_import_timeout_seconds)
+
+    async def flush(self, store_key: str, collection: str, collection_type: str, *, max_records: int,
+                    max_bytes: int, at_least: int = 1) -> FlushResult:
+        """Deliver the pending records of one collection (when at least ``at_least`` are pending)."""
+        result = FlushResult()
+        await self._resume_imports(store_key, collection, result)
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(CR.c.record_key, CR.c.record, CR.c.hash, CR.c.product_id)
+                    .where(CR.c.store_key == store_key, CR.c.collection == collection, CR.c.pending.is_(True),
+                           CR.c.import_id.is_(None), CR.c.hash.is_not(None))
+                    .order_by(CR.c.record_key).limit(max_records)).all()
+            if not rows or len(rows) < at_least:
+                break
+            at_least = 1
+            chunk, size = [], 0
+            for row in rows:
+                n = len(json.dumps(row.record, separators=(",", ":"), ensure_ascii=False).encode()) + 40
+                if chunk and size + n > max_bytes:
+                    break
+                chunk.append(row)
+                size += n
+            await self._import(store_key, collection, collection_type, chunk, result)
+        await self._removals(store_key, collection, result)
+        return result
+
+    async def _start(self, collection: str, collection_type: str, records: list[dict]) -> str:
+        while True:
+            try:
+                return await self.client.start_insight_import(collection, scope="account",
+                                                              collection_type=collection_type, records=records)
+            except DotdigitalThrottled as exc:
+                wait = max(exc.retry_after or 0.0, self.timings.min_poll)
+                log.info("insight import of %s must wait (%s): retrying in %.1fs", collection, exc.code, wait)
+                await asyncio.sleep(wait)
+
+    async def _import(self, store_key: str, collection: str, collection_type: str, chunk: list[Any],
+                      result: FlushResult) -> None:
+        sent = {row.record_key: row.hash for row in chunk}
+        products = {row.record_key: row.product_id for row in chunk}
+        import_id = await self._start(collection, collection_type,
+                                      [{"key": row.record_key, "json": row.record} for row in chunk])
+        result.calls += 1
+        # recorded before polling: a run that dies now leaves the import id, and the next reads its report
+        with self.engine.begin() as conn:
+            for key, hash_ in sent.items():
+                conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                                 CR.c.record_key == key, CR.c.hash == hash_)
+                             .values(import_id=import_id))
+        log.info("catalog import %s started (%s, %d records)", import_id, collection, len(chunk))
+        await self._settle(store_key, collection, import_id, sent, products, result)
+
+    async def _settle(self, store_key: str, collection: str, import_id: str, sent: dict[str, str | None],
+                      products: dict[str, str | None], result: FlushResult) -> None:
+        polls_before = self.timings.polls
+        report = await poll_import(self._ctx(), ("catalog", collection), lambda: self.client.insight_import_status(import_id),
+                                   import_done, f"catalog import {import_id} ({collection})")
+        result.calls += self.timings.polls - polls_before
+        status = str(getattr(report, "status", "") or "")
+        now = self.clock()
+        if status.casefold() not in IMPORT_OK:
+            log.warning("catalog import %s ended with status %s: its %d records stay pending", import_id, status,
+                        len(sent))
+            with self.engine.begin() as conn:
+                conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                                 CR.c.import_id == import_id).values(import_id=None, updated_at=now))
+            raise DotdigitalError(f"catalog import {import_id} ended with status {status}", retryable=True)
+        failures = {}
+        for failure in getattr(report, "failures", None) or ():
+            key = str(_get(failure, "key", ""))
+            reason = str(_get(failure, "failureReason", "") or "Unknown")
+            details = "; ".join(str(d) for d in _get(failure, "details", None) or ())
+            failures[key] = reason + (f" ({details})" if details else "")
+        with self.engine.begin() as conn:
+            for key, hash_ in sent.items():
+                where = (CR.c.store_key == store_key, CR.c.collection == collection, CR.c.record_key == key)
+                if key in failures:
+                    conn.execute(sa.update(CR).where(*where).values(
+                        rejected=hash_, import_id=None, updated_at=now,
+                        pending=sa.and_(CR.c.hash.is_distinct_from(hash_), CR.c.hash.is_distinct_from(CR.c.sent_hash))))
+                    conn.execute(sa.insert(RR).values(
+                        operation="catalog.export", store_key=store_key, record_type="product",
+                        record_id=products.get(key) or key, record_version=None,
+                        reason=f"Dotdigital rejected catalog record {key!r} of {collection} in import {import_id}: "
+                               f"{failures[key]}", violations=None, created_at=now))
+                    log.warning("catalog record %s (product %s) of %s rejected: %s", key, products.get(key),
+                                collection, failures[key])
+                    result.rejected += 1
+                else:
+                    conn.execute(sa.update(CR).where(*where).values(
+                        sent_hash=hash_, import_id=None, updated_at=now,
+                        pending=CR.c.hash.is_distinct_from(hash_)))
+                    result.sent += 1
+
+    async def _resume_imports(self, store_key: str, collection: str, result: FlushResult) -> None:
+        """Imports a dead process left running: read their reports (their records were sent)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(CR.c.import_id, CR.c.record_key, CR.c.hash, CR.c.product_id)
+                                .where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                       CR.c.import_id.is_not(None))).all()
+        by_import: dict[str, list[Any]] = {}
+        for row in rows:
+            by_import.setdefault(row.import_id, []).append(row)
+        for import_id, group in by_import.items():
+            log.info("catalog import %s of a previous run: reading its report", import_id)
+            try:
+                await self._settle(store_key, collection, import_id, {r.record_key: r.hash for r in group},
+                                   {r.record_key: r.product_id for r in group}, result)
+            except DotdigitalError as exc:
+                if exc.status_code != 404:
+                    raise
+                with self.engine.begin() as conn:  # unknown import: send again
+                    conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                                     CR.c.import_id == import_id).values(import_id=None))
+
+    async def _removals(self, store_key: str, collection: str, result: FlushResult) -> None:
+        with self.engine.connect() as conn:
+            keys = conn.execute(sa.select(CR.c.record_key).where(
+                CR.c.store_key == store_key, CR.c.collection == collection, CR.c.pending.is_(True),
+                CR.c.hash.is_(None))).scalars().all()
+        for key in keys:
+            await self.client.delete_account_record(collection, key)
+            result.calls += 1
+            result.removed += 1
+            with self.engine.begin() as conn:
+                conn.execute(sa.delete(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                                 CR.c.record_key == key, CR.c.hash.is_(None)))
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)

@@ -1,0 +1,114 @@
+"""The ``catalog_record`` table: per store and collection, each record's wanted content and hash, and the
+hash Dotdigital has. A record is ``pending`` while the two differ (and the wanted hash is not one Dotdigital
+refused); a removal is a record whose wanted content is None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ctdd.db.models import CatalogRecord
+
+CR = CatalogRecord.__table__
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A record as the export or a product message wants it (``record`` None: remove it)."""
+
+    key: str
+    kind: str
+    product_id: str | None
+    version: int | None
+    record: dict[str, Any] | None
+    hash: str | None
+
+
+def _pending(hash_: str | None, sent: str | None, rejected: str | None) -> bool:
+    return hash_ != sent and not (hash_ is not None and hash_ == rejected)
+
+
+def apply(conn: Connection, store_key: str, collection: str, wanted: Iterable[Wanted], now: datetime, *,
+          run: str | None = None) -> int:
+    """Write wanted records; returns how many became pending (changed content). A record built from an
+    older product version than the stored one is ignored (product messages may arrive out of order)."""
+    wanted = list(wanted)
+    if not wanted:
+        return 0
+    keys = [w.key for w in wanted]
+    rows = {r.record_key: r for r in conn.execute(
+        sa.select(CR.c.record_key, CR.c.sent_hash, CR.c.rejected, CR.c.hash, CR.c.version)
+        .where(CR.c.store_key == store_key, CR.c.collection == collection, CR.c.record_key.in_(keys)))}
+    changed = 0
+    inserts, updates = [], []
+    for w in wanted:
+        row = rows.get(w.key)
+        if row is None:
+            if w.record is None:
+                continue  # never sent, nothing to remove
+            inserts.append({"store_key": store_key, "collection": collection, "record_key": w.key, "kind": w.kind,
+                            "product_id": w.product_id, "version": w.version, "record": w.record, "hash": w.hash,
+                            "sent_hash": None, "rejected": None, "pending": True, "import_id": None,
+                            "seen_run": run, "updated_at": now})
+            changed += 1
+            continue
+        if w.version is not None and row.version is not None and w.version < row.version:
+            continue
+        pending = _pending(w.hash, row.sent_hash, row.rejected)
+        if w.hash != row.hash and pending:
+            changed += 1
+        updates.append({"k": w.key, "product_id": w.product_id, "version": w.version, "record": w.record,
+                        "hash": w.hash, "pending": pending, "seen_run": run, "updated_at": now,
+                        "same": w.hash == row.hash})
+    if inserts:
+        conn.execute(sa.insert(CR), inserts)
+    for u in updates:
+        values = {"product_id": u["product_id"], "version": u["version"], "pending": u["pending"],
+                  "updated_at": u["updated_at"]}
+        if run is not None:
+            values["seen_run"] = run
+        if not u["same"]:
+            # new content: an import still carrying the old content no longer settles this record
+            values.update(record=u["record"], hash=u["hash"], import_id=None)
+        conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                         CR.c.record_key == u["k"]).values(**values))
+    return changed
+
+
+def product_keys(conn: Connection, store_key: str, collection: str, product_ids: Iterable[str]) -> dict[str, set[str]]:
+    """The record keys stored per product (a product has one, or one per variant)."""
+    out: dict[str, set[str]] = {}
+    ids = list(product_ids)
+    for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+        for key, product_id in conn.execute(
+                sa.select(CR.c.record_key, CR.c.product_id)
+                .where(CR.c.store_key == store_key, CR.c.collection == collection, CR.c.product_id.in_(chunk),
+                       CR.c.hash.is_not(None))):
+            out.setdefault(product_id, set()).add(key)
+    return out
+
+
+def removals_for_unseen(conn: Connection, store_key: str, collection: str, run: str, now: datetime) -> int:
+    """After a full read: every record the run did not see has left the store; returns how many."""
+    unseen = CR.c.seen_run.is_(None) | (CR.c.seen_run != run)
+    where = (CR.c.store_key == store_key, CR.c.collection == collection, CR.c.hash.is_not(None), unseen)
+    count = conn.execute(sa.select(sa.func.count()).select_from(CR).where(*where)).scalar_one()
+    conn.execute(sa.update(CR).where(*where).values(record=None, hash=None, pending=CR.c.sent_hash.is_not(None),
+                                                     updated_at=now))
+    return int(count)
+
+
+def pending_count(conn: Connection, store_key: str, collection: str) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(CR).where(
+        CR.c.store_key == store_key, CR.c.collection == collection, CR.c.pending.is_(True))).scalar_one())
+
+
+def stored(conn: Connection, store_key: str, collection: str) -> dict[str, Any]:
+    """Every stored record key -> its row (tests and the operator)."""
+    return {r.record_key: r for r in conn.execute(
+        sa.select(CR).where(CR.c.store_key == store_key, CR.c.collection == collection))}

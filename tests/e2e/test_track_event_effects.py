@@ -1,0 +1,330 @@
+"""TrackEvent effects on real data (issue 14, items 3-7): customer deletion in Dotdigital, absent attributes
+left unchanged, orders of customers not seen yet, predicate variables in commercetools queries, and
+far-future timestamps refused. Real gRPC, the fake commercetools API over HTTP, the Dotdigital sandbox over
+HTTP; every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from support import ct_payloads as ct
+from support import all_settled, field_violations, make_settings, outbox_rows, wait_for
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from ctdd.testing.commercetools_fake import FakeCommercetools
+
+
+@pytest.fixture
+def fake_ct():
+    with FakeCommercetools(project_key=ct.PROJECT) as fake:
+        yield fake
+
+
+def track(delivery: bytes, store: str = "uk") -> pb.TrackEventRequest:
+    return pb.TrackEventRequest(store_key=store, commercetools_delivery=delivery)
+
+
+def outcomes(resp: pb.TrackEventResponse) -> list[str]:
+    return [pb.EventOutcome.Name(n.outcome).removeprefix("EVENT_OUTCOME_") for n in resp.notifications]
+
+
+# -- item 3: on_customer_deleted = "delete_contact" ------------------------------------------------------------
+async def test_customer_deleted_with_delete_contact_deletes_the_dotdigital_contact(service_factory, database_url,
+                                                                                   sandbox, fake_ct):
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct,
+                                              stores_extra={"uk": {"on_customer_deleted": "delete_contact"}}))
+    created = ct.message("customer", "cust-del", "CustomerCreated", version=1,
+                         customer=ct.customer("cust-del", "gone@example.com", first="Gone"))
+    await svc.stub.TrackEvent(track(ct.raw(created)))
+    await wait_for(lambda: all_settled(svc), what="creation")
+    assert sandbox.get_contact(email="gone@example.com") is not None
+    deleted = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-del", "CustomerDeleted", version=2,
+                                                                email="gone@example.com"))))
+    assert outcomes(deleted) == ["APPLIED"] and len(deleted.outbox_message_ids) == 1
+    await wait_for(lambda: all_settled(svc), what="deletion")
+
+    assert sandbox.get_contact(email="gone@example.com") is None
+    [call] = [r for r in sandbox.requests if r.method == "DELETE" and r.path.startswith("/contacts/v3/")]
+    assert call.path.startswith("/contacts/v3/contactId/") and call.status == 200
+    [row] = [r for r in outbox_rows(svc) if r["id"] == deleted.outbox_message_ids[0]]
+    assert row["status"] == "delivered" and row["kind"] == "contact.delete"
+    contact_id = deleted.notifications[0].contact_id
+    assert svc.rows("SELECT field FROM field_state WHERE contact_id = :c", c=contact_id) == []
+    assert svc.rows("SELECT id FROM contact_identifier WHERE kind = 'customer_id'") == []
+
+    # The same address signs up again: a new Dotdigital contact with all of its data, not a 404 loop.
+    again = ct.message("customer", "cust-new", "CustomerCreated", version=1,
+                       customer=ct.customer("cust-new", "gone@example.com", first="Back"))
+    await svc.stub.TrackEvent(track(ct.raw(again)))
+    await wait_for(lambda: all_settled(svc), what="re-creation")
+    fields = sandbox.get_contact(email="gone@example.com")["dataFields"]
+    assert fields["FIRSTNAME"] == "Back" and fields["CUSTOMER_ID"] == "cust-new" and fields["LASTNAME"] == "Doe"
+    assert {r["status"] for r in outbox_rows(svc)} == {"delivered"}
+
+
+async def test_delete_contact_already_gone_in_dotdigital_is_delivered(service_factory, database_url, sandbox,
+                                                                       fake_ct):
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct,
+                                              stores_extra={"uk": {"on_customer_deleted": "delete_contact"}}))
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-g2", "CustomerCreated", version=1,
+                                                      customer=ct.customer("cust-g2", "g2@example.com")))))
+    await wait_for(lambda: all_settled(svc), what="creation")
+    assert sandbox.delete_contact(email="g2@example.com")  # deleted in Dotdigital by a user meanwhile
+    r = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-g2", "CustomerDeleted", version=2))))
+    await wait_for(lambda: all_settled(svc), what="deletion")
+    [row] = [x for x in outbox_rows(svc) if x["id"] == r.outbox_message_ids[0]]
+    assert row["status"] == "delivered" and row["attempts"] == 1
+
+
+# -- item 4: absent attributes are unchanged; store defaults only where the contact has no value -------------
+def _published_customer() -> dict:
+    import json
+
+    from support import SHARED_DIR
+
+    path = SHARED_DIR / "fixtures" / "commercetools" / "customer.example.json"
+    if not path.exists():
+        pytest.skip(f"shared commercetools fixtures not available ({path})")
+    return json.loads(path.read_text())
+
+
+def _patched_data_fields(sandbox) -> list[dict]:
+    return [(r.json or {}).get("dataFields", {}) for r in sandbox.requests if r.method == "PATCH"]
+
+
+async def test_customer_messages_without_attributes_leave_them_unchanged(service_factory, database_url, sandbox,
+                                                                        fake_ct):
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
+    customer = _published_customer()  # commercetools' own example: no locale, title, company, addresses ...
+    req = pb.SyncContactRequest(store_key="uk", identity=pb.ContactIdentity(customer_id=customer["id"],
+                                                                             email=customer["email"]))
+    req.profile.locale, req.profile.company_name, req.profile.currency = "fr-FR", "Acme", "EUR"
+    req.profile.middle_name = "Q"
+    await svc.stub.SyncContact(req)
+    await wait_for(lambda: all_settled(svc), what="SyncContact")
+    created = ct.message("customer", customer["id"], "CustomerCreated", version=customer["version"],
+                         customer=customer)
+    assert outcomes(await svc.stub.TrackEvent(track(ct.raw(created)))) == ["APPLIED"]
+    # a later customer message (fetched customer, still without a locale)
+    fake_ct.add("customers", {**customer, "version": 2, "firstName": "Johnny"})
+    renamed = ct.message("customer", customer["id"], "CustomerFirstNameSet", version=2, firstName="Johnny")
+    assert outcomes(await svc.stub.TrackEvent(track(ct.raw(renamed)))) == ["APPLIED"]
+    # and an order of the customer (the order path maps aggregates only)
+    order = ct.order("ord-l1", number="L1", email=customer["email"], customer_id=customer["id"], currency="GBP")
+    assert outcomes(await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-l1", "OrderCreated", version=1,
+                                                                      order=order))))) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+
+    fields = sandbox.get_contact(email=customer["email"])["dataFields"]
+    assert fields["FIRSTNAME"] == "Johnny" and fields["LASTNAME"] == "Doe"
+    assert (fields["LOCALE"], fields["COMPANY"], fields["CURRENCY"], fields["MIDDLENAME"]) == ("fr-FR", "Acme", "EUR", "Q")
+    assert fields["NUMBER_OF_ORDERS"] == 1
+    sent = _patched_data_fields(sandbox)
+    # no profile field was cleared (the order aggregates are recomputed as a whole: None is their value)
+    aggregates = {name for attr, name in svc.app.settings.stores["uk"].data_fields.items() if attr.startswith("orders.")}
+    assert not [body for body in sent if any(v is None for k, v in body.items() if k not in aggregates)]
+    assert not [body for body in sent[1:] if "LOCALE" in body or "CURRENCY" in body]
+
+
+async def test_store_defaults_fill_only_a_new_contacts_missing_fields(service_factory, database_url, sandbox,
+                                                                     fake_ct):
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
+    no_locale = ct.customer("cust-nl", "nl@example.com")  # the project's builder: no locale either
+    with_locale = ct.customer("cust-wl", "wl@example.com", locale="de-DE")
+    for c in (no_locale, with_locale):
+        await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", c["id"], "CustomerCreated", version=1,
+                                                          customer=c))))
+    await wait_for(lambda: all_settled(svc), what="creation")
+    # documented in docs/configuration.md: the store's locale / currency when the profile has none
+    assert sandbox.get_contact(email="nl@example.com")["dataFields"]["LOCALE"] == "en-GB"
+    assert sandbox.get_contact(email="nl@example.com")["dataFields"]["CURRENCY"] == "GBP"
+    assert sandbox.get_contact(email="wl@example.com")["dataFields"]["LOCALE"] == "de-DE"
+    # SyncContact may still clear explicitly (an empty optional string), and the default does not come back
+    req = pb.SyncContactRequest(store_key="uk", identity=pb.ContactIdentity(customer_id="cust-nl"))
+    req.profile.locale = ""
+    await svc.stub.SyncContact(req)
+    fake_ct.add("customers", {**no_locale, "version": 2, "firstName": "Nils"})
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-nl", "CustomerFirstNameSet", version=2,
+                                                      firstName="Nils"))))
+    await wait_for(lambda: all_settled(svc), what="updates")
+    fields = sandbox.get_contact(email="nl@example.com")["dataFields"]
+    assert fields["LOCALE"] is None and fields["FIRSTNAME"] == "Nils"
+
+
+# -- item 5: an order of a customer not seen yet ---------------------------------------------------------------
+def _order_without_email(oid: str, customer_id: str) -> dict:
+    return ct.order(oid, number=oid.upper(), email=None, customer_id=customer_id)
+
+
+async def test_order_of_an_unknown_customer_fetches_the_customer(service_factory, database_url, sandbox, fake_ct):
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
+    fake_ct.add("customers", ct.customer("cust-u1", "unseen@example.com", version=4, first="Una"))
+    order = _order_without_email("ord-u1", "cust-u1")
+    r = await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-u1", "OrderCreated", version=1, order=order))))
+    assert outcomes(r) == ["APPLIED"] and r.notifications[0].contact_id
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    fields = sandbox.get_contact(email="unseen@example.com")["dataFields"]
+    assert fields["FIRSTNAME"] == "Una" and fields["CUSTOMER_ID"] == "cust-u1" and fields["NUMBER_OF_ORDERS"] == 1
+    assert "ORD-U1" in sandbox.insight_records("Orders", contact_email="unseen@example.com")
+    # the fetched customer version is applied: its older CustomerCreated is stale now
+    late = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-u1", "CustomerCreated", version=1,
+                                                             customer=ct.customer("cust-u1", "unseen@example.com")))))
+    assert outcomes(late) == ["STALE"]
+
+
+async def test_order_of_an_unknown_customer_is_retried_while_commercetools_fails(service_factory, database_url,
+                                                                                sandbox, fake_ct):
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
+    fake_ct.add("customers", ct.customer("cust-u2", "later@example.com"))
+    delivery = ct.raw(ct.message("order", "ord-u2", "OrderCreated", version=1,
+                                 order=_order_without_email("ord-u2", "cust-u2")))
+    fake_ct.inject_fault(status=503, times=100, path_contains="/customers/cust-u2")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await svc.stub.TrackEvent(track(delivery))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert svc.rows("SELECT dedupe_key FROM processed_event") == []  # not recorded as processed
+    fake_ct.clear_faults()
+    again = await svc.stub.TrackEvent(track(delivery))  # the transport's redelivery
+    assert outcomes(again) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    assert "ORD-U2" in sandbox.insight_records("Orders", contact_email="later@example.com")
+
+
+async def test_order_of_an_unknown_customer_without_a_client_is_kept_as_rejected(service, sandbox):
+    order = _order_without_email("ord-u3", "cust-u3")
+    r = await service.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-u3", "OrderCreated", version=1,
+                                                              order=order, project="shop-eu"))))
+    assert outcomes(r) == ["IGNORED"] and "no commercetools API client" in r.notifications[0].reason
+    [rejected] = service.rows("SELECT operation, store_key, record_type, record_id, reason FROM rejected_record")
+    assert (rejected["operation"], rejected["store_key"], rejected["record_type"], rejected["record_id"]) == (
+        "TrackEvent", "uk", "order", "ord-u3")
+    assert "cust-u3" in rejected["reason"] and "no email" in rejected["reason"]
+    assert outbox_rows(service) == []
+
+
+# -- item 6: predicate input variables -------------------------------------------------------------------------
+async def test_crafted_payment_id_cannot_match_an_unrelated_order(service_factory, database_url, sandbox, fake_ct):
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
+    fake_ct.add("orders", ct.order("ord-victim", number="V1", email="victim@example.com",
+                                   paymentInfo={"payments": [{"typeId": "payment", "id": "pay-v"}]}))
+    crafted = 'none")) or id = "ord-victim" or paymentInfo(payments(id = "none'
+    r = await svc.stub.TrackEvent(track(ct.raw(ct.message("payment", crafted, "PaymentTransactionAdded", version=2,
+                                                          transaction={"id": "t1"}))))
+    assert outcomes(r) == ["IGNORED"] and r.notifications[0].reason == "no order uses this payment"
+    [query] = [q for q in fake_ct.requests if q.method == "GET" and q.path.endswith("/orders")]
+    assert query.query["where"] == ["paymentInfo(payments(id = :pid))"] and query.query["var.pid"] == [crafted]
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    assert sandbox.get_contact(email="victim@example.com") is None and outbox_rows(svc) == []
+    # the real payment id still finds its order
+    r = await svc.stub.TrackEvent(track(ct.raw(ct.message("payment", "pay-v", "PaymentTransactionAdded", version=3,
+                                                          transaction={"id": "t2"}))))
+    assert outcomes(r) == ["APPLIED"]
+
+
+async def test_fake_commercetools_binds_input_variables_and_refuses_unbound_ones(fake_ct):
+    from ctdd.commercetools.client import CommercetoolsClient
+    from ctdd.commercetools.errors import CommercetoolsError
+
+    fake_ct.add("orders", ct.order("ord-a", number="A", email="a@example.com"))
+    fake_ct.add("orders", ct.order("ord-b", number="B", email="b@example.com"))
+    async with CommercetoolsClient(project_key=fake_ct.project_key, client_id=fake_ct.client_id,
+                                   client_secret=fake_ct.client_secret, api_url=fake_ct.base_url,
+                                   auth_url=fake_ct.base_url) as client:
+        hit = await client.query("orders", where=["id = :oid"], params={"var.oid": "ord-b"})
+        crafted = await client.query("orders", where=["id = :oid"], params={"var.oid": 'x" or id = "ord-a'})
+        with pytest.raises(CommercetoolsError) as info:
+            await client.query("orders", where=["id = :oid"])
+    assert [o["id"] for o in hit["results"]] == ["ord-b"] and crafted["results"] == []
+    assert info.value.status_code == 400
+
+
+# -- item 7: far-future staleness timestamps are refused -------------------------------------------------------
+FAR_FUTURE = "9999-01-01T00:00:00Z"
+
+
+def _sync(email: str, first: str, modified_at: str | None = None, customer_id: str = "") -> pb.SyncContactRequest:
+    req = pb.SyncContactRequest(store_key="uk", identity=pb.ContactIdentity(email=email, customer_id=customer_id))
+    req.profile.first_name = first
+    if modified_at:
+        req.source.resource_type, req.source.resource_id = "crm", email
+        req.source.modified_at.FromJsonString(modified_at)
+    return req
+
+
+async def test_sync_contact_refuses_a_far_future_modified_at_and_later_updates_still_apply(service, sandbox):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.SyncContact(_sync("future@example.com", "Ninety-nine", FAR_FUTURE))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(info.value)) == ["source.modified_at"]
+    assert "ahead of the server's clock" in field_violations(info.value)["source.modified_at"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:  # a far-future consent decision decides staleness too
+        req = _sync("future@example.com", "X")
+        req.consent.email.status = pb.CONSENT_STATUS_SUBSCRIBED
+        req.consent.email.decided_at.FromJsonString(FAR_FUTURE)
+        await service.stub.SyncContact(req)
+    assert list(field_violations(info.value)) == ["consent.email.decided_at"]
+    # updates stamped now (and a little ahead: a caller's clock may run a bit fast) are applied
+    from datetime import datetime, timedelta, timezone
+
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await service.stub.SyncContact(_sync("future@example.com", "Soon", soon))
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await service.stub.SyncContact(_sync("other@example.com", "Now", now))
+    await wait_for(lambda: all_settled(service), what="deliveries")
+    assert sandbox.get_contact(email="future@example.com")["dataFields"]["FIRSTNAME"] == "Soon"
+    assert sandbox.get_contact(email="other@example.com")["dataFields"]["FIRSTNAME"] == "Now"
+    assert service.rows("SELECT COUNT(*) AS n FROM rejected_record")[0]["n"] == 2
+
+
+async def test_max_clock_skew_is_configurable(service_factory, database_url, sandbox):
+    from datetime import datetime, timedelta, timezone
+
+    settings = make_settings(database_url, sandbox)
+    svc = await service_factory(settings.replace(service=settings.service.replace(max_clock_skew_seconds=10)))
+    ahead = (datetime.now(timezone.utc) + timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await svc.stub.SyncContact(_sync("skew@example.com", "Two minutes", ahead))
+    assert list(field_violations(info.value)) == ["source.modified_at"]
+    assert "10 seconds" in field_violations(info.value)["source.modified_at"]
+
+
+async def test_track_event_refuses_far_future_event_times(service):
+    custom = pb.BehaviouralEvent(event_id="ev-9999", identity=pb.ContactIdentity(email="e@example.com"),
+                                 custom_event=pb.CustomEvent(name="x"))
+    custom.occurred_at.FromJsonString(FAR_FUTURE)
+    cart = pb.BehaviouralEvent(event_id="ev-cart-9999", identity=pb.ContactIdentity(email="e@example.com"),
+                               cart_updated=pb.CartUpdated(cart_id="cart-f"))
+    cart.cart_updated.cart.update({"lineItems": [ct.line_item("p1", "HAT-1", "Blue Hat", 1, 1250)],
+                                   "totalPrice": ct.money(1250), "cartState": "Active",
+                                   "lastModifiedAt": "9999-01-01T00:00:00.000Z"})
+    for event, path in ((custom, "behavioural_event.occurred_at"),
+                        (cart, "behavioural_event.cart_updated.cart.lastModifiedAt")):
+        for processing in (pb.PROCESSING_APPLIED, pb.PROCESSING_QUEUED):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await service.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", behavioural_event=event,
+                                                                   processing=processing))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert list(field_violations(info.value)) == [path]
+    assert outbox_rows(service) == []
+
+
+async def test_far_future_commercetools_customer_is_rejected_and_blocks_nothing(service_factory, database_url,
+                                                                             sandbox, fake_ct):
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
+    forged = ct.customer("cust-f", "ff@example.com", first="Forged", modified="9999-12-31T00:00:00.000Z")
+    good = ct.customer("cust-g", "gg@example.com", first="Good")
+    r = await svc.stub.TrackEvent(track(ct.raw([
+        ct.message("customer", "cust-f", "CustomerCreated", version=1, customer=forged),
+        ct.message("customer", "cust-g", "CustomerCreated", version=1, customer=good)])))
+    assert outcomes(r) == ["IGNORED", "APPLIED"]  # the other notification of the delivery is not lost
+    assert "lastModifiedAt 9999-12-31" in r.notifications[0].reason
+    [rejected] = svc.rows("SELECT record_type, record_id, reason FROM rejected_record")
+    assert (rejected["record_type"], rejected["record_id"]) == ("customer", "cust-f")
+    # the same customer with a sane time is applied: nothing was stored from the forged one
+    fake_ct.add("customers", ct.customer("cust-f", "ff@example.com", version=2, first="Real"))
+    later = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-f", "CustomerFirstNameSet", version=2,
+                                                              firstName="Real"))))
+    assert outcomes(later) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    assert sandbox.get_contact(email="ff@example.com")["dataFields"]["FIRSTNAME"] == "Real"
+    assert sandbox.get_contact(email="gg@example.com")["dataFields"]["FIRSTNAME"] == "Good"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ctdd-sync benchmark: ingest, scale-out, API calls per contact, end-to-end latency and program triggers.
+"""ctdd-sync benchmark: ingest, scale-out, API calls per contact, end-to-end latency, program triggers, catalog.
 Prints JSON.
 
     .venv/bin/python bench/run.py                 # everything (3 to 4.5 minutes on 2 cores)
@@ -32,6 +32,10 @@ Everything is measured on this machine in this run, against real processes over 
     a processor pass every 2 simulated minutes for 3.5 hours against the sandbox (its 20-calls-per-hour
     allowance on the same virtual clock): calls per 1,000 triggers sent, the most calls in any rolling hour, the
     share of full batches (25 contacts), and whether each contact entered its program exactly once.
+(f) Catalog export: ``ctdd catalog export`` (its own process, SQLite) of 50,000 products (two variants each)
+    from the commercetools fake to the sandbox: products per second, as a ratio against reading the same
+    products alone (the same client and paging, its own process) in the same run; Dotdigital calls per 1,000
+    products for a full export (target <= 2) and for an unchanged one (target 0); and an export after 1% changed.
 
 The targets (``TARGETS``) are printed next to each figure; nothing is hard-coded or adjusted afterwards.
 Recorded runs and how to read them: bench/README.md.
@@ -75,6 +79,7 @@ TARGETS = {
     "b_ratio_2_workers_min": 1.6, "b_ratio_4_workers_min": 2.5,
     "c_backlog_calls_per_1000_max": 2, "d_p99_seconds_max": 1.0,
     "e2_calls_per_1000_max": 40, "e2_calls_per_rolling_hour_max": 20,
+    "f_full_calls_per_1000_max": 2, "f_unchanged_calls_per_1000_max": 0,
 }
 
 
@@ -1048,6 +1053,222 @@ async def bench_programs(tmp: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------
+# (f) catalog export: products per second against reading alone, Dotdigital calls per 1,000 products
+# ------------------------------------------------------------------------------------------------------
+F_PRODUCTS = 50_000
+F_PAGE_SIZE = 500
+
+
+def catalog_product(i: int, categories: list[str]) -> dict:
+    """A published product with two variants, GBP and EUR prices (one discounted, one for GB), images, a brand
+    and stock; shaped like /work/shared/fixtures/commercetools/product-projection.example.json."""
+    pid = f"p{i:06d}"
+
+    def money(currency: str, cents: int) -> dict:
+        return {"type": "centPrecision", "currencyCode": currency, "centAmount": cents, "fractionDigits": 2}
+
+    def variant(n: int) -> dict:
+        return {"id": n, "sku": f"SKU-{i:06d}-{n}",
+                "prices": [{"id": f"{pid}-{n}-gbp", "value": money("GBP", 1000 + i % 900)},
+                           {"id": f"{pid}-{n}-gbp-gb", "value": money("GBP", 1100 + i % 900), "country": "GB",
+                            "discounted": {"value": money("GBP", 900 + i % 900),
+                                           "discount": {"typeId": "product-discount", "id": "d1"}}},
+                           {"id": f"{pid}-{n}-eur", "value": money("EUR", 2000 + i % 900)}],
+                "images": [{"url": f"https://img.example.com/{pid}-{n}.jpg", "dimensions": {"w": 600, "h": 600}}],
+                "attributes": [{"name": "brand", "value": {"key": "acme", "label": "Acme"}},
+                               {"name": "colour", "value": "blue" if n == 1 else "red"}],
+                "availability": {"isOnStock": i % 7 != 0, "availableQuantity": i % 50}}
+
+    data = {"name": {"en-GB": f"Product {i}", "de-DE": f"Produkt {i}"},
+            "slug": {"en-GB": f"product-{i}", "de-DE": f"produkt-{i}"},
+            "description": {"en-GB": f"<p>The <b>best</b> product {i}, in blue and red.</p>"},
+            "categories": [{"typeId": "category", "id": categories[i % len(categories)]}],
+            "categoryOrderHints": {}, "masterVariant": variant(1), "variants": [variant(2)], "searchKeywords": {}}
+    return {"id": pid, "version": 1, "key": f"product-{i}", "productType": {"typeId": "product-type", "id": "pt"},
+            "masterData": {"published": True, "hasStagedChanges": False, "current": data, "staged": data},
+            "createdAt": "2026-01-01T00:00:00.000Z", "lastModifiedAt": "2026-01-01T00:00:01.000Z"}
+
+
+def seed_catalog_fake(fake, products: int) -> float:
+    """Categories, the store ``bench`` (no product selections: it sells every product) and ``products``
+    products, seeded in one call (``add_many``); returns the seconds it took."""
+    t0 = time.perf_counter()
+    fake.add("categories", {"id": "cat-root", "name": {"en-GB": "Clothing"}, "slug": {"en-GB": "clothing"},
+                            "ancestors": [], "orderHint": "0.1"})
+    leaves = []
+    for n, name in enumerate(("Shoes", "Hats", "Coats", "Socks")):
+        leaves.append(fake.add("categories", {
+            "id": f"cat-{name.lower()}", "name": {"en-GB": name}, "slug": {"en-GB": name.lower()},
+            "parent": {"typeId": "category", "id": "cat-root"}, "ancestors": [{"typeId": "category", "id": "cat-root"}],
+            "orderHint": f"0.{n + 2}"})["id"])
+    fake.add("stores", {"key": "bench", "name": {"en-GB": "Bench"}, "languages": ["en-GB"],
+                        "countries": [{"code": "GB"}], "distributionChannels": [], "supplyChannels": [],
+                        "productSelections": []})
+    fake.add_many("products", (catalog_product(i, leaves) for i in range(products)), copy_objects=False)
+    return time.perf_counter() - t0
+
+
+def catalog_config(path: Path, *, database_url: str, sandbox, fake) -> Path:
+    path.write_text(f"""[service]
+database_url = "{database_url}"
+
+[accounts.main]
+api_user = "{sandbox.api_user}"
+password_env = "BENCH_DD_PASSWORD"
+base_url = "{sandbox.base_url}"
+
+[commercetools.ct]
+project_key = "{fake.project_key}"
+client_id = "{fake.client_id}"
+client_secret_env = "BENCH_CT_SECRET"
+api_url = "{fake.base_url}"
+auth_url = "{fake.base_url}"
+
+[stores.bench]
+account = "main"
+commercetools = "ct"
+commercetools_project = "{fake.project_key}"
+locale = "en-GB"
+currency = "GBP"
+
+[stores.bench.catalog]
+enabled = true
+include_categories = true
+country = "GB"
+currencies = ["GBP", "EUR"]
+page_size = {F_PAGE_SIZE}
+url_template = "https://shop.example.com/{{locale}}/p/{{slug}}"
+""")
+    return path
+
+
+async def ct_read_main(config: str) -> None:
+    """The baseline of (f), in its own process like the export: read every published product of the store
+    ``bench`` as the export does (``CatalogSource``: paged by id, the same client and page size), and nothing
+    else. Prints ``{"products": n, "seconds": s}``."""
+    from ctdd.catalog.source import CatalogSource
+    from ctdd.commercetools.clients import CommercetoolsClients
+    from ctdd.config import load_settings
+
+    settings = load_settings(config)
+    clients = CommercetoolsClients(settings)
+    store = settings.stores["bench"]
+    t0 = time.perf_counter()
+    source = CatalogSource(clients.get(store), store.key, store.catalog.page_size)
+    await source.load_store()
+    await source.categories()
+    read = 0
+    async for page in source.products(after=None, modified_since=None):
+        read += len(page)
+    seconds = time.perf_counter() - t0
+    await clients.aclose()
+    print(json.dumps({"products": read, "seconds": seconds}))
+
+
+def _calls_by_kind(requests) -> dict:
+    kinds: Counter = Counter()
+    for r in requests:
+        path = r.path.split("?")[0]
+        if r.method == "PUT" and path == "/insightData/v3/import":
+            kinds["import start"] += 1
+        elif r.method == "GET" and path.startswith("/insightData/v3/import/"):
+            kinds["import status"] += 1
+        elif r.method == "DELETE" and path.endswith("/deleteRecords"):
+            kinds["bulk delete"] += 1
+        else:
+            kinds[f"{r.method} {path}"] += 1
+    return dict(kinds)
+
+
+async def bench_catalog(tmp: Path, products: int = F_PRODUCTS) -> dict:
+    """(f): a full export of ``products`` products (two variants each, one record per product) from the
+    commercetools fake to the sandbox with ``ctdd catalog export`` (its own process, SQLite), timed; the
+    baseline is reading the same products alone (``ct_read_main``, its own process). Then an unchanged
+    export, and one after 1% of the products changed."""
+    from ctdd.testing.commercetools_fake import FakeCommercetools
+    from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
+
+    with FakeCommercetools() as fake, DotdigitalSandbox() as sandbox:
+        seed_seconds = seed_catalog_fake(fake, products)
+        log(f"(f) {products} products seeded in {seed_seconds:.1f}s")
+        config = catalog_config(tmp / "catalog.toml", database_url=f"sqlite:///{tmp / 'catalog.db'}",
+                                sandbox=sandbox, fake=fake)
+        env = {**os.environ, "BENCH_DD_PASSWORD": sandbox.password, "BENCH_CT_SECRET": fake.client_secret,
+               "CTDD_LOG_LEVEL": "WARNING"}
+        env.pop("CTDD_DOTDIGITAL_BASE_URL", None)
+
+        async def run(*args: str) -> tuple[float, str]:
+            t0 = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(PY, *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{args} failed ({proc.returncode}): {err.decode()[-2000:]}")
+            return time.perf_counter() - t0, out.decode()
+
+        # the baseline first, then the export (the fake's projection cache is warm for both)
+        await run(str(Path(__file__).resolve()), "_ct-read", str(config))
+        _, out = await run(str(Path(__file__).resolve()), "_ct-read", str(config))
+        baseline = json.loads(out.strip().splitlines()[-1])
+        log(f"(f) reading alone: {baseline['products'] / baseline['seconds']:.0f} products/s")
+
+        export = ["-m", "ctdd", "catalog", "export", "--store", "bench", "--config", str(config)]
+        sandbox.reset_requests()
+        full_seconds, out = await run(*export)
+        full_calls = list(sandbox.requests)
+        full_summary = out.strip().splitlines()[-1]
+        records = len(sandbox.account_records("Catalog_bench"))
+        log(f"(f) full export: {full_seconds:.1f}s, {len(full_calls)} Dotdigital calls; {full_summary}")
+
+        sandbox.reset_requests()
+        unchanged_seconds, out = await run(*export)
+        unchanged_calls = list(sandbox.requests)
+        unchanged_summary = out.strip().splitlines()[-1]
+
+        changed = max(1, products // 100)
+        leaves = ["cat-shoes", "cat-hats", "cat-coats", "cat-socks"]
+        for i in range(0, products, products // changed):
+            p = catalog_product(i, leaves)
+            p["version"] = 2
+            p["masterData"]["current"]["name"]["en-GB"] += " (new)"
+            fake.add("products", p)
+        sandbox.reset_requests()
+        changed_seconds, out = await run(*export)
+        changed_calls = list(sandbox.requests)
+        changed_summary = out.strip().splitlines()[-1]
+
+    full_rate = products / full_seconds
+    read_rate = baseline["products"] / baseline["seconds"]
+
+    def per_1000(calls: list) -> float:
+        return round(len(calls) * 1000 / products, 3)
+
+    return {
+        "products": products, "records": records, "variants_per_product": 2, "seed_seconds": round(seed_seconds, 1),
+        "full_export": {"seconds": round(full_seconds, 1), "products_per_second": round(full_rate, 1),
+                        "dotdigital_calls": len(full_calls), "calls_by_kind": _calls_by_kind(full_calls),
+                        "dotdigital_calls_per_1000_products": per_1000(full_calls), "summary": full_summary},
+        "baseline_read_only": {"seconds": round(baseline["seconds"], 1), "products_per_second": round(read_rate, 1)},
+        "ratio_export_to_read": round(full_rate / read_rate, 3),
+        "unchanged_export": {"seconds": round(unchanged_seconds, 1), "dotdigital_calls": len(unchanged_calls),
+                             "calls_by_kind": _calls_by_kind(unchanged_calls),
+                             "dotdigital_calls_per_1000_products": per_1000(unchanged_calls),
+                             "summary": unchanged_summary},
+        "one_percent_changed_export": {"seconds": round(changed_seconds, 1), "changed_products": changed,
+                                       "dotdigital_calls": len(changed_calls),
+                                       "calls_by_kind": _calls_by_kind(changed_calls), "summary": changed_summary},
+        "targets": {"full_calls_per_1000_max": TARGETS["f_full_calls_per_1000_max"],
+                    "unchanged_calls_per_1000_max": TARGETS["f_unchanged_calls_per_1000_max"]},
+        "met": {"full_calls_per_1000": per_1000(full_calls) <= TARGETS["f_full_calls_per_1000_max"],
+                "unchanged_calls_per_1000": per_1000(unchanged_calls) <= TARGETS["f_unchanged_calls_per_1000_max"]},
+        "note": "wall seconds of `ctdd catalog export` (a new process: start-up, migrations, account discovery "
+                "included) against reading the same products alone in a new process; the commercetools fake "
+                "and the sandbox run in the benchmark's process (threads). Calls: every request the sandbox "
+                "received during the export.",
+    }
+
+
+# ------------------------------------------------------------------------------------------------------
 def python_loop_speed(n: int = 3_000_000, runs: int = 3) -> dict:
     """How fast this machine runs plain interpreter code on one core (best of ``runs``): the figures of this
     benchmark that are bound by the interpreter (ingest, a worker's deliveries per CPU second) scale with it,
@@ -1065,7 +1286,7 @@ def python_loop_speed(n: int = 3_000_000, runs: int = 3) -> dict:
 async def main(argv: list[str]) -> int:
     global EVENT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated parts: a,b,c,d,e")
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated parts: a,b,c,d,e,f")
     parser.add_argument("--event", choices=("track", "sync"), default=EVENT)
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per ingest measurement")
     args = parser.parse_args(argv)
@@ -1098,6 +1319,9 @@ async def main(argv: list[str]) -> int:
         if "e" in parts:
             log("(e) programs ...")
             result["e_programs"] = await bench_programs(tmp)
+        if "f" in parts:
+            log("(f) catalog export ...")
+            result["f_catalog"] = await bench_catalog(tmp)
     result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     return 0
@@ -1106,6 +1330,8 @@ async def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_echo-server":
         asyncio.run(echo_server_main(int(sys.argv[2])))
+    elif len(sys.argv) > 2 and sys.argv[1] == "_ct-read":
+        asyncio.run(ct_read_main(sys.argv[2]))
     elif len(sys.argv) > 3 and sys.argv[1] == "_sandbox":
         sandbox_main(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
     else:

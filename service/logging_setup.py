@@ -11,7 +11,8 @@ any handler formats it:
 - the message (format string and arguments) is redacted (``ctdd.redaction.redact_text``: emails, phone
   numbers, credentials, registered secrets, SQLAlchemy parameter dumps) and its control characters are
   escaped (``\\n``, ``\\x1b`` ...), so that a value sent by a caller cannot start a log line of its own;
-- the exception text (traceback) is redacted too; the messages of the exceptions in it are escaped, while
+- the exception text (traceback) is redacted too; the messages and notes of the exceptions in it (causes,
+  contexts and the sub-exceptions of exception groups, behind the group's ``|`` margin) are escaped, while
   the traceback's own lines stay on their lines;
 - the current OpenTelemetry trace and span ids are kept on the record (``trace_id``, ``span_id``).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from datetime import datetime, timezone
@@ -42,23 +44,45 @@ _CLEAN = "_ctdd_redacted"
 
 
 def _exception_chain(exc: BaseException | None) -> Iterable[BaseException]:
+    """Every exception a traceback of ``exc`` shows: its cause or context chain and, for an exception group,
+    each sub-exception (and their chains), however deep."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ if exc.__cause__ is not None else (
-            None if exc.__suppress_context__ else exc.__context__)
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        yield link
+        if isinstance(link, BaseExceptionGroup):
+            pending.extend(link.exceptions)
+        pending.append(link.__cause__ if link.__cause__ is not None else (
+            None if link.__suppress_context__ else link.__context__))
+
+
+def _as_printed(message: str) -> re.Pattern[str]:
+    """``message`` as a traceback prints it: inside an exception group, each of its lines after the first
+    carries the group's margin (``    | ``)."""
+    return re.compile(r"(?: *\| )?".join(re.escape(part) for part in message.splitlines(keepends=True)))
+
+
+def _printed_texts(exc: BaseException) -> Iterable[str]:
+    try:
+        yield str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break logging
+        pass
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, (list, tuple)):
+        yield from (note for note in notes if isinstance(note, str))
 
 
 def redact_exception_text(text: str, exc: BaseException | None) -> str:
-    """A formatted traceback with each exception message in it on one line, then redacted."""
+    """A formatted traceback with each exception message (and note) in it on one line, then redacted."""
     for link in _exception_chain(exc):
-        try:
-            message = str(link)
-        except Exception:  # noqa: BLE001 - a broken __str__ must not break logging
-            continue
-        if message and escape_control(message) != message:
-            text = text.replace(message, escape_control(redact_text(message)))
+        for message in _printed_texts(link):
+            if message and escape_control(message) != message:
+                clean = escape_control(redact_text(message))
+                text = _as_printed(message).sub(lambda _: clean, text)
     # what remains is our own traceback text: keep its newlines, escape every other control character
     return "\n".join(escape_control(line) for line in redact_text(text).split("\n"))
 

@@ -61,7 +61,7 @@ PHONE_RE = re.compile(
     r"|(?<![\w.+:/-])\(?\d(?:[ ().-]{0,2}\d){9,14}(?![\w:]|[.-]\d)"
     r"|%2[Bb]\d{7,15}(?!\d)"  # URL-encoded "+" (a mobile number in a request path)
 )
-_CREDENTIAL_RE = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{4,}")
+_CREDENTIAL_RE = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _KEY_VALUE_SECRET_RE = re.compile(
     r"""(?i)\b((?:authorization|x-api-key|api[_-]?key|api[_-]?token|password|passwd|client[_-]?secret"""
     r"""|access[_-]?token|refresh[_-]?token|id[_-]?token|token|secret)["']?\s*[:=]\s*["']?)(?!<redacted>)"""

@@ -3,7 +3,9 @@ redrive of what failed (``ctdd.api.failures``).
 
 ``ListTriggers`` reads the program triggers of one contact (``ctdd.programs.queries``) and never writes. The
 database is read in a worker thread so the event loop keeps serving. Identifiers in requests are personal
-data: they are matched, never logged nor put on spans.
+data: they are matched, never logged nor put on spans. A caller whose token is limited to some stores must name
+one of them in ``store_key`` (PERMISSION_DENIED otherwise) and sees only that store's triggers and counts (a
+Dotdigital account, and so a contact, may be shared by several stores).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from google.rpc import code_pb2
 from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import Engine
 
+from ctdd.api.auth import refuse_store, store_scope
 from ctdd.api.convert import Violation
 from ctdd.api.errors import abort, bad_request
 from ctdd.api.failures import FailuresServicer
@@ -109,12 +112,19 @@ class AdminServicer(FailuresServicer, pb_grpc.AdminServiceServicer):
         if violations:
             await abort(context, code_pb2.INVALID_ARGUMENT, "invalid ListTriggersRequest", [bad_request(violations)])
             return
+        scope = store_scope()
+        if scope is not None and request.store_key not in scope:  # a named store was checked by ctdd.api.auth
+            await refuse_store(context, f"/{ADMIN_SERVICE_NAME}/ListTriggers",
+                               f"this token may use only the stores {', '.join(sorted(scope)) or '(none)'}: set "
+                               "store_key to one of them")
+            return
         limit = min(request.page_size or DEFAULT_LIMIT, MAX_LIMIT)
         statuses = [PB_TO_STATUS[s] for s in request.statuses] or None
         selected = {"email": None, "customer_id": None, "mobile": None, "contact_id": None}
         selected["mobile" if selector == "mobile_number" else selector] = getattr(request, selector)
         try:
-            found = await asyncio.to_thread(self._read, selected, request.store_key or None, statuses, limit)
+            found = await asyncio.to_thread(self._read, selected, request.store_key or None, statuses, limit,
+                                            scope is not None)
         except InvalidQuery as exc:
             field = _FIELDS.get(exc.field, exc.field)
             await abort(context, code_pb2.INVALID_ARGUMENT, "invalid ListTriggersRequest",
@@ -131,12 +141,15 @@ class AdminServicer(FailuresServicer, pb_grpc.AdminServiceServicer):
             has_more=matched > len(views), summary=summary_message(summary),
         )
 
-    def _read(self, selected: dict, store_key: str | None, statuses: list[str] | None, limit: int):
-        """The contact, its account, up to ``limit`` triggers and the summary of all its triggers; None when no
-        contact matches. Runs in a worker thread."""
+    def _read(self, selected: dict, store_key: str | None, statuses: list[str] | None, limit: int,
+              only_store: bool = False):
+        """The contact, its account, up to ``limit`` triggers and the summary of all its triggers (``only_store``:
+        of ``store_key`` only, for a store-restricted caller); None when no contact matches. Runs in a worker
+        thread."""
         contact_id = find_contact(self.engine, store_key=store_key, settings=self.settings, **selected)
         if contact_id is None:
             return None
-        views = list_triggers(self.engine, contact_id, statuses=statuses, limit=limit)
-        summary = trigger_summary(self.engine, contact_id=contact_id, settings=self.settings)
+        scoped = store_key if only_store else None
+        views = list_triggers(self.engine, contact_id, statuses=statuses, limit=limit, store_key=scoped)
+        summary = trigger_summary(self.engine, scoped, contact_id=contact_id, settings=self.settings)
         return contact_id, contact_account(self.engine, contact_id), views, summary

@@ -16,9 +16,14 @@ key stretching is needed as it would be for passwords).
 Answers: no token or an unknown one -> UNAUTHENTICATED; a known token calling an operator service without
 being an operator, or naming a store outside its ``stores`` -> PERMISSION_DENIED. Health and reflection
 are open when configured so. Every refused call is logged once with the peer and the method, never the
-token. The store check needs the parsed request, so the interceptor wraps the method's behaviour and
-checks the request's ``store_key`` (and each event's, for TrackEventBatch) before the servicer runs; the
-servicer can read the caller from :data:`current_caller`.
+token. A refused call's request is never decoded (its handler's deserializer ignores the bytes). The store
+check needs the parsed request, so the interceptor wraps the method's behaviour and checks every store the
+request names (its ``store_key``, each event's for TrackEventBatch, ``filter.store_key`` or
+``all_matching.store_key`` for the redrive RPCs) before the servicer runs; the servicer can read the caller
+from :data:`current_caller`. A store-restricted token is limited to its stores in AdminService too: what
+names no store (a ListFailures without ``filter.store_key``, a ListTriggers without ``store_key``) is refused
+PERMISSION_DENIED, and a failure reference of another store's row is NOT_FOUND (``ctdd.api.admin``,
+``ctdd.api.failures``; :func:`store_scope`).
 """
 
 from __future__ import annotations
@@ -169,14 +174,62 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+#: per message type: its fields that name stores, directly (``store_key``) or through nested messages
+_STORE_FIELDS: dict[str, tuple[tuple[str, bool, bool], ...]] = {}
+
+
+def _store_fields(descriptor, visiting: frozenset[str] = frozenset()) -> tuple[tuple[str, bool, bool], ...]:
+    """``(name, is_message, repeated)`` of the fields of ``descriptor`` that name stores: ``store_key`` itself and
+    every message field whose type (transitively) has one, e.g. TrackEventBatchRequest.events and
+    ListFailuresRequest.filter, RetryFailuresRequest.all_matching. Well-known types (google.*) are never entered."""
+    cached = _STORE_FIELDS.get(descriptor.full_name)
+    if cached is not None:
+        return cached
+    found: list[tuple[str, bool, bool]] = []
+    visiting = visiting | {descriptor.full_name}
+    for field in descriptor.fields:
+        repeated = field.is_repeated
+        if field.name == "store_key" and field.type == field.TYPE_STRING and not repeated:
+            found.append((field.name, False, False))
+        elif (field.message_type is not None and not field.message_type.full_name.startswith("google.")
+              and field.message_type.full_name not in visiting
+              and not field.message_type.GetOptions().map_entry
+              and _store_fields(field.message_type, visiting)):
+            found.append((field.name, True, repeated))
+    result = tuple(found)
+    _STORE_FIELDS[descriptor.full_name] = result
+    return result
+
+
 def stores_named(request: Any) -> Iterator[str]:
-    """The store keys a request names: its ``store_key``, and those of its ``events`` (TrackEventBatch)."""
-    fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
-    if "store_key" in fields and request.store_key:
-        yield request.store_key
-    if "events" in fields:
-        for event in request.events:
-            yield from stores_named(event)
+    """The store keys a request names: its ``store_key`` and those of its messages that name stores (each event
+    of TrackEventBatch, the ``filter`` of ListFailures, the ``all_matching`` of RetryFailures/SkipFailures)."""
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    if descriptor is None:
+        return
+    for name, is_message, repeated in _store_fields(descriptor):
+        if not is_message:
+            if getattr(request, name):
+                yield getattr(request, name)
+        elif repeated:
+            for item in getattr(request, name):
+                yield from stores_named(item)
+        elif request.HasField(name):
+            yield from stores_named(getattr(request, name))
+
+
+def store_scope() -> frozenset[str] | None:
+    """The stores the caller of the RPC being served may use (None: every store, or no tokens configured)."""
+    caller = current_caller.get()
+    return None if caller is None else caller.stores
+
+
+async def refuse_store(context, method: str, reason: str,
+                       code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED, *, logged: str | None = None) -> None:
+    """Refuse (log once and abort with ``reason``) a call of a store-restricted caller that its stores do not
+    cover; ``logged``: what the log says instead of ``reason`` (when the caller is told NOT_FOUND)."""
+    _log_refusal(context, method, current_caller.get(), logged or reason)
+    await context.abort(code, reason)
 
 
 def _service_of(method: str) -> str:
@@ -219,22 +272,38 @@ def _log_refusal(context, method: str, caller: Caller | None, reason: str) -> No
                 caller.name if caller else "-", reason)
 
 
+#: for servicers that refuse part of a call (``ctdd.api.failures``): the same log line
+log_refusal = _log_refusal
+
+
+def _ignore_body(_data: bytes) -> None:
+    """The deserializer of a refused call: the request is never decoded (a refused caller cannot make the
+    server parse its bytes, and undecodable bytes without a token are UNAUTHENTICATED, not INVALID_ARGUMENT)."""
+    return None
+
+
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, method: str, caller: Caller | None,
              reason: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that logs the refusal and aborts with ``code``."""
+    """A handler of the same shape as ``handler`` that logs the refusal and aborts with ``code``, without decoding
+    the request. A response-streaming method gets an async generator (grpc iterates its behaviour, and so does
+    ``ctdd.api.decoding``), a unary-response method a coroutine."""
 
     async def refuse(_request_or_iterator, context):
         _log_refusal(context, method, caller, reason)
         await context.abort(code, reason)
 
-    kwargs = dict(request_deserializer=handler.request_deserializer,
-                  response_serializer=handler.response_serializer)
+    async def refuse_stream(_request_or_iterator, context):
+        _log_refusal(context, method, caller, reason)
+        await context.abort(code, reason)
+        yield  # pragma: no cover (abort raises): makes this an async generator
+
+    kwargs = dict(request_deserializer=_ignore_body, response_serializer=handler.response_serializer)
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
     if handler.request_streaming:
         return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
     return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
 
 

@@ -6,12 +6,17 @@ limit of 100, e.g. a 200-deep google.protobuf.Struct) made the server answer UNK
 retryable. :class:`DecodeGuard` wraps the deserializer of every unary-request method: a request that fails to
 decode reaches no servicer and is answered INVALID_ARGUMENT with a field violation (and logged).
 
+A call refused by ``ctdd.api.auth`` (no or unknown token) is never decoded: its handler's deserializer ignores
+the bytes, so it is answered UNAUTHENTICATED whatever it carries. A response-streaming behaviour may be an async
+generator or a coroutine (that aborts, or returns an async iterable): both are served.
+
 It is the outermost interceptor, so its frame is the last one an error raised by a handler passes through:
 there it drops the error's traceback (see :func:`_release`), so that no rejected request stays in memory.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Callable
 
@@ -58,12 +63,17 @@ def _refusing(method: str, behaviour: Callable, streaming: bool) -> Callable:
             if isinstance(request, _Undecodable):
                 await refuse(request, context)
                 return
+            replies = None
             try:
-                async for item in behaviour(request, context):
-                    yield item
+                replies = behaviour(request, context)
+                if inspect.isawaitable(replies):  # a coroutine behaviour (e.g. one that only aborts)
+                    replies = await replies
+                if replies is not None:
+                    async for item in replies:
+                        yield item
             except BaseException as exc:
                 _release(exc)
-                del request
+                del request, replies  # the replies' generator frame holds the request too
                 raise
         return stream
 

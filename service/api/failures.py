@@ -4,6 +4,12 @@ The queries and state transitions are ``ctdd.delivery.redrive``'s (shared with `
 only checks requests, converts between the wire and the domain, and maps errors to INVALID_ARGUMENT with field
 violations or NOT_FOUND. The database is used in a worker thread so the event loop keeps serving. An email
 filter is personal data: it is matched, never logged nor put on spans.
+
+A caller whose token is limited to some stores (``stores`` in the tokens file) sees and acts on the failures of
+those stores only: a filter naming another store is PERMISSION_DENIED (``ctdd.api.auth``), a ListFailures or
+an ``all_matching`` without a store filter is PERMISSION_DENIED (name one of its stores), and a reference to a
+row of another store (or of none) is answered as if there were no such row: GetFailure NOT_FOUND,
+RetryFailures/SkipFailures outcome REDRIVE_OUTCOME_NOT_FOUND (the refusal is logged).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from google.rpc import code_pb2
 from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import Engine
 
-from ctdd.api.auth import current_caller
+from ctdd.api.auth import current_caller, log_refusal, refuse_store, store_scope
 from ctdd.api.convert import Violation
 from ctdd.api.errors import abort, bad_request
 from ctdd.config import Settings
@@ -117,6 +123,20 @@ def _report(report: redrive.ActionReport, response_type):
     )
 
 
+def _method(name: str) -> str:
+    return f"/{SERVICE_NAME}/{name}"
+
+
+def _unscoped(scope: frozenset[str] | None, store_key: str) -> bool:
+    """Whether a store-restricted caller's filter fails to name one of its stores."""
+    return scope is not None and store_key not in scope
+
+
+def _scope_message(scope: frozenset[str], field: str) -> str:
+    return (f"this token may use only the stores {', '.join(sorted(scope)) or '(none)'}: set {field} to one "
+            "of them")
+
+
 def _operator(given: str) -> str:
     """Who acts, for the log and the audit trail: the authenticated caller's token name when there is one (with
     the name the request gives, if another), else the request's ``operator``, else ``grpc``."""
@@ -147,6 +167,10 @@ class FailuresServicer:
                 await abort(context, code_pb2.INVALID_ARGUMENT, "invalid ListFailuresRequest",
                             [bad_request(violations)])
                 return
+            scope = store_scope()
+            if _unscoped(scope, request.filter.store_key):
+                await refuse_store(context, _method("ListFailures"), _scope_message(scope, "filter.store_key"))
+                return
             limit = min(request.page_size or redrive.DEFAULT_LIMIT, redrive.MAX_LIMIT)
             try:
                 views, has_more = await asyncio.to_thread(redrive.list_failures, self.engine, filters, limit=limit,
@@ -166,6 +190,11 @@ class FailuresServicer:
                             [bad_request([Violation("ref", str(exc))])])
                 return
             detail = await asyncio.to_thread(redrive.get_failure, self.engine, ref)
+            scope = store_scope()
+            if detail is not None and scope is not None and detail.failure.store_key not in scope:
+                await refuse_store(context, _method("GetFailure"), f"no failure {ref}", grpc.StatusCode.NOT_FOUND,
+                                   logged=f"{ref} is a failure of another store than this token's")
+                return
             if detail is None:
                 await abort(context, code_pb2.NOT_FOUND, f"no failure {ref}")
                 return
@@ -202,14 +231,37 @@ class FailuresServicer:
         if violations:
             await abort(context, code_pb2.INVALID_ARGUMENT, f"invalid {name}", [bad_request(violations)])
             return
+        scope = store_scope()
+        if by_filter and _unscoped(scope, request.all_matching.store_key):
+            await refuse_store(context, _method(name.removesuffix("Request")),
+                               _scope_message(scope, "all_matching.store_key"))
+            return
+        refs = list(dict.fromkeys(refs))
+        hidden: set[redrive.Ref] = set()
+        if scope is not None and refs:  # rows of other stores are answered as if there were none
+            stores = await asyncio.to_thread(redrive.stores_of, self.engine, refs)
+            hidden = {ref for ref in refs if ref in stores and stores[ref] not in scope}
+            if hidden:
+                _log_hidden(context, _method(name.removesuffix("Request")), hidden)
         operator = _operator(request.operator)
         run = redrive.retry if action == "retry" else redrive.skip
         try:
             report = await asyncio.to_thread(
-                run, self.engine, list(dict.fromkeys(refs)), filters=filters, operator=operator,
+                run, self.engine, [ref for ref in refs if ref not in hidden], filters=filters, operator=operator,
                 reason=request.reason, dry_run=request.dry_run, settings=self.settings)
         except redrive.InvalidFailureQuery as exc:
             await abort(context, code_pb2.INVALID_ARGUMENT, f"invalid {name}",
                         [bad_request([_violation(exc, "all_matching.")])])
             return
+        if hidden:
+            acted = iter(report.results)
+            report = redrive.ActionReport(
+                [redrive.ActionResult(str(ref), "not_found", None, "no such failure") if ref in hidden
+                 else next(acted) for ref in refs], report.has_more)
         return _report(report, response_type)
+
+
+def _log_hidden(context, method: str, hidden: set[redrive.Ref]) -> None:
+    shown = ", ".join(sorted(str(ref) for ref in hidden)[:20])
+    log_refusal(context, method, current_caller.get(),
+                 f"references of another store than this token's answered not found: {shown}")

@@ -26,6 +26,7 @@ from ctdd.api.security import ServerSecurity
 from ctdd.api.errors import abort as _abort, bad_request  # noqa: F401 (bad_request: also imported from here)
 from ctdd.api.errors import MAX_MESSAGE
 from ctdd.domain.echo import clip
+from ctdd.domain.notifications import MAX_NOTIFICATIONS, InvalidDelivery, parse_delivery
 from ctdd.config import Settings
 from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError
@@ -48,6 +49,9 @@ DELIVERY_HEALTH_NAME = "ctdd.delivery"
 #: api_convert so that oversized requests get INVALID_ARGUMENT with a field violation
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_BATCH_EVENTS = 500
+#: the notifications all deliveries of one TrackEventBatch carry together (each delivery: at most
+#: ctdd.domain.notifications.MAX_NOTIFICATIONS); above it the whole call is INVALID_ARGUMENT, nothing written
+MAX_BATCH_NOTIFICATIONS = 5_000
 _OUTCOMES = {
     "applied": pb.EVENT_OUTCOME_APPLIED,
     "duplicate": pb.EVENT_OUTCOME_DUPLICATE,
@@ -240,6 +244,11 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             await _abort(context, code_pb2.INVALID_ARGUMENT, "too many events",
                          [bad_request([Violation("events", f"at most {MAX_BATCH_EVENTS} events per batch")])])
             return
+        if _notifications_above(request.events, MAX_BATCH_NOTIFICATIONS):
+            await _abort(context, code_pb2.INVALID_ARGUMENT, "too many notifications",
+                         [bad_request([Violation("events", f"at most {MAX_BATCH_NOTIFICATIONS} notifications in all "
+                                                           "the deliveries of one batch: split it")])])
+            return
         results: list[pb.TrackEventResult | None] = [None] * len(request.events)
         queued = [(i, e) for i, e in enumerate(request.events) if e.processing == pb.PROCESSING_QUEUED]
         if queued:
@@ -284,6 +293,24 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         # ctdd.api.catalog_export; ``catalog`` (a CatalogExporter) is set by the runtime
         async for progress in export_catalog(getattr(self, "catalog", None), self.settings, request, context):
             yield progress
+
+
+def _notifications_above(events, budget: int) -> bool:
+    """Whether the commercetools deliveries of a batch carry more than ``budget`` notifications together (a
+    malformed delivery counts none: it is refused on its own). Stops counting as soon as it is above."""
+    if sum(1 for e in events if e.WhichOneof("payload") == "commercetools_delivery") * MAX_NOTIFICATIONS <= budget:
+        return False
+    count = 0
+    for event in events:
+        if event.WhichOneof("payload") != "commercetools_delivery":
+            continue
+        try:
+            count += len(parse_delivery(event.commercetools_delivery))
+        except InvalidDelivery:
+            continue
+        if count > budget:
+            return True
+    return False
 
 
 class GrpcServer:

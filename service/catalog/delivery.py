@@ -7,8 +7,10 @@ and one poll). The import id is stored on its records before polling: a process 
 it there and the next run reads that import's report instead of sending the records again. A 429
 ``tooManyActiveImports`` (Dotdigital runs at most 5 insight imports per account, shared with the outbox's
 imports) waits and tries again. Every record Dotdigital rejects is logged in ``rejected_record`` with its
-failure reason and product, and is not sent again until its content changes. Removals are single
-``DELETE /insightData/v3/account/{collection}/{recordId}`` calls (a record already gone is fine).
+failure reason and product, and is not sent again until its content changes. Removals go in bulk deletes
+(``DELETE /insightData/v3/accounts/{collection}/deleteRecords``, up to 5,000 keys; keys already gone are
+fine); each row stays as a tombstone with the product version, so that an older product message arriving
+later cannot bring the record back.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ctdd.dotdigital.errors import DotdigitalError, DotdigitalThrottled
 
 log = logging.getLogger(__name__)
 RR = RejectedRecord.__table__
+#: keys per bulk delete (``DELETE /insightData/v3/accounts/{collection}/deleteRecords`` takes 1-5,000)
+DELETE_MAX_KEYS = 5000
 
 
 @dataclass
@@ -61,8 +65,9 @@ class CatalogDelivery:
                            timeout_seconds=self.settings.dispatcher.bulk_import_timeout_seconds)
 
     async def flush(self, store_key: str, collection: str, collection_type: str, *, max_records: int,
-                    max_bytes: int, at_least: int = 1) -> FlushResult:
-        """Deliver the pending records of one collection (when at least ``at_least`` are pending)."""
+                    max_bytes: int, at_least: int = 1, removals: bool = True) -> FlushResult:
+        """Deliver the pending records of one collection (when at least ``at_least`` are pending), and its
+        pending removals unless ``removals`` is False (an export removes once, at its end: fewer calls)."""
         result = FlushResult()
         await self._resume_imports(store_key, collection, result)
         while True:
@@ -83,7 +88,8 @@ class CatalogDelivery:
                 chunk.append(row)
                 size += n
             await self._import(store_key, collection, collection_type, chunk, result)
-        await self._removals(store_key, collection, result)
+        if removals:
+            await self._removals(store_key, collection, result)
         return result
 
     async def _start(self, collection: str, collection_type: str, records: list[dict]) -> str:
@@ -104,11 +110,12 @@ class CatalogDelivery:
                                       [{"key": row.record_key, "json": row.record} for row in chunk])
         result.calls += 1
         # recorded before polling: a run that dies now leaves the import id, and the next reads its report
-        with self.engine.begin() as conn:
-            for key, hash_ in sent.items():
-                conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
-                                                 CR.c.record_key == key, CR.c.hash == hash_)
-                             .values(import_id=import_id))
+        with self.engine.begin() as conn:  # one statement, executed for every record (executemany)
+            conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                             CR.c.record_key == sa.bindparam("b_key"),
+                                             CR.c.hash == sa.bindparam("b_hash"))
+                         .values(import_id=import_id),
+                         [{"b_key": key, "b_hash": hash_} for key, hash_ in sent.items()])
         log.info("catalog import %s started (%s, %d records)", import_id, collection, len(chunk))
         await self._settle(store_key, collection, import_id, sent, products, result)
 
@@ -133,7 +140,16 @@ class CatalogDelivery:
             reason = str(_get(failure, "failureReason", "") or "Unknown")
             details = "; ".join(str(d) for d in _get(failure, "details", None) or ())
             failures[key] = reason + (f" ({details})" if details else "")
+        accepted = [{"b_key": key, "b_hash": hash_} for key, hash_ in sent.items() if key not in failures]
         with self.engine.begin() as conn:
+            if accepted:  # one statement, executed for every accepted record (executemany)
+                hash_param = sa.bindparam("b_hash", type_=CR.c.hash.type)
+                conn.execute(sa.update(CR).where(
+                    CR.c.store_key == store_key, CR.c.collection == collection,
+                    CR.c.record_key == sa.bindparam("b_key")).values(
+                    sent_hash=hash_param, import_id=None, updated_at=now,
+                    pending=CR.c.hash.is_distinct_from(hash_param)), accepted)
+                result.sent += len(accepted)
             for key, hash_ in sent.items():
                 where = (CR.c.store_key == store_key, CR.c.collection == collection, CR.c.record_key == key)
                 if key in failures:
@@ -148,11 +164,6 @@ class CatalogDelivery:
                     log.warning("catalog record %s (product %s) of %s rejected: %s", key, products.get(key),
                                 collection, failures[key])
                     result.rejected += 1
-                else:
-                    conn.execute(sa.update(CR).where(*where).values(
-                        sent_hash=hash_, import_id=None, updated_at=now,
-                        pending=CR.c.hash.is_distinct_from(hash_)))
-                    result.sent += 1
 
     async def _resume_imports(self, store_key: str, collection: str, result: FlushResult) -> None:
         """Imports a dead process left running: read their reports (their records were sent)."""
@@ -180,13 +191,20 @@ class CatalogDelivery:
             keys = conn.execute(sa.select(CR.c.record_key).where(
                 CR.c.store_key == store_key, CR.c.collection == collection, CR.c.pending.is_(True),
                 CR.c.hash.is_(None))).scalars().all()
-        for key in keys:
-            await self.client.delete_account_record(collection, key)
+        for start in range(0, len(keys), DELETE_MAX_KEYS):
+            chunk = list(keys[start:start + DELETE_MAX_KEYS])
+            try:
+                await self.client.delete_account_records(collection, chunk)
+            except DotdigitalError as exc:
+                if exc.code != "insightData:collectionNotFound":
+                    raise
+                log.info("catalog collection %s does not exist: its %d removals are done", collection, len(chunk))
             result.calls += 1
-            result.removed += 1
-            with self.engine.begin() as conn:
-                conn.execute(sa.delete(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
-                                                 CR.c.record_key == key, CR.c.hash.is_(None)))
+            result.removed += len(chunk)
+            with self.engine.begin() as conn:  # tombstones: they keep the version, so an older message
+                conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                                 CR.c.record_key.in_(chunk), CR.c.hash.is_(None))
+                             .values(sent_hash=None, pending=False, updated_at=self.clock()))
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:

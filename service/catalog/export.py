@@ -23,6 +23,7 @@ from ctdd.catalog.delivery import CatalogDelivery
 from ctdd.catalog.source import CatalogSource
 from ctdd.config import Settings, StoreConfig
 from ctdd.domain.catalog import CatalogOptions, catalog_items, category_record, content_hash
+from ctdd.domain.catalog import collection_names as catalog_collections
 from ctdd.hooks.manager import Hooks
 from ctdd.hooks.types import HookContext
 from ctdd.programs import leases
@@ -49,11 +50,12 @@ class Progress:
     dotdigital_calls: int = 0
     done: bool = False
     resumed: bool = False
+    #: how many products this run reads, as commercetools counts them (capped by commercetools; None: unknown)
+    products_total: int | None = None
 
 
 def collection_names(store: StoreConfig) -> tuple[str, str]:
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in store.key)
-    return (store.catalog.collection or f"Catalog_{safe}", store.catalog.categories_collection or f"Categories_{safe}")
+    return catalog_collections(store.key, store.catalog.collection, store.catalog.categories_collection)
 
 
 def catalog_options(store: StoreConfig, source: CatalogSource | None = None) -> CatalogOptions:
@@ -69,6 +71,13 @@ def catalog_options(store: StoreConfig, source: CatalogSource | None = None) -> 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _started(cursor: dict, default: datetime) -> datetime:
+    try:
+        return datetime.fromisoformat(cursor["started"])
+    except (KeyError, TypeError, ValueError):
+        return default
 
 
 class CatalogExporter:
@@ -115,34 +124,45 @@ class CatalogExporter:
         return out
 
     async def export(self, store_key: str, *, modified_since: datetime | None = None,
-                     include_categories: bool | None = None, collection: str | None = None) -> AsyncIterator[Progress]:
+                     include_categories: bool | None = None, collection: str | None = None,
+                     resend: bool = False) -> AsyncIterator[Progress]:
+        """One export of the store. ``resend``: every record is sent again, unchanged ones too (the store's
+        collections were emptied or recreated in Dotdigital); a resumed run does not restart it."""
         store = self.check(store_key)
         lease = f"catalog-export:{store.key}"
         if not leases.acquire(self.engine, lease, self.owner, LEASE_SECONDS, self.clock()):
             raise ExportBusy(f"an export of store {store.key!r} is already running")
         try:
-            async for progress in self._run(store, lease, modified_since, include_categories, collection):
+            async for progress in self._run(store, lease, modified_since, include_categories, collection, resend):
                 yield progress
         finally:
             leases.release(self.engine, lease, self.owner, self.clock())
 
     async def _run(self, store: StoreConfig, lease: str, modified_since: datetime | None,
-                   include_categories: bool | None, collection: str | None) -> AsyncIterator[Progress]:
+                   include_categories: bool | None, collection: str | None,
+                   resend: bool = False) -> AsyncIterator[Progress]:
         products_collection, categories_collection = collection_names(store)
         products_collection = collection or products_collection
         with_categories = store.catalog.include_categories if include_categories is None else include_categories
         params = {"since": modified_since.isoformat() if modified_since else None, "collection": products_collection,
-                  "categories": with_categories}
+                  "categories": with_categories, "resend": resend}
         with self.engine.connect() as conn:
             cursor = leases.cursor(conn, lease)
         progress = Progress()
         if cursor.get("run") and cursor.get("params") == params and cursor.get("phase") != "done":
             run, after, progress.resumed = cursor["run"], cursor.get("after"), True
+            started = _started(cursor, self.clock())
             log.info("catalog export of %s resumes run %s after product %s", store.key, run, after)
         else:
             run, after = uuid.uuid4().hex, None
+            if resend:
+                with self.engine.begin() as conn:
+                    for name in (products_collection, categories_collection):
+                        records.forget_sent(conn, store.key, name, self.clock())
+            started = self.clock()
         source = CatalogSource(self.commercetools(store), store.key, store.catalog.page_size)
         await source.load_store()
+        progress.products_total = await source.count(after=after, modified_since=modified_since)
         options = catalog_options(store, source)
         categories = await source.categories()
         delivery = self.delivery(store.account)
@@ -150,11 +170,14 @@ class CatalogExporter:
 
         def save(**changes: Any) -> None:
             with self.engine.begin() as conn:
-                leases.set_cursor(conn, lease, {"run": run, "params": params, "after": after, **changes}, self.clock())
+                leases.set_cursor(conn, lease, {"run": run, "params": params, "after": after,
+                                                "started": started.isoformat(), **changes}, self.clock())
 
         async def flush(name: str, kind: str, at_least: int) -> None:
+            # records go when an import is full; removals and the rest at the end (at_least=1)
             result = await delivery.flush(store.key, name, kind, max_records=cfg.import_max_records,
-                                          max_bytes=cfg.import_max_bytes, at_least=at_least)
+                                          max_bytes=cfg.import_max_bytes, at_least=at_least,
+                                          removals=at_least == 1)
             progress.records_rejected += result.rejected
             progress.records_removed += result.removed
             progress.dotdigital_calls += result.calls
@@ -183,7 +206,9 @@ class CatalogExporter:
             yield progress
         if modified_since is None:
             with self.engine.begin() as conn:
-                removed = records.removals_for_unseen(conn, store.key, products_collection, run, self.clock())
+                # a record a product message wrote while this run was reading is not "unseen"
+                removed = records.removals_for_unseen(conn, store.key, products_collection, run, self.clock(),
+                                                      written_before=started)
             progress.records_enqueued += removed
         await flush(products_collection, "catalog", 1)
         if with_categories:

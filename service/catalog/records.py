@@ -67,16 +67,23 @@ def apply(conn: Connection, store_key: str, collection: str, wanted: Iterable[Wa
                         "same": w.hash == row.hash})
     if inserts:
         conn.execute(sa.insert(CR), inserts)
-    for u in updates:
-        values = {"product_id": u["product_id"], "version": u["version"], "pending": u["pending"],
-                  "updated_at": u["updated_at"]}
+    for same in (True, False):  # one statement per kind, executed for each of its records (executemany)
+        group = [u for u in updates if u["same"] is same]
+        if not group:
+            continue
+        values: dict[str, Any] = {"product_id": sa.bindparam("b_product_id"), "version": sa.bindparam("b_version"),
+                                  "pending": sa.bindparam("b_pending"), "updated_at": now}
         if run is not None:
             values["seen_run"] = run
-        if not u["same"]:
+        if not same:
             # new content: an import still carrying the old content no longer settles this record
-            values.update(record=u["record"], hash=u["hash"], import_id=None)
+            values.update(record=sa.bindparam("b_record", type_=CR.c.record.type), hash=sa.bindparam("b_hash"),
+                          import_id=None)
         conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
-                                         CR.c.record_key == u["k"]).values(**values))
+                                         CR.c.record_key == sa.bindparam("b_k")).values(**values),
+                     [{"b_k": u["k"], "b_product_id": u["product_id"], "b_version": u["version"],
+                       "b_pending": u["pending"], **({} if same else {"b_record": u["record"], "b_hash": u["hash"]})}
+                      for u in group])
     return changed
 
 
@@ -93,14 +100,25 @@ def product_keys(conn: Connection, store_key: str, collection: str, product_ids:
     return out
 
 
-def removals_for_unseen(conn: Connection, store_key: str, collection: str, run: str, now: datetime) -> int:
-    """After a full read: every record the run did not see has left the store; returns how many."""
+def removals_for_unseen(conn: Connection, store_key: str, collection: str, run: str, now: datetime, *,
+                        written_before: datetime | None = None) -> int:
+    """After a full read: every record the run did not see has left the store (unless it was written at or
+    after ``written_before``: a product message during the run); returns how many."""
     unseen = CR.c.seen_run.is_(None) | (CR.c.seen_run != run)
-    where = (CR.c.store_key == store_key, CR.c.collection == collection, CR.c.hash.is_not(None), unseen)
+    where: tuple = (CR.c.store_key == store_key, CR.c.collection == collection, CR.c.hash.is_not(None), unseen)
+    if written_before is not None:
+        where += (CR.c.updated_at < written_before,)
     count = conn.execute(sa.select(sa.func.count()).select_from(CR).where(*where)).scalar_one()
     conn.execute(sa.update(CR).where(*where).values(record=None, hash=None, pending=CR.c.sent_hash.is_not(None),
                                                      updated_at=now))
     return int(count)
+
+
+def forget_sent(conn: Connection, store_key: str, collection: str, now: datetime) -> None:
+    """Every record of the collection is to be sent again (a removal stays a removal), refused ones too."""
+    conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection).values(
+        sent_hash=None, rejected=None, import_id=None, updated_at=now,
+        pending=CR.c.hash.is_not(None) | CR.c.sent_hash.is_not(None)))
 
 
 def pending_count(conn: Connection, store_key: str, collection: str) -> int:

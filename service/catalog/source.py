@@ -60,14 +60,28 @@ class CatalogSource:
                 raise RuntimeError(f"paging {resource} made no progress")
             last = results[-1].get("id")
 
+    @staticmethod
+    def _since(modified_since: datetime | None) -> tuple[tuple[str, ...], dict[str, Any]]:
+        if modified_since is None:
+            return (), {}
+        return ("lastModifiedAt > :since",), {
+            "since": modified_since.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
     def products(self, *, after: str | None, modified_since: datetime | None) -> AsyncIterator[list[dict]]:
-        where: tuple[str, ...] = ()
-        variables: dict[str, Any] = {}
-        if modified_since is not None:
-            where = ("lastModifiedAt > :since",)
-            variables["since"] = modified_since.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        where, variables = self._since(modified_since)
         return self.pages("product-projections", after=after, where=where, variables=variables,
                           params={"staged": "false"})
+
+    async def count(self, *, after: str | None, modified_since: datetime | None) -> int | None:
+        """How many published products :meth:`products` reads (commercetools caps and may estimate it)."""
+        where, variables = self._since(modified_since)
+        params: dict[str, Any] = {"staged": "false", **{f"var.{k}": v for k, v in variables.items()}}
+        if after is not None:
+            where += ("id > :after",)
+            params["var.after"] = after
+        page = await self.client.query("product-projections", where=where, limit=0, with_total=True, params=params)
+        total = page.get("total")
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
 
     async def categories(self) -> dict[str, dict]:
         out: dict[str, dict] = {}

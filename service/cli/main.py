@@ -12,6 +12,7 @@
     ctdd triggers list|summary ...              (ctdd.cli.triggers_cmd)
     ctdd failures list|show|retry|skip ...      (ctdd.cli.failures_cmd)
     ctdd simulate STREAM [--config F] [--openapi DIR] [--json] [--until T]  (ctdd.cli.simulate_cmd)
+    ctdd catalog export --store KEY [--full | --modified-since T] [--target HOST:PORT]  (ctdd.cli.catalog_cmd)
 """
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ctdd.cli.simulate_cmd import register as register_simulate  # simulate a recorded stream
 
     register_simulate(sub, common)
+    from ctdd.cli.catalog_cmd import register as register_catalog  # catalog export
+
+    register_catalog(sub, common)
     return parser
 
 

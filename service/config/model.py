@@ -533,6 +533,9 @@ class DispatcherConfig(Section):
     #: while an account has parked messages (max_attempts of retryable failures) and delivers nothing, its
     #: oldest parked message is tried again this often; any delivery of the account resumes them all at once
     park_retry_minutes: float = Field(30.0, gt=0)
+    #: a message parked this many times while its account delivers other messages (each such delivery resumes
+    #: it) goes to ``dead`` instead: its failure is its own, not the account's (ctdd.delivery.account_guard)
+    max_parks: int = Field(3, ge=1)
 
 
 class BacksyncConfig(Section):

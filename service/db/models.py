@@ -204,7 +204,9 @@ class DeliveryAttempt(SQLModel, table=True):
     id: Optional[int] = Field(default=None, sa_column=sa.Column(BigInt, primary_key=True, autoincrement=True))
     message_id: int = Field(sa_column=sa.Column(BigInt, nullable=False, index=True))
     attempt: int
-    outcome: str = Field(max_length=20)  # delivered | retry | dead
+    #: delivered | retry | dead | parked; resumed (a parked message resumed because its account delivered another
+    #: message: ctdd.delivery.pauses.park_counts); redriven | skipped (an operator's action)
+    outcome: str = Field(max_length=20)
     response_code: Optional[int] = None
     error: Optional[str] = Field(default=None, sa_type=sa.Text)
     worker: Optional[str] = Field(default=None, max_length=200)

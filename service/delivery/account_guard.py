@@ -7,7 +7,9 @@ Authentication (HTTP 401/403: a rotated API user password, a wrong region)
     ERROR line names the account, the status and what to fix (never a secret). A probe, ``GET
     /v2/account-info`` (cheap, authenticated), runs after ``auth_probe_initial_seconds``, then doubling up to
     ``auth_probe_max_seconds``; once it answers 2xx the pause ends and delivery resumes. Nothing is
-    dead-lettered for 401/403.
+    dead-lettered for 401/403. A message that meets 401/403 *again* after a probe proved the credentials work
+    (its ``last_response_code`` is 401/403 and no pause is open) fails on its own (e.g. a call the API user may
+    not make): the dispatcher parks it with its code and does not pause the account again for it.
 
 Outages (5xx, transport failures, 408/425/429 for longer than ``max_attempts`` of backoff)
     A message whose retries ran out is *parked*: it keeps its place (and holds back its partition), with its
@@ -16,10 +18,15 @@ Outages (5xx, transport failures, 408/425/429 for longer than ``max_attempts`` o
     ``pending`` (in order: each keeps its sequence) and the episode ends. If nothing delivers (everything is
     parked), every ``park_retry_minutes`` the oldest parked message is tried once more as a probe. Only what
     an episode covers resumes by itself: a message parked some other way waits for ``ctdd failures retry``.
+    Every resumption by a delivery is recorded (``delivery_attempt`` outcome ``resumed``): a message parked
+    ``max_parks`` times while its account delivers other messages fails on its own and goes to ``dead``
+    (releasing its contact's partition) instead of being parked again.
 
 State is in the database, so every worker pauses and resumes together; each worker refreshes its view every
 ``poll_interval_seconds``. ``on_change`` is told the set of auth-paused accounts whenever it changes (the gRPC
 health service of ``ctdd serve`` turns them NOT_SERVING); the gauge ``ctdd.delivery.account_paused`` follows it.
+A process that serves gRPC but runs no dispatcher (``ctdd serve --no-dispatcher``) reads the same rows with a
+:class:`PauseWatcher` every ``poll_interval_seconds``.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ class AccountGuard:
         self._refreshed = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._busy: set[tuple[str, str]] = set()
+        #: bumped whenever this worker ends an episode, so that a refresh read before it is not applied
+        self._generation = 0
         #: account -> (when, probe backoff) of its last auth pause that ended: a pause that comes straight back
         #: (a probe that works while deliveries do not, e.g. a 403 for want of a permission) backs off further
         self._ended: dict[str, tuple[float, float]] = {}
@@ -93,8 +102,10 @@ class AccountGuard:
         if time.monotonic() - self._refreshed < self.cfg.poll_interval_seconds:
             return
         self._refreshed = time.monotonic()
+        generation = self._generation
         episodes = await asyncio.to_thread(pauses.open_episodes, self.engine)
-        self.auth, self.parked = episodes[pauses.AUTH], episodes[pauses.PARKED]
+        if generation == self._generation:  # else a probe ended an episode meanwhile: the read may predate it
+            self.auth, self.parked = episodes[pauses.AUTH], episodes[pauses.PARKED]
         await self._report()
         if self.auth:
             for account, cursor in await asyncio.to_thread(
@@ -203,6 +214,7 @@ class AccountGuard:
         self._ended[account] = (time.monotonic(), float(cursor.get("backoff") or self.cfg.auth_probe_initial_seconds))
         if await asyncio.to_thread(pauses.close_episode, self.engine, pauses.AUTH, account):
             log.warning("Dotdigital account %s accepts the credentials again: delivery resumed", account)
+        self._generation += 1
         self.auth.pop(account, None)
         await self._report()
         self.wake()
@@ -210,6 +222,7 @@ class AccountGuard:
     async def _resume_parked(self, account: str) -> None:
         now = utcnow()
         closed = await asyncio.to_thread(pauses.close_episode, self.engine, pauses.PARKED, account)
+        self._generation += 1
         self.parked.pop(account, None)
         resumed = await asyncio.to_thread(pauses.resume_parked, self.engine, account, now=now)
         if closed or resumed:
@@ -222,6 +235,7 @@ class AccountGuard:
                                         attempts=max(0, self.cfg.max_attempts - 1), now=utcnow())
         if probe is None:  # resumed or redriven meanwhile: the episode is over
             await asyncio.to_thread(pauses.close_episode, self.engine, pauses.PARKED, account)
+            self._generation += 1
             self.parked.pop(account, None)
             return
         log.info("Dotdigital account %s: trying parked message %s again (probe)", account, probe)
@@ -241,3 +255,46 @@ class AccountGuard:
                     await result
             except Exception:
                 log.exception("reporting paused accounts failed")
+
+
+class PauseWatcher:
+    """Delivery health of a process that runs no dispatcher (``ctdd serve --no-dispatcher`` next to separate
+    ``ctdd worker`` processes): reads the open auth pauses from the database every ``interval`` seconds and
+    tells ``on_change`` the set of paused accounts whenever it changes (and once at start)."""
+
+    def __init__(self, engine: Engine, on_change: Callable[[frozenset[str]], Awaitable[None] | None], *,
+                 interval: float):
+        self.engine = engine
+        self.on_change = on_change
+        self.interval = max(0.01, interval)
+        self._task: asyncio.Task | None = None
+        self._reported: frozenset[str] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="account-pause-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def refresh(self) -> frozenset[str]:
+        episodes = await asyncio.to_thread(pauses.open_episodes, self.engine)
+        paused = frozenset(episodes[pauses.AUTH])
+        if paused != self._reported:
+            result = self.on_change(paused)
+            if asyncio.iscoroutine(result):
+                await result
+            self._reported = paused
+        return paused
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading the paused Dotdigital accounts failed; trying again")
+            await asyncio.sleep(self.interval)

@@ -10,11 +10,13 @@
   a head are coalesced into it when claimed in bulk mode (``coalesce``).
 - Retries: retryable failures (5xx, 408/425/429, throttling, transport errors) go back to ``pending`` with
   capped exponential backoff and jitter, at least as long as Retry-After / X-RateLimit-Reset asks; after
-  ``max_attempts`` the message is *parked* (kept, resumed once the account delivers again); other 4xx are
-  dead-lettered at once with the response code and reason kept.
+  ``max_attempts`` the message is *parked* (kept, resumed once the account delivers again); a message parked
+  ``max_parks`` times while its account delivers others goes to ``dead``; other 4xx are dead-lettered at once
+  with the response code and reason kept.
 - Authentication: a 401/403 pauses the whole account (all workers), the message goes back to ``pending``
   without its attempt counting, and probes resume the account once the credentials work
-  (:mod:`ctdd.delivery.account_guard`).
+  (:mod:`ctdd.delivery.account_guard`). The same message refused again after a probe proved the credentials
+  work is parked instead (its own failure): the account is not paused again for it.
 - Rate limits: every call of an account goes through the account's :class:`~ctdd.dotdigital.rate_budget.RateBudget`,
   which paces calls when the remaining budget runs low and pauses the whole account after a throttle.
   Paused accounts are not claimed for.
@@ -48,7 +50,8 @@ from ctdd.delivery.handlers import HANDLERS, DeliveryContext
 from ctdd.db.engine import is_sqlite, utcnow
 from ctdd.db.models import Contact
 from ctdd.dotdigital.errors import DotdigitalError
-from ctdd.delivery.account_guard import AccountGuard, is_auth_failure
+from ctdd.delivery import pauses
+from ctdd.delivery.account_guard import AUTH_STATUSES, AccountGuard, is_auth_failure
 from ctdd.db.listen import NotifyListener
 from ctdd.hooks.manager import DeliveryOutcome, HookContext, Hooks
 from ctdd.dotdigital.accounts import DotdigitalClients
@@ -473,19 +476,48 @@ class Dispatcher:
             return "retry"
         if retryable:
             # An outage longer than the retry horizon: park (kept, resumed when the account delivers again).
-            reason = f"parked after {attempt} attempts: {reason}"
-            if await self._settler.submit(outbox.Outcome(msg, "parked", status_code, reason, started_at=started)):
-                await self.guard.message_parked(msg.account, msg.id, status_code, reason)
-                self._notify(msg, "parked", attempt, status_code, reason)
-            return "parked"
+            return await self._park(msg, started, attempt, f"parked after {attempt} attempts: {reason}",
+                                    status_code)
         await self._settler.submit(outbox.Outcome(msg, "dead", status_code, reason, started_at=started))
         log.error("message %s dead-lettered (record %s/%s, HTTP %s): %s", msg.id, msg.record_type, msg.record_id,
                   status_code, reason)
         self._notify(msg, "dead", attempt, status_code, reason)
         return "dead"
 
+    async def _park(self, msg: outbox.ClaimedMessage, started, attempt: int, reason: str,
+                    status_code: int | None) -> str:
+        """Park ``msg``; or, when its account already delivered other messages ``max_parks`` − 1 times while
+        it was parked (each resumed it), it is this message's own failure: dead, releasing its partition."""
+        parks = (await asyncio.to_thread(pauses.park_counts, self.engine, [msg.id])).get(msg.id, 0) + 1
+        if parks >= self.cfg.max_parks:
+            reason = (f"dead after being parked {parks} times while account {msg.account} delivered other "
+                      f"messages ([dispatcher] max_parks = {self.cfg.max_parks}): {reason}")
+            if await self._settler.submit(outbox.Outcome(msg, "dead", status_code, reason, started_at=started)):
+                log.error("message %s dead-lettered (record %s/%s, HTTP %s): %s", msg.id, msg.record_type,
+                          msg.record_id, status_code, reason)
+                self._notify(msg, "dead", attempt, status_code, reason)
+            return "dead"
+        if await self._settler.submit(outbox.Outcome(msg, "parked", status_code, reason, started_at=started)):
+            await self.guard.message_parked(msg.account, msg.id, status_code, reason)
+            self._notify(msg, "parked", attempt, status_code, reason)
+        return "parked"
+
     async def _auth_failed(self, msg: outbox.ClaimedMessage, started, attempt: int, exc: DotdigitalError) -> str:
-        """401/403: pause the account; the message goes back to ``pending``, its attempt not counted."""
+        """401/403: pause the account; the message goes back to ``pending``, its attempt not counted.
+
+        Unless the message met 401/403 before and no auth pause is open now: a probe proved the account's
+        credentials work since (only a successful probe ends an auth pause), so the refusal is this message's
+        own (e.g. a call the API user may not make). It is parked with its code, and the account is not paused
+        again for it."""
+        paused, codes = await asyncio.to_thread(pauses.auth_history, self.engine, msg.account, [msg.id])
+        if not paused and codes.get(msg.id) in AUTH_STATUSES:
+            log.warning("message %s of account %s refused again with HTTP %s although a probe showed the "
+                        "account's credentials work: parking the message, not pausing the account", msg.id,
+                        msg.account, exc.status_code)
+            return await self._park(msg, started, attempt,
+                                    f"parked: HTTP {exc.status_code} again for this message after a probe "
+                                    f"(GET /v2/account-info) showed the account's credentials work: {exc}",
+                                    exc.status_code)
         await self.guard.auth_failed(msg.account, exc.status_code)
         await self._settler.submit(outbox.Outcome(msg, "retry", exc.status_code, str(exc), count_attempt=False,
                                                   started_at=started))
@@ -522,7 +554,14 @@ class Dispatcher:
                 results = await bulk.deliver(ctx)
             except DotdigitalError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
-                if is_auth_failure(exc):
+                if is_auth_failure(exc) and await self._auth_refused_before(account, msgs):
+                    # a probe showed the credentials work since these messages met 401/403: let each message
+                    # find its own fate one by one (a repeat refusal parks it, see _auth_failed)
+                    log.warning("bulk import of %d %s message(s) refused again with HTTP %s although a probe "
+                                "showed account %s's credentials work; sending them one by one", len(msgs), kind,
+                                exc.status_code, account)
+                    results = {m.id: ItemResult.fallback(str(exc)) for m in msgs}
+                elif is_auth_failure(exc):
                     # the account is paused; every message goes back to pending, its attempt not counted
                     await self.guard.auth_failed(account, exc.status_code)
                     auth_failure = exc
@@ -564,6 +603,7 @@ class Dispatcher:
                 else:
                     outcomes.append(outbox.Outcome(msg, "dead", res.status_code, res.error,
                                                    dotdigital_contact_id=res.dotdigital_contact_id))
+            await self._kill_parked_too_often(outcomes)
             owned = await asyncio.to_thread(outbox.settle, self.engine, outcomes, worker=self.worker_id,
                                             started_at=started)
             elapsed = time.perf_counter() - t0
@@ -590,6 +630,29 @@ class Dispatcher:
         if fallback:
             self.stats["bulk_fallback"] += len(fallback)
             await asyncio.gather(*(self._deliver_guarded(m) for m in fallback))
+
+    async def _kill_parked_too_often(self, outcomes: list[outbox.Outcome]) -> None:
+        """Bulk: a message to park for the ``max_parks``-th time goes to ``dead`` instead (see _park)."""
+        parked = [i for i, o in enumerate(outcomes) if o.outcome == "parked"]
+        if not parked:
+            return
+        counts = await asyncio.to_thread(pauses.park_counts, self.engine, [outcomes[i].msg.id for i in parked])
+        for i in parked:
+            o = outcomes[i]
+            parks = counts.get(o.msg.id, 0) + 1
+            if parks >= self.cfg.max_parks:
+                outcomes[i] = replace(o, outcome="dead", error=(
+                    f"dead after being parked {parks} times while account {o.msg.account} delivered other messages "
+                    f"([dispatcher] max_parks = {self.cfg.max_parks}): {o.error}"))
+
+    async def _auth_refused_before(self, account: str, msgs: list[outbox.ClaimedMessage]) -> bool:
+        """No auth pause of ``account`` is open and some of ``msgs`` met 401/403 before (see _auth_failed)."""
+        try:
+            paused, codes = await asyncio.to_thread(pauses.auth_history, self.engine, account, [m.id for m in msgs])
+        except Exception:
+            log.exception("reading the last response codes of a bulk import failed; pausing the account")
+            return False
+        return not paused and any(code in AUTH_STATUSES for code in codes.values())
 
     async def _import_started(self, import_id: str, msgs: list[outbox.ClaimedMessage]) -> None:
         self.stats["imports_started"] += 1

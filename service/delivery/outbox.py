@@ -1,7 +1,8 @@
 """The outbox: durable, per-partition ordered queue of work for Dotdigital.
 
 Ordering rule: a message is claimable only when no earlier message (lower ``sequence``) of its partition is
-still ``pending``, ``in_flight`` or ``parked``. A failing head therefore holds back its own partition and
+still ``pending``, ``in_flight`` or ``parked``, and no message of its partition (earlier or later) is
+``in_flight``. A failing head therefore holds back its own partition and
 nothing else (a ``parked`` one too, until it is resumed); a ``dead`` head releases the partition (skip policy). A partial unique index allows at most
 one ``in_flight`` message per partition as a backstop.
 
@@ -200,7 +201,17 @@ def _claim_statement(dialect: str, kinds: tuple[str, ...] | None, accounts_exclu
         )
         .exists()
     )
-    conditions = [OM.c.status == OutboxStatus.PENDING, OM.c.next_attempt_at <= now, ~blocked]
+    # A partition with a message in flight is left alone whatever the sequences say (a message put back behind
+    # a later one must not be claimed beside it): one such message must never fail the whole claim on the
+    # unique in-flight-per-partition index. The partial index on in-flight rows answers this at once.
+    in_flight = OM.alias("in_flight")
+    busy = (
+        sa.select(sa.literal(1))
+        .select_from(in_flight)
+        .where(in_flight.c.partition_key == OM.c.partition_key, in_flight.c.status == OutboxStatus.IN_FLIGHT)
+        .exists()
+    )
+    conditions = [OM.c.status == OutboxStatus.PENDING, OM.c.next_attempt_at <= now, ~blocked, ~busy]
     if kinds is not None:
         conditions.append(OM.c.kind.in_(kinds))
     if accounts_excluded:
@@ -627,10 +638,16 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
                 sa.update(OM).where(OM.c.id == sa.bindparam("mid")).values(
                     status=OutboxStatus.PENDING, attempts=OM.c.attempts + sa.bindparam("inc"),
                     next_attempt_at=sa.bindparam("due"), updated_at=now, lease_owner=None, lease_expires_at=None,
-                    last_response_code=sa.bindparam("code"), last_error=sa.bindparam("err"), bulk_import_id=None,
+                    # a retry that never reached Dotdigital (account paused or throttled: no code, not counted)
+                    # keeps the last response code: a message's repeated 401/403 is told by it (account_guard)
+                    last_response_code=sa.case(
+                        (sa.bindparam("keep", type_=sa.Boolean) == sa.true(), OM.c.last_response_code),
+                        else_=sa.bindparam("code", type_=OM.c.last_response_code.type)),
+                    last_error=sa.bindparam("err"), bulk_import_id=None,
                 ),
                 [{"mid": o.msg.id, "inc": 1 if o.count_attempt else 0,
                   "due": now + timedelta(seconds=o.delay_seconds), "code": o.response_code,
+                  "keep": o.response_code is None and not o.count_attempt,
                   "err": _stored_error(o.error or "")} for o in retries],
             )
         if parked:

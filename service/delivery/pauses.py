@@ -13,7 +13,8 @@ opened it (and logs the one error of the episode). Closing deletes the row. Ever
 transaction; times are timezone-aware UTC.
 
 Also here: the outbox side of parking: resume every parked message of an account (:func:`resume_parked`), or
-only its oldest one as a probe (:func:`probe_parked`).
+only its oldest one as a probe (:func:`probe_parked`); how often a message was resumed (:func:`park_counts`:
+``[dispatcher] max_parks``); and what an auth failure of a message follows (:func:`auth_history`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from ctdd.db.models import Lease, OutboxMessage, OutboxStatus
+from ctdd.db.models import DeliveryAttempt, Lease, OutboxMessage, OutboxStatus
 
 LT = Lease.__table__
 OM = OutboxMessage.__table__
+DA = DeliveryAttempt.__table__
+DA2 = DA.alias("later_redrive")
+
+#: ``delivery_attempt.outcome`` of a parked message resumed because its account delivered another message
+RESUMED = "resumed"
+#: ``delivery_attempt.outcome`` of an operator's retry (``ctdd.delivery.redrive.REDRIVEN``, a layer above)
+REDRIVEN = "redriven"
 
 AUTH = "dotdigital.auth_pause:"
 PARKED = "dotdigital.parked:"
@@ -100,12 +108,55 @@ def take_due(engine: Engine, kind: str, *, owner: str, now: datetime, hold_secon
 
 def resume_parked(engine: Engine, account: str, *, now: datetime) -> int:
     """Every parked message of ``account`` -> ``pending``, due now, attempts counted afresh. Each keeps its
-    ``sequence``, so the partitions deliver them in their order."""
+    ``sequence``, so the partitions deliver them in their order. Each resumption is written to
+    ``delivery_attempt`` (outcome ``resumed``): :func:`park_counts` counts them."""
     with engine.begin() as conn:
-        return conn.execute(
-            sa.update(OM).where(OM.c.account == account, OM.c.status == OutboxStatus.PARKED)
+        parked = conn.execute(sa.select(OM.c.id, OM.c.attempts).where(
+            OM.c.account == account, OM.c.status == OutboxStatus.PARKED)).all()
+        if not parked:
+            return 0
+        resumed = set(conn.execute(
+            sa.update(OM).where(OM.c.id.in_([r.id for r in parked]), OM.c.status == OutboxStatus.PARKED)
             .values(status=OutboxStatus.PENDING, attempts=0, next_attempt_at=now, updated_at=now)
-        ).rowcount
+            .returning(OM.c.id)
+        ).scalars())
+        if resumed:
+            conn.execute(sa.insert(DA), [
+                dict(message_id=r.id, attempt=r.attempts, outcome=RESUMED, response_code=None,
+                     error=f"resumed: account {account} delivered another message"[:2000], worker=None,
+                     started_at=now, finished_at=now)
+                for r in parked if r.id in resumed])
+        return len(resumed)
+
+
+def park_counts(engine: Engine, message_ids: list[int]) -> dict[int, int]:
+    """How many times each message was resumed from ``parked`` because its account delivered other messages
+    (:func:`resume_parked`), since an operator last retried it (``ctdd failures retry``: outcome
+    ``redriven``). Park probes do not count: they run while the account delivers nothing."""
+    if not message_ids:
+        return {}
+    later = sa.select(sa.func.max(DA2.c.id)).where(DA2.c.message_id == DA.c.message_id,
+                                                   DA2.c.outcome == REDRIVEN).scalar_subquery()
+    with engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(DA.c.message_id, sa.func.count())
+            .where(DA.c.message_id.in_(message_ids), DA.c.outcome == RESUMED, DA.c.id > sa.func.coalesce(later, 0))
+            .group_by(DA.c.message_id)
+        ).all()
+    counts = {mid: 0 for mid in message_ids}
+    counts.update({mid: int(n) for mid, n in rows})
+    return counts
+
+
+def auth_history(engine: Engine, account: str, message_ids: list[int]) -> tuple[bool, dict[int, int | None]]:
+    """(is an auth pause of ``account`` open?, the last response code of each message) in one transaction:
+    a message whose last code was 401/403 while no pause is open met it again after a probe proved the
+    account's credentials work (only a successful probe ends an auth pause)."""
+    with engine.begin() as conn:
+        paused = conn.execute(sa.select(LT.c.name).where(LT.c.name == AUTH + account)).first() is not None
+        codes = dict(conn.execute(sa.select(OM.c.id, OM.c.last_response_code)
+                                  .where(OM.c.id.in_(message_ids))).all()) if message_ids else {}
+    return paused, codes
 
 
 def probe_parked(engine: Engine, account: str, *, attempts: int, now: datetime) -> int | None:

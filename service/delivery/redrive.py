@@ -12,12 +12,17 @@ Three kinds of failure, each named by a typed reference:
 Transitions (each one conditional on the row's current status, so a retry or skip is idempotent and never
 overwrites what a worker did meanwhile):
 
-* retry ``outbox``: ``dead``/``parked`` -> ``pending`` with ``attempts`` reset and due now. The message keeps
+* retry ``outbox``: ``dead``/``parked`` -> ``pending`` with ``attempts`` reset and due now. While no later
+  message of its partition was or will be sent (none delivered, in flight, pending, parked or merged), it keeps
   its ``sequence``: the dispatcher claims a message only when no earlier message of its partition is still
-  unsettled, so a retried message never jumps ahead of an earlier pending or parked one, and several retried
-  messages of one partition are delivered in sequence order. A message that died merged into another (its
-  ``merged_into``) is retried through that head, whose request carries it; the head's merged messages settle
-  with it again.
+  unsettled, so it never jumps ahead of an earlier pending or parked one. Otherwise it goes to the tail of its
+  partition (a new sequence from ``contact.next_sequence``, as enqueue takes one) and a contact upsert leaves
+  out the fields a later message carries (its request, or ``field_state.message_id``): a retry never sends older
+  values over newer ones, nor is claimed beside a later message in flight. If nothing is left to send (or a
+  later message deletes the contact, or sends a newer version of the same insight record) it is settled as
+  ``skipped``, the note saying why; a ``contact.delete`` with later messages is refused. A message that died
+  merged into another (its ``merged_into``) is retried through that head, whose request carries it; the head's
+  merged messages settle with it again.
 * retry ``inbox``: ``failed`` -> ``pending``, attempts reset, due now. A ``rejected`` event is refused.
 * skip ``outbox``: ``dead``/``parked`` -> ``skipped`` (final; a skipped parked message no longer holds back its
   partition); the field values it carried are forgotten, as for a dead message, so the next update of those
@@ -445,6 +450,21 @@ def get_failure(engine: Engine, ref: Ref) -> FailureDetail | None:
         return FailureDetail(_rejected_view(row), violations=violations)
 
 
+def stores_of(engine: Engine, refs: Iterable[Ref]) -> dict[Ref, str | None]:
+    """The store key of each row of ``refs`` that exists (None: a row of no store, e.g. a rejected record of
+    an unknown store); a reference with no row is left out. For callers limited to some stores."""
+    refs = list(refs)
+    found: dict[Ref, str | None] = {}
+    with engine.connect() as conn:
+        for source, table in ((OUTBOX, OM), (INBOX_SOURCE, INBOX), (REJECTED, RR)):
+            ids = sorted({r.id for r in refs if r.source == source})
+            for start in range(0, len(ids), 500):
+                for row in conn.execute(sa.select(table.c.id, table.c.store_key)
+                                        .where(table.c.id.in_(ids[start:start + 500]))):
+                    found[Ref(source, row.id)] = row.store_key
+    return found
+
+
 # -- acting ------------------------------------------------------------------------------------------------------
 
 
@@ -560,6 +580,7 @@ def _act_outbox(conn: Connection, ids: list[int], action: str, operator: str, no
         rows.update({r.id: r for r in conn.execute(
             sa.select(OM.c.id, OM.c.status, OM.c.merged_into, OM.c.attempts).where(OM.c.id.in_(heads)))})
     acted: set[int] = set()
+    plans: dict[int, _RetryPlan] = {}
     for mid, head in targets.items():
         ref = Ref(OUTBOX, mid)
         head_row = rows.get(head)
@@ -569,42 +590,218 @@ def _act_outbox(conn: Connection, ids: list[int], action: str, operator: str, no
                                         f"{head_row.status if head_row is not None else 'gone'}")
             continue
         via = f" (through outbox:{head}, which carries it)" if head != mid else ""
+        if action == "retry" and head not in plans:
+            plans[head] = _retry_plan(conn, head)
+        plan = plans.get(head)
+        if plan is not None and plan.refused:
+            results[ref] = ActionResult(str(ref), "refused", rows[mid].status, plan.refused)
+            continue
+        outcome = "skipped" if action == "skip" or (plan is not None and plan.superseded) else "retried"
+        said = (f"nothing left to send: {plan.superseded}" if plan.superseded else plan.told) if plan else ""
+        told = "; ".join(t for t in (via.strip(" ()"), said) if t)
         if dry_run:
-            results[ref] = ActionResult(str(ref), f"would_{action}", rows[mid].status, via.strip(" ()"))
+            results[ref] = ActionResult(str(ref), "would_skip" if outcome == "skipped" else "would_retry",
+                                        rows[mid].status, told)
             continue
         if head not in acted:
-            if not _transition_outbox(conn, head_row, action, operator, note, now):
+            if not _transition_outbox(conn, head_row, action, operator, note, now, plan):
                 results[ref] = ActionResult(str(ref), "unchanged", None, "changed by a worker meanwhile")
                 continue
             acted.add(head)
-        status = OutboxStatus.PENDING if action == "retry" else SKIPPED
-        results[ref] = ActionResult(str(ref), "retried" if action == "retry" else "skipped",
-                                    status if head == mid else (OutboxStatus.MERGED if action == "retry" else status),
-                                    via.strip(" ()"))
+        status = OutboxStatus.PENDING if outcome == "retried" else SKIPPED
+        results[ref] = ActionResult(str(ref), outcome,
+                                    status if head == mid or outcome == "skipped" else OutboxStatus.MERGED, told)
     return results
 
 
-def _transition_outbox(conn: Connection, row: Any, action: str, operator: str, note: str, now: datetime) -> bool:
-    if action == "retry":
+def _transition_outbox(conn: Connection, row: Any, action: str, operator: str, note: str, now: datetime,
+                       plan: "_RetryPlan | None" = None) -> bool:
+    superseded = action == "retry" and plan is not None and plan.superseded
+    if action == "retry" and not superseded:
         values: dict[str, Any] = dict(status=OutboxStatus.PENDING, attempts=0, next_attempt_at=now, updated_at=now,
                                       lease_owner=None, lease_expires_at=None)
+        if plan is not None and plan.move:
+            values["payload"] = plan.payload
     else:
         values = dict(status=SKIPPED, updated_at=now, lease_owner=None, lease_expires_at=None)
     updated = conn.execute(sa.update(OM).where(OM.c.id == row.id, OM.c.status.in_(_OUTBOX_FAILED))
                            .values(**values)).rowcount
     if not updated:
         return False
+    if values["status"] == OutboxStatus.PENDING and plan is not None and plan.move:
+        # to the tail of its partition, numbered the way enqueue numbers (the contact row was locked by the plan)
+        conn.execute(sa.update(OM).where(OM.c.id == row.id).values(sequence=_next_sequence(conn, plan, now)))
     merged = sa.and_(OM.c.merged_into == row.id, OM.c.status.in_((*_OUTBOX_FAILED, OutboxStatus.MERGED)))
-    if action == "retry":
+    if values["status"] == OutboxStatus.PENDING:
         # the head's request still carries its merged messages: they settle with it again
         conn.execute(sa.update(OM).where(merged).values(status=OutboxStatus.MERGED, updated_at=now))
     else:
         conn.execute(sa.update(OM).where(merged).values(status=SKIPPED, updated_at=now))
         outbox._forget_fields(conn, [row.id])
-    conn.execute(sa.insert(DA).values(
-        message_id=row.id, attempt=row.attempts, outcome=REDRIVEN if action == "retry" else SKIPPED,
-        response_code=None, error=note[:2000], worker=f"operator:{operator}"[:200], started_at=now, finished_at=now))
+    audit = [dict(message_id=row.id, attempt=row.attempts, outcome=REDRIVEN if action == "retry" else SKIPPED,
+                  response_code=None, error=note[:2000], worker=f"operator:{operator}"[:200], started_at=now,
+                  finished_at=now)]
+    if superseded:  # retried, but nothing was left to send: settled as skipped, saying why
+        audit.append({**audit[0], "outcome": SKIPPED, "error": f"{note}; nothing left to send: {plan.superseded}"[:2000]})
+    conn.execute(sa.insert(DA), audit)
     return True
+
+
+# -- a retry after later messages: to the tail, without what they carry ---------------------------------------------
+
+#: statuses of later messages whose request reached, or will reach, Dotdigital (dead and skipped ones did not)
+_LATER_EFFECTIVE = (OutboxStatus.PENDING, OutboxStatus.IN_FLIGHT, OutboxStatus.DELIVERED, OutboxStatus.PARKED,
+                    OutboxStatus.MERGED)
+
+
+@dataclass(frozen=True)
+class _RetryPlan:
+    """How a failed message is retried. ``move``: later messages of its partition were (or will be) sent, so it
+    goes to the tail (a new ``sequence``) with ``payload`` (what they carry left out); ``superseded``: nothing is
+    left to send (settle as skipped, with this note); ``refused``: it cannot be retried safely (why)."""
+
+    move: bool = False
+    payload: Any = None
+    superseded: str | None = None
+    refused: str | None = None
+    told: str = ""
+    contact_id: int | None = None
+    partition_key: str = ""
+
+
+def _later_refs(rows: list) -> str:
+    shown = ", ".join(f"{OUTBOX}:{r.id}" for r in rows[:5])
+    return shown + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def _body_fields(body: Any, prefix: str = "") -> set[str]:
+    """The field paths (``dataFields.FIRSTNAME``, ``lists.12``, ``preferences.3``, ...) a contact body sets, as
+    ``field_state`` names them; consent records are a log, not a field, and are never left out."""
+    paths: set[str] = set()
+    if not isinstance(body, dict):
+        return paths
+    for key, value in body.items():
+        if not prefix and key == "lists":
+            paths.update(f"lists.{i}" for i in value or ())
+        elif not prefix and key == "preferences":
+            paths.update(f"preferences.{p['id']}" for p in value or () if isinstance(p, dict) and "id" in p)
+        elif not prefix and key == "consentRecords":
+            continue
+        elif isinstance(value, dict):
+            paths |= _body_fields(value, f"{prefix}{key}.")
+        else:
+            paths.add(f"{prefix}{key}")
+    return paths
+
+
+def _without(body: dict, carried: set[str], prefix: str = "") -> dict:
+    """``body`` without the fields in ``carried`` (empty objects dropped; a channel's resubscribeOptions go with
+    its status, which they qualify)."""
+    out: dict = {}
+    for key, value in body.items():
+        path = f"{prefix}{key}"
+        if not prefix and key == "lists":
+            kept = [i for i in value or () if f"lists.{i}" not in carried]
+            if kept:
+                out[key] = kept
+        elif not prefix and key == "preferences":
+            kept = [p for p in value or () if not (isinstance(p, dict) and f"preferences.{p.get('id')}" in carried)]
+            if kept:
+                out[key] = kept
+        elif not prefix and key == "consentRecords":
+            if value:
+                out[key] = value
+        elif isinstance(value, dict):
+            inner = _without(value, carried, f"{path}.")
+            if inner:
+                out[key] = inner
+        elif path not in carried:
+            out[key] = value
+    if prefix.startswith("channelProperties.") and prefix.count(".") == 2 and "status" not in out:
+        out.pop("resubscribeOptions", None)
+    return out
+
+
+def _retry_plan(conn: Connection, mid: int) -> _RetryPlan:
+    """Where and with what a retried message goes (see :class:`_RetryPlan`). A message is retried in its place
+    while nothing after it in its partition was or will be sent (the dispatcher then keeps it ahead of them);
+    otherwise sending it in its place would overwrite newer values with older ones (and claim it beside a later
+    message in flight), so it goes to the tail without the fields a later message carries."""
+    row = conn.execute(sa.select(OM).where(OM.c.id == mid)).first()
+    if row is None:
+        return _RetryPlan()
+    if row.contact_id is not None:
+        # Serialises with enqueue (which bumps contact.next_sequence under this lock): no message can be queued
+        # for the contact between reading the later messages and taking the new sequence.
+        conn.execute(sa.select(outbox.CT.c.id).where(outbox.CT.c.id == row.contact_id).with_for_update())
+    later = conn.execute(
+        sa.select(OM.c.id, OM.c.kind, OM.c.payload, OM.c.status)
+        .where(OM.c.partition_key == row.partition_key, OM.c.sequence > row.sequence,
+               OM.c.status.in_(_LATER_EFFECTIVE), sa.or_(OM.c.merged_into.is_(None), OM.c.merged_into != row.id))
+        .order_by(OM.c.sequence)
+    ).all()
+    if not later:
+        return _RetryPlan()
+    base = dict(move=True, payload=row.payload, contact_id=row.contact_id, partition_key=row.partition_key)
+    deletions = [r for r in later if r.kind == outbox.CONTACT_DELETE]
+    if row.kind == outbox.CONTACT_DELETE:
+        return _RetryPlan(refused=f"later messages of this contact were sent or are queued ({_later_refs(later)}): "
+                                  f"a deletion sent after them would erase what they sent; skip it (the contact "
+                                  f"is deleted again when commercetools deletes it again)")
+    if deletions:
+        return _RetryPlan(**base, superseded=f"superseded: the contact is deleted by a later message "
+                                             f"({_later_refs(deletions)})")
+    if row.kind == outbox.CONTACT_UPSERT and isinstance(row.payload, dict):
+        carried = _later_fields(conn, row, later)
+        body = row.payload.get("body") or {}
+        kept = _without(body, carried)
+        if not kept:
+            return _RetryPlan(**base, superseded=f"superseded: every field it carried is carried by a later "
+                                                 f"message ({_later_refs(later)})")
+        left_out = len(_body_fields(body)) - len(_body_fields(kept))
+        base["payload"] = {**row.payload, "body": kept}
+        return _RetryPlan(**base, told=f"goes after the later messages of its contact ({_later_refs(later)})"
+                                       + (f", without the {left_out} field(s) they carry" if left_out else ""))
+    if row.kind == outbox.CONTACT_REMOVE_FROM_LISTS and isinstance(row.payload, dict):
+        carried = _later_fields(conn, row, later)
+        kept_ids = [i for i in row.payload.get("list_ids") or () if f"lists.{i}" not in carried]
+        if not kept_ids:
+            return _RetryPlan(**base, superseded=f"superseded: a later message sets every list it left "
+                                                 f"({_later_refs(later)})")
+        base["payload"] = {**row.payload, "list_ids": kept_ids}
+    elif row.kind == outbox.INSIGHT_UPSERT and isinstance(row.payload, dict):
+        same = [r for r in later if r.kind == outbox.INSIGHT_UPSERT and isinstance(r.payload, dict)
+                and (r.payload.get("collection"), r.payload.get("record_id"))
+                == (row.payload.get("collection"), row.payload.get("record_id"))]
+        if same:
+            return _RetryPlan(**base, superseded=f"superseded: a later message sends a newer version of the record "
+                                                 f"({_later_refs(same)})")
+    return _RetryPlan(**base, told=f"goes after the later messages of its contact ({_later_refs(later)})")
+
+
+def _later_fields(conn: Connection, row: Any, later: list) -> set[str]:
+    """The fields the ``later`` messages carry: what their requests set, and what ``field_state`` records as
+    carried by them (``message_id``)."""
+    carried: set[str] = set()
+    for r in later:
+        payload = r.payload if isinstance(r.payload, dict) else {}
+        if r.kind == outbox.CONTACT_UPSERT:
+            carried |= _body_fields(payload.get("body") or {})
+        elif r.kind == outbox.CONTACT_REMOVE_FROM_LISTS:
+            carried.update(f"lists.{i}" for i in payload.get("list_ids") or ())
+    if row.contact_id is not None:
+        fs = outbox.FS
+        carried.update(conn.execute(sa.select(fs.c.field).where(
+            fs.c.contact_id == row.contact_id, fs.c.message_id.in_([r.id for r in later]))).scalars())
+    return carried
+
+
+def _next_sequence(conn: Connection, plan: _RetryPlan, now: datetime) -> int:
+    """A new sequence at the tail of the partition, taken as :func:`outbox.enqueue` takes it."""
+    if plan.contact_id is not None:
+        return conn.execute(outbox._BUMP_SEQUENCE, {"contact_id": plan.contact_id, "now": now}).scalar_one()
+    return conn.execute(sa.select(sa.func.coalesce(sa.func.max(OM.c.sequence), 0) + 1)
+                        .where(OM.c.partition_key == plan.partition_key)).scalar_one()
 
 
 def _act_inbox(conn: Connection, ids: list[int], action: str, note: str, dry_run: bool,

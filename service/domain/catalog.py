@@ -21,7 +21,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence  # (isinstance on typing's aliases is several times slower)
+from typing import Any
 
 #: price selection scopes, most specific first (commercetools "Price selection" fallback order)
 _SCOPES: tuple[tuple[bool, bool, bool], ...] = (
@@ -281,6 +282,14 @@ def category_record(category: Mapping[str, Any], categories: Mapping[str, Mappin
                     for loc in locales},
     }
     return record
+
+
+def collection_names(store_key: str, collection: str | None = None,
+                     categories_collection: str | None = None) -> tuple[str, str]:
+    """The account-scoped collections of a store's catalog: products (``Catalog_<store>``) and categories
+    (``Categories_<store>``) unless configured; characters a collection name cannot have become ``_``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in store_key)
+    return collection or f"Catalog_{safe}", categories_collection or f"Categories_{safe}"
 
 
 def content_hash(record: Mapping[str, Any]) -> str:

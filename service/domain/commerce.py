@@ -26,6 +26,14 @@ from ctdd.domain.identity import InvalidIdentifier, normalise_email, normalise_m
 
 #: refund transactions that count towards the refund total
 REFUND_STATES = frozenset({"Initial", "Pending", "Success"})
+#: attributes :func:`customer_to_contact` reads from a customer (besides ``custom.*`` and the addresses)
+CUSTOMER_ATTRIBUTES = frozenset({"first_name", "last_name", "middle_name", "title", "date_of_birth", "company_name",
+                                 "customer_group", "locale"})
+#: attributes whose absence from a customer never clears the Dotdigital field: a customer without a locale
+#: keeps the LOCALE it has (set by SyncContact, or the store default a new contact gets); not attributes of
+#: the customer's data at all: ``customer_id`` (its identity) and ``store``
+KEPT_WHEN_ABSENT = frozenset({"locale", "customer_id", "store"})
+_SNAPSHOT_PREFIXES = ("billing_address.", "shipping_address.", "custom.")
 
 
 def parse_ts(value: str | None) -> datetime | None:
@@ -157,9 +165,11 @@ def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
     """Map a commercetools Customer to a ContactInput.
 
     Only attributes the customer has are present: commercetools leaves unset fields out of a resource, and an
-    absent attribute means "unchanged" (never ``null``, which would clear the Dotdigital field, e.g. a
-    ``LOCALE`` set by SyncContact). The source stamp (customer id + version + lastModifiedAt) makes older
-    customer versions stale.
+    absent attribute is never sent as ``null`` here (which would clear the Dotdigital field whatever set it,
+    e.g. a ``LOCALE`` set by SyncContact). A customer is a full snapshot, though: an attribute removed in
+    commercetools is cleared in Dotdigital when the value there came from this customer
+    (:func:`absent_customer_attributes`, ``ContactSync.apply(clear_own=...)``). The source stamp (customer id
+    + version + lastModifiedAt) makes older customer versions stale.
     """
     try:
         email = normalise_email(customer["email"]) if customer.get("email") else None
@@ -211,6 +221,16 @@ def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
         sms_consent=sms_consent,
         source=SourceStamp("customer", customer["id"], customer.get("version"), parse_ts(customer.get("lastModifiedAt"))),
     )
+
+
+def absent_customer_attributes(contact: ContactInput, mapped_attributes: Iterable[str]) -> list[str]:
+    """The attributes a customer (mapped by :func:`customer_to_contact`) does not have, among those it could
+    have (:data:`CUSTOMER_ATTRIBUTES`, and the address parts and ``custom.*`` fields of ``mapped_attributes``,
+    the store's ``data_fields`` keys), less :data:`KEPT_WHEN_ABSENT`. Their Dotdigital fields are cleared
+    when this customer set them before."""
+    candidates = CUSTOMER_ATTRIBUTES.union(
+        name for name in mapped_attributes if name.startswith(_SNAPSHOT_PREFIXES))
+    return sorted(name for name in candidates if name not in contact.attributes and name not in KEPT_WHEN_ABSENT)
 
 
 def order_key(order: Mapping[str, Any]) -> str:

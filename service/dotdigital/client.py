@@ -782,6 +782,17 @@ class DotdigitalClient:
         """``DELETE /insightData/v3/account/{collection}/{recordId}`` -> ``True``, ``False`` if it did not exist."""
         return await self._delete_record(_insight_account_path(collection, record_id))
 
+    async def delete_account_records(self, collection: str, keys: list[str]) -> list[str]:
+        """``DELETE /insightData/v3/accounts/{collectionName}/deleteRecords`` with ``{"keys": [...]}`` (1-5,000
+        keys; plural ``accounts`` per the Insight data v3 spec) -> the keys that were not found."""
+        if not 1 <= len(keys) <= 5000:
+            raise ValueError("deleteRecords takes 1 to 5000 keys")
+        path = f"/insightData/v3/accounts/{_collection_segment(collection)}/deleteRecords"
+        answer = await self._request_json("DELETE", await self.api_endpoint(), path, json_body={"keys": list(keys)},
+                                          expect=dict)
+        missing = answer.get("notFound")
+        return [k for k in missing if isinstance(k, str)] if isinstance(missing, list) else []
+
     async def start_insight_import(
         self,
         collection: str,

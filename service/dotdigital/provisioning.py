@@ -9,7 +9,9 @@ For every configured account:
   name, case-insensitively, or created. A list configured by id must exist; a missing id is reported, since
   a list cannot be created with a chosen id.
 - **insight collections**: ``Orders`` (contact/orders), ``CartInsight`` (contact/cartInsight),
-  ``ProductViews`` and ``CustomEvents`` (contact/custom), the collections TrackEvent writes.
+  ``ProductViews`` and ``CustomEvents`` (contact/custom), the collections TrackEvent writes; and for every
+  store whose catalog is enabled its account-scoped ``Catalog_<store>`` (account/catalog) and, with
+  ``include_categories``, ``Categories_<store>`` (account/productCategories), or the configured names.
 
 - **programs**: every program of ``[stores.<key>.programs.<kind>]`` (by id, or by name, case-insensitively)
   must exist and be ``Active`` (only an Active program accepts enrolments and starts on list joins). Setup
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, TextIO
 
 from ctdd.config import ConfigError, Settings, StoreConfig, data_field_type
+from ctdd.domain.catalog import collection_names as catalog_collection_names
 from ctdd.domain.collections import COLLECTION_TYPES
 from ctdd.domain.datafields import is_valid_data_field_name
 from ctdd.dotdigital.client import DotdigitalClient
@@ -148,15 +151,32 @@ async def plan_account(client: DotdigitalClient, account: str, stores: Iterable[
     items += await _plan_programs(client, account, stores)
 
     existing_collections = {str(c.get("collectionName", "")).casefold(): c for c in await client.list_collections()}
-    for name, collection_type in _collections().items():
+    wanted = [(name, f"contact/{collection_type}") for name, collection_type in _collections().items()]
+    wanted += _catalog_collections(stores)
+    for name, detail in wanted:
         have = existing_collections.get(name.casefold())
         if have is None:
-            items.append(PlanItem(account, "collection", name, f"contact/{collection_type}", CREATE))
+            items.append(PlanItem(account, "collection", name, detail, CREATE))
         else:
             actual = f"{have.get('collectionScope')}/{have.get('collectionType')}"
-            note = "" if actual == f"contact/{collection_type}" else f"exists as {actual}"
-            items.append(PlanItem(account, "collection", name, f"contact/{collection_type}", EXISTS, note))
+            note = "" if actual == detail else f"exists as {actual}"
+            items.append(PlanItem(account, "collection", name, detail, EXISTS, note))
     return items
+
+
+def _catalog_collections(stores: Iterable[StoreConfig]) -> list[tuple[str, str]]:
+    """The account-scoped catalog collections of the stores whose catalog is enabled (docs/catalog.md):
+    ``account/catalog`` for the products, ``account/productCategories`` for the categories when exported."""
+    out: dict[str, str] = {}
+    for store in stores:
+        cfg = store.catalog
+        if not cfg.enabled:
+            continue
+        products, categories = catalog_collection_names(store.key, cfg.collection, cfg.categories_collection)
+        out.setdefault(products, "account/catalog")
+        if cfg.include_categories:
+            out.setdefault(categories, "account/productCategories")
+    return list(out.items())
 
 
 async def _plan_programs(client: DotdigitalClient, account: str, stores: list[StoreConfig]) -> list[PlanItem]:

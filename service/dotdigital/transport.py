@@ -23,10 +23,22 @@ The aiohttp session is created on first use, inside the running event loop, and 
 from __future__ import annotations
 
 import asyncio
+import io
 
 import aiohttp
 import httpx
 from yarl import URL
+
+
+#: bodies above this go to aiohttp as a stream (a catalog import of 5,000 products is a few MB): aiohttp warns
+#: that writing a large bytes body at once may hold the event loop
+_STREAM_ABOVE = 1 << 20
+
+
+def _body(content: bytes) -> bytes | io.BytesIO | None:
+    if not content:
+        return None
+    return io.BytesIO(content) if len(content) > _STREAM_ABOVE else content
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -48,7 +60,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 request.method,
                 URL(str(request.url), encoded=True),
                 headers=request.headers.multi_items(),
-                data=request.content or None,
+                data=_body(request.content),
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=None, connect=timeout.get("pool"),
                                               sock_connect=timeout.get("connect"), sock_read=timeout.get("read")),

@@ -8,8 +8,8 @@ identifiers, field state, outbox message) or not at all.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Collection, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -68,6 +68,18 @@ class ContactSync:
         mapped.update(self.hooks.enrich_contact(ctx, contact, mapped))
         return mapped, self.hooks.suppress_contact(ctx, contact, mapped)
 
+    def absent_paths(self, contact: ContactInput, names: Collection[str], mapped: Mapping[str, Any]) -> list[str]:
+        """The Dotdigital field paths the mapping plugin gives the attributes ``names`` when the contact has
+        none of them (mapped to ``None``), less the paths ``mapped`` sets: what ``apply(clear_own=...)`` may
+        clear."""
+        if not names:
+            return []
+        store = self.settings.stores[contact.store_key]
+        probe = replace(contact, attributes=dict.fromkeys(names), lists={}, preferences={}, email_consent=None,
+                        sms_consent=None)
+        probe_mapped = self.hooks.map_contact(HookContext(store=store, settings=self.settings), probe)
+        return sorted(path for path, value in probe_mapped.items() if value is None and path not in mapped)
+
     # -- database phase -------------------------------------------------------------------------
     def sync(self, contact: ContactInput) -> SyncResult:
         """Blocking convenience: plugins, then one transaction (used by tools and tests)."""
@@ -112,9 +124,14 @@ class ContactSync:
 
     def apply(
         self, session: Session, contact: ContactInput, mapped: dict[str, Any], suppression: list[str],
-        *, priority: int = outbox.PRIORITY_LIVE,
+        *, priority: int = outbox.PRIORITY_LIVE, clear_own: Collection[str] = (),
     ) -> SyncResult:
         """Resolve identity, compute the delta and enqueue, inside the caller's transaction.
+
+        ``clear_own``: Dotdigital field paths the source no longer has (a commercetools customer is a full
+        snapshot: a removed ``companyName`` is absent from it). Each is cleared (set to ``None``) only when its
+        current value came from this same source record (``field_state.source_ref``); a value another source
+        set (SyncContact from elsewhere, a store default) stays as it is.
 
         Hot path: every statement is a prepared Core statement (compiled once, no ORM unit of work);
         ORM objects the caller has pending are flushed first, as the ORM's autoflush used to do.
@@ -159,10 +176,17 @@ class ContactSync:
             wanted = set(mapped)
             wanted.update(IDENTIFIER_FIELDS.values())
             wanted.update(defaults)
+            wanted.update(clear_own)
             stored = {
                 r[0]: StoredField(r[1], r[2], r[3], r[4])
                 for r in conn.execute(_SELECT_FIELDS, {"contact_id": contact_id, "fields": sorted(wanted)})
             }
+            own = contact.source.ref
+            for path in clear_own:
+                previous = stored.get(path)
+                if (own is not None and path not in mapped and previous is not None and previous.value is not None
+                        and previous.source_ref == own):
+                    mapped[path] = None
         # a store default only fills a field the contact has no value for (not one sent before, nor a cleared one)
         mapped.update({path: value for path, value in defaults.items() if path not in stored})
 

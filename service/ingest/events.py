@@ -13,7 +13,8 @@ For each notification of a delivery:
    recomputed contact aggregates (last order, number of orders, spend ...); carts (``cart_updated`` events,
    ``ResourceCreated`` for a cart, the cart watcher's :meth:`EventProcessor.cart_unit`, the cart of a new
    order) go through ``ctdd.ingest.carts``; the programs hear of carts, orders and product views through
-   ``ctdd.ingest.triggers``.
+   ``ctdd.ingest.triggers``; product and inventory messages update the catalog records of stores whose
+   catalog is enabled (``ctdd.catalog.realtime``).
 
 Steps 1-3 are *preparation* (``prepare_delivery`` / ``prepare_behavioural``: parsing, fetching, pure
 mapping; async, no writes) and yield one :data:`Step` per notification: either a final outcome or a unit of
@@ -53,6 +54,7 @@ from ctdd.domain.collections import (
 from ctdd.domain.commerce import (
     OrderContext,
     SummaryRow,
+    absent_customer_attributes,
     customer_to_contact,
     localized,
     order_aggregates,
@@ -72,6 +74,8 @@ from ctdd.domain.resources import InvalidResource, check_resource
 from ctdd.domain.notifications import InvalidDelivery, Notification, UnsupportedNotification, parse_delivery
 from ctdd.db.transactions import TransactionRunner
 from ctdd.ingest import carts, triggers
+from ctdd.catalog.realtime import CatalogChange, CatalogRealtime
+from ctdd.commercetools.errors import CommercetoolsError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,11 @@ ORDER_WITH_PAYLOAD = frozenset({"OrderCreated", "OrderImported", "OrderCreatedFr
 #: order messages of an order placed just now (an imported order is history: no purchase now)
 ORDER_CREATED = frozenset({"OrderCreated", "OrderCreatedFromRecurringOrder"})
 CUSTOMER_DELETED = frozenset({"CustomerDeleted"})
+#: how long an order of an unknown customer (no email, no commercetools API client to fetch the customer
+#: with) is held for its CustomerCreated to arrive - subscription messages come in any order - counted from
+#: the order message's time (``createdAt``, else the order's ``lastModifiedAt``/``createdAt``): retried until
+#: then (TrackEvent answers UNAVAILABLE, the inbox retries with backoff), rejected with the reason after it
+UNKNOWN_CUSTOMER_WAIT = timedelta(hours=1)
 
 
 class InvalidEvent(ValueError):
@@ -140,6 +149,8 @@ class EventProcessor:
         self.ct = commercetools_clients
         self._category_names: dict[str, list[str]] = {}
         self.carts = carts.CartApplier(contact_sync, self._enqueue_insight)
+        #: product and inventory messages -> the catalog (ctdd.catalog.realtime); set by the runtime
+        self.catalog: CatalogRealtime | None = None
 
     # -- entry points -------------------------------------------------------------------------
     async def process_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
@@ -276,7 +287,8 @@ class EventProcessor:
             outcome.reason = f"notification of project {n.project_key!r}; store {store.key!r} is bound to {store.commercetools_project!r}"
             return outcome
         handler = {"customer": self._customer, "order": self._order, "payment": self._payment,
-                   "cart": self._cart}.get(n.resource_type)
+                   "cart": self._cart, "product": self._product, "inventory-entry": self._inventory,
+                   }.get(n.resource_type)
         if handler is None:
             outcome.outcome, outcome.reason = IGNORED, f"resource type {n.resource_type!r} is not synced"
             return outcome
@@ -388,6 +400,9 @@ class EventProcessor:
             if self._too_far_ahead(moment):
                 return f"customer {name} {moment.isoformat()} is {self._ahead_text()}"
         mapped, suppression = self.contact_sync.map_contact(contact)
+        # a customer is a full snapshot: a field it no longer has is cleared where this customer set it
+        clear_own = self.contact_sync.absent_paths(
+            contact, absent_customer_attributes(contact, store.data_fields), mapped)
         version = int(customer.get("version") or notified_version or 0)
         customer_id = str(customer["id"])
 
@@ -395,7 +410,8 @@ class EventProcessor:
             if not self._advance_version(session, store.commercetools_project, "customer", customer_id, version):
                 return STALE, f"customer version {version} already applied"
             try:
-                result = self.contact_sync.apply(session, contact, dict(mapped), list(suppression), priority=priority)
+                result = self.contact_sync.apply(session, contact, dict(mapped), list(suppression), priority=priority,
+                                                 clear_own=clear_own)
             except NewContactNeedsAddress:
                 return IGNORED, "customer has no email address or mobile number"
             self._set_state_contact(session, store, "customer", customer_id, result.contact_id)
@@ -436,6 +452,66 @@ class EventProcessor:
                 )
                 outcome.outbox_message_ids.append(mid)
             outcome.reason = f"customer deleted: {policy}"
+
+        return self._once(store, n.dedupe_key, outcome, body)
+
+    # -- products and inventory: the catalog (ctdd.catalog.realtime) --------------------------
+    def _catalog_ready(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome) -> Any:
+        if not store.catalog.enabled:
+            outcome.outcome, outcome.reason = IGNORED, f"the catalog of store {store.key!r} is not enabled"
+            return None
+        if self.catalog is None:
+            outcome.outcome, outcome.reason = IGNORED, "catalog updates do not run in this process"
+            return None
+        client = self.ct.get(store)
+        if client is None:
+            raise InvalidEvent(f"store {store.key!r} has no commercetools API client configured")
+        return client
+
+    async def _product(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                       ) -> Step:
+        client = self._catalog_ready(store, n, outcome)
+        if client is None:
+            return outcome
+        message_type = "ProductDeleted" if n.notification_type == "ResourceDeleted" else n.message_type
+        try:
+            change = await self.catalog.product_change(store, client, n.resource_id, message_type, n.payload,
+                                                       n.resource_version, fetch=n.payload_not_included)
+        except (CommercetoolsError, OSError) as exc:  # commercetools or the network failed: a passing fault
+            raise RetryableEventError(f"commercetools read of product {n.resource_id} failed: {exc}") from exc
+        return self._catalog_unit(store, n, outcome, change)
+
+    async def _inventory(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                         ) -> Step:
+        client = self._catalog_ready(store, n, outcome)
+        if client is None:
+            return outcome
+        if n.notification_type == "ResourceDeleted":
+            return self._finish_ignored(store, n, outcome, "an inventory entry deleted: the product is re-read on "
+                                                           "its next change")
+        sku = n.payload.get("sku") if isinstance(n.payload.get("sku"), str) else None
+        if sku is None:
+            entry = await self._fetch(store, "inventory", n.resource_id)
+            sku = entry.get("sku") if isinstance(entry, dict) and isinstance(entry.get("sku"), str) else None
+            if sku is None:
+                return self._finish_ignored(store, n, outcome, "inventory entry no longer exists in commercetools")
+        try:
+            change = await self.catalog.inventory_change(store, client, sku)
+        except (CommercetoolsError, OSError) as exc:
+            raise RetryableEventError(f"commercetools read of the product of an inventory entry failed: {exc}") from exc
+        return self._catalog_unit(store, n, outcome, change)
+
+    def _catalog_unit(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                      change: "CatalogChange | str") -> Step:
+        if isinstance(change, str):
+            return self._finish_ignored(store, n, outcome, change)
+        catalog = self.catalog
+
+        def body(session: Session) -> None:
+            changed = catalog.apply(session.connection(), change, utcnow())
+            outcome.reason = f"catalog: {changed} record(s) of product {change.product_id} changed"
+            if changed:  # the flusher waits a moment before it looks: by then this is committed
+                catalog.changed()
 
         return self._once(store, n.dedupe_key, outcome, body)
 
@@ -518,7 +594,8 @@ class EventProcessor:
             return self._finish_ignored(store, n, outcome, "order has neither a customer nor an email address")
         apply_customer = None
         if identity.customer_id and not email:
-            unknown = await self._unknown_customer_step(store, str(identity.customer_id), priority)
+            since = n.occurred_at or parse_ts(order.get("lastModifiedAt") or order.get("createdAt"))
+            unknown = await self._unknown_customer_step(store, str(identity.customer_id), priority, since=since)
             if isinstance(unknown, str):
                 return self._finish_rejected(store, n, outcome, unknown)
             apply_customer = unknown
@@ -577,16 +654,23 @@ class EventProcessor:
 
         return self._once(store, n.dedupe_key, outcome, body)
 
-    async def _unknown_customer_step(self, store: StoreConfig, customer_id: str, priority: int
-                                     ) -> Callable[[Session], Any] | str | None:
+    async def _unknown_customer_step(self, store: StoreConfig, customer_id: str, priority: int, *,
+                                     since: datetime | None = None) -> Callable[[Session], Any] | str | None:
         """For an order without an email: None when its customer is known; else the step applying the customer
         fetched from commercetools (a failed fetch raises RetryableEventError: the event is retried), or why
-        the order cannot be applied (no API client to fetch with, customer gone)."""
+        the order cannot be applied (customer gone; no API client to fetch with, once the order, of time
+        ``since``, has waited :data:`UNKNOWN_CUSTOMER_WAIT` for its customer: RetryableEventError until then)."""
         if await self.transactions.run(lambda s: self.contact_sync.known_customer(s, store.key, customer_id)):
             return None
         if self.ct.get(store) is None:
-            return (f"order's customer {customer_id!r} is unknown, the order has no email, and store {store.key!r} "
-                    "has no commercetools API client to fetch the customer with")
+            reason = (f"order's customer {customer_id!r} is unknown, the order has no email, and store "
+                      f"{store.key!r} has no commercetools API client to fetch the customer with")
+            wait = UNKNOWN_CUSTOMER_WAIT.total_seconds()
+            if since is not None and utcnow() < since + UNKNOWN_CUSTOMER_WAIT:
+                # the customer's own message may still come (subscription messages arrive in any order)
+                raise RetryableEventError(f"{reason}; held for up to {wait:g} seconds after the order's time "
+                                          f"({since.isoformat()}) for the customer to arrive")
+            return f"{reason} (waited {wait:g} seconds after the order's time for the customer)"
         customer = await self._fetch(store, "customers", customer_id)
         if customer is None:
             return f"order's customer {customer_id!r} no longer exists in commercetools and the order has no email"

@@ -249,13 +249,16 @@ def _view(row) -> TriggerView:
 
 
 def list_triggers(engine: Engine, contact_id: int, *, statuses: Iterable[str] | None = None,
-                  limit: int = DEFAULT_LIMIT) -> list[TriggerView]:
+                  limit: int = DEFAULT_LIMIT, store_key: str | None = None) -> list[TriggerView]:
     """The contact's triggers: those still to be decided first (soonest due first), then the decided ones
-    (most recently decided first), at most ``limit`` (1..1000), optionally only with one of ``statuses``."""
+    (most recently decided first), at most ``limit`` (1..1000), optionally only with one of ``statuses``
+    and only of ``store_key``."""
     wanted = _check_statuses(statuses)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidQuery("limit", f"must be between 1 and {MAX_LIMIT}")
     base = sa.select(*_COLUMNS).where(_PT.c.contact_id == contact_id)
+    if store_key is not None:
+        base = base.where(_PT.c.store_key == store_key)
     if wanted is not None:
         base = base.where(_PT.c.status.in_(wanted))
     open_rows = (base.where(_PT.c.status.in_(OPEN_STATUSES))

@@ -18,6 +18,7 @@ from ctdd.db.engine import create_db_engine, is_sqlite, upgrade_database
 from ctdd.api.track_event import stored_request_preparer
 from ctdd.backsync.feeds import BackSync
 from ctdd.commercetools.clients import CommercetoolsClients
+from ctdd.delivery.account_guard import PauseWatcher
 from ctdd.delivery.dispatcher import Dispatcher
 from ctdd.dotdigital.accounts import DotdigitalClients
 from ctdd.dotdigital.provisioning import resolve_list_names
@@ -26,6 +27,7 @@ from ctdd.ingest.events import EventProcessor
 from ctdd.api.server import GrpcServer, SyncServicer
 from ctdd.hooks.manager import create_plugin_manager
 from ctdd.catalog.export import CatalogExporter
+from ctdd.catalog.realtime import CatalogFlusher, CatalogRealtime
 from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.ingest.inbox import InboxProcessor, InboxWriter
 from ctdd.db.transactions import TransactionRunner
@@ -49,8 +51,16 @@ class App:
         self.clients = DotdigitalClients(settings.accounts)
         self.dispatcher = Dispatcher(self.engine, settings, self.clients, self.hooks) if run_dispatcher else None
         self.grpc: GrpcServer | None = None
+        self.pause_watcher: PauseWatcher | None = None
         self.events = EventProcessor(settings, self.contact_sync, self.transactions,
                                      CommercetoolsClients(settings, commercetools_factory))
+        # The catalog (ctdd.catalog): ExportCatalog, product messages through the same delta, and the flusher
+        # delivering their records next to the dispatcher
+        self.catalog = CatalogExporter(self.engine, settings, self.hooks, commercetools=self.events.ct.get,
+                                       dotdigital=self.clients.get)
+        self.catalog_flusher = CatalogFlusher(self.catalog) if run_dispatcher else None
+        self.events.catalog = CatalogRealtime(
+            self.catalog, on_change=self.catalog_flusher.wake if self.catalog_flusher is not None else None)
         # Events queued with PROCESSING_QUEUED: written by the gRPC layer, applied next to the dispatcher.
         self.inbox_writer: InboxWriter | None = None
         self.inbox_processor = (
@@ -75,11 +85,13 @@ class App:
             servicer = SyncServicer(settings, self.contact_sync, self.transactions, on_enqueued=self._wake_dispatcher,
                                     events=self.events, inbox=self.inbox_writer, on_queued=self._wake_inbox)
             # ExportCatalog (ctdd.catalog.export): reads through the events' commercetools clients
-            servicer.catalog = CatalogExporter(self.engine, settings, self.hooks, commercetools=self.events.ct.get,
-                                               dotdigital=self.clients.get)
+            servicer.catalog = self.catalog
             self.grpc = GrpcServer(servicer, settings.listen)
             if self.dispatcher is not None:  # health: an account paused for 401/403 is NOT_SERVING
                 self.dispatcher.guard.on_change = self.grpc.set_paused_accounts
+            else:  # no dispatcher here (serve --no-dispatcher): read the pauses the workers keep in the database
+                self.pause_watcher = PauseWatcher(self.engine, self.grpc.set_paused_accounts,
+                                                  interval=settings.dispatcher.poll_interval_seconds)
         self.port: int | None = None
         # Back-sync (Dotdigital opt-outs -> commercetools): always available for run_once, polling on a
         # schedule when [backsync] is enabled (default: some store has a commercetools client).
@@ -118,14 +130,20 @@ class App:
                 self.programs.start()
             assert self.cart_watcher is not None
             self.cart_watcher.start()
+            if self.catalog_flusher is not None:
+                self.catalog_flusher.start()
         if self.grpc is not None:
             self.port = await self.grpc.start()
+            if self.pause_watcher is not None:
+                self.pause_watcher.start()
             log.info("ctdd-sync listening on %s (port %s, %s), database %s", self.settings.listen, self.port,
                      self.grpc.security.describe(), self.engine.url.render_as_string(hide_password=True))
         if self._run_backsync:
             self.backsync.start()
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.pause_watcher is not None:
+            await self.pause_watcher.stop()
         if self.grpc is not None:
             await self.grpc.begin_shutdown()
             await self.grpc.stop(grace)
@@ -136,6 +154,8 @@ class App:
             await self.inbox_processor.stop()  # before the dispatcher: it may still enqueue
         if self.programs is not None:
             await self.programs.stop()  # before the dispatcher: list joins are enqueued
+        if self.catalog_flusher is not None:
+            await self.catalog_flusher.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop(drain_seconds=grace)
         if self._dispatcher_lock is not None:

@@ -2431,7 +2431,8 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         """Routes below ``/insightData/v3`` (``segments`` / ``lowered`` without that prefix).
 
         Not implemented (404 like any unknown path, or 405 for another method on a known path): collection
-        delete / empty, the paged record listings, ``deleteRecords``, per-contact ``empty`` and the async jobs.
+        delete / empty, the paged record listings, the per-contact ``deleteRecords``, per-contact ``empty`` and the
+        async jobs (the account-scoped ``deleteRecords`` is implemented).
         """
         record_methods = ("PUT", "GET", "DELETE")
         if lowered == ["import"]:
@@ -2448,6 +2449,9 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             return True, (lambda: self._insight_create_collection(segments[1], query)) if method == "POST" else None
         if len(lowered) == 3 and lowered[0] == "collections" and lowered[2] == "schema":
             return True, (lambda: self._insight_get_schema(segments[1])) if method == "GET" else None
+        if len(lowered) == 3 and lowered[0] == "accounts" and lowered[2] == "deleterecords":
+            return True, (lambda: self._insight_delete_account_records(segments[1], body)) \
+                if method == "DELETE" else None
         if len(lowered) == 3 and lowered[0] == "account":
             return True, (lambda: self._insight_record(method, None, segments[1], segments[2], body)) \
                 if method in record_methods else None
@@ -2586,6 +2590,27 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             return _Response(200, stored.as_json(), contact_id=owner)
         del collection.records[(owner, key)]
         return _Response(204, None, contact_id=owner)
+
+    def _insight_delete_account_records(self, raw_name: str, raw: bytes) -> _Response:
+        """``DELETE /insightData/v3/accounts/{collectionName}/deleteRecords`` (plural ``accounts``, as the
+        Insight data v3 spec has it) with ``{"keys": [1..5000 strings]}`` -> 200 ``{summary: {totalRecords,
+        totalDeleted, totalNotFound}, notFound: [...]}``; no or too many keys -> 400
+        ``insightData:noRecordsSpecified`` (the spec's example; more than 5,000 is a sandbox choice of code);
+        an unknown account collection -> 404 ``insightData:collectionNotFound``."""
+        name = _parse_collection_name(raw_name)
+        body = _parse_v3_json(raw, service="insightData")
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list) or not 1 <= len(keys) <= 5000 or not all(isinstance(k, str) for k in keys):
+            raise _ApiError(_v3_error(400, "insightData:noRecordsSpecified",
+                                      "You must specify the keys (1 to 5000 strings) of the records to be deleted "
+                                      "from the collection.", [{"item": "keys", "description": "Required"}]))
+        collection = self._require_collection(name, "account")
+        not_found = []
+        for key in keys:
+            if collection.records.pop((None, key), None) is None:
+                not_found.append(key)
+        return _Response(200, {"summary": {"totalRecords": len(keys), "totalDeleted": len(keys) - len(not_found),
+                                           "totalNotFound": len(not_found)}, "notFound": not_found})
 
     @staticmethod
     def _store_record(collection: _Collection, owner: int | None, key: str, value: dict[str, Any]) -> bool:

@@ -204,6 +204,30 @@ async def test_batch_has_per_event_results_and_retryable_failures_write_nothing(
     assert svc.rows("SELECT dedupe_key FROM processed_event WHERE resource_id = 'cust-down'") == []
 
 
+async def test_a_batch_is_refused_above_its_notification_budget(svc, sandbox, fake_ct):
+    """Each delivery may carry MAX_NOTIFICATIONS; a batch of them all together at most MAX_BATCH_NOTIFICATIONS
+    (not MAX_BATCH_EVENTS times MAX_NOTIFICATIONS): above it the whole call is refused and nothing is written."""
+    from ctdd.api.server import MAX_BATCH_NOTIFICATIONS
+    from ctdd.domain.notifications import MAX_NOTIFICATIONS
+    full = ct.raw([ct.change("ResourceUpdated", "customer", f"cust-{i}", version=2) for i in range(MAX_NOTIFICATIONS)])
+    deliveries = MAX_BATCH_NOTIFICATIONS // MAX_NOTIFICATIONS + 1
+    for processing in (pb.PROCESSING_APPLIED, pb.PROCESSING_QUEUED):
+        events = [pb.TrackEventRequest(store_key="uk", commercetools_delivery=full, processing=processing)
+                  for _ in range(deliveries)]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await svc.stub.TrackEventBatch(pb.TrackEventBatchRequest(events=events))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 5000 notifications" in field_violations(err.value)["events"]
+    # a malformed delivery counts none (it is refused on its own), a small one is processed as usual
+    small = ct.raw(ct.message("customer", "cust-s", "CustomerCreated", version=1,
+                              customer=ct.customer("cust-s", "s@example.com")))
+    resp = await svc.stub.TrackEventBatch(pb.TrackEventBatchRequest(
+        events=[track(b"[" * 3)] * (deliveries - 1) + [track(small)]))
+    assert [r.code for r in resp.results] == [3] * (deliveries - 1) + [0]
+    assert svc.rows("SELECT resource_id FROM processed_event") == [{"resource_id": "cust-s"}]
+    assert svc.rows("SELECT id FROM event_inbox") == []
+
+
 async def test_behavioural_events(svc, sandbox):
     await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-c", "CustomerCreated", version=1,
                                                       customer=ct.customer("cust-c", "cart@example.com")))))

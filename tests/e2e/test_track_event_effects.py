@@ -151,6 +151,58 @@ async def test_store_defaults_fill_only_a_new_contacts_missing_fields(service_fa
     assert fields["LOCALE"] is None and fields["FIRSTNAME"] == "Nils"
 
 
+async def test_attributes_removed_from_a_customer_are_cleared_where_it_set_them(service_factory, database_url,
+                                                                                 sandbox, fake_ct):
+    """A customer is a full snapshot: a companyName, dateOfBirth, customerGroup or address removed in
+    commercetools clears the Dotdigital field this customer set; a value another source set (SyncContact) and
+    LOCALE stay."""
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
+    address = {"id": "a1", "city": "Leeds", "country": "GB", "postalCode": "LS1 1AA"}
+    full = ct.customer("cust-rm", "rm@example.com", companyName="Acme", dateOfBirth="1990-05-01",
+                       customerGroup={"typeId": "customer-group", "id": "g-1", "key": "vip"},
+                       addresses=[address], defaultBillingAddressId="a1")
+    r = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-rm", "CustomerCreated", version=1,
+                                                          customer=full))))
+    assert outcomes(r) == ["APPLIED"]
+    # SyncContact (another source) sets LOCALE and the title
+    req = pb.SyncContactRequest(store_key="uk", identity=pb.ContactIdentity(customer_id="cust-rm"))
+    req.profile.locale, req.profile.title = "fr-FR", "Dr"
+    await svc.stub.SyncContact(req)
+    await wait_for(lambda: all_settled(svc), what="creation")
+    fields = sandbox.get_contact(email="rm@example.com")["dataFields"]
+    assert (fields["COMPANY"], fields["CUSTOMER_GROUP"], fields["BILLING_CITY"], fields["LOCALE"], fields["TITLE"]) == (
+        "Acme", "vip", "Leeds", "fr-FR", "Dr")
+    assert fields["DOB"]
+
+    # the customer loses its company, birth date, group and address (and never had a locale or title)
+    bare = {key: value for key, value in full.items()
+            if key not in ("companyName", "dateOfBirth", "customerGroup", "defaultBillingAddressId")}
+    fake_ct.add("customers", {**bare, "addresses": [], "version": 2})
+    r = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-rm", "CustomerCompanyNameSet",
+                                                          version=2))))
+    assert outcomes(r) == ["APPLIED"] and r.outbox_message_ids
+    await wait_for(lambda: all_settled(svc), what="update")
+    fields = sandbox.get_contact(email="rm@example.com")["dataFields"]
+    assert (fields["COMPANY"], fields["DOB"], fields["CUSTOMER_GROUP"], fields["BILLING_CITY"]) == (
+        None, None, None, None)
+    assert (fields["LOCALE"], fields["TITLE"], fields["FIRSTNAME"]) == ("fr-FR", "Dr", "Jane")
+    [cleared] = _patched_data_fields(sandbox)[-1:]
+    assert "LOCALE" not in cleared and "TITLE" not in cleared and "STORE" not in cleared
+
+    # a value SyncContact set after the customer's is not the customer's to clear either
+    fake_ct.add("customers", {**full, "version": 3})
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-rm", "CustomerCompanyNameSet", version=3))))
+    await wait_for(lambda: all_settled(svc), what="company back")
+    req = pb.SyncContactRequest(store_key="uk", identity=pb.ContactIdentity(customer_id="cust-rm"))
+    req.profile.company_name = "Elsewhere Ltd"
+    await svc.stub.SyncContact(req)
+    fake_ct.add("customers", {**bare, "addresses": [], "version": 4})
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-rm", "CustomerCompanyNameSet", version=4))))
+    await wait_for(lambda: all_settled(svc), what="second removal")
+    fields = sandbox.get_contact(email="rm@example.com")["dataFields"]
+    assert fields["COMPANY"] == "Elsewhere Ltd" and fields["DOB"] is None and fields["CUSTOMER_GROUP"] is None
+
+
 # -- item 5: an order of a customer not seen yet ---------------------------------------------------------------
 def _order_without_email(oid: str, customer_id: str) -> dict:
     return ct.order(oid, number=oid.upper(), email=None, customer_id=customer_id)
@@ -200,6 +252,81 @@ async def test_order_of_an_unknown_customer_without_a_client_is_kept_as_rejected
         "TrackEvent", "uk", "order", "ord-u3")
     assert "cust-u3" in rejected["reason"] and "no email" in rejected["reason"]
     assert outbox_rows(service) == []
+
+
+def _iso(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _no_client_messages(suffix: str, created):
+    order = _order_without_email(f"ord-{suffix}", f"cust-{suffix}")
+    order_msg = ct.message("order", f"ord-{suffix}", "OrderCreated", version=1, order=order, project="shop-eu",
+                           created=_iso(created))
+    customer_msg = ct.message("customer", f"cust-{suffix}", "CustomerCreated", version=1, project="shop-eu",
+                              created=_iso(created),
+                              customer=ct.customer(f"cust-{suffix}", f"{suffix}@example.com", first="Lou"))
+    return ct.raw(order_msg), ct.raw(customer_msg)
+
+
+async def test_order_before_its_customer_without_a_client_is_held_then_applied(service, sandbox):
+    """Subscription messages come in any order: an order whose customer is not known yet (no email, no API
+    client to fetch it with) is answered UNAVAILABLE, nothing written, while it is recent; the transport's
+    redelivery after the CustomerCreated applies it."""
+    from ctdd.clock import now
+
+    order, customer = _no_client_messages("h1", now())
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.TrackEvent(track(order))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "held for up to 3600 seconds" in info.value.details()
+    assert service.rows("SELECT dedupe_key FROM processed_event") == []
+    assert service.rows("SELECT id FROM rejected_record") == []
+    assert outcomes(await service.stub.TrackEvent(track(customer))) == ["APPLIED"]
+    again = await service.stub.TrackEvent(track(order))  # redelivered
+    assert outcomes(again) == ["APPLIED"]
+    await wait_for(lambda: all_settled(service), what="deliveries")
+    assert sandbox.get_contact(email="h1@example.com")["dataFields"]["NUMBER_OF_ORDERS"] == 1
+    assert "ORD-H1" in sandbox.insight_records("Orders", contact_email="h1@example.com")
+
+
+async def test_order_before_its_customer_without_a_client_waits_in_the_inbox(service_factory, database_url,
+                                                                            sandbox):
+    from ctdd.clock import now
+    from ctdd.config import InboxConfig, replace
+
+    settings = make_settings(database_url, sandbox)
+    svc = await service_factory(replace(settings, inbox=InboxConfig(
+        batch_size=16, poll_interval_seconds=0.05, backoff_base_seconds=0.05, backoff_cap_seconds=0.2,
+        lease_seconds=5.0)))
+    order, customer = _no_client_messages("h2", now())
+    resp = await svc.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", commercetools_delivery=order,
+                                                          processing=pb.PROCESSING_QUEUED))
+    assert resp.queued
+    await wait_for(lambda: svc.rows("SELECT attempts FROM event_inbox WHERE attempts >= 2 AND status = 'pending'"),
+                   timeout=20, what="order retried by the inbox")
+    assert svc.rows("SELECT id FROM rejected_record") == []
+    assert outcomes(await svc.stub.TrackEvent(track(customer))) == ["APPLIED"]
+    await wait_for(lambda: svc.rows("SELECT id FROM event_inbox WHERE status = 'done'"), timeout=20,
+                   what="order applied once its customer arrived")
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    assert "ORD-H2" in sandbox.insight_records("Orders", contact_email="h2@example.com")
+
+
+async def test_order_of_an_unknown_customer_without_a_client_is_rejected_once_the_wait_is_over(service):
+    from datetime import timedelta
+
+    from ctdd.clock import now
+    from ctdd.ingest.events import UNKNOWN_CUSTOMER_WAIT
+
+    held, _ = _no_client_messages("h3", now() - UNKNOWN_CUSTOMER_WAIT + timedelta(minutes=2))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.TrackEvent(track(held))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    late, _ = _no_client_messages("h4", now() - UNKNOWN_CUSTOMER_WAIT - timedelta(minutes=1))
+    r = await service.stub.TrackEvent(track(late))
+    assert outcomes(r) == ["IGNORED"] and "waited 3600 seconds" in r.notifications[0].reason
+    [rejected] = service.rows("SELECT record_id, reason FROM rejected_record")
+    assert rejected["record_id"] == "ord-h4" and "cust-h4" in rejected["reason"]
 
 
 # -- item 6: predicate input variables -------------------------------------------------------------------------

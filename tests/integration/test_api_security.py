@@ -30,6 +30,7 @@ from support.helpers import contact_request, make_settings
 CHECKOUT_TOKEN = "checkout-token-7f3a9c1e5b2d4f60"
 OPERATOR_TOKEN = "operator-token-0a1b2c3d4e5f6a7b"
 UK_ONLY_TOKEN = "uk-only-token-99887766554433221"
+UK_OPERATOR_TOKEN = "uk-operator-token-5566778899aabbcc"
 
 
 def _tokens_file(path: Path) -> Path:
@@ -47,6 +48,12 @@ operator = true
 name = "uk-shop"
 sha256 = "{hash_token(UK_ONLY_TOKEN)}"
 stores = ["uk"]
+
+[[tokens]]
+name = "uk-ops"
+token = "{UK_OPERATOR_TOKEN}"
+stores = ["uk"]
+operator = true
 """)
     return path
 
@@ -331,3 +338,134 @@ async def test_connections_beyond_max_connections_are_refused(service_factory, s
         for _, writer in idle:
             writer.close()
             await writer.wait_closed()
+
+
+# -- review fixes: AdminService store allow-list, streaming refusals, refusal before decoding ------------------
+
+def _failed_inbox_row(svc, store_key: str, dedupe_key: str) -> int:
+    import sqlalchemy as sa
+    from datetime import datetime, timezone
+    from ctdd.db.models import EventInbox
+    now = datetime.now(timezone.utc)
+    with svc.engine.begin() as conn:
+        return conn.execute(sa.insert(EventInbox.__table__).values(
+            dedupe_key=dedupe_key, store_key=store_key, request=b"", status="failed", attempts=3, next_attempt_at=now,
+            last_error="HTTP 503 from commercetools", received_at=now, processed_at=now,
+        ).returning(EventInbox.__table__.c.id)).scalar_one()
+
+
+async def test_a_store_restricted_operator_sees_and_acts_on_its_stores_failures_only(token_service, caplog):
+    caplog.set_level(logging.WARNING)
+    svc = token_service
+    admin, uk_ops = admin_grpc.AdminServiceStub(svc.channel), _bearer(UK_OPERATOR_TOKEN)
+    uk_ref = f"inbox:{_failed_inbox_row(svc, 'uk', 'msg-uk')}"
+    de_id = _failed_inbox_row(svc, "de", "msg-de")
+    de_ref = f"inbox:{de_id}"
+    denied = grpc.StatusCode.PERMISSION_DENIED
+
+    def listing(store: str = "") -> admin_pb.ListFailuresRequest:
+        return admin_pb.ListFailuresRequest(filter=admin_pb.FailureFilter(store_key=store))
+
+    # listing: another store, or no store at all, is refused; its own store lists its own rows only
+    assert await _code_of(admin.ListFailures(listing("de"), timeout=5, metadata=uk_ops)) == denied
+    assert await _code_of(admin.ListFailures(admin_pb.ListFailuresRequest(), timeout=5, metadata=uk_ops)) == denied
+    assert [f.ref for f in (await admin.ListFailures(listing("uk"), timeout=5, metadata=uk_ops)).failures] == [uk_ref]
+    # an unrestricted operator still lists everything without a filter
+    everything = await admin.ListFailures(admin_pb.ListFailuresRequest(), timeout=5, metadata=_bearer(OPERATOR_TOKEN))
+    assert {f.ref for f in everything.failures} == {uk_ref, de_ref}
+
+    # a reference of another store's row is answered as if there were none
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await admin.GetFailure(admin_pb.GetFailureRequest(ref=de_ref), timeout=5, metadata=uk_ops)
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND and "another store" not in (hidden.value.details() or "")
+    assert (await admin.GetFailure(admin_pb.GetFailureRequest(ref=uk_ref), timeout=5, metadata=uk_ops)).failure.ref == uk_ref
+
+    # acting: all_matching must name one of its stores; references of other stores are not found, not acted on
+    for matching in (admin_pb.FailureFilter(store_key="de"), admin_pb.FailureFilter()):
+        assert await _code_of(admin.RetryFailures(admin_pb.RetryFailuresRequest(all_matching=matching), timeout=5,
+                                                  metadata=uk_ops)) == denied
+        assert await _code_of(admin.SkipFailures(admin_pb.SkipFailuresRequest(all_matching=matching, reason="x"),
+                                                 timeout=5, metadata=uk_ops)) == denied
+    skipped = await admin.SkipFailures(admin_pb.SkipFailuresRequest(refs=[de_ref], reason="not mine"), timeout=5,
+                                       metadata=uk_ops)
+    assert [(r.ref, r.outcome) for r in skipped.results] == [(de_ref, admin_pb.REDRIVE_OUTCOME_NOT_FOUND)]
+    retried = await admin.RetryFailures(admin_pb.RetryFailuresRequest(refs=[de_ref, uk_ref]), timeout=5,
+                                        metadata=uk_ops)
+    assert [(r.ref, r.outcome) for r in retried.results] == [
+        (de_ref, admin_pb.REDRIVE_OUTCOME_NOT_FOUND), (uk_ref, admin_pb.REDRIVE_OUTCOME_RETRIED)]
+    assert retried.changed == 1
+    assert svc.rows("SELECT status FROM event_inbox WHERE id = :id", id=de_id) == [{"status": "failed"}]
+    dry = await admin.RetryFailures(admin_pb.RetryFailuresRequest(
+        all_matching=admin_pb.FailureFilter(store_key="uk", statuses=[admin_pb.FAILURE_STATUS_FAILED]), dry_run=True),
+        timeout=5, metadata=uk_ops)
+    assert de_ref not in [r.ref for r in dry.results]
+
+    # ListTriggers: no store, or another store, is refused
+    triggers = admin_pb.ListTriggersRequest(email="jane@example.com")
+    assert await _code_of(admin.ListTriggers(triggers, timeout=5, metadata=uk_ops)) == denied
+    triggers.store_key = "de"
+    assert await _code_of(admin.ListTriggers(triggers, timeout=5, metadata=uk_ops)) == denied
+    triggers.store_key = "uk"
+    assert await _code_of(admin.ListTriggers(triggers, timeout=5, metadata=uk_ops)) == grpc.StatusCode.NOT_FOUND
+
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused call")]
+    assert all("uk-ops" in line for line in refusals) and len(refusals) == 11  # one per refused call or part
+    assert sum("GetFailure" in line for line in refusals) == 1
+
+
+async def test_list_triggers_of_a_store_restricted_operator_shows_its_stores_triggers_only(token_service):
+    import sqlalchemy as sa
+    from datetime import datetime, timedelta, timezone
+    svc = token_service
+    admin = admin_grpc.AdminServiceStub(svc.channel)
+    # one contact (uk and de share the Dotdigital account "main") with a trigger in each store
+    await svc.stub.SyncContact(contact_request("uk", customer_id="c-t", email="tess@example.com"), timeout=10,
+                               metadata=_bearer(CHECKOUT_TOKEN))
+    contact_id = svc.rows("SELECT contact_id FROM contact_identifier WHERE kind = 'email'")[0]["contact_id"]
+    now = datetime.now(timezone.utc)
+    columns = {c["name"] for c in sa.inspect(svc.engine).get_columns("program_trigger")}
+    with svc.engine.begin() as conn:
+        for i, store in enumerate(("uk", "de")):
+            row = dict(contact_id=contact_id, store_key=store, account="main", program_kind="browse_abandonment",
+                       program_id=5001, subject_type="browse", subject_id=f"b-{store}", subject_version=1, step=0,
+                       status="pending", due_at=now + timedelta(hours=i + 1), attempts=0, created_at=now)
+            conn.execute(sa.text(f"INSERT INTO program_trigger ({', '.join(k for k in row if k in columns)}) VALUES "
+                                 f"({', '.join(':' + k for k in row if k in columns)})"), row)
+    request = admin_pb.ListTriggersRequest(email="tess@example.com", store_key="uk")
+    everything = await admin.ListTriggers(request, timeout=5, metadata=_bearer(OPERATOR_TOKEN))
+    assert sorted(t.store_key for t in everything.triggers) == ["de", "uk"]
+    own = await admin.ListTriggers(request, timeout=5, metadata=_bearer(UK_OPERATOR_TOKEN))
+    assert [t.store_key for t in own.triggers] == ["uk"]
+    assert sum(s.count for s in own.summary.statuses) == 1 and not own.has_more
+
+
+async def test_a_streaming_method_without_a_token_is_unauthenticated_and_logged_once(token_service, caplog):
+    caplog.set_level(logging.DEBUG)
+    call = token_service.stub.ExportCatalog(pb.ExportCatalogRequest(store_key="uk"), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        [reply async for reply in call]
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    call = token_service.stub.ExportCatalog(pb.ExportCatalogRequest(store_key="de"), timeout=5,
+                                            metadata=_bearer(UK_ONLY_TOKEN))
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        [reply async for reply in call]
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused call")]
+    assert len(refusals) == 2 and all("/ctdd.sync.v1.SyncService/ExportCatalog" in line for line in refusals)
+    assert "missing bearer token" in refusals[0]
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xff\xff\xff", b"\x0a\x05ab"], ids=["corrupt", "truncated"])
+async def test_an_undecodable_request_without_a_token_is_unauthenticated_and_not_decoded(token_service, caplog, raw):
+    caplog.set_level(logging.DEBUG)
+    method = token_service.channel.unary_unary("/ctdd.sync.v1.SyncService/SyncContact")
+    assert await _code_of(method(raw, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _code_of(method(raw, timeout=5, metadata=_bearer("not-a-known-token-but-long-enough"))
+                          ) == grpc.StatusCode.UNAUTHENTICATED
+    assert "undecodable" not in caplog.text
+    # with a known token the bytes are decoded, and refused as undecodable
+    assert await _code_of(method(raw, timeout=5, metadata=_bearer(CHECKOUT_TOKEN))) == grpc.StatusCode.INVALID_ARGUMENT
+    stream = token_service.channel.unary_stream("/ctdd.sync.v1.SyncService/ExportCatalog")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        [reply async for reply in stream(raw, timeout=5)]
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -30,6 +30,17 @@ def fake():
         yield ct
 
 
+_OPEN_CLIENTS: list = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    """The API clients the exporters of a test opened are closed at its end (no unclosed aiohttp session)."""
+    yield
+    while _OPEN_CLIENTS:
+        await _OPEN_CLIENTS.pop().aclose()
+
+
 def _settings(engine, sandbox, fake, **catalog):
     return make_settings(str(engine.url.render_as_string(hide_password=False)), sandbox, commercetools=fake,
                          bulk_poll_min_seconds=0.05, bulk_poll_max_seconds=0.2,
@@ -40,6 +51,7 @@ def _settings(engine, sandbox, fake, **catalog):
 def _exporter(engine, settings, owner=None):
     ct = CommercetoolsClients(settings)
     dd = DotdigitalClients(settings.accounts)
+    _OPEN_CLIENTS.extend((ct, dd))
     return CatalogExporter(engine, settings, create_plugin_manager(load_entrypoints=False),
                            commercetools=ct.get, dotdigital=dd.get, owner=owner)
 
@@ -95,6 +107,10 @@ async def test_full_export_delta_removal_and_two_stores(engine, sandbox, fake):
     fake.unassign_products("sel-uk", ["p000042"])  # left the store's selection
     fourth = await _run(exporter, "uk")
     assert fourth.records_removed == 2
+    deletes = sandbox.requests_matching("DELETE", "/insightData/v3/accounts/Catalog_uk/deleteRecords")
+    assert [sorted(r.json["keys"]) for r in deletes] == [["p000040", "p000042"]]  # one bulk delete
+    docs = OpenApiDocuments.from_directory(SPECS)
+    assert docs.check("DELETE", deletes[0].path, deletes[0].json) == ([], True)
     assert "p000040" not in sandbox.account_records("Catalog_uk")
     assert "p000042" not in sandbox.account_records("Catalog_uk")
     assert _imported_records(sandbox, "Catalog_uk") == []
@@ -156,7 +172,7 @@ async def test_export_catalog_over_grpc_streams_progress(service_factory, databa
 
     from ctdd.sync.v1 import sync_service_pb2 as pb
 
-    seed_catalog(fake, 1200)
+    seeded = seed_catalog(fake, 1200)
     settings = make_settings(database_url, sandbox, commercetools=fake, bulk_poll_min_seconds=0.05,
                              bulk_poll_max_seconds=0.2,
                              stores_extra={"uk": {"catalog": {**CATALOG, "country": "GB"}}})
@@ -166,6 +182,16 @@ async def test_export_catalog_over_grpc_streams_progress(service_factory, databa
     assert replies[-1].records_enqueued == 600 + 3 and len(sandbox.account_records("Catalog_uk")) == 600
     again = [r async for r in service.stub.ExportCatalog(pb.ExportCatalogRequest(store_key="uk"))]
     assert again[-1].done and again[-1].records_enqueued == 0
+
+    # modified_since: only products modified after it are read (version 2 is stamped 00:00:02); nothing removed
+    for i in (4, 5):  # 4 is a uk product, 5 is not
+        fake.add("products", product(i, seeded["leaves"], name_suffix=" (new)", version=2))
+    request = pb.ExportCatalogRequest(store_key="uk")
+    request.modified_since.FromJsonString("2026-01-01T00:00:01Z")
+    since = [r async for r in service.stub.ExportCatalog(request)]
+    assert [(r.products_read, r.records_enqueued, r.done) for r in since] == [(2, 1, False), (2, 1, True)]
+    assert sandbox.account_records("Catalog_uk")["p000004"]["name"] == "Product 4 (new)"
+    assert len(sandbox.account_records("Catalog_uk")) == 600
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in service.stub.ExportCatalog(pb.ExportCatalogRequest(store_key="de")):

@@ -239,24 +239,28 @@ async def test_retry_keeps_partition_order_and_skip_unblocks_a_parked_partition(
                                                version=1))
     await delivered(svc, sandbox, "control1@example.com", "C1")
 
-    # Retrying Pat's second message alone does not jump ahead of the parked first one.
+    # Retrying Pat's second message: the third (queued) carries its only field, the first name, with a newer
+    # value, so nothing is left to send; it is settled as skipped, saying why, and never sent.
     done = ctdd("failures", "retry", f"outbox:{m2}", "--config", config)
-    assert done.returncode == 0 and "1 retried" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "skipped" in done.stdout and f"later message (outbox:{m3})" in done.stdout, \
+        done.stdout + done.stderr
     await svc.stub.SyncContact(contact_request(customer_id="c-ctl2", email="control2@example.com", first_name="C2",
                                                version=1))
     await delivered(svc, sandbox, "control2@example.com", "C2")
-    assert [status_of(svc, m) for m in (m1, m2, m3)] == ["parked", "pending", "pending"]
+    assert [status_of(svc, m) for m in (m1, m2, m3)] == ["parked", "skipped", "pending"]
     assert sandbox.get_contact(email="pat@example.com") is None
 
-    # Retrying the parked head (over gRPC) delivers the partition in sequence order: the last value wins.
+    # Retrying the parked head (over gRPC): a later message is queued, so it goes after it, without the first
+    # name that message replaces; the partition is delivered in sequence order and the last value wins.
     admin = apb_grpc.AdminServiceStub(svc.channel)
     reply = await admin.RetryFailures(apb.RetryFailuresRequest(refs=[f"outbox:{m1}"], operator="ops-ben",
                                                                reason="credentials rotated back"))
     assert [(r.ref, r.outcome) for r in reply.results] == [(f"outbox:{m1}", apb.REDRIVE_OUTCOME_RETRIED)]
-    await wait_for(lambda: all(status_of(svc, m) == "delivered" for m in (m1, m2, m3)), timeout=20,
+    await wait_for(lambda: all(status_of(svc, m) == "delivered" for m in (m1, m3)), timeout=20,
                    what="Pat's partition delivered")
     await delivered(svc, sandbox, "pat@example.com", "Three")
     pat = messages(svc, "pat@example.com")
+    assert [m["id"] for m in pat] == [m2, m3, m1]
     delivered_at = [m["delivered_at"] for m in pat if m["status"] == "delivered"]
     assert delivered_at == sorted(delivered_at)
 
@@ -271,7 +275,9 @@ async def test_retry_keeps_partition_order_and_skip_unblocks_a_parked_partition(
     assert again.returncode == 0 and "already skipped" in again.stdout
     listed = ctdd_json("failures", "list", "--config", config, "--status", "skipped")["failures"]
     assert [(f["ref"], f["note"]) for f in listed] == [
-        (f"outbox:{q1}", "skipped by ops-anna: superseded by the next update")]
+        (f"outbox:{q1}", "skipped by ops-anna: superseded by the next update"),
+        (f"outbox:{m2}", f"retried by ops-anna; nothing left to send: superseded: every field it carried is carried "
+                         f"by a later message (outbox:{m3})")]
     assert ctdd_json("failures", "list", "--config", config)["failures"] == []
     assert svc.rows("SELECT count(*) AS n FROM outbox_message")[0]["n"] >= 7  # nothing deleted
 
@@ -499,3 +505,153 @@ token = "{shop_token}"
     assert reply.changed == 1
     audit = svc.rows("SELECT worker, error FROM delivery_attempt WHERE message_id = :m", m=message_id)
     assert audit == [{"worker": "operator:ops (anna)", "error": "retried by ops (anna)"}]
+
+
+# -- a retry after later messages of the contact were sent: to the tail, without what they carry -------------------
+
+
+def _outbox_contact(engine) -> int:
+    from sqlalchemy.orm import Session
+
+    from ctdd.db.engine import utcnow
+    from ctdd.db.models import Contact
+
+    with Session(engine) as s, s.begin():
+        c = Contact(account="acc", created_at=utcnow(), updated_at=utcnow())
+        s.add(c)
+        s.flush()
+        return c.id
+
+
+def _queue(engine, contact_id: int, body: dict) -> int:
+    from sqlalchemy.orm import Session
+
+    from ctdd.delivery import outbox
+
+    with Session(engine) as s, s.begin():
+        return outbox.enqueue(s, contact_id=contact_id, account="acc", kind="contact.upsert", payload={"body": body},
+                              ref=outbox.RecordRef("uk"))
+
+
+def _settle(engine, msg, outcome: str, code: int) -> None:
+    from ctdd.delivery import outbox
+
+    outbox.settle(engine, [outbox.Outcome(msg, outcome, response_code=code, error=None if code < 300 else "bad")],
+                  worker="w")
+
+
+def _row(engine, message_id: int) -> dict:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT * FROM outbox_message WHERE id = :i"), {"i": message_id})
+                    .one()._mapping)
+
+
+def test_a_retried_dead_message_waits_behind_a_later_one_in_flight_and_others_are_still_claimed(engine):
+    from ctdd.delivery import outbox
+
+    a, b = _outbox_contact(engine), _outbox_contact(engine)
+    old = _queue(engine, a, {"dataFields": {"FIRSTNAME": "Old", "LASTNAME": "Lee"}})
+    new = _queue(engine, a, {"dataFields": {"FIRSTNAME": "New"}})
+    b1 = _queue(engine, b, {"dataFields": {"FIRSTNAME": "B1"}})
+    head_a, head_b = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)
+    _settle(engine, head_a, "dead", 400)  # a dead head releases its partition ...
+    _settle(engine, head_b, "delivered", 200)
+    [later] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)
+    assert later.id == new  # ... so the later message is in flight when the operator retries the dead one
+    b2 = _queue(engine, b, {"dataFields": {"FIRSTNAME": "B2"}})
+
+    report = redrive.retry(engine, [redrive.Ref("outbox", old)], operator="ops", reason="fixed")
+    [result] = report.results
+    assert (result.outcome, result.status) == ("retried", "pending")
+    assert f"outbox:{new}" in result.message and "without the 1 field(s)" in result.message
+    row = _row(engine, old)
+    assert row["sequence"] > later.sequence  # the tail of its partition
+    # Before: the claim took the retried message beside the one in flight and failed on the unique in-flight
+    # index (IntegrityError), so nothing was claimed for any partition until the later message settled.
+    claimed = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)
+    assert [m.id for m in claimed] == [b2]
+    _settle(engine, later, "delivered", 200)
+    [retried] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)
+    # it no longer carries the older first name the later message replaced
+    assert retried.id == old and retried.payload["body"] == {"dataFields": {"LASTNAME": "Lee"}}
+    assert b1 != b2
+
+
+def test_a_claim_is_not_failed_by_a_partition_with_a_message_in_flight(engine):
+    from ctdd.delivery import outbox
+
+    a, b = _outbox_contact(engine), _outbox_contact(engine)
+    first = _queue(engine, a, {"dataFields": {"FIRSTNAME": "A1"}})
+    second = _queue(engine, a, {"dataFields": {"FIRSTNAME": "A2"}})
+    [head] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)
+    _settle(engine, head, "dead", 400)
+    [in_flight] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)
+    assert in_flight.id == second
+    # an earlier message of the partition pending again beside the one in flight (as the old retry left it)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_message SET status = 'pending' WHERE id = :i"), {"i": first})
+    other = _queue(engine, b, {"dataFields": {"FIRSTNAME": "B1"}})
+    assert [m.id for m in outbox.claim(engine, worker="w", limit=10, lease_seconds=30)] == [other]
+    _settle(engine, in_flight, "delivered", 200)
+    assert [m.id for m in outbox.claim(engine, worker="w", limit=10, lease_seconds=30)] == [first]
+
+
+def test_a_retry_that_later_messages_supersede_is_skipped_with_a_note(engine):
+    from ctdd.delivery import outbox
+
+    a = _outbox_contact(engine)
+    old = _queue(engine, a, {"dataFields": {"FIRSTNAME": "Old"}, "lists": [7]})
+    _queue(engine, a, {"dataFields": {"FIRSTNAME": "New"}, "lists": [7]})
+    head = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)[0]
+    _settle(engine, head, "dead", 400)
+    later = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)[0]
+    _settle(engine, later, "delivered", 200)
+
+    dry = redrive.retry(engine, [redrive.Ref("outbox", old)], operator="ops", dry_run=True).results[0]
+    assert dry.outcome == "would_skip" and _row(engine, old)["status"] == "dead"
+    [result] = redrive.retry(engine, [redrive.Ref("outbox", old)], operator="ops", reason="fixed").results
+    assert (result.outcome, result.status) == ("skipped", "skipped")
+    views, _ = redrive.list_failures(engine, redrive.Filters(statuses=("skipped",)))
+    assert [v.note for v in views] == [
+        f"retried by ops: fixed; nothing left to send: superseded: every field it carried is carried by a later "
+        f"message (outbox:{later.id})"]
+    assert outbox.claim(engine, worker="w", limit=10, lease_seconds=30) == []
+    # a later deletion supersedes any earlier update; a deletion is never sent after later messages
+    gone = _queue(engine, a, {"dataFields": {"LASTNAME": "Lee"}})
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_message SET status = 'dead' WHERE id = :i"), {"i": gone})
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as s, s.begin():
+        deletion = outbox.enqueue(s, contact_id=a, account="acc", kind=outbox.CONTACT_DELETE, payload={},
+                                  ref=outbox.RecordRef("uk"))
+    assert redrive.retry(engine, [redrive.Ref("outbox", gone)], operator="ops").results[0].outcome == "skipped"
+    _queue(engine, a, {"dataFields": {"LASTNAME": "Again"}})
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_message SET status = 'dead' WHERE id = :i"), {"i": deletion})
+    refused = redrive.retry(engine, [redrive.Ref("outbox", deletion)], operator="ops").results[0]
+    assert refused.outcome == "refused" and "erase" in refused.message and _row(engine, deletion)["status"] == "dead"
+
+
+async def test_a_retried_message_does_not_overwrite_a_newer_value(service_factory, database_url, sandbox):
+    settings = make_settings(database_url, sandbox)
+    intake = await service_factory(settings, run_dispatcher=False)
+    await intake.stub.SyncContact(contact_request(customer_id="c-ann", email="ann@example.com", first_name="Ann",
+                                                  last_name="Lee", version=1))
+    await intake.stub.SyncContact(contact_request(customer_id="c-ann", email="ann@example.com", first_name="Anne",
+                                                  version=2))
+    first, second = (m["id"] for m in messages(intake, "ann@example.com"))
+    set_status(intake, first, "dead", 400, "Dotdigital API error: PATCH /contacts/v3/email/<email> -> HTTP 400 "
+                                           "contacts:invalidData - The contact data is invalid")
+    svc = await service_factory(settings)  # the dead head released the partition: the newer update goes out
+    await delivered(svc, sandbox, "ann@example.com", "Anne")
+    await wait_for(lambda: status_of(svc, second) == "delivered", what="the newer update delivered")
+
+    [result] = redrive.retry(svc.engine, [redrive.Ref("outbox", first)], operator="ops", reason="field created").results
+    assert result.outcome == "retried"
+    await wait_for(lambda: status_of(svc, first) == "delivered", timeout=20, what="the retried update delivered")
+    contact = sandbox.get_contact(email="ann@example.com")
+    # before: the retried message went out after the newer one with its older first name
+    assert contact["dataFields"]["FIRSTNAME"] == "Anne" and contact["dataFields"]["LASTNAME"] == "Lee"
+    rows = messages(svc, "ann@example.com")
+    assert [m["id"] for m in rows] == [second, first]  # in sequence order: the retried one is now last

@@ -81,10 +81,13 @@ def seed(engine) -> None:
         _trigger(203, BOB, "de", "browse_abandonment", "browse", "b-bob-1", 0, 1, NOW - timedelta(hours=2), "skipped",
                  decided_at=NOW - timedelta(hours=2), reason="unsubscribed: email channel"),
     ]
+    # The CLI and gRPC count the last hour's calls on the real clock, which may be long after NOW (set when the
+    # module was imported): the calls are placed relative to the moment of seeding.
+    seeded = max(NOW, datetime.now(timezone.utc).replace(microsecond=0))
     calls = [dict(account="main", program_id=5001, called_at=at, contact_count=25, enrolment_id=f"e-{i}",
                   status="Finished", error_code=None, faults=None, finished_at=at)
-             for i, at in enumerate([NOW - timedelta(minutes=10), NOW - timedelta(minutes=50),
-                                     NOW - timedelta(hours=2)])]
+             for i, at in enumerate([seeded - timedelta(minutes=10), seeded - timedelta(minutes=50),
+                                     seeded - timedelta(hours=2)])]
     with engine.begin() as conn:
         conn.execute(sa.insert(Contact.__table__), contacts)
         conn.execute(sa.insert(ContactIdentifier.__table__), identifiers)
@@ -129,12 +132,12 @@ def test_queries_find_the_contact_and_order_its_triggers(engine, database_url, s
     with pytest.raises(InvalidQuery):
         list_triggers(engine, ANN, statuses=["done"])
 
-    everything = trigger_summary(engine, settings=settings, now=NOW)
+    everything = trigger_summary(engine, settings=settings, now=datetime.now(timezone.utc))
     assert everything.by_status == {"pending": 2, "sent": 1, "skipped": 2, "cancelled": 1}
     assert everything.skipped_by_reason == {"ordered_since": 1, "unsubscribed": 1}
     assert everything.pending_due == 1
     assert [(b.account, b.calls_last_hour, b.calls_per_hour) for b in everything.enrolment_budgets] == [("main", 2, 20)]
-    de = trigger_summary(engine, "de", settings=settings, now=NOW)
+    de = trigger_summary(engine, "de", settings=settings, now=datetime.now(timezone.utc))
     assert de.by_status == {"pending": 1, "skipped": 1, "cancelled": 1} and de.pending_due == 1
 
 

@@ -108,6 +108,35 @@ def test_tracebacks_keep_their_lines_but_exception_messages_are_escaped_and_reda
     assert EMAIL not in buf.getvalue() and PHONE not in buf.getvalue()
 
 
+def test_messages_inside_exception_groups_are_escaped_too(captured):
+    """A sub-exception of an ExceptionGroup (however deep, and a note on one) cannot start a log line of its
+    own: the traceback prints it behind the group's margin, and it is escaped there as well."""
+    buf = captured()
+    try:
+        try:
+            raise ExceptionGroup("batch failed", [
+                ValueError(f"bad {EMAIL}\n2026-01-01 00:00:00,000 CRITICAL ctdd: forged one"),
+                ExceptionGroup("inner\n2026-01-01 CRITICAL forged group", [
+                    KeyError("k"), RuntimeError("deep\r\n2026-01-01 CRITICAL forged deep")]),
+            ])
+        except ExceptionGroup as group:
+            group.exceptions[0].add_note(f"note\n2026-01-01 CRITICAL forged note {PHONE}")
+            raise RuntimeError("outer") from group
+    except RuntimeError:
+        logging.getLogger("ctdd.test").exception("failed")
+    lines = buf.getvalue().splitlines()
+    assert not any("2026-01-01" in line and "forged" in line and "\\n" not in line for line in lines), lines
+    assert not any(line.lstrip(" |").startswith("2026-01-01") for line in lines)
+    assert any(line.endswith("| ValueError: bad <email>\\n2026-01-01 00:00:00,000 CRITICAL ctdd: forged one")
+               for line in lines)
+    assert any(line.endswith("| RuntimeError: deep\\r\\n2026-01-01 CRITICAL forged deep") for line in lines)
+    assert any(line.endswith("| note\\n2026-01-01 CRITICAL forged note <phone>") for line in lines)
+    assert any("ExceptionGroup: inner\\n2026-01-01 CRITICAL forged group (2 sub-exceptions)" in line
+               for line in lines)
+    assert lines[-1] == "RuntimeError: outer"
+    assert EMAIL not in buf.getvalue() and PHONE not in buf.getvalue()
+
+
 def test_a_database_error_logged_with_its_traceback_carries_no_parameters(captured, tmp_path):
     from ctdd.db.engine import create_db_engine
 
@@ -162,3 +191,10 @@ def test_settings_secrets_finds_every_secret_of_the_configuration():
          "stores": {"uk": {"account": "main", "commercetools": "ct"}}},
         env={"CTDD_ACCOUNT_MAIN_PASSWORD": "dd-password-1", "CT": "ct-secret-2"})
     assert {"dd-password-1", "ct-secret-2"} <= set(settings_secrets(settings))
+
+
+def test_credentials_are_masked_but_words_after_bearer_are_not():
+    from ctdd.redaction import redact_text
+
+    assert "s3cr3t-t0ken-value" not in redact_text("authorization: Bearer s3cr3t-t0ken-value")
+    assert redact_text("refused: missing bearer token") == "refused: missing bearer token"

@@ -33,6 +33,12 @@ class AdminServiceStub:
     rejected queued events, rejected records).
 
     Give it to operators and support staff, not to shops' middleware: it shows per-contact decisions.
+
+    With bearer tokens, every RPC needs an operator token. A token limited to some stores sees and acts on
+    those stores only: a request naming another store is PERMISSION_DENIED, and so is one naming no store
+    (ListTriggers without `store_key`, ListFailures without `filter.store_key`, `all_matching` without
+    `store_key`); a failure reference of another store's row is answered as if no row had it (GetFailure
+    NOT_FOUND, REDRIVE_OUTCOME_NOT_FOUND in RetryFailures and SkipFailures).
     """
 
     def __init__(self, channel):
@@ -76,6 +82,12 @@ class AdminServiceServicer:
     rejected queued events, rejected records).
 
     Give it to operators and support staff, not to shops' middleware: it shows per-contact decisions.
+
+    With bearer tokens, every RPC needs an operator token. A token limited to some stores sees and acts on
+    those stores only: a request naming another store is PERMISSION_DENIED, and so is one naming no store
+    (ListTriggers without `store_key`, ListFailures without `filter.store_key`, `all_matching` without
+    `store_key`); a failure reference of another store's row is answered as if no row had it (GetFailure
+    NOT_FOUND, REDRIVE_OUTCOME_NOT_FOUND in RetryFailures and SkipFailures).
     """
 
     def ListTriggers(self, request, context):
@@ -127,9 +139,13 @@ class AdminServiceServicer:
 
     def RetryFailures(self, request, context):
         """RetryFailures sends failures again. An outbox message (dead or parked) becomes pending with its
-        attempts reset and is due at once; it keeps its place (sequence) in its contact's partition, so it is
-        never delivered ahead of an earlier unsettled message of that contact, and several retried messages
-        of one contact are delivered in their original order. A queued event that failed is processed again.
+        attempts reset and is due at once. While no later message of its contact was sent or is queued, it
+        keeps its place (sequence) in its contact's partition, so it is never delivered ahead of an earlier
+        unsettled message of that contact. Otherwise it goes to the tail of the partition without the fields
+        a later message carries, so it never sends older values over newer ones; when nothing is left (or a
+        later message deletes the contact) it is settled as skipped (outcome REDRIVE_OUTCOME_SKIPPED, the
+        message says why), and a deletion with later messages is refused. A queued event that failed is
+        processed again.
         Rejected records and rejected queued events are refused (outcome REDRIVE_OUTCOME_REFUSED): the request
         itself was invalid and would be refused again. Idempotent: a row that is no longer failed is left as
         it is (REDRIVE_OUTCOME_UNCHANGED). Each call is logged once (operator, references, reason).
@@ -198,6 +214,12 @@ class AdminService:
     rejected queued events, rejected records).
 
     Give it to operators and support staff, not to shops' middleware: it shows per-contact decisions.
+
+    With bearer tokens, every RPC needs an operator token. A token limited to some stores sees and acts on
+    those stores only: a request naming another store is PERMISSION_DENIED, and so is one naming no store
+    (ListTriggers without `store_key`, ListFailures without `filter.store_key`, `all_matching` without
+    `store_key`); a failure reference of another store's row is answered as if no row had it (GetFailure
+    NOT_FOUND, REDRIVE_OUTCOME_NOT_FOUND in RetryFailures and SkipFailures).
     """
 
     @staticmethod

@@ -110,7 +110,9 @@ class SyncServiceServicer:
 
     def ExportCatalog(self, request, context):
         """ExportCatalog exports products and categories of a store to a Dotdigital catalog collection and
-        streams progress while it runs. Not implemented yet: answers UNIMPLEMENTED.
+        streams progress while it runs (one message per page of products, the last with done = true), sending only
+        what changed (docs/catalog.md). FAILED_PRECONDITION when the store's catalog is not enabled; ABORTED while
+        another export of the store runs (in any process); an interrupted export resumes from its cursor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -11,16 +11,14 @@ Dotdigital account, and so a contact, may be shared by several stores).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2
 from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import Engine
 
 from ctdd.api.auth import refuse_store, store_scope
-from ctdd.api.convert import Violation
+from ctdd.api.convert import Violation, to_timestamp as _timestamp
 from ctdd.api.errors import abort, bad_request
 from ctdd.api.failures import FailuresServicer
 from ctdd.config import Settings
@@ -48,12 +46,6 @@ PB_TO_STATUS = {value: name for name, value in STATUS_TO_PB.items()}
 _FIELDS = {None: "contact", "mobile": "mobile_number", "limit": "page_size"}
 
 
-def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if moment is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment)
-    return ts
 
 
 def trigger_message(view: TriggerView) -> pb.Trigger:

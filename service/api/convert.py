@@ -96,6 +96,17 @@ def _timestamp(violations: list[Violation], path: str, value) -> datetime:
     return _timestamp_and_text(violations, path, value)[0]
 
 
+def to_timestamp(moment: datetime | None):
+    """An aware datetime as a protobuf Timestamp for a reply (None stays None: the field is left unset)."""
+    if moment is None:
+        return None
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
 def check_values(message) -> None:
     """Refuse (InvalidRequest) a request with a NUL character in any string (PostgreSQL stores none in text)
     or NaN or Infinity in a google.protobuf.Struct (not JSON: Dotdigital and the database refuse them)."""

@@ -18,13 +18,12 @@ import asyncio
 from datetime import datetime, timezone
 
 import grpc
-from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2
 from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import Engine
 
 from ctdd.api.auth import current_caller, log_refusal, refuse_store, store_scope
-from ctdd.api.convert import Violation
+from ctdd.api.convert import Violation, to_timestamp as _timestamp
 from ctdd.api.errors import abort, bad_request
 from ctdd.config import Settings
 from ctdd.delivery import redrive
@@ -51,12 +50,6 @@ _FILTER_FIELDS = {"statuses": "statuses", "store_key": "store_key", "code": "cod
                   "contact_id": "contact_id", "email": "email", "since": "since", "until": "until"}
 
 
-def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if moment is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment)
-    return ts
 
 
 def failure_message(view: redrive.FailureView) -> pb.Failure:

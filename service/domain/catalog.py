@@ -24,6 +24,8 @@ from datetime import datetime
 from collections.abc import Iterable, Mapping, Sequence  # (isinstance on typing's aliases is several times slower)
 from typing import Any
 
+from ctdd.domain.json_values import json_type
+
 #: price selection scopes, most specific first (commercetools "Price selection" fallback order)
 _SCOPES: tuple[tuple[bool, bool, bool], ...] = (
     (True, True, True), (True, True, False), (True, False, True), (True, False, False),
@@ -296,22 +298,6 @@ def content_hash(record: Mapping[str, Any]) -> str:
     """sha256 of the record's canonical JSON: equal content, equal hash, whatever the key order."""
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    return type(value).__name__
 
 
 def json_shape(record: Any, prefix: str = "") -> dict[str, str]:

@@ -49,6 +49,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from ctdd.domain.json_values import json_type as _json_type
 from ctdd.domain.resources import MAX_ID, MAX_VERSION, InvalidResource, check_resource
 
 __all__ = [
@@ -509,18 +510,6 @@ def _b64decode(value: Any, reason: str) -> str:
         raise InvalidDelivery(f"{reason}: decoded bytes are not UTF-8") from None
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import grpc
 import pytest
@@ -30,36 +27,18 @@ from ctdd.sync.v1 import admin_service_pb2_grpc as apb_grpc
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.testing.commercetools_fake import FakeCommercetools
 from support import ct_payloads as ct
+from support.cli import ops_config, run_ctdd
 from support import contact_request, field_violations, make_settings, wait_for
 
 UNAUTHORIZED = "Dotdigital API error: PATCH /contacts/v3/email/<email> -> HTTP 401 - Unauthorized"
 INVALID = {"errorCode": "contacts:invalidData", "description": "The contact data is invalid"}
 
 
-def _config(tmp_path: Path, database_url: str) -> str:
-    path = tmp_path / "ctdd.toml"
-    path.write_text(f"""
-[service]
-database_url = "{database_url}"
-
-[accounts.main]
-api_user = "apiuser@example.com"
-
-[stores.uk]
-account = "main"
-commercetools_project = "shop-eu"
-
-[stores.de]
-account = "main"
-commercetools_project = "shop-eu"
-""")
-    return str(path)
+_config = ops_config
 
 
 def ctdd(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTDD_")}
-    env["USER"] = "ops-anna"
-    return subprocess.run([sys.executable, "-m", "ctdd", *args], capture_output=True, text=True, env=env, timeout=60)
+    return run_ctdd(*args, user="ops-anna")
 
 
 def ctdd_json(*args: str):

@@ -10,11 +10,7 @@ skipped ("ordered_since"), and her order's post-purchase trigger is pending.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import grpc
 import pytest
@@ -26,6 +22,7 @@ from ctdd.programs.queries import AmbiguousContact, InvalidQuery, find_contact, 
 from ctdd.sync.v1 import admin_service_pb2 as apb
 from ctdd.sync.v1 import admin_service_pb2_grpc as apb_grpc
 from support import field_violations, make_settings
+from support.cli import ops_config, run_ctdd
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 #: Ann's cart was last changed 30 hours ago
@@ -144,31 +141,8 @@ def test_queries_find_the_contact_and_order_its_triggers(engine, database_url, s
 # -- the command line -----------------------------------------------------------------------------------------
 
 
-def _config(tmp_path: Path, database_url: str) -> str:
-    """A config as a support person has it: the stores and the database, no Dotdigital password (the command
-    never calls Dotdigital)."""
-    path = tmp_path / "ctdd.toml"
-    path.write_text(f"""
-[service]
-database_url = "{database_url}"
-
-[accounts.main]
-api_user = "apiuser@example.com"
-
-[stores.uk]
-account = "main"
-commercetools_project = "shop-eu"
-
-[stores.de]
-account = "main"
-commercetools_project = "shop-eu"
-""")
-    return str(path)
-
-
-def ctdd(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTDD_")}
-    return subprocess.run([sys.executable, "-m", "ctdd", *args], capture_output=True, text=True, env=env, timeout=60)
+_config = ops_config
+ctdd = run_ctdd
 
 
 def test_cli_lists_pending_then_decided_triggers_with_reasons(engine, database_url, tmp_path):

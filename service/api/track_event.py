@@ -70,4 +70,16 @@ def stored_request_preparer(events: EventProcessor, settings: Settings) -> Prepa
         except InvalidRequest as exc:
             raise InvalidEvent(str(exc) or "invalid request") from exc
 
+    def at_once(stored: bytes) -> list[Step] | None:
+        """A behavioural event's steps without awaiting anything (no commercetools call); None for a delivery."""
+        try:
+            request = pb.TrackEventRequest.FromString(stored)
+            if _check(settings, request) == "commercetools_delivery":
+                return None
+            event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
+            return [events.prepare_behavioural(request.store_key, event, priority=priority_of(request))]
+        except InvalidRequest as exc:
+            raise InvalidEvent(str(exc) or "invalid request") from exc
+
+    prepare.at_once = at_once  # type: ignore[attr-defined]
     return prepare

@@ -20,6 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -31,6 +32,8 @@ from ctdd.db.models import RejectedRecord
 from ctdd.delivery.bulk import IMPORT_OK, BulkContext, ImportTimings, import_done, poll_import
 from ctdd.dotdigital.client import DotdigitalClient
 from ctdd.dotdigital.errors import DotdigitalError, DotdigitalThrottled
+from ctdd.hooks.manager import Hooks
+from ctdd.hooks.types import HookContext, PluginFailed
 
 log = logging.getLogger(__name__)
 RR = RejectedRecord.__table__
@@ -52,8 +55,11 @@ def _now() -> datetime:
 
 class CatalogDelivery:
     def __init__(self, engine: Engine, settings: Settings, client: DotdigitalClient, *,
-                 timings: ImportTimings | None = None, clock: Callable[[], datetime] = _now):
+                 timings: ImportTimings | None = None, clock: Callable[[], datetime] = _now,
+                 hooks: Hooks | None = None):
         self.engine = engine
+        #: the plugins (``ctdd_transform_payload`` sees every record before it is sent); None: none
+        self.hooks = hooks
         self.settings = settings
         self.client = client
         cfg = settings.dispatcher
@@ -87,10 +93,45 @@ class CatalogDelivery:
                     break
                 chunk.append(row)
                 size += n
-            await self._import(store_key, collection, collection_type, chunk, result)
+            chunk = self._transformed(store_key, collection, chunk, result)
+            if chunk:
+                await self._import(store_key, collection, collection_type, chunk, result)
         if removals:
             await self._removals(store_key, collection, result)
         return result
+
+    def _transformed(self, store_key: str, collection: str, chunk: list[Any], result: FlushResult) -> list[Any]:
+        """The rows with their records as ``ctdd_transform_payload`` leaves them; a row a plugin fails on is
+        refused like a record Dotdigital rejects (``rejected_record``, not sent again until it changes)."""
+        store = self.settings.stores.get(store_key)
+        if self.hooks is None or store is None or not self.hooks.implementations("ctdd_transform_payload", store_key):
+            return chunk
+        ctx = HookContext(store=store, settings=self.settings)
+        out = []
+        for row in chunk:
+            try:
+                record = self.hooks.transform_payload(ctx, "catalog", collection, dict(row.record))
+            except PluginFailed as exc:
+                self._refuse(store_key, collection, row, str(exc), "catalog.transform")
+                result.rejected += 1
+                continue
+            out.append(SimpleNamespace(record_key=row.record_key, record=record, hash=row.hash,
+                                       product_id=row.product_id))
+        return out
+
+    def _refuse(self, store_key: str, collection: str, row: Any, reason: str, operation: str) -> None:
+        now = self.clock()
+        log.warning("catalog record %s (product %s) of %s refused: %s", row.record_key, row.product_id, collection,
+                    reason)
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                             CR.c.record_key == row.record_key, CR.c.hash == row.hash)
+                         .values(rejected=row.hash, pending=False, import_id=None, updated_at=now))
+            conn.execute(sa.insert(RR).values(
+                operation=operation, store_key=store_key, record_type="product",
+                record_id=row.product_id or row.record_key, record_version=None,
+                reason=f"catalog record {row.record_key!r} of {collection} not sent: {reason}", violations=None,
+                created_at=now))
 
     async def _start(self, collection: str, collection_type: str, records: list[dict]) -> str:
         while True:

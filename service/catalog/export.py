@@ -25,7 +25,7 @@ from ctdd.config import Settings, StoreConfig
 from ctdd.domain.catalog import CatalogOptions, catalog_items, category_record, content_hash
 from ctdd.domain.catalog import collection_names as catalog_collections
 from ctdd.hooks.manager import Hooks
-from ctdd.hooks.types import HookContext
+from ctdd.hooks.types import HookContext, PluginFailed
 from ctdd.programs import leases
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class CatalogExporter:
     def delivery(self, account: str) -> CatalogDelivery:
         if account not in self._deliveries:
             self._deliveries[account] = CatalogDelivery(self.engine, self.settings, self.dotdigital(account),
-                                                        clock=self.clock)
+                                                        clock=self.clock, hooks=self.hooks)
         return self._deliveries[account]
 
     def map_item(self, store: StoreConfig, item) -> dict[str, Any]:
@@ -119,7 +119,12 @@ class CatalogExporter:
         version = projection.get("version") if isinstance(projection.get("version"), int) else None
         out = []
         for item in catalog_items(projection, options, categories, now):
-            record = self.map_item(store, item)
+            try:
+                record = self.map_item(store, item)
+            except PluginFailed as exc:  # this item only: logged in rejected_record, the export goes on
+                log.error("catalog item %s of store %s not mapped: %s", item.key, store.key, exc)
+                out.append(records.Wanted(item.key, "product", item.product_id, version, None, None, failed=str(exc)))
+                continue
             out.append(records.Wanted(item.key, "product", item.product_id, version, record, content_hash(record)))
         return out
 
@@ -194,6 +199,7 @@ class CatalogExporter:
                     items = (self.wanted_for(store, options, projection, categories, now)
                              if projection["id"] in members else [])
                     wanted.extend(items)
+                    progress.records_rejected += sum(1 for w in items if w.failed is not None)
                     # variants gone, or a product no longer in the store's selections
                     for gone in known.get(projection["id"], set()) - {w.key for w in items}:
                         wanted.append(records.Wanted(gone, "product", projection["id"], projection.get("version"),

@@ -12,14 +12,16 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ctdd.db.models import CatalogRecord
+from ctdd.db.models import CatalogRecord, RejectedRecord
 
 CR = CatalogRecord.__table__
+RR = RejectedRecord.__table__
 
 
 @dataclass(frozen=True)
 class Wanted:
-    """A record as the export or a product message wants it (``record`` None: remove it)."""
+    """A record as the export or a product message wants it (``record`` None: remove it; ``failed``: a plugin
+    could not map it, the reason naming the plugin and the hook: the stored record is kept as it is)."""
 
     key: str
     kind: str
@@ -27,6 +29,7 @@ class Wanted:
     version: int | None
     record: dict[str, Any] | None
     hash: str | None
+    failed: str | None = None
 
 
 def _pending(hash_: str | None, sent: str | None, rejected: str | None) -> bool:
@@ -38,6 +41,10 @@ def apply(conn: Connection, store_key: str, collection: str, wanted: Iterable[Wa
     """Write wanted records; returns how many became pending (changed content). A record built from an
     older product version than the stored one is ignored (product messages may arrive out of order)."""
     wanted = list(wanted)
+    failed = [w for w in wanted if w.failed is not None]
+    if failed:
+        _reject_failed(conn, store_key, collection, failed, now, run)
+        wanted = [w for w in wanted if w.failed is None]
     if not wanted:
         return 0
     keys = [w.key for w in wanted]
@@ -85,6 +92,19 @@ def apply(conn: Connection, store_key: str, collection: str, wanted: Iterable[Wa
                        "b_pending": u["pending"], **({} if same else {"b_record": u["record"], "b_hash": u["hash"]})}
                       for u in group])
     return changed
+
+
+def _reject_failed(conn: Connection, store_key: str, collection: str, failed: list[Wanted], now: datetime,
+                   run: str | None) -> None:
+    """Records a plugin failed to map: one ``rejected_record`` row each (operation ``catalog.map``); a stored
+    record stays as it is, and counts as seen by the run (a full export does not remove it)."""
+    conn.execute(sa.insert(RR), [
+        {"operation": "catalog.map", "store_key": store_key, "record_type": w.kind, "record_id": w.product_id or w.key,
+         "record_version": w.version, "reason": f"catalog record {w.key!r} of {collection} not mapped: {w.failed}",
+         "violations": None, "created_at": now} for w in failed])
+    if run is not None:
+        conn.execute(sa.update(CR).where(CR.c.store_key == store_key, CR.c.collection == collection,
+                                         CR.c.record_key.in_([w.key for w in failed])).values(seen_run=run))
 
 
 def product_keys(conn: Connection, store_key: str, collection: str, product_ids: Iterable[str]) -> dict[str, set[str]]:

@@ -127,7 +127,7 @@ async def _local(args: argparse.Namespace, settings) -> int:
     view = ProgressView(args.store, sys.stdout)
     try:
         await asyncio.to_thread(upgrade_database, engine)
-        exporter = CatalogExporter(engine, settings, create_plugin_manager(),
+        exporter = CatalogExporter(engine, settings, create_plugin_manager(settings=settings),
                                    commercetools=commercetools.get, dotdigital=dotdigital.get)
         last: Any = None
         async for progress in exporter.export(args.store, modified_since=args.modified_since,

@@ -13,6 +13,7 @@
     ctdd failures list|show|retry|skip ...      (ctdd.cli.failures_cmd)
     ctdd simulate STREAM [--config F] [--openapi DIR] [--json] [--until T]  (ctdd.cli.simulate_cmd)
     ctdd catalog export --store KEY [--full | --modified-since T] [--target HOST:PORT]  (ctdd.cli.catalog_cmd)
+    ctdd plugins list [--json]                  (ctdd.cli.plugins_cmd)
 """
 
 from __future__ import annotations
@@ -202,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ctdd.cli.catalog_cmd import register as register_catalog  # catalog export
 
     register_catalog(sub, common)
+    from ctdd.cli.plugins_cmd import register as register_plugins  # plugins list
+
+    register_plugins(sub, common)
     return parser
 
 

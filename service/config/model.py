@@ -67,6 +67,10 @@ class ServiceConfig(Section):
     #: commit concurrent RPCs in shared transactions (ctdd.db.group_commit); ``CTDD_GROUP_COMMIT=0`` turns it off
     group_commit: bool = True
     group_commit_max_batch: int = Field(256, ge=1)
+    #: apply a batch of events (queued events of a claim, concurrent RPCs of a group commit) set-based: a constant
+    #: number of statements per batch (ctdd.ingest.set_apply); ``false`` applies each in its own savepoint, one
+    #: statement at a time (``CTDD_SET_BASED_APPLY=0``; the same results, kept for comparison)
+    set_based_apply: bool = True
     # -- who may call (ctdd.api.security; docs/api.md "Security") --
     #: PEM certificate chain and private key of the server: TLS on the gRPC port, files reloaded on change
     tls_cert_file: str | None = None
@@ -520,6 +524,10 @@ class DispatcherConfig(Section):
     bulk_import_timeout_seconds: float = Field(900.0, gt=0)
     #: merge pending contact upserts of one contact: when claiming for an import, always, or never
     coalesce: Literal["bulk", "always", "never"] = "bulk"
+    #: a product view's insight message is due this long after it was enqueued, so the views of one contact
+    #: within it go out in one call (ctdd.delivery.view_merge); the contact's later messages wait behind it at
+    #: most this long. 0: off, one call per view
+    view_coalesce_seconds: float = Field(5.0, ge=0)
     #: pace calls from the X-RateLimit-* headers before the limit is reached
     rate_pacing: bool = True
     #: pacing starts when less than this fraction of the account's limit remains
@@ -555,8 +563,8 @@ class BacksyncConfig(Section):
 class InboxConfig(Section):
     """``[inbox]``: the processor of events queued with PROCESSING_QUEUED (``ctdd.ingest.inbox``)."""
 
-    #: queued events claimed and applied together (one transaction, one savepoint per event)
-    batch_size: int = Field(64, ge=1)
+    #: queued events claimed and applied together (one transaction: set-based, or one savepoint per event)
+    batch_size: int = Field(256, ge=1)
     #: a claim is held this long; a processor that died mid-batch leaves its events to the others after it
     lease_seconds: float = Field(60.0, gt=0)
     poll_interval_seconds: float = Field(1.0, gt=0)
@@ -589,3 +597,11 @@ class ProgramsConfig(Section):
     #: decided triggers are kept this long (what ``ctdd triggers list`` shows), then deleted
     retention_days: float = Field(30.0, gt=0)
 
+
+
+class PluginConfig(Section):
+    """``[plugins.<name>]``: where an installed plugin (its entry-point name) applies (``ctdd.hooks.manager``)."""
+
+    name: str = derived()
+    #: the store keys whose records the plugin's hooks see; a plugin without this table applies to every store
+    stores: tuple[str, ...] = Field(min_length=1)

@@ -16,6 +16,7 @@ from ctdd.config.model import (
     CommercetoolsConfig,
     DispatcherConfig,
     InboxConfig,
+    PluginConfig,
     ProgramsConfig,
     Replaceable,
     ServiceConfig,
@@ -38,6 +39,7 @@ class Settings(Replaceable, BaseSettings):
     backsync: BacksyncConfig = Field(default_factory=BacksyncConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)
     programs: ProgramsConfig = Field(default_factory=ProgramsConfig)
+    plugins: dict[str, PluginConfig] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -58,6 +60,7 @@ class Settings(Replaceable, BaseSettings):
         data = dict(data)
         accounts = _name_tables(data, "accounts", "name")
         clients = _name_tables(data, "commercetools", "name")
+        _name_tables(data, "plugins", "name")
         for name, client in clients.items():
             if isinstance(client, dict):
                 client.setdefault("project_key", name)
@@ -86,6 +89,15 @@ class Settings(Replaceable, BaseSettings):
             if store.commercetools is not None and store.commercetools not in self.commercetools:
                 raise InvalidKey(("stores", key, "commercetools"), f"unknown commercetools section "
                                  f"{store.commercetools!r} (known: {sorted(self.commercetools)})")
+        return self
+
+    @model_validator(mode="after")
+    def _plugins_name_known_stores(self) -> Self:
+        for name, plugin in self.plugins.items():
+            unknown = [key for key in plugin.stores if key not in self.stores]
+            if unknown:
+                raise InvalidKey(("plugins", name, "stores"),
+                                 f"unknown store(s) {', '.join(map(repr, unknown))} (known: {sorted(self.stores)})")
         return self
 
     @model_validator(mode="after")
@@ -142,6 +154,10 @@ class Settings(Replaceable, BaseSettings):
     @property
     def group_commit_max_batch(self) -> int:
         return self.service.group_commit_max_batch
+
+    @property
+    def set_based_apply(self) -> bool:
+        return self.service.set_based_apply
 
 
 def _name_tables(data: dict[str, Any], section: str, name_key: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from ctdd.config.renames import apply_renamed_keys
 ENV_PREFIX = "CTDD_"
 CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"
 #: ``[service]`` keys read from ``CTDD_<KEY>``
-SERVICE_VARIABLES = ("listen", "database_url", "log_level", "log_format", "group_commit")
+SERVICE_VARIABLES = ("listen", "database_url", "log_level", "log_format", "group_commit", "set_based_apply")
 #: ``[<section>.<name>]`` keys read from ``CTDD_<WORD>_<NAME>_<KEY>``
 TABLE_VARIABLES = {
     "accounts": ("ACCOUNT", ("api_user", "password")),

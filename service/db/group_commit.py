@@ -13,6 +13,9 @@ database's commit rate, and on SQLite the RPCs' transactions also queue on ``BEG
 - the units of a batch are applied one after the other, so a unit sees the effects of the units before
   it exactly as if they had committed one by one (two updates of one contact keep their order);
 - every caller is answered only after the batch's COMMIT has returned;
+- with ``set_apply``, consecutive units that ``batchable`` accepts are applied together set-based
+  (``ctdd.ingest.set_apply``: a constant number of statements for the run), in one savepoint; if that raises,
+  the run is rolled back and its units are applied one by one as above;
 - if the COMMIT itself fails, no unit of the batch was applied, and each is retried in a transaction of
   its own, so one unit can never fail another.
 
@@ -27,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -37,13 +40,17 @@ from ctdd.db.transactions import INTEGRITY_RETRIES, UnitOfWork, lost_race, run_i
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: applies a run of units set-based inside the open transaction: per unit (True, result) or (False, exception)
+SetApply = Callable[[Session, list[Any]], list[tuple[bool, Any]]]
 
 
 class GroupCommitRunner:
     """Applies concurrent units of work in shared transactions, one savepoint per unit."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 256, on_begin: UnitOfWork[Any] | None = None,
-                 min_commit_interval: float = 0.0, quiet_period: float = 0.001):
+    def __init__(self, engine: Engine, *, max_batch: int = 256,
+                 on_begin: Callable[[Session, list[Any]], None] | None = None,
+                 min_commit_interval: float = 0.0, quiet_period: float = 0.001,
+                 set_apply: SetApply | None = None, batchable: Callable[[Any], bool] | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.engine = engine
@@ -54,8 +61,14 @@ class GroupCommitRunner:
         #: ... but stop gathering once no unit has arrived for this long (see :meth:`_gather_batch`)
         self.quiet_period = quiet_period
         self._last_commit = 0.0
-        #: run first in every transaction this runner opens (e.g. to take a lock)
+        #: run first in every transaction this runner opens, with the units it will apply (e.g. to take a lock)
         self.on_begin = on_begin
+        #: set-based apply of consecutive units that ``batchable`` accepts (see :meth:`_apply_units`)
+        self.set_apply = set_apply
+        self.batchable = batchable or (lambda unit: False)
+        #: units applied set-based, and runs that fell back to one unit at a time (observability and tests)
+        self.set_units = 0
+        self.set_fallbacks = 0
         self._queue: deque[tuple[UnitOfWork[Any], asyncio.Future]] = deque()
         self._kick: asyncio.Event | None = None
         self._committer: asyncio.Task | None = None
@@ -66,6 +79,11 @@ class GroupCommitRunner:
         self.largest_batch = 0
 
     async def run(self, fn: UnitOfWork[T]) -> T:
+        return await self.submit(fn)
+
+    def submit(self, fn: UnitOfWork[T]) -> "asyncio.Future[T]":
+        """Queue ``fn`` for the next batch (from the event loop); the future of its result. For a caller with
+        many units at once (the inbox processor), cheaper than a task per :meth:`run`."""
         if self._closed:
             raise RuntimeError("the transaction runner is closed")
         committer = self._committer
@@ -77,7 +95,7 @@ class GroupCommitRunner:
         self._queue.append((fn, future))
         assert self._kick is not None
         self._kick.set()
-        return await future
+        return future
 
     async def close(self) -> None:
         """Finish what is queued, then stop the committer."""
@@ -144,8 +162,8 @@ class GroupCommitRunner:
             with Session(self.engine, expire_on_commit=False) as session:
                 with session.begin():
                     if self.on_begin is not None:
-                        self.on_begin(session)
-                    outcomes = [self._apply_unit(session, fn) for fn in units]
+                        self.on_begin(session, units)
+                    outcomes = self._apply_units(session, units)
         except Exception:
             log.warning("group commit of %d unit(s) failed; applying them one by one", len(units), exc_info=True)
             return [self._apply_alone(fn) for fn in units]
@@ -153,6 +171,48 @@ class GroupCommitRunner:
         self.units += len(units)
         self.largest_batch = max(self.largest_batch, len(units))
         return outcomes
+
+    def _apply_units(self, session: Session, units: list[Any]) -> list[tuple[bool, Any]]:
+        """Apply ``units`` in order: each run of consecutive units that ``batchable`` accepts with ``set_apply``
+        (in one savepoint; if it raises, the run is rolled back and its units applied one by one), the others
+        one by one, each in its own savepoint."""
+        if self.set_apply is None:
+            return [self._apply_unit(session, fn) for fn in units]
+        outcomes: list[tuple[bool, Any]] = []
+        start = 0
+        while start < len(units):
+            end = start
+            while end < len(units) and self.batchable(units[end]):
+                end += 1
+            if end == start:
+                outcomes.append(self._apply_unit(session, units[start]))
+                start += 1
+                continue
+            outcomes.extend(self._apply_run(session, units[start:end]))
+            start = end
+        return outcomes
+
+    def _apply_run(self, session: Session, run: list[Any]) -> list[tuple[bool, Any]]:
+        assert self.set_apply is not None
+        savepoint = session.begin_nested()
+        try:
+            results = self.set_apply(session, run)
+            session.flush()
+            savepoint.commit()
+        except Exception as exc:
+            try:
+                savepoint.rollback()
+            except Exception:  # pragma: no cover - the savepoint is gone with the connection's error
+                log.debug("rolling back the set-based savepoint failed", exc_info=True)
+            session.expunge_all()
+            self.set_fallbacks += 1
+            level = logging.INFO if lost_race(exc) else logging.WARNING
+            log.log(level, "set-based apply of %d unit(s) failed (%s); applying them one by one", len(run),
+                    type(exc).__name__, exc_info=level == logging.WARNING)
+            return [self._apply_unit(session, fn) for fn in run]
+        session.expunge_all()
+        self.set_units += len(run)
+        return results
 
     @staticmethod
     def _apply_unit(session: Session, fn: UnitOfWork[Any]) -> tuple[bool, Any]:
@@ -179,7 +239,7 @@ class GroupCommitRunner:
     def _apply_alone(self, fn: UnitOfWork[Any]) -> tuple[bool, Any]:
         def unit(session: Session) -> Any:
             if self.on_begin is not None:
-                self.on_begin(session)
+                self.on_begin(session, [fn])
             return fn(session)
 
         try:

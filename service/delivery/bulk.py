@@ -9,7 +9,8 @@ per-record report back to the messages:
   ``updated`` entries deliver their message and give the contact's ``contactId`` (stored, as after a
   PATCH); ``failures`` settle only their own message.
 - ``insight.upsert`` -> ``PUT /insightData/v3/import``, one import per collection; a record is
-  delivered unless it is listed in ``failures``.
+  delivered unless it is listed in ``failures``. A merged view message (``ctdd.delivery.view_merge``) brings
+  all its records; a record refused for good settles only the messages that carried it.
 
 Per-record outcomes (:class:`ItemResult`): ``delivered``; ``dead`` for failures that cannot succeed on a
 resend (invalid email / phone / data, unknown list ...); ``fallback`` - the message is sent on its own
@@ -38,6 +39,7 @@ from ctdd.delivery.context import contact_path
 from ctdd.dotdigital.client import DotdigitalClient
 from ctdd.dotdigital.errors import DotdigitalError
 from ctdd.delivery.outbox import CONTACT_UPSERT, INSIGHT_UPSERT, ClaimedMessage
+from ctdd.delivery.view_merge import record_failures, view_records
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,14 @@ class ItemResult:
     error: str | None = None
     retry_after: float | None = None
     dotdigital_contact_id: int | None = None
+    #: delivered: messages carried by this one whose own record was refused (see ``outbox.Outcome``)
+    record_failures: Mapping[int, tuple[int | None, str]] | None = None
 
     @classmethod
-    def delivered(cls, status_code: int = 200, dotdigital_contact_id: int | None = None) -> ItemResult:
-        return cls("delivered", status_code, dotdigital_contact_id=dotdigital_contact_id)
+    def delivered(cls, status_code: int = 200, dotdigital_contact_id: int | None = None,
+                  record_failures: Mapping[int, tuple[int | None, str]] | None = None) -> ItemResult:
+        return cls("delivered", status_code, dotdigital_contact_id=dotdigital_contact_id,
+                   record_failures=record_failures or None)
 
     @classmethod
     def retry(cls, error: str, status_code: int | None = None, retry_after: float | None = None) -> ItemResult:
@@ -107,7 +113,7 @@ class BulkContext:
     #: records it on the messages, see ``outbox.record_import``)
     on_started: Callable[[str, list[ClaimedMessage]], Awaitable[None]] | None = None
 
-    async def started(self, import_id: str, chunk: list[tuple[ClaimedMessage, dict]]) -> None:
+    async def started(self, import_id: str, chunk: list[tuple[ClaimedMessage, Any]]) -> None:
         if self.on_started is not None:
             await self.on_started(import_id, [msg for msg, _ in chunk])
 
@@ -138,9 +144,10 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def _chunks(items: list[tuple[ClaimedMessage, dict]], max_bytes: int) -> list[list[tuple[ClaimedMessage, dict]]]:
-    """Split import items so that no request body exceeds ``max_bytes`` (Dotdigital: 50 MB)."""
-    chunks: list[list[tuple[ClaimedMessage, dict]]] = [[]]
+def _chunks(items: list[tuple[ClaimedMessage, Any]], max_bytes: int) -> list[list[tuple[ClaimedMessage, Any]]]:
+    """Split import items (one item, or a list of items that must stay together, per message) so that no
+    request body exceeds ``max_bytes`` (Dotdigital: 50 MB)."""
+    chunks: list[list[tuple[ClaimedMessage, Any]]] = [[]]
     size = 0
     for msg, item in items:
         n = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()) + 1
@@ -198,7 +205,7 @@ IMPORT_OK = frozenset(s.casefold() for s in ("Finished", "Complete"))
 IMPORT_RETRY = frozenset(s.casefold() for s in ("Failed", "ExceedsAllowedContactLimit", "Unknown"))
 
 
-async def run_import(ctx: BulkContext, chunk: list[tuple[ClaimedMessage, dict]], kind: str, *,
+async def run_import(ctx: BulkContext, chunk: list[tuple[ClaimedMessage, Any]], kind: str, *,
                      start: Callable[[], Awaitable[str]], status: Callable[[str], Awaitable[Any]],
                      describe: Callable[[str], str]) -> tuple[Any, str, dict[int, ItemResult] | None]:
     """Start an import for ``chunk``, record it, poll it to the end.
@@ -362,51 +369,79 @@ class InsightImport:
         return (p.get("collection"), p.get("scope", "contact"), p.get("collection_type", "custom"))
 
     async def deliver(self, ctx: BulkContext) -> dict[int, ItemResult]:
+        """One import item per record; a merged view message (``ctdd.delivery.view_merge``) brings all its
+        records, kept in one import, and is settled from the outcomes of all of them."""
         results: dict[int, ItemResult] = {}
-        items: list[tuple[ClaimedMessage, dict]] = []
+        items: list[tuple[ClaimedMessage, list[dict]]] = []
         for msg in ctx.msgs:
             p = msg.payload if isinstance(msg.payload, dict) else {}
             contact = ctx.contacts.get(msg.contact_id) if msg.contact_id is not None else None
-            if not p.get("collection") or "record" not in p or (p.get("scope", "contact") == "contact" and contact is None):
+            if not p.get("collection") or ("record" not in p and not p.get("records")) or (
+                    p.get("scope", "contact") == "contact" and contact is None):
                 results[msg.id] = ItemResult.fallback("not importable")
                 continue
-            item: dict[str, Any] = {"key": str(p["record_id"]), "json": p["record"]}
+            identity = None
             if contact is not None and p.get("scope", "contact") == "contact":
                 identifier, value = contact_path(contact, {})
-                item["contactIdentity"] = {"identifier": identifier, "value": value}
-            items.append((msg, item))
-        for chunk in _chunks(items, ctx.max_bytes):
+                identity = {"identifier": identifier, "value": value}
+            msg_items = []
+            for record in view_records(p, msg.id):
+                item: dict[str, Any] = {"key": record.record_id, "json": record.record}
+                if identity is not None:
+                    item["contactIdentity"] = identity
+                msg_items.append(item)
+            items.append((msg, msg_items))
+        for chunk in _chunks(items, ctx.max_bytes):  # a message's items stay together
             results.update(await self._import(ctx, chunk))
         return results
 
-    async def _import(self, ctx: BulkContext, chunk: list[tuple[ClaimedMessage, dict]]) -> dict[int, ItemResult]:
+    async def _import(self, ctx: BulkContext, chunk: list[tuple[ClaimedMessage, list[dict]]]
+                      ) -> dict[int, ItemResult]:
         collection, scope, collection_type = self.group_key(chunk[0][0])
-        by_key = {(item["key"], str((item.get("contactIdentity") or {}).get("value", ""))): msg for msg, item in chunk}
+        by_key = {(item["key"], str((item.get("contactIdentity") or {}).get("value", ""))): msg
+                  for msg, msg_items in chunk for item in msg_items}
         report, what, failed = await run_import(
             ctx, chunk, self.kind,
             start=lambda: ctx.client.start_insight_import(
-                collection, scope=scope, collection_type=collection_type, records=[item for _, item in chunk]),
+                collection, scope=scope, collection_type=collection_type,
+                records=[item for _, msg_items in chunk for item in msg_items]),
             status=ctx.client.insight_import_status,
-            describe=lambda import_id: f"insight import {import_id} ({collection}, {len(chunk)} records)",
+            describe=lambda import_id: f"insight import {import_id} ({collection}, "
+                                       f"{sum(len(i) for _, i in chunk)} records)",
         )
         if failed is not None:
             return failed
-        results = {msg.id: ItemResult.delivered(200) for msg, _ in chunk}
+        #: per message: record id -> ("dead" | "fallback", reason)
+        refused: dict[int, dict[str, tuple[str, str]]] = {}
         for failure in _get(report, "failures") or ():
             owner = _get(failure, "collectionOwner", _get(failure, "collection_owner")) or {}
             identity = _get(owner, "contactIdentity", _get(owner, "contact_identity")) or {}
-            msg = by_key.get((str(_get(failure, "key", "")), str(_get(identity, "value", ""))))
+            key = str(_get(failure, "key", ""))
+            msg = by_key.get((key, str(_get(identity, "value", ""))))
             if msg is None:
                 log.warning("%s: a failure matches no message: %s", what, _get(failure, "failureReason"))
                 continue
             reason_code = str(_get(failure, "failureReason", _get(failure, "failure_reason", "")) or "")
             details = "; ".join(str(d) for d in _get(failure, "details") or ())
             reason = f"{what}: {reason_code}" + (f" ({details})" if details else "")
-            if reason_code.casefold() in INSIGHT_DEAD_REASONS:
-                results[msg.id] = ItemResult.dead(reason, 400)
-            else:
-                results[msg.id] = ItemResult.fallback(reason)
-        return results
+            refused.setdefault(msg.id, {})[key] = (
+                "dead" if reason_code.casefold() in INSIGHT_DEAD_REASONS else "fallback", reason)
+        return {msg.id: _message_result(msg, msg_items, refused.get(msg.id) or {}) for msg, msg_items in chunk}
+
+
+def _message_result(msg: ClaimedMessage, items: list[dict], refused: dict[str, tuple[str, str]]) -> ItemResult:
+    """A message's outcome from those of its records: delivered when none was refused; sent on its own
+    (``fallback``: the single calls' answers are authoritative) when a refusal may not be final; ``dead`` when
+    all its records were refused for good; else delivered, with the messages of the refused records dead."""
+    if not refused:
+        return ItemResult.delivered(200)
+    if any(outcome == "fallback" for outcome, _ in refused.values()):
+        return ItemResult.fallback("; ".join(reason for _, reason in refused.values()))
+    if len(refused) >= len(items):
+        return ItemResult.dead("; ".join(reason for _, reason in refused.values()), 400)
+    records = view_records(msg.payload, msg.id)
+    return ItemResult.delivered(200, record_failures=record_failures(
+        records, {key: (400, reason) for key, (_, reason) in refused.items()}))
 
 
 register(InsightImport())

@@ -41,6 +41,9 @@ class Delivered:
     dotdigital_contact_id: int | None = None
     #: channel -> status as Dotdigital reported it in the response (for the consent rules)
     channel_statuses: dict[str, str | None] | None = None
+    #: messages carried by a merged message whose own record was refused for good while the rest was
+    #: delivered: message id -> (response code, error) (``ctdd.delivery.view_merge``)
+    record_failures: dict[int, tuple[int | None, str]] | None = None
 
 
 Handler = Callable[[DeliveryContext], Awaitable[Delivered]]

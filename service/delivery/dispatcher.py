@@ -7,7 +7,9 @@
   ``bulk_max_batch`` partition heads of the kinds that have a bulk handler (``ctdd.delivery.bulk``) and sends
   them as one bulk import per account and kind (at most one head per partition, so order holds), polls
   the import, and settles each message from the per-record report. Pending contact upserts queued behind
-  a head are coalesced into it when claimed in bulk mode (``coalesce``).
+  a head are coalesced into it when claimed in bulk mode (``coalesce``). Product views of one contact are
+  merged into one message in both modes (``view_coalesce_seconds``); one carrying several products goes out
+  as an insight import, with those of the other contacts claimed at the same time (``ctdd.delivery.view_merge``).
 - Retries: retryable failures (5xx, 408/425/429, throttling, transport errors) go back to ``pending`` with
   capped exponential backoff and jitter, at least as long as Retry-After / X-RateLimit-Reset asks; after
   ``max_attempts`` the message is *parked* (kept, resumed once the account delivers again); a message parked
@@ -47,6 +49,8 @@ from ctdd.delivery import outbox
 from ctdd.delivery.bulk import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
 from ctdd.config import DispatcherConfig, Settings
 from ctdd.delivery.handlers import HANDLERS, DeliveryContext
+from ctdd.delivery.transform import PluginFailed, transformed
+from ctdd.delivery.view_merge import is_multi_record
 from ctdd.db.engine import is_sqlite, utcnow
 from ctdd.db.models import Contact
 from ctdd.dotdigital.errors import DotdigitalError
@@ -217,6 +221,7 @@ class Dispatcher:
         last_rescue = 0.0
         coalesce_bulk = self.cfg.coalesce in ("bulk", "always")
         coalesce_single = self.cfg.coalesce == "always"
+        merge_views = self.cfg.view_coalesce_seconds > 0
         while not self._stopping:
             progressed = False
             try:
@@ -238,7 +243,7 @@ class Dispatcher:
                         claimed = await asyncio.to_thread(
                             outbox.claim, self.engine, worker=self.worker_id, limit=self.cfg.bulk_max_batch,
                             lease_seconds=self.cfg.lease_seconds, kinds=tuple(BULK_HANDLERS), now=now,
-                            accounts_excluded=paused, coalesce=coalesce_bulk,
+                            accounts_excluded=paused, coalesce=coalesce_bulk, merge_views=merge_views,
                         )
                         progressed |= self._dispatch_bulk(self._without_orphans(claimed))
                 # Up to `concurrency` calls run at once; as many claimed messages again wait for a slot (or
@@ -256,9 +261,9 @@ class Dispatcher:
                     claimed = await asyncio.to_thread(
                         outbox.claim, self.engine, worker=self.worker_id, limit=min(free, self.cfg.batch_size),
                         lease_seconds=self.cfg.lease_seconds, accounts_excluded=paused, coalesce=coalesce_single,
-                        now=now, kinds=single_kinds,
+                        merge_views=merge_views, now=now, kinds=single_kinds,
                     )
-                    ready = self._without_orphans(claimed)
+                    ready = self._imports_of_views(self._without_orphans(claimed))
                     contacts = await asyncio.to_thread(self._load_contacts,
                                                        {m.contact_id for m in ready if m.contact_id is not None})
                     for msg in ready:
@@ -317,7 +322,7 @@ class Dispatcher:
         if self.cfg.batching and len(ready) >= self.cfg.bulk_min_batch:
             self._dispatch_bulk(ready)
         else:
-            for msg in ready:
+            for msg in self._imports_of_views(ready):
                 self._spawn_single(msg)
 
     def _spawn_single(self, msg: outbox.ClaimedMessage, contact=_UNSET) -> None:
@@ -340,13 +345,31 @@ class Dispatcher:
             groups[(msg.account, msg.kind, bulk.group_key(msg))].append(msg)
         for (account, kind, _), msgs in groups.items():
             if len(msgs) < self.cfg.bulk_min_batch:
-                for msg in msgs:
+                for msg in self._imports_of_views(msgs):
                     self._spawn_single(msg)
                 continue
             task = asyncio.create_task(self._deliver_bulk_guarded(account, kind, msgs), name=f"bulk-{kind}-{msgs[0].id}")
             self._bulk_tasks.add(task)
             task.add_done_callback(self._task_done)
         return len(claimed) >= self.cfg.bulk_min_batch
+
+    def _imports_of_views(self, msgs: list[outbox.ClaimedMessage]) -> list[outbox.ClaimedMessage]:
+        """Start one insight import per account for the merged product-view messages carrying several records
+        (``ctdd.delivery.view_merge``): one call for all their records instead of one per record. Returns the
+        other messages, to be sent one by one."""
+        views: dict[str, list[outbox.ClaimedMessage]] = defaultdict(list)
+        rest = []
+        for msg in msgs:
+            if is_multi_record(msg.kind, msg.payload) and outbox.INSIGHT_UPSERT in BULK_HANDLERS:
+                views[msg.account].append(msg)
+            else:
+                rest.append(msg)
+        for account, group in views.items():
+            task = asyncio.create_task(self._deliver_bulk_guarded(account, outbox.INSIGHT_UPSERT, group),
+                                       name=f"views-{group[0].id}")
+            self._bulk_tasks.add(task)
+            task.add_done_callback(self._task_done)
+        return rest
 
     async def _deliver_guarded(self, msg: outbox.ClaimedMessage, contact=_UNSET) -> None:
         try:
@@ -398,13 +421,18 @@ class Dispatcher:
                 contact = await asyncio.to_thread(self._load_contact, msg.contact_id)
             elif contact is None and msg.contact_id is not None:
                 raise LookupError(f"contact {msg.contact_id} not found")
-            ctx = DeliveryContext(msg=msg, contact=contact, client=self.clients.get(msg.account), settings=self.settings)
+            ctx = DeliveryContext(msg=transformed(self.hooks, self.settings, msg), contact=contact,
+                                  client=self.clients.get(msg.account), settings=self.settings)
             async with self._slots:  # only the call itself holds one of the `concurrency` slots
                 if self._stopping:
                     raise _NotStarted()  # claimed ahead but not begun: released on shutdown
                 result = await handle(ctx)
         except _NotStarted:
             raise
+        except PluginFailed as exc:  # ctdd_transform_payload failed: this message is poison, never retried
+            span.set_status(Status(StatusCode.ERROR, "plugin_failed"))
+            return await self._failed(msg, started, attempt, reason=str(exc), status_code=None, retryable=False,
+                                      retry_after=None, throttled=False)
         except DotdigitalError as exc:
             span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
             span.set_attribute("error.type", exc.code or type(exc).__name__)
@@ -429,7 +457,8 @@ class Dispatcher:
             dotdigital_contact_id=(result.dotdigital_contact_id
                                    if getattr(contact, "dotdigital_contact_id", None) != result.dotdigital_contact_id
                                    else None),
-            started_at=started, channel_statuses=dict(result.channel_statuses or {}) or None))
+            started_at=started, channel_statuses=dict(result.channel_statuses or {}) or None,
+            record_failures=result.record_failures or None))
         if not delivered:
             log.warning("message %s: lease lost before delivery was recorded", msg.id)
         if delivered:
@@ -546,12 +575,13 @@ class Dispatcher:
                         "messaging.destination.name": account, "messaging.batch.message_count": len(msgs)},
         ) as span:
             t0 = time.perf_counter()
-            ctx = BulkContext(msgs=msgs, contacts=contacts, client=self.clients.get(account), settings=self.settings,
+            sent, refused = self._transformed_all(msgs)
+            ctx = BulkContext(msgs=sent, contacts=contacts, client=self.clients.get(account), settings=self.settings,
                               timings=self.import_timings, timeout_seconds=self.cfg.bulk_import_timeout_seconds,
                               max_bytes=self.cfg.bulk_max_bytes, on_started=self._import_started)
             auth_failure: DotdigitalError | None = None
             try:
-                results = await bulk.deliver(ctx)
+                results = await bulk.deliver(ctx) if sent else {}
             except DotdigitalError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
                 if is_auth_failure(exc) and await self._auth_refused_before(account, msgs):
@@ -581,6 +611,7 @@ class Dispatcher:
                 log.exception("bulk import of %d %s message(s) failed", len(msgs), kind)
                 span.record_exception(exc)
                 results = {m.id: ItemResult.retry(f"{type(exc).__name__}: {exc}", None, None) for m in msgs}
+            results = {**results, **refused}
             outcomes: list[outbox.Outcome] = []
             fallback: list[outbox.ClaimedMessage] = []
             delays: dict[tuple, float] = {}  # one delay per (attempt, retry-after): a retried batch stays a batch
@@ -593,7 +624,8 @@ class Dispatcher:
                     fallback.append(msg)
                 elif res.outcome == "delivered":
                     outcomes.append(outbox.Outcome(msg, "delivered", res.status_code,
-                                                   dotdigital_contact_id=res.dotdigital_contact_id))
+                                                   dotdigital_contact_id=res.dotdigital_contact_id,
+                                                   record_failures=res.record_failures))
                 elif res.outcome == "retry" and attempt < self.cfg.max_attempts:
                     delay = delays.setdefault((attempt, res.retry_after), self._retry_delay(attempt, res.retry_after))
                     outcomes.append(outbox.Outcome(msg, "retry", res.status_code, res.error, delay_seconds=delay))
@@ -630,6 +662,17 @@ class Dispatcher:
         if fallback:
             self.stats["bulk_fallback"] += len(fallback)
             await asyncio.gather(*(self._deliver_guarded(m) for m in fallback))
+
+    def _transformed_all(self, msgs: list[outbox.ClaimedMessage]
+                         ) -> tuple[list[outbox.ClaimedMessage], dict[int, ItemResult]]:
+        """Bulk: the messages as ``ctdd_transform_payload`` leaves them, and those a plugin failed on (dead)."""
+        sent, refused = [], {}
+        for msg in msgs:
+            try:
+                sent.append(transformed(self.hooks, self.settings, msg))
+            except PluginFailed as exc:
+                refused[msg.id] = ItemResult.dead(str(exc))
+        return sent, refused
 
     async def _kill_parked_too_often(self, outcomes: list[outbox.Outcome]) -> None:
         """Bulk: a message to park for the ``max_parks``-th time goes to ``dead`` instead (see _park)."""

@@ -3,7 +3,10 @@
 - ``insight.upsert``: ``PUT /insightData/v3/contacts/{identifier}/{value}/{collection}/{recordId}``. The
   record is delivered in the contact's partition, after the contact upsert that creates the contact, so
   the contact always exists first (Dotdigital rejects records of unknown contacts). A
-  missing collection is created (contact scope, with the collection type) and the record sent again.
+  missing collection is created (contact scope, with the collection type) and the record sent again. A merged
+  product-view message (``ctdd.delivery.view_merge``) with one record is this single ``PUT``; with several, the
+  dispatcher sends them in one insight import (``ctdd.delivery.bulk``) and falls back to one ``PUT`` per record
+  here when the import's answer is not final.
 - ``contact.remove_from_lists``: v2 ``DELETE /v2/address-books/{id}/contacts/{contactId}`` per list
   (a contact that is not a member is fine).
 - ``contact.delete``: v3 ``DELETE /contacts/v3/contactId/{id}`` (200 ``{contactId}``); a contact already gone
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import logging
 
+from ctdd.delivery.account_guard import is_auth_failure
 from ctdd.delivery.context import Delivered, DeliveryContext, contact_path
+from ctdd.delivery.view_merge import record_failures, view_records
 from ctdd.dotdigital.errors import DotdigitalError
 
 log = logging.getLogger(__name__)
@@ -26,13 +31,38 @@ def _is_collection_missing(exc: DotdigitalError) -> bool:
 
 
 async def deliver_insight_upsert(ctx: DeliveryContext) -> Delivered:
+    """One ``PUT`` per record: the message's record, or each record of a merged view message (the dispatcher
+    sends those in one import; this is their authoritative one-by-one path when the import could not settle
+    them). A record refused for good (a non-retryable 4xx other than 401/403) settles only the messages that
+    carried it; any other failure fails the whole message (it is retried as a whole: upserts are idempotent)."""
     if ctx.contact is None:
         raise ValueError("insight.upsert message without a contact")
+    records = view_records(ctx.msg.payload, ctx.msg.id)
+    if len(records) == 1:
+        return Delivered(await _put_record(ctx, records[0].record_id, records[0].record))
+    refused: dict[str, tuple[int | None, str]] = {}
+    last: DotdigitalError | None = None
+    status = 204
+    for record in records:
+        try:
+            status = await _put_record(ctx, record.record_id, record.record)
+        except DotdigitalError as exc:
+            if exc.retryable or is_auth_failure(exc):
+                raise
+            refused[record.record_id] = (exc.status_code, f"record {record.record_id}: {exc}")
+            last = exc
+    if last is not None and len(refused) == len(records):
+        raise last
+    return Delivered(status, record_failures=record_failures(records, refused) or None)
+
+
+async def _put_record(ctx: DeliveryContext, record_id: str, record: dict) -> int:
     p = ctx.msg.payload
+    assert ctx.contact is not None
     identifier, value = contact_path(ctx.contact, {})
     try:
-        status = await ctx.client.upsert_insight_record(
-            p["collection"], p["record_id"], p["record"], identifier=identifier, value=value, headers=ctx.headers
+        return await ctx.client.upsert_insight_record(
+            p["collection"], record_id, record, identifier=identifier, value=value, headers=ctx.headers
         )
     except DotdigitalError as exc:
         if not _is_collection_missing(exc):
@@ -40,10 +70,9 @@ async def deliver_insight_upsert(ctx: DeliveryContext) -> Delivered:
         log.info("creating insight collection %s (%s)", p["collection"], p.get("collection_type"))
         await ctx.client.create_collection(p["collection"], scope=p.get("scope", "contact"),
                                            collection_type=p.get("collection_type", "custom"))
-        status = await ctx.client.upsert_insight_record(
-            p["collection"], p["record_id"], p["record"], identifier=identifier, value=value, headers=ctx.headers
+        return await ctx.client.upsert_insight_record(
+            p["collection"], record_id, record, identifier=identifier, value=value, headers=ctx.headers
         )
-    return Delivered(status)
 
 
 async def deliver_remove_from_lists(ctx: DeliveryContext) -> Delivered:

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from ctdd.db.consent_state import record_channel_statuses_many
 from ctdd.db.engine import utcnow
 from ctdd.db.models import Contact, DeliveryAttempt, FieldState, OutboxMessage, OutboxStatus
+from ctdd.delivery.view_merge import Follower, is_view_message, merge_views
 from ctdd.domain.payload import MAX_CONSENT_RECORDS
 from ctdd.redaction import redact_text
 
@@ -110,8 +111,13 @@ def enqueue(
     ref: RecordRef,
     now: datetime | None = None,
     priority: int = 0,
+    not_before: datetime | None = None,
 ) -> int:
     """Append a message to the contact's partition inside the caller's transaction; returns its id.
+
+    ``not_before``: the message is not due before then (``next_attempt_at = max(now, not_before)``); the
+    contact's later messages wait behind it (partition order). Used to let product views gather
+    (``[dispatcher] view_coalesce_seconds``, ``ctdd.delivery.view_merge``).
 
     Bumping ``contact.next_sequence`` with UPDATE ... RETURNING row-locks the contact, so concurrent
     writers of one contact get consecutive sequence numbers in commit order.
@@ -130,7 +136,7 @@ def enqueue(
             "payload": payload,
             "status": OutboxStatus.PENDING,
             "attempts": 0,
-            "next_attempt_at": now,
+            "next_attempt_at": max(now, not_before) if not_before is not None else now,
             "store_key": ref.store_key,
             "record_type": ref.record_type,
             "record_id": ref.record_id,
@@ -242,12 +248,14 @@ def _claim_statement(dialect: str, kinds: tuple[str, ...] | None, accounts_exclu
 
 def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None,
           kinds: tuple[str, ...] | None = None, accounts_excluded: tuple[str, ...] = (),
-          coalesce: bool = False) -> list[ClaimedMessage]:
+          coalesce: bool = False, merge_views: bool = False) -> list[ClaimedMessage]:
     """Lease up to ``limit`` due partition heads to ``worker``.
 
     ``kinds`` restricts the claim to these message kinds, ``accounts_excluded`` skips accounts (e.g. one
     paused by throttling). With ``coalesce``, pending contact upserts queued behind each claimed
-    contact-upsert head are merged into it in the same transaction (see the module docstring).
+    contact-upsert head are merged into it in the same transaction (see the module docstring); with
+    ``merge_views``, so are the pending product views queued behind a product-view head, due or not
+    (``ctdd.delivery.view_merge``).
     """
     if limit <= 0:
         return []
@@ -263,8 +271,8 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
             conn.exec_driver_sql("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
         rows = conn.execute(stmt, params).all()
         claimed = [ClaimedMessage(**row._mapping, merged_ids=_merged_ids(row.payload)) for row in rows]
-        if coalesce and claimed:
-            claimed = _coalesce(conn, claimed, now)
+        if (coalesce or merge_views) and claimed:
+            claimed = _coalesce(conn, claimed, now, contacts=coalesce, views=merge_views)
     return sorted(claimed, key=lambda m: m.id)
 
 
@@ -318,9 +326,13 @@ def merge_contact_bodies(first: dict, later: dict) -> dict | None:
     return merged
 
 
-def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime) -> list[ClaimedMessage]:
-    """Merge the unclaimed contact upserts queued right behind each claimed contact-upsert head."""
-    heads = {m.partition_key: m for m in claimed if m.kind == CONTACT_UPSERT and isinstance(m.payload, dict)}
+def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime, *, contacts: bool = True,
+              views: bool = False) -> list[ClaimedMessage]:
+    """Merge the unclaimed messages queued right behind each claimed head that can take them: contact
+    upserts into a contact-upsert head (``contacts``), product views into a product-view head (``views``)."""
+    heads = {m.partition_key: m for m in claimed
+             if (contacts and m.kind == CONTACT_UPSERT and isinstance(m.payload, dict))
+             or (views and is_view_message(m.kind, m.payload))}
     if not heads:
         return claimed
     followers = conn.execute(
@@ -336,8 +348,10 @@ def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime) -> list[Claime
         if row.sequence <= head.sequence or row.partition_key in stopped:
             continue
         run = runs.setdefault(row.partition_key, [])
-        if (row.kind != CONTACT_UPSERT or row.status != OutboxStatus.PENDING or row.attempts
-                or len(run) + len(_merged_ids(head.payload)) >= MAX_COALESCED):
+        same_kind = (is_view_message(row.kind, row.payload) if head.kind == INSIGHT_UPSERT
+                     else row.kind == CONTACT_UPSERT)
+        if (not same_kind or row.status != OutboxStatus.PENDING or row.attempts
+                or (head.kind == CONTACT_UPSERT and len(run) + len(_merged_ids(head.payload)) >= MAX_COALESCED)):
             stopped.add(row.partition_key)
             continue
         run.append(row)
@@ -347,32 +361,36 @@ def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime) -> list[Claime
         if not run:
             result.append(msg)
             continue
-        body = dict(msg.payload.get("body") or {})
-        merged_refs = list(msg.payload.get("merged") or ())
-        taken = []
-        for row in run:
-            combined = merge_contact_bodies(body, (row.payload or {}).get("body") or {})
-            if combined is None:
-                break
-            body = combined
-            taken.append(row.id)
-            merged_refs.append({
-                "id": row.id, "sequence": row.sequence, "store_key": row.store_key, "record_type": row.record_type,
-                "record_id": row.record_id, "record_version": row.record_version,
-                "trace": (row.payload or {}).get("trace"),
-            })
+        if msg.kind == INSIGHT_UPSERT:
+            payload, taken = merge_views(msg.payload, msg.id, [Follower(row.id, row.payload) for row in run])
+            body = None
+        else:
+            payload, body, taken = msg.payload, dict(msg.payload.get("body") or {}), []
+            for row in run:
+                combined = merge_contact_bodies(body, (row.payload or {}).get("body") or {})
+                if combined is None:
+                    break
+                body = combined
+                taken.append(row.id)
         if not taken:
             result.append(msg)
             continue
-        payload = {**msg.payload, "body": body, "merged": merged_refs}
+        rows = {row.id: row for row in run}
+        merged_refs = list(msg.payload.get("merged") or ())
+        merged_refs += [{
+            "id": row.id, "sequence": row.sequence, "store_key": row.store_key, "record_type": row.record_type,
+            "record_id": row.record_id, "record_version": row.record_version,
+            "trace": (row.payload or {}).get("trace"),
+        } for row in (rows[i] for i in taken)]
+        payload = {**payload, "merged": merged_refs, **({"body": body} if body is not None else {})}
         conn.execute(sa.update(OM).where(OM.c.id == msg.id).values(payload=payload, updated_at=now))
         conn.execute(
             sa.update(OM)
             .where(OM.c.id.in_(taken), OM.c.status == OutboxStatus.PENDING)
             .values(status=OutboxStatus.MERGED, merged_into=msg.id, updated_at=now)
         )
-        log.info("coalesced %d pending upsert(s) of partition %s into message %s", len(taken), msg.partition_key,
-                 msg.id)
+        log.info("coalesced %d pending %s message(s) of partition %s into message %s", len(taken),
+                 "product view" if body is None else "upsert", msg.partition_key, msg.id)
         result.append(replace(msg, payload=payload, merged_ids=_merged_ids(payload)))
     return result
 
@@ -437,6 +455,27 @@ def _settle_merged(conn, head_ids: list[int], status: str, *, now: datetime, res
     conn.execute(
         sa.update(OM).where(OM.c.merged_into.in_(head_ids), OM.c.status == OutboxStatus.MERGED).values(**values)
     )
+
+
+def _settle_record_failures(conn, head_id: int, failures: Mapping[int, tuple[int | None, str]], *,
+                            now: datetime) -> None:
+    """Of a delivered message, the head or merged messages whose own record was refused become ``dead``
+    (before the other merged messages take the head's ``delivered``), and their record values are forgotten
+    so that the next identical record is sent again. A merged one leaves its head (``merged_into`` cleared):
+    it is dead on its own account, and an operator's retry sends its own record again."""
+    for mid, (code, error) in failures.items():
+        conn.execute(
+            sa.update(OM)
+            .where(OM.c.id == mid, sa.or_(OM.c.id == head_id,
+                                          sa.and_(OM.c.merged_into == head_id, OM.c.status == OutboxStatus.MERGED)))
+            .values(status=OutboxStatus.DEAD, updated_at=now, last_response_code=code, delivered_at=None,
+                    merged_into=None,
+                    last_error=_stored_error(error if mid == head_id else
+                                             f"sent merged into message {head_id}, record refused: {error}"))
+        )
+    conn.execute(sa.delete(FS).where(FS.c.message_id.in_(list(failures))))
+    log.error("message %s delivered but %d of the messages it carries dead-lettered: their record was refused",
+              head_id, len(failures))
 
 
 def _forget_fields(conn, head_ids: list[int]) -> None:
@@ -576,6 +615,10 @@ class Outcome:
     #: delivered: the contact's channel statuses the response reported, recorded in the settling
     #: transaction (``consent_state.record_channel_statuses_many``) if the message was still ours
     channel_statuses: Mapping[str, str | None] | None = None
+    #: delivered: the messages (the head or messages merged into it) whose record was refused for good while
+    #: the rest of the message was delivered (a merged view message, ``ctdd.delivery.view_merge``): message id
+    #: -> (response code, error). They become ``dead``, and the record values they carried are forgotten.
+    record_failures: Mapping[int, tuple[int | None, str]] | None = None
 
 
 # Statements of every settle, built once.
@@ -628,6 +671,9 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
             by_code.setdefault(o.response_code, []).append(o.msg.id)
         for code, group in by_code.items():
             conn.execute(_SETTLE_DELIVERED, {"ids": group, "code": code, "now": now})
+            for o in delivered:
+                if o.record_failures and o.response_code == code:
+                    _settle_record_failures(conn, o.msg.id, o.record_failures, now=now)
             _settle_merged(conn, group, OutboxStatus.DELIVERED, now=now, response_code=code)
         learnt = [{"cid": o.msg.contact_id, "dd": o.dotdigital_contact_id, "now": now} for o in mine
                   if o.outcome != "retry" and o.dotdigital_contact_id is not None and o.msg.contact_id is not None]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ctdd.config import Settings, StoreConfig
+from ctdd.config import ConfigError, Settings, StoreConfig
 
 
 @dataclass(frozen=True)
@@ -100,3 +100,43 @@ class TriggerDecision:
 
 class PluginConflict(ValueError):
     """Two plugins disagree about a value (enrichment clash); a configuration error."""
+
+
+class PluginFailed(Exception):
+    """A plugin failed in a hook: it raised ``cause``, or its answer was refused (a field changing JSON type,
+    not a JSON object ...). The caller fails that one record (a rejected record, or a dead-lettered message)
+    naming ``plugin`` and ``hook``; the other records keep flowing.
+
+    The message names the plugin, the hook and the exception type or the refused field, never a value (values
+    may be personal data); the cause, with its traceback, is chained and logged by the facade."""
+
+    def __init__(self, plugin: str, hook: str, cause: BaseException | str):
+        self.plugin = plugin
+        self.hook = hook
+        self.cause = cause
+        detail = cause if isinstance(cause, str) else f"raised {type(cause).__name__}"
+        super().__init__(f"plugin {plugin!r} failed in {hook}: {detail}")
+
+
+class PluginStartupError(ConfigError):
+    """A plugin cannot be loaded (its import failed, it implements a hook that does not exist, it is
+    configured for stores that do not exist ...): start-up stops with a message naming the plugin."""
+
+    def __init__(self, message: str, *, plugin: str | None = None, key: str | None = None):
+        super().__init__(message, key=key)
+        self.plugin = plugin
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered plugin, as ``ctdd plugins list`` shows it."""
+
+    name: str
+    #: the hooks it implements, sorted
+    hooks: tuple[str, ...]
+    #: the distribution that ships it (None: registered in code) and its version
+    distribution: str | None
+    version: str | None
+    #: the store keys it applies to (None: every store)
+    stores: tuple[str, ...] | None
+    bundled: bool = False

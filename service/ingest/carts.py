@@ -27,6 +27,7 @@ programs.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Mapping
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from ctdd.config import StoreConfig
 from ctdd.db.engine import utcnow
-from ctdd.db.models import Cart, CartStatus, FieldState
+from ctdd.db.models import Cart, CartStatus, FieldState, RejectedRecord
 from ctdd.delivery import outbox
 from ctdd.domain.collections import CART_COLLECTION
 from ctdd.domain.commerce import CART_PHASE_COMPLETE, CartContext, cart_record, parse_ts
@@ -45,6 +46,9 @@ from ctdd.domain.contact import ContactInput, Identity, SourceStamp
 from ctdd.domain.identity import InvalidIdentifier, normalise_email
 from ctdd.ingest import triggers
 from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress
+from ctdd.hooks.types import HookContext, PluginFailed
+
+log = logging.getLogger(__name__)
 
 ACTIVE, ORDERED, MERGED, FROZEN = CartStatus.ACTIVE, CartStatus.ORDERED, CartStatus.MERGED, CartStatus.FROZEN
 #: states whose pending triggers are cancelled
@@ -260,9 +264,11 @@ class CartApplier:
                         row["cart_id"], int(row["version"] or 0), attributed, row["state"], row["line_item_count"],
                         row["last_modified_at"]), utcnow())
         if attributed is not None and snap.state != MERGED:
-            record = cart_record(snap.cart_id, snap.cart, cart_context(store, snap.modified_text))
-            mid = self.enqueue_insight(session, attributed, store, CART_COLLECTION, snap.cart_id, record,
-                                       SourceStamp("cart", snap.cart_id, version, snap.last_modified_at), priority)
+            record = self._mapped(session, store, snap.cart, snap.cart_id, version,
+                                  cart_record(snap.cart_id, snap.cart, cart_context(store, snap.modified_text)))
+            mid = record is not None and self.enqueue_insight(
+                session, attributed, store, CART_COLLECTION, snap.cart_id, record,
+                SourceStamp("cart", snap.cart_id, version, snap.last_modified_at), priority)
             if mid:
                 result.outbox_message_ids.append(mid)
         now = utcnow()
@@ -322,10 +328,28 @@ class CartApplier:
             return []
         # without the cart, the order is its last state (it does not know when the cart was created)
         source = cart if cart is not None else {**order, "createdAt": None, "lastModifiedAt": order.get("createdAt")}
-        record = cart_record(cart_id, source, cart_context(store), phase=CART_PHASE_COMPLETE)
+        record = self._mapped(session, store, source, cart_id, version,
+                              cart_record(cart_id, source, cart_context(store), phase=CART_PHASE_COMPLETE))
+        if record is None:
+            return []
         mid = self.enqueue_insight(session, stored["contact_id"], store, CART_COLLECTION, cart_id, record,
                                    SourceStamp("cart", cart_id, version, ordered_at), priority)
         return [mid] if mid else []
+
+    def _mapped(self, session: Session, store: StoreConfig, cart: Mapping[str, Any], cart_id: str,
+                version: int | None, record: dict) -> dict | None:
+        """The CartInsight record after the plugins (``ctdd_map_cart``); None when a plugin failed it: the
+        record is not sent, a rejected record names the plugin and the hook, the rest of the cart applies."""
+        try:
+            return self.contact_sync.hooks.map_cart(HookContext(store=store, settings=self.contact_sync.settings),
+                                                    cart, record)
+        except PluginFailed as exc:
+            reason = f"CartInsight record not sent: {exc}"
+            log.warning("cart %s of store %s: %s", cart_id, store.key, reason)
+            session.add(RejectedRecord(operation="TrackEvent", store_key=store.key[:100], record_type="cart",
+                                       record_id=cart_id[:200], record_version=version, reason=reason[:2000],
+                                       created_at=utcnow()))
+            return None
 
 
 def _identity(snap: CartSnapshot, caller: Identity | None) -> tuple[Identity, bool]:

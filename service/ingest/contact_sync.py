@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Mapping
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -19,7 +18,9 @@ from ctdd.delivery import outbox
 from ctdd.config import Settings, StoreConfig
 from ctdd.db.engine import utcnow
 from ctdd.redaction import mask_emails, redact_text, redact_value
-from ctdd.db.models import Contact, ContactIdentifier, FieldState, IdentityConflictRecord, RejectedRecord
+from ctdd.db.models import RejectedRecord
+from ctdd.ingest.access import CONTACT_STATE, NEW_CONTACT, ContactAccess, DirectAccess, NewContactNeedsAddress
+from ctdd.ingest.plans import ContactPlan
 from ctdd.domain.contact import ContactInput
 from ctdd.domain.echo import clip
 from ctdd.domain.consent import ChannelState, guard_channel
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 
 #: identifier kind -> the field path that carries it to Dotdigital
 IDENTIFIER_FIELDS = {"email": "identifiers.email", "mobile_number": "identifiers.mobileNumber"}
-
-
-class NewContactNeedsAddress(Exception):
-    """No identifier matched and there is neither an email nor a mobile number to create a contact with."""
 
 
 @dataclass
@@ -92,23 +89,15 @@ class ContactSync:
         The unit may be applied several times (a retried uniqueness race), so it copies its inputs.
         """
         mapped, suppression = self.map_contact(contact)
-
-        def unit(session: Session) -> SyncResult:
-            return self.apply(session, contact, dict(mapped), list(suppression))
-
-        return unit
+        return ContactPlan(self, self.settings.stores[contact.store_key], contact, mapped, suppression)
 
     def known_customer(self, session: Session, store_key: str, customer_id: str) -> int | None:
         """The contact a commercetools customer id resolves to, if any (read only)."""
         store = self.settings.stores[store_key]
-        session.flush()  # what the ORM query this replaces would have autoflushed
-        row = session.connection().execute(
-            _owners_statement(("customer_id",)),
-            {"account": store.account, "v_customer_id": customer_key(store.commercetools_project, customer_id)},
-        ).first()
-        return None if row is None else row.contact_id
+        return DirectAccess(session).owners(
+            store.account, {"customer_id": customer_key(store.commercetools_project, customer_id)})["customer_id"]
 
-    def _requested_identifiers(self, contact: ContactInput) -> dict[str, str]:
+    def requested_identifiers(self, contact: ContactInput) -> dict[str, str]:
         store = self.settings.stores[contact.store_key]
         ident = contact.identity
         requested: dict[str, str] = {}
@@ -125,6 +114,7 @@ class ContactSync:
     def apply(
         self, session: Session, contact: ContactInput, mapped: dict[str, Any], suppression: list[str],
         *, priority: int = outbox.PRIORITY_LIVE, clear_own: Collection[str] = (),
+        access: ContactAccess | None = None,
     ) -> SyncResult:
         """Resolve identity, compute the delta and enqueue, inside the caller's transaction.
 
@@ -133,23 +123,33 @@ class ContactSync:
         current value came from this same source record (``field_state.source_ref``); a value another source
         set (SyncContact from elsewhere, a store default) stays as it is.
 
-        Hot path: every statement is a prepared Core statement (compiled once, no ORM unit of work);
-        ORM objects the caller has pending are flushed first, as the ORM's autoflush used to do.
+        Reads and writes go through ``access`` (``ctdd.ingest.access``): by default a :class:`DirectAccess` on
+        ``session`` (one prepared Core statement per step); the set-based path (``ctdd.ingest.set_apply``)
+        passes its batch's access, which answers from state read up front and writes when the batch ends.
         """
+        if access is None:
+            access = DirectAccess(session)
+        return self.apply_with(access, contact, mapped, suppression, priority=priority, clear_own=clear_own)
+
+    def wanted_paths(self, contact: ContactInput, mapped: Mapping[str, Any], clear_own: Collection[str] = ()
+                     ) -> set[str]:
+        """The field paths whose stored state applying ``contact`` (mapped to ``mapped``) reads."""
+        wanted = set(mapped)
+        wanted.update(IDENTIFIER_FIELDS.values())
+        wanted.update(_store_defaults(self.settings.stores[contact.store_key], mapped))
+        wanted.update(clear_own)
+        return wanted
+
+    def apply_with(
+        self, access: ContactAccess, contact: ContactInput, mapped: dict[str, Any], suppression: list[str],
+        *, priority: int = outbox.PRIORITY_LIVE, clear_own: Collection[str] = (),
+    ) -> SyncResult:
+        """:meth:`apply` through ``access``."""
         now = utcnow()
         store = self.settings.stores[contact.store_key]
         account = store.account
-        requested = self._requested_identifiers(contact)
-        session.flush()
-        conn = session.connection()
-        owners: dict[str, int | None] = dict.fromkeys(requested)
-        if requested:
-            params: dict[str, Any] = {"account": account}
-            for kind, value in requested.items():
-                params[f"v_{kind}"] = value
-            for kind, owner in conn.execute(_owners_statement(tuple(requested)), params):
-                owners[kind] = owner
-        resolution = resolve(requested, owners)
+        requested = self.requested_identifiers(contact)
+        resolution = resolve(requested, access.owners(account, requested))
 
         created = resolution.contact_id is None
         defaults = _store_defaults(store, mapped)
@@ -158,29 +158,20 @@ class ContactSync:
                 raise NewContactNeedsAddress()
             # A new contact: nobody can have conflicting identifiers or stored fields, so every requested
             # identifier is attached and the row is written once, with its final values.
-            row = dict(_NEW_CONTACT)
+            row = dict(NEW_CONTACT)
             if "email" in requested:
                 row["email"] = requested["email"]
             if "mobile_number" in requested:
                 row["mobile_number"] = requested["mobile_number"]
             _decide_shop_consent(row, contact, now)
-            contact_id = conn.execute(
-                _INSERT_CONTACT, {**row, "account": account, "created_at": now, "updated_at": now}
-            ).scalar_one()
+            contact_id = access.create_contact(account, row, now)
             stored: dict[str, StoredField] = {}
         else:
             # Row lock: serialises concurrent updates of this contact on PostgreSQL.
-            row = dict(conn.execute(_LOCK_CONTACT, {"contact_id": resolution.contact_id}).one()._mapping)
+            row = access.lock_contact(resolution.contact_id)
             contact_id = row["id"]
-            state_before = {name: row[name] for name in _CONTACT_STATE}
-            wanted = set(mapped)
-            wanted.update(IDENTIFIER_FIELDS.values())
-            wanted.update(defaults)
-            wanted.update(clear_own)
-            stored = {
-                r[0]: StoredField(r[1], r[2], r[3], r[4])
-                for r in conn.execute(_SELECT_FIELDS, {"contact_id": contact_id, "fields": sorted(wanted)})
-            }
+            state_before = {name: row[name] for name in CONTACT_STATE}
+            stored = access.stored_fields(contact_id, self.wanted_paths(contact, mapped, clear_own))
             own = contact.source.ref
             for path in clear_own:
                 previous = stored.get(path)
@@ -200,15 +191,14 @@ class ContactSync:
                 continue
             if kind in SINGLE_VALUED and not created:
                 # The contact moves to the new address; the old one no longer resolves to it.
-                conn.execute(_DELETE_IDENTIFIERS, {"contact_id": contact_id, "kind": kind})
+                access.delete_identifiers(contact_id, kind)
             new_identifiers.append(
                 {"account": account, "kind": kind, "value": value, "contact_id": contact_id, "created_at": now}
             )
         if new_identifiers:
-            # a lost uniqueness race raises IntegrityError here: the caller retries the unit
-            conn.execute(_INSERT_IDENTIFIER, new_identifiers)
+            access.insert_identifiers(new_identifiers)
         if resolution.conflicts:
-            conn.execute(_INSERT_CONFLICT, [
+            access.insert_conflicts([
                 {"account": account, "kind": conflict.kind, "value_hash": hash_identifier(requested[conflict.kind]),
                  "owner_contact_id": conflict.owner_contact_id, "requested_contact_id": contact_id,
                  "rule": conflict.rule, "created_at": now}
@@ -226,9 +216,9 @@ class ContactSync:
                 row["mobile_number"] = requested["mobile_number"]
             # remember the shop's newest decision per channel (back-sync compares Dotdigital opt-outs with it)
             _decide_shop_consent(row, contact, now)
-            state = {name: row[name] for name in _CONTACT_STATE}
+            state = {name: row[name] for name in CONTACT_STATE}
             if state != state_before:  # most updates (a page view, a cart) change none of it
-                conn.execute(_UPDATE_CONTACT, {**state, "contact_id": contact_id, "now": now})
+                access.update_contact(contact_id, state, now)
 
         withheld: list[str] = []
         for channel, consent, list_key, status, since in (
@@ -260,95 +250,31 @@ class ContactSync:
             upsert_fields.update(volatile)
         message_ids: dict[str, int] = {}
         if upsert_fields:
-            message_ids["upsert"] = outbox.enqueue(
-                session, contact_id=contact_id, account=account, kind=CONTACT_UPSERT,
+            message_ids["upsert"] = access.enqueue(
+                contact_id=contact_id, account=account, kind=CONTACT_UPSERT,
                 payload={"body": build_contact_body(upsert_fields), "trace": current_trace_carrier()},
                 ref=ref, now=now, priority=priority,
             )
             enqueued_counter.add(1, {"kind": CONTACT_UPSERT, "store": contact.store_key})
         if leave_lists:
-            message_ids["leave"] = outbox.enqueue(
-                session, contact_id=contact_id, account=account, kind=outbox.CONTACT_REMOVE_FROM_LISTS,
+            message_ids["leave"] = access.enqueue(
+                contact_id=contact_id, account=account, kind=outbox.CONTACT_REMOVE_FROM_LISTS,
                 payload={"list_ids": leave_lists}, ref=ref, now=now, priority=priority,
             )
             enqueued_counter.add(1, {"kind": outbox.CONTACT_REMOVE_FROM_LISTS, "store": contact.store_key})
         # Field state: whether each row exists is known from ``stored`` (the contact row lock keeps it so),
         # so write it directly instead of merge's SELECT-then-write per field.
-        updates: list[dict[str, Any]] = []
-        inserts: list[dict[str, Any]] = []
-        for path, value in delta.changed.items():
-            carrier = message_ids["leave"] if path.startswith("lists.") and value is False else message_ids["upsert"]
-            values = {"contact_id": contact_id, "field": path, "value": value, "source_ref": source.ref,
-                      "source_version": source.version, "source_ts": source.modified_at, "message_id": carrier,
-                      "updated_at": now}
-            (updates if path in stored else inserts).append(values)
-        if updates:
-            conn.execute(UPDATE_FIELD_STATE, [{f"b_{k}": v for k, v in u.items()} for u in updates])
-        if inserts:
-            conn.execute(INSERT_FIELD_STATE, inserts)
+        rows = [
+            {"field": path, "value": value, "source_ref": source.ref, "source_version": source.version,
+             "source_ts": source.modified_at,
+             "message_id": message_ids["leave"] if path.startswith("lists.") and value is False else message_ids["upsert"],
+             "updated_at": now}
+            for path, value in delta.changed.items()
+        ]
+        access.write_fields(contact_id, rows, set(stored))
         result.changed = True
         result.outbox_message_ids.extend(message_ids.values())
         return result
-
-
-# -- prepared statements of the hot path ---------------------------------------------------------------
-_CI = ContactIdentifier.__table__
-_CT = Contact.__table__
-_FS = FieldState.__table__
-_ICR = IdentityConflictRecord.__table__
-
-#: contact columns apply reads (``id`` and ``dotdigital_contact_id``) and may change (the rest)
-_CONTACT_STATE = ("email", "mobile_number", "shop_email_consent", "shop_email_consent_at", "shop_sms_consent",
-                  "shop_sms_consent_at")
-_CONTACT_READ = ("id", "dotdigital_contact_id", "dd_email_status", "dd_email_status_at", "dd_sms_status",
-                 "dd_sms_status_at", *_CONTACT_STATE)
-_NEW_CONTACT: dict[str, Any] = {**dict.fromkeys(_CONTACT_READ), "next_sequence": 1}
-del _NEW_CONTACT["id"]
-
-_LOCK_CONTACT = (
-    sa.select(*(_CT.c[name] for name in _CONTACT_READ))
-    .where(_CT.c.id == sa.bindparam("contact_id"))
-    .with_for_update()
-)
-_INSERT_CONTACT = sa.insert(_CT).returning(_CT.c.id)
-_UPDATE_CONTACT = (
-    sa.update(_CT)
-    .where(_CT.c.id == sa.bindparam("contact_id"))
-    .values(updated_at=sa.bindparam("now", type_=_CT.c.updated_at.type),
-            **{name: sa.bindparam(name, type_=_CT.c[name].type) for name in _CONTACT_STATE})
-)
-_SELECT_FIELDS = sa.select(_FS.c.field, _FS.c.value, _FS.c.source_ref, _FS.c.source_version, _FS.c.source_ts).where(
-    _FS.c.contact_id == sa.bindparam("contact_id"), _FS.c.field.in_(sa.bindparam("fields", expanding=True))
-)
-_FIELD_COLUMNS = ("value", "source_ref", "source_version", "source_ts", "message_id", "updated_at")
-#: shared with ctdd.ingest.events (insight records keep their field state the same way); parameters ``b_<column>``
-UPDATE_FIELD_STATE = (
-    sa.update(_FS)
-    .where(_FS.c.contact_id == sa.bindparam("b_contact_id"), _FS.c.field == sa.bindparam("b_field"))
-    .values(**{name: sa.bindparam(f"b_{name}", type_=_FS.c[name].type) for name in _FIELD_COLUMNS})
-)
-INSERT_FIELD_STATE = sa.insert(_FS)
-_DELETE_IDENTIFIERS = sa.delete(_CI).where(_CI.c.contact_id == sa.bindparam("contact_id"),
-                                           _CI.c.kind == sa.bindparam("kind"))
-_INSERT_IDENTIFIER = sa.insert(_CI)
-_INSERT_CONFLICT = sa.insert(_ICR)
-_OWNERS: dict[tuple[str, ...], sa.Executable] = {}
-
-
-def _owners_statement(kinds: tuple[str, ...]):
-    """(kind, contact_id) of the owners of the requested identifiers: one index lookup per kind, one round trip."""
-    stmt = _OWNERS.get(kinds)
-    if stmt is None:
-        selects = [
-            sa.select(_CI.c.kind, _CI.c.contact_id).where(
-                _CI.c.account == sa.bindparam("account"), _CI.c.kind == kind,
-                _CI.c.value == sa.bindparam(f"v_{kind}"),
-            )
-            for kind in kinds
-        ]
-        stmt = selects[0] if len(selects) == 1 else sa.union_all(*selects)
-        _OWNERS[kinds] = stmt
-    return stmt
 
 
 def _store_defaults(store: StoreConfig, mapped: dict[str, Any]) -> dict[str, Any]:

@@ -28,8 +28,6 @@ written: TrackEvent answers UNAVAILABLE and the transport retries the delivery; 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,13 +39,15 @@ from sqlalchemy.orm import Session
 from ctdd.commercetools.clients import CommercetoolsClients
 from ctdd.delivery import outbox
 from ctdd.config import Settings, StoreConfig
-from ctdd.ingest.contact_sync import INSERT_FIELD_STATE, UPDATE_FIELD_STATE, ContactSync, NewContactNeedsAddress
+from ctdd.ingest.access import DirectAccess, processed_row
+from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress
+from ctdd.ingest.plans import ContactPlan, InsightPart, ViewPart, enqueue_insight
+from ctdd.hooks.types import HookContext, PluginFailed
 from ctdd.db.engine import utcnow
 from ctdd.db.models import (Cart, Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, RejectedRecord,
                              ResourceState)
 from ctdd.domain.collections import (
     BROWSE_COLLECTION,
-    COLLECTION_TYPES,
     CUSTOM_EVENTS_COLLECTION,
     ORDERS_COLLECTION,
 )
@@ -136,10 +136,6 @@ def _checked(resource: str, found: Any) -> Any:
     return found
 
 
-def _hash(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class EventProcessor:
     def __init__(self, settings: Settings, contact_sync: ContactSync, transactions: TransactionRunner,
                  commercetools_clients: "CommercetoolsClients"):
@@ -203,32 +199,22 @@ class EventProcessor:
             outcome.resource_type, outcome.resource_id = "product", record_id
         else:
             collection, record_id = CUSTOM_EVENTS_COLLECTION, event.event_id
-        record = dict(event.data)
         identity_input = ContactInput(store_key=store.key, identity=event.identity,
                                       source=SourceStamp(modified_at=event.occurred_at))
         mapped, suppression = self.contact_sync.map_contact(identity_input)
-
-        def body(session: Session) -> None:
-            try:
-                result = self.contact_sync.apply(session, identity_input, dict(mapped), list(suppression),
-                                                 priority=priority)
-            except NewContactNeedsAddress:
-                outcome.outcome, outcome.reason = IGNORED, "unknown contact and no email or mobile number to create one"
-                return
-            outcome.contact_id = result.contact_id
-            outcome.outbox_message_ids = list(result.outbox_message_ids)
-            if not result.suppression_reasons:
-                mid = self._enqueue_insight(session, result.contact_id, store, collection, record_id, record,
-                                            SourceStamp(outcome.resource_type or "event", record_id, None),
-                                            priority)
-                if mid:
-                    outcome.outbox_message_ids.append(mid)
-                if event.kind == "product_viewed":
-                    now = utcnow()
-                    triggers.product_viewed(session, store, result.contact_id, record_id, event.occurred_at or now,
-                                            now, data=record)
-
-        return self._once(store, key, outcome, body)
+        record = dict(event.data)
+        insight: InsightPart | None = None
+        refused = None
+        try:  # plugins may shape the insight record (ctdd_map_behavioural_event); the view's facts stay the event's
+            mapped_record = self.contact_sync.hooks.map_behavioural_event(
+                HookContext(store=store, settings=self.settings), event, collection, dict(record))
+            insight = InsightPart(collection, record_id, mapped_record,
+                                  SourceStamp(outcome.resource_type or "event", record_id, None))
+        except PluginFailed as exc:  # this record fails; the contact update and the view still count
+            refused = self._refused_record(store, outcome.resource_type or "event", record_id, None, exc)
+        view = (ViewPart(record_id, event.occurred_at or utcnow(), record) if event.kind == "product_viewed" else None)
+        return ContactPlan(self.contact_sync, store, identity_input, mapped, suppression, priority=priority,
+                           dedupe_key=key, outcome=outcome, insight=insight, view=view, refused=refused)
 
     def _prepare_cart_event(self, store: StoreConfig, event: BehaviouralEventInput, outcome: NotificationOutcome,
                             priority: int) -> Step:
@@ -602,7 +588,12 @@ class EventProcessor:
         locale = order.get("locale") or store.locale
         ctx = OrderContext(store_key=store.key, locale=locale, categories=await self._categories(store, order, locale),
                            refund_total=await self._refunds(store, order))
-        record = order_record(order, ctx)
+        try:  # plugins may shape the Orders record (ctdd_map_order)
+            record: dict | None = self.contact_sync.hooks.map_order(
+                HookContext(store=store, settings=self.settings), order, order_record(order, ctx))
+            refused = None
+        except PluginFailed as exc:  # this record fails; the contact, its aggregates and the programs go on
+            record, refused = None, str(exc)
         summary = order_summary_values(order, ctx)
         version = int(order.get("version") or n.resource_version or 0)
         source = SourceStamp("order", str(order["id"]), version, parse_ts(order.get("lastModifiedAt")))
@@ -641,7 +632,10 @@ class EventProcessor:
             mapped, suppression = self.contact_sync.map_contact(agg_input)
             second = self.contact_sync.apply(session, agg_input, dict(mapped), list(suppression), priority=priority)
             outcome.outbox_message_ids.extend(second.outbox_message_ids)
-            if not (first.suppression_reasons or second.suppression_reasons):
+            if record is None:
+                outcome.reason = f"Orders record not sent: {refused}"
+                self._reject(session, store, n, f"Orders record not sent: {refused}")
+            elif not (first.suppression_reasons or second.suppression_reasons):
                 mid = self._enqueue_insight(session, contact_id, store, ORDERS_COLLECTION, order_key(order), record,
                                             source, priority)
                 if mid:
@@ -746,28 +740,9 @@ class EventProcessor:
     # -- shared steps ---------------------------------------------------------------------------
     def _enqueue_insight(self, session: Session, contact_id: int, store: StoreConfig, collection: str,
                          record_id: str, record: dict, source: SourceStamp, priority: int) -> int | None:
-        """Enqueue an insight record unless the identical record was already enqueued (delta for records)."""
-        path = f"insight.{collection}.{record_id}"
-        digest = _hash(record)
-        conn = session.connection()
-        stored = conn.execute(_SELECT_FIELD_VALUE, {"contact_id": contact_id, "field": path}).first()
-        if stored is not None and stored.value == digest:
-            return None
-        mid = outbox.enqueue(
-            session, contact_id=contact_id, account=store.account, kind=outbox.INSIGHT_UPSERT,
-            payload={"collection": collection, "record_id": record_id, "record": record, "scope": "contact",
-                     "collection_type": COLLECTION_TYPES.get(collection, "custom")},
-            ref=outbox.RecordRef(store.key, source.resource_type, source.resource_id, source.version),
-            priority=priority,
-        )
-        values = {"value": digest, "source_ref": source.ref, "source_version": source.version,
-                  "source_ts": source.modified_at, "message_id": mid, "updated_at": utcnow()}
-        if stored is None:
-            conn.execute(INSERT_FIELD_STATE, {"contact_id": contact_id, "field": path, **values})
-        else:
-            conn.execute(UPDATE_FIELD_STATE, {"b_contact_id": contact_id, "b_field": path,
-                                         **{f"b_{k}": v for k, v in values.items()}})
-        return mid
+        """Enqueue an insight record unless the identical record was already enqueued (``plans.enqueue_insight``)."""
+        return enqueue_insight(DirectAccess(session), contact_id=contact_id, store=store, collection=collection,
+                               record_id=record_id, record=record, source=source, priority=priority)
 
     def _advance_version(self, session: Session, project: str, resource_type: str, resource_id: str,
                          version: int) -> bool:
@@ -801,15 +776,13 @@ class EventProcessor:
         """
         def unit(session: Session) -> NotificationOutcome:
             outcome.reset()
-            if session.connection().execute(_SELECT_PROCESSED, {"key": key}).first() is not None:
+            if DirectAccess(session).processed(key):
                 outcome.outcome, outcome.reason = DUPLICATE, "message already processed"
                 return outcome
             body(session)
-            session.flush()  # whatever body left in the ORM session, before the Core insert below
-            # a concurrent insert of the same key raises IntegrityError: the unit is run again, finds it
-            session.connection().execute(_INSERT_PROCESSED, {
-                "dedupe_key": key, "store_key": store.key, "resource_type": outcome.resource_type or None,
-                "resource_id": outcome.resource_id or None, "outcome": outcome.outcome, "processed_at": utcnow()})
+            # (DirectAccess flushes whatever body left in the ORM session before the Core insert)
+            DirectAccess(session).mark_processed(processed_row(key, store.key, outcome.resource_type,
+                                                               outcome.resource_id, outcome.outcome))
             return outcome
 
         return unit
@@ -831,6 +804,16 @@ class EventProcessor:
         return self._once(store, n.dedupe_key, outcome, body)
 
     @staticmethod
+    def _refused_record(store: StoreConfig, record_type: str, record_id: str, version: int | None,
+                        exc: PluginFailed) -> dict[str, Any]:
+        """The rejected-record row of an insight record a plugin failed (the plugin and hook named, no values)."""
+        reason = f"{record_type} insight record not sent: {exc}"
+        log.warning("%s %s of store %s: %s", record_type, record_id, store.key, reason)
+        return {"operation": "TrackEvent", "store_key": store.key[:100], "record_type": record_type[:50] or None,
+                "record_id": record_id[:200] or None, "record_version": version, "reason": reason[:2000],
+                "created_at": utcnow()}
+
+    @staticmethod
     def _reject(session: Session, store: StoreConfig, n: Notification, reason: str) -> None:
         """Keep a notification that was not applied visible in ``rejected_record`` (cut to the columns)."""
         session.add(RejectedRecord(operation="TrackEvent", store_key=store.key[:100],
@@ -841,11 +824,7 @@ class EventProcessor:
 
 
 # -- prepared statements of the hot path ---------------------------------------------------------------
-_FS = FieldState.__table__
 _RS = ResourceState.__table__
-_PE = ProcessedEvent.__table__
-_SELECT_FIELD_VALUE = sa.select(_FS.c.value).where(_FS.c.contact_id == sa.bindparam("contact_id"),
-                                                   _FS.c.field == sa.bindparam("field"))
 _RESOURCE_KEY = (_RS.c.project_key, _RS.c.resource_type, _RS.c.resource_id)
 _LOCK_RESOURCE_VERSION = (
     sa.select(_RS.c.version).where(*(col == sa.bindparam(col.name) for col in _RESOURCE_KEY)).with_for_update()
@@ -856,7 +835,3 @@ _UPDATE_RESOURCE_VERSION = (
     .where(*(col == sa.bindparam(f"b_{col.name}") for col in _RESOURCE_KEY))
     .values(version=sa.bindparam("b_version"), updated_at=sa.bindparam("b_updated_at", type_=_RS.c.updated_at.type))
 )
-_SELECT_PROCESSED = sa.select(_PE.c.dedupe_key).where(_PE.c.dedupe_key == sa.bindparam("key"))
-_INSERT_PROCESSED = sa.insert(_PE)
-
-

@@ -27,12 +27,18 @@ Finished rows are kept ``[inbox] retention_days`` (the dedupe record of queued e
 processors, at most every ten minutes; on the same tick, ``rejected_record`` rows older than ``[service]
 rejected_retention_days`` are deleted in bounded batches (``ctdd.ingest.rejections``).
 
-Ordering: one processor applies events in arrival order. Several processors (PostgreSQL) claim and
-prepare different batches at once, but their apply transactions take turns (an advisory lock: batches that
-lock the same contacts in another order would otherwise deadlock), so batches are applied one after the
-other. A retried event is applied after events that came later; what is applied stays right because of
-the version and timestamp rules every event goes through (resource versions, cart versions, per-field
-source timestamps), the same rules that order concurrent TrackEvent calls.
+Applying: with ``[service] set_based_apply`` (the default), the batch's contact events (behavioural events
+other than carts) are applied set-based (``ctdd.ingest.set_apply``: a few statements for the whole batch), and
+the other events (orders, carts, customer messages) one by one in a savepoint each, all in arrival order.
+
+Ordering: one processor applies events in arrival order. Several processors (PostgreSQL) claim and prepare
+different batches at once; batches of contact events only are applied at the same time (each locks its
+contacts in id order up front, so they cannot deadlock), while a batch with other events takes turns with
+all others (an advisory lock, :func:`_lock_applies`). Across processors, two events of one contact may be
+applied in either order, as may a retried event and events that came later; what is applied stays right
+because of the version and timestamp rules every event goes through (resource versions, cart versions,
+per-field source timestamps), the same rules that order concurrent TrackEvent calls, and each contact's
+outbox messages are numbered in the order their transactions commit (the contact's row lock).
 
 A processor killed mid-batch leaves its rows pending with a lease; when the lease expires, any processor
 claims them again (``[inbox] lease_seconds``).
@@ -57,6 +63,8 @@ from ctdd.config import InboxConfig, Settings
 from ctdd.db.engine import sqlite_write_lock, utcnow
 from ctdd.db.models import EventInbox, InboxStatus, RejectedRecord
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError, Step
+from ctdd.ingest.plans import ContactPlan
+from ctdd.ingest.set_apply import apply_plans
 from ctdd.ingest.rejections import purge_rejected
 from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.db.listen import NotifyListener
@@ -87,7 +95,9 @@ def _sqlite_insert(rows: int) -> str:
 
 # -- ingest ---------------------------------------------------------------------------------------
 #: turns a stored request back into the steps that apply it (``ctdd.api.track_event.stored_request_preparer``);
-#: raises InvalidEvent (never processable) or RetryableEventError (try again later)
+#: raises InvalidEvent (never processable) or RetryableEventError (try again later). It may have an attribute
+#: ``at_once(stored) -> list[Step] | None``: the steps at once for a request that needs no I/O (a behavioural
+#: event), None for the others
 PrepareStored = Callable[[bytes], Awaitable[list[Step]]]
 
 
@@ -305,20 +315,30 @@ def pending_count(engine: Engine) -> int:
                             .where(INBOX.c.status == InboxStatus.PENDING)).scalar_one()
 
 
-#: PostgreSQL advisory lock serializing the apply transactions of all inbox processors
+#: PostgreSQL advisory lock ordering the apply transactions of the inbox processors (see :func:`_lock_applies`)
 APPLY_LOCK_KEY = 0x63746464_696E6278 & 0x7FFFFFFFFFFFFFFF  # "ctddinbx"
 
 
-def _serialize_applies(session: Session) -> None:
-    """First statement of every apply transaction: on PostgreSQL, one processor applies at a time.
+def _set_based(unit: Any) -> bool:
+    return isinstance(unit, _InboxUnit) and unit.set_based
 
-    A batch locks the contacts of many events in the order the events came; two processors applying
-    batches at once would deadlock whenever their batches share contacts in another order (and each
-    deadlock costs PostgreSQL's ``deadlock_timeout``, a second, to detect). Preparation (parsing,
-    commercetools fetches) still runs in parallel; only the database work takes turns, in claim order.
+
+def _lock_applies(session: Session, units: list[Any]) -> None:
+    """First statement of every apply transaction on PostgreSQL: which other processors' transactions may run
+    at the same time.
+
+    A transaction of set-based units only (``ctdd.ingest.set_apply``) locks all its contacts at once, in id
+    order, before it writes: two of them wait for each other instead of deadlocking, so they take the lock
+    *shared* and run in parallel. A transaction with other units (orders, carts, customer messages: each locks
+    its contacts and resources as it goes, in the order of its events) takes it *exclusively*: two of those
+    could deadlock (each deadlock costs PostgreSQL's ``deadlock_timeout``, a second, to detect), so they take
+    turns with every other apply transaction. Preparation (parsing, commercetools fetches) runs in parallel
+    either way.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPLY_LOCK_KEY})
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    shared = bool(units) and all(_set_based(unit) for unit in units)
+    session.execute(sa.text(f"SELECT pg_advisory_xact_lock{'_shared' if shared else ''}(:k)"), {"k": APPLY_LOCK_KEY})
 
 
 @dataclass
@@ -332,6 +352,39 @@ class _Failure:
 # -- processing --------------------------------------------------------------------------------------
 class _TakenOver(Exception):
     """The event's lease passed to another processor before this one applied it."""
+
+
+def _outcome_text(outcomes: list[NotificationOutcome]) -> str:
+    """What a done row keeps of its outcomes (``event_inbox.outcome``)."""
+    return ",".join(o.outcome for o in outcomes)[:200]
+
+
+class _InboxUnit:
+    """The unit of work applying one queued event (its steps) and turning its row to done.
+
+    ``set_based``: every step is a contact plan or a final outcome, so the unit can be applied with others of
+    its kind set-based (``InboxProcessor._apply_set``); called on its own, it applies its steps one by one.
+    """
+
+    __slots__ = ("event", "steps", "worker", "set_based")
+
+    def __init__(self, event: ClaimedEvent, steps: list[Step], worker: str, set_based_apply: bool):
+        self.event = event
+        self.steps = steps
+        self.worker = worker
+        self.set_based = set_based_apply and all(isinstance(step, (ContactPlan, NotificationOutcome)) for step in steps)
+
+    def __call__(self, session: Session) -> list[NotificationOutcome]:
+        outcomes = [step if isinstance(step, NotificationOutcome) else step(session) for step in self.steps]
+        # Exactly once: only the processor holding the row's lease turns it to done. Another that took
+        # the event over (this lease expired) keeps it: this unit's savepoint is rolled back.
+        taken = session.connection().execute(_FINISH_LEASED, {
+            "event_id": self.event.id, "worker": self.worker, "processed_at": utcnow(),
+            "outcome": _outcome_text(outcomes),
+        }).rowcount
+        if not taken:
+            raise _TakenOver(self.event.id)
+        return outcomes
 
 
 #: a leased event applied: done, with its outcome; matches only while ``worker`` still holds the lease
@@ -356,7 +409,8 @@ class InboxProcessor:
         self.events = events
         self.worker_id = worker_id
         self.on_enqueued = on_enqueued or (lambda: None)
-        self.runner = GroupCommitRunner(engine, max_batch=self.cfg.batch_size, on_begin=_serialize_applies)
+        set_based = (dict(set_apply=self._apply_set, batchable=_set_based) if settings.set_based_apply else {})
+        self.runner = GroupCommitRunner(engine, max_batch=self.cfg.batch_size, on_begin=_lock_applies, **set_based)
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -423,12 +477,15 @@ class InboxProcessor:
                                           lease_seconds=self.cfg.lease_seconds)
         if not claimed:
             return 0
-        prepared = await asyncio.gather(*(self._prepare(e) for e in claimed))
+        prepared: list[Any] = [self._prepare_at_once(e) for e in claimed]
+        waiting = [i for i, p in enumerate(prepared) if p is None]
+        if waiting:  # those that may need commercetools: concurrently
+            for i, p in zip(waiting, await asyncio.gather(*(self._prepare(claimed[i]) for i in waiting))):
+                prepared[i] = p
         failures = [p for p in prepared if isinstance(p, _Failure)]
         ready = [(e, p) for e, p in zip(claimed, prepared) if not isinstance(p, _Failure)]
-        # Coroutines handed to gather start in order, and each queues its unit before its first await,
-        # so the runner applies the units in arrival order.
-        results = await asyncio.gather(*(self.runner.run(self._unit(e, steps)) for e, steps in ready),
+        # Queued in arrival order, so the runner applies the units in arrival order.
+        results = await asyncio.gather(*[self.runner.submit(self._unit(e, steps)) for e, steps in ready],
                                        return_exceptions=True)
         enqueued = False
         for (event, _), result in zip(ready, results):
@@ -448,6 +505,19 @@ class InboxProcessor:
             self.on_enqueued()
         return len(claimed)
 
+    def _prepare_at_once(self, event: ClaimedEvent) -> list[Step] | _Failure | None:
+        """The steps of an event that needs no I/O to prepare (``PrepareStored.at_once``), else None."""
+        at_once = getattr(self.prepare, "at_once", None)
+        if at_once is None:
+            return None
+        try:
+            return at_once(event.request)
+        except InvalidEvent as exc:
+            return _Failure(event, str(exc) or "invalid request", retryable=False)
+        except Exception as exc:  # a bug: keep the event, retry it with backoff
+            log.exception("preparing queued event %d failed", event.id)
+            return _Failure(event, f"{type(exc).__name__}: {exc}", retryable=True)
+
     async def _prepare(self, event: ClaimedEvent) -> list[Step] | _Failure:
         try:
             return await self.prepare(event.request)
@@ -459,22 +529,41 @@ class InboxProcessor:
             log.exception("preparing queued event %d failed", event.id)
             return _Failure(event, f"{type(exc).__name__}: {exc}", retryable=True)
 
-    def _unit(self, event: ClaimedEvent, steps: list[Step]):
-        worker = self.worker_id
+    def _unit(self, event: ClaimedEvent, steps: list[Step]) -> "_InboxUnit":
+        return _InboxUnit(event, steps, self.worker_id, self.settings.set_based_apply)
 
-        def unit(session: Session) -> list[NotificationOutcome]:
-            outcomes = [step if isinstance(step, NotificationOutcome) else step(session) for step in steps]
-            # Exactly once: only the processor holding the row's lease turns it to done. Another that took
-            # the event over (this lease expired) keeps it: this unit's savepoint is rolled back.
-            taken = session.connection().execute(_FINISH_LEASED, {
-                "event_id": event.id, "worker": worker, "processed_at": utcnow(),
-                "outcome": ",".join(o.outcome for o in outcomes)[:200],
-            }).rowcount
-            if not taken:
-                raise _TakenOver(event.id)
-            return outcomes
-
-        return unit
+    def _apply_set(self, session: Session, units: list["_InboxUnit"]) -> list[tuple[bool, Any]]:
+        """Apply the contact events of ``units`` set-based (``ctdd.ingest.set_apply``) and turn their rows to done
+        with one UPDATE per outcome text. Raises when an event was taken over by another processor meanwhile
+        (the group-commit runner then applies the units one by one, and only that one is skipped)."""
+        plans = [step for unit in units for step in unit.steps if isinstance(step, ContactPlan)]
+        results = iter(apply_plans(session, plans))
+        outcomes: list[list[NotificationOutcome]] = []
+        for unit in units:
+            unit_outcomes = []
+            for step in unit.steps:
+                if isinstance(step, NotificationOutcome):
+                    unit_outcomes.append(step)
+                    continue
+                ok, value = next(results)
+                if not ok:
+                    raise value
+                unit_outcomes.append(value)
+            outcomes.append(unit_outcomes)
+        by_text: dict[str, list[int]] = {}
+        for unit, unit_outcomes in zip(units, outcomes):
+            by_text.setdefault(_outcome_text(unit_outcomes), []).append(unit.event.id)
+        now = utcnow()
+        conn = session.connection()
+        for text, ids in by_text.items():
+            taken = conn.execute(
+                sa.update(INBOX)
+                .where(INBOX.c.id.in_(ids), INBOX.c.status == InboxStatus.PENDING, INBOX.c.lease_owner == self.worker_id)
+                .values(status=InboxStatus.DONE, processed_at=now, outcome=text, lease_owner=None, lease_expires_at=None)
+                .returning(INBOX.c.id)).scalars().all()
+            if len(taken) != len(ids):
+                raise _TakenOver(sorted(set(ids) - set(taken)))
+        return [(True, unit_outcomes) for unit_outcomes in outcomes]
 
     def _record_failures(self, failures: list[_Failure]) -> None:
         now = utcnow()

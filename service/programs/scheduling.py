@@ -185,6 +185,76 @@ def on_product_viewed(session: Session, store: StoreConfig, contact_id: int, pro
              now=now)
 
 
+@dataclass(frozen=True)
+class View:
+    """One product view of a batch (``on_products_viewed``)."""
+
+    contact_id: int
+    product_id: str
+    viewed_at: datetime
+    data: dict | None
+
+
+def on_products_viewed(session: Session, store: StoreConfig, views: list[View], now: datetime) -> None:
+    """:func:`on_product_viewed` for many views at once (the set-based apply path): the same rows as calling it
+    for each view in order, with a few statements for the whole list.
+
+    The views are remembered with one multi-row upsert (a later view of a product wins). Per contact, calling
+    ``on_product_viewed`` view after view cancels every undecided timer older than each view and adds a timer
+    for each view newer than every timer before it; here the contacts' timers are read once, that sequence is
+    played in memory, and the result written: one UPDATE cancelling the database's timers, one INSERT of the
+    new ones (those a later view of the batch cancelled are inserted cancelled)."""
+    program = enabled_program(store, rules.BROWSE_ABANDONMENT)
+    if program is None or not views:
+        return
+    conn = session.connection()
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(PV)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[PV.c.store_key, PV.c.contact_id, PV.c.product_id],
+        set_={"viewed_at": stmt.excluded.viewed_at, "data": stmt.excluded.data},
+        where=PV.c.viewed_at < stmt.excluded.viewed_at),
+        [{"store_key": store.key, "contact_id": v.contact_id, "product_id": v.product_id, "viewed_at": v.viewed_at,
+          "data": v.data} for v in views])
+    subjects = sorted({str(v.contact_id) for v in views})
+    kind, subject_type = rules.BROWSE_ABANDONMENT, rules.SUBJECT_BROWSE
+    where = (PT.c.store_key == store.key, PT.c.program_kind == kind, PT.c.subject_type == subject_type,
+             PT.c.subject_id.in_(subjects))
+    newest: dict[str, int] = {sid: version for sid, version in conn.execute(
+        sa.select(PT.c.subject_id, sa.func.max(PT.c.subject_version)).where(*where).group_by(PT.c.subject_id))}
+    undecided = sa.or_(PT.c.status.in_(_OPEN),
+                       sa.and_(PT.c.status == TriggerStatus.ENROLLING, PT.c.enrolment_call_id.is_(None)))
+    open_rows: dict[str, list[tuple[int, int]]] = {}
+    for tid, sid, version in conn.execute(sa.select(PT.c.id, PT.c.subject_id, PT.c.subject_version)
+                                          .where(*where, undecided)):
+        open_rows.setdefault(sid, []).append((tid, version))
+    cancel_ids: list[int] = []
+    new: list[dict] = []
+    for v in views:
+        sid, version = str(v.contact_id), rules.epoch_ms(v.viewed_at)
+        kept = []
+        for tid, older in open_rows.get(sid, ()):
+            (cancel_ids if older < version else kept).append(tid if older < version else (tid, older))
+        open_rows[sid] = kept
+        for row in new:
+            if row["subject_id"] == sid and row["status"] == TriggerStatus.PENDING and row["subject_version"] < version:
+                row.update(status=TriggerStatus.CANCELLED, reason=rules.VIEWED_AGAIN, decided_at=now)
+        if newest.get(sid) is not None and newest[sid] >= version:
+            continue  # a later view has its timer already
+        newest[sid] = version
+        due_at = v.viewed_at + timedelta(minutes=program.delay_minutes)
+        new.append({"store_key": store.key, "account": store.account, "program_kind": kind,
+                    "contact_id": v.contact_id, "subject_type": subject_type, "subject_id": sid,
+                    "subject_version": version, "step": 1, "due_at": due_at, "first_due_at": due_at,
+                    "status": TriggerStatus.PENDING, "reason": None, "decided_at": None, "attempts": 0,
+                    "created_at": now})
+    if cancel_ids:
+        conn.execute(sa.update(PT).where(PT.c.id.in_(cancel_ids), undecided).values(
+            status=TriggerStatus.CANCELLED, reason=rules.VIEWED_AGAIN, decided_at=now, lease_owner=None,
+            lease_expires_at=None))
+    insert_ignore(conn, PT, new)
+
+
 def on_product_added_to_cart(session: Session, store: StoreConfig, contact_id: int, product_ids: list[str],
                              now: datetime) -> None:
     """Products a contact put in a cart no longer count as browsed-and-abandoned: their views are forgotten, and

@@ -30,6 +30,8 @@ from ctdd.catalog.export import CatalogExporter
 from ctdd.catalog.realtime import CatalogFlusher, CatalogRealtime
 from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.ingest.inbox import InboxProcessor, InboxWriter
+from ctdd.ingest.plans import is_plan
+from ctdd.ingest.set_apply import apply_plans
 from ctdd.db.transactions import TransactionRunner
 from ctdd.db.locks import SQLiteDispatcherLock
 from ctdd.programs.processor import TriggerProcessor
@@ -42,10 +44,12 @@ class App:
                  commercetools_factory=None, run_backsync: bool | None = None):
         self.settings = settings
         self.engine = create_db_engine(settings.database_url)
-        self.hooks = create_plugin_manager(extra_plugins)
+        self.hooks = create_plugin_manager(extra_plugins, settings=settings)
         self.contact_sync = ContactSync(self.engine, settings, self.hooks)
         # Group commit: concurrent RPCs share transactions (one savepoint each); off = one transaction per RPC.
-        self.transactions = (GroupCommitRunner(self.engine, max_batch=settings.group_commit_max_batch)
+        # With set_based_apply, the contact changes of one group commit are applied together (ctdd.ingest.set_apply).
+        set_based = dict(set_apply=apply_plans, batchable=is_plan) if settings.set_based_apply else {}
+        self.transactions = (GroupCommitRunner(self.engine, max_batch=settings.group_commit_max_batch, **set_based)
                              if settings.group_commit else TransactionRunner(self.engine))
         self._dispatcher_lock: SQLiteDispatcherLock | None = None
         self.clients = DotdigitalClients(settings.accounts)

@@ -54,6 +54,17 @@ class SchedulingSpy:
                 return _real(session, store, *args, **kwargs)
 
             monkeypatch.setattr(scheduling, name, spy)
+        real_many = scheduling.on_products_viewed
+
+        def spy_many(session, store: StoreConfig, views, now, _real=real_many):
+            # the set-based apply path hands the views of a batch over at once: one call per view, as the
+            # one-at-a-time path makes them
+            for v in views:
+                self.calls.append(Call("on_product_viewed", (v.contact_id, v.product_id, v.viewed_at, now),
+                                       {"data": v.data}))
+            return _real(session, store, views, now)
+
+        monkeypatch.setattr(scheduling, "on_products_viewed", spy_many)
         return self
 
 

@@ -1,0 +1,354 @@
+"""Set-based apply: a batch of contact events with a constant number of statements, not a few per event.
+
+Applying one event one statement at a time costs about 15 statements (identity lookup, contact lock, field
+state, sequence bump, outbox insert, field-state writes, dedupe check and record ...), most of their cost the
+driver and SQLAlchemy's per-statement work, not the database. Here a batch of :class:`~ctdd.ingest.plans.ContactPlan`
+(the queued events of one claim, the concurrent RPCs of one group commit) is applied in three phases:
+
+1. **read** (:class:`BatchAccess` construction): the owners of every identifier of the batch (one query), the
+   contacts they belong to, locked in id order (one ``SELECT ... ORDER BY id FOR UPDATE``), the field state of
+   those contacts for every path the batch may read (one query), and which dedupe keys were applied (one
+   query);
+2. **decide**: each plan is applied in arrival order by the same code as on its own (``ContactPlan.apply``),
+   against the batch's state in memory: an event sees what the events before it in the batch did;
+3. **write** (:meth:`BatchAccess.flush`): new identifiers, conflicts, contact rows, outbox messages (their ids
+   matched by partition and sequence), field state (new and changed rows), dedupe records and
+   the browse timers, each with one multi-row statement (executemany for the updates).
+
+A contact that did not exist is inserted when an event creates it (its id is needed by what follows); that is
+the one statement per event left, and only for new contacts.
+
+Locking (PostgreSQL): the contacts are locked in one statement in ascending id order before anything is written,
+so two processors applying batches that share contacts wait for each other instead of deadlocking, and the
+global lock that made all processors take turns is not needed for such batches (``ctdd.ingest.inbox``).
+
+Anything unexpected (a uniqueness race with another process at the write, a bug) raises: the caller rolls
+the batch back and applies its units one at a time, each in its own savepoint, as before. What is written is
+the same as when each plan is applied on its own (``tests/integration/test_set_apply_equivalence.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ctdd.db.engine import utcnow
+from ctdd.delivery import outbox
+from ctdd.domain.delta import StoredField
+from ctdd.domain.identity import SINGLE_VALUED, resolve
+from ctdd.ingest.access import (CI, CONTACT_READ, CONTACT_STATE, CT, FS, PE, INSERT_CONFLICT, INSERT_CONTACT, INSERT_FIELD_STATE,
+                                INSERT_IDENTIFIER, INSERT_PROCESSED, INSERT_REJECTED, UPDATE_FIELD_STATE,
+                                NewContactNeedsAddress)
+from ctdd.ingest.plans import ContactPlan
+from ctdd.programs import scheduling
+
+log = logging.getLogger(__name__)
+
+#: tuples per ``IN (...)`` of the reads (SQLite builds before 3.32 allow 999 parameters per statement)
+_CHUNK = 300
+
+
+class BatchAccess:
+    """:class:`~ctdd.ingest.access.ContactAccess` over state read up front for ``plans`` (see the module doc)."""
+
+    def __init__(self, session: Session, plans: Sequence[ContactPlan]):
+        session.flush()
+        self.session = session
+        self.conn = session.connection()
+        self.postgres = self.conn.dialect.name == "postgresql"
+        #: (account, kind, value) -> owner contact id (None: nobody), for every identifier the batch asks about
+        self._owners: dict[tuple[str, str, str], int | None] = {}
+        #: contact id -> its row (CONTACT_READ columns and next_sequence), locked
+        self._contacts: dict[int, dict[str, Any]] = {}
+        #: contact id -> path -> stored field; ``_known`` the paths whose absence is known
+        self._fields: dict[int, dict[str, StoredField]] = {}
+        self._known: dict[int, set[str]] = {}
+        self._processed: set[str] = set()
+        # buffered writes
+        self._identifiers: list[dict[str, Any]] = []
+        self._detached: list[tuple[int, str]] = []
+        self._conflicts: list[dict[str, Any]] = []
+        self._contact_state: dict[int, dict[str, Any]] = {}
+        self._messages: list[dict[str, Any]] = []
+        self._field_rows: dict[tuple[int, str], dict[str, Any]] = {}
+        self._field_existing: set[tuple[int, str]] = set()
+        self._processed_rows: list[dict[str, Any]] = []
+        self._rejected: list[dict[str, Any]] = []
+        self._views: dict[str, tuple[Any, list[scheduling.View], datetime]] = {}
+        self._created: set[int] = set()
+        #: the real ids of the messages enqueued (by placeholder), once flushed
+        self.message_ids: list[int] = []
+        self._read(plans)
+
+    # -- phase 1: read ---------------------------------------------------------------------------------
+    def _read(self, plans: Sequence[ContactPlan]) -> None:
+        requests: list[tuple[str, dict[str, str]]] = []
+        keys: list[str] = []
+        for plan in plans:
+            requests.append((plan.store.account, plan.sync.requested_identifiers(plan.contact)))
+            if plan.dedupe_key is not None:
+                keys.append(plan.dedupe_key)
+        wanted = {(account, kind, value) for account, requested in requests for kind, value in requested.items()}
+        self._owners = dict.fromkeys(wanted)
+        self._read_owners(sorted(wanted))
+        ids = sorted({cid for cid in self._owners.values() if cid is not None})
+        for chunk in _chunks(ids):
+            stmt = (sa.select(*(CT.c[name] for name in CONTACT_READ), CT.c.next_sequence)
+                    .where(CT.c.id.in_(chunk)).order_by(CT.c.id))
+            for row in self.conn.execute(stmt.with_for_update() if self.postgres else stmt):
+                self._contacts[row.id] = dict(row._mapping)
+        # The field state each plan will read, of the contact its identifiers resolve to now (an earlier event
+        # of the batch may change that: what was not read here is read when asked for, see stored_fields).
+        pairs: set[tuple[int, str]] = set()
+        for plan, (account, requested) in zip(plans, requests):
+            contact_id = resolve(requested, {kind: self._owners[(account, kind, value)]
+                                             for kind, value in requested.items()}).contact_id
+            if contact_id is not None:
+                pairs.update((contact_id, path) for path in plan.wanted_paths())
+        if pairs:
+            self._load_fields(pairs)
+        for chunk in _chunks(sorted(set(keys))):
+            self._processed.update(self.conn.execute(sa.select(PE.c.dedupe_key).where(PE.c.dedupe_key.in_(chunk)))
+                                   .scalars())
+
+    def _load_fields(self, pairs: Iterable[tuple[int, str]]) -> None:
+        pairs = sorted(pairs)
+        for contact_id, path in pairs:
+            self._fields.setdefault(contact_id, {})
+            self._known.setdefault(contact_id, set()).add(path)
+        for r in self.conn.execute(*_keyed(self.postgres, _FIELDS_BY_PAIR, pairs)):
+            self._fields[r[0]][r[1]] = StoredField(r[2], r[3], r[4], r[5])
+            self._field_existing.add((r[0], r[1]))
+
+    def _read_owners(self, keys: list[tuple[str, str, str]]) -> None:
+        for account, kind, value, contact_id in self.conn.execute(*_keyed(self.postgres, _OWNERS_BY_KEY, keys)):
+            self._owners[(account, kind, value)] = contact_id
+
+    # -- phase 2: the ContactAccess the plans apply through --------------------------------------------
+    def owners(self, account: str, requested: Mapping[str, str]) -> dict[str, int | None]:
+        missing = [(account, kind, value) for kind, value in requested.items()
+                   if (account, kind, value) not in self._owners]
+        if missing:  # not read up front (a plan asked for more than it announced): read now
+            self._owners.update(dict.fromkeys(missing))
+            self._read_owners(missing)
+        return {kind: self._owners[(account, kind, value)] for kind, value in requested.items()}
+
+    def create_contact(self, account: str, row: Mapping[str, Any], now: datetime) -> int:
+        contact_id = self.conn.execute(INSERT_CONTACT, {**row, "account": account, "created_at": now,
+                                                        "updated_at": now}).scalar_one()
+        self._contacts[contact_id] = {**row, "id": contact_id}
+        self._fields[contact_id] = {}
+        self._known[contact_id] = _EVERYTHING
+        self._created.add(contact_id)
+        return contact_id
+
+    def lock_contact(self, contact_id: int) -> dict[str, Any]:
+        row = self._contacts.get(contact_id)
+        if row is None:  # an owner read after the batch's lock (see owners): lock it now
+            stmt = (sa.select(*(CT.c[name] for name in CONTACT_READ), CT.c.next_sequence)
+                    .where(CT.c.id == contact_id))
+            row = self._contacts[contact_id] = dict(
+                self.conn.execute(stmt.with_for_update() if self.postgres else stmt).one()._mapping)
+        return {name: row[name] for name in CONTACT_READ}
+
+    def stored_fields(self, contact_id: int, paths: Iterable[str]) -> dict[str, StoredField]:
+        paths = list(paths)
+        known = self._known.setdefault(contact_id, set())
+        if known is not _EVERYTHING:
+            missing = [(contact_id, p) for p in paths if p not in known]
+            if missing:
+                self._load_fields(missing)
+        fields = self._fields.setdefault(contact_id, {})
+        return {p: fields[p] for p in paths if p in fields}
+
+    def delete_identifiers(self, contact_id: int, kind: str) -> None:
+        self._identifiers = [r for r in self._identifiers if not (r["contact_id"] == contact_id and r["kind"] == kind)]
+        for key, owner in self._owners.items():
+            if owner == contact_id and key[1] == kind:
+                self._owners[key] = None
+        if contact_id not in self._created:
+            self._detached.append((contact_id, kind))
+
+    def insert_identifiers(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self._owners[(row["account"], row["kind"], row["value"])] = row["contact_id"]
+        self._identifiers.extend(rows)
+
+    def insert_conflicts(self, rows: list[dict[str, Any]]) -> None:
+        self._conflicts.extend(rows)
+
+    def update_contact(self, contact_id: int, state: Mapping[str, Any], now: datetime) -> None:
+        self._contacts[contact_id].update(state)
+        self._contact_state.setdefault(contact_id, {}).update(state, updated_at=now)
+
+    def enqueue(self, *, contact_id: int, account: str, kind: str, payload: Any, ref: outbox.RecordRef,
+                now: datetime, priority: int, not_before: datetime | None = None) -> int:
+        row = self._contacts[contact_id]
+        sequence = row["next_sequence"]
+        row["next_sequence"] = sequence + 1
+        self._contact_state.setdefault(contact_id, {})["updated_at"] = now
+        self._messages.append({
+            "partition_key": outbox.partition_key(account, contact_id), "sequence": sequence, "account": account,
+            "contact_id": contact_id, "kind": kind, "payload": payload, "status": outbox.OutboxStatus.PENDING,
+            "attempts": 0, "next_attempt_at": max(now, not_before) if not_before else now,
+            "store_key": ref.store_key, "record_type": ref.record_type, "record_id": ref.record_id,
+            "record_version": ref.record_version, "priority": priority, "created_at": now, "updated_at": now,
+        })
+        return -len(self._messages)  # a placeholder until flush
+
+    def write_fields(self, contact_id: int, rows: list[dict[str, Any]], existing: set[str]) -> None:
+        fields = self._fields.setdefault(contact_id, {})
+        for row in rows:
+            path = row["field"]
+            fields[path] = StoredField(row["value"], row["source_ref"], row["source_version"], row["source_ts"])
+            self._field_rows[(contact_id, path)] = {**row, "contact_id": contact_id}
+
+    def processed(self, key: str) -> bool:
+        return key in self._processed
+
+    def mark_processed(self, row: dict[str, Any]) -> None:
+        self._processed.add(row["dedupe_key"])
+        self._processed_rows.append(row)
+
+    def product_viewed(self, store: Any, contact_id: int, product_id: str, viewed_at: datetime, now: datetime,
+                       data: dict | None) -> None:
+        if scheduling.enabled_program(store, "browse_abandonment") is None:
+            return
+        entry = self._views.setdefault(store.key, (store, [], now))
+        entry[1].append(scheduling.View(contact_id, product_id, viewed_at, data))
+
+    def reject(self, row: dict[str, Any]) -> None:
+        self._rejected.append(row)
+
+    # -- phase 3: write ----------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write everything buffered (a few multi-row statements); then :meth:`real_id` answers."""
+        conn = self.conn
+        now = utcnow()
+        for contact_id, kind in dict.fromkeys(self._detached):
+            conn.execute(sa.delete(CI).where(CI.c.contact_id == contact_id, CI.c.kind == kind,
+                                             CI.c.kind.in_(SINGLE_VALUED)))
+        if self._identifiers:
+            conn.execute(INSERT_IDENTIFIER, self._identifiers)
+        if self._conflicts:
+            conn.execute(INSERT_CONFLICT, self._conflicts)
+        if self._contact_state:
+            params = []
+            for contact_id, changed in self._contact_state.items():
+                row = self._contacts[contact_id]
+                params.append({"b_id": contact_id, "b_next_sequence": row["next_sequence"],
+                               "b_updated_at": changed.get("updated_at", now),
+                               **{f"b_{name}": row[name] for name in _STATE}})
+            conn.execute(_UPDATE_CONTACT, params)
+        if self._messages:
+            # RETURNING of a multi-row INSERT comes in no promised order: each id is matched to its message by
+            # (partition, sequence), unique per message (asking SQLAlchemy to sort by parameter order makes it
+            # insert one row per statement on SQLite)
+            by_key = {(r.partition_key, r.sequence): r.id for r in conn.execute(_INSERT_MESSAGES, self._messages)}
+            self.message_ids = [by_key[(m["partition_key"], m["sequence"])] for m in self._messages]
+            if self.postgres:
+                conn.execute(sa.text(f"NOTIFY {outbox.NOTIFY_CHANNEL}"))
+        inserts, updates = [], []
+        for key, row in self._field_rows.items():
+            row = {**row, "message_id": self.real_id(row["message_id"])}
+            if key in self._field_existing:
+                updates.append({f"b_{k}": v for k, v in row.items()})
+            else:
+                inserts.append(row)
+        if updates:
+            conn.execute(UPDATE_FIELD_STATE, updates)
+        if inserts:
+            conn.execute(INSERT_FIELD_STATE, inserts)
+        if self._processed_rows:
+            conn.execute(INSERT_PROCESSED, self._processed_rows)
+        if self._rejected:
+            conn.execute(INSERT_REJECTED, self._rejected)
+        for store, views, at in self._views.values():
+            scheduling.on_products_viewed(self.session, store, views, at)
+
+    def real_id(self, message_id: int | None) -> int | None:
+        """The outbox id of ``message_id`` (a placeholder before :meth:`flush`)."""
+        if message_id is None or message_id >= 0:
+            return message_id
+        return self.message_ids[-message_id - 1]
+
+
+class _Everything(set):
+    """The known paths of a contact created in the batch: every path (it has no stored field)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
+_STATE = CONTACT_STATE
+_UPDATE_CONTACT = (
+    sa.update(CT)
+    .where(CT.c.id == sa.bindparam("b_id"))
+    .values(next_sequence=sa.bindparam("b_next_sequence"),
+            updated_at=sa.bindparam("b_updated_at", type_=CT.c.updated_at.type),
+            **{name: sa.bindparam(f"b_{name}", type_=CT.c[name].type) for name in _STATE})
+)
+_INSERT_MESSAGES = sa.insert(outbox.OM).returning(outbox.OM.c.id, outbox.OM.c.partition_key, outbox.OM.c.sequence)
+
+
+# Reads by many composite keys with ONE bound parameter per key column (PostgreSQL: arrays through unnest;
+# SQLite: a JSON array through json_each): the statement text never changes with the number of keys, so it is
+# compiled once, where ``(a, b) IN ((?, ?), ...)`` is rendered again for every batch.
+_OWNERS_BY_KEY = {
+    "postgresql": sa.text(
+        "SELECT ci.account, ci.kind, ci.value, ci.contact_id FROM contact_identifier ci "
+        "JOIN unnest(CAST(:k0 AS text[]), CAST(:k1 AS text[]), CAST(:k2 AS text[])) AS t(a, k, v) "
+        "ON ci.account = t.a AND ci.kind = t.k AND ci.value = t.v"),
+    "sqlite": sa.text(
+        "SELECT ci.account, ci.kind, ci.value, ci.contact_id FROM json_each(:keys) AS t "
+        "JOIN contact_identifier ci ON ci.account = json_extract(t.value, '$[0]') "
+        "AND ci.kind = json_extract(t.value, '$[1]') AND ci.value = json_extract(t.value, '$[2]')"),
+}
+_FIELDS_BY_PAIR = {
+    "postgresql": sa.text(
+        "SELECT fs.contact_id, fs.field, fs.value, fs.source_ref, fs.source_version, fs.source_ts FROM field_state fs "
+        "JOIN unnest(CAST(:k0 AS bigint[]), CAST(:k1 AS text[])) AS t(c, f) ON fs.contact_id = t.c AND fs.field = t.f"),
+    "sqlite": sa.text(
+        "SELECT fs.contact_id, fs.field, fs.value, fs.source_ref, fs.source_version, fs.source_ts FROM json_each(:keys) AS t "
+        "JOIN field_state fs ON fs.contact_id = json_extract(t.value, '$[0]') AND fs.field = json_extract(t.value, '$[1]')"),
+}
+_FIELDS_BY_PAIR = {dialect: stmt.columns(FS.c.contact_id, FS.c.field, FS.c.value, FS.c.source_ref, FS.c.source_version,
+                                         FS.c.source_ts) for dialect, stmt in _FIELDS_BY_PAIR.items()}
+
+
+def _keyed(postgres: bool, statements: Mapping[str, Any], keys: Sequence[tuple[Any, ...]]) -> tuple[Any, dict]:
+    """The statement of ``statements`` for the dialect and its parameters for ``keys`` (tuples)."""
+    if postgres:
+        return statements["postgresql"], {f"k{i}": list(column) for i, column in enumerate(zip(*keys))} if keys else \
+            {f"k{i}": [] for i in range(3)}
+    return statements["sqlite"], {"keys": json.dumps(keys)}
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start:start + _CHUNK]
+
+
+def apply_plans(session: Session, plans: Sequence[ContactPlan]) -> list[tuple[bool, Any]]:
+    """Apply ``plans`` set-based, in order, inside the caller's transaction: per plan (True, its result) or
+    (False, the exception of a SyncContact that cannot create its contact). Anything else raises (the caller
+    rolls back and applies the plans one by one)."""
+    access = BatchAccess(session, plans)
+    results: list[tuple[bool, Any]] = []
+    for plan in plans:
+        try:
+            results.append((True, plan.apply(access)))
+        except NewContactNeedsAddress as exc:  # raised before the plan wrote anything
+            results.append((False, exc))
+    access.flush()
+    for ok, value in results:
+        if ok:
+            ids = value.outbox_message_ids
+            ids[:] = [access.real_id(mid) for mid in ids]
+    return results

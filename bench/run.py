@@ -1507,7 +1507,9 @@ async def drain_inbox(tmp: Path, url: str, tag: str, *, workers: int, events: in
             spawned = time.monotonic()
             first = await until(max(1, int(events * DRAIN_FROM)), spawned + 60)
             if first["done"] < max(1, int(events * DRAIN_FROM)):
-                raise BenchProcessError(f"{tag}: {first['done']} of {events} events applied after 60 s")
+                logs = "; ".join(f"{name}: {log_tail(tmp / f'{name}.log', 600)!r}" for name in procs)
+                raise BenchProcessError(f"{tag}: {first['done']} of {events} events applied after 60 s "
+                                        f"(inbox {inbox_status_counts(conn)}); {logs}")
             last = await until(int(events * DRAIN_TO), first["at"] + window)
     finally:
         for p in procs.values():
@@ -1582,10 +1584,11 @@ async def prefilled(tmp: Path, database: str, tag: str, events: int, contacts: i
 async def bench_apply(tmp: Path, *, events: int, contacts: int, window: float, batch_ingest: dict | None,
                       python_loop: float, duration: float) -> dict:
     """(g) events applied per second by one ``ctdd worker``, set-based and one by one, SQLite and PostgreSQL."""
-    if batch_ingest is None:  # (a) did not run: queued TrackEventBatch ingest measured here as (a) does
+    if batch_ingest is None:  # (a) did not run: queued TrackEventBatch ingest measured here as (a) does, with
+        # enough events that none is sent twice below 50,000 events/s (a duplicate is answered at less cost)
         batches = [pb.TrackEventBatchRequest(events=[track_request(b * APPLY_BATCH + j, contacts, "gb",
                                                                    pb.PROCESSING_QUEUED) for j in range(APPLY_BATCH)])
-                   for b in range(400)]
+                   for b in range(int(50_000 * (duration / 2 + 1) / APPLY_BATCH) + 1)]
         async with serving(tmp, "g-batch") as (stub, _):
             sb = await closed_loop(stub.TrackEventBatch, batches, concurrency=4, duration=duration / 2)
         batch_ingest = {"source": "measured in (g) as (a) measures it", **sb,
@@ -1727,6 +1730,8 @@ async def bench_latency_rates(tmp: Path, duration: float) -> dict:
                                             split=database == "postgresql", queued=processing == "queued",
                                             workers=max(workers, 1), tag=f"j-{key}", dispatcher=J_DISPATCHER)
                     r["offered_rate_reached"] = round(r["events"] / r["achieved_send_seconds"], 1)
+                    refused = sum(r.get("rpc_errors", {}).values())
+                    r["accepted_per_second"] = round((r["events"] - refused) / r["achieved_send_seconds"], 1)
                     r["workers"] = workers
                 except Exception as exc:  # a crashed or stalled process: reported, the other runs go on
                     log(f"(j) {key} failed: {exc}")
@@ -1734,14 +1739,17 @@ async def bench_latency_rates(tmp: Path, duration: float) -> dict:
                 out["runs"][key] = r
                 log(f"(j) {key}: p99 {r.get('p99_seconds')} s at {r.get('offered_rate_reached')}/s")
                 if rate == 200 or database == "postgresql":
-                    met[key] = "p99_seconds" in r and r["p99_seconds"] < TARGETS["j_p99_seconds_max"]
+                    # met only when every call was accepted: a refused call has no latency to count
+                    met[key] = ("p99_seconds" in r and r["p99_seconds"] < TARGETS["j_p99_seconds_max"]
+                                and not r.get("rpc_errors"))
     out["targets"] = {"p99_seconds_max": TARGETS["j_p99_seconds_max"],
                       "applies_to": "every run at 200/s; PostgreSQL (2 workers) at 1,000/s"}
     out["met"] = met
     out["note"] = ("as (d): accepted = RPC answered; call = the message's request reaching the sandbox (50 ms per "
                    "call) or the start of the bulk import that carried it. offered_rate_reached = events / seconds "
                    "from the first request sent to the last answer; rpc_errors: calls the service refused (not "
-                   "accepted, so not in the percentiles). workers: `ctdd worker` processes next to "
+                   "accepted, so not in the percentiles; met is false when there are any); accepted_per_second: "
+                   "the calls it accepted over the same seconds. workers: `ctdd worker` processes next to "
                    "`ctdd serve --no-dispatcher` (0: one `ctdd serve` with its dispatcher). view_coalesce_seconds = 0: "
                    "each view its own message, due at once (the default 5 s hold would add 5 s to every figure).")
     return out

@@ -33,7 +33,7 @@ from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome
 from ctdd.api.track_event import prepare_request, queued_event
 from ctdd.api.catalog_export import export_catalog
 from ctdd.ingest.inbox import InboxWriter, QueuedEvent
-from ctdd.hooks.manager import PluginConflict
+from ctdd.hooks.manager import PluginConflict, PluginFailed
 from ctdd.telemetry import start_span
 from ctdd.db.transactions import TransactionRunner
 
@@ -121,6 +121,15 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             log.error("plugin conflict for store %s: %s", request.store_key, exc)
             await _abort(context, code_pb2.FAILED_PRECONDITION, f"plugin configuration error: {exc}")
             return
+        except PluginFailed as exc:  # the request is fine, the deployment's plugin is not: nothing was written
+            reason = f"contact not synced: {exc}"
+            await asyncio.to_thread(
+                log_rejected, self.contact_sync.engine, operation="SyncContact", reason=reason,
+                store_key=request.store_key, record_type=source.resource_type or None,
+                record_id=source.resource_id or None, record_version=source.version or None,
+            )
+            await _abort(context, code_pb2.FAILED_PRECONDITION, reason, [_plugin_failure(exc)])
+            return
         if result.outbox_message_ids:
             self.on_enqueued()
         return pb.SyncContactResponse(
@@ -140,7 +149,8 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
 
     # -- TrackEvent -----------------------------------------------------------------------------
     async def _apply(self, request: pb.TrackEventRequest) -> pb.TrackEventResponse:
-        """Apply one event now; raises InvalidRequest / InvalidEvent (poison) or RetryableEventError."""
+        """Apply one event now; raises InvalidRequest / InvalidEvent (poison), RetryableEventError, or
+        PluginFailed (a plugin failed in a hook: FAILED_PRECONDITION)."""
         if self.events is None:
             raise RetryableEventError("event processing is not configured")
         steps = await prepare_request(self.events, self.settings, request)
@@ -232,6 +242,10 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                 field, _, description = str(exc).partition(": ")
                 await _abort(context, code_pb2.INVALID_ARGUMENT, str(exc),
                              [bad_request([Violation(field, description or str(exc))])])
+            except PluginFailed as exc:  # the request is fine, the deployment's plugin is not
+                reason = f"event not applied: {exc}"
+                await self._log_rejected_event(request, reason)
+                await _abort(context, code_pb2.FAILED_PRECONDITION, reason, [_plugin_failure(exc)])
             except RetryableEventError as exc:
                 log.warning("TrackEvent for store %s not processed now: %s", clip(request.store_key, 100), exc)
                 await _abort(context, code_pb2.UNAVAILABLE, f"not processed, retry later: {exc}")
@@ -282,6 +296,11 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             await self._log_rejected_event(event, str(outcome))
             return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT,
                                        message=clip(str(outcome), MAX_MESSAGE))
+        if isinstance(outcome, PluginFailed):  # not retryable until the plugin is fixed: the adapter dead-letters it
+            reason = f"event not applied: {outcome}"
+            await self._log_rejected_event(event, reason)
+            return pb.TrackEventResult(index=index, code=code_pb2.FAILED_PRECONDITION,
+                                       message=clip(reason, MAX_MESSAGE), retryable=False)
         if isinstance(outcome, RetryableEventError):
             return pb.TrackEventResult(index=index, code=code_pb2.UNAVAILABLE, message=str(outcome), retryable=True)
         # a bug: report it for this event only, the adapter retries it later
@@ -293,6 +312,12 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         # ctdd.api.catalog_export; ``catalog`` (a CatalogExporter) is set by the runtime
         async for progress in export_catalog(getattr(self, "catalog", None), self.settings, request, context):
             yield progress
+
+
+def _plugin_failure(exc: PluginFailed) -> error_details_pb2.PreconditionFailure:
+    """The rich error detail of a call a plugin failed: the plugin (subject) and the hook (type PLUGIN_FAILED)."""
+    return error_details_pb2.PreconditionFailure(violations=[error_details_pb2.PreconditionFailure.Violation(
+        type="PLUGIN_FAILED", subject=f"plugin/{exc.plugin}", description=clip(str(exc), MAX_MESSAGE))])
 
 
 def _notifications_above(events, budget: int) -> bool:

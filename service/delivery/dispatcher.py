@@ -359,8 +359,12 @@ class Dispatcher:
         other messages, to be sent one by one."""
         views: dict[str, list[outbox.ClaimedMessage]] = defaultdict(list)
         rest = []
+        # imports in flight stay within bulk_max_active_imports (Dotdigital runs at most 5 insight imports per
+        # account at once): beyond it, a merged message goes the single way (one PUT per record)
+        room = self.cfg.bulk_max_active_imports - len(self._bulk_tasks)
         for msg in msgs:
-            if is_multi_record(msg.kind, msg.payload) and outbox.INSIGHT_UPSERT in BULK_HANDLERS:
+            if (is_multi_record(msg.kind, msg.payload) and outbox.INSIGHT_UPSERT in BULK_HANDLERS
+                    and (msg.account in views or len(views) < room)):
                 views[msg.account].append(msg)
             else:
                 rest.append(msg)

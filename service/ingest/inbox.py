@@ -21,7 +21,8 @@ Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` n
    and another processor re-claimed it;
 4. an event whose preparation or unit failed with a retryable error (commercetools unreachable, a bug)
    goes back to pending with a capped exponential backoff; after ``max_attempts`` it becomes ``failed``;
-   one that can never be applied becomes ``rejected``. Both are logged in ``rejected_record``.
+   one that a plugin failed (``PluginFailed``) becomes ``failed`` at once (retried by the operator once the
+   plugin is fixed); one that can never be applied becomes ``rejected``. All are logged in ``rejected_record``.
 
 Finished rows are kept ``[inbox] retention_days`` (the dedupe record of queued events), then deleted by the
 processors, at most every ten minutes; on the same tick, ``rejected_record`` rows older than ``[service]
@@ -62,6 +63,7 @@ from ctdd.delivery import outbox
 from ctdd.config import InboxConfig, Settings
 from ctdd.db.engine import sqlite_write_lock, utcnow
 from ctdd.db.models import EventInbox, InboxStatus, RejectedRecord
+from ctdd.hooks.types import PluginFailed
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError, Step
 from ctdd.ingest.plans import ContactPlan
 from ctdd.ingest.set_apply import apply_plans
@@ -347,6 +349,9 @@ class _Failure:
     error: str
     #: False: the event can never be applied (rejected at once)
     retryable: bool
+    #: give up at once though retryable (``failed``): a plugin failed, retrying cannot help until it is fixed;
+    #: the operator retries it then (``ctdd failures retry inbox:<id>``)
+    at_once: bool = False
 
 
 # -- processing --------------------------------------------------------------------------------------
@@ -494,7 +499,9 @@ class InboxProcessor:
             elif isinstance(result, BaseException):
                 log.error("queued event %d failed to apply: %s", event.id, type(result).__name__,
                           exc_info=result if not isinstance(result, RetryableEventError) else None)
-                failures.append(_Failure(event, f"{type(result).__name__}: {result}", retryable=True))
+                plugin = isinstance(result, PluginFailed)  # names the plugin and the hook itself
+                failures.append(_Failure(event, str(result) if plugin else f"{type(result).__name__}: {result}",
+                                         retryable=True, at_once=plugin))
             elif result:
                 self.stats["applied"] += 1
                 enqueued |= any(o.outbox_message_ids for o in result)
@@ -514,6 +521,8 @@ class InboxProcessor:
             return at_once(event.request)
         except InvalidEvent as exc:
             return _Failure(event, str(exc) or "invalid request", retryable=False)
+        except PluginFailed as exc:
+            return _Failure(event, str(exc), retryable=True, at_once=True)
         except Exception as exc:  # a bug: keep the event, retry it with backoff
             log.exception("preparing queued event %d failed", event.id)
             return _Failure(event, f"{type(exc).__name__}: {exc}", retryable=True)
@@ -523,6 +532,8 @@ class InboxProcessor:
             return await self.prepare(event.request)
         except InvalidEvent as exc:
             return _Failure(event, str(exc) or "invalid request", retryable=False)
+        except PluginFailed as exc:
+            return _Failure(event, str(exc), retryable=True, at_once=True)
         except RetryableEventError as exc:
             return _Failure(event, str(exc), retryable=True)
         except Exception as exc:  # a bug: keep the event, retry it with backoff
@@ -570,7 +581,7 @@ class InboxProcessor:
         with self.engine.begin() as conn:
             for f in failures:
                 attempt = f.event.attempts + 1
-                given_up = not (f.retryable and attempt < self.cfg.max_attempts)
+                given_up = f.at_once or not (f.retryable and attempt < self.cfg.max_attempts)
                 if given_up:
                     status = InboxStatus.FAILED if f.retryable else InboxStatus.REJECTED
                     values = dict(attempts=attempt, status=status, processed_at=now)

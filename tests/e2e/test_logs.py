@@ -165,10 +165,10 @@ async def test_a_run_with_failures_leaves_no_personal_data_or_secret_in_logs_or_
             event_id="ev-1", identity=pb.ContactIdentity(email=EMAILS[4], mobile_number=PHONES[0]),
             product_viewed=pb.ProductViewed(product_id="p-1", sku="SKU-1"))))
 
-    # an exception in a plugin (the RPC fails; grpc logs the traceback)
+    # an exception in a plugin (the RPC fails FAILED_PRECONDITION naming the plugin; the traceback is logged)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.SyncContact(contact_request(customer_id="c-4", email=EMAILS[3], mobile=PHONES[2]))
-    assert info.value.code() == grpc.StatusCode.UNKNOWN
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     # invalid requests: a mobile number not in E.164, an email as store key, emails in bad fields
     invalid = [

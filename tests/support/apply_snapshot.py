@@ -1,6 +1,9 @@
 """What a service made of an event stream, with the ids that legitimately differ between two runs replaced by
 what they stand for: contacts by their identifiers, outbox message ids by (contact, sequence), Dotdigital
-contact ids by the sandbox contact's identifiers. Two runs of the same stream must give equal snapshots.
+contact ids by the sandbox contact's identifiers. Times the service took from its clock when it wrote a row
+(``updated_at``, ``processed_at`` ...) are kept as "set or not"; times that come from the events (source
+timestamps, due times, view times) are compared as they are. Two runs of the same stream must give equal
+snapshots.
 """
 
 from __future__ import annotations
@@ -14,8 +17,23 @@ import sqlalchemy as sa
 _ID_KEYS = {"contact_id", "contactId", "message_id", "dotdigital_contact_id"}
 
 
+#: columns holding the time a row was written (the clock's, never an event's)
+_WRITE_TIMES = {"created_at", "updated_at", "processed_at", "decided_at", "delivered_at", "next_attempt_at",
+                "lease_expires_at", "dd_email_status_at", "dd_sms_status_at"}
+#: tables whose ``created_at`` is an event's time, not the clock's
+_EVENT_CREATED_AT = {"order_summary"}
+
+
 def _rows(conn, sql: str) -> list[dict]:
-    return [dict(r._mapping) for r in conn.execute(sa.text(sql))]
+    table = sql.split(" FROM ")[1].split()[0]
+    rows = []
+    for r in conn.execute(sa.text(sql)):
+        row = dict(r._mapping)
+        for column in _WRITE_TIMES & row.keys():
+            if not (column == "created_at" and table in _EVENT_CREATED_AT):
+                row[column] = row[column] is not None
+        rows.append(row)
+    return rows
 
 
 def contact_keys(conn) -> dict[int, str]:
@@ -48,7 +66,8 @@ def database_snapshot(engine) -> dict[str, Any]:
 
         contacts = {}
         for c in _rows(conn, "SELECT * FROM contact"):
-            contacts[keys[c.pop("id")]] = {**c, "dotdigital_contact_id": c["dotdigital_contact_id"] is not None}
+            name = keys[c.pop("id")]
+            contacts[name] = {**c, "dotdigital_contact_id": c["dotdigital_contact_id"] is not None}
 
         field_state: dict[str, dict] = defaultdict(dict)
         for f in _rows(conn, "SELECT * FROM field_state"):

@@ -23,6 +23,7 @@ Everything is measured on this machine in this run, against real processes over 
     steady 200 events/s, with 50 ms per call: p50 / p99; on PostgreSQL with ``ctdd serve --no-dispatcher`` plus
     one ``ctdd worker`` (two processes for two cores), and on SQLite with one ``ctdd serve`` doing both; then
     the PostgreSQL set-up again with PROCESSING_QUEUED (the worker applies the events from the inbox too).
+    Product views are not held for merging (``view_coalesce_seconds = 0``, see ``LAT_EXTRA``).
 (e) Programs, in this process on a virtual clock (about 30 s):
     (e1) triggers decided per second: 100,000 pending abandoned-cart timers (seeded with multi-row INSERTs), 10,000
     of them due; one ``TriggerProcessor.run_once`` decides the due ones (claim, every safeguard's facts read, the
@@ -42,9 +43,9 @@ Everything is measured on this machine in this run, against real processes over 
     queued ingest (``ctdd serve --no-dispatcher``, TrackEventBatch, PROCESSING_QUEUED; then stopped); each run
     on a fresh copy of that database (SQLite: the backup API; PostgreSQL: CREATE DATABASE ... TEMPLATE). The
     figure counts inbox rows turned ``done`` (applied) per second from 5% to 95% of the inbox done (start-up and
-    the tail left out; at most ``--apply-window`` seconds). Delivery is NOT in the figure, but it runs: the
-    worker's dispatcher delivers to the sandbox (its own process, answering at once) meanwhile, as deployed, and
-    its CPU is in the worker's. On SQLite and PostgreSQL, set-based (``CTDD_SET_BASED_APPLY=1``) and one event at
+    the tail left out; at most ``--apply-window`` seconds). Delivery is NOT in the figure: the sandbox (its own
+    process) holds every call 30 s, so the worker's dispatcher makes only a handful of calls meanwhile and the
+    worker's CPU is applying's. On SQLite and PostgreSQL, set-based (``CTDD_SET_BASED_APPLY=1``) and one event at
     a time (``=0``, the in-run baseline): ratio set-based / one-by-one, and ratio to queued TrackEventBatch
     ingest ((a)'s batch figure when (a) runs, else measured here the same way). The events/s target applies
     when ``machine.python_loop`` is at least 15 million additions per second.
@@ -102,7 +103,12 @@ from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc  # noqa: E402
 
 PG_ADMIN = os.environ.get("CTDD_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PY = sys.executable
-LAT_EXTRA: dict = {}
+#: (d)'s extra [dispatcher] keys: no hold of product views (``view_coalesce_seconds``, 5 s by default, holds a
+#: view's insight message that long so later views of the contact merge into one call: a deliberate delay of
+#: those records, not a latency of the service, and one (d) would otherwise measure)
+LAT_EXTRA: dict = {"view_coalesce_seconds": 0}
+#: connections the latency runs ((d), (j)) send over, round robin
+LATENCY_CHANNELS = 8
 EVENT = "track"  # one-line switch: "track" (TrackEvent) or "sync" (SyncContact); --event overrides it
 TARGETS = {
     "a_unary_ratio_min": 0.7, "a_batch_events_per_s_min": 20000,
@@ -720,7 +726,11 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
 
                 await asyncio.gather(*(warm_one(i) for i in range(customers)))
                 await wait_settled(pg_url or db, 60)
-                call = service_call(stub)
+                # the load comes over several connections, as from a fleet of callers: [service]
+                # max_concurrent_streams (100) bounds the calls in progress on ONE connection, and at 1,000/s a
+                # single connection can have more than that waiting for the event loop (refused: UNAVAILABLE)
+                extra = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(LATENCY_CHANNELS - 1)]
+                calls = [service_call(stub)] + [service_call(pb_grpc.SyncServiceStub(c)) for c in extra]
                 run = uuid.uuid4().hex[:6]
                 n = int(rate * duration)
 
@@ -732,7 +742,7 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                     if queued:
                         request.behavioural_event.product_viewed.product_id = f"q{run}-{i}"
                     try:
-                        response = await call(request)
+                        response = await calls[i % len(calls)](request)
                     except grpc.aio.AioRpcError as exc:  # counted and printed: not accepted, so no latency
                         rpc_errors[exc.code().name] += 1
                         return
@@ -749,6 +759,8 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                     tasks.append(asyncio.create_task(one(i)))
                 await asyncio.gather(*tasks)
                 sent_seconds = time.monotonic() - t0
+                for c in extra:
+                    await c.close()
             await wait_settled(pg_url or db, 60)
             bulk_started = bulk_attempt_starts(pg_url or f"sqlite:///{db}")
             if queued:
@@ -1340,6 +1352,9 @@ async def bench_catalog(tmp: Path, products: int = F_PRODUCTS) -> dict:
 # (g)-(j) the apply path: queued events applied per second, scale-out, CPU per event, latency at 200 and 1,000/s
 # ------------------------------------------------------------------------------------------------------
 APPLY_EVENTS, APPLY_CONTACTS, APPLY_BATCH = 20_000, 2_000, 200
+#: in (g)/(h) the sandbox holds every call this long, so the workers' dispatchers make only a handful of calls
+#: while the inbox drains: the CPU measured is applying's, not delivering's ((b) and (d) measure delivery)
+APPLY_SANDBOX_LATENCY = 30.0
 #: the measured span of a drain: from this share of the inbox done (start-up and warm-up before it) to ...
 DRAIN_FROM, DRAIN_TO = 0.05, 0.95  # ... this share (the tail, where fewer workers have work, after it)
 
@@ -1470,13 +1485,14 @@ def pg_backend_cpu(conn) -> dict[int, float]:
 async def drain_inbox(tmp: Path, url: str, tag: str, *, workers: int, events: int, window: float,
                       env: dict | None = None) -> dict:
     """``workers`` ``ctdd worker`` processes on ``url`` (an inbox of ``events`` pending events) apply them; the
-    sandbox in its own process answers at once. Measured: inbox rows turned ``done`` per second from
+    sandbox in its own process holds every call APPLY_SANDBOX_LATENCY seconds (delivery left out). Measured: inbox rows turned ``done`` per second from
     DRAIN_FROM to DRAIN_TO of the inbox done (or ``window`` seconds, whichever comes first), and the CPU
     seconds of each process over that span (workers; on PostgreSQL the backends of this database and every
     ``postgres`` process). Raises BenchProcessError when a worker exits or nothing is applied in 60 s."""
     sandbox_port = free_port()
-    sandbox = subprocess.Popen([PY, str(Path(__file__).resolve()), "_sandbox", str(sandbox_port), "0"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sandbox = subprocess.Popen([PY, str(Path(__file__).resolve()), "_sandbox", str(sandbox_port),
+                                str(APPLY_SANDBOX_LATENCY)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")  # every count sees the latest commits
     postgres = engine.dialect.name == "postgresql"
     procs: dict[str, subprocess.Popen] = {}
@@ -1597,7 +1613,7 @@ async def bench_apply(tmp: Path, *, events: int, contacts: int, window: float, b
         batch_ingest = {"source": "(a) service_batch", "events_per_second": batch_ingest["events_per_second"]}
     log(f"(g) queued TrackEventBatch ingest: {batch_ingest['events_per_second']} events/s")
     out: dict = {"events": events, "contacts": contacts, "event": "TrackEvent product_viewed, PROCESSING_QUEUED",
-                 "sandbox_latency_seconds": 0.0, "measured_span": f"{DRAIN_FROM:.0%} to {DRAIN_TO:.0%} of the inbox "
+                 "sandbox_latency_seconds": APPLY_SANDBOX_LATENCY, "measured_span": f"{DRAIN_FROM:.0%} to {DRAIN_TO:.0%} of the inbox "
                  f"done, at most {window} s", "batch_ingest_sqlite": batch_ingest}
     gate = python_loop >= TARGETS["g_python_loop_min_millions"]
     met: dict = {}
@@ -1640,7 +1656,8 @@ async def bench_apply(tmp: Path, *, events: int, contacts: int, window: float, b
 
 async def bench_apply_scale(tmp: Path, *, events: int, contacts: int, window: float) -> dict:
     """(h) events applied per second by 1, 2 and 4 ``ctdd worker`` processes on one PostgreSQL database."""
-    out: dict = {"database": "postgresql", "events": events, "contacts": contacts, "sandbox_latency_seconds": 0.0,
+    out: dict = {"database": "postgresql", "events": events, "contacts": contacts,
+                 "sandbox_latency_seconds": APPLY_SANDBOX_LATENCY,
                  "measured_span": f"{DRAIN_FROM:.0%} to {DRAIN_TO:.0%} of the inbox done, at most {window} s",
                  "runs": {}}
     log(f"(h) prefilling {events} queued events ...")
@@ -1662,8 +1679,8 @@ async def bench_apply_scale(tmp: Path, *, events: int, contacts: int, window: fl
     out["target_applies"] = cpus >= 4
     out["targets"] = {"ratio_2_to_1_min": TARGETS["h_ratio_2_workers_min"]}
     out["met"] = {"2": out["ratio_2_to_1"] is not None and out["ratio_2_to_1"] >= TARGETS["h_ratio_2_workers_min"]}
-    out["note"] = ("applied = inbox rows turned done (the dispatchers deliver meanwhile, to the sandbox answering "
-                   "at once); a fresh copy of the same prefilled database for each count. cpu_seconds: each "
+    out["note"] = ("applied = inbox rows turned done (the sandbox holds each call APPLY_SANDBOX_LATENCY s, so the "
+                   "dispatchers barely deliver meanwhile); a fresh copy of the same prefilled database for each count. cpu_seconds: each "
                    "worker, the PostgreSQL backends of the database, every postgres process (background "
                    "processes included) over the measured span; worker_busy_share near 1: CPU-bound, well "
                    "below: waiting (locks, I/O). target_applies is false on fewer than 4 cores.")

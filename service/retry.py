@@ -1,4 +1,9 @@
-"""Retry delays: the one capped exponential backoff every retry loop of the service uses.
+"""Retry delays: the one capped exponential backoff every retry loop of the service uses, and the one helper for
+in-process retries (:func:`in_process_retries`, tenacity's) next to the outbox's and the inbox's durable schedule.
+
+Durable retries (a failed outbox message or queued event goes back to pending, due again after
+:func:`backoff_delay`) survive a restart and are the database's; an in-process retry repeats a call a few times
+within one unit of work (the commercetools client's optimistic-locking loop) and is :func:`in_process_retries`'.
 
 The outbox dispatcher and the event inbox (a failed delivery or event goes back to pending), the
 commercetools client's optimistic-locking loop (409 -> re-read, retry), the LISTEN reconnect loop and the
@@ -11,8 +16,11 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Callable
 
-__all__ = ["JITTER_20_PERCENT", "backoff_delay"]
+import tenacity
+
+__all__ = ["JITTER_20_PERCENT", "backoff_delay", "in_process_retries"]
 
 #: ±20 %: the jitter of the outbox and inbox retries.
 JITTER_20_PERCENT = (0.8, 1.2)
@@ -58,3 +66,37 @@ def backoff_delay(
         low, high = jitter
         delay *= (rng or random).uniform(low, high)
     return max(0.0, delay)
+
+
+def in_process_retries(
+    *,
+    attempts: int,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    base: float,
+    cap: float,
+    jitter: tuple[float, float] | None = None,
+    on_retry: Callable[[BaseException, int], None] | None = None,
+) -> tenacity.AsyncRetrying:
+    """Up to ``attempts`` tries of a block, again after an exception of ``retry_on`` with
+    :func:`backoff_delay` ``(attempt, base=base, cap=cap, jitter=jitter)`` seconds of ``asyncio.sleep`` between
+    them; the last exception is raised as it is (any other exception at once). ``on_retry(exc, attempt)`` is
+    called before each pause (to log it). Use::
+
+        async for attempt in in_process_retries(attempts=5, retry_on=Conflict, base=0.05, cap=1.0):
+            with attempt:
+                return await write()
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be >= 1")
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            on_retry(state.outcome.exception(), state.attempt_number)
+
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=lambda state: backoff_delay(state.attempt_number, base=base, cap=cap, jitter=jitter),
+        retry=tenacity.retry_if_exception_type(retry_on),
+        before_sleep=before_sleep,
+        reraise=True,
+    )

@@ -41,6 +41,7 @@ from typing import Any, Sequence, TextIO
 
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.adapters.forwarder import OK, POISON, RETRY, EventForwarder
+from ctdd.progress import terminal_bar
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def _now() -> str:
 
 
 class ProgressBar:
-    """A small progress display on stderr: redrawn in place on a terminal, a line every few seconds otherwise."""
+    """The progress on stderr: a tqdm bar redrawn in place on a terminal (``ctdd.progress``), a line every few
+    seconds otherwise."""
 
     def __init__(self, label: str, total: int | None = None, stream: TextIO | None = None, width: int = 30,
                  interval: float = 5.0):
@@ -120,6 +122,7 @@ class ProgressBar:
         self.started = time.monotonic()
         self._last_print = 0.0
         self._start_done: int | None = None
+        self._bar = None
 
     def render(self, done: int) -> str:
         if self._start_done is None:
@@ -135,13 +138,30 @@ class ProgressBar:
 
     def update(self, done: int, *, final: bool = False) -> None:
         now = time.monotonic()
+        if self.tty:  # tqdm's bar, with the count and rate after it
+            self._draw(done, final)
+            return
         text = self.render(done)
-        if self.tty:
-            self.stream.write("\r" + text + ("\n" if final else ""))
-        elif final or now - self._last_print >= self.interval or self._last_print == 0.0:
+        if final or now - self._last_print >= self.interval or self._last_print == 0.0:
             self.stream.write(text + "\n")
             self._last_print = now
         self.stream.flush()
+
+
+    def _draw(self, done: int, final: bool) -> None:
+        if self._start_done is None:
+            self._start_done = done
+        rate = (done - self._start_done) / max(time.monotonic() - self.started, 1e-6)
+        counts = f"{done}/{self.total} {rate:,.0f}/s" if self.total else f"{done} done {rate:,.0f}/s"
+        if self._bar is None:
+            self._bar = terminal_bar(self.label, self.total, done, counts, self.stream)
+        else:
+            self._bar.counts, self._bar.n = counts, done
+            if not final:
+                self._bar.refresh()
+        if final:
+            self._bar.close()
+            self._bar = None
 
 
 class Cursor:

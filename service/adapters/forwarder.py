@@ -13,6 +13,11 @@ classifies every event as ``ok``, ``poison`` or ``retry``:
 
 ``CoalescingForwarder`` gathers events submitted concurrently (for example by many HTTP requests) into
 batches: a batch is sent once ``max_batch`` events are waiting or ``max_delay`` seconds have passed.
+
+Traces: each event may come with the W3C trace context of its message (``traceparent`` / ``tracestate``
+message attributes, ``ctdd.telemetry.carrier_from_attributes``). A call carries it as gRPC metadata, so the
+service continues that trace, when its events share one context (a call has one parent); a batch mixing several
+is forwarded without (``ctdd.telemetry.trace_metadata``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Sequence
 import grpc
 
 from ctdd.adapters.grpc_target import TargetSecurity
+from ctdd.telemetry import trace_metadata
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 
@@ -105,20 +111,25 @@ class EventForwarder:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def forward(self, events: Sequence[pb.TrackEventRequest]) -> list[Outcome]:
-        """One outcome per event, in order. Never raises for transport errors."""
+    async def forward(self, events: Sequence[pb.TrackEventRequest],
+                      carriers: Sequence[dict[str, str]] | None = None) -> list[Outcome]:
+        """One outcome per event, in order. Never raises for transport errors. ``carriers``: the W3C trace
+        context of each event's message (see the module's docstring)."""
+        carriers = list(carriers) if carriers is not None else [{}] * len(events)
         outcomes: list[Outcome] = []
         for start in range(0, len(events), MAX_BATCH):
-            outcomes.extend(await self._forward_chunk(list(events[start:start + MAX_BATCH])))
+            outcomes.extend(await self._forward_chunk(list(events[start:start + MAX_BATCH]),
+                                                      carriers[start:start + MAX_BATCH]))
         return outcomes
 
-    async def _forward_chunk(self, events: list[pb.TrackEventRequest]) -> list[Outcome]:
+    async def _forward_chunk(self, events: list[pb.TrackEventRequest],
+                             carriers: Sequence[dict[str, str]] = ()) -> list[Outcome]:
         if not events:
             return []
         try:
             response = await self.stub.TrackEventBatch(
                 pb.TrackEventBatchRequest(events=events), timeout=self.timeout, wait_for_ready=False,
-                metadata=self.security.metadata,
+                metadata=self.security.metadata + trace_metadata(carriers),
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
@@ -127,7 +138,8 @@ class EventForwarder:
                     return [Outcome(POISON, CODE_INVALID_ARGUMENT, exc.details() or "")]
                 mid = len(events) // 2
                 log.warning("target refused a batch of %d events (INVALID_ARGUMENT); splitting it", len(events))
-                return await self._forward_chunk(events[:mid]) + await self._forward_chunk(events[mid:])
+                return (await self._forward_chunk(events[:mid], carriers[:mid])
+                        + await self._forward_chunk(events[mid:], carriers[mid:]))
             log.warning("TrackEventBatch to %s failed: %s; %d event(s) left for retry",
                         self.target, code.name, len(events))
             return [Outcome(RETRY, code.value[0], exc.details() or code.name)] * len(events)
@@ -152,19 +164,20 @@ class CoalescingForwarder:
         self.forwarder = forwarder
         self.max_batch = min(max_batch, MAX_BATCH)
         self.max_delay = max_delay
-        self._queue: asyncio.Queue[tuple[pb.TrackEventRequest, asyncio.Future]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[pb.TrackEventRequest, asyncio.Future, dict]] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._task: asyncio.Task | None = None
         self._batches: set[asyncio.Task] = set()
-        self._gathering: list[tuple[pb.TrackEventRequest, asyncio.Future]] = []
+        self._gathering: list[tuple[pb.TrackEventRequest, asyncio.Future, dict]] = []
 
     def start(self) -> "CoalescingForwarder":
         self._task = asyncio.create_task(self._run(), name="coalescing-forwarder")
         return self
 
-    async def submit(self, event: pb.TrackEventRequest) -> Outcome:
+    async def submit(self, event: pb.TrackEventRequest, carrier: dict[str, str] | None = None) -> Outcome:
+        """``carrier``: the W3C trace context of the event's message, if it has one."""
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((event, future))
+        await self._queue.put((event, future, carrier or {}))
         return await asyncio.shield(future)
 
     async def _run(self) -> None:
@@ -189,13 +202,14 @@ class CoalescingForwarder:
 
     async def _send(self, batch) -> None:
         try:
-            outcomes = await self.forwarder.forward([event for event, _ in batch])
+            outcomes = await self.forwarder.forward([event for event, _, _ in batch],
+                                                    [carrier for _, _, carrier in batch])
         except Exception as exc:  # defensive: a bug must not leave callers hanging
             log.exception("forwarding a batch failed")
             outcomes = [Outcome(RETRY, 13, f"adapter error: {type(exc).__name__}")] * len(batch)
         finally:
             self._slots.release()
-        for (_, future), outcome in zip(batch, outcomes):
+        for (_, future, _), outcome in zip(batch, outcomes):
             if not future.done():
                 future.set_result(outcome)
 
@@ -213,7 +227,7 @@ class CoalescingForwarder:
         self._gathering = []
         while not self._queue.empty():
             unsent.append(self._queue.get_nowait())
-        for _, future in unsent:  # nothing of these was sent
+        for _, future, _ in unsent:  # nothing of these was sent
             if not future.done():
                 future.set_result(Outcome(RETRY, 14, "adapter shutting down"))
 

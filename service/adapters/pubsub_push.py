@@ -50,6 +50,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.adapters.forwarder import OK, POISON, CoalescingForwarder, EventForwarder, Outcome, delivery_request
 from ctdd.adapters.push_auth import OidcSettings, PushAuthenticator
+from ctdd.telemetry import carrier_from_attributes
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,18 @@ def split_hostport(value: str) -> tuple[str, int]:
 
 def pubsub_message_id(body: bytes) -> str:
     """The Pub/Sub messageId of a push body, for logs; '-' when there is none."""
+    return push_message_facts(body)[0]
+
+
+def push_message_facts(body: bytes) -> tuple[str, dict[str, str]]:
+    """The Pub/Sub messageId of a push body ('-' when there is none) and the W3C trace context of its
+    message attributes (``ctdd.telemetry.carrier_from_attributes``; empty when there is none)."""
     try:
         message = json.loads(body).get("message", {})
         value = message.get("messageId") or message.get("message_id")
-        return str(value) if value else "-"
+        return (str(value) if value else "-"), carrier_from_attributes(message.get("attributes"))
     except (ValueError, AttributeError):
-        return "-"
+        return "-", {}
 
 
 class _MalformedRequestLine(logging.Filter):
@@ -221,9 +228,9 @@ class PubSubPushAdapter:
             return _answer(408, {"error": "body not received in time"}, {"Connection": "close"})
         if not body:
             return _answer(400, {"error": "empty body"})
-        message_id = pubsub_message_id(body)
+        message_id, carrier = push_message_facts(body)
         outcome = await self.batcher.submit(delivery_request(self.config.store_key, body, self.config.priority,
-                                                                self.config.processing))
+                                                                self.config.processing), carrier)
         if outcome.kind == OK:
             log.info("pubsub message %s: accepted", message_id)
             return _answer(204, None, {"X-Ctdd-Outcome": "accepted"})

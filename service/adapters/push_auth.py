@@ -26,9 +26,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from google.auth import exceptions as google_exceptions
-from google.auth import transport
-from google.oauth2 import id_token
+try:  # the pubsub extra: only the OIDC verification needs google-auth (ctdd.adapters.extras)
+    from google.auth import exceptions as google_exceptions
+    from google.auth import transport
+    from google.oauth2 import id_token
+except ImportError:  # pragma: no cover - exercised by an install without the extra
+    google_exceptions = transport = id_token = None
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class Refusal:
     reason: str
 
 
-class CachingRequest(transport.Request):
+class CachingRequest(transport.Request if transport is not None else object):
     """A google-auth transport that keeps successful GET answers (the signing certificates) for their
     ``Cache-Control: max-age`` (at most ``max_age_cap`` seconds), so that a push costs no certificate fetch."""
 
@@ -131,6 +134,10 @@ class PushAuthenticator:
         if not token and oidc is None and not insecure:
             raise InsecureConfigError("no authentication: set a token (--token or CTDD_PUBSUB_PUSH_TOKEN) or OIDC "
                                       "(--oidc-audience and --oidc-service-account), or pass --insecure")
+        if oidc is not None and id_token is None:
+            from ctdd.adapters.extras import MissingExtra
+
+            raise MissingExtra("OIDC verification of Pub/Sub pushes", "google.auth", "pubsub")
         self._token = token.encode() if token else None
         self.oidc = oidc
         self._request = request if request is not None else (CachingRequest() if oidc else None)

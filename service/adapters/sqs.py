@@ -27,6 +27,7 @@ from typing import Any
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.adapters.forwarder import OK, POISON, RETRY, EventForwarder, Outcome, delivery_request
 from ctdd.retry import backoff_delay
+from ctdd.telemetry import carrier_from_attributes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ def backoff_seconds(receive_count: int, base: float, cap: float) -> int:
 
 
 def make_sqs_client(config: SqsAdapterConfig):
-    import boto3
+    from ctdd.adapters.extras import require
+
+    boto3 = require("boto3", extra="sqs", what="the SQS adapter")
     from botocore.config import Config
 
     return boto3.client(
@@ -184,7 +187,9 @@ class SqsAdapter:
         events = [delivery_request(self.config.store_key, m["Body"].encode("utf-8"), self.config.priority,
                                    self.config.processing)
                   for m in messages]
-        outcomes = await self.forwarder.forward(events)
+        # each message's W3C trace context (traceparent / tracestate message attributes): the service continues it
+        outcomes = await self.forwarder.forward(
+            events, [carrier_from_attributes(m.get("MessageAttributes")) for m in messages])
         accepted, retry, poison = [], [], []
         for m, outcome in zip(messages, outcomes):
             report.outcomes[m["MessageId"]] = outcome.kind

@@ -5,7 +5,9 @@ redrive of what failed (``ctdd.api.failures``).
 database is read in a worker thread so the event loop keeps serving. Identifiers in requests are personal
 data: they are matched, never logged nor put on spans. A caller whose token is limited to some stores must name
 one of them in ``store_key`` (PERMISSION_DENIED otherwise) and sees only that store's triggers and counts (a
-Dotdigital account, and so a contact, may be shared by several stores).
+Dotdigital account, and so a contact, may be shared by several stores). ``GetContact`` reads everything about one
+contact (``ctdd.ingest.contact_view``, converted by ``ctdd.api.contact_convert``); its reply holds personal data,
+which is returned to the operator and never logged.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import Engine
 
 from ctdd.api.auth import refuse_store, store_scope
+from ctdd.api.contact_convert import contact_response
 from ctdd.api.convert import Violation, to_timestamp as _timestamp
 from ctdd.api.errors import abort, bad_request
 from ctdd.api.failures import FailuresServicer
 from ctdd.config import Settings
+from ctdd.ingest.contact_view import DEFAULT_MESSAGES, DEFAULT_TRIGGERS, MAX_ROWS, contact_card
 from ctdd.programs.queries import (
     DEFAULT_LIMIT, MAX_LIMIT, InvalidQuery, TriggerSummary, TriggerView, contact_account, find_contact,
     list_triggers, trigger_summary,
@@ -74,8 +78,8 @@ def summary_message(summary: TriggerSummary) -> pb.TriggerSummary:
 
 
 class AdminServicer(FailuresServicer, pb_grpc.AdminServiceServicer):
-    """AdminService, served on the same grpc.aio server as SyncService: ListTriggers reads only; the redrive
-    RPCs (ListFailures, GetFailure, RetryFailures, SkipFailures) are ``ctdd.api.failures``'."""
+    """AdminService, served on the same grpc.aio server as SyncService: ListTriggers and GetContact read only;
+    the redrive RPCs (ListFailures, GetFailure, RetryFailures, SkipFailures) are ``ctdd.api.failures``'."""
 
     def __init__(self, settings: Settings, engine: Engine):
         self.settings = settings
@@ -132,6 +136,57 @@ class AdminServicer(FailuresServicer, pb_grpc.AdminServiceServicer):
             contact_id=str(contact_id), account=account or "", triggers=[trigger_message(v) for v in views],
             has_more=matched > len(views), summary=summary_message(summary),
         )
+
+    async def GetContact(self, request: pb.GetContactRequest, context: grpc.aio.ServicerContext):
+        selector = request.WhichOneof("contact")
+        with start_span(
+            "GetContact", kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": ADMIN_SERVICE_NAME, "rpc.method": "GetContact",
+                        "ctdd.selector": selector or ""},
+        ):
+            return await self._get_contact(request, selector, context)
+
+    async def _get_contact(self, request: pb.GetContactRequest, selector: str | None,
+                           context: grpc.aio.ServicerContext):
+        violations: list[Violation] = []
+        if selector is None:
+            violations.append(Violation("contact", "set one of email, customer_id (with store_key), mobile_number "
+                                                   "or contact_id"))
+        for name in ("message_limit", "trigger_limit"):
+            if getattr(request, name) < 0:
+                violations.append(Violation(name, "must not be negative"))
+        if violations:
+            await abort(context, code_pb2.INVALID_ARGUMENT, "invalid GetContactRequest", [bad_request(violations)])
+            return
+        scope = store_scope()
+        if scope is not None and request.store_key not in scope:  # a named store was checked by ctdd.api.auth
+            await refuse_store(context, f"/{ADMIN_SERVICE_NAME}/GetContact",
+                               f"this token may use only the stores {', '.join(sorted(scope)) or '(none)'}: set "
+                               "store_key to one of them")
+            return
+        selected = {"email": None, "customer_id": None, "mobile": None, "contact_id": None}
+        selected["mobile" if selector == "mobile_number" else selector] = getattr(request, selector)
+        store_key = request.store_key or None
+
+        def read():
+            contact_id = find_contact(self.engine, store_key=store_key, settings=self.settings, **selected)
+            return None if contact_id is None else contact_card(
+                self.engine, contact_id, settings=self.settings, store_key=store_key if scope is not None else None,
+                message_limit=min(request.message_limit or DEFAULT_MESSAGES, MAX_ROWS),
+                trigger_limit=min(request.trigger_limit or DEFAULT_TRIGGERS, MAX_ROWS))
+
+        try:
+            card = await asyncio.to_thread(read)
+        except InvalidQuery as exc:
+            field = _FIELDS.get(exc.field, exc.field)
+            await abort(context, code_pb2.INVALID_ARGUMENT, "invalid GetContactRequest",
+                        [bad_request([Violation(field, str(exc))])])
+            return
+        if card is None:
+            await abort(context, code_pb2.NOT_FOUND, f"no contact has this {selector.replace('_', ' ')}"
+                        + (f" in store {request.store_key!r}" if request.store_key else ""))
+            return
+        return contact_response(card, [trigger_message(t) for t in card.triggers])
 
     def _read(self, selected: dict, store_key: str | None, statuses: list[str] | None, limit: int,
               only_store: bool = False):

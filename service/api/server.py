@@ -34,7 +34,7 @@ from ctdd.api.track_event import prepare_request, queued_event
 from ctdd.api.catalog_export import export_catalog
 from ctdd.ingest.inbox import InboxWriter, QueuedEvent
 from ctdd.hooks.manager import PluginConflict, PluginFailed
-from ctdd.telemetry import start_span
+from ctdd.telemetry import grpc_server_interceptors, start_span
 from ctdd.db.transactions import TransactionRunner
 
 log = logging.getLogger(__name__)
@@ -354,8 +354,10 @@ class GrpcServer:
                 *connection_options(service),  # connection and stream limits (ctdd.api.limits)
             ],
             # DecodeGuard (outermost): an undecodable request is INVALID_ARGUMENT, not UNKNOWN, and a refused
-            # request is not kept in memory (ctdd.api.decoding)
-            interceptors=[DecodeGuard(), *self.security.interceptors],
+            # request is not kept in memory (ctdd.api.decoding). While tracing is on, OpenTelemetry's server
+            # interceptor next: the RPC's server span, continuing the caller's W3C trace (ctdd.telemetry);
+            # outside the security interceptors, so a refused call has its span too.
+            interceptors=[DecodeGuard(), *grpc_server_interceptors(), *self.security.interceptors],
             maximum_concurrent_rpcs=service.max_concurrent_rpcs,
         )
         pb_grpc.add_SyncServiceServicer_to_server(servicer, self.server)

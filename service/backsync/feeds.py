@@ -41,6 +41,10 @@ mobile number, within the account):
 Several processes on one database poll an account in turn: a poll leases the account's cursor row
 (``lease_seconds``, renewed while a long poll runs; a crashed poller's lease lapses after that time).
 Logs carry counts and customer ids, never email addresses or phone numbers.
+
+Where the events feed (``ctdd.backsync.events_feed``) reads an account, ``BackSync.events_feed`` is set and a
+scheduled poll of that account runs only when the feed says so (``EventsFeed.due_for_poll``: every
+``reconcile_interval_seconds``, or at once after the feed may have missed events).
 """
 
 from __future__ import annotations
@@ -289,13 +293,21 @@ class Recorded:
 
 
 def _find_contact(session: Session, account: str, opt_out: OptOut) -> Contact | None:
-    if opt_out.dotdigital_contact_id is not None:
+    return find_contact(session, account, dotdigital_contact_id=opt_out.dotdigital_contact_id, email=opt_out.email,
+                        mobile=opt_out.mobile)
+
+
+def find_contact(session: Session, account: str, *, dotdigital_contact_id: int | None, email: str | None,
+                 mobile: str | None) -> Contact | None:
+    """The contact of ``account`` a Dotdigital contact is: by its Dotdigital contact id, else its (normalised)
+    email, else its E.164 mobile number."""
+    if dotdigital_contact_id is not None:
         row = session.execute(sa.select(Contact).where(
-            Contact.account == account, Contact.dotdigital_contact_id == opt_out.dotdigital_contact_id,
+            Contact.account == account, Contact.dotdigital_contact_id == dotdigital_contact_id,
         ).order_by(Contact.id).limit(1)).scalar_one_or_none()
         if row is not None:
             return row
-    for kind, value in (("email", opt_out.email), ("mobile_number", opt_out.mobile)):
+    for kind, value in (("email", email), ("mobile_number", mobile)):
         if not value:
             continue
         contact_id = session.execute(sa.select(ContactIdentifier.contact_id).where(
@@ -417,10 +429,21 @@ def read_cursors(engine: Engine, account: str) -> dict[str, datetime | None]:
         return {feed: _aware(getattr(row, column)) if row else None for feed, column in _CURSOR_COLUMNS.items()}
 
 
+def read_last_poll(engine: Engine, account: str) -> datetime | None:
+    """When the last complete poll of ``account`` ended (``None`` before the first)."""
+    with Session(engine) as session:
+        row = session.get(BacksyncCursor, account)
+        return _aware(row.last_poll_at) if row else None
+
+
 # -- the poller ------------------------------------------------------------------------------------
 
 class _Retryable(Exception):
     """A failure worth retrying at the next poll (the cursor stays)."""
+
+
+#: the public name of a retryable failure, for the other back-sync feeds (``ctdd.backsync.writeback``)
+Retryable = _Retryable
 
 
 class BackSync:
@@ -444,6 +467,8 @@ class BackSync:
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
         self._field_types: dict[tuple[int, str], dict[str, str | None]] = {}
+        #: ``ctdd.backsync.events_feed.EventsFeed`` when it runs: accounts it reads are polled only to reconcile
+        self.events_feed = None
 
     # -- schedule --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -493,6 +518,10 @@ class BackSync:
     async def run_once(self, accounts: Iterable[str] | None = None) -> list[PollResult]:
         """Poll every account (or ``accounts``) once; one result per account."""
         results = []
+        if accounts is None and self.events_feed is not None:
+            now = self.clock()
+            accounts = [a for a in self.accounts() if self.events_feed.due_for_poll(
+                a, await asyncio.to_thread(read_last_poll, self.engine, a), now)]
         for account in (list(accounts) if accounts is not None else self.accounts()):
             result = await self.poll_account(account)
             log.info("back-sync %s", result.summary())
@@ -520,7 +549,7 @@ class BackSync:
                     await asyncio.to_thread(_claim, self.engine, account, self.owner, self.cfg.lease_seconds)
                     renewed = time.monotonic()
                 try:
-                    await self._handle(account, opt_out, result)
+                    await self.handle_opt_out(account, opt_out, result)
                 except _Retryable as exc:
                     retry = True
                     result.failed += 1
@@ -571,7 +600,10 @@ class BackSync:
             raise _Retryable(f"Dotdigital feed: {exc.code or exc.status_code or type(exc).__name__}") from exc
         return sorted(found.values(), key=lambda o: o.removed_at)
 
-    async def _handle(self, account: str, opt_out: OptOut, result: PollResult) -> None:
+    async def handle_opt_out(self, account: str, opt_out: OptOut, result: PollResult) -> None:
+        """Record one opt-out and write it to commercetools, counting in ``result`` (the same path for every
+        feed: the polling feeds here, the events feed through ``ctdd.backsync.writeback``). Raises
+        ``Retryable`` when commercetools failed in a way worth retrying."""
         recorded: Recorded = await asyncio.to_thread(
             run_in_transaction, self.engine, lambda s: record_opt_out(s, self.settings, account, opt_out))
         if recorded.changed:
@@ -629,7 +661,7 @@ class BackSync:
         return {"email": consent.email_opt_in_field, "sms": consent.sms_opt_in_field,
                 "updated_at": consent.updated_at_field}
 
-    async def _field_types_of(self, client, customer: Mapping[str, Any]) -> dict[str, str | None]:
+    async def field_types_of(self, client, customer: Mapping[str, Any]) -> dict[str, str | None]:
         """Field name -> type name of the customer's custom Type (cached per client and type id)."""
         type_ref = ((customer.get("custom") or {}).get("type") or {})
         type_id = type_ref.get("id") if isinstance(type_ref, dict) else None
@@ -658,7 +690,7 @@ class BackSync:
 
         async def make_actions(customer: dict) -> list[dict]:
             fields = (customer.get("custom") or {}).get("fields") or {}
-            types = await self._field_types_of(client, customer)
+            types = await self.field_types_of(client, customer)
             outcome, changes = consent_updates(fields, channel=channel, removed_at=recorded.removed_at,
                                                names=names, dotdigital=recorded.dotdigital, field_types=types)
             decided["outcome"] = outcome

@@ -90,6 +90,9 @@ async def _adapter_sqs(args) -> int:
         visibility_timeout=args.visibility_timeout, retry_base=args.retry_base, retry_cap=args.retry_cap,
         rpc_timeout=args.rpc_timeout, processing=_processing(args),
     )
+    from ctdd.adapters.extras import require
+
+    require("boto3", extra="sqs", what="ctdd adapter sqs")
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

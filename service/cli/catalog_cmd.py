@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, TextIO
 
 from ctdd.cli.loading import load
+from ctdd.progress import terminal_bar
 
 PROG = "ctdd catalog export"
 
@@ -62,38 +63,33 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
 
 
 class ProgressView:
-    """The progress on ``out``: a bar redrawn in place on a terminal, else one line per report."""
-
-    WIDTH = 30
+    """The progress on ``out``: a tqdm bar redrawn in place on a terminal, else one line per report."""
 
     def __init__(self, store: str, out: TextIO):
         self.store = store
         self.out = out
         self.tty = out.isatty()
-        self._drawn = False
+        self._bar = None
 
     def show(self, read: int, total: int | None, enqueued: int, rejected: int, done: bool) -> None:
         counts = f"{read} products read, {enqueued} records sent or removed, {rejected} rejected"
         if not self.tty:
             print(f"{'done' if done else 'progress'}: {counts}", file=self.out, flush=True)
             return
-        if total:
-            total = max(total, read)
-            filled = self.WIDTH * read // total if total else self.WIDTH
-            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * read // total:3d}% "
+        total = max(total, read) if total else None
+        if self._bar is None:
+            self._bar = terminal_bar(self.store, total, read, counts, self.out)
         else:
-            bar = ""
-        self.out.write(f"\r\x1b[2K{self.store} {bar}{counts}")
+            self._bar.counts, self._bar.total, self._bar.n = counts, total, read
+            if not done:
+                self._bar.refresh()
         if done:
-            self.out.write("\n")
-        self.out.flush()
-        self._drawn = not done
+            self.close()
 
     def close(self) -> None:
-        if self.tty and self._drawn:
-            self.out.write("\n")
-            self.out.flush()
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _fail(message: str, code: int) -> int:

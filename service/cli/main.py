@@ -11,6 +11,7 @@
     ctdd backsync run-once [--store KEY | --account NAME]     (ctdd.cli.jobs)
     ctdd triggers list|summary ...              (ctdd.cli.triggers_cmd)
     ctdd failures list|show|retry|skip ...      (ctdd.cli.failures_cmd)
+    ctdd contact show --email E | --customer-id ID --store KEY | --contact-id N  (ctdd.cli.contact_cmd)
     ctdd simulate STREAM [--config F] [--openapi DIR] [--json] [--until T]  (ctdd.cli.simulate_cmd)
     ctdd catalog export --store KEY [--full | --modified-since T] [--target HOST:PORT]  (ctdd.cli.catalog_cmd)
     ctdd plugins list [--json]                  (ctdd.cli.plugins_cmd)
@@ -44,7 +45,6 @@ async def _serve(args) -> int:
     from ctdd.runtime.process_tuning import freeze_startup_heap
     from ctdd.telemetry import configure_telemetry, shutdown_telemetry
 
-    configure_telemetry()
     sandbox = None
     if args.sandbox:
         from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
@@ -58,6 +58,7 @@ async def _serve(args) -> int:
                 "no Dotdigital account or store configured: pass --config FILE (see docs/configuration.md) "
                 "or run with --sandbox to try the service against the bundled Dotdigital sandbox"
             )
+        configure_telemetry(metrics_listen=settings.service.metrics_listen)
         # Handlers first: a SIGTERM during start-up (a supervisor scaling down) ends the process cleanly
         # once it has started, rather than killing it half-way.
         stop = asyncio.Event()
@@ -94,9 +95,9 @@ async def _worker(args) -> int:
     from ctdd.db.locks import DispatcherAlreadyRunning
     from ctdd.runtime.worker import run_worker
 
-    configure_telemetry()
     try:
         settings = load(args)
+        configure_telemetry(metrics_listen=settings.service.metrics_listen)
         if not settings.accounts:
             raise ConfigError("no Dotdigital account configured: pass --config FILE (see docs/configuration.md)")
         return await run_worker(settings, grace=args.grace, ready=freeze_startup_heap)
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ctdd.cli.failures_cmd import register as register_failures  # failures list, show, retry, skip
 
     register_failures(sub, common)
+    from ctdd.cli.contact_cmd import register as register_contact  # contact show
+
+    register_contact(sub, common)
     from ctdd.cli.simulate_cmd import register as register_simulate  # simulate a recorded stream
 
     register_simulate(sub, common)

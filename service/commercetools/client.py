@@ -40,7 +40,8 @@ import httpx
 
 from ctdd.domain.commerce import localized, money_to_major  # noqa: F401  (re-exported)
 from ctdd.http_common import check_base_url, encode_json_body, transport_failure
-from ctdd.retry import backoff_delay
+from ctdd.retry import in_process_retries
+from ctdd.telemetry import instrument_httpx_client
 
 from .errors import (
     CommercetoolsConflict,
@@ -148,6 +149,7 @@ class CommercetoolsClient:
             transport=transport,
             follow_redirects=False,
         )
+        instrument_httpx_client(self._http)  # HTTP client spans while tracing is on (ctdd.telemetry)
 
     def __repr__(self) -> str:  # never show the secret or the token
         return (f"CommercetoolsClient(project_key={self.project_key!r}, client_id={self.client_id!r}, "
@@ -387,23 +389,23 @@ class CommercetoolsClient:
         """
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
-        for attempt in range(1, max_attempts + 1):
-            current = await self.get(resource, id)
-            if current is None:
-                return None
-            actions = make_actions(current)
-            if inspect.isawaitable(actions):
-                actions = await actions
-            if not actions:
-                return current
-            try:
+
+        def conflict(exc: BaseException, attempt: int) -> None:
+            logger.info("commercetools %s/%s: version conflict (current %s), retrying (%d/%d)",
+                        resource, id, getattr(exc, "current_version", None), attempt, max_attempts)
+
+        async for attempt in in_process_retries(attempts=max_attempts, retry_on=CommercetoolsConflict, base=0.05,
+                                                cap=1.0, jitter=(0.5, 1.0), on_retry=conflict):
+            with attempt:
+                current = await self.get(resource, id)
+                if current is None:
+                    return None
+                actions = make_actions(current)
+                if inspect.isawaitable(actions):
+                    actions = await actions
+                if not actions:
+                    return current
                 return await self.update(resource, id, current["version"], list(actions))
-            except CommercetoolsConflict as exc:
-                if attempt >= max_attempts:
-                    raise
-                logger.info("commercetools %s/%s: version conflict (current %s), retrying (%d/%d)",
-                            resource, id, exc.current_version, attempt, max_attempts)
-                await asyncio.sleep(backoff_delay(attempt, base=0.05, cap=1.0, jitter=(0.5, 1.0)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def delete(self, resource: str, id: str, version: int, *, data_erasure: bool = False) -> dict:  # noqa: A002

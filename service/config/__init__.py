@@ -41,6 +41,7 @@ from ctdd.config.model import (
     ProgramsConfig,
     ServiceConfig,
     StoreConfig,
+    WritebackConfig,
 )
 from ctdd.config.renames import RENAMED_FLAGS, RENAMED_KEYS, translate_renamed_flags
 from ctdd.config.settings import Settings
@@ -75,6 +76,7 @@ __all__ = [
     "ServiceConfig",
     "Settings",
     "StoreConfig",
+    "WritebackConfig",
     "data_field_type",
     "load_settings",
     "replace",

@@ -87,6 +87,8 @@ class ServiceConfig(Section):
     allow_unauthenticated_reflection: bool = False
     #: listen on a non-loopback address without TLS or tokens (``--insecure``)
     insecure: bool = False
+    #: HOST:PORT of a Prometheus scrape endpoint serving the metrics at ``/metrics`` (ctdd.telemetry); off by default
+    metrics_listen: str | None = None
     # -- connection and stream limits of the gRPC server (ctdd.api.limits) --
     max_connections: int = Field(1000, ge=1)
     max_concurrent_rpcs: int = Field(1000, ge=1)
@@ -116,6 +118,16 @@ class ServiceConfig(Section):
         host, colon, port = value.rpartition(":")
         if not colon or not host or not port.isdigit() or int(port) > 65535:
             raise ValueError(f"must be HOST:PORT (port 0-65535) or unix:PATH, got {value!r}")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_host_and_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, colon, port = value.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"must be HOST:PORT (port 1-65535), got {value!r}")
         return value
 
     @field_validator("database_url")
@@ -224,6 +236,55 @@ class ConsentFieldsConfig(Section):
     updated_at_field: str = Field("dd-consentUpdatedAt", min_length=1)
     guest_container: str = Field("dd-consent", min_length=1)
 
+
+
+#: the commercetools customer fields ``[stores.<key>.writeback] profile`` may write (commercetools HTTP API:
+#: Customer update actions setFirstName, setLastName, ...), besides ``custom.<field>``
+WRITEBACK_CUSTOMER_FIELDS = ("firstName", "lastName", "middleName", "title", "salutation", "dateOfBirth",
+                             "companyName")
+#: a commercetools custom field name (commercetools HTTP API: FieldDefinition ``name``)
+_CUSTOM_FIELD_NAME = r"^[A-Za-z0-9_-]{2,36}$"
+
+
+class WritebackConfig(Section):
+    """``[stores.<key>.writeback]``: what the back-sync writes to commercetools when a contact changes it in
+    Dotdigital (a preference centre, a list, the profile; ``ctdd.backsync.writeback``)."""
+
+    #: preference key (of ``[stores.<key>.preferences]``) -> customer custom field (the key in a guest's object)
+    preferences: dict[str, str] = Field(default_factory=dict)
+    #: list key (of ``[stores.<key>.lists]``) -> customer custom field (the key in a guest's object)
+    lists: dict[str, str] = Field(default_factory=dict)
+    #: Dotdigital data field -> customer field: ``firstName``, ``lastName``, ... or ``custom.<field>``
+    profile: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("preferences", "lists")
+    @classmethod
+    def _custom_field_names(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key, name in value.items():
+            if not re.match(_CUSTOM_FIELD_NAME, name):
+                raise InvalidKey((key,), f"{name!r} is not a commercetools custom field name (2-36 characters of "
+                                         "A-Z, a-z, 0-9, '_' and '-')")
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for data_field, target in value.items():
+            if not is_valid_data_field_name(data_field):
+                raise InvalidKey((data_field,), "not a valid Dotdigital data-field name (at most 20 characters of "
+                                                "A-Z, a-z, 0-9, '_' and '-')")
+            custom = target[len("custom."):] if target.startswith("custom.") else None
+            if custom is None and target not in WRITEBACK_CUSTOMER_FIELDS:
+                raise InvalidKey((data_field,), f"{target!r} is not a customer field the back-sync can write; one of "
+                                                f"{', '.join(WRITEBACK_CUSTOMER_FIELDS)} or custom.<field>")
+            if custom is not None and not re.match(_CUSTOM_FIELD_NAME, custom):
+                raise InvalidKey((data_field,), f"{custom!r} is not a commercetools custom field name (2-36 "
+                                                "characters of A-Z, a-z, 0-9, '_' and '-')")
+        return value
 
 
 PROGRAM_KINDS = ("abandoned_cart", "browse_abandonment", "post_purchase_first", "post_purchase_repeat",
@@ -406,6 +467,8 @@ class StoreConfig(Section):
     programs: dict[str, ProgramConfig] = Field(default_factory=dict)
     cart_watcher: CartWatcherConfig = Field(default_factory=CartWatcherConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    #: what the back-sync writes to commercetools from Dotdigital (preferences, lists, profile edits)
+    writeback: WritebackConfig = Field(default_factory=WritebackConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -488,6 +551,38 @@ class StoreConfig(Section):
                                  f"{program.trigger_list!r} is not a key of stores.{self.key}.lists")
         return self
 
+    @model_validator(mode="after")
+    def _writeback_keys_exist(self) -> Self:
+        import difflib
+
+        def hint(key: str, known) -> str:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            return f"; did you mean {close[0]!r}?" if close else (
+                f"; known: {', '.join(sorted(known))}" if known else "")
+
+        lists = self.configured_lists()
+        for pref_key in self.writeback.preferences:
+            if pref_key not in self.preferences:
+                raise InvalidKey(("writeback", "preferences", pref_key),
+                                 f"{pref_key!r} is not a key of stores.{self.key}.preferences"
+                                 + hint(pref_key, self.preferences))
+        for list_key in self.writeback.lists:
+            if list_key not in lists:
+                raise InvalidKey(("writeback", "lists", list_key),
+                                 f"{list_key!r} is not a key of stores.{self.key}.lists" + hint(list_key, lists))
+            role = next((r for r in ("email_list", "sms_list", "customers_list") if getattr(self, r) == list_key), None)
+            if role is not None:
+                raise InvalidKey(("writeback", "lists", list_key),
+                                 f"{list_key!r} is the store's {role}, which follows the consent fields (a Dotdigital "
+                                 "opt-out already reaches them); map another list")
+        consent = {self.consent.email_opt_in_field, self.consent.sms_opt_in_field, self.consent.updated_at_field}
+        for table in ("preferences", "lists"):
+            for key, name in getattr(self.writeback, table).items():
+                if name in consent:
+                    raise InvalidKey(("writeback", table, key),
+                                     f"{name!r} is a consent field of stores.{self.key}.consent; use a field of its own")
+        return self
+
     def configured_lists(self) -> dict[str, int | str]:
         """``[stores.<key>.lists]`` as configured: ids, and names where a list was given by name."""
         return {**self.lists, **self.list_names}
@@ -558,6 +653,15 @@ class BacksyncConfig(Section):
     initial_lookback_seconds: float = Field(30 * 86400.0, ge=0)
     #: a poll leases its account for this long, renewed while it runs
     lease_seconds: float = Field(300.0, gt=0)
+    #: read Dotdigital's Events API export subscription (``ctdd.backsync.events_feed``) where the account has one
+    #: (``ctdd dotdigital setup`` creates it); the polling above then only reconciles
+    events_feed: bool = True
+    #: how often the events feed reads an account (each read also keeps the subscription active)
+    events_interval_seconds: float = Field(15.0, gt=0)
+    #: events asked for per read (Dotdigital: at most 5000)
+    events_page_size: int = Field(2000, ge=1, le=5000)
+    #: with a working events feed, the polling feeds run this often for an account, as a reconciliation
+    reconcile_interval_seconds: float = Field(21600.0, gt=0)
 
 
 class InboxConfig(Section):

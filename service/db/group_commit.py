@@ -14,8 +14,9 @@ database's commit rate, and on SQLite the RPCs' transactions also queue on ``BEG
   it exactly as if they had committed one by one (two updates of one contact keep their order);
 - every caller is answered only after the batch's COMMIT has returned;
 - with ``set_apply``, consecutive units that ``batchable`` accepts are applied together set-based
-  (``ctdd.ingest.set_apply``: a constant number of statements for the run), in one savepoint; if that raises,
-  the run is rolled back and its units are applied one by one as above;
+  (``ctdd.ingest.set_apply``: a constant number of statements for the run), in one savepoint of a transaction
+  of their own (see :meth:`_apply_batch`); a lost race is tried again set-based, anything else rolls the run
+  back and applies its units one by one as above;
 - if the COMMIT itself fails, no unit of the batch was applied, and each is retried in a transaction of
   its own, so one unit can never fail another.
 
@@ -27,6 +28,7 @@ transaction's size).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -89,8 +91,10 @@ class GroupCommitRunner:
         committer = self._committer
         if committer is None or committer.done():
             self._kick = asyncio.Event()
-            committer = self._committer = asyncio.get_running_loop().create_task(self._commit_loop(),
-                                                                                  name="group-commit")
+            # an empty context: the committer outlives the call that started it, whose span (trace) it must not
+            # lend to the units of later calls (a unit that needs its call's context carries it: ctdd.ingest.plans)
+            committer = self._committer = asyncio.get_running_loop().create_task(
+                self._commit_loop(), name="group-commit", context=contextvars.Context())
         future = committer.get_loop().create_future()
         self._queue.append((fn, future))
         assert self._kick is not None
@@ -158,6 +162,25 @@ class GroupCommitRunner:
 
     # -- in the worker thread ---------------------------------------------------------------------
     def _apply_batch(self, units: list[UnitOfWork[Any]]) -> list[tuple[bool, Any]]:
+        if self.set_apply is None:
+            return self._apply_transaction(units)
+        # A run of set-based units locks all its contacts in one statement, in id order; other units lock as
+        # they go. In one transaction after other units, the run would hold their locks too, out of that order,
+        # and could deadlock with any transaction that locks contacts in id order (another processor's run, the
+        # dispatcher's settle). So each run, and each stretch of other units, gets its own transaction (in
+        # order: the effects of each are committed before the next starts).
+        outcomes: list[tuple[bool, Any]] = []
+        start = 0
+        while start < len(units):
+            kind = self.batchable(units[start])
+            end = start + 1
+            while end < len(units) and self.batchable(units[end]) == kind:
+                end += 1
+            outcomes.extend(self._apply_transaction(units[start:end]))
+            start = end
+        return outcomes
+
+    def _apply_transaction(self, units: list[UnitOfWork[Any]]) -> list[tuple[bool, Any]]:
         try:
             with Session(self.engine, expire_on_commit=False) as session:
                 with session.begin():
@@ -193,26 +216,35 @@ class GroupCommitRunner:
         return outcomes
 
     def _apply_run(self, session: Session, run: list[Any]) -> list[tuple[bool, Any]]:
+        """The run set-based in a savepoint; a lost race (a PostgreSQL deadlock, a uniqueness race) is tried
+        again set-based; anything else, or a race lost every time, falls back to one unit at a time."""
         assert self.set_apply is not None
-        savepoint = session.begin_nested()
-        try:
-            results = self.set_apply(session, run)
-            session.flush()
-            savepoint.commit()
-        except Exception as exc:
+        for attempt in range(INTEGRITY_RETRIES):
+            savepoint = session.begin_nested()
             try:
-                savepoint.rollback()
-            except Exception:  # pragma: no cover - the savepoint is gone with the connection's error
-                log.debug("rolling back the set-based savepoint failed", exc_info=True)
+                results = self.set_apply(session, run)
+                session.flush()
+                savepoint.commit()
+            except Exception as exc:
+                try:
+                    savepoint.rollback()
+                except Exception:  # pragma: no cover - the savepoint is gone with the connection's error
+                    log.debug("rolling back the set-based savepoint failed", exc_info=True)
+                session.expunge_all()
+                race = lost_race(exc)
+                if race and attempt < INTEGRITY_RETRIES - 1:
+                    log.info("set-based apply of %d unit(s) lost a race (%s); trying again", len(run),
+                             type(exc).__name__)
+                    continue
+                self.set_fallbacks += 1
+                level = logging.INFO if race else logging.WARNING
+                log.log(level, "set-based apply of %d unit(s) failed (%s); applying them one by one", len(run),
+                        type(exc).__name__, exc_info=level == logging.WARNING)
+                return [self._apply_unit(session, fn) for fn in run]
             session.expunge_all()
-            self.set_fallbacks += 1
-            level = logging.INFO if lost_race(exc) else logging.WARNING
-            log.log(level, "set-based apply of %d unit(s) failed (%s); applying them one by one", len(run),
-                    type(exc).__name__, exc_info=level == logging.WARNING)
-            return [self._apply_unit(session, fn) for fn in run]
-        session.expunge_all()
-        self.set_units += len(run)
-        return results
+            self.set_units += len(run)
+            return results
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _apply_unit(session: Session, fn: UnitOfWork[Any]) -> tuple[bool, Any]:

@@ -160,6 +160,8 @@ class Dispatcher:
         self.guard = AccountGuard(engine, self.cfg, clients, worker_id=self.worker_id, wake=self.wake)
         #: counters for observability and tests
         self.stats: dict[str, int] = defaultdict(int)
+        #: the HTTP status of each single delivery attempt in progress (for its metric), by message id
+        self._response_codes: dict[int, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -411,9 +413,15 @@ class Dispatcher:
             },
         ) as span:
             t0 = time.perf_counter()
-            outcome = await self._attempt(msg, started, attempt, span, contact)
-            attempts_counter.add(1, {"outcome": outcome, "kind": msg.kind})
-            delivery_duration.record(time.perf_counter() - t0, {"outcome": outcome, "kind": msg.kind})
+            try:
+                outcome = await self._attempt(msg, started, attempt, span, contact)
+            finally:
+                code = self._response_codes.pop(msg.id, None)
+            attributes = _attempt_attributes(msg, outcome)
+            delivery_duration.record(time.perf_counter() - t0, attributes)
+            if code is not None:
+                attributes["http.response.status_code"] = code
+            attempts_counter.add(1, attributes)
             self.stats[f"single_{outcome}"] += 1
 
     async def _attempt(self, msg: outbox.ClaimedMessage, started, attempt: int, span, contact=_UNSET) -> str:
@@ -441,6 +449,7 @@ class Dispatcher:
             span.set_status(Status(StatusCode.ERROR, exc.code or "dotdigital_error"))
             span.set_attribute("error.type", exc.code or type(exc).__name__)
             if exc.status_code is not None:
+                self._response_codes[msg.id] = exc.status_code
                 span.set_attribute("http.response.status_code", exc.status_code)
             if is_auth_failure(exc):
                 return await self._auth_failed(msg, started, attempt, exc)
@@ -455,6 +464,7 @@ class Dispatcher:
                                       retryable=not isinstance(exc, (ValueError, LookupError)), retry_after=None,
                                       throttled=False)
         span.set_attribute("http.response.status_code", result.status_code)
+        self._response_codes[msg.id] = result.status_code
         delivered = await self._settler.submit(outbox.Outcome(
             msg, "delivered", result.status_code,
             # only a contact id that is new to us is written (every contact upsert answers with one)
@@ -645,8 +655,11 @@ class Dispatcher:
             elapsed = time.perf_counter() - t0
             for o in outcomes:
                 if o.msg.id in owned:
-                    attempts_counter.add(1, {"outcome": o.outcome, "kind": kind})
-                    delivery_duration.record(elapsed, {"outcome": o.outcome, "kind": kind})
+                    attributes = _attempt_attributes(o.msg, o.outcome)
+                    delivery_duration.record(elapsed, attributes)
+                    if o.response_code is not None:
+                        attributes["http.response.status_code"] = o.response_code
+                    attempts_counter.add(1, attributes)
                     self.stats[f"bulk_{o.outcome}"] += 1
                     self._notify(o.msg, o.outcome, o.msg.attempts + 1, o.response_code, o.error)
                     if o.outcome == "dead":
@@ -715,6 +728,11 @@ class Dispatcher:
             DeliveryOutcome(message_id=msg.id, kind=msg.kind, outcome=outcome, attempt=attempt, response_code=code,
                             error=error, record_type=msg.record_type, record_id=msg.record_id),
         )
+
+
+def _attempt_attributes(msg: outbox.ClaimedMessage, outcome: str) -> dict:
+    """The attributes of a delivery attempt's metrics (docs/metrics.md)."""
+    return {"kind": msg.kind, "outcome": outcome, "account": msg.account, "store": msg.store_key or ""}
 
 
 def _links(msg: outbox.ClaimedMessage) -> list:

@@ -26,21 +26,27 @@ in flight. Merged messages keep their own record references and take the head's 
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ctdd.db.consent_state import record_channel_statuses_many
+from ctdd.db.apply_lock import take_apply_lock
 from ctdd.db.engine import utcnow
+from ctdd.db.transactions import INTEGRITY_RETRIES, lost_race
 from ctdd.db.models import Contact, DeliveryAttempt, FieldState, OutboxMessage, OutboxStatus
 from ctdd.delivery.view_merge import Follower, is_view_message, merge_views
 from ctdd.domain.payload import MAX_CONSENT_RECORDS
 from ctdd.redaction import redact_text
+from ctdd.telemetry import current_trace_carrier
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,7 @@ def enqueue(
     writers of one contact get consecutive sequence numbers in commit order.
     """
     now = now or utcnow()
+    payload = with_trace(payload)
     conn = session.connection()
     sequence = conn.execute(_BUMP_SEQUENCE, {"contact_id": contact_id, "now": now}).scalar_one()
     message_id = conn.execute(
@@ -151,6 +158,16 @@ def enqueue(
         # transaction however many messages it enqueued.
         conn.execute(_NOTIFY)
     return message_id
+
+
+def with_trace(payload: Any) -> Any:
+    """``payload`` with the W3C trace context of the current span as ``trace`` (while tracing is on, and unless
+    it has one): the delivery spans of the message link to it (ctdd.telemetry). Every enqueue goes through it."""
+    if isinstance(payload, dict) and "trace" not in payload:
+        carrier = current_trace_carrier()
+        if carrier:
+            return {**payload, "trace": carrier}
+    return payload
 
 
 # Built once: a reused statement keeps its cache key and compiled form (enqueue is on every write path).
@@ -415,11 +432,51 @@ def _owned(msg: ClaimedMessage, worker: str):
     return sa.and_(OM.c.id == msg.id, OM.c.status == OutboxStatus.IN_FLIGHT, OM.c.lease_owner == worker)
 
 
+def _again_after_deadlock(fn):
+    """Run a settling transaction again when PostgreSQL aborted it to break a deadlock (or a serialization
+    failure): nothing of it was kept, and it only records what it still owns (the lease checks), so running it
+    again is safe. Without this, a delivery whose outcome could not be recorded stayed in flight until its
+    lease expired and was then sent a second time."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for attempt in range(INTEGRITY_RETRIES + 2):
+            try:
+                return fn(*args, **kwargs)
+            except sa.exc.DBAPIError as exc:
+                if not lost_race(exc) or isinstance(exc, sa.exc.IntegrityError) or attempt == INTEGRITY_RETRIES + 1:
+                    raise
+                log.info("%s lost a deadlock; recording it again", fn.__name__)
+                time.sleep(random.uniform(0.005, 0.05))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def lock_contacts(conn, contact_ids: Iterable[int | None]) -> None:
+    """On PostgreSQL, lock the rows of these contacts in ascending id order, before a transaction writes them or
+    their field state, after the shared apply lock (``ctdd.db.apply_lock``: so it never waits in a circle with a
+    transaction that locks contacts as it goes, which holds that lock exclusively).
+
+    The set-based apply path (``ctdd.ingest.set_apply``) locks all the contacts of a batch up front in that order;
+    a settle that updated contacts in the order of its outcomes (a bulk import's contacts) could hold one such
+    contact while waiting for another that a batch holds, and the batch the reverse: a deadlock. Taking the locks
+    in the same global order first, nobody waits in a circle."""
+    if conn.dialect.name != "postgresql":
+        return
+    ids = sorted({i for i in contact_ids if i is not None})
+    if ids:
+        take_apply_lock(conn, in_order=True)
+        conn.execute(sa.select(CT.c.id).where(CT.c.id.in_(ids)).order_by(CT.c.id).with_for_update()).all()
+
+
+@_again_after_deadlock
 def mark_delivered(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: datetime, response_code: int,
                    dotdigital_contact_id: int | None = None) -> bool:
     """Record a successful delivery; returns False if the lease had been lost meanwhile."""
     now = utcnow()
     with engine.begin() as conn:
+        if dotdigital_contact_id is not None:
+            lock_contacts(conn, [msg.contact_id])
         updated = conn.execute(
             sa.update(OM).where(_owned(msg, worker)).values(
                 status=OutboxStatus.DELIVERED, attempts=OM.c.attempts + 1, delivered_at=now, updated_at=now,
@@ -486,6 +543,7 @@ def _forget_fields(conn, head_ids: list[int]) -> None:
     conn.execute(sa.delete(FS).where(sa.or_(FS.c.message_id.in_(head_ids), FS.c.message_id.in_(merged))))
 
 
+@_again_after_deadlock
 def mark_retry(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: datetime, delay_seconds: float,
                response_code: int | None, error: str, count_attempt: bool = True) -> None:
     """Put the message back to ``pending`` until ``now + delay_seconds``; it keeps blocking its partition."""
@@ -505,12 +563,14 @@ def mark_retry(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: 
                             response_code=response_code, error=_stored_error(error), now=now)
 
 
+@_again_after_deadlock
 def mark_dead(engine: Engine, msg: ClaimedMessage, *, worker: str, started_at: datetime, response_code: int | None,
               error: str) -> None:
     """Dead-letter the message (its partition moves on) and forget the field values it carried, so the
     next update of those fields is sent again instead of being mistaken for "unchanged"."""
     now = utcnow()
     with engine.begin() as conn:
+        lock_contacts(conn, [msg.contact_id])  # before its field state (see lock_contacts)
         updated = conn.execute(
             sa.update(OM).where(_owned(msg, worker)).values(
                 status=OutboxStatus.DEAD, attempts=OM.c.attempts + 1, updated_at=now,
@@ -645,6 +705,7 @@ _LEARN_CONTACT_ID = (
 )
 
 
+@_again_after_deadlock
 def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: datetime | None = None) -> set[int]:
     """Record the outcomes of a batch in one transaction; returns the ids whose lease was still held.
 
@@ -662,6 +723,8 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
             log.warning("%d message(s) of a batch lost their lease before the outcome was recorded",
                         len(ids) - len(owned))
         mine = [o for o in outcomes if o.msg.id in owned]
+        # the contacts whose row or field state this transaction writes, locked first and in id order
+        lock_contacts(conn, [o.msg.contact_id for o in mine if o.outcome in ("delivered", "dead")])
         delivered = [o for o in mine if o.outcome == "delivered"]
         retries = [o for o in mine if o.outcome == "retry"]
         dead = [o for o in mine if o.outcome == "dead"]

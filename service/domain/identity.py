@@ -19,11 +19,13 @@ Rules (documented in docs/api.md, "Identity resolution"):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
 from typing import Mapping
 
+import email_validator
 import phonenumbers
 
 #: identifier kinds in priority order (highest first)
@@ -32,8 +34,8 @@ PRIORITY = ("customer_id", "email", "mobile_number", "anonymous_id")
 SINGLE_VALUED = ("email", "mobile_number")
 
 _JUNK = re.compile(r"^(?:[0\-\s]*|-1|null|none|undefined|anonymous|n/?a|unknown)$", re.IGNORECASE)
-# Pragmatic address check: one @, no spaces, a dot in the domain, no empty labels.
-_EMAIL = re.compile(r"^[^@\s]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}$")
+#: addresses validated since start (the same contact's address comes again and again); syntax only
+_EMAIL_CACHE_SIZE = 8192
 
 
 class InvalidIdentifier(ValueError):
@@ -45,10 +47,31 @@ def is_junk(value: str) -> bool:
 
 
 def normalise_email(value: str) -> str:
-    email = value.strip().lower()
-    if len(email) > 254 or not _EMAIL.match(email) or ".." in email:
+    """An email address trimmed, checked and lower-cased, in its ASCII form.
+
+    The syntax check is email-validator's (RFC 5321/5322 as mail systems accept it; syntax only, no DNS).
+    An internationalised domain (``jane@bücher.de``) is accepted and kept in its IDNA ASCII form
+    (``jane@xn--bcher-kva.de``), so the two spellings are one contact and Dotdigital gets an address any mail
+    system accepts. The part before the ``@`` must be ASCII: Dotdigital documents no support for
+    internationalised (SMTPUTF8) mailboxes, so such an address is refused here rather than by Dotdigital later.
+    Quoted local parts, IP-address domains and special-use domains (``.local``, ``.test``, ``localhost``) are
+    refused as well. The message of the error never echoes the address.
+    """
+    return _normalise_email(value.strip().lower())
+
+
+@functools.lru_cache(maxsize=_EMAIL_CACHE_SIZE)
+def _normalise_email(email: str) -> str:
+    # email-validator takes ~70 us an address (the old regex ~1 us); the cache makes a known address ~0.1 us
+    if len(email) > 254:
         raise InvalidIdentifier("not a valid email address")
-    return email
+    try:
+        checked = email_validator.validate_email(email, check_deliverability=False, allow_smtputf8=False)
+    except email_validator.EmailNotValidError:
+        raise InvalidIdentifier("not a valid email address") from None
+    if len(checked.local_part) > 64:  # RFC 5321's limit, which email-validator 2 no longer enforces
+        raise InvalidIdentifier("not a valid email address")
+    return (checked.ascii_email or checked.normalized).lower()
 
 
 def normalise_mobile(value: str) -> str:

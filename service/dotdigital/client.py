@@ -11,6 +11,8 @@ Covers what the sync service needs of the Dotdigital API (https://developer.dotd
 * v2 data fields and address books: list, create, list membership removal;
 * the back-sync feeds: ``GET /v2/contacts/suppressed-since/{date}``,
   ``GET /v2/contacts/unsubscribed-since/{date}`` and ``GET /contacts/v3?~modified=gte::<ts>`` (paged by marker);
+* the Events API export subscriptions (``events.json``): create / list / get / update / delete a subscription,
+  and read its queued events page by page with a checkpoint (``read_events``);
 * programs (Dotdigital API docs: Programs): list / get programs, enrol contacts
   (``POST /v2/programs/enrolments``, asynchronous, at most 20 calls an hour per account), enrolment status and
   the CSV fault report of the contacts that were not enrolled.
@@ -67,6 +69,8 @@ __all__ = [
     "ContactUpsertResult",
     "ContactsImportReport",
     "ContactsPage",
+    "EventSubscription",
+    "EventsPage",
     "DotdigitalClient",
     "DotdigitalEnrolmentAllowanceExceeded",
     "DotdigitalEnrolmentProcessing",
@@ -125,6 +129,38 @@ MAX_ENROLMENT_CONTACTS = 25
 ENROLMENT_ALLOWANCE_EXCEEDED = "ERROR_ENROLMENT_ALLOWANCE_EXCEEDED"
 ENROLMENT_IS_PROCESSING = "ERROR_ENROLMENT_IS_PROCESSING"
 _FAULT_REPORT_COLUMNS = ("Id", "Email", "TelephoneNumber", "Reason")
+
+
+@dataclass(frozen=True)
+class EventSubscription:
+    """An Events API export subscription (the Events spec's ``subscription``); ``body`` is the whole object."""
+
+    id: int
+    name: str
+    status: str  # "active" | "inactive"
+    event_types: tuple[str, ...]
+    body: dict
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    @classmethod
+    def from_body(cls, body: Any, method: str, path: str) -> EventSubscription:
+        if (not isinstance(body, dict) or isinstance(body.get("id"), bool) or not isinstance(body.get("id"), int)
+                or not isinstance(body.get("name"), str)):
+            raise _invalid_response(method, path, "expected a subscription with an integer id and a name")
+        types = tuple(str(t.get("eventType")) for t in body.get("subscribedEventTypes") or [] if isinstance(t, dict))
+        return cls(body["id"], body["name"], str(body.get("status") or "inactive"), types, body)
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    """One ``GET /events/v3/export/{id}`` answer: the events (oldest first) and the checkpoint to pass next time
+    (passing it acknowledges these events). No events: caught up."""
+
+    checkpoint: str
+    events: list[dict]
 
 
 @dataclass(frozen=True)
@@ -677,6 +713,76 @@ class DotdigitalClient:
             raise _invalid_response("GET", "/contacts/v3", "paging made no progress (same marker)")
         return ContactsPage(items=[i for i in payload["_items"] if isinstance(i, dict)], next_marker=next_marker)
 
+    # -- Events API export subscriptions (events.json) -------------------------------------------------
+    async def list_event_subscriptions(self) -> list[EventSubscription]:
+        """``GET /events/v3/export/subscriptions`` (every page, by ``marker``)."""
+        out: list[EventSubscription] = []
+        marker: str | None = None
+        path = "/events/v3/export/subscriptions"
+        while True:
+            params: dict[str, Any] = {"limit": 2000}
+            if marker:
+                params["marker"] = marker
+            payload = await self._request_json("GET", await self.api_endpoint(), path, expect=dict, params=params)
+            if not isinstance(payload.get("_items"), list):
+                raise _invalid_response("GET", path, "expected {_items, _links}")
+            out += [EventSubscription.from_body(item, "GET", path) for item in payload["_items"]]
+            nxt = (payload.get("_links") or {}).get("next") if isinstance(payload.get("_links"), dict) else None
+            next_marker = nxt.get("marker") if isinstance(nxt, dict) and isinstance(nxt.get("marker"), str) else None
+            if not next_marker or next_marker == marker or not payload["_items"]:
+                return out
+            marker = next_marker
+
+    async def create_event_subscription(self, name: str, event_types: list[str | dict], *, status: str = "active",
+                                        alerts: dict | None = None) -> EventSubscription:
+        """``POST /events/v3/export/subscriptions`` -> the created subscription (201). A name in use ->
+        ``DotdigitalError`` 409 ``events:nameAlreadyExists``. ``event_types`` are type names or
+        ``{eventType, filters}`` objects."""
+        path = "/events/v3/export/subscriptions"
+        body = _subscription_request(name, event_types, status, alerts)
+        payload = await self._request_json("POST", await self.api_endpoint(), path, json_body=body)
+        return EventSubscription.from_body(payload, "POST", path)
+
+    async def get_event_subscription(self, subscription_id: int) -> EventSubscription:
+        """``GET /events/v3/export/subscriptions/{id}``; unknown -> ``DotdigitalSubscriptionNotFound``."""
+        path = f"/events/v3/export/subscriptions/{_subscription_segment(subscription_id)}"
+        return EventSubscription.from_body(await self._request_json("GET", await self.api_endpoint(), path),
+                                           "GET", path)
+
+    async def update_event_subscription(self, subscription_id: int, name: str, event_types: list[str | dict], *,
+                                        status: str = "active", alerts: dict | None = None) -> EventSubscription:
+        """``PUT /events/v3/export/subscriptions/{id}`` with the whole ``subscriptionRequest`` (e.g. to make an
+        inactive subscription active again)."""
+        path = f"/events/v3/export/subscriptions/{_subscription_segment(subscription_id)}"
+        body = _subscription_request(name, event_types, status, alerts)
+        payload = await self._request_json("PUT", await self.api_endpoint(), path, json_body=body)
+        return EventSubscription.from_body(payload, "PUT", path)
+
+    async def delete_event_subscription(self, subscription_id: int) -> None:
+        """``DELETE /events/v3/export/subscriptions/{id}`` (204). Its queued events are lost."""
+        await self._request("DELETE", await self.api_endpoint(),
+                            f"/events/v3/export/subscriptions/{_subscription_segment(subscription_id)}")
+
+    async def read_events(self, subscription_id: int, *, checkpoint: str | None = None,
+                          limit: int = 2000) -> EventsPage:
+        """``GET /events/v3/export/{id}?limit=&checkPoint=`` -> one :class:`EventsPage`.
+
+        Passing ``checkpoint`` (the one of the previous page) acknowledges that page's events. ``limit`` is
+        1-5000 (checked locally, ``ValueError``). Errors: ``DotdigitalInactiveSubscription`` (409),
+        ``DotdigitalInvalidCheckpoint`` (400), ``DotdigitalSubscriptionNotFound`` (404).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 5000:
+            raise ValueError(f"limit must be an int between 1 and 5000, got {limit!r}")
+        path = f"/events/v3/export/{_subscription_segment(subscription_id)}"
+        params: dict[str, Any] = {"limit": limit}
+        if checkpoint is not None:
+            params["checkPoint"] = checkpoint
+        payload = await self._request_json("GET", await self.api_endpoint(), path, expect=dict, params=params)
+        events = payload.get("events")
+        if not isinstance(payload.get("checkPoint"), str) or not isinstance(events, list):
+            raise _invalid_response("GET", path, "expected {checkPoint, events}")
+        return EventsPage(checkpoint=payload["checkPoint"], events=[e for e in events if isinstance(e, dict)])
+
     # -- contacts v3 bulk import ---------------------------------------------------------------------
     async def start_contacts_import(
         self, contacts: list[dict], *, merge_option: str = "overwrite", headers: dict[str, str] | None = None
@@ -1190,6 +1296,24 @@ def _parse_fault_report(content: bytes, path: str) -> list[EnrolmentFault]:
         faults.append(EnrolmentFault(contact_id=int(id_cell) if id_cell.isdigit() else None, email=email or None,
                                      phone=phone or None, reason=reason))
     return faults
+
+
+def _subscription_segment(subscription_id: int) -> str:
+    if isinstance(subscription_id, bool) or not isinstance(subscription_id, int) or subscription_id < 0:
+        raise ValueError(f"subscription id must be a non-negative int, got {subscription_id!r}")
+    return str(subscription_id)
+
+
+def _subscription_request(name: str, event_types: list[str | dict], status: str, alerts: dict | None) -> dict:
+    """The Events spec's ``subscriptionRequest`` (checked locally, ``ValueError``)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 50:
+        raise ValueError("an event subscription name is 1-50 characters")
+    _check_choice("status", status, ("active", "inactive"))
+    types = [t if isinstance(t, dict) else {"eventType": t} for t in event_types]
+    if not 1 <= len(types) <= 100:
+        raise ValueError("an event subscription has 1-100 event types")
+    return {"name": name, "status": status, "subscribedEventTypes": types,
+            "alertsConfiguration": dict(alerts) if alerts else {"alertChannels": "none"}}
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -21,6 +21,10 @@ Dotdigital has two error envelopes (Dotdigital API docs: error response types):
 * Too many active bulk imports (429 ``contacts:tooManyActiveImports`` / ``insightData:tooManyActiveImports``)
   is throttling too, but of one kind of call only: ``DotdigitalThrottled.too_many_imports`` tells it apart
   from the account-wide per-minute limit.
+* Events API export subscriptions (v3 ``events:*``): 409 ``events:inactiveSubscription``
+  (``DotdigitalInactiveSubscription``), 400 ``events:invalidCheckpoint`` / ``events:checkpointOutOfRange``
+  (``DotdigitalInvalidCheckpoint``), 404 ``events:subscriptionNotFound`` (``DotdigitalSubscriptionNotFound``);
+  none is retryable as such: the caller must reactivate, drop the checkpoint or find the subscription again.
 * Insight record rejections (400 ``insightData:*``) name the insight failure reason (e.g.
   ``JsonValueIncompatibleWithSchema``) in the description or details; ``DotdigitalError.failure_reason``
   extracts it.
@@ -46,6 +50,9 @@ __all__ = [
     "DotdigitalAuthError",
     "DotdigitalError",
     "DotdigitalImportTimeout",
+    "DotdigitalInactiveSubscription",
+    "DotdigitalInvalidCheckpoint",
+    "DotdigitalSubscriptionNotFound",
     "DotdigitalThrottled",
     "DotdigitalTransportError",
     "INSIGHT_FAILURE_REASONS",
@@ -207,6 +214,29 @@ class DotdigitalAuthError(DotdigitalError):
     """HTTP 401 (invalid API user credentials) or 403 (e.g. calling the wrong region). Not retryable."""
 
 
+class DotdigitalInactiveSubscription(DotdigitalError):
+    """409 ``events:inactiveSubscription``: the export subscription is inactive (set so, or suspended after 30
+    days without a read). Its events are lost until it is made active again (``PUT`` with ``status: active``)."""
+
+
+class DotdigitalInvalidCheckpoint(DotdigitalError):
+    """400 ``events:invalidCheckpoint`` (not a checkpoint of this subscription) or ``events:checkpointOutOfRange``
+    (issued before the subscription was suspended): read again without a checkpoint."""
+
+
+class DotdigitalSubscriptionNotFound(DotdigitalError):
+    """404 ``events:subscriptionNotFound``: no export subscription with this id (deleted?)."""
+
+
+#: v3 ``events:*`` codes with their own error class
+_EVENTS_ERRORS: dict[str, type[DotdigitalError]] = {
+    "events:inactiveSubscription": DotdigitalInactiveSubscription,
+    "events:invalidCheckpoint": DotdigitalInvalidCheckpoint,
+    "events:checkpointOutOfRange": DotdigitalInvalidCheckpoint,
+    "events:subscriptionNotFound": DotdigitalSubscriptionNotFound,
+}
+
+
 def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     if not headers:
         return None
@@ -308,4 +338,6 @@ def error_from_response(
     if status_code in (401, 403):
         return DotdigitalAuthError(description, retryable=False, **common)
     retryable = status_code >= 500 or status_code in RETRYABLE_STATUSES or code in RETRYABLE_CODES
+    if code in _EVENTS_ERRORS and not retryable:
+        return _EVENTS_ERRORS[code](description, retryable=False, **common)
     return DotdigitalError(description, retryable=retryable, retry_after=retry_after if retryable else None, **common)

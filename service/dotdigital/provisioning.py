@@ -17,6 +17,11 @@ For every configured account:
   must exist and be ``Active`` (only an Active program accepts enrolments and starts on list joins). Setup
   cannot create programs: a missing or inactive program is reported as a problem.
 
+- **events subscription**: with ``[backsync] events_feed`` on and the back-sync enabled, the account's Events API
+  export subscription ``ctdd-sync-<account>`` (``ctdd.dotdigital.event_subscriptions``) with the event types the
+  back-sync reads: created when missing, made active again when Dotdigital suspended it, completed when it
+  lacks a type. The events feed finds it by name at start.
+
 The plan is computed from what the account has (GET calls only), printed item by item as ``create`` or
 ``exists``, and then applied unless ``dry_run``. A second run creates nothing.
 
@@ -39,6 +44,9 @@ from ctdd.domain.collections import COLLECTION_TYPES
 from ctdd.domain.datafields import is_valid_data_field_name
 from ctdd.dotdigital.client import DotdigitalClient
 from ctdd.dotdigital.errors import DotdigitalError
+from ctdd.dotdigital.event_subscriptions import CREATE as SUB_CREATE
+from ctdd.dotdigital.event_subscriptions import EXISTS as SUB_EXISTS
+from ctdd.dotdigital.event_subscriptions import ensure_event_subscription, plan_event_subscription
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +64,7 @@ class PlanItem:
     """One thing an account needs, and what setup does (or did) about it."""
 
     account: str
-    kind: str  # "data field" | "list" | "collection"
+    kind: str  # "data field" | "list" | "collection" | "program" | "events"
     name: str
     #: type of a data field, "scope/type" of a collection, the config keys naming a list
     detail: str
@@ -253,6 +261,11 @@ async def apply_item(client: DotdigitalClient, item: PlanItem) -> None:
                 raise
             item.action = EXISTS
         item.list_id = int(book["id"])
+    elif item.kind == "events":
+        plan = await ensure_event_subscription(client, item.account)
+        if plan.action == SUB_EXISTS:
+            item.action = EXISTS
+        item.note = f"id {plan.subscription.id}" if plan.subscription else item.note
     elif item.kind == "collection":
         scope, collection_type = item.detail.split("/", 1)
         created = await client.create_collection(item.name, scope=scope, collection_type=collection_type)
@@ -278,6 +291,8 @@ async def run_setup(settings: Settings, clients, *, dry_run: bool = False, accou
         stores = [s for s in settings.stores.values() if s.account == account]
         client = clients.get(account)
         items = await plan_account(client, account, stores)
+        if settings.backsync.events_feed and settings.backsync_enabled and any(s.commercetools for s in stores):
+            items.append(await _plan_events(client, account))
         if not dry_run:
             for item in items:
                 await apply_item(client, item)
@@ -309,6 +324,18 @@ async def run_setup(settings: Settings, clients, *, dry_run: bool = False, accou
         print(f"problem: account {item.account}: {item.kind} {item.name} ({item.detail}): {item.note}", file=out)
     out.flush()
     return result
+
+
+async def _plan_events(client: DotdigitalClient, account: str) -> PlanItem:
+    """The account's events subscription as a plan item (``create`` also covers reactivating or completing it)."""
+    plan = await plan_event_subscription(client, account)
+    detail = "back-sync event types"
+    if plan.action == SUB_EXISTS:
+        return PlanItem(account, "events", plan.name, detail, EXISTS, f"id {plan.subscription.id}" if plan.subscription else "")
+    note = "" if plan.action == SUB_CREATE else (
+        "inactive: make active again" if plan.subscription and not plan.subscription.active
+        else "add event types " + ", ".join(plan.missing_types))
+    return PlanItem(account, "events", plan.name, detail, CREATE, note)
 
 
 async def resolve_list_names(settings: Settings, clients) -> dict[str, dict[str, int]]:

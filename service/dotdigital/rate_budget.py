@@ -35,6 +35,7 @@ import httpx
 
 from ctdd.dotdigital.errors import EPOCH_THRESHOLD, _header
 from ctdd.dotdigital.transport import AiohttpTransport
+from ctdd.telemetry import traced_transport
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,14 @@ class RateBudget:
         """Seconds the account is still paused for (0 when it is not)."""
         st = self._accounts.get(account)
         return max(0.0, st.paused_until - self._clock()) if st else 0.0
+
+    def remaining_calls(self) -> dict[str, int]:
+        """The calls each account has left in its rate-limit window, as Dotdigital last reported them
+        (``X-RateLimit-Remaining`` less the calls in flight; the whole limit once the window has reset), for
+        the accounts that reported a limit (the metric ``ctdd.dotdigital.rate_budget.remaining``)."""
+        now = self._clock()
+        return {account: (st.limit if st.limit and st.reset_at <= now else st.remaining)
+                for account, st in self._accounts.items() if st.remaining is not None}
 
     def paused_accounts(self) -> tuple[str, ...]:
         now = self._clock()
@@ -176,7 +185,8 @@ class BudgetTransport(httpx.AsyncBaseTransport):
                  max_connections: int = 64):
         self.budget = budget
         self.account = account
-        self._inner = inner or AiohttpTransport(max_connections=max_connections)
+        # while tracing is on, each exchange is an HTTP client span (the pacing wait is not part of it)
+        self._inner = traced_transport(inner or AiohttpTransport(max_connections=max_connections))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self.budget.acquire(self.account)

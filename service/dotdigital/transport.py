@@ -11,6 +11,7 @@ What it keeps from httpx's own transport:
 - the request goes out as httpx built it: method, headers and body, and the URL exactly as encoded (aiohttp
   would otherwise re-quote it, e.g. send ``%40`` as ``@``);
 - the response body is handed over as received (``auto_decompress`` off), so httpx decodes it as usual;
+- no cookies: aiohttp's session keeps none (a load balancer's ``Set-Cookie`` is never sent back);
 - httpx's timeouts (``connect``, ``read``, ``pool``) apply per request;
 - failures are httpx's exceptions: ``ConnectTimeout`` / ``ReadTimeout``, ``ConnectError`` for a refused or
   unreachable host, ``ReadError`` for a connection the server dropped, ``RemoteProtocolError`` for an answer
@@ -18,6 +19,12 @@ What it keeps from httpx's own transport:
   difference.
 
 The aiohttp session is created on first use, inside the running event loop, and closed by ``aclose``.
+
+Why not the ``httpx-aiohttp`` package (0.2.0, measured 2026-12): it costs the same CPU per call (0.33 ms against
+0.31 ms per PATCH to the sandbox, client process only, medians of three rounds of 3,000 calls) but re-quotes the
+URL (``%40`` goes out as ``@``), reports a connection dropped after the request was sent as ``ConnectTimeout``
+(a timeout, and one that says nothing was sent) instead of ``ReadError``, and keeps cookies unless given a
+session of its own.
 """
 
 from __future__ import annotations
@@ -50,7 +57,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=self.keepalive_seconds)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            # no cookie jar: httpx's is off too (ctdd.dotdigital.client), every call stands alone
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

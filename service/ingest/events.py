@@ -208,8 +208,10 @@ class EventProcessor:
         try:  # plugins may shape the insight record (ctdd_map_behavioural_event); the view's facts stay the event's
             mapped_record = self.contact_sync.hooks.map_behavioural_event(
                 HookContext(store=store, settings=self.settings), event, collection, dict(record))
+            # stamped with the event's time: a view that happened before the one already sent for this product
+            # (applied later: a retry, another processor's batch) is stale and not sent over it
             insight = InsightPart(collection, record_id, mapped_record,
-                                  SourceStamp(outcome.resource_type or "event", record_id, None))
+                                  SourceStamp(outcome.resource_type or "event", record_id, None, event.occurred_at))
         except PluginFailed as exc:  # this record fails; the contact update and the view still count
             refused = self._refused_record(store, outcome.resource_type or "event", record_id, None, exc)
         view = (ViewPart(record_id, event.occurred_at or utcnow(), record) if event.kind == "product_viewed" else None)

@@ -68,6 +68,7 @@ from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome
 from ctdd.ingest.plans import ContactPlan
 from ctdd.ingest.set_apply import apply_plans
 from ctdd.ingest.rejections import purge_rejected
+from ctdd.db.apply_lock import take_apply_lock
 from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.db.listen import NotifyListener
 from ctdd.redaction import redact_text
@@ -317,30 +318,16 @@ def pending_count(engine: Engine) -> int:
                             .where(INBOX.c.status == InboxStatus.PENDING)).scalar_one()
 
 
-#: PostgreSQL advisory lock ordering the apply transactions of the inbox processors (see :func:`_lock_applies`)
-APPLY_LOCK_KEY = 0x63746464_696E6278 & 0x7FFFFFFFFFFFFFFF  # "ctddinbx"
-
-
 def _set_based(unit: Any) -> bool:
     return isinstance(unit, _InboxUnit) and unit.set_based
 
 
 def _lock_applies(session: Session, units: list[Any]) -> None:
-    """First statement of every apply transaction on PostgreSQL: which other processors' transactions may run
-    at the same time.
-
-    A transaction of set-based units only (``ctdd.ingest.set_apply``) locks all its contacts at once, in id
-    order, before it writes: two of them wait for each other instead of deadlocking, so they take the lock
-    *shared* and run in parallel. A transaction with other units (orders, carts, customer messages: each locks
-    its contacts and resources as it goes, in the order of its events) takes it *exclusively*: two of those
-    could deadlock (each deadlock costs PostgreSQL's ``deadlock_timeout``, a second, to detect), so they take
-    turns with every other apply transaction. Preparation (parsing, commercetools fetches) runs in parallel
-    either way.
-    """
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    shared = bool(units) and all(_set_based(unit) for unit in units)
-    session.execute(sa.text(f"SELECT pg_advisory_xact_lock{'_shared' if shared else ''}(:k)"), {"k": APPLY_LOCK_KEY})
+    """First statement of every apply transaction on PostgreSQL (``ctdd.db.apply_lock``): shared for a
+    transaction of set-based units only (they lock all their contacts at once, in id order), exclusive for one
+    with other units (orders, carts, customer messages lock their contacts as they go). So batches of contact
+    events of several processors are applied at the same time, and the others take turns."""
+    take_apply_lock(session, in_order=bool(units) and all(_set_based(unit) for unit in units))
 
 
 @dataclass

@@ -16,6 +16,7 @@ their units in ``ctdd.ingest.events`` (applied one at a time, in order, between 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from ctdd.db.engine import utcnow
 from ctdd.delivery import outbox
 from ctdd.domain.collections import BROWSE_COLLECTION, COLLECTION_TYPES
 from ctdd.domain.contact import ContactInput, SourceStamp
+from ctdd.domain.delta import is_older
+from ctdd.telemetry import tracing_enabled
 from ctdd.ingest.access import ContactAccess, DirectAccess, NewContactNeedsAddress, processed_row
 
 
@@ -68,13 +71,14 @@ def view_coalesce_window(store_settings: Any) -> timedelta:
 def enqueue_insight(access: ContactAccess, *, contact_id: int, store: StoreConfig, collection: str,
                     record_id: str, record: dict, source: SourceStamp, priority: int,
                     hold: timedelta = timedelta(0)) -> int | None:
-    """Enqueue an insight record unless the identical record was already enqueued (delta for records); the
-    message id. ``hold``: the message falls due that much later (product views wait to be merged)."""
+    """Enqueue an insight record unless the identical record, or a newer one of the record (by ``source``: its
+    version, else its time), was already enqueued (delta for records); the message id. ``hold``: the message falls
+    due that much later (product views wait to be merged)."""
     path = insight_path(collection, record_id)
     digest = record_digest(record)
     stored = access.stored_fields(contact_id, (path,)).get(path)
-    if stored is not None and stored.value == digest:
-        return None
+    if stored is not None and (stored.value == digest or is_older(source, stored)):
+        return None  # the same record again, or an older one than what was sent (newest wins, as for fields)
     now = utcnow()
     mid = access.enqueue(
         contact_id=contact_id, account=store.account, kind=outbox.INSIGHT_UPSERT,
@@ -120,7 +124,7 @@ class ContactPlan:
     """
 
     __slots__ = ("sync", "store", "contact", "mapped", "suppression", "priority", "clear_own", "dedupe_key",
-                 "outcome", "insight", "view", "refused")
+                 "outcome", "insight", "view", "refused", "trace_context")
 
     def __init__(self, sync: ContactCore, store: StoreConfig, contact: ContactInput, mapped: dict[str, Any],
                  suppression: list[str], *, priority: int = outbox.PRIORITY_LIVE, clear_own: Collection[str] = (),
@@ -140,6 +144,9 @@ class ContactPlan:
         self.view = view
         #: the rejected-record row of the event's insight record when a plugin failed it (then ``insight`` is None)
         self.refused = refused
+        #: while tracing is on, the context of the call that prepared the plan: applied in it (by a group commit's
+        #: committer, in a thread), the messages it enqueues keep that call's trace (ctdd.telemetry)
+        self.trace_context = contextvars.copy_context() if tracing_enabled() else None
 
     def __call__(self, session: Session) -> Any:
         """The plan as a unit of work of its own (one statement at a time)."""
@@ -153,6 +160,11 @@ class ContactPlan:
         return paths
 
     def apply(self, access: ContactAccess) -> Any:
+        if self.trace_context is not None:
+            return self.trace_context.run(self._apply, access)
+        return self._apply(access)
+
+    def _apply(self, access: ContactAccess) -> Any:
         outcome = self.outcome
         if outcome is None:  # SyncContact
             return self.sync.apply_with(access, self.contact, dict(self.mapped), list(self.suppression),

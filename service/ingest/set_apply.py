@@ -194,7 +194,8 @@ class BatchAccess:
         self._contact_state.setdefault(contact_id, {})["updated_at"] = now
         self._messages.append({
             "partition_key": outbox.partition_key(account, contact_id), "sequence": sequence, "account": account,
-            "contact_id": contact_id, "kind": kind, "payload": payload, "status": outbox.OutboxStatus.PENDING,
+            "contact_id": contact_id, "kind": kind, "payload": outbox.with_trace(payload),
+            "status": outbox.OutboxStatus.PENDING,
             "attempts": 0, "next_attempt_at": max(now, not_before) if not_before else now,
             "store_key": ref.store_key, "record_type": ref.record_type, "record_id": ref.record_id,
             "record_version": ref.record_version, "priority": priority, "created_at": now, "updated_at": now,

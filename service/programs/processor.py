@@ -149,7 +149,8 @@ class TriggerProcessor:
             outcome = _outcome(v)
             self.stats[outcome] += 1
             program_decisions.add(1, {"kind": v.trigger.program_kind, "outcome": outcome,
-                                      "reason": (v.decision.reason or "").split(":", 1)[0]})
+                                      "reason": (v.decision.reason or "").split(":", 1)[0],
+                                      "account": v.trigger.account, "store": v.trigger.store_key})
             t, d = v.trigger, v.decision
             level = logging.DEBUG if d.action == rules.DEFER else logging.INFO
             log.log(level, "trigger %s (%s, store %s, contact %s, %s %s v%s step %s): %s%s%s", t.id, t.program_kind,

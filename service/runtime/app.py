@@ -16,6 +16,7 @@ from ctdd.config import Settings
 from ctdd.ingest.contact_sync import ContactSync
 from ctdd.db.engine import create_db_engine, is_sqlite, upgrade_database
 from ctdd.api.track_event import stored_request_preparer
+from ctdd.backsync.events_feed import EventsFeed, writeback_apply
 from ctdd.backsync.feeds import BackSync
 from ctdd.commercetools.clients import CommercetoolsClients
 from ctdd.delivery.account_guard import PauseWatcher
@@ -31,12 +32,20 @@ from ctdd.catalog.realtime import CatalogFlusher, CatalogRealtime
 from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.ingest.inbox import InboxProcessor, InboxWriter
 from ctdd.ingest.plans import is_plan
+from ctdd.db.apply_lock import take_apply_lock
 from ctdd.ingest.set_apply import apply_plans
 from ctdd.db.transactions import TransactionRunner
 from ctdd.db.locks import SQLiteDispatcherLock
 from ctdd.programs.processor import TriggerProcessor
+from ctdd.runtime import metrics
+from ctdd.runtime.metrics import HealthMetrics
 
 log = logging.getLogger(__name__)
+
+
+def _lock_contact_writes(session, units) -> None:
+    """The RPCs' group commit on PostgreSQL: the same lock order as the inbox's (``ctdd.db.apply_lock``)."""
+    take_apply_lock(session, in_order=bool(units) and all(is_plan(unit) for unit in units))
 
 
 class App:
@@ -48,7 +57,8 @@ class App:
         self.contact_sync = ContactSync(self.engine, settings, self.hooks)
         # Group commit: concurrent RPCs share transactions (one savepoint each); off = one transaction per RPC.
         # With set_based_apply, the contact changes of one group commit are applied together (ctdd.ingest.set_apply).
-        set_based = dict(set_apply=apply_plans, batchable=is_plan) if settings.set_based_apply else {}
+        set_based = (dict(set_apply=apply_plans, batchable=is_plan, on_begin=_lock_contact_writes)
+                     if settings.set_based_apply else {})
         self.transactions = (GroupCommitRunner(self.engine, max_batch=settings.group_commit_max_batch, **set_based)
                              if settings.group_commit else TransactionRunner(self.engine))
         self._dispatcher_lock: SQLiteDispatcherLock | None = None
@@ -101,6 +111,16 @@ class App:
         # schedule when [backsync] is enabled (default: some store has a commercetools client).
         self.backsync = BackSync(self.engine, settings, self.clients, commercetools_factory=commercetools_factory)
         self._run_backsync = settings.backsync_enabled if run_backsync is None else run_backsync
+        # the gauges read from the database and the rate budget while this service runs (ctdd.runtime.metrics)
+        self.health_metrics = HealthMetrics(self.engine, settings, budget=self.clients.budget,
+                                            guard=self.dispatcher.guard if self.dispatcher is not None else None)
+        # ... and the events feed (Dotdigital's export subscription, read every few seconds): where it reads an
+        # account, the polling above only reconciles (ctdd.backsync.events_feed)
+        self.events_feed: EventsFeed | None = None
+        if self._run_backsync and settings.backsync.events_feed:
+            self.events_feed = EventsFeed(self.engine, settings, self.clients,
+                                          writeback_apply(self.engine, settings, self.backsync.ct))
+            self.backsync.events_feed = self.events_feed
 
     def _wake_dispatcher(self) -> None:
         if self.dispatcher is not None:
@@ -144,13 +164,19 @@ class App:
                      self.grpc.security.describe(), self.engine.url.render_as_string(hide_password=True))
         if self._run_backsync:
             self.backsync.start()
+            if self.events_feed is not None:
+                self.events_feed.start()
+        metrics.register(self.health_metrics)
 
     async def stop(self, grace: float = 5.0) -> None:
+        metrics.unregister(self.health_metrics)
         if self.pause_watcher is not None:
             await self.pause_watcher.stop()
         if self.grpc is not None:
             await self.grpc.begin_shutdown()
             await self.grpc.stop(grace)
+        if self.events_feed is not None:
+            await self.events_feed.stop(grace=grace)  # before the back-sync: it applies with its clients
         await self.backsync.stop(grace=grace)  # finish or cancel a poll, before its clients close
         if self.cart_watcher is not None:
             await self.cart_watcher.stop(grace=grace)  # finish or cancel a poll, give the leases back

@@ -31,6 +31,10 @@ Implemented endpoints
 * Programs (Dotdigital API docs: Programs, and the Programs OpenAPI document): ``GET /v2/programs``,
   ``GET /v2/programs/{id}``, ``POST /v2/programs/enrolments``, ``GET /v2/programs/enrolments/{enrolmentId}``,
   ``GET /v2/programs/enrolments/{status}`` and ``GET /v2/programs/enrolments/{enrolmentId}/report-faults``.
+* Events API export subscriptions (``/events/v3/export/...``, ``ctdd.testing.dotdigital_events``): checkpoints,
+  limits, inactivity after 30 days of sandbox time; every change of a contact emits the events Dotdigital would
+  (``contact.updated``, ``contact.membershipUpdated``, ``contact.preferenceUpdated``, ``interaction.unsubscribe``
+  ...), and ``preference_centre(...)`` acts as the contact in a preference centre.
 
 Bulk imports are accepted with 202 and finish ``import_delay_seconds`` later (default 0.05 s): until then
 their status is ``NotFinished`` (contacts) or ``NotStarted`` / ``Processing`` (insight). Items are applied when
@@ -91,6 +95,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 from ctdd.domain.datafields import is_valid_data_field_name
 from ctdd.testing import loopback_http
+from ctdd.testing.dotdigital_events import ExportEvents, snapshot
 
 __all__ = [
     "COLLECTION_SCOPES",
@@ -659,6 +664,8 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         self._program_entries: list[ProgramEntry] = []
         self._entered: set[tuple[int, int]] = set()  # (program id, contact id) that ever entered
         self._applying_import = False  # list joins made now come from a bulk contact import
+        #: Events API export subscriptions and the events contacts' changes emit (``dotdigital_events``)
+        self._events = ExportEvents(account_id, self._now, lambda status, body: _Response(status, body))
 
     def __repr__(self) -> str:  # never show the password
         return f"DotdigitalSandbox(base_url={self.base_url if self._server else None!r}, api_user={self.api_user!r})"
@@ -760,6 +767,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             if contact is None and mobile is not None:
                 contact = self._find_contact(mobile=mobile)
             moment = at.astimezone(timezone.utc) if at is not None else self._now()
+            before = snapshot(contact) if contact is not None else None
             if contact is None:
                 contact = self._new_contact(
                     email=email, mobile=_normalise_mobile(mobile) if mobile else None, now=_iso(moment)
@@ -770,6 +778,8 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             else:
                 contact.sms_status = "unsubscribed" if status == "unsubscribed" else "suppressed"
             contact.updated = _iso(moment)
+            self._events.contact_changed(before, snapshot(contact), at=moment,
+                                         unsubscribed=[] if status != "unsubscribed" else ["email" if email else "sms"])
 
     def delete_contact(self, *, email: str | None = None, mobile: str | None = None,
                        contact_id: int | None = None) -> bool:
@@ -782,6 +792,83 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
                 return False
             self._remove_contact(contact)
             return True
+
+    # -- Events API (export subscriptions; see ``ctdd.testing.dotdigital_events``) ------------------------
+    def preference_centre(self, *, email: str | None = None, mobile: str | None = None,
+                          preferences: dict[int, bool] | None = None, lists: dict[int, bool] | None = None,
+                          data_fields: dict[str, Any] | None = None, unsubscribe: bool = False,
+                          at: datetime | None = None) -> dict:
+        """Act as the contact in a Dotdigital preference centre (or a signup/profile form): change it as
+        Dotdigital would and emit the events of the Events API. Returns the contact's read model.
+
+        ``preferences`` {preference id: opted in}; ``lists`` {list id: member} (joining starts the list's
+        programs, as every list join does); ``data_fields`` {name: value or None to clear} (existing fields,
+        values of their type); ``unsubscribe`` unsubscribes the email channel (the SMS channel for a contact
+        without email), which the suppression feeds report too. ``at`` (aware) is when: default the sandbox clock.
+        Unknown contact, list or data field, or a value of the wrong type -> ``ValueError``.
+        """
+        if at is not None and at.tzinfo is None:
+            raise ValueError("at must be timezone-aware")
+        with self._lock:
+            self._advance_enrolments()
+            contact = self._find_contact(email=email) if email is not None else self._find_contact(mobile=mobile)
+            if contact is None:
+                raise ValueError("no such contact in the sandbox")
+            fields: dict[str, Any] = {}
+            for name, value in (data_fields or {}).items():
+                known = self._data_fields.get(name.casefold())
+                if known is None:
+                    raise ValueError(f"no data field {name!r} in the sandbox account")
+                if value is not None and _coerce_data_value(known.type, value) is _INVALID:
+                    raise ValueError(f"{value!r} is not a {known.type} value for data field {known.name}")
+                fields[known.name] = value
+            for book_id in lists or {}:
+                if book_id not in self._address_books:
+                    raise ValueError(f"no list {book_id} in the sandbox account")
+            moment = at.astimezone(timezone.utc) if at is not None else self._now()
+            before = snapshot(contact)
+            for name, value in fields.items():
+                if value is None:
+                    contact.data.pop(name, None)
+                else:
+                    contact.data[name] = value
+            for pref_id, opted_in in (preferences or {}).items():
+                contact.preferences[int(pref_id)] = bool(opted_in)
+            for book_id, member in (lists or {}).items():
+                if member and book_id not in contact.lists:
+                    contact.lists[book_id] = _iso(moment)
+                    self._on_list_join(contact, book_id)
+                elif not member:
+                    contact.lists.pop(book_id, None)
+            unsubscribed: list[str] = []
+            if unsubscribe:
+                if contact.email is not None:
+                    if contact.email_status not in _SUPPRESSED_EMAIL_STATUSES:
+                        contact.email_status, contact.email_removed_at = "unsubscribed", moment
+                    unsubscribed.append("email")
+                else:
+                    contact.sms_status = "unsubscribed"
+                    unsubscribed.append("sms")
+            contact.updated = _iso(moment)
+            self._events.contact_changed(before, snapshot(contact), at=moment, unsubscribed=unsubscribed)
+            return self._read_model(contact)
+
+    @property
+    def event_subscriptions(self) -> list[dict[str, Any]]:
+        """The account's export subscriptions, as ``GET /events/v3/export/subscriptions`` lists them."""
+        with self._lock:
+            return self._events.subscriptions()
+
+    @property
+    def emitted_events(self) -> list[dict[str, Any]]:
+        """Every event the account emitted (whether a subscription captured it or not), oldest first."""
+        with self._lock:
+            return [copy.deepcopy(e) for e in self._events.emitted]
+
+    def queued_events(self, subscription_id: int) -> int:
+        """Events queued for a subscription and not yet acknowledged with a checkpoint."""
+        with self._lock:
+            return self._events.queued(subscription_id)
 
     def add_data_field(self, name: str, type: str = "String") -> None:  # noqa: A002 - mirrors the API field name
         """Create a contact data field directly (no-op if it already exists, case-insensitive)."""
@@ -1147,6 +1234,8 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             path_known, handler = self._route_insight(method, segments[2:], lowered[2:], query, body)
         elif lowered[:2] == ["v2", "programs"]:
             path_known, handler = self._route_programs(method, segments[2:], lowered[2:], query, body)
+        elif lowered[:2] == ["events", "v3"]:
+            path_known, handler = self._events.route(method, segments[2:], lowered[2:], query, body)
 
         if handler is not None:
             with self._lock:
@@ -1273,8 +1362,10 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         contact = self._contacts.get(contact_id)
         if contact is None:
             raise _ApiError(_v2_error(404, "Error: ERROR_CONTACT_NOT_FOUND", contact_id=contact_id))
+        before = snapshot(contact)
         if contact.lists.pop(book_id, None) is not None:
             contact.updated = self._now_iso()
+            self._events.contact_changed(before, snapshot(contact))
         return _Response(204, None, contact_id=contact_id)
 
     def _v2_suppressions_since(self, feed: str, raw_date: str, query: dict[str, list[str]]) -> _Response:
@@ -1722,6 +1813,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
 
     def _remove_contact(self, contact: _Contact) -> None:
         del self._contacts[contact.contact_id]
+        self._events.contact_changed(snapshot(contact), None)
         for collection in self._collections.values():
             for owner_key in [k for k in collection.records if k[0] == contact.contact_id]:
                 del collection.records[owner_key]
@@ -1758,6 +1850,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         The one upsert code path, shared by the PATCH and by each item of a bulk contact import.
         """
         contact = self._lookup(identifier, value)
+        before = snapshot(contact) if contact is not None else None
         now = self._now_iso()
         if contact is None:
             if identifier == "contactId":
@@ -1791,6 +1884,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             created = False
             self._apply_write(contact, write, merge, creating=False)
         contact.updated = now
+        self._events.contact_changed(before, snapshot(contact))
         return contact, created
 
     # -- contact helpers ------------------------------------------------------------------------------

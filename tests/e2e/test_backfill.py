@@ -217,6 +217,33 @@ def test_progress_bar_renders_counts():
     bar.update(0)
     bar.update(5, final=True)
     assert "customers [#####.....] 5/10  50.0%" in sink.text
+    assert "\r" not in sink.text  # off a terminal: plain lines
+
+
+def test_progress_bar_on_a_terminal_is_redrawn_in_place():
+    import pty
+    import re
+
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w", encoding="utf-8") as terminal:
+        bar = ProgressBar("customers", total=10, stream=terminal)
+        for done in (0, 5):
+            bar.update(done)
+        bar.update(10, final=True)
+    chunks = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        chunks += chunk
+    os.close(leader)
+    text = chunks.decode()
+    assert re.search(r"\rcustomers  50%\|█+[▏▎▍▌▋▊▉ ]* *\| 5/10 [\d,]+/s", text), text
+    assert re.search(r"\rcustomers 100%\|█+\| 10/10 [\d,]+/s *\r\n$", text), text
+    assert text.count("\n") == 1  # one line, redrawn
 
 
 async def test_cli_backfill_orders(fake, peer, tmp_path):

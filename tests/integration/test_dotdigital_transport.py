@@ -97,3 +97,15 @@ async def test_the_dotdigital_client_keeps_no_cookies(server):
         for _ in range(2):
             await plain.patch(f"{server}/x", content=b"{}")
     assert _Recorder.seen[-1][2].get("cookie") == "AWSALB=sticky"
+
+
+async def test_the_transport_itself_keeps_no_cookies_for_a_host_name(server):
+    """aiohttp's own cookie jar (which, unlike httpx's, ignores IP addresses) must not send a Set-Cookie back
+    either: against a host name, with httpx's jar off, the second call carries no cookie."""
+    from ctdd.dotdigital.client import _NoCookies
+
+    by_name = server.replace("127.0.0.1", "localhost")
+    async with httpx.AsyncClient(transport=AiohttpTransport(), cookies=_NoCookies()) as client:
+        for _ in range(2):
+            assert (await client.patch(f"{by_name}/x", content=b"{}")).status_code == 201
+    assert [headers.get("cookie") for _, _, headers, _ in _Recorder.seen] == [None, None]

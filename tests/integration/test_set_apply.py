@@ -141,9 +141,14 @@ def test_set_based_apply_writes_what_one_by_one_writes(database_url, sandbox, tm
         assert run(database_url, True) == first
 
 
-def test_a_batch_that_cannot_be_written_is_applied_one_by_one(app, monkeypatch):
-    """A failure at the write (a uniqueness race with another process, say) rolls the batch back; the group
-    commit applies its units one at a time and every caller still gets its answer."""
+@pytest.mark.parametrize("error, fallbacks", [
+    (sa.exc.IntegrityError("INSERT", {}, Exception("simulated race")), 0),  # a race: tried again set-based
+    (RuntimeError("simulated bug"), 1),  # anything else: one by one
+])
+def test_a_batch_that_cannot_be_written_is_applied_again(app, error, fallbacks):
+    """A failure at the write rolls the batch back: a lost race (a uniqueness race with another process, a
+    PostgreSQL deadlock) is tried again set-based, anything else applied one unit at a time; every caller still
+    gets its answer and nothing is applied twice."""
     import asyncio
 
     from ctdd.db.group_commit import GroupCommitRunner
@@ -154,7 +159,8 @@ def test_a_batch_that_cannot_be_written_is_applied_one_by_one(app, monkeypatch):
     def failing_once(session, plans):
         calls.append(len(plans))
         if len(calls) == 1:
-            raise sa.exc.IntegrityError("INSERT", {}, Exception("simulated race"))
+            set_apply.apply_plans(session, plans)  # written, then the failure: all of it must be rolled back
+            raise error
         return set_apply.apply_plans(session, plans)
 
     async def main():
@@ -167,7 +173,8 @@ def test_a_batch_that_cannot_be_written_is_applied_one_by_one(app, monkeypatch):
 
     runner, outcomes = asyncio.run(main())
     assert [o.outcome for o in outcomes] == ["applied"] * 12
-    assert runner.set_fallbacks == 1
+    assert runner.set_fallbacks == fallbacks
+    assert len(calls) == (2 if fallbacks == 0 else 1)
     with app.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM processed_event")).scalar_one() == 12
         # views of 3 contacts: 3 contacts, each with its upsert and its insight messages, numbered 1..n

@@ -13,12 +13,12 @@ and PostgreSQL, over real gRPC.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timedelta
+
 import grpc
 import pytest
 import sqlalchemy as sa
-
-import time
-from datetime import datetime, timedelta
 
 from ctdd.clock import use_clock
 from ctdd.runtime.app import App
@@ -94,7 +94,8 @@ async def run_stream(database_url: str, stream: EventStream, fake_ct, *, set_bas
             worker = App(settings, serve_grpc=False)  # applies the inbox in batches, delivers to the sandbox
             await worker.start()
             apps.append(worker)
-            await wait_for(lambda: _settled(worker.engine), timeout=120, interval=0.1, what="stream applied and delivered")
+            await wait_for(lambda: _settled(worker.engine), timeout=120, interval=0.1,
+                           what="stream applied and delivered")
             stats = dict(worker.inbox_processor.stats)
             snapshot = {"answers": answers, **database_snapshot(worker.engine), "sandbox": sandbox_snapshot(sandbox)}
         finally:
@@ -129,6 +130,7 @@ def assert_same(one_by_one: dict, set_based: dict) -> None:
             assert a == b, f"{section} differs"
 
 
+@pytest.mark.timeout(300)
 async def test_set_based_apply_gives_what_one_by_one_apply_gives(database_url, tmp_path, fake_ct):
     stream = build_stream(SEED)
     # the mix is really there

@@ -17,6 +17,25 @@ def test_email_normalisation():
             normalise_email(bad)
 
 
+def test_email_syntax_is_email_validators_and_internationalised_domains_are_kept_in_ascii():
+    # accepted: plus addressing, apostrophes, long TLDs; an IDNA domain in either spelling is one address
+    for given, normalised in (("a+tag@sub.example.co.uk", "a+tag@sub.example.co.uk"),
+                              ("O'Brien@Example.ie", "o'brien@example.ie"),
+                              ("jane@example.museum", "jane@example.museum"),
+                              ("Jane@Bücher.DE", "jane@xn--bcher-kva.de"),
+                              ("jane@XN--BCHER-KVA.de", "jane@xn--bcher-kva.de"),
+                              ("kim@例え.jp", "kim@xn--r8jz45g.jp")):
+        assert normalise_email(given) == normalised, given
+    # refused: a non-ASCII mailbox (Dotdigital documents no SMTPUTF8 support), quoted local parts, IP literals,
+    # special-use domains, a hyphen at a label's edge, over-long parts; the message never echoes the address
+    for bad in ("jürgen@example.de", '"ja ne"@example.com', "jane@[192.0.2.1]", "jane@192.0.2.1", "jane@host.local",
+                "jane@localhost", "jane@example-.com", "jane.@example.com", ("x" * 65) + "@example.com",
+                "jane@" + ("a" * 64) + ".com", "jane@" + ".".join(["abcdefghij"] * 25) + ".com"):
+        with pytest.raises(InvalidIdentifier) as refused:
+            normalise_email(bad)
+        assert str(refused.value) == "not a valid email address", bad
+
+
 def test_mobile_must_be_e164():
     assert normalise_mobile("+447700900123") == "+447700900123"
     for bad in ("07700900123", "+44 7700 900123", "+44770090012345678", "+1555"):

@@ -78,3 +78,50 @@ def test_sqs_visibility_is_whole_seconds_capped_and_at_least_one():
     assert [sqs_visibility(n, 2.0, 60) for n in (1, 2, 3, 4, 5, 6, 7)] == [2, 4, 8, 16, 32, 60, 60]
     assert sqs_visibility(0, 0.1, 60) == 1
     assert sqs_visibility(100, 2.0, 10**9) == 43200  # SQS maximum visibility
+
+
+# -- in-process retries (tenacity) ------------------------------------------------------------------------------
+
+
+class _Conflict(Exception):
+    pass
+
+
+async def test_in_process_retries_repeat_until_success_with_backoff_between_tries():
+    import time
+
+    from ctdd.retry import in_process_retries
+
+    calls, retried = [], []
+    started = time.monotonic()
+    async for attempt in in_process_retries(attempts=5, retry_on=_Conflict, base=0.01, cap=0.02,
+                                            on_retry=lambda exc, n: retried.append((type(exc), n))):
+        with attempt:
+            calls.append(time.monotonic())
+            if len(calls) < 3:
+                raise _Conflict()
+    assert len(calls) == 3 and retried == [(_Conflict, 1), (_Conflict, 2)]
+    # backoff_delay(1) = 0.01 s, backoff_delay(2) = 0.02 s between the tries
+    assert calls[1] - calls[0] >= 0.009 and calls[2] - calls[1] >= 0.019
+    assert time.monotonic() - started < 2
+
+
+async def test_in_process_retries_raise_the_last_error_and_never_retry_others():
+    from ctdd.retry import in_process_retries
+
+    tries = 0
+    with pytest.raises(_Conflict, match="try 3"):
+        async for attempt in in_process_retries(attempts=3, retry_on=_Conflict, base=0.0, cap=0.0):
+            with attempt:
+                tries += 1
+                raise _Conflict(f"try {tries}")
+    assert tries == 3
+    tries = 0
+    with pytest.raises(KeyError):
+        async for attempt in in_process_retries(attempts=3, retry_on=_Conflict, base=0.0, cap=0.0):
+            with attempt:
+                tries += 1
+                raise KeyError("not retried")
+    assert tries == 1
+    with pytest.raises(ValueError):
+        in_process_retries(attempts=0, retry_on=_Conflict, base=0.0, cap=0.0)

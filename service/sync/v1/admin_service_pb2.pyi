@@ -375,3 +375,177 @@ class EnrolmentBudget(_message.Message):
     calls_last_hour: int
     calls_per_hour: int
     def __init__(self, account: _Optional[str] = ..., calls_last_hour: _Optional[int] = ..., calls_per_hour: _Optional[int] = ...) -> None: ...
+
+class GetContactRequest(_message.Message):
+    __slots__ = ("email", "customer_id", "mobile_number", "contact_id", "store_key", "message_limit", "trigger_limit")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    MOBILE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_KEY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    customer_id: str
+    mobile_number: str
+    contact_id: str
+    store_key: str
+    message_limit: int
+    trigger_limit: int
+    def __init__(self, email: _Optional[str] = ..., customer_id: _Optional[str] = ..., mobile_number: _Optional[str] = ..., contact_id: _Optional[str] = ..., store_key: _Optional[str] = ..., message_limit: _Optional[int] = ..., trigger_limit: _Optional[int] = ...) -> None: ...
+
+class GetContactResponse(_message.Message):
+    __slots__ = ("contact_id", "account", "dotdigital_contact_id", "email", "mobile_number", "identifiers", "conflicts", "fields", "channels", "lists", "pending_messages", "recent_messages", "more_messages", "triggers", "more_triggers", "created_at", "updated_at")
+    CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    DOTDIGITAL_CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    MOBILE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MORE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    MORE_TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    contact_id: str
+    account: str
+    dotdigital_contact_id: int
+    email: str
+    mobile_number: str
+    identifiers: _containers.RepeatedCompositeFieldContainer[ContactIdentifierEntry]
+    conflicts: _containers.RepeatedCompositeFieldContainer[ContactConflictEntry]
+    fields: _containers.RepeatedCompositeFieldContainer[ContactFieldEntry]
+    channels: _containers.RepeatedCompositeFieldContainer[ContactChannelEntry]
+    lists: _containers.RepeatedCompositeFieldContainer[ContactListEntry]
+    pending_messages: _containers.RepeatedCompositeFieldContainer[ContactMessageEntry]
+    recent_messages: _containers.RepeatedCompositeFieldContainer[ContactMessageEntry]
+    more_messages: bool
+    triggers: _containers.RepeatedCompositeFieldContainer[Trigger]
+    more_triggers: bool
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, contact_id: _Optional[str] = ..., account: _Optional[str] = ..., dotdigital_contact_id: _Optional[int] = ..., email: _Optional[str] = ..., mobile_number: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[ContactIdentifierEntry, _Mapping]]] = ..., conflicts: _Optional[_Iterable[_Union[ContactConflictEntry, _Mapping]]] = ..., fields: _Optional[_Iterable[_Union[ContactFieldEntry, _Mapping]]] = ..., channels: _Optional[_Iterable[_Union[ContactChannelEntry, _Mapping]]] = ..., lists: _Optional[_Iterable[_Union[ContactListEntry, _Mapping]]] = ..., pending_messages: _Optional[_Iterable[_Union[ContactMessageEntry, _Mapping]]] = ..., recent_messages: _Optional[_Iterable[_Union[ContactMessageEntry, _Mapping]]] = ..., more_messages: _Optional[bool] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., more_triggers: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ContactIdentifierEntry(_message.Message):
+    __slots__ = ("kind", "value", "created_at")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    value: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, kind: _Optional[str] = ..., value: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ContactConflictEntry(_message.Message):
+    __slots__ = ("id", "kind", "role", "other_contact_id", "rule", "value_hash", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    OTHER_CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_HASH_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    kind: str
+    role: str
+    other_contact_id: str
+    rule: str
+    value_hash: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., role: _Optional[str] = ..., other_contact_id: _Optional[str] = ..., rule: _Optional[str] = ..., value_hash: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ContactMessageOutcome(_message.Message):
+    __slots__ = ("ref", "status", "response_code", "delivered_at")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_AT_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    status: str
+    response_code: int
+    delivered_at: _timestamp_pb2.Timestamp
+    def __init__(self, ref: _Optional[str] = ..., status: _Optional[str] = ..., response_code: _Optional[int] = ..., delivered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ContactFieldEntry(_message.Message):
+    __slots__ = ("field", "value_json", "source_ref", "source_version", "source_time", "updated_at", "message")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_REF_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    value_json: str
+    source_ref: str
+    source_version: int
+    source_time: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    message: ContactMessageOutcome
+    def __init__(self, field: _Optional[str] = ..., value_json: _Optional[str] = ..., source_ref: _Optional[str] = ..., source_version: _Optional[int] = ..., source_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[_Union[ContactMessageOutcome, _Mapping]] = ...) -> None: ...
+
+class ContactChannelEntry(_message.Message):
+    __slots__ = ("channel", "dotdigital_status", "dotdigital_status_at", "shop_consent", "shop_consent_at")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    DOTDIGITAL_STATUS_FIELD_NUMBER: _ClassVar[int]
+    DOTDIGITAL_STATUS_AT_FIELD_NUMBER: _ClassVar[int]
+    SHOP_CONSENT_FIELD_NUMBER: _ClassVar[int]
+    SHOP_CONSENT_AT_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    dotdigital_status: str
+    dotdigital_status_at: _timestamp_pb2.Timestamp
+    shop_consent: str
+    shop_consent_at: _timestamp_pb2.Timestamp
+    def __init__(self, channel: _Optional[str] = ..., dotdigital_status: _Optional[str] = ..., dotdigital_status_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., shop_consent: _Optional[str] = ..., shop_consent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ContactListEntry(_message.Message):
+    __slots__ = ("list_id", "names", "member", "since", "message")
+    LIST_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    list_id: int
+    names: _containers.RepeatedScalarFieldContainer[str]
+    member: bool
+    since: _timestamp_pb2.Timestamp
+    message: ContactMessageOutcome
+    def __init__(self, list_id: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ..., member: _Optional[bool] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[_Union[ContactMessageOutcome, _Mapping]] = ...) -> None: ...
+
+class ContactMessageEntry(_message.Message):
+    __slots__ = ("ref", "kind", "status", "sequence", "store_key", "record", "attempts", "response_code", "error", "merged_into", "created_at", "next_attempt_at", "delivered_at", "attempt_log")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    STORE_KEY_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MERGED_INTO_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_LOG_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    kind: str
+    status: str
+    sequence: int
+    store_key: str
+    record: RecordReference
+    attempts: int
+    response_code: int
+    error: str
+    merged_into: str
+    created_at: _timestamp_pb2.Timestamp
+    next_attempt_at: _timestamp_pb2.Timestamp
+    delivered_at: _timestamp_pb2.Timestamp
+    attempt_log: _containers.RepeatedCompositeFieldContainer[DeliveryAttempt]
+    def __init__(self, ref: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., sequence: _Optional[int] = ..., store_key: _Optional[str] = ..., record: _Optional[_Union[RecordReference, _Mapping]] = ..., attempts: _Optional[int] = ..., response_code: _Optional[int] = ..., error: _Optional[str] = ..., merged_into: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt_log: _Optional[_Iterable[_Union[DeliveryAttempt, _Mapping]]] = ...) -> None: ...

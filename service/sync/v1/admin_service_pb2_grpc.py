@@ -52,6 +52,11 @@ class AdminServiceStub:
                 request_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersRequest.SerializeToString,
                 response_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersResponse.FromString,
                 _registered_method=True)
+        self.GetContact = channel.unary_unary(
+                '/ctdd.sync.v1.AdminService/GetContact',
+                request_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetContactRequest.SerializeToString,
+                response_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetContactResponse.FromString,
+                _registered_method=True)
         self.ListFailures = channel.unary_unary(
                 '/ctdd.sync.v1.AdminService/ListFailures',
                 request_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListFailuresRequest.SerializeToString,
@@ -105,6 +110,25 @@ class AdminServiceServicer:
         TRIGGER_STATUS_UNSPECIFIED, `page_size` is negative, or an email or mobile number belongs to contacts
         of several Dotdigital accounts (the violation on "store_key" asks for the store); NOT_FOUND when no
         contact has that identifier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContact(self, request, context):
+        """GetContact shows one contact as ctdd-sync holds it, for support ("why did this person not get their
+        email?"): its identifiers and identity conflicts, each Dotdigital field's last sent value with the
+        source record it came from and the outbox message that carried it (and that message's status), the
+        channel statuses Dotdigital last reported and the shop's newest consent per channel, its list
+        memberships, its unsettled and recent outbox messages with their delivery attempts, and its pending
+        and decided program triggers. It reads only. The response holds personal data (identifiers and field
+        values); the service neither logs it nor puts it on spans.
+
+        The contact is found as ListTriggers finds it (same selectors, same errors). A token limited to some
+        stores must name one of them in `store_key` and sees only that store's messages and triggers.
+
+        Errors: INVALID_ARGUMENT (BadRequest field violations) as for ListTriggers, and for a negative
+        `message_limit` or `trigger_limit`; NOT_FOUND when no contact has that identifier.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,6 +202,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersRequest.FromString,
                     response_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersResponse.SerializeToString,
             ),
+            'GetContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContact,
+                    request_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetContactRequest.FromString,
+                    response_serializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetContactResponse.SerializeToString,
+            ),
             'ListFailures': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFailures,
                     request_deserializer=ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListFailuresRequest.FromString,
@@ -239,6 +268,33 @@ class AdminService:
             '/ctdd.sync.v1.AdminService/ListTriggers',
             ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersRequest.SerializeToString,
             ctdd_dot_sync_dot_v1_dot_admin__service__pb2.ListTriggersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctdd.sync.v1.AdminService/GetContact',
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetContactRequest.SerializeToString,
+            ctdd_dot_sync_dot_v1_dot_admin__service__pb2.GetContactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ the apply path. Prints JSON.
     .venv/bin/python bench/run.py --only a,d      # some parts
     .venv/bin/python bench/run.py --only g,h,i,j --apply-events 4000 --apply-window 5 --latency-duration 3  # quick
     .venv/bin/python bench/run.py --event sync    # measure SyncContact instead of TrackEvent in (a)/(d)
+    .venv/bin/python bench/run.py --only k --backsync-spread 30 --backsync-idle 30  # the back-sync, quicker
 
 Everything is measured on this machine in this run, against real processes over real sockets:
 
@@ -64,6 +65,14 @@ Everything is measured on this machine in this run, against real processes over 
     rate actually reached (events sent / seconds from the first sent to the last answered) and the calls the
     service refused. With ``[dispatcher] view_coalesce_seconds = 0`` (the default 5 s hold of product views
     would add 5 s to every figure; (d) keeps the default).
+(k) Back-sync (issue 18): ``ctdd serve`` (its own process, SQLite) with the back-sync and the events feed on at
+    the default ``events_interval_seconds`` (15 s); the Dotdigital sandbox and the commercetools fake run in this
+    process. ``--backsync-changes`` (60) customers sign up through TrackEvent; then each changes one thing in the
+    sandbox's preference centre (the first name, or an opt-in to a preference, in turn), spread evenly over
+    ``--backsync-spread`` (60) seconds: p50/p99 from the change to the customer update reaching the commercetools
+    fake (the hosted connector polls every 15 minutes: printed for comparison). Then the account is idle: the
+    requests the sandbox receives over ``--backsync-idle`` (60) seconds, from one read of the events feed on,
+    scaled to calls per hour. About 3 minutes.
 
 A worker or service that exits during (g)-(j) is reported in that run's ``error`` (with the end of its log);
 the other runs go on. Every database the benchmark creates is dropped at the end of its run.
@@ -118,6 +127,7 @@ TARGETS = {
     "f_full_calls_per_1000_max": 2, "f_unchanged_calls_per_1000_max": 0,
     "g_ratio_to_batch_ingest_min": 0.10, "g_events_per_s_per_worker_min": 2000, "g_python_loop_min_millions": 15,
     "h_ratio_2_workers_min": 1.6, "i_worker_cpu_us_per_event_max": 500, "j_p99_seconds_max": 1.0,
+    "k_p99_seconds_max": 60.0, "k_idle_calls_per_hour_max": 240,
 }
 
 
@@ -1773,6 +1783,195 @@ async def bench_latency_rates(tmp: Path, duration: float) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------
+# (k) back-sync: a preference-centre change -> the commercetools write; Dotdigital calls of an idle account
+# ------------------------------------------------------------------------------------------------------
+K_TYPE_ID = "type-dd-consent"
+#: the preference id (in the sandbox) the store maps to the customer field ``dd-prefOffers``
+K_PREFERENCE = 7
+#: Dotdigital's hosted commercetools connector polls every 15 minutes (issue 18): for comparison
+HOSTED_CONNECTOR_SECONDS = 15 * 60
+
+
+def backsync_config(path: Path, *, database_url: str, port: int, sandbox, fake) -> Path:
+    """``ctdd serve`` with the back-sync and its events feed on (``events_interval_seconds``: the default)."""
+    path.write_text(f"""[service]
+database_url = "{database_url}"
+listen = "127.0.0.1:{port}"
+
+[accounts.main]
+api_user = "{sandbox.api_user}"
+password_env = "BENCH_DD_PASSWORD"
+base_url = "{sandbox.base_url}"
+
+[commercetools.ct]
+project_key = "{fake.project_key}"
+client_id = "{fake.client_id}"
+client_secret_env = "BENCH_CT_SECRET"
+api_url = "{fake.base_url}"
+auth_url = "{fake.base_url}"
+
+[stores.uk]
+account = "main"
+commercetools = "ct"
+commercetools_project = "{fake.project_key}"
+locale = "en-GB"
+currency = "GBP"
+
+[stores.uk.preferences]
+offers = {K_PREFERENCE}
+
+[stores.uk.writeback]
+preferences = {{ offers = "dd-prefOffers" }}
+profile = {{ FIRSTNAME = "firstName" }}
+
+[backsync]
+enabled = true
+events_feed = true
+""")
+    return path
+
+
+def k_customer(i: int, now: str) -> dict:
+    return {"id": f"k-{i}", "version": 1, "email": f"k{i}@bench.example", "firstName": "Kay", "lastName": "Bench",
+            "addresses": [], "shippingAddressIds": [], "billingAddressIds": [], "isEmailVerified": True, "stores": [],
+            "authenticationMode": "Password", "customerGroupAssignments": [], "createdAt": now, "lastModifiedAt": now,
+            "custom": {"type": {"typeId": "type", "id": K_TYPE_ID},
+                       "fields": {"dd-emailOptIn": True, "dd-prefOffers": False, "dd-consentUpdatedAt": now}}}
+
+
+def k_created(project: str, body: dict) -> bytes:
+    """commercetools' CustomerCreated message of ``body`` (as a Subscription delivers it)."""
+    return json.dumps({"notificationType": "Message", "projectKey": project, "id": str(uuid.uuid4()), "version": 1,
+                       "sequenceNumber": 1, "resource": {"typeId": "customer", "id": body["id"]},
+                       "resourceVersion": body["version"], "resourceUserProvidedIdentifiers": {},
+                       "type": "CustomerCreated", "createdAt": body["createdAt"],
+                       "lastModifiedAt": body["createdAt"], "customer": body}).encode()
+
+
+def is_event_read(r) -> bool:
+    return r.method == "GET" and r.path.split("?")[0].lower().startswith("/events/v3/export/") \
+        and "subscriptions" not in r.path.lower()
+
+
+async def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def bench_backsync(tmp: Path, *, changes: int, spread: float, idle: float) -> dict:
+    """(k): ``ctdd serve`` (its own process, SQLite) with the back-sync and the events feed on, every
+    ``events_interval_seconds`` (15 s, the default); the sandbox and the commercetools fake run in this process.
+    ``changes`` customers signed up through TrackEvent; then each changes one thing in the sandbox's preference
+    centre (in turn the first name, and an opt-in to a preference), one every ``spread / changes`` seconds.
+    Latency: from the change (``preference_centre`` called) to the customer's update reaching the fake. Then the
+    account is idle: every request the sandbox receives over ``idle`` seconds, from one read of the events feed
+    on, scaled to an hour."""
+    from ctdd.testing.commercetools_fake import FakeCommercetools
+    from ctdd.testing.dotdigital_sandbox import DotdigitalSandbox
+
+    out: dict = {"database": "sqlite", "processes": "one ctdd serve (back-sync and events feed on)",
+                 "events_interval_seconds": "default (15)", "changes": changes, "spread_seconds": spread}
+    with FakeCommercetools(project_key="bench-k") as fake, DotdigitalSandbox() as sandbox:
+        fake.add("types", {"id": K_TYPE_ID, "key": "dd-consent", "resourceTypeIds": ["customer"], "fieldDefinitions": [
+            {"name": "dd-emailOptIn", "type": {"name": "Boolean"}},
+            {"name": "dd-consentUpdatedAt", "type": {"name": "DateTime"}},
+            {"name": "dd-prefOffers", "type": {"name": "Boolean"}}]})
+        port = free_port()
+        config = backsync_config(tmp / "backsync.toml", database_url=f"sqlite:///{tmp / 'backsync.db'}", port=port,
+                                 sandbox=sandbox, fake=fake)
+        env = {"BENCH_DD_PASSWORD": sandbox.password, "BENCH_CT_SECRET": fake.client_secret}
+        setup = spawn(["dotdigital", "setup", "--config", str(config)], tmp / "backsync-setup.log", **env)
+        if await asyncio.to_thread(setup.wait) != 0:
+            raise RuntimeError(f"ctdd dotdigital setup failed: {log_tail(tmp / 'backsync-setup.log')}")
+        subscriptions = sandbox.event_subscriptions
+        if not subscriptions:
+            raise RuntimeError("ctdd dotdigital setup created no events subscription")
+        subscription = subscriptions[0]["id"]
+        serve = spawn(["serve", "--config", str(config), "--grace", "2"], tmp / "backsync.log", **env)
+        try:
+            await wait_port(port, serve)
+            now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            customers = [fake.add("customers", k_customer(i, now)) for i in range(changes)]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = pb_grpc.SyncServiceStub(ch)
+                for body in customers:
+                    await stub.TrackEvent(pb.TrackEventRequest(
+                        store_key="uk", commercetools_delivery=k_created(fake.project_key, body)))
+            await wait_settled(tmp / "backsync.db", 60)
+            # the sign-ups came back as events of the feed: read and applied (nothing to write) before measuring
+            await wait_until(lambda: sandbox.queued_events(subscription) == 0, 60, "the sign-ups' events read")
+            if serve.poll() is not None:
+                raise RuntimeError(f"ctdd serve exited: {log_tail(tmp / 'backsync.log')}")
+            log(f"(k) {changes} customers signed up; {changes} preference-centre changes over {spread:.0f}s ...")
+
+            changed: dict[str, float] = {}
+            t0 = time.monotonic()
+            for i in range(changes):
+                await asyncio.sleep(max(0.0, t0 + i * spread / changes - time.monotonic()))
+                changed[f"k-{i}"] = time.time()
+                if i % 2 == 0:
+                    sandbox.preference_centre(email=f"k{i}@bench.example", data_fields={"FIRSTNAME": f"K{i}"})
+                else:
+                    sandbox.preference_centre(email=f"k{i}@bench.example", preferences={K_PREFERENCE: True})
+
+            def writes() -> dict[str, float]:
+                first: dict[str, float] = {}
+                prefix = f"/{fake.project_key}/customers/"
+                for r in list(fake.requests):
+                    if r.method == "POST" and r.path.startswith(prefix) and 200 <= r.status < 300:
+                        cid = r.path[len(prefix):]
+                        if cid in changed and r.at >= changed[cid]:
+                            first.setdefault(cid, r.at)
+                return first
+
+            try:
+                await wait_until(lambda: len(writes()) == changes, 120, "every change written to commercetools", 0.2)
+            except RuntimeError as exc:
+                out["error"] = str(exc)
+            written = writes()
+            lat = sorted(written[c] - changed[c] for c in written)
+
+            def pct(p: float) -> float | None:
+                return round(lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else None
+
+            correct = sum(1 for i in range(changes) if (fake.get("customers", f"k-{i}") or {}).get("firstName") == f"K{i}"
+                          or (i % 2 and fake.get("customers", f"k-{i}")["custom"]["fields"].get("dd-prefOffers") is True))
+            out["latency"] = {"changes": changes, "written": len(written), "final_values_correct": correct,
+                              "p50_seconds": pct(0.50), "p90_seconds": pct(0.90), "p99_seconds": pct(0.99),
+                              "max_seconds": round(lat[-1], 2) if lat else None,
+                              "hosted_connector_polling_seconds": HOSTED_CONNECTOR_SECONDS}
+
+            # idle: nothing changes; every request the sandbox gets over ``idle`` seconds, from one feed read on
+            log(f"(k) idle account: counting Dotdigital calls over {idle:.0f}s ...")
+            mark = len(sandbox.requests)
+            await wait_until(lambda: any(is_event_read(r) for r in sandbox.requests[mark:]), 60, "an events read")
+            start = next(r.at for r in sandbox.requests[mark:] if is_event_read(r))
+            await asyncio.sleep(max(0.0, start + idle - time.time()) + 0.5)
+            window = [r for r in sandbox.requests[mark:] if start <= r.at < start + idle]
+            reads = [r.at for r in window if is_event_read(r)]
+            gaps = [b - a for a, b in zip(reads, reads[1:])]
+            if serve.poll() is not None:
+                out["error"] = f"ctdd serve exited: {log_tail(tmp / 'backsync.log')}"
+        finally:
+            stop(serve)
+        out["idle"] = {"window_seconds": idle, "calls": len(window), "calls_by_kind": _calls_by_kind(window),
+                       "calls_per_hour": round(len(window) * 3600 / idle, 1),
+                       "events_reads_per_hour_from_intervals": round(3600 / statistics.mean(gaps), 1) if gaps else None,
+                       "note": "the window starts at one read of the events feed and ends `window_seconds` later "
+                               "(half-open), so a feed reading every 15 s is counted 4 times a minute; the polling "
+                               "feeds reconcile every reconcile_interval_seconds (6 h) and may or may not fall in it"}
+    out["targets"] = {"p99_seconds_max": TARGETS["k_p99_seconds_max"],
+                      "idle_calls_per_hour_max": TARGETS["k_idle_calls_per_hour_max"]}
+    out["met"] = {"p99": out["latency"]["p99_seconds"] is not None and out["latency"]["written"] == changes
+                  and out["latency"]["p99_seconds"] < TARGETS["k_p99_seconds_max"],
+                  "idle_calls_per_hour": out["idle"]["calls_per_hour"] <= TARGETS["k_idle_calls_per_hour_max"]}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
 def python_loop_speed(n: int = 3_000_000, runs: int = 3) -> dict:
     """How fast this machine runs plain interpreter code on one core (best of ``runs``): the figures of this
     benchmark that are bound by the interpreter (ingest, a worker's deliveries per CPU second) scale with it,
@@ -1790,7 +1989,7 @@ def python_loop_speed(n: int = 3_000_000, runs: int = 3) -> dict:
 async def main(argv: list[str]) -> int:
     global EVENT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j", help="comma-separated parts: a,b,c,d,e,f,g,h,i,j")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k", help="comma-separated parts: a,b,c,d,e,f,g,h,i,j,k")
     parser.add_argument("--event", choices=("track", "sync"), default=EVENT)
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per ingest measurement")
     parser.add_argument("--apply-events", type=int, default=APPLY_EVENTS,
@@ -1799,6 +1998,11 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--apply-window", type=float, default=15.0,
                         help="(g)-(i): at most this many seconds measured per drain")
     parser.add_argument("--latency-duration", type=float, default=8.0, help="(j): seconds of sending per run")
+    parser.add_argument("--backsync-changes", type=int, default=60, help="(k): preference-centre changes (customers)")
+    parser.add_argument("--backsync-spread", type=float, default=60.0,
+                        help="(k): seconds the changes are spread over")
+    parser.add_argument("--backsync-idle", type=float, default=60.0,
+                        help="(k): seconds of the idle account whose Dotdigital calls are counted")
     args = parser.parse_args(argv)
     EVENT = args.event
     parts = set(args.only.split(","))
@@ -1852,6 +2056,10 @@ async def main(argv: list[str]) -> int:
                 result["j_latency_rates"] = await bench_latency_rates(tmp, args.latency_duration)
             else:
                 result["j_latency_rates"] = {"error": "(j) measures TrackEvent: run without --event sync"}
+        if "k" in parts:
+            log("(k) back-sync latency and idle calls ...")
+            result["k_backsync"] = await bench_backsync(tmp, changes=args.backsync_changes,
+                                                        spread=args.backsync_spread, idle=args.backsync_idle)
     result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     return 0

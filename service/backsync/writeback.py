@@ -21,7 +21,11 @@ Rules (``ctdd.domain.writeback_rules``):
 1. **A newer commercetools change wins.** A field is skipped when ctdd-sync holds a newer value of it (its
    ``field_state`` time, the ``lastModifiedAt`` commercetools sent it with, is later than the change), or when
    commercetools was modified after the change (``lastModifiedAt``) and the field there is not what ctdd-sync
-   last knew of it.
+   last knew of it. The back-sync's own writes are no shop change: each write is remembered (``writeback_write``:
+   the version commercetools answered it with, and the resource's last modification before it), and while the
+   resource is still at that version its ``lastModifiedAt`` is replaced by that earlier one
+   (``writeback_rules.shop_modified_at``). So a submission that changes a name and a preference writes both,
+   while a shop write made in between moves the version on and still wins.
 2. **Idempotent.** A field commercetools already holds is not written; a change older than one applied
    before is skipped by rule 1. Applying the same changes again (the reader re-reads after a crash) writes
    nothing more.
@@ -53,19 +57,21 @@ from ctdd.commercetools.client import custom_object_key_for_email
 from ctdd.commercetools.errors import CommercetoolsConflict, CommercetoolsError
 from ctdd.config import Settings, StoreConfig
 from ctdd.db.engine import utcnow
-from ctdd.db.models import Contact, ContactIdentifier, FieldState
+from ctdd.db.models import Contact, ContactIdentifier, FieldState, WritebackWrite
 from ctdd.db.transactions import run_in_transaction
 from ctdd.domain.commerce import parse_ts
 from ctdd.domain.dotdigital_changes import LISTS, PREFERENCES, PROFILE, UNSUBSCRIBE, ContactChange
 from ctdd.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
 from ctdd.domain.writeback_rules import (
-    NEWER, UNCHANGED, WRITE, decide, flag_of, flag_value, is_newer_known, profile_value,
+    NEWER, UNCHANGED, WRITE, decide, flag_of, flag_value, is_newer_known, profile_value, shop_modified_at,
 )
 
 log = logging.getLogger(__name__)
 
 #: the feed name an unsubscribe of the events feed carries on the opt-out path
 EVENTS_FEED = "events"
+#: ``writeback_write.resource_type`` of a customer and of a guest's CustomObject
+CUSTOMER, GUEST_OBJECT = "customer", "key-value-document"
 
 
 class WritebackRetryable(Exception):
@@ -248,6 +254,41 @@ def record_change(session: Session, settings: Settings, change: ContactChange, t
     return found
 
 
+@dataclass(frozen=True)
+class OwnWrite:
+    """The back-sync's last write of a commercetools resource (a ``writeback_write`` row)."""
+
+    version: int | None = None
+    shop_modified_at: datetime | None = None
+
+    def shop_modified(self, resource: Mapping[str, Any]) -> datetime | None:
+        """``resource``'s last modification by anyone but the back-sync."""
+        raw = resource.get("lastModifiedAt")
+        modified = parse_ts(raw) if isinstance(raw, str) else None
+        return shop_modified_at(modified, resource.get("version"), self.version, self.shop_modified_at)
+
+
+def own_write(session: Session, project: str, resource_type: str, resource_id: str) -> OwnWrite:
+    row = session.get(WritebackWrite, (project, resource_type, resource_id))
+    return OwnWrite() if row is None else OwnWrite(row.version, _aware(row.shop_modified_at))
+
+
+def remember_write(session: Session, project: str, resource_type: str, resource_id: str, version: Any,
+                   shop_modified: datetime | None) -> None:
+    """Remember that commercetools answered the back-sync's write with ``version`` (``None``: the resource is
+    gone, forget it), ``shop_modified`` being the last modification by anyone else before that write."""
+    row = session.get(WritebackWrite, (project, resource_type, resource_id))
+    if not isinstance(version, int) or isinstance(version, bool):
+        if row is not None:
+            session.delete(row)
+        return
+    if row is None:
+        session.add(WritebackWrite(project_key=project, resource_type=resource_type, resource_id=resource_id,
+                                   version=version, shop_modified_at=shop_modified, updated_at=utcnow()))
+        return
+    row.version, row.shop_modified_at, row.updated_at = version, shop_modified, utcnow()
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -331,18 +372,31 @@ class _Writer:
         report.opt_outs.opt_outs += 1
         await self.opt_outs.handle_opt_out(change.account, opt_out, report.opt_outs)
 
+    # -- the back-sync's own writes (``writeback_write``) ------------------------------------------
+    async def _own_write(self, project: str, resource_type: str, resource_id: str) -> OwnWrite:
+        return await asyncio.to_thread(
+            run_in_transaction, self.engine, lambda s: own_write(s, project, resource_type, resource_id))
+
+    async def _remember_write(self, project: str, resource_type: str, resource_id: str, version: Any,
+                              shop_modified: datetime | None) -> None:
+        await asyncio.to_thread(run_in_transaction, self.engine, lambda s: remember_write(
+            s, project, resource_type, resource_id, version, shop_modified))
+
     # -- commercetools --------------------------------------------------------------------------
     async def _write_customer(self, store: StoreConfig, customer_id: str, change: ContactChange,
                               targets: list[Target], found: Found, report: WritebackReport) -> None:
         client = self.ct.get(store)
         occurred = _aware(change.occurred_at)
         decided: dict[str, str] = {}
+        project = store.commercetools_project
+        own = await self._own_write(project, CUSTOMER, customer_id)
+        shop_modified: list[datetime | None] = [None]
 
         async def make_actions(customer: dict) -> list[dict]:
             decided.clear()
             fields = (customer.get("custom") or {}).get("fields") or {}
             types = await self.opt_outs.field_types_of(client, customer) if any(t.flag for t in targets) else {}
-            modified = parse_ts(customer.get("lastModifiedAt")) if isinstance(customer.get("lastModifiedAt"), str) else None
+            modified = shop_modified[0] = own.shop_modified(customer)
             actions = []
             for target in targets:
                 if target.flag:
@@ -381,8 +435,12 @@ class _Writer:
         if updated is None:
             log.info("write-back: customer %s no longer exists in commercetools", customer_id)
             report.no_target += 1
+            if own.version is not None:
+                await self._remember_write(project, CUSTOMER, customer_id, None, None)
             return
         written = [name for name, outcome in decided.items() if outcome == WRITE]
+        if written:
+            await self._remember_write(project, CUSTOMER, customer_id, updated.get("version"), shop_modified[0])
         report.fields_written += len(written)
         report.unchanged += sum(1 for o in decided.values() if o == UNCHANGED)
         report.skipped_newer += sum(1 for o in decided.values() if o == NEWER)
@@ -413,11 +471,13 @@ class _Writer:
                          if (s.commercetools, s.consent.guest_container) == (client_name, container))
             client = self.ct.get(store)
             targets = _merge(targets)
+            project, object_id = store.commercetools_project, f"{container}/{key}"
+            own = await self._own_write(project, GUEST_OBJECT, object_id)
             try:
                 for attempt in range(5):
                     existing = await client.get_custom_object(container, key)
                     value = dict(existing.get("value") or {}) if existing and isinstance(existing.get("value"), dict) else {}
-                    modified = parse_ts(existing.get("lastModifiedAt")) if existing else None
+                    modified = own.shop_modified(existing) if existing else None
                     outcomes: dict[str, str] = {}
                     changes: dict[str, Any] = {}
                     for target in targets:
@@ -433,12 +493,13 @@ class _Writer:
                         value.update(changes)
                         value.update({"email": found.email, "source": "dotdigital"})
                         try:
-                            await client.upsert_custom_object(container, key, value,
-                                                              version=existing["version"] if existing else None)
+                            written = await client.upsert_custom_object(
+                                container, key, value, version=existing["version"] if existing else None)
                         except CommercetoolsConflict:
                             if attempt == 4:
                                 raise
                             continue
+                        await self._remember_write(project, GUEST_OBJECT, object_id, written.get("version"), modified)
                         report.guests_written += 1
                         log.info("write-back: %s written to guest object %s/%s", ", ".join(sorted(changes)),
                                  container, key[:12])

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ctdd.db.transactions import INTEGRITY_RETRIES, UnitOfWork, lost_race, run_in_transaction
+from ctdd.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,14 @@ class GroupCommitRunner:
         if committer is None or committer.done():
             self._kick = asyncio.Event()
             # an empty context: the committer outlives the call that started it, whose span (trace) it must not
-            # lend to the units of later calls (a unit that needs its call's context carries it: ctdd.ingest.plans)
+            # lend to the units of later calls (each unit runs in its own caller's context: below)
             committer = self._committer = asyncio.get_running_loop().create_task(
                 self._commit_loop(), name="group-commit", context=contextvars.Context())
+        if tracing_enabled() and callable(fn) and not self.batchable(fn):
+            # applied by the committer, in a thread: in the caller's context, so that what it enqueues keeps the
+            # caller's trace (a set-based plan carries its own: ctdd.ingest.plans; a subclass's items that are
+            # not units of work, such as the inbox writer's, are left as they are)
+            fn = _in_context(fn, contextvars.copy_context())
         future = committer.get_loop().create_future()
         self._queue.append((fn, future))
         assert self._kick is not None
@@ -278,3 +284,10 @@ class GroupCommitRunner:
             return True, run_in_transaction(self.engine, unit)
         except Exception as exc:
             return False, exc
+
+
+def _in_context(fn: UnitOfWork[T], context: contextvars.Context) -> UnitOfWork[T]:
+    """``fn`` run in ``context`` (each call: a unit may be applied again after a lost race)."""
+    def unit(session: Session) -> T:
+        return context.run(fn, session)
+    return unit

@@ -324,6 +324,27 @@ class BacksyncCursor(SQLModel, table=True):
     updated_at: datetime
 
 
+class WritebackWrite(SQLModel, table=True):
+    """The back-sync's last write of one commercetools resource (``ctdd.backsync.writeback``): the version
+    commercetools answered the write with, and the last modification of the resource by anyone else before it.
+
+    While the resource is still at ``version``, its ``lastModifiedAt`` is the back-sync's own write, not a shop
+    change: a Dotdigital change is weighed against ``shop_modified_at`` instead. Any other write moves the
+    version on, and its ``lastModifiedAt`` counts again.
+    """
+
+    __tablename__ = "writeback_write"
+
+    project_key: str = Field(primary_key=True, max_length=100)
+    #: ``customer`` or ``key-value-document`` (a guest's CustomObject)
+    resource_type: str = Field(primary_key=True, max_length=50)
+    #: the customer id, or ``<container>/<key>`` of the CustomObject
+    resource_id: str = Field(primary_key=True, max_length=300)
+    version: int = Field(sa_type=sa.BigInteger)
+    shop_modified_at: Optional[datetime] = None
+    updated_at: datetime
+
+
 class InboxStatus:
     """Lifecycle of a queued event: ``pending`` -> ``done`` (applied, or found duplicate/stale/ignored),
     ``rejected`` (can never be applied: logged in ``rejected_record``) or ``failed`` (retryable errors

@@ -11,6 +11,13 @@ time; :func:`decide` says what to do:
   what ctdd-sync last knew (commercetools changed it meanwhile, and its notification is still on the way);
 - ``UNCHANGED``: commercetools already holds the value (the same change applied twice writes once);
 - ``WRITE``: write it.
+
+The back-sync's own writes move ``lastModifiedAt`` too, so one preference-centre submission that changes a name
+and a preference would see its second change "older" than commercetools after writing the first.
+:func:`shop_modified_at` takes the resource's ``lastModifiedAt`` as the shop's only when it is not the back-sync's
+own write: while the resource is still at the version commercetools answered that write with, the last shop
+modification is the one before it (remembered with the write). Any other write moves the version on and
+counts again.
 """
 
 from __future__ import annotations
@@ -53,6 +60,17 @@ def profile_value(target_field: str, value: Any) -> Any:
     if target_field.startswith("custom."):
         return value
     return str(value)
+
+
+def shop_modified_at(modified_at: datetime | None, version: Any, own_version: int | None,
+                     own_shop_modified_at: datetime | None) -> datetime | None:
+    """The last modification of a commercetools resource by anyone but the back-sync: its ``lastModifiedAt``,
+    unless the resource is still at ``own_version``, the version the back-sync's own last write produced; then
+    ``own_shop_modified_at``, the shop's last modification before that write."""
+    if own_version is not None and isinstance(version, int) and not isinstance(version, bool) \
+            and version == own_version:
+        return own_shop_modified_at
+    return modified_at
 
 
 def is_newer_known(remembered_at: datetime | None, occurred_at: datetime) -> bool:

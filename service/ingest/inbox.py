@@ -331,6 +331,16 @@ def _lock_applies(session: Session, units: list[Any]) -> None:
 
 
 @dataclass
+class _InFlight:
+    """A claimed batch whose units are queued on the runner (``InboxProcessor._claim_and_submit``)."""
+
+    claimed: list[ClaimedEvent]
+    ready: list[tuple[ClaimedEvent, list[Step]]]
+    failures: list["_Failure"]
+    futures: list[asyncio.Future]
+
+
+@dataclass
 class _Failure:
     event: ClaimedEvent
     error: str
@@ -403,6 +413,8 @@ class InboxProcessor:
         self.on_enqueued = on_enqueued or (lambda: None)
         set_based = (dict(set_apply=self._apply_set, batchable=_set_based) if settings.set_based_apply else {})
         self.runner = GroupCommitRunner(engine, max_batch=self.cfg.batch_size, on_begin=_lock_applies, **set_based)
+        #: claim the next batch while one is applied (see run)
+        self._pipelined = engine.dialect.name == "postgresql"
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -432,23 +444,28 @@ class InboxProcessor:
         await asyncio.to_thread(release, self.engine, worker=self.worker_id)
 
     async def run(self) -> None:
+        """Claim, prepare and apply batches until stopped. On PostgreSQL, while a full batch is being applied (in
+        the group commit's thread), the next one is claimed and prepared: its database round trips and its
+        parsing overlap the apply instead of waiting for it. Its units are queued behind the batch in hand, so the
+        runner still applies them in arrival order. (Not on SQLite: the claim is a write, which would wait for
+        the apply's write lock in SQLite's busy handler, sleeping longer than the apply takes.)"""
         next_purge = 0.0
+        in_flight: _InFlight | None = None
         while not self._stopping:
+            claimed = 0
             try:
-                claimed = await self.run_once()
+                following = await self._claim_and_submit()
+                if in_flight is not None:
+                    await self._finish(in_flight)
+                in_flight = following
+                claimed = len(following.claimed) if following is not None else 0
+                if in_flight is not None and (claimed < self.cfg.batch_size or not self._pipelined):
+                    # no more work waiting: finish this one before sleeping
+                    await self._finish(in_flight)
+                    in_flight = None
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
-                    purged = await asyncio.to_thread(
-                        purge_finished, self.engine,
-                        older_than=utcnow() - timedelta(days=self.cfg.retention_days))
-                    if purged:
-                        log.info("purged %d finished queued event(s) older than %s days", purged,
-                                 self.cfg.retention_days)
-                    rejected_days = self.settings.service.rejected_retention_days
-                    purged = await asyncio.to_thread(
-                        purge_rejected, self.engine, older_than=utcnow() - timedelta(days=rejected_days))
-                    if purged:
-                        log.info("purged %d rejected record(s) older than %s days", purged, rejected_days)
+                    await self._purge()
             except Exception:
                 log.exception("inbox processing failed; retrying shortly")
                 claimed = 0
@@ -462,13 +479,34 @@ class InboxProcessor:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.poll_interval_seconds)
             except asyncio.TimeoutError:
                 pass
+        if in_flight is not None:  # stopping: the batch in hand is finished, not abandoned
+            await self._finish(in_flight)
+
+    async def _purge(self) -> None:
+        purged = await asyncio.to_thread(purge_finished, self.engine,
+                                         older_than=utcnow() - timedelta(days=self.cfg.retention_days))
+        if purged:
+            log.info("purged %d finished queued event(s) older than %s days", purged, self.cfg.retention_days)
+        rejected_days = self.settings.service.rejected_retention_days
+        purged = await asyncio.to_thread(purge_rejected, self.engine,
+                                         older_than=utcnow() - timedelta(days=rejected_days))
+        if purged:
+            log.info("purged %d rejected record(s) older than %s days", purged, rejected_days)
 
     async def run_once(self) -> int:
         """Process one batch of due events; returns how many were claimed."""
+        flight = await self._claim_and_submit()
+        if flight is None:
+            return 0
+        await self._finish(flight)
+        return len(flight.claimed)
+
+    async def _claim_and_submit(self) -> "_InFlight | None":
+        """Claim a batch, prepare it and queue its units on the runner (in arrival order); None: nothing due."""
         claimed = await asyncio.to_thread(claim, self.engine, worker=self.worker_id, limit=self.cfg.batch_size,
                                           lease_seconds=self.cfg.lease_seconds)
         if not claimed:
-            return 0
+            return None
         prepared: list[Any] = [self._prepare_at_once(e) for e in claimed]
         waiting = [i for i, p in enumerate(prepared) if p is None]
         if waiting:  # those that may need commercetools: concurrently
@@ -476,11 +514,15 @@ class InboxProcessor:
                 prepared[i] = p
         failures = [p for p in prepared if isinstance(p, _Failure)]
         ready = [(e, p) for e, p in zip(claimed, prepared) if not isinstance(p, _Failure)]
-        # Queued in arrival order, so the runner applies the units in arrival order.
-        results = await asyncio.gather(*[self.runner.submit(self._unit(e, steps)) for e, steps in ready],
-                                       return_exceptions=True)
+        futures = [self.runner.submit(self._unit(e, steps)) for e, steps in ready]
+        return _InFlight(claimed, ready, failures, futures)
+
+    async def _finish(self, flight: "_InFlight") -> None:
+        """Wait for a submitted batch's units, then record its failures and counts."""
+        results = await asyncio.gather(*flight.futures, return_exceptions=True)
+        failures = list(flight.failures)
         enqueued = False
-        for (event, _), result in zip(ready, results):
+        for (event, _), result in zip(flight.ready, results):
             if isinstance(result, _TakenOver):
                 log.info("queued event %d was taken over by another processor; skipped", event.id)
             elif isinstance(result, BaseException):
@@ -497,7 +539,6 @@ class InboxProcessor:
         self.stats["batches"] += 1
         if enqueued:
             self.on_enqueued()
-        return len(claimed)
 
     def _prepare_at_once(self, event: ClaimedEvent) -> list[Step] | _Failure | None:
         """The steps of an event that needs no I/O to prepare (``PrepareStored.at_once``), else None."""

@@ -201,12 +201,15 @@ _SOURCES_LOCK = threading.Lock()
 
 
 def register(source: HealthMetrics) -> None:
-    """Observe ``source`` from now on; the auth-pause gauge starts at 0 for its accounts not paused."""
+    """Observe ``source`` from now on. In a process that delivers (it has the account guard, which sets the
+    auth-pause gauge on every change), that gauge starts at 0 for the accounts not paused; a process without a
+    dispatcher (``ctdd serve --no-dispatcher``) leaves it to the workers."""
     with _SOURCES_LOCK:
         _SOURCES.append(source)
-    for account in source.settings.accounts:
-        if source.guard is None or not source.guard.is_paused(account):
-            account_paused.set(0, {"account": account})
+    if source.guard is not None:
+        for account in source.settings.accounts:
+            if not source.guard.is_paused(account):
+                account_paused.set(0, {"account": account})
 
 
 def unregister(source: HealthMetrics) -> None:

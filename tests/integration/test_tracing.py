@@ -154,3 +154,41 @@ def test_without_a_tracer_provider_nothing_is_instrumented():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+async def test_group_commit_units_run_in_their_callers_trace(sqlite_url):
+    """The group commit's committer applies the units of many calls: each in its own caller's context (what it
+    enqueues keeps that caller's trace), never in the context of the call that started the committer."""
+    import asyncio
+
+    from opentelemetry import trace
+
+    from ctdd.db.engine import create_db_engine, upgrade_database
+    from ctdd.db.group_commit import GroupCommitRunner
+
+    engine = create_db_engine(sqlite_url)
+    upgrade_database(engine)
+    runner = GroupCommitRunner(engine)
+    tracer = trace.get_tracer("test")
+    seen: dict[str, int] = {}
+
+    def unit(name: str):
+        def apply(session):
+            seen[name] = trace.get_current_span().get_span_context().trace_id
+            return name
+        return apply
+
+    async def call(name: str) -> int:
+        with tracer.start_as_current_span(name) as span:
+            assert await runner.run(unit(name)) == name
+            return span.get_span_context().trace_id
+
+    try:
+        first = await call("first")
+        later = await asyncio.gather(*(call(f"call-{i}") for i in range(5)))
+    finally:
+        await runner.close()
+        engine.dispose()
+    assert seen["first"] == first
+    assert [seen[f"call-{i}"] for i in range(5)] == later
+    assert len(set(later)) == 5 and first not in later

@@ -19,7 +19,8 @@ from ctdd.backsync.writeback import WritebackRetryable, apply_changes
 from ctdd.commercetools.clients import CommercetoolsClients
 from ctdd.config import BacksyncConfig, ConfigError, replace, settings_from_mapping
 from ctdd.domain.dotdigital_changes import LISTS, PREFERENCES, PROFILE, UNSUBSCRIBE, ContactChange
-from ctdd.domain.writeback_rules import NEWER, UNCHANGED, WRITE, decide, flag_value, profile_value
+from ctdd.domain.writeback_rules import (NEWER, UNCHANGED, WRITE, decide, flag_value, profile_value,
+                                         shop_modified_at)
 from ctdd.testing.commercetools_fake import FakeCommercetools
 
 TYPE_ID = "type-dd-consent"
@@ -226,6 +227,57 @@ async def test_a_commercetools_change_made_meanwhile_is_not_overwritten(svc, ct_
     assert sandbox.get_contact(email="ann@example.com")["dataFields"]["FIRSTNAME"] == "Anna"
 
 
+async def test_one_submission_changing_a_name_and_a_preference_writes_both(svc, ct_clients, sandbox, fake_ct):
+    """Writing the name moves the customer's lastModifiedAt past the submission's time: that is the back-sync's
+    own write (commercetools answered it with that version), not a newer shop change."""
+    dd_id = await sign_up(svc, fake_ct, "cust-9", "ida@example.com", **{"dd-prefOffers": True})
+    at = datetime.now(timezone.utc) - timedelta(seconds=5)
+    submission = [change(PROFILE, at=at, event="e1", dotdigital_contact_id=dd_id, data_fields={"FIRSTNAME": "Ida"}),
+                  change(PREFERENCES, at=at, event="e2", dotdigital_contact_id=dd_id, preferences={OFFERS: False})]
+    report = await apply(svc, ct_clients, *submission)
+    assert (report.customers_written, report.fields_written, report.skipped_newer) == (2, 2, 0)
+    customer = fake_ct.get("customers", "cust-9")
+    assert (customer["firstName"], customer["custom"]["fields"]["dd-prefOffers"]) == ("Ida", False)
+    [own] = svc.rows("SELECT version FROM writeback_write WHERE resource_id = 'cust-9'")
+    assert own["version"] == customer["version"]
+    # read again after a crash before the checkpoint (a new writer: what it knows of its writes is stored)
+    again = await apply(svc, ct_clients, *submission)
+    assert (again.fields_written, again.unchanged, again.skipped_newer) == (0, 2, 0)
+    assert fake_ct.get("customers", "cust-9")["version"] == customer["version"]
+
+
+async def test_one_submission_reaches_a_guest_object_the_shop_filled(svc, ct_clients, sandbox, fake_ct):
+    await guest(svc, "gil@example.com")
+    key = hashlib.sha256(b"gil@example.com").hexdigest()
+    fake_ct.add("custom-objects", {"container": "dd-consent", "key": key, "lastModifiedAt": "2026-01-01T00:00:00.000Z",
+                                   "value": {"email": "gil@example.com", "dd-listVip": True}})
+    at = datetime.now(timezone.utc) - timedelta(seconds=5)
+    report = await apply(svc, ct_clients, change(PREFERENCES, at=at, email="gil@example.com", preferences={OFFERS: True}),
+                         change(LISTS, at=at, email="gil@example.com", lists={VIP: False}))
+    assert (report.guests_written, report.fields_written, report.skipped_newer) == (2, 2, 0)
+    assert guest_object(fake_ct, "gil@example.com")["value"]["dd-listVip"] is False
+
+
+async def test_a_shop_change_between_two_changes_of_a_submission_still_wins(svc, ct_clients, sandbox, fake_ct):
+    dd_id = await sign_up(svc, fake_ct, "cust-10", "bo@example.com")
+    at = datetime.now(timezone.utc) - timedelta(seconds=5)
+    named = await apply(svc, ct_clients, change(PROFILE, at=at, dotdigital_contact_id=dd_id,
+                                                data_fields={"FIRSTNAME": "Bo"}))
+    assert named.fields_written == 1
+    # the customer unticks the offers in the shop after the submission; its notification is still on the way
+    custom = fake_ct.get("customers", "cust-10")["custom"]
+    fake_ct.bump_version("customers", "cust-10", custom={**custom, "fields": {**custom["fields"],
+                                                                               "dd-prefOffers": False}})
+    late = await apply(svc, ct_clients, change(PREFERENCES, at=at, dotdigital_contact_id=dd_id,
+                                               preferences={OFFERS: True}))
+    assert (late.skipped_newer, late.fields_written) == (1, 0)
+    assert fields_of(fake_ct, "cust-10")["dd-prefOffers"] is False
+    # a Dotdigital change made after the shop's is written
+    newer = await apply(svc, ct_clients, change(PREFERENCES, dotdigital_contact_id=dd_id, preferences={OFFERS: True},
+                                                at=datetime.now(timezone.utc) + timedelta(seconds=1)))
+    assert newer.fields_written == 1 and fields_of(fake_ct, "cust-10")["dd-prefOffers"] is True
+
+
 async def test_a_batch_applied_twice_writes_once(svc, ct_clients, sandbox, fake_ct):
     dd_id = await sign_up(svc, fake_ct, "cust-5", "max@example.com", **{"dd-prefOffers": True})
     at = datetime.now(timezone.utc)
@@ -325,6 +377,9 @@ def test_the_rules_of_one_field():
     assert decide(current=None, target=True, occurred_at=t, modified_at=later, remembered=True,
                   remembered_value=False, absent_is_decision=False) == WRITE
     assert decide(current=None, modified_at=later, remembered=True, remembered_value="Jane", **base) == NEWER
+    # the resource is still at the version of the back-sync's own write: the shop's time is the one before it
+    assert shop_modified_at(later, 5, 5, earlier) == earlier
+    assert shop_modified_at(later, 6, 5, earlier) == later and shop_modified_at(later, 5, None, None) == later
     assert flag_value(False, None, "Enum") == "optedOut" and flag_value(True, None, "Boolean") is True
     assert flag_value(True, "optedOut", None) == "optedIn" and flag_value(False, True, "Enum") is False
     assert profile_value("dateOfBirth", "1990-05-01T00:00:00") == "1990-05-01"

@@ -397,9 +397,13 @@ def _future(settings: Settings) -> str:
             "clock (max_clock_skew_seconds)")
 
 
-def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_key: str) -> BehaviouralEventInput:
-    """Validate a typed behavioural event; return a ``BehaviouralEventInput`` or raise InvalidRequest."""
-    event = _behavioural_event(msg, build=True, settings=settings)
+def parse_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings, store_key: str, *,
+                            scanned: bool = False) -> BehaviouralEventInput:
+    """Validate a typed behavioural event; return a ``BehaviouralEventInput`` or raise InvalidRequest.
+
+    ``scanned``: the event is one the inbox stored after :func:`check_behavioural_event` accepted it, so the scan of
+    every string and number for NUL, NaN and Infinity (about a third of parsing) is not repeated."""
+    event = _behavioural_event(msg, build=True, settings=settings, scan=not scanned)
     assert event is not None
     return event
 
@@ -412,14 +416,15 @@ def check_behavioural_event(msg: pb.BehaviouralEvent, settings: Settings | None 
     return msg.event_id.strip()
 
 
-def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool,
-                       settings: Settings | None = None) -> BehaviouralEventInput | None:
+def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Settings | None = None,
+                       scan: bool = True) -> BehaviouralEventInput | None:
     v: list[Violation] = []
     event_id = msg.event_id
     if not event_id.strip():
         v.append(Violation("behavioural_event.event_id", "required (it is the deduplication key)"))
     _check_len(v, "behavioural_event.event_id", event_id, MAX_EVENT_ID)
-    _scan(v, "behavioural_event", msg)
+    if scan:
+        _scan(v, "behavioural_event", msg)
     if v:  # a NUL, NaN or Infinity: not converted further
         raise InvalidRequest(v)
     if msg.currency and not (len(msg.currency) == 3 and msg.currency.isascii() and msg.currency.isalpha()):

@@ -76,7 +76,7 @@ def stored_request_preparer(events: EventProcessor, settings: Settings) -> Prepa
             request = pb.TrackEventRequest.FromString(stored)
             if _check(settings, request) == "commercetools_delivery":
                 return None
-            event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
+            event = parse_behavioural_event(request.behavioural_event, settings, request.store_key, scanned=True)
             return [events.prepare_behavioural(request.store_key, event, priority=priority_of(request))]
         except InvalidRequest as exc:
             raise InvalidEvent(str(exc) or "invalid request") from exc

@@ -23,7 +23,8 @@ Traces that join up (W3C Trace Context, https://www.w3.org/TR/trace-context/):
   forward on as gRPC metadata (:func:`carrier_from_attributes`, :func:`trace_metadata`);
 - every outbox message keeps the W3C context of the span that enqueued it (``trace`` in its payload); the
   delivery spans ``deliver <kind>`` / ``deliver bulk <kind>`` (consumer, one per attempt) link to it: a
-  delivery runs later, in another process perhaps, so it is linked rather than a child;
+  delivery runs later, in another process perhaps, so it is linked rather than a child; a queued TrackEvent keeps
+  its call's context in its inbox row and is applied in it (:func:`context_from_carrier`, ``ctdd.ingest.inbox``);
 - each HTTP call to Dotdigital and commercetools is a client span (``opentelemetry-instrumentation-httpx``,
   :func:`traced_transport`, :func:`instrument_httpx_client`), a child of the span that made it; its URL
   attributes are redacted (an email address in a Dotdigital path is never put on a span).
@@ -40,10 +41,12 @@ lag) and the process's rate budget are observed by ``ctdd.runtime.metrics``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 from typing import ContextManager, Sequence
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.propagate import extract, inject
 
@@ -202,6 +205,20 @@ def current_trace_carrier() -> dict[str, str]:
     if tracing_enabled():
         inject(carrier)
     return carrier
+
+
+def context_from_carrier(carrier: dict[str, str] | None) -> contextvars.Context | None:
+    """A copy of the current context in which the span of ``carrier`` (a stored W3C trace context) is current:
+    work run in it (``context.run``) continues that trace, and what it enqueues links to it. None while tracing
+    is off or when ``carrier`` holds no valid span context."""
+    if not carrier or not tracing_enabled():
+        return None
+    parent = extract(carrier)
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        return None
+    context = contextvars.copy_context()
+    context.run(otel_context.attach, parent)  # never detached: the copy is dropped with what runs in it
+    return context
 
 
 def links_from_carrier(carrier: dict[str, str] | None) -> list[trace.Link]:

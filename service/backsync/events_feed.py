@@ -6,7 +6,8 @@ Per account with a store that has a commercetools client, every ``[backsync] eve
 1. **One reader per account.** The reader holds the named lease ``backsync-events:<account>`` (the ``lease``
    table, ``ctdd.programs.leases``), renewed on every read; another process sharing the database reads the
    account only once that lease lapsed (it is kept for ``max(30 s, 6 x events_interval_seconds)``). The lease's
-   ``cursor`` keeps ``{subscription_id, checkpoint}``.
+   ``cursor`` keeps ``{subscription_id, checkpoint, read_at}``: ``read_at`` (ISO 8601) is when the last read
+   whose events were all applied began, the ``ctdd.backsync.lag`` gauge's measure (:func:`read_times`).
 2. **The subscription** ``ctdd-sync-<account>`` (``ctdd dotdigital setup`` creates it) is found by name once and
    its id remembered. Without one the account is left to the polling feeds (``ctdd.backsync.feeds``), and the
    name is looked up again every ``_LOOKUP_SECONDS``.
@@ -230,7 +231,9 @@ class EventsFeed:
                 await self._store(name, cursor)
             result.subscription_id = sub_id
             checkpoint = cursor.get("checkpoint") if isinstance(cursor.get("checkpoint"), str) else None
+            unstored_read_at: str | None = None  # a read applied whose time is not stored yet (same checkpoint)
             for _ in range(_MAX_PAGES):
+                read_at = self.clock().isoformat()
                 page = await client.read_events(sub_id, checkpoint=checkpoint, limit=self.cfg.events_page_size)
                 result.reads += 1
                 if state.state != ACTIVE:
@@ -244,15 +247,22 @@ class EventsFeed:
                 if parsed.changes:
                     await self.apply(parsed.changes)  # raises: the checkpoint stays, the page is read again
                 if page.checkpoint != checkpoint:
-                    if not await self._store(name, {"subscription_id": sub_id, "checkpoint": page.checkpoint}):
+                    if not await self._store(name, {"subscription_id": sub_id, "checkpoint": page.checkpoint,
+                                                    "read_at": read_at}):
                         result.error = "lease lost"
                         break
                     checkpoint = page.checkpoint
                     result.stored += 1
+                    unstored_read_at = None
+                else:
+                    unstored_read_at = read_at
                 if len(page.events) < self.cfg.events_page_size:
                     result.caught_up = True
                     break
                 await asyncio.to_thread(leases.acquire, self.engine, name, self.owner, self.lease_seconds, utcnow())
+            if unstored_read_at is not None and result.error is None:  # caught up, nothing new: the time only
+                await self._store(name, {"subscription_id": sub_id, "checkpoint": checkpoint,
+                                         "read_at": unstored_read_at})
         except DotdigitalInactiveSubscription as exc:
             log.error("back-sync events feed: Dotdigital says subscription %s of account %s is INACTIVE (%s): events "
                       "made while it was inactive are lost; making it active again and polling the feeds to "
@@ -341,8 +351,26 @@ def _store_cursor(engine: Engine, name: str, owner: str, cursor: dict[str, Any])
 
 
 def read_checkpoint(engine: Engine, account: str) -> dict[str, Any]:
-    """The stored ``{subscription_id, checkpoint}`` of ``account`` (empty before its first read)."""
+    """The stored ``{subscription_id, checkpoint, read_at}`` of ``account`` (empty before its first read)."""
     return _read_cursor(engine, LEASE_PREFIX + account)
+
+
+def read_times(conn) -> dict[str, datetime]:
+    """Per account, when the events feed's last read whose events were all applied began (``read_at`` of the
+    lease cursors); accounts without one are left out."""
+    table = Lease.__table__
+    times: dict[str, datetime] = {}
+    for name, cursor in conn.execute(sa.select(table.c.name, table.c.cursor)
+                                     .where(table.c.name.startswith(LEASE_PREFIX, autoescape=True))).all():
+        value = cursor.get("read_at") if isinstance(cursor, dict) else None
+        if not isinstance(value, str):
+            continue
+        try:
+            read_at = datetime.fromisoformat(value)
+        except ValueError:
+            continue
+        times[name.removeprefix(LEASE_PREFIX)] = read_at
+    return times
 
 
 def writeback_apply(engine: Engine, settings: Settings, commercetools_clients) -> ApplyChanges:

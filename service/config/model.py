@@ -668,7 +668,7 @@ class InboxConfig(Section):
     """``[inbox]``: the processor of events queued with PROCESSING_QUEUED (``ctdd.ingest.inbox``)."""
 
     #: queued events claimed and applied together (one transaction: set-based, or one savepoint per event)
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(512, ge=1)
     #: a claim is held this long; a processor that died mid-batch leaves its events to the others after it
     lease_seconds: float = Field(60.0, gt=0)
     poll_interval_seconds: float = Field(1.0, gt=0)

@@ -394,6 +394,9 @@ class EventInbox(SQLModel, table=True):
     last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
     received_at: datetime
     processed_at: Optional[datetime] = None
+    #: the W3C trace context (``traceparent`` / ``tracestate``, JSON) of the call that queued the event, kept only
+    #: while tracing is on: the event is applied in it, so its outbox messages link to the caller's trace
+    trace: Optional[str] = Field(default=None, sa_type=sa.Text)
 
 
 # -- programs: cart state, durable trigger timers, enrolment calls ---------------------------------------------

@@ -41,6 +41,9 @@ because of the version and timestamp rules every event goes through (resource ve
 per-field source timestamps), the same rules that order concurrent TrackEvent calls, and each contact's
 outbox messages are numbered in the order their transactions commit (the contact's row lock).
 
+Traces: while tracing is on, a row keeps the W3C trace context of the call that queued it (``trace``), and its
+event is applied in that context, so its outbox messages link to the caller's trace (``ctdd.telemetry``).
+
 A processor killed mid-batch leaves its rows pending with a lease; when the lease expires, any processor
 claims them again (``[inbox] lease_seconds``).
 """
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -73,6 +77,7 @@ from ctdd.db.group_commit import GroupCommitRunner
 from ctdd.db.listen import NotifyListener
 from ctdd.redaction import redact_text
 from ctdd.retry import JITTER_20_PERCENT, backoff_delay
+from ctdd.telemetry import context_from_carrier, current_trace_carrier, tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,9 @@ PURGE_INTERVAL_SECONDS = 600.0
 #: 999 per statement)
 _SQLITE_ROWS_PER_INSERT = 332
 _INBOX_COLUMNS = "dedupe_key, store_key, request, status, attempts, next_attempt_at, received_at"
+#: the same while tracing is on: a fourth parameter per row, the caller's trace context (``trace``)
+_SQLITE_TRACED_ROWS_PER_INSERT = 249
+_TRACED_INBOX_COLUMNS = _INBOX_COLUMNS + ", trace"
 
 
 @functools.lru_cache(maxsize=64)
@@ -94,6 +102,15 @@ def _sqlite_insert(rows: int) -> str:
     values = ", ".join(f"(?{3 * i + 2}, ?{3 * i + 3}, ?{3 * i + 4}, '{InboxStatus.PENDING}', 0, ?1, ?1)"
                        for i in range(rows))
     return f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING dedupe_key"
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_traced_insert(rows: int) -> str:
+    """:func:`_sqlite_insert` with the ``trace`` column: four parameters per row."""
+    values = ", ".join(f"(?{4 * i + 2}, ?{4 * i + 3}, ?{4 * i + 4}, '{InboxStatus.PENDING}', 0, ?1, ?1, ?{4 * i + 5})"
+                       for i in range(rows))
+    return (f"INSERT INTO event_inbox ({_TRACED_INBOX_COLUMNS}) VALUES {values} "
+            "ON CONFLICT DO NOTHING RETURNING dedupe_key")
 
 
 # -- ingest ---------------------------------------------------------------------------------------
@@ -112,6 +129,8 @@ class QueuedEvent(NamedTuple):
     request: bytes
     #: the message id / event id, when the request carries exactly one notification
     dedupe_key: str | None
+    #: the W3C trace context of the queuing call (JSON), set by :meth:`InboxWriter.add` while tracing is on
+    trace: str | None = None
 
 
 class InboxWriter(GroupCommitRunner):
@@ -143,6 +162,11 @@ class InboxWriter(GroupCommitRunner):
     async def add(self, events: list[QueuedEvent]) -> list[bool]:
         if not events:
             return []
+        if tracing_enabled():  # in the caller's context here (not in the committer's): keep its trace
+            carrier = current_trace_carrier()
+            if carrier:
+                text = json.dumps(carrier)
+                events = [e._replace(trace=text) for e in events]
         return await self.run(events)  # type: ignore[arg-type]
 
     async def close(self) -> None:
@@ -216,8 +240,9 @@ class InboxWriter(GroupCommitRunner):
         so there is no separate lookup, and a key another process queued a moment ago is a duplicate too.
         """
         results: list[list[Any]] = []
-        rows: list[tuple[str | None, str, bytes]] = []
+        rows: list[tuple] = []
         batch_keys: set[str] = set()
+        traced = tracing_enabled()  # then each row has a fourth value: its trace context (or None)
         for item in items:
             flags: list[Any] = []  # True (new), False (duplicate) or the key, until the INSERT has answered
             for e in item:
@@ -230,15 +255,18 @@ class InboxWriter(GroupCommitRunner):
                 else:
                     batch_keys.add(key)
                     flags.append(key)
-                rows.append((key, e.store_key, e.request))
+                rows.append((key, e.store_key, e.request, e.trace) if traced else (key, e.store_key, e.request))
             results.append(flags)
-        inserted = self._insert(cursor, rows) if rows else set()
+        inserted = self._insert(cursor, rows, traced=traced) if rows else set()
         return [[flag if flag.__class__ is bool else flag in inserted for flag in flags] for flags in results]
 
-    def _insert(self, cursor: Any, rows: list[tuple[str | None, str, bytes]]) -> set[str]:
-        """INSERT the rows in order (their ids are the arrival order); the dedupe keys it inserted."""
+    def _insert(self, cursor: Any, rows: list[tuple], *, traced: bool = False) -> set[str]:
+        """INSERT the rows in order (their ids are the arrival order); the dedupe keys it inserted. ``traced``:
+        each row has a fourth value, its ``trace``."""
         now_db = self._to_db(utcnow())
         inserted: set[str] = set()
+        if traced:
+            return self._insert_traced(cursor, rows, now_db)
         if self._postgres:
             # One statement for the whole batch (executemany would cost a round trip per row).
             keys, stores, requests = (list(col) for col in zip(*rows))
@@ -257,6 +285,27 @@ class InboxWriter(GroupCommitRunner):
             inserted.update(row[0] for row in cursor.fetchall())
         return inserted
 
+    def _insert_traced(self, cursor: Any, rows: list[tuple], now_db: Any) -> set[str]:
+        """:meth:`_insert` with the ``trace`` column (only while tracing is on: the no-op path stays as it was)."""
+        inserted: set[str] = set()
+        if self._postgres:
+            keys, stores, requests, traces = (list(col) for col in zip(*rows))
+            cursor.execute(
+                f"INSERT INTO event_inbox ({_TRACED_INBOX_COLUMNS}) "
+                f"SELECT k, s, r, '{InboxStatus.PENDING}', 0, %s, %s, t "
+                "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[]) WITH ORDINALITY AS u(k, s, r, t, n) "
+                "ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key",
+                (now_db, now_db, keys, stores, requests, traces),
+            )
+            inserted.update(row[0] for row in cursor.fetchall())
+            cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            return inserted
+        for start in range(0, len(rows), _SQLITE_TRACED_ROWS_PER_INSERT):
+            chunk = rows[start:start + _SQLITE_TRACED_ROWS_PER_INSERT]
+            cursor.execute(_sqlite_traced_insert(len(chunk)), [now_db, *[value for row in chunk for value in row]])
+            inserted.update(row[0] for row in cursor.fetchall())
+        return inserted
+
 
 # -- claims and outcomes ----------------------------------------------------------------------------
 @dataclass
@@ -265,6 +314,19 @@ class ClaimedEvent:
     store_key: str
     request: bytes
     attempts: int
+    #: the W3C trace context of the call that queued it (``traceparent`` / ``tracestate``), when one was kept
+    trace: dict[str, str] | None = None
+
+
+def _trace_carrier(text: str | None) -> dict[str, str] | None:
+    """A stored ``trace`` column back as a carrier; None when absent or unreadable (the event is applied anyway)."""
+    if not text:
+        return None
+    try:
+        carrier = json.loads(text)
+    except ValueError:
+        return None
+    return carrier if isinstance(carrier, dict) else None
 
 
 def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None
@@ -283,11 +345,12 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         .where(*outbox.claimable(engine.dialect.name, INBOX.c.id, candidates,
                                  INBOX.c.status == InboxStatus.PENDING))
         .values(lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds))
-        .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts)
+        .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts, INBOX.c.trace)
     )
     with engine.begin() as conn:
         rows = conn.execute(stmt).all()
-    return sorted((ClaimedEvent(r.id, r.store_key, bytes(r.request), r.attempts) for r in rows), key=lambda e: e.id)
+    return sorted((ClaimedEvent(r.id, r.store_key, bytes(r.request), r.attempts, _trace_carrier(r.trace))
+                   for r in rows), key=lambda e: e.id)
 
 
 def release(engine: Engine, *, worker: str | None = None) -> int:
@@ -514,8 +577,21 @@ class InboxProcessor:
                 prepared[i] = p
         failures = [p for p in prepared if isinstance(p, _Failure)]
         ready = [(e, p) for e, p in zip(claimed, prepared) if not isinstance(p, _Failure)]
-        futures = [self.runner.submit(self._unit(e, steps)) for e, steps in ready]
+        futures = [self._submit(e, steps) for e, steps in ready]
         return _InFlight(claimed, ready, failures, futures)
+
+    def _submit(self, event: ClaimedEvent, steps: list[Step]) -> asyncio.Future:
+        """Queue the event's unit on the runner; with the caller's trace context kept with the event (tracing on),
+        in that context: the runner applies a unit in the context it was submitted in, and a contact plan in its
+        own ``trace_context``, so the outbox messages the event enqueues link to the caller's trace."""
+        unit = self._unit(event, steps)
+        context = context_from_carrier(event.trace) if event.trace else None
+        if context is None:
+            return self.runner.submit(unit)
+        for step in steps:
+            if isinstance(step, ContactPlan):
+                step.trace_context = context
+        return context.run(self.runner.submit, unit)
 
     async def _finish(self, flight: "_InFlight") -> None:
         """Wait for a submitted batch's units, then record its failures and counts."""

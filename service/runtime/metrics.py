@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy.engine import Engine
 
+from ctdd.backsync.events_feed import read_times
 from ctdd.config import Settings
 from ctdd.db.engine import utcnow
 from ctdd.db.models import BacksyncCursor, EnrolmentCall, EventInbox, OutboxMessage, ProgramTrigger
@@ -177,12 +178,21 @@ class HealthMetrics:
     def _read_backsync(conn, snap: HealthSnapshot, now: datetime) -> None:
         # The back-sync keeps one cursor row per account; ``last_poll_at`` is when its last complete poll (a
         # successful read of every feed) started. Read by name so that a changed table only drops this gauge.
+        # The events feed (ctdd.backsync.events_feed) keeps ``read_at`` in its lease cursor: the newer of the two
+        # counts (with a working feed the polls only reconcile, every few hours).
         columns = BC.c
         if "last_poll_at" not in columns or "account" not in columns:
             return
+        latest: dict[str, datetime] = {}
         for account, last in conn.execute(sa.select(columns["account"], columns["last_poll_at"])).all():
             if last is not None:
-                snap.backsync_lag[account] = _age(now, last)
+                latest[account] = _aware(last)  # type: ignore[assignment]
+        for account, read_at in read_times(conn).items():
+            read_at = _aware(read_at)  # type: ignore[assignment]
+            if account not in latest or read_at > latest[account]:
+                latest[account] = read_at
+        for account, last in latest.items():
+            snap.backsync_lag[account] = _age(now, last)
 
     # -- in-process state ---------------------------------------------------------------------------------------
     def rate_remaining(self) -> dict[str, int]:

@@ -239,3 +239,31 @@ async def test_a_refused_checkpoint_is_dropped(engine, settings, clients, sandbo
     assert read_checkpoint(engine, "main") == {"subscription_id": sub_id, "checkpoint": None}
     changes(sandbox, 1)
     assert (await feed.read_account("main")).events == 1
+
+
+async def test_the_time_of_the_last_applied_read_is_stored_for_the_lag_gauge(engine, settings, clients, sandbox, raw):
+    """``read_at`` (the ``ctdd.backsync.lag`` gauge's measure): when the last read whose events were all applied
+    began; not moved by a read whose apply failed; moved by an idle read that stores no new checkpoint."""
+    from ctdd.backsync.events_feed import read_times
+
+    sub_id = await subscription(clients)
+    changes(sandbox, 2)
+    clock = {"now": datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)}
+    feed = EventsFeed(engine, settings, clients, Recorder(engine, fail_after=0), clock=lambda: clock["now"])
+    assert (await feed.read_account("main")).error == "apply failed: RuntimeError"
+    assert "read_at" not in read_checkpoint(engine, "main")
+
+    clock["now"] += timedelta(minutes=1)
+    feed.apply = Recorder(engine)
+    result = await feed.read_account("main")
+    assert (result.events, result.error, result.caught_up) == (2, None, True)
+    stored = read_checkpoint(engine, "main")
+    assert stored["subscription_id"] == sub_id and stored["read_at"] == clock["now"].isoformat()
+
+    clock["now"] += timedelta(minutes=1)
+    idle = await feed.read_account("main")
+    assert (idle.events, idle.stored, idle.error) == (0, 0, None)
+    after = read_checkpoint(engine, "main")
+    assert after["checkpoint"] == stored["checkpoint"] and after["read_at"] == clock["now"].isoformat()
+    with engine.connect() as conn:
+        assert read_times(conn) == {"main": clock["now"]}

@@ -244,3 +244,32 @@ def test_metrics_listen_must_be_host_and_port(value):
 
     with pytest.raises(ConfigError, match=r"service\.metrics_listen.*HOST:PORT"):
         settings_from_mapping({"service": {"metrics_listen": value}}, env={})
+
+
+async def test_the_backsync_lag_counts_the_newer_of_the_poll_and_the_events_feed_read(database_url, engine, sandbox):
+    """``ctdd.backsync.lag``: with the events feed on, the polls only reconcile (hours apart); the feed's last
+    applied read (``read_at`` in its lease cursor) is then the newer, and the lag is measured from it."""
+    from ctdd.backsync.events_feed import LEASE_PREFIX, _store_cursor
+    from ctdd.programs import leases
+
+    settings = make_settings(database_url, sandbox)
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.insert(BacksyncCursor.__table__).values(
+            account="main", last_poll_at=now - timedelta(hours=3), updated_at=now))
+    assert health_metrics.HealthMetrics(engine, settings).snapshot().backsync_lag["main"] >= 3 * 3600
+
+    # the events feed read (and applied) 20 s ago: that is the lag now
+    assert leases.acquire(engine, LEASE_PREFIX + "main", "reader", 60, now)
+    assert _store_cursor(engine, LEASE_PREFIX + "main", "reader", {
+        "subscription_id": 7, "checkpoint": "c-1", "read_at": (now - timedelta(seconds=20)).isoformat()})
+    assert 20 <= health_metrics.HealthMetrics(engine, settings).snapshot().backsync_lag["main"] < 120
+
+    # a poll newer than the feed's read wins again; a cursor without read_at (before its first read) is ignored
+    with engine.begin() as conn:
+        conn.execute(sa.update(BacksyncCursor.__table__).values(last_poll_at=now - timedelta(seconds=5)))
+    assert 5 <= health_metrics.HealthMetrics(engine, settings).snapshot().backsync_lag["main"] < 20
+    assert _store_cursor(engine, LEASE_PREFIX + "main", "reader", {"subscription_id": 7, "checkpoint": None})
+    with engine.begin() as conn:
+        conn.execute(sa.update(BacksyncCursor.__table__).values(last_poll_at=now - timedelta(hours=3)))
+    assert health_metrics.HealthMetrics(engine, settings).snapshot().backsync_lag["main"] >= 3 * 3600

@@ -192,3 +192,49 @@ async def test_group_commit_units_run_in_their_callers_trace(sqlite_url):
     assert seen["first"] == first
     assert [seen[f"call-{i}"] for i in range(5)] == later
     assert len(set(later)) == 5 and first not in later
+
+
+async def test_queued_track_events_keep_the_callers_trace_through_the_inbox(service_factory, database_url, sandbox):
+    """PROCESSING_QUEUED: the inbox row keeps the call's W3C context, and the event is applied in it, so the
+    delivery spans of what it enqueued link to the caller's trace (a contact event, applied set-based, and a
+    cart, applied on its own)."""
+    import json
+
+    from opentelemetry.trace import format_trace_id
+
+    EXPORTER.clear()
+    svc = await service_factory(make_settings(database_url, sandbox))
+    custom = pb.BehaviouralEvent(event_id="ev-trace-q1", identity=pb.ContactIdentity(email="queued@example.com"),
+                                 custom_event=pb.CustomEvent(name="wishlist_added"))
+    custom.occurred_at.GetCurrentTime()
+    cart = pb.BehaviouralEvent(event_id="ev-trace-q2", identity=pb.ContactIdentity(email="queued-cart@example.com"),
+                               currency="GBP", cart_updated=pb.CartUpdated(cart_id="cart-trace", cart_version=1))
+    cart.cart_updated.cart.update({"lineItems": [], "totalPrice": {"currencyCode": "GBP", "centAmount": 1000},
+                                   "cartState": "Active"})
+    cart.occurred_at.GetCurrentTime()
+    traces = {"ev-trace-q1": TRACE_ID + 3, "ev-trace-q2": TRACE_ID + 4}
+    for event in (custom, cart):
+        response = await svc.stub.TrackEvent(
+            pb.TrackEventRequest(store_key="uk", behavioural_event=event, processing=pb.PROCESSING_QUEUED),
+            metadata=(("traceparent", traceparent(trace_id=traces[event.event_id])),))
+        assert response.queued
+
+    def processed():
+        rows = svc.rows("SELECT dedupe_key, status, trace FROM event_inbox ORDER BY id")
+        return rows if len(rows) == 2 and all(r["status"] == "done" for r in rows) else None
+
+    rows = await wait_for(processed, what="queued events applied")
+    for row in rows:  # the stored context: the call's server span, in the caller's trace
+        event_id = row["dedupe_key"].rpartition(":")[2]
+        assert format_trace_id(traces[event_id]) in json.loads(row["trace"])["traceparent"]
+    await wait_for(lambda: all_settled(svc), what="delivery")
+
+    for event_id, trace_id in traces.items():
+        rpc = server_span("TrackEvent", trace_id=trace_id)
+        kinds = {s.name.removeprefix("deliver ") for s in EXPORTER.get_finished_spans()
+                 if s.name.startswith("deliver ") and any(link.context.trace_id == trace_id for link in s.links)}
+        assert kinds, f"no delivery span linked to the trace of {event_id}"
+        for kind in kinds:
+            [delivery] = await delivery_spans_linked_to(rpc, kind)
+            assert [link.context.trace_id for link in delivery.links] == [trace_id]
+            assert http_children(delivery)

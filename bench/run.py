@@ -2,7 +2,7 @@
 """ctdd-sync benchmark: ingest, scale-out, API calls per contact, end-to-end latency, program triggers, catalog,
 the apply path. Prints JSON.
 
-    .venv/bin/python bench/run.py                 # everything (3 to 4.5 minutes on 2 cores for (a)-(f), then (g)-(j))
+    .venv/bin/python bench/run.py                 # everything (about 12 minutes on 2 cores: (a)-(f) 3 to 4.5, (g)-(k) about 8)
     .venv/bin/python bench/run.py --only a,d      # some parts
     .venv/bin/python bench/run.py --only g,h,i,j --apply-events 4000 --apply-window 5 --latency-duration 3  # quick
     .venv/bin/python bench/run.py --event sync    # measure SyncContact instead of TrackEvent in (a)/(d)

@@ -518,14 +518,14 @@ class InboxProcessor:
             claimed = 0
             try:
                 following = await self._claim_and_submit()
-                if in_flight is not None:
-                    await self._finish(in_flight)
-                in_flight = following
+                previous, in_flight = in_flight, following
+                if previous is not None:
+                    await self._finish(previous)
                 claimed = len(following.claimed) if following is not None else 0
                 if in_flight is not None and (claimed < self.cfg.batch_size or not self._pipelined):
-                    # no more work waiting: finish this one before sleeping
-                    await self._finish(in_flight)
-                    in_flight = None
+                    # no more work waiting (or no pipelining): finish this one before sleeping
+                    finishing, in_flight = in_flight, None
+                    await self._finish(finishing)
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
                     await self._purge()

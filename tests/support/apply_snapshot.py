@@ -8,6 +8,7 @@ snapshots.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -50,8 +51,16 @@ def contact_keys(conn) -> dict[int, str]:
 
 
 def _strip_ids(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("{"):
+        try:  # a JSON column read back as text
+            return _strip_ids(json.loads(value))
+        except ValueError:
+            return value
     if isinstance(value, dict):
-        return {k: ("<id>" if k in _ID_KEYS and v is not None else _strip_ids(v)) for k, v in value.items()}
+        # a W3C trace carrier (kept while a tracer provider is installed, as after the tracing tests of this
+        # process) names a span of this run: only whether it is there counts
+        return {k: ("<id>" if k in _ID_KEYS and v is not None else "<trace>" if k == "trace" and v
+                    else _strip_ids(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_strip_ids(v) for v in value]
     return value

@@ -44,6 +44,7 @@ from typing import Any, Awaitable, Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ctdd.background import finish_or_cancel
 from ctdd.config import Settings
 from ctdd.db.engine import utcnow
 from ctdd.db.models import Lease
@@ -148,17 +149,7 @@ class EventsFeed:
         """Stop reading (the run in progress may finish within ``grace`` seconds) and give the leases back."""
         task, self._task = self._task, None
         self._stop.set()
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=grace)
-            except asyncio.TimeoutError:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-            except Exception:  # pragma: no cover - the loop logs its own failures
-                pass
+        await finish_or_cancel(task, grace)
         for account in self.accounts():
             await asyncio.to_thread(leases.release, self.engine, LEASE_PREFIX + account, self.owner, utcnow())
 

@@ -63,6 +63,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ctdd.background import finish_or_cancel
 from ctdd.commercetools.client import custom_object_key_for_email
 from ctdd.commercetools.clients import CommercetoolsClients
 from ctdd.commercetools.errors import CommercetoolsConflict, CommercetoolsError
@@ -482,17 +483,7 @@ class BackSync:
         """Stop polling: the poll in progress may finish within ``grace`` seconds, then it is cancelled."""
         task, self._task = self._task, None
         self._stop.set()
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=grace)
-            except asyncio.TimeoutError:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-            except Exception:  # pragma: no cover - the loop logs its own failures
-                pass
+        await finish_or_cancel(task, grace)
         if self._own_ct:
             await self.ct.aclose()
 

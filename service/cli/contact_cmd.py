@@ -27,6 +27,7 @@ from ctdd.db.engine import create_db_engine
 from ctdd.ingest.contact_view import (
     DEFAULT_MESSAGES, DEFAULT_TRIGGERS, MAX_ROWS, ContactCard, MessageOutcome, MessageView, contact_card,
 )
+from ctdd.cli.triggers_cmd import add_contact_arguments
 from ctdd.programs.queries import InvalidQuery, find_contact
 
 #: argument names of ctdd.programs.queries -> command-line flags
@@ -41,14 +42,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     show = contact_sub.add_parser(
         "show", help="a contact's identifiers and conflicts, last sent fields, channels, lists, messages and triggers")
     common(show)
-    who = show.add_mutually_exclusive_group(required=True)
-    who.add_argument("--email", default=None, help="the contact's email address")
-    who.add_argument("--customer-id", default=None, help="the contact's commercetools customer id (needs --store)")
-    who.add_argument("--mobile", default=None, help="the contact's mobile number in E.164, for example +447700900123")
-    who.add_argument("--contact-id", default=None, help="ctdd-sync's contact id (SyncContact's contact_id)")
-    show.add_argument("--store", default=None,
-                      help="store key: needed with --customer-id; with --email/--mobile it limits the search to the "
-                           "store's Dotdigital account")
+    add_contact_arguments(show)
     show.add_argument("--messages", type=int, default=DEFAULT_MESSAGES,
                       help=f"settled outbox messages to show, newest first (default {DEFAULT_MESSAGES}, "
                            f"at most {MAX_ROWS}); unsettled ones are always shown")

@@ -35,6 +35,18 @@ _FLAGS = {"email": "--email", "customer_id": "--customer-id", "store_key": "--st
           "contact_id": "--contact-id", "statuses": "--status", "limit": "--limit"}
 
 
+def add_contact_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags naming one contact (exactly one of them), and ``--store`` (``ctdd.programs.queries.find_contact``)."""
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--email", default=None, help="the contact's email address")
+    who.add_argument("--customer-id", default=None, help="the contact's commercetools customer id (needs --store)")
+    who.add_argument("--mobile", default=None, help="the contact's mobile number in E.164, for example +447700900123")
+    who.add_argument("--contact-id", default=None, help="ctdd-sync's contact id (SyncContact's contact_id)")
+    parser.add_argument("--store", default=None,
+                        help="store key: needed with --customer-id; with --email/--mobile it limits the search to "
+                             "the store's Dotdigital account")
+
+
 def register(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``ctdd triggers list|summary`` to the subcommands ``sub``; ``common`` adds --config and the shared flags."""
     triggers = sub.add_parser("triggers", help="program triggers: what is pending and what was decided")
@@ -43,14 +55,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     show = triggers_sub.add_parser(
         "list", help="the program triggers of one contact: pending ones first, then decided ones with their reason")
     common(show)
-    who = show.add_mutually_exclusive_group(required=True)
-    who.add_argument("--email", default=None, help="the contact's email address")
-    who.add_argument("--customer-id", default=None, help="the contact's commercetools customer id (needs --store)")
-    who.add_argument("--mobile", default=None, help="the contact's mobile number in E.164, for example +447700900123")
-    who.add_argument("--contact-id", default=None, help="ctdd-sync's contact id (SyncContact's contact_id)")
-    show.add_argument("--store", default=None,
-                      help="store key: needed with --customer-id; with --email/--mobile it limits the search to the "
-                           "store's Dotdigital account")
+    add_contact_arguments(show)
     show.add_argument("--status", action="append", choices=KNOWN_STATUSES, default=None,
                       help="only triggers with this status (repeat for several)")
     show.add_argument("--limit", type=int, default=DEFAULT_LIMIT,

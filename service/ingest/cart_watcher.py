@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ctdd.background import finish_or_cancel
 from ctdd.config import Settings, StoreConfig
 from ctdd.db.engine import utcnow
 from ctdd.commercetools.errors import CommercetoolsError
@@ -127,17 +128,7 @@ class CartWatcher:
         """Stop polling (a poll in progress may finish within ``grace`` seconds) and give the leases back."""
         task, self._task = self._task, None
         self._stop.set()
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=grace)
-            except asyncio.TimeoutError:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-            except Exception:  # pragma: no cover - the loop logs its own failures
-                pass
+        await finish_or_cancel(task, grace)
         for store in self.stores():
             await asyncio.to_thread(leases.release, self.engine, lease_name(store.key), self.owner, self.clock())
 

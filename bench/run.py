@@ -89,6 +89,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -579,6 +580,18 @@ def insight_record_ids(url: str) -> dict[int, str]:
             for mid, payload in rows}
 
 
+def message_created(url: str) -> dict[int, float]:
+    """Message id -> when it was written to the outbox (epoch seconds)."""
+    out = {}
+    for mid, created in fetch_rows(url, "SELECT id, created_at FROM outbox_message"):
+        if isinstance(created, str):
+            created = datetime.fromisoformat(created)
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=timezone.utc)
+        out[int(mid)] = created.timestamp()
+    return out
+
+
 def bulk_attempt_starts(url: str) -> dict[int, float]:
     """Message id -> start (epoch seconds) of the attempt that delivered it, for messages whose own request
     carries no message id (bulk imports); messages coalesced into another take their head's."""
@@ -750,23 +763,29 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                 accepted_events: dict[str, float] = {}
                 rpc_errors: Counter = Counter()
                 rpc_error_details: dict[str, str] = {}  # the first message of each code
+                answered_after: list[float] = []  # seconds from sending a call to its answer
+                refused_after: list[float] = []
 
                 async def one(i: int):
                     request = make_request(i, customers, run, pb.PROCESSING_QUEUED if queued else None)
                     if queued:
                         request.behavioural_event.product_viewed.product_id = f"q{run}-{i}"
+                    sent = time.monotonic()
                     try:
                         response = await calls[i % len(calls)](request)
                     except grpc.aio.AioRpcError as exc:  # counted and printed: not accepted, so no latency
+                        refused_after.append(time.monotonic() - sent)
                         rpc_errors[exc.code().name] += 1
                         rpc_error_details.setdefault(exc.code().name, (exc.details() or "")[:200])
                         return
                     now = time.time()
+                    answered_after.append(time.monotonic() - sent)
                     if queued:
                         accepted_events[f"q{run}-{i}"] = now
                     for mid in message_ids(response):
                         accepted[mid] = now
 
+                cpu_before = process_cpu(procs, sandbox)
                 t0 = time.monotonic()
                 tasks = []
                 for i in range(n):
@@ -777,7 +796,10 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                 for c in extra:
                     await c.close()
             await wait_settled(pg_url or db, 60)
+            settled_seconds = time.monotonic() - t0
+            cpu_after = process_cpu(procs, sandbox)
             bulk_started = bulk_attempt_starts(pg_url or f"sqlite:///{db}")
+            enqueued = message_created(pg_url or f"sqlite:///{db}")
             if queued:
                 for mid, record_id in insight_record_ids(pg_url or f"sqlite:///{db}").items():
                     if record_id in accepted_events:
@@ -803,8 +825,13 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
     lat = sorted(first_call[m] - accepted[m] for m in accepted if m in first_call)
     missing = sum(1 for m in accepted if m not in first_call)
 
-    def pct(p: float) -> float:
-        return round(lat[min(len(lat) - 1, int(p * len(lat)))], 4)
+    def pct(p: float, values: list | None = None) -> float:
+        values = lat if values is None else values
+        return round(values[min(len(values) - 1, int(p * len(values)))], 4)
+
+    # the two halves of each latency: accepted -> its outbox message written (applying), -> the call (delivering)
+    to_outbox = sorted(max(0.0, enqueued[m] - accepted[m]) for m in accepted if m in first_call and m in enqueued)
+    to_call = sorted(first_call[m] - enqueued[m] for m in accepted if m in first_call and m in enqueued)
 
     out = {"event": "TrackEvent" if EVENT == "track" else "SyncContact", "database": database,
            "processes": ("ctdd serve --no-dispatcher + ctdd worker" + (f" x {workers}" if workers > 1 else "")
@@ -814,8 +841,18 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
            "sandbox_latency_seconds": latency, "dispatcher_concurrency": 32, "messages": len(accepted),
            "messages_without_call": missing, "messages_delivered_in_bulk_imports": len(via_bulk), "p50_seconds": pct(0.50), "p90_seconds": pct(0.90),
            "p99_seconds": pct(0.99), "max_seconds": round(lat[-1], 4),
+           "accepted_to_outbox_p50_p99_seconds": [pct(0.5, to_outbox), pct(0.99, to_outbox)] if to_outbox else None,
+           "outbox_to_call_p50_p99_seconds": [pct(0.5, to_call), pct(0.99, to_call)] if to_call else None,
+           "rpc_answer_p50_p99_seconds": [pct(0.5, sorted(answered_after)), pct(0.99, sorted(answered_after))],
+           "rpc_refused_after_p50_seconds": pct(0.5, sorted(refused_after)) if refused_after else None,
            "note": "accepted = RPC answered (after commit); call = arrival of the message's own request at the "
                    "sandbox, or for a message sent in a bulk import the start of that import attempt"}
+    # (a PostgreSQL backend that exited in between takes its CPU with it: such a figure is left out)
+    out["cpu_seconds"] = {name: round(cpu_after[name] - before, 2) for name, before in cpu_before.items()
+                          if before is not None and cpu_after.get(name) is not None and cpu_after[name] >= before}
+    out["cpu_seconds_note"] = (f"CPU of each process from the first request sent until every message settled "
+                               f"({settled_seconds:.1f} s of wall time, {os.cpu_count()} cores); postgresql: every "
+                               f"postgres process of the machine; bench: this process, the caller")
     if exited_early:
         out["processes_exited_early"] = exited_early
     if rpc_errors:
@@ -1390,6 +1427,17 @@ def cpu_seconds_of(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu(procs: dict[str, subprocess.Popen], sandbox: subprocess.Popen | None = None) -> dict[str, float | None]:
+    """CPU seconds so far of the benchmark's child processes by name, of this process and of PostgreSQL."""
+    out = {name: cpu_seconds_of(proc.pid) for name, proc in procs.items()}
+    if sandbox is not None:
+        out["sandbox"] = cpu_seconds_of(sandbox.pid)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["bench"] = usage.ru_utime + usage.ru_stime
+    out["postgresql"] = postgres_cpu_seconds()
+    return out
+
+
 def log_tail(path: Path, chars: int = 1200) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -1742,10 +1790,10 @@ def bench_cpu_per_event(g: dict | None, h: dict | None) -> dict:
 #: (j) without the hold of product views ([dispatcher] view_coalesce_seconds, 5 s by default: a view's message is
 #: due that long after it was accepted, so that a contact's views go out in one call), which would put every
 #: p99 above 5 s by design; (d) keeps the default
-J_DISPATCHER = {"view_coalesce_seconds": 0}
+J_DISPATCHER = {"view_coalesce_seconds": 0, **json.loads(os.environ.get("BENCH_J_DISPATCHER", "{}"))}
 
 
-async def bench_latency_rates(tmp: Path, duration: float) -> dict:
+async def bench_latency_rates(tmp: Path, duration: float, only: set[str] | None = None) -> dict:
     """(j) p99 accepted -> Dotdigital call (part (d)'s machinery) at 200 and 1,000 events/s, PROCESSING_QUEUED and
     PROCESSING_APPLIED, on SQLite (one ``ctdd serve``) and PostgreSQL (``ctdd serve --no-dispatcher`` + one
     worker at 200/s, two at 1,000/s)."""
@@ -1757,6 +1805,8 @@ async def bench_latency_rates(tmp: Path, duration: float) -> dict:
             for database in ("sqlite", "postgresql"):
                 workers = (2 if rate >= 1000 else 1) if database == "postgresql" else 0
                 key = f"{database}_{processing}_{rate}"
+                if only and key not in only:
+                    continue
                 log(f"(j) {key} ...")
                 try:
                     r = await bench_latency(tmp, duration=duration, rate=float(rate), database=database,
@@ -2004,6 +2054,8 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--apply-window", type=float, default=15.0,
                         help="(g)-(i): at most this many seconds measured per drain")
     parser.add_argument("--latency-duration", type=float, default=8.0, help="(j): seconds of sending per run")
+    parser.add_argument("--latency-runs", default="",
+                        help="(j): only these runs, comma-separated, e.g. postgresql_queued_1000 (default: all eight)")
     parser.add_argument("--backsync-changes", type=int, default=60, help="(k): preference-centre changes (customers)")
     parser.add_argument("--backsync-spread", type=float, default=60.0,
                         help="(k): seconds the changes are spread over")
@@ -2059,7 +2111,8 @@ async def main(argv: list[str]) -> int:
         if "j" in parts:
             if EVENT == "track":
                 log("(j) latency at 200 and 1,000 events/s ...")
-                result["j_latency_rates"] = await bench_latency_rates(tmp, args.latency_duration)
+                result["j_latency_rates"] = await bench_latency_rates(
+                    tmp, args.latency_duration, only=set(filter(None, args.latency_runs.split(","))))
             else:
                 result["j_latency_rates"] = {"error": "(j) measures TrackEvent: run without --event sync"}
         if "k" in parts:

@@ -626,6 +626,9 @@ class DispatcherConfig(Section):
     #: within it go out in one call (ctdd.delivery.view_merge); the contact's later messages wait behind it at
     #: most this long. 0: off, one call per view
     view_coalesce_seconds: float = Field(5.0, ge=0)
+    #: with view_coalesce_seconds = 0: the views already queued behind a claimed view of the contact are still
+    #: merged into it (no wait; under load a contact's backlog of views becomes one call). False: one call per view
+    merge_queued_views: bool = True
     #: pace calls from the X-RateLimit-* headers before the limit is reached
     rate_pacing: bool = True
     #: pacing starts when less than this fraction of the account's limit remains

@@ -223,7 +223,10 @@ class Dispatcher:
         last_rescue = 0.0
         coalesce_bulk = self.cfg.coalesce in ("bulk", "always")
         coalesce_single = self.cfg.coalesce == "always"
-        merge_views = self.cfg.view_coalesce_seconds > 0
+        # Product views already queued behind a claimed view head are merged into it, also without a hold
+        # (view_coalesce_seconds = 0): it costs no wait, and under load it turns a contact's backlog of views
+        # into one call instead of one call per view, each waiting for the one before.
+        merge_views = self.cfg.view_coalesce_seconds > 0 or self.cfg.merge_queued_views
         while not self._stopping:
             progressed = False
             try:

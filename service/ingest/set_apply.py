@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ctdd.db.engine import utcnow
+from ctdd.db.unnest import unnest_insert
 from ctdd.delivery import outbox
 from ctdd.domain.delta import StoredField
 from ctdd.domain.identity import SINGLE_VALUED, resolve
@@ -45,6 +46,7 @@ from ctdd.ingest.access import (CI, CONTACT_READ, CONTACT_STATE, CT, FS, PE, INS
                                 INSERT_IDENTIFIER, INSERT_PROCESSED, INSERT_REJECTED, UPDATE_FIELD_STATE,
                                 NewContactNeedsAddress)
 from ctdd.ingest.plans import ContactPlan
+from ctdd.ingest import sqlite_reads
 from ctdd.programs import scheduling
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,9 @@ class BatchAccess:
         for contact_id, path in pairs:
             self._fields.setdefault(contact_id, {})
             self._known.setdefault(contact_id, set()).add(path)
-        for r in self.conn.execute(*_keyed(self.postgres, _FIELDS_BY_PAIR, pairs)):
+        rows = (self.conn.execute(*_keyed(True, _FIELDS_BY_PAIR, pairs)) if self.postgres
+                else sqlite_reads.field_rows(self.conn, pairs))  # the same rows, without SQLAlchemy's per-row cost
+        for r in rows:
             self._fields[r[0]][r[1]] = StoredField(r[2], r[3], r[4], r[5])
             self._field_existing.add((r[0], r[1]))
 
@@ -250,7 +254,9 @@ class BatchAccess:
             # RETURNING of a multi-row INSERT comes in no promised order: each id is matched to its message by
             # (partition, sequence), unique per message (asking SQLAlchemy to sort by parameter order makes it
             # insert one row per statement on SQLite)
-            by_key = {(r.partition_key, r.sequence): r.id for r in conn.execute(_INSERT_MESSAGES, self._messages)}
+            inserted = (conn.execute(_UNNEST_MESSAGES.statement, _UNNEST_MESSAGES.params(self._messages))
+                        if self.postgres else conn.execute(_INSERT_MESSAGES, self._messages))
+            by_key = {(r.partition_key, r.sequence): r.id for r in inserted}
             self.message_ids = [by_key[(m["partition_key"], m["sequence"])] for m in self._messages]
             if self.postgres:
                 conn.execute(sa.text(f"NOTIFY {outbox.NOTIFY_CHANNEL}"))
@@ -296,6 +302,11 @@ _UPDATE_CONTACT = (
             **{name: sa.bindparam(f"b_{name}", type_=CT.c[name].type) for name in _STATE})
 )
 _INSERT_MESSAGES = sa.insert(outbox.OM).returning(outbox.OM.c.id, outbox.OM.c.partition_key, outbox.OM.c.sequence)
+#: PostgreSQL: the same as one statement whose text does not grow with the rows (ctdd.db.unnest)
+_UNNEST_MESSAGES = unnest_insert(outbox.OM, (
+    "partition_key", "sequence", "account", "contact_id", "kind", "payload", "status", "attempts", "next_attempt_at",
+    "store_key", "record_type", "record_id", "record_version", "priority", "created_at", "updated_at"),
+    returning=("id", "partition_key", "sequence"))
 
 
 # Reads by many composite keys with ONE bound parameter per key column (PostgreSQL: arrays through unnest;

@@ -90,6 +90,29 @@ async def test_window_zero_keeps_one_call_per_view(service_factory, database_url
     assert {key: rec["properties"]["n"] for key, rec in records.items()} == {"prod-0": 3, "prod-1": 4, "prod-2": 5}
 
 
+async def test_window_zero_merges_the_views_that_queued_behind_a_call_in_flight(service_factory, database_url, sandbox):
+    """merge_queued_views (the default): no hold, the first view is sent at once; the views that arrive while its
+    call is in flight queue behind it and go out together in one call, each product with its latest view."""
+    settings = make_settings(database_url, sandbox, view_coalesce_seconds=0, merge_queued_views=True, **FAST_IMPORTS)
+    svc = await service_factory(settings)
+    await _known_contact(svc, sandbox)
+    sandbox.set_latency(0.5)
+    await _view(svc, 0, "prod-0")
+    await wait_for(lambda: _insight_calls(sandbox) or any(r["status"] == "in_flight" for r in outbox_rows(svc)),
+                   timeout=5, what="first view claimed")
+    for n in range(1, 9):
+        await _view(svc, n, f"prod-{n % 4}")
+    await wait_for(lambda: _settled(svc), timeout=30, what="views delivered")
+
+    calls = [c for c in _insight_calls(sandbox) if c.status != 404 and not c.path.startswith("/insightData/v3/import/")]
+    assert len(calls) <= 3, [c.path for c in calls]  # the first view, then the eight queued ones in one call
+    rows = outbox_rows(svc)
+    assert sum(r["merged_into"] is not None for r in rows) >= 6
+    records = sandbox.insight_records(BROWSE_COLLECTION, contact_email=EMAIL)
+    assert {key: rec["properties"]["n"] for key, rec in records.items()} == {"prod-0": 8, "prod-1": 5, "prod-2": 6,
+                                                                            "prod-3": 7}
+
+
 async def test_a_refused_record_settles_only_the_messages_that_carried_it(service_factory, database_url, sandbox):
     settings = make_settings(database_url, sandbox, view_coalesce_seconds=1.0, **FAST_IMPORTS)
     svc = await service_factory(settings)

@@ -29,8 +29,8 @@ SHARED_DIR = Path(os.environ.get("CTDD_SHARED_DIR", Path(__file__).resolve().par
 FAST_DISPATCH = dict(
     concurrency=8, batch_size=32, max_attempts=10, backoff_base_seconds=0.05, backoff_cap_seconds=0.5,
     lease_seconds=5.0, poll_interval_seconds=0.05,
-    # product views are sent at once (tests of their coalescing window set it themselves)
-    view_coalesce_seconds=0.0,
+    # product views are sent at once, one call each (tests of their coalescing set these themselves)
+    view_coalesce_seconds=0.0, merge_queued_views=False,
 )
 
 

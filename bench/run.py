@@ -793,6 +793,7 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
                     tasks.append(asyncio.create_task(one(i)))
                 await asyncio.gather(*tasks)
                 sent_seconds = time.monotonic() - t0
+                cpu_sent = process_cpu(procs, sandbox)
                 for c in extra:
                     await c.close()
             await wait_settled(pg_url or db, 60)
@@ -850,6 +851,11 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
     # (a PostgreSQL backend that exited in between takes its CPU with it: such a figure is left out)
     out["cpu_seconds"] = {name: round(cpu_after[name] - before, 2) for name, before in cpu_before.items()
                           if before is not None and cpu_after.get(name) is not None and cpu_after[name] >= before}
+    # how busy the machine's cores were while the calls were sent (1.0: every core all the time), from the CPU
+    # of this run's processes, this one and PostgreSQL
+    sending = [cpu_sent[name] - before for name, before in cpu_before.items()
+               if before is not None and cpu_sent.get(name) is not None and cpu_sent[name] >= before]
+    out["cores_busy_share_while_sending"] = round(sum(sending) / (sent_seconds * (os.cpu_count() or 1)), 2)
     out["cpu_seconds_note"] = (f"CPU of each process from the first request sent until every message settled "
                                f"({settled_seconds:.1f} s of wall time, {os.cpu_count()} cores); postgresql: every "
                                f"postgres process of the machine; bench: this process, the caller")
@@ -1790,7 +1796,7 @@ def bench_cpu_per_event(g: dict | None, h: dict | None) -> dict:
 #: (j) without the hold of product views ([dispatcher] view_coalesce_seconds, 5 s by default: a view's message is
 #: due that long after it was accepted, so that a contact's views go out in one call), which would put every
 #: p99 above 5 s by design; (d) keeps the default
-J_DISPATCHER = {"view_coalesce_seconds": 0, **json.loads(os.environ.get("BENCH_J_DISPATCHER", "{}"))}
+J_DISPATCHER = {"view_coalesce_seconds": 0}
 
 
 async def bench_latency_rates(tmp: Path, duration: float, only: set[str] | None = None) -> dict:
@@ -2054,6 +2060,8 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--apply-window", type=float, default=15.0,
                         help="(g)-(i): at most this many seconds measured per drain")
     parser.add_argument("--latency-duration", type=float, default=8.0, help="(j): seconds of sending per run")
+    parser.add_argument("--latency-dispatcher", default="{}",
+                        help='(j): more [dispatcher] keys of the services, as JSON, e.g. \'{"bulk_backlog_threshold": 20}\'')
     parser.add_argument("--latency-runs", default="",
                         help="(j): only these runs, comma-separated, e.g. postgresql_queued_1000 (default: all eight)")
     parser.add_argument("--backsync-changes", type=int, default=60, help="(k): preference-centre changes (customers)")
@@ -2062,6 +2070,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--backsync-idle", type=float, default=60.0,
                         help="(k): seconds of the idle account whose Dotdigital calls are counted")
     args = parser.parse_args(argv)
+    J_DISPATCHER.update(json.loads(args.latency_dispatcher))
     EVENT = args.event
     parts = set(args.only.split(","))
     result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -723,8 +723,13 @@ def settle(engine: Engine, outcomes: list[Outcome], *, worker: str, started_at: 
             log.warning("%d message(s) of a batch lost their lease before the outcome was recorded",
                         len(ids) - len(owned))
         mine = [o for o in outcomes if o.msg.id in owned]
-        # the contacts whose row or field state this transaction writes, locked first and in id order
-        lock_contacts(conn, [o.msg.contact_id for o in mine if o.outcome in ("delivered", "dead")])
+        # the contacts whose row or field state this transaction writes, locked first and in id order: a dead
+        # message forgets its field values, a refused record too, a learnt contact id or channel statuses update
+        # the contact. A plain delivery (an insight record, a contact whose id is known) writes neither, so it
+        # does not wait for an apply batch holding its contact (nor hold up the next one).
+        lock_contacts(conn, [o.msg.contact_id for o in mine
+                             if o.outcome == "dead" or (o.outcome == "delivered" and (
+                                 o.record_failures or o.dotdigital_contact_id is not None or o.channel_statuses))])
         delivered = [o for o in mine if o.outcome == "delivered"]
         retries = [o for o in mine if o.outcome == "retry"]
         dead = [o for o in mine if o.outcome == "dead"]

@@ -26,7 +26,7 @@ from ctdd.api.auth import current_caller, log_refusal, refuse_store, store_scope
 from ctdd.api.convert import Violation, to_timestamp as _timestamp
 from ctdd.api.errors import abort, bad_request
 from ctdd.config import Settings
-from ctdd.delivery import redrive
+from ctdd.delivery import failure_view, redrive
 from ctdd.sync.v1 import admin_service_pb2 as pb
 from ctdd.telemetry import start_span
 
@@ -37,8 +37,8 @@ STATUS_TO_PB = {
     "rejected": pb.FAILURE_STATUS_REJECTED, "skipped": pb.FAILURE_STATUS_SKIPPED,
 }
 PB_TO_STATUS = {value: name for name, value in STATUS_TO_PB.items()}
-SOURCE_TO_PB = {redrive.OUTBOX: pb.FAILURE_SOURCE_OUTBOX, redrive.INBOX_SOURCE: pb.FAILURE_SOURCE_INBOX,
-                redrive.REJECTED: pb.FAILURE_SOURCE_REJECTED}
+SOURCE_TO_PB = {failure_view.OUTBOX: pb.FAILURE_SOURCE_OUTBOX, failure_view.INBOX_SOURCE: pb.FAILURE_SOURCE_INBOX,
+                failure_view.REJECTED: pb.FAILURE_SOURCE_REJECTED}
 OUTCOME_TO_PB = {
     "retried": pb.REDRIVE_OUTCOME_RETRIED, "skipped": pb.REDRIVE_OUTCOME_SKIPPED,
     "unchanged": pb.REDRIVE_OUTCOME_UNCHANGED, "refused": pb.REDRIVE_OUTCOME_REFUSED,
@@ -52,7 +52,7 @@ _FILTER_FIELDS = {"statuses": "statuses", "store_key": "store_key", "code": "cod
 
 
 
-def failure_message(view: redrive.FailureView) -> pb.Failure:
+def failure_message(view: failure_view.FailureView) -> pb.Failure:
     return pb.Failure(
         ref=view.ref, source=SOURCE_TO_PB[view.source],
         status=STATUS_TO_PB.get(view.status, pb.FAILURE_STATUS_UNSPECIFIED), status_name=view.status,
@@ -67,7 +67,7 @@ def failure_message(view: redrive.FailureView) -> pb.Failure:
     )
 
 
-def _filters(message: pb.FailureFilter, prefix: str, violations: list[Violation]) -> redrive.Filters:
+def _filters(message: pb.FailureFilter, prefix: str, violations: list[Violation]) -> failure_view.Filters:
     """The domain filters of a FailureFilter; wire-level problems are appended to ``violations``."""
     contact_id = None
     if message.WhichOneof("contact") == "contact_id":
@@ -90,7 +90,7 @@ def _filters(message: pb.FailureFilter, prefix: str, violations: list[Violation]
             violations.append(Violation(f"{prefix}{name}", "not a valid timestamp"))
             return None
 
-    return redrive.Filters(
+    return failure_view.Filters(
         store_key=message.store_key or None, code=message.code or None, kind=message.kind or None,
         contact_id=contact_id, email=message.email if message.WhichOneof("contact") == "email" else None,
         since=moment("since"), until=moment("until"),
@@ -98,7 +98,7 @@ def _filters(message: pb.FailureFilter, prefix: str, violations: list[Violation]
     )
 
 
-def _violation(exc: redrive.InvalidFailureQuery, prefix: str) -> Violation:
+def _violation(exc: failure_view.InvalidFailureQuery, prefix: str) -> Violation:
     if exc.field == "refs":
         return Violation(f"refs[{exc.index}]" if exc.index is not None else "refs", str(exc))
     if exc.field in ("operator", "reason"):
@@ -164,11 +164,11 @@ class FailuresServicer:
             if _unscoped(scope, request.filter.store_key):
                 await refuse_store(context, _method("ListFailures"), _scope_message(scope, "filter.store_key"))
                 return
-            limit = min(request.page_size or redrive.DEFAULT_LIMIT, redrive.MAX_LIMIT)
+            limit = min(request.page_size or failure_view.DEFAULT_LIMIT, failure_view.MAX_LIMIT)
             try:
-                views, has_more = await asyncio.to_thread(redrive.list_failures, self.engine, filters, limit=limit,
+                views, has_more = await asyncio.to_thread(failure_view.list_failures, self.engine, filters, limit=limit,
                                                           settings=self.settings)
-            except redrive.InvalidFailureQuery as exc:
+            except failure_view.InvalidFailureQuery as exc:
                 await abort(context, code_pb2.INVALID_ARGUMENT, "invalid ListFailuresRequest",
                             [bad_request([_violation(exc, "filter.")])])
                 return
@@ -177,12 +177,12 @@ class FailuresServicer:
     async def GetFailure(self, request: pb.GetFailureRequest, context: grpc.aio.ServicerContext):
         with self._span("GetFailure"):
             try:
-                ref = redrive.parse_ref(request.ref)
-            except redrive.InvalidFailureQuery as exc:
+                ref = failure_view.parse_ref(request.ref)
+            except failure_view.InvalidFailureQuery as exc:
                 await abort(context, code_pb2.INVALID_ARGUMENT, "invalid GetFailureRequest",
                             [bad_request([Violation("ref", str(exc))])])
                 return
-            detail = await asyncio.to_thread(redrive.get_failure, self.engine, ref)
+            detail = await asyncio.to_thread(failure_view.get_failure, self.engine, ref)
             scope = store_scope()
             if detail is not None and scope is not None and detail.failure.store_key not in scope:
                 await refuse_store(context, _method("GetFailure"), f"no failure {ref}", grpc.StatusCode.NOT_FOUND,
@@ -214,11 +214,11 @@ class FailuresServicer:
         by_filter = request.HasField("all_matching")
         if by_filter == bool(request.refs):
             violations.append(Violation("refs", "give either refs or all_matching"))
-        refs: list[redrive.Ref] = []
+        refs: list[failure_view.Ref] = []
         for i, text in enumerate(request.refs):
             try:
-                refs.append(redrive.parse_ref(text, i))
-            except redrive.InvalidFailureQuery as exc:
+                refs.append(failure_view.parse_ref(text, i))
+            except failure_view.InvalidFailureQuery as exc:
                 violations.append(_violation(exc, ""))
         filters = _filters(request.all_matching, "all_matching.", violations) if by_filter else None
         if violations:
@@ -230,9 +230,9 @@ class FailuresServicer:
                                _scope_message(scope, "all_matching.store_key"))
             return
         refs = list(dict.fromkeys(refs))
-        hidden: set[redrive.Ref] = set()
+        hidden: set[failure_view.Ref] = set()
         if scope is not None and refs:  # rows of other stores are answered as if there were none
-            stores = await asyncio.to_thread(redrive.stores_of, self.engine, refs)
+            stores = await asyncio.to_thread(failure_view.stores_of, self.engine, refs)
             hidden = {ref for ref in refs if ref in stores and stores[ref] not in scope}
             if hidden:
                 _log_hidden(context, _method(name.removesuffix("Request")), hidden)
@@ -242,7 +242,7 @@ class FailuresServicer:
             report = await asyncio.to_thread(
                 run, self.engine, [ref for ref in refs if ref not in hidden], filters=filters, operator=operator,
                 reason=request.reason, dry_run=request.dry_run, settings=self.settings)
-        except redrive.InvalidFailureQuery as exc:
+        except failure_view.InvalidFailureQuery as exc:
             await abort(context, code_pb2.INVALID_ARGUMENT, f"invalid {name}",
                         [bad_request([_violation(exc, "all_matching.")])])
             return
@@ -254,7 +254,7 @@ class FailuresServicer:
         return _report(report, response_type)
 
 
-def _log_hidden(context, method: str, hidden: set[redrive.Ref]) -> None:
+def _log_hidden(context, method: str, hidden: set[failure_view.Ref]) -> None:
     shown = ", ".join(sorted(str(ref) for ref in hidden)[:20])
     log_refusal(context, method, current_caller.get(),
                  f"references of another store than this token's answered not found: {shown}")

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from ctdd.cli.loading import load_without_credentials
 from ctdd.config import ConfigError
 from ctdd.db.engine import create_db_engine
-from ctdd.delivery import redrive
+from ctdd.delivery import failure_view, redrive
 
 #: argument names of ctdd.delivery.redrive -> command-line flags
 _FLAGS = {"store_key": "--store", "code": "--code", "kind": "--kind", "contact_id": "--contact-id",
@@ -64,7 +64,7 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
     who.add_argument("--email", default=None, help="the outbox messages of the contacts with this email address")
     p.add_argument("--since", type=_moment, default=None, help="failed at or after T (ISO 8601, or an age: 2h, 7d)")
     p.add_argument("--until", type=_moment, default=None, help="failed before T")
-    p.add_argument("--status", action="append", choices=redrive.KNOWN_STATUSES, default=None,
+    p.add_argument("--status", action="append", choices=failure_view.KNOWN_STATUSES, default=None,
                    help="only this status (repeat for several; default: dead, parked, failed and rejected)")
 
 
@@ -77,8 +77,8 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
                                               "rejected records; most recent first")
     common(ls)
     _filter_flags(ls)
-    ls.add_argument("--limit", type=int, default=redrive.DEFAULT_LIMIT,
-                    help=f"show at most N (default {redrive.DEFAULT_LIMIT}, at most {redrive.MAX_LIMIT})")
+    ls.add_argument("--limit", type=int, default=failure_view.DEFAULT_LIMIT,
+                    help=f"show at most N (default {failure_view.DEFAULT_LIMIT}, at most {failure_view.MAX_LIMIT})")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=list_command, listen=None)
 
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
         act.add_argument("refs", nargs="*", metavar="REF", help="outbox:<id>, inbox:<id> (rejected:<id> is refused)")
         act.add_argument("--all-matching", action="store_true",
                          help="act on every failure the filters select (at most "
-                              f"{redrive.MAX_BULK} at a time) instead of REFs")
+                              f"{failure_view.MAX_BULK} at a time) instead of REFs")
         _filter_flags(act)
         act.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
         act.add_argument("--reason", default=None, required=name == "skip",
@@ -113,13 +113,13 @@ def _engine(settings):
     return engine
 
 
-def _filters(args: argparse.Namespace) -> redrive.Filters:
-    return redrive.Filters(store_key=args.store, code=args.code, kind=args.kind, contact_id=args.contact_id,
+def _filters(args: argparse.Namespace) -> failure_view.Filters:
+    return failure_view.Filters(store_key=args.store, code=args.code, kind=args.kind, contact_id=args.contact_id,
                            email=args.email, since=args.since, until=args.until,
                            statuses=tuple(dict.fromkeys(args.status or ())))
 
 
-def _invalid(exc: redrive.InvalidFailureQuery) -> int:
+def _invalid(exc: failure_view.InvalidFailureQuery) -> int:
     flag = _FLAGS.get(exc.field, "")
     print(f"ctdd failures: {flag + ': ' if flag else ''}{exc}", file=sys.stderr)
     return 2
@@ -129,9 +129,9 @@ def list_command(args: argparse.Namespace) -> int:
     settings = load_without_credentials(args)
     engine = _engine(settings)
     try:
-        views, has_more = redrive.list_failures(engine, _filters(args), limit=min(args.limit, redrive.MAX_LIMIT),
+        views, has_more = failure_view.list_failures(engine, _filters(args), limit=min(args.limit, failure_view.MAX_LIMIT),
                                                 settings=settings)
-    except redrive.InvalidFailureQuery as exc:
+    except failure_view.InvalidFailureQuery as exc:
         return _invalid(exc)
     finally:
         engine.dispose()
@@ -148,13 +148,13 @@ def list_command(args: argparse.Namespace) -> int:
 
 def show_command(args: argparse.Namespace) -> int:
     try:
-        ref = redrive.parse_ref(args.ref)
-    except redrive.InvalidFailureQuery as exc:
+        ref = failure_view.parse_ref(args.ref)
+    except failure_view.InvalidFailureQuery as exc:
         return _invalid(exc)
     settings = load_without_credentials(args)
     engine = _engine(settings)
     try:
-        detail = redrive.get_failure(engine, ref)
+        detail = failure_view.get_failure(engine, ref)
     finally:
         engine.dispose()
     if detail is None:
@@ -168,7 +168,7 @@ def show_command(args: argparse.Namespace) -> int:
     lines = [("reference", v.ref), ("status", v.status), ("store", v.store_key or "-"), ("kind", v.kind),
              ("record", _record(v)), ("failed at", _iso(v.failed_at) or "-"), ("created at", _iso(v.created_at) or "-"),
              ("attempts", str(v.attempts))]
-    if v.source == redrive.OUTBOX:
+    if v.source == failure_view.OUTBOX:
         lines += [("contact", f"{v.contact_id} (account {v.account})"),
                   ("partition", f"{v.partition_key} sequence {v.sequence}"),
                   ("response code", str(v.response_code) if v.response_code is not None else "none")]
@@ -178,7 +178,7 @@ def show_command(args: argparse.Namespace) -> int:
         lines.append(("message id", v.dedupe_key))
     if v.error_code:
         lines.append(("error code", v.error_code))
-    lines.append(("reason" if v.source == redrive.REJECTED else "last error", v.error or "-"))
+    lines.append(("reason" if v.source == failure_view.REJECTED else "last error", v.error or "-"))
     if v.note:
         lines.append(("note", v.note))
     width = max(len(label) for label, _ in lines)
@@ -208,19 +208,19 @@ def _act(args: argparse.Namespace, run) -> int:
     if args.all_matching == bool(args.refs):
         print("ctdd failures: give REFs, or --all-matching with filters (not both)", file=sys.stderr)
         return 2
-    if not args.all_matching and filters != redrive.Filters():
+    if not args.all_matching and filters != failure_view.Filters():
         print("ctdd failures: filters select failures only with --all-matching", file=sys.stderr)
         return 2
     try:
-        refs = redrive.parse_refs(args.refs)
-    except redrive.InvalidFailureQuery as exc:
+        refs = failure_view.parse_refs(args.refs)
+    except failure_view.InvalidFailureQuery as exc:
         return _invalid(exc)
     settings = load_without_credentials(args)
     engine = _engine(settings)
     try:
         report = run(engine, refs, filters=filters if args.all_matching else None,
                      operator=args.operator or _login(), reason=args.reason, dry_run=args.dry_run, settings=settings)
-    except redrive.InvalidFailureQuery as exc:
+    except failure_view.InvalidFailureQuery as exc:
         return _invalid(exc)
     finally:
         engine.dispose()
@@ -229,7 +229,7 @@ def _act(args: argparse.Namespace, run) -> int:
                      [[r.ref, r.outcome, r.status or "-", r.message] for r in report.results]))
     verb = "retried" if run is redrive.retry else "skipped"
     print(f"{report.changed} {'would be ' if args.dry_run else ''}{verb}"
-          + (f"; more match than {redrive.MAX_BULK}: run it again" if report.has_more else ""))
+          + (f"; more match than {failure_view.MAX_BULK}: run it again" if report.has_more else ""))
     return 1 if any(r.outcome in ("refused", "not_found") for r in report.results) else 0
 
 
@@ -247,14 +247,14 @@ def _iso(moment: datetime | None) -> str:
     return "" if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _code(view: redrive.FailureView) -> str:
+def _code(view: failure_view.FailureView) -> str:
     parts = [str(view.response_code)] if view.response_code else []
     if view.error_code:
         parts.append(view.error_code)
     return " ".join(parts) or "-"
 
 
-def _record(view: redrive.FailureView) -> str:
+def _record(view: failure_view.FailureView) -> str:
     if not view.record_type and not view.record_id:
         return "-"
     version = f" v{view.record_version}" if view.record_version else ""
@@ -278,14 +278,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
                      for row in [header, *rows])
 
 
-def _json(view: redrive.FailureView) -> dict[str, Any]:
+def _json(view: failure_view.FailureView) -> dict[str, Any]:
     data = asdict(view)
     for key in ("failed_at", "created_at"):
         data[key] = _iso(data[key]) or None
     return data
 
 
-def _attempt_json(attempt: redrive.AttemptView) -> dict[str, Any]:
+def _attempt_json(attempt: failure_view.AttemptView) -> dict[str, Any]:
     data = asdict(attempt)
     for key in ("started_at", "finished_at"):
         data[key] = _iso(data[key]) or None

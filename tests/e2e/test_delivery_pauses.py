@@ -204,7 +204,7 @@ async def test_a_403_of_one_message_parks_it_and_does_not_pause_the_account_agai
     work. The first 403 pauses the account once; the probe succeeds; the same message refused again is its own
     failure: parked with its 403 (visible in ``ctdd failures``), and the account is not paused again for it,
     while every other contact is delivered."""
-    from ctdd.delivery import redrive
+    from ctdd.delivery import failure_view
 
     caplog.set_level(logging.INFO, logger="ctdd")
     settings = make_settings(database_url, sandbox, max_attempts=3, auth_probe_initial_seconds=0.2,
@@ -222,7 +222,7 @@ async def test_a_403_of_one_message_parks_it_and_does_not_pause_the_account_agai
     assert row["last_response_code"] == 403 and "403" in row["last_error"]
     assert not svc.rows("SELECT 1 FROM lease WHERE name = 'dotdigital.auth_pause:main'")
     assert len(_pause_lines(caplog)) == 1, _pause_lines(caplog)
-    views, _ = redrive.list_failures(svc.engine, redrive.Filters(statuses=("parked",)))
+    views, _ = failure_view.list_failures(svc.engine, failure_view.Filters(statuses=("parked",)))
     assert [(v.ref, v.response_code) for v in views] == [(f"outbox:{row['id']}", 403)]
 
     # The account keeps delivering: every other contact arrives, the parked message is resumed by those

@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 
 from ctdd import hookimpl
 from ctdd.config import InboxConfig, replace
-from ctdd.delivery import redrive
+from ctdd.delivery import failure_view, redrive
 from ctdd.domain.collections import BROWSE_COLLECTION, CART_COLLECTION, ORDERS_COLLECTION
 from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.testing.commercetools_fake import FakeCommercetools
@@ -218,7 +218,7 @@ async def test_queued_event_that_a_contact_plugin_fails_fails_at_once_and_is_ret
     assert sandbox.get_contact(email="boom@example.com") is None
 
     breaker.fixed = True
-    report = redrive.retry(svc.engine, [redrive.Ref("inbox", r["id"]) for r in rows[:3]], operator="ops",
+    report = redrive.retry(svc.engine, [failure_view.Ref("inbox", r["id"]) for r in rows[:3]], operator="ops",
                            reason="brand plugin fixed")
     assert [r.outcome for r in report.results] == ["retried"] * 3
     await wait_for(lambda: all(r["status"] == "done" for r in inbox_rows(svc)), timeout=20, what="retried events")

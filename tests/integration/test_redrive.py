@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from ctdd.config import InboxConfig, replace
 from ctdd.db.models import EventInbox
-from ctdd.delivery import redrive
+from ctdd.delivery import failure_view, redrive
 from ctdd.sync.v1 import admin_service_pb2 as apb
 from ctdd.sync.v1 import admin_service_pb2_grpc as apb_grpc
 from ctdd.sync.v1 import sync_service_pb2 as pb
@@ -75,15 +75,15 @@ async def delivered(svc, sandbox, email: str, first_name: str) -> None:
 
 
 def test_references_are_typed():
-    assert redrive.parse_refs(["outbox:12", " inbox:3 ", "rejected:7", "outbox:12"]) == [
-        redrive.Ref("outbox", 12), redrive.Ref("inbox", 3), redrive.Ref("rejected", 7)]
+    assert failure_view.parse_refs(["outbox:12", " inbox:3 ", "rejected:7", "outbox:12"]) == [
+        failure_view.Ref("outbox", 12), failure_view.Ref("inbox", 3), failure_view.Ref("rejected", 7)]
     for bad in ["12", "outbox:", "outbox:0", "outbox:-1", "dead:1", "outbox:1x", "x" * 5000]:
-        with pytest.raises(redrive.InvalidFailureQuery) as invalid:
-            redrive.parse_ref(bad)
+        with pytest.raises(failure_view.InvalidFailureQuery) as invalid:
+            failure_view.parse_ref(bad)
         assert invalid.value.field == "refs" and len(str(invalid.value)) < 200
-    assert redrive.error_code("Dotdigital API error: PATCH /x -> HTTP 400 ERROR_CONTACT_INVALID - bad") == \
+    assert failure_view.error_code("Dotdigital API error: PATCH /x -> HTTP 400 ERROR_CONTACT_INVALID - bad") == \
         "ERROR_CONTACT_INVALID"
-    assert redrive.error_code("Dotdigital API error: no response") is None
+    assert failure_view.error_code("Dotdigital API error: no response") is None
     from ctdd.ingest.inbox import NOTIFY_CHANNEL
 
     assert redrive.INBOX_NOTIFY_CHANNEL == NOTIFY_CHANNEL
@@ -406,7 +406,7 @@ async def test_a_failed_queued_event_is_retried(service_factory, database_url, s
 
     fake_ct.clear_faults()
     with caplog.at_level(logging.WARNING, logger="ctdd.delivery.redrive"):
-        report = redrive.retry(svc.engine, [redrive.Ref("inbox", row["id"])], operator="ops-dan",
+        report = redrive.retry(svc.engine, [failure_view.Ref("inbox", row["id"])], operator="ops-dan",
                                reason="commercetools is back")
     assert [(r.outcome, r.status) for r in report.results] == [("retried", "pending")]
     assert [r.getMessage() for r in caplog.records if r.name == "ctdd.delivery.redrive"] == [
@@ -431,19 +431,19 @@ async def test_a_message_merged_into_a_dead_head_is_retried_through_it(service_f
                              "WHERE id = :f"), dict(h=head["id"], f=follower["id"]))
     set_status(svc, head["id"], "dead", 400, "Dotdigital API error: PATCH /x -> HTTP 400 contacts:invalidData")
 
-    views, _ = redrive.list_failures(svc.engine, redrive.Filters(email="mo@example.com"))
+    views, _ = failure_view.list_failures(svc.engine, failure_view.Filters(email="mo@example.com"))
     assert {v.ref: v.merged_into for v in views} == {f"outbox:{head['id']}": None,
                                                      f"outbox:{follower['id']}": f"outbox:{head['id']}"}
-    report = redrive.retry(svc.engine, [redrive.Ref("outbox", follower["id"])], operator="ops-eve")
+    report = redrive.retry(svc.engine, [failure_view.Ref("outbox", follower["id"])], operator="ops-eve")
     assert [(r.outcome, r.status, r.message) for r in report.results] == [
         ("retried", "merged", f"through outbox:{head['id']}, which carries it")]
     assert [status_of(svc, m["id"]) for m in (head, follower)] == ["pending", "merged"]
     # a rejected record that logs a queued event points at the event
     with svc.engine.begin() as conn:
-        rid = conn.execute(sa.insert(redrive.RR).values(
+        rid = conn.execute(sa.insert(failure_view.RR).values(
             operation="TrackEvent", store_key="uk", record_type="event_inbox", record_id="77", reason="failed",
-            created_at=datetime.now(timezone.utc)).returning(redrive.RR.c.id)).scalar_one()
-    refused = redrive.retry(svc.engine, [redrive.Ref("rejected", rid)], operator="ops-eve").results[0]
+            created_at=datetime.now(timezone.utc)).returning(failure_view.RR.c.id)).scalar_one()
+    refused = redrive.retry(svc.engine, [failure_view.Ref("rejected", rid)], operator="ops-eve").results[0]
     assert refused.outcome == "refused" and "inbox:77" in refused.message
 
 
@@ -539,7 +539,7 @@ def test_a_retried_dead_message_waits_behind_a_later_one_in_flight_and_others_ar
     assert later.id == new  # ... so the later message is in flight when the operator retries the dead one
     b2 = _queue(engine, b, {"dataFields": {"FIRSTNAME": "B2"}})
 
-    report = redrive.retry(engine, [redrive.Ref("outbox", old)], operator="ops", reason="fixed")
+    report = redrive.retry(engine, [failure_view.Ref("outbox", old)], operator="ops", reason="fixed")
     [result] = report.results
     assert (result.outcome, result.status) == ("retried", "pending")
     assert f"outbox:{new}" in result.message and "without the 1 field(s)" in result.message
@@ -586,11 +586,11 @@ def test_a_retry_that_later_messages_supersede_is_skipped_with_a_note(engine):
     later = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)[0]
     _settle(engine, later, "delivered", 200)
 
-    dry = redrive.retry(engine, [redrive.Ref("outbox", old)], operator="ops", dry_run=True).results[0]
+    dry = redrive.retry(engine, [failure_view.Ref("outbox", old)], operator="ops", dry_run=True).results[0]
     assert dry.outcome == "would_skip" and _row(engine, old)["status"] == "dead"
-    [result] = redrive.retry(engine, [redrive.Ref("outbox", old)], operator="ops", reason="fixed").results
+    [result] = redrive.retry(engine, [failure_view.Ref("outbox", old)], operator="ops", reason="fixed").results
     assert (result.outcome, result.status) == ("skipped", "skipped")
-    views, _ = redrive.list_failures(engine, redrive.Filters(statuses=("skipped",)))
+    views, _ = failure_view.list_failures(engine, failure_view.Filters(statuses=("skipped",)))
     assert [v.note for v in views] == [
         f"retried by ops: fixed; nothing left to send: superseded: every field it carried is carried by a later "
         f"message (outbox:{later.id})"]
@@ -604,11 +604,11 @@ def test_a_retry_that_later_messages_supersede_is_skipped_with_a_note(engine):
     with Session(engine) as s, s.begin():
         deletion = outbox.enqueue(s, contact_id=a, account="acc", kind=outbox.CONTACT_DELETE, payload={},
                                   ref=outbox.RecordRef("uk"))
-    assert redrive.retry(engine, [redrive.Ref("outbox", gone)], operator="ops").results[0].outcome == "skipped"
+    assert redrive.retry(engine, [failure_view.Ref("outbox", gone)], operator="ops").results[0].outcome == "skipped"
     _queue(engine, a, {"dataFields": {"LASTNAME": "Again"}})
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE outbox_message SET status = 'dead' WHERE id = :i"), {"i": deletion})
-    refused = redrive.retry(engine, [redrive.Ref("outbox", deletion)], operator="ops").results[0]
+    refused = redrive.retry(engine, [failure_view.Ref("outbox", deletion)], operator="ops").results[0]
     assert refused.outcome == "refused" and "erase" in refused.message and _row(engine, deletion)["status"] == "dead"
 
 
@@ -626,7 +626,7 @@ async def test_a_retried_message_does_not_overwrite_a_newer_value(service_factor
     await delivered(svc, sandbox, "ann@example.com", "Anne")
     await wait_for(lambda: status_of(svc, second) == "delivered", what="the newer update delivered")
 
-    [result] = redrive.retry(svc.engine, [redrive.Ref("outbox", first)], operator="ops", reason="field created").results
+    [result] = redrive.retry(svc.engine, [failure_view.Ref("outbox", first)], operator="ops", reason="field created").results
     assert result.outcome == "retried"
     await wait_for(lambda: status_of(svc, first) == "delivered", timeout=20, what="the retried update delivered")
     contact = sandbox.get_contact(email="ann@example.com")

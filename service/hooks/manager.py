@@ -55,20 +55,33 @@ class Hooks:
         self.scopes = {name: frozenset(stores) for name, stores in (scopes or {}).items()}
         self.trace = trace
         self.known_types = schema_guard.KnownTypes()
+        #: (hook, store key) -> (pluggy's implementations when computed, the ones that apply): hooks are called
+        #: several times per event, and the plugins rarely change (see implementations)
+        self._applicable: dict[tuple[str, str | None], tuple[list[pluggy.HookImpl], tuple[pluggy.HookImpl, ...]]] = {}
 
     # -- calling implementations ------------------------------------------------------------------
-    def implementations(self, hook: str, store_key: str | None) -> list[pluggy.HookImpl]:
+    def implementations(self, hook: str, store_key: str | None) -> tuple[pluggy.HookImpl, ...]:
         """The implementations of ``hook`` that apply to ``store_key``, in pluggy's call order (tryfirst
-        first, trylast last, otherwise the last registered first)."""
+        first, trylast last, otherwise the last registered first).
+
+        Remembered per hook and store while pluggy's list of the hook's implementations stays the same
+        (compared element by element, by identity): a plugin registered or unregistered later is seen."""
+        registered = getattr(self.pm.hook, hook).get_hookimpls()
+        key = (hook, store_key)
+        known = self._applicable.get(key)
+        if known is not None and known[0] == registered:
+            return known[1]
         out = []
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+        for impl in reversed(registered):
             if impl.wrapper or impl.hookwrapper:
                 continue
             scope = self.scopes.get(impl.plugin_name)
             if scope is not None and store_key not in scope:
                 continue
             out.append(impl)
-        return out
+        applicable = tuple(out)
+        self._applicable[key] = (registered, applicable)
+        return applicable
 
     def _call(self, impl: pluggy.HookImpl, hook: str, kwargs: Mapping[str, Any]) -> Any:
         plugin = plugin_label(impl)

@@ -38,15 +38,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ctdd.db.engine import utcnow
-from ctdd.db.unnest import unnest_insert
 from ctdd.delivery import outbox
 from ctdd.domain.delta import StoredField
 from ctdd.domain.identity import SINGLE_VALUED, resolve
 from ctdd.ingest.access import (CI, CONTACT_READ, CONTACT_STATE, CT, FS, PE, INSERT_CONFLICT, INSERT_CONTACT, INSERT_FIELD_STATE,
-                                INSERT_IDENTIFIER, INSERT_PROCESSED, INSERT_REJECTED, UPDATE_FIELD_STATE,
+                                FIELD_COLUMNS, INSERT_IDENTIFIER, INSERT_PROCESSED, INSERT_REJECTED, UPDATE_FIELD_STATE,
                                 NewContactNeedsAddress)
 from ctdd.ingest.plans import ContactPlan
-from ctdd.ingest import sqlite_reads
+from ctdd.ingest import pg_json_rows, sqlite_direct
 from ctdd.programs import scheduling
 
 log = logging.getLogger(__name__)
@@ -102,8 +101,10 @@ class BatchAccess:
         for chunk in _chunks(ids):
             stmt = (sa.select(*(CT.c[name] for name in CONTACT_READ), CT.c.next_sequence)
                     .where(CT.c.id.in_(chunk)).order_by(CT.c.id))
-            for row in self.conn.execute(stmt.with_for_update() if self.postgres else stmt):
-                self._contacts[row.id] = dict(row._mapping)
+            result = self.conn.execute(stmt.with_for_update() if self.postgres else stmt)
+            names = tuple(result.keys())  # once: a row's own mapping view costs more than the row
+            for row in result:
+                self._contacts[row[0]] = dict(zip(names, row))
         # The field state each plan will read, of the contact its identifiers resolve to now (an earlier event
         # of the batch may change that: what was not read here is read when asked for, see stored_fields).
         pairs: set[tuple[int, str]] = set()
@@ -124,7 +125,7 @@ class BatchAccess:
             self._fields.setdefault(contact_id, {})
             self._known.setdefault(contact_id, set()).add(path)
         rows = (self.conn.execute(*_keyed(True, _FIELDS_BY_PAIR, pairs)) if self.postgres
-                else sqlite_reads.field_rows(self.conn, pairs))  # the same rows, without SQLAlchemy's per-row cost
+                else sqlite_direct.field_rows(self.conn, pairs))  # the same rows, without SQLAlchemy's per-row cost
         for r in rows:
             self._fields[r[0]][r[1]] = StoredField(r[2], r[3], r[4], r[5])
             self._field_existing.add((r[0], r[1]))
@@ -143,8 +144,9 @@ class BatchAccess:
         return {kind: self._owners[(account, kind, value)] for kind, value in requested.items()}
 
     def create_contact(self, account: str, row: Mapping[str, Any], now: datetime) -> int:
-        contact_id = self.conn.execute(INSERT_CONTACT, {**row, "account": account, "created_at": now,
-                                                        "updated_at": now}).scalar_one()
+        values = {**row, "account": account, "created_at": now, "updated_at": now}
+        contact_id = (self.conn.execute(INSERT_CONTACT, values).scalar_one() if self.postgres
+                      else _SQLITE_CONTACT.execute(self.conn, [values])[0][0])
         self._contacts[contact_id] = {**row, "id": contact_id}
         self._fields[contact_id] = {}
         self._known[contact_id] = _EVERYTHING
@@ -239,7 +241,7 @@ class BatchAccess:
             conn.execute(sa.delete(CI).where(CI.c.contact_id == contact_id, CI.c.kind == kind,
                                              CI.c.kind.in_(SINGLE_VALUED)))
         if self._identifiers:
-            conn.execute(INSERT_IDENTIFIER, self._identifiers)
+            self._write(INSERT_IDENTIFIER, self._identifiers)
         if self._conflicts:
             conn.execute(INSERT_CONFLICT, self._conflicts)
         if self._contact_state:
@@ -249,14 +251,13 @@ class BatchAccess:
                 params.append({"b_id": contact_id, "b_next_sequence": row["next_sequence"],
                                "b_updated_at": changed.get("updated_at", now),
                                **{f"b_{name}": row[name] for name in _STATE}})
-            conn.execute(_UPDATE_CONTACT, params)
+            self._write(_UPDATE_CONTACT, params)
         if self._messages:
             # RETURNING of a multi-row INSERT comes in no promised order: each id is matched to its message by
             # (partition, sequence), unique per message (asking SQLAlchemy to sort by parameter order makes it
             # insert one row per statement on SQLite)
-            inserted = (conn.execute(_UNNEST_MESSAGES.statement, _UNNEST_MESSAGES.params(self._messages))
-                        if self.postgres else conn.execute(_INSERT_MESSAGES, self._messages))
-            by_key = {(r.partition_key, r.sequence): r.id for r in inserted}
+            inserted = (_PG_MESSAGES if self.postgres else _SQLITE_MESSAGES).execute(conn, self._messages)
+            by_key = {(partition, sequence): message_id for message_id, partition, sequence in inserted}
             self.message_ids = [by_key[(m["partition_key"], m["sequence"])] for m in self._messages]
             if self.postgres:
                 conn.execute(sa.text(f"NOTIFY {outbox.NOTIFY_CHANNEL}"))
@@ -268,15 +269,20 @@ class BatchAccess:
             else:
                 inserts.append(row)
         if updates:
-            conn.execute(UPDATE_FIELD_STATE, updates)
+            self._write(UPDATE_FIELD_STATE, updates)
         if inserts:
-            conn.execute(INSERT_FIELD_STATE, inserts)
+            self._write(INSERT_FIELD_STATE, inserts)
         if self._processed_rows:
-            conn.execute(INSERT_PROCESSED, self._processed_rows)
+            self._write(INSERT_PROCESSED, self._processed_rows)
         if self._rejected:
             conn.execute(INSERT_REJECTED, self._rejected)
         for store, views, at in self._views.values():
             scheduling.on_products_viewed(self.session, store, views, at)
+
+    def _write(self, statement: Any, rows: list[dict[str, Any]]) -> None:
+        """``conn.execute(statement, rows)``, written as one statement on PostgreSQL (``ctdd.ingest.pg_json_rows``)
+        and on the DBAPI cursor on SQLite (``ctdd.ingest.sqlite_direct``)."""
+        (_PG_WRITES if self.postgres else _SQLITE_WRITES)[statement].execute(self.conn, rows)
 
     def real_id(self, message_id: int | None) -> int | None:
         """The outbox id of ``message_id`` (a placeholder before :meth:`flush`)."""
@@ -301,21 +307,41 @@ _UPDATE_CONTACT = (
             updated_at=sa.bindparam("b_updated_at", type_=CT.c.updated_at.type),
             **{name: sa.bindparam(f"b_{name}", type_=CT.c[name].type) for name in _STATE})
 )
-_INSERT_MESSAGES = sa.insert(outbox.OM).returning(outbox.OM.c.id, outbox.OM.c.partition_key, outbox.OM.c.sequence)
-#: PostgreSQL: the same as one statement whose text does not grow with the rows (ctdd.db.unnest)
-_UNNEST_MESSAGES = unnest_insert(outbox.OM, (
+#: the statements :meth:`BatchAccess._write` runs on SQLite, with the DBAPI's executemany
+_SQLITE_WRITES = {statement: sqlite_direct.DirectWrite(statement) for statement in (
+    INSERT_IDENTIFIER, _UPDATE_CONTACT, UPDATE_FIELD_STATE, INSERT_FIELD_STATE, INSERT_PROCESSED)}
+#: ... and on PostgreSQL, as one statement each (the rows as one JSON parameter)
+_PG_WRITES = {
+    INSERT_IDENTIFIER: pg_json_rows.JsonRowsWrite(CI, ("account", "kind", "value", "contact_id", "created_at")),
+    _UPDATE_CONTACT: pg_json_rows.JsonRowsWrite(CT, ("next_sequence", "updated_at", *_STATE), keys=("id",),
+                                           params={name: f"b_{name}" for name in ("id", "next_sequence", "updated_at",
+                                                                                   *_STATE)}),
+    UPDATE_FIELD_STATE: pg_json_rows.JsonRowsWrite(FS, FIELD_COLUMNS, keys=("contact_id", "field"),
+                                              params={name: f"b_{name}" for name in ("contact_id", "field",
+                                                                                      *FIELD_COLUMNS)}),
+    INSERT_FIELD_STATE: pg_json_rows.JsonRowsWrite(FS, ("contact_id", "field", *FIELD_COLUMNS)),
+    INSERT_PROCESSED: pg_json_rows.JsonRowsWrite(PE, ("dedupe_key", "store_key", "resource_type", "resource_id", "outcome",
+                                                 "processed_at")),
+}
+#: SQLite: a new contact's row (INSERT_CONTACT) on the DBAPI cursor
+_SQLITE_CONTACT = sqlite_direct.DirectInsertReturning(CT, ("id",))
+#: SQLite: the outbox messages with a multi-row INSERT ... RETURNING built on the DBAPI cursor (ctdd.ingest.sqlite_direct)
+_SQLITE_MESSAGES = sqlite_direct.DirectInsertReturning(outbox.OM, ("id", "partition_key", "sequence"))
+#: PostgreSQL: the same as one statement whose text does not grow with the rows (ctdd.ingest.pg_json_rows)
+_PG_MESSAGES = pg_json_rows.JsonRowsWrite(outbox.OM, (
     "partition_key", "sequence", "account", "contact_id", "kind", "payload", "status", "attempts", "next_attempt_at",
     "store_key", "record_type", "record_id", "record_version", "priority", "created_at", "updated_at"),
     returning=("id", "partition_key", "sequence"))
 
 
-# Reads by many composite keys with ONE bound parameter per key column (PostgreSQL: arrays through unnest;
-# SQLite: a JSON array through json_each): the statement text never changes with the number of keys, so it is
-# compiled once, where ``(a, b) IN ((?, ?), ...)`` is rendered again for every batch.
+# Reads by many composite keys with ONE bound parameter, the keys as a JSON array of arrays (PostgreSQL:
+# json_to_recordset; SQLite: json_each): the statement text never changes with the number of keys, so it is
+# compiled once, where ``(a, b) IN ((?, ?), ...)`` is rendered again for every batch. (Not PostgreSQL arrays:
+# psycopg dumps every text element of an array with a regular expression, in Python.)
 _OWNERS_BY_KEY = {
     "postgresql": sa.text(
         "SELECT ci.account, ci.kind, ci.value, ci.contact_id FROM contact_identifier ci "
-        "JOIN unnest(CAST(:k0 AS text[]), CAST(:k1 AS text[]), CAST(:k2 AS text[])) AS t(a, k, v) "
+        "JOIN json_to_recordset(CAST(:keys AS json)) AS t(a text, k text, v text) "
         "ON ci.account = t.a AND ci.kind = t.k AND ci.value = t.v"),
     "sqlite": sa.text(
         "SELECT ci.account, ci.kind, ci.value, ci.contact_id FROM json_each(:keys) AS t "
@@ -325,7 +351,7 @@ _OWNERS_BY_KEY = {
 _FIELDS_BY_PAIR = {
     "postgresql": sa.text(
         "SELECT fs.contact_id, fs.field, fs.value, fs.source_ref, fs.source_version, fs.source_ts FROM field_state fs "
-        "JOIN unnest(CAST(:k0 AS bigint[]), CAST(:k1 AS text[])) AS t(c, f) ON fs.contact_id = t.c AND fs.field = t.f"),
+        "JOIN json_to_recordset(CAST(:keys AS json)) AS t(c bigint, f text) ON fs.contact_id = t.c AND fs.field = t.f"),
     "sqlite": sa.text(
         "SELECT fs.contact_id, fs.field, fs.value, fs.source_ref, fs.source_version, fs.source_ts FROM json_each(:keys) AS t "
         "JOIN field_state fs ON fs.contact_id = json_extract(t.value, '$[0]') AND fs.field = json_extract(t.value, '$[1]')"),
@@ -334,11 +360,15 @@ _FIELDS_BY_PAIR = {dialect: stmt.columns(FS.c.contact_id, FS.c.field, FS.c.value
                                          FS.c.source_ts) for dialect, stmt in _FIELDS_BY_PAIR.items()}
 
 
+#: the names json_to_recordset gives the key columns of each PostgreSQL read
+_RECORD_NAMES = {_OWNERS_BY_KEY["postgresql"]: ("a", "k", "v"), _FIELDS_BY_PAIR["postgresql"]: ("c", "f")}
+
+
 def _keyed(postgres: bool, statements: Mapping[str, Any], keys: Sequence[tuple[Any, ...]]) -> tuple[Any, dict]:
     """The statement of ``statements`` for the dialect and its parameters for ``keys`` (tuples)."""
     if postgres:
-        return statements["postgresql"], {f"k{i}": list(column) for i, column in enumerate(zip(*keys))} if keys else \
-            {f"k{i}": [] for i in range(3)}
+        names = _RECORD_NAMES[statements["postgresql"]]
+        return statements["postgresql"], {"keys": json.dumps([dict(zip(names, key)) for key in keys])}
     return statements["sqlite"], {"keys": json.dumps(keys)}
 
 

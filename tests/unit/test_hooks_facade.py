@@ -205,3 +205,24 @@ def test_plugins_list_shows_hooks_distribution_version_and_stores(installed, tmp
     assert listed["default_mapping"]["stores"] is None and listed["default_mapping"]["bundled"]
     assert main(["plugins", "list", "--config", str(config)]) == 0
     assert "acme: acme-plugins 1.2\n  hooks:  ctdd_map_order\n  stores: de\n" in capsys.readouterr().out
+
+
+def test_implementations_follow_plugins_registered_and_unregistered_after_a_call():
+    # the facade remembers which implementations apply per hook and store: a later (un)registration counts
+    h = hooks()
+    assert h.map_order(UK, ORDER, RECORD) is RECORD
+    assert h.implementations("ctdd_map_order", "uk") == ()
+    plugin = InPlace()
+    h.pm.register(plugin)  # no [plugins.<name>] scope: applies to every store
+    assert h.map_order(UK, ORDER, RECORD)["brand"] == "ACME"
+    assert [impl.plugin for impl in h.implementations("ctdd_map_order", "de")] == [plugin]
+    h.pm.unregister(plugin)
+    assert h.map_order(UK, ORDER, RECORD) is RECORD
+    assert h.implementations("ctdd_map_order", "de") == ()
+
+
+def test_remembered_implementations_keep_their_store_scopes():
+    h = hooks(("scoped", InPlace()), settings=SETTINGS)
+    for _ in range(2):  # the second answer comes from what was remembered
+        assert h.map_order(UK, ORDER, RECORD)["brand"] == "ACME"
+        assert h.map_order(DE, ORDER, RECORD) is RECORD

@@ -1,0 +1,93 @@
+"""The set-based apply's bulk writes on PostgreSQL as one statement each, the rows as one JSON parameter.
+
+SQLAlchemy writes the batch's field-state rows, dedupe records, identifiers and contact updates as an
+executemany: with psycopg, a multi-row ``VALUES`` text that grows with the rows (parsed again on every batch),
+each value through SQLAlchemy's execution context. Array parameters (``unnest``) keep the text fixed, but psycopg
+dumps every text element of an array with a regular expression (in Python): more than the row's other work.
+Here the rows travel as one JSON document (``json.dumps``, in C) that PostgreSQL reads back into typed columns::
+
+    INSERT INTO t (a, b) SELECT u.a, u.b FROM json_to_recordset(CAST(:rows AS json)) AS u(a bigint, b text)
+    UPDATE t SET b = u.b FROM json_to_recordset(CAST(:rows AS json)) AS u(a bigint, b text) WHERE t.a = u.a
+
+The text is the same for any number of rows. Values go through each column type's bind processing
+(``UTCDateTime``: to UTC), times as ISO 8601 text with their offset (read back to the microsecond); a JSON
+column's value travels as its own JSON text, None included (JSON ``null``, as SQLAlchemy's JSON type stores
+None), cast back per row. Only columns of these kinds are accepted: strings, integers, JSON, UTC datetimes. An
+UPDATE's rows must have distinct keys (a row matched twice would be updated with either).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+_PG = postgresql.dialect()
+
+
+class JsonRowsWrite:
+    """An INSERT (no ``keys``) or an UPDATE of ``columns`` matched on ``keys``, for many rows at once.
+
+    ``params``: the key of each column (``keys`` and ``columns``) in the rows given, by default its name."""
+
+    def __init__(self, table: sa.Table, columns: Sequence[str], *, keys: Sequence[str] = (),
+                 params: Mapping[str, str] | None = None, returning: Sequence[str] = ()):
+        names = (*keys, *columns)
+        self.fields = tuple((name, (params or {}).get(name, name), _encoder(table.c[name])) for name in names)
+        source = (f"json_to_recordset(CAST(:rows AS json)) AS u("
+                  f"{', '.join(f'{name} {_record_type(table.c[name])}' for name in names)})")
+
+        def value(name: str) -> str:
+            return f"u.{name}::json" if isinstance(table.c[name].type, sa.JSON) else f"u.{name}"
+
+        if keys:
+            assignments = ", ".join(f"{name} = {value(name)}" for name in columns)
+            matches = " AND ".join(f"{table.name}.{name} = u.{name}" for name in keys)
+            text = f"UPDATE {table.name} SET {assignments} FROM {source} WHERE {matches}"
+        else:
+            text = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
+                    f"SELECT {', '.join(value(name) for name in columns)} FROM {source}")
+        if returning:
+            text += f" RETURNING {', '.join(f'{table.name}.{name}' for name in returning)}"
+        self.statement = sa.text(text).columns(*(table.c[name] for name in returning)) if returning else sa.text(text)
+
+    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Any:
+        """Write ``rows``; the result (the ``returning`` columns of each row written, in no promised order)."""
+        fields = self.fields
+        document = [{name: row[param] if encode is None else encode(row[param]) for name, param, encode in fields}
+                    for row in rows]
+        return conn.execute(self.statement, {"rows": json.dumps(document)})
+
+
+def _record_type(column: sa.Column) -> str:
+    """The column's type in the record read from JSON."""
+    column_type = column.type
+    if isinstance(column_type, sa.JSON):
+        return "text"  # its JSON text, cast back per row
+    if isinstance(column_type, UTCDateTime):
+        return "timestamptz"
+    plain = column_type.impl if isinstance(column_type, sa.TypeDecorator) else column_type  # e.g. AutoString
+    if isinstance(plain, (sa.String, sa.Integer)) and column_type.dialect_impl(_PG).bind_processor(_PG) is None:
+        return column_type.compile(dialect=_PG)  # a value SQLAlchemy passes on as it is
+    raise TypeError(f"{column}: {column_type!r} is not written through JSON rows")
+
+
+def _encoder(column: sa.Column) -> Callable[[Any], Any] | None:
+    """How a value of ``column`` goes into the JSON document (None: as it is)."""
+    column_type = column.type
+    if isinstance(column_type, sa.JSON):
+        return json.dumps
+    if isinstance(column_type, UTCDateTime):
+        process = column_type.dialect_impl(_PG).bind_processor(_PG)  # refuses a naive datetime, turns it to UTC
+
+        def utc_text(value: Any) -> Any:
+            converted = process(value) if process is not None else value
+            return None if converted is None else converted.isoformat()
+
+        return utc_text
+    _record_type(column)  # refuses any other kind of column
+    return None

@@ -1,0 +1,119 @@
+"""ctdd.ingest.pg_json_rows on the real PostgreSQL: its one-statement INSERTs and UPDATEs leave the rows SQLAlchemy's
+own executemany leaves (JSON values of every kind, None stored as JSON null, NULLs, datetimes in other offsets
+and to the microsecond, big integers), and the statement has one parameter whatever the number of rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from ctdd.db.engine import create_db_engine, upgrade_database
+from ctdd.ingest import set_apply
+from ctdd.delivery.outbox import OM
+from ctdd.ingest.access import CT, FS, INSERT_FIELD_STATE, INSERT_PROCESSED, PE, UPDATE_FIELD_STATE
+from support.helpers import reset_postgres
+
+pytestmark = pytest.mark.postgres
+
+NOW = datetime(2026, 12, 3, 11, 0, tzinfo=timezone.utc)
+VALUES = ["plain", "", 'say "hi"', "back\\slash", "Zoë", None, 0, 1.5, True, [1, None, {"a": "b"}], {"k": "v"}]
+
+
+def _field_row(contact_id: int, i: int, value) -> dict:
+    ts = [NOW.astimezone(timezone(timedelta(hours=-7))), NOW, NOW + timedelta(microseconds=i), None][i % 4]
+    return {"contact_id": contact_id, "field": f"f{i:02d}", "value": value,
+            "source_ref": None if i % 2 else f"customer/{i}", "source_version": None if i % 3 else 2 ** 40 + i,
+            "source_ts": ts, "message_id": i, "updated_at": NOW}
+
+
+def _fields(conn, contact_id: int) -> list[tuple]:
+    """Each row as stored, JSON as its text (JSON null and SQL NULL differ there)."""
+    return conn.execute(sa.text("SELECT field, value::text, value IS NULL, source_ref, source_version, source_ts, "
+                                "message_id, updated_at FROM field_state WHERE contact_id = :c ORDER BY field"),
+                        {"c": contact_id}).all()
+
+
+def test_json_rows_writes_leave_what_sqlalchemy_leaves(postgres_database):
+    reset_postgres(postgres_database)
+    engine = create_db_engine(postgres_database)
+    upgrade_database(engine)
+    writes = set_apply._PG_WRITES
+    try:
+        with engine.begin() as conn:
+            by_json, core = (conn.execute(sa.insert(CT).returning(CT.c.id), {
+                "account": "main", "next_sequence": 1, "created_at": NOW, "updated_at": NOW}).scalar_one()
+                for _ in range(2))
+            writes[INSERT_FIELD_STATE].execute(conn, [_field_row(by_json, i, v) for i, v in enumerate(VALUES)])
+            conn.execute(INSERT_FIELD_STATE, [_field_row(core, i, v) for i, v in enumerate(VALUES)])
+            processed = [{"dedupe_key": f"{who}:{i}", "store_key": "uk", "resource_type": None if i else "product",
+                          "resource_id": "p", "outcome": "applied", "processed_at": NOW + timedelta(seconds=i)}
+                         for who in ("x",) for i in range(3)]
+            writes[INSERT_PROCESSED].execute(conn, processed)
+            conn.execute(INSERT_PROCESSED, [{**r, "dedupe_key": "core" + r["dedupe_key"]} for r in processed])
+        with engine.connect() as conn:
+            assert _fields(conn, by_json) == _fields(conn, core)
+            assert len(_fields(conn, by_json)) == len(VALUES)
+            stored = conn.execute(sa.select(PE).order_by(PE.c.dedupe_key)).all()
+            assert [tuple(r)[1:] for r in stored if r[0].startswith("x")] == \
+                [tuple(r)[1:] for r in stored if r[0].startswith("core")]
+        # every value replaced, through the UPDATE ... FROM json_to_recordset
+        changed = [{f"b_{k}": v for k, v in _field_row(0, i, v).items()} for i, v in enumerate(reversed(VALUES))]
+        with engine.begin() as conn:
+            writes[UPDATE_FIELD_STATE].execute(conn, [{**r, "b_contact_id": by_json} for r in changed])
+            conn.execute(UPDATE_FIELD_STATE, [{**r, "b_contact_id": core} for r in changed])
+            contact = [{"b_id": by_json, "b_next_sequence": 7, "b_updated_at": NOW + timedelta(hours=1),
+                        "b_email": "a@example.com", "b_mobile_number": None, "b_shop_email_consent": "subscribed",
+                        "b_shop_email_consent_at": NOW.astimezone(timezone(timedelta(hours=2))),
+                        "b_shop_sms_consent": None, "b_shop_sms_consent_at": None}]
+            writes[set_apply._UPDATE_CONTACT].execute(conn, contact)
+            conn.execute(set_apply._UPDATE_CONTACT, [{**contact[0], "b_id": core}])
+        with engine.connect() as conn:
+            assert _fields(conn, by_json) == _fields(conn, core)
+            assert {r.field: r.value for r in conn.execute(sa.select(FS.c.field, FS.c.value)
+                                                           .where(FS.c.contact_id == by_json))} == {
+                f"f{i:02d}": v for i, v in enumerate(reversed(VALUES))}
+            a, b = (conn.execute(sa.select(CT).where(CT.c.id == cid)).one()._mapping for cid in (by_json, core))
+            assert {**a, "id": None} == {**b, "id": None}
+            assert a["next_sequence"] == 7 and a["email"] == "a@example.com"
+    finally:
+        engine.dispose()
+    # one parameter, the rows: the same text for any number of rows
+    assert str(writes[UPDATE_FIELD_STATE].statement).count(":rows") == 1
+
+
+def _message(i: int, prefix: str) -> dict:
+    return {"partition_key": f"{prefix}:{i % 7}", "sequence": i, "account": "main", "contact_id": None,
+            "kind": "insight.upsert",
+            "payload": {"record": {"n": i, "name": "Zoë's \"quoted\" \\ name", "nested": [1, None, {"a": True}]},
+                        "empty": {}, "trace": {}},
+            "status": "pending", "attempts": 0,
+            "next_attempt_at": (NOW + timedelta(seconds=i, microseconds=i)).astimezone(timezone(timedelta(hours=5))),
+            "store_key": "uk" if i % 2 else None, "record_type": "event", "record_id": f"r-{i}",
+            "record_version": None if i % 4 == 0 else 2 ** 40 + i, "priority": i % 3, "created_at": NOW,
+            "updated_at": NOW}
+
+
+def test_json_rows_insert_returns_every_rows_id_and_writes_what_sqlalchemy_writes(postgres_database):
+    reset_postgres(postgres_database)
+    engine = create_db_engine(postgres_database)
+    upgrade_database(engine)
+    try:
+        with engine.begin() as conn:
+            returned = set_apply._PG_MESSAGES.execute(conn, [_message(i, "json") for i in range(300)]).all()
+            conn.execute(sa.insert(OM), [_message(i, "core") for i in range(300)])
+        with engine.connect() as conn:
+            by_id = {i: (p, s) for i, p, s in conn.execute(sa.select(OM.c.id, OM.c.partition_key, OM.c.sequence))}
+            stored = conn.execute(sa.text(
+                "SELECT split_part(partition_key, ':', 1), split_part(partition_key, ':', 2), sequence, account, "
+                "contact_id, kind, payload::text, status, attempts, next_attempt_at, store_key, record_type, record_id, "
+                "record_version, priority, created_at, updated_at FROM outbox_message ORDER BY sequence, partition_key"
+            )).all()
+    finally:
+        engine.dispose()
+    assert sorted(s for _, _, s in returned) == list(range(300))
+    assert all(by_id[message_id] == (partition, sequence) for message_id, partition, sequence in returned)
+    by_json = [tuple(r)[1:] for r in stored if r[0] == "json"]
+    by_core = [tuple(r)[1:] for r in stored if r[0] == "core"]
+    assert len(by_json) == 300 and by_json == by_core

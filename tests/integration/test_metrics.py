@@ -90,26 +90,31 @@ async def test_every_documented_metric_is_exported_after_a_delivery_run(service_
         "Retry-After": "1", "X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"})
     sandbox.inject_fault(status=503, times=2, path_contains="parked@example.com")
     sandbox.inject_fault(status=400, times=1, path_contains="dead@example.com", body=INVALID)
-    for email in ("ok@example.com", "throttled@example.com", "parked@example.com", "dead@example.com"):
+    for email in ("ok@example.com", "throttled@example.com", "dead@example.com"):
         await svc.stub.SyncContact(contact_request(email=email, first_name="M"))
-    # a queued event (applied soon by the inbox processor)
-    event = pb.BehaviouralEvent(event_id="ev-metrics", identity=pb.ContactIdentity(email="ok@example.com"),
-                                custom_event=pb.CustomEvent(name="metrics_test"))
-    event.occurred_at.GetCurrentTime()
-    await svc.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", behavioural_event=event,
-                                                   processing=pb.PROCESSING_QUEUED))
+    # the message to park goes once the others settled: a delivery after it parked would resume it at once
+    await wait_for(lambda: sorted(statuses(svc).values()) == ["dead", "delivered", "delivered"],
+                   timeout=20, what="the throttled message delivered, the dead letter dead")
+    await svc.stub.SyncContact(contact_request(email="parked@example.com", first_name="M"))
     # the back-sync's cursor: its last complete poll began two minutes ago
     with svc.engine.begin() as conn:
         conn.execute(sa.insert(BacksyncCursor.__table__).values(
             account="main", last_poll_at=utcnow() - timedelta(minutes=2), updated_at=utcnow()))
 
-    # the parked message and the dead letter as the gauges see them
-    await wait_for(lambda: sorted(statuses(svc).values()) == ["dead", "delivered", "delivered", "delivered", "parked"],
+    # the parked message and the dead letter as the gauges see them (nothing else is sent meanwhile: any
+    # delivery of the account would resume the parked message at once)
+    await wait_for(lambda: sorted(statuses(svc).values()) == ["dead", "delivered", "delivered", "parked"],
                    timeout=20, what="one message parked, one dead, the others delivered")
     points = await asyncio.to_thread(metric_points)
     assert values(points, "ctdd.outbox.messages", account="main", store="uk", status="parked") == [1]
     assert values(points, "ctdd.outbox.messages", account="main", store="uk", status="dead") == [1]
-    # the parked message resumes once the account delivers another
+    # a queued event (applied soon by the inbox processor), and another contact: the parked message resumes
+    # once the account delivers again
+    event = pb.BehaviouralEvent(event_id="ev-metrics", identity=pb.ContactIdentity(email="ok@example.com"),
+                                custom_event=pb.CustomEvent(name="metrics_test"))
+    event.occurred_at.GetCurrentTime()
+    await svc.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", behavioural_event=event,
+                                                   processing=pb.PROCESSING_QUEUED))
     await svc.stub.SyncContact(contact_request(email="resume@example.com", first_name="R"))
     await wait_for(lambda: all_settled(svc), timeout=20, what="the run settled")
     points = await asyncio.to_thread(metric_points)

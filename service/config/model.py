@@ -624,7 +624,7 @@ class DispatcherConfig(Section):
     coalesce: Literal["bulk", "always", "never"] = "bulk"
     #: a product view's insight message is due this long after it was enqueued, so the views of one contact
     #: within it go out in one call (ctdd.delivery.view_merge); the contact's later messages wait behind it at
-    #: most this long. 0: off, one call per view
+    #: most this long. 0: no hold (views queued behind one in flight are still merged, see merge_queued_views)
     view_coalesce_seconds: float = Field(5.0, ge=0)
     #: with view_coalesce_seconds = 0: the views already queued behind a claimed view of the contact are still
     #: merged into it (no wait; under load a contact's backlog of views becomes one call). False: one call per view

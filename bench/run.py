@@ -580,16 +580,19 @@ def insight_record_ids(url: str) -> dict[int, str]:
             for mid, payload in rows}
 
 
+def epoch_seconds(moment: datetime | str) -> float:
+    """A stored time as epoch seconds (SQLite gives ISO text, naive times are UTC)."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
 def message_created(url: str) -> dict[int, float]:
     """Message id -> when it was written to the outbox (epoch seconds)."""
-    out = {}
-    for mid, created in fetch_rows(url, "SELECT id, created_at FROM outbox_message"):
-        if isinstance(created, str):
-            created = datetime.fromisoformat(created)
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=timezone.utc)
-        out[int(mid)] = created.timestamp()
-    return out
+    return {int(mid): epoch_seconds(created)
+            for mid, created in fetch_rows(url, "SELECT id, created_at FROM outbox_message")}
 
 
 def bulk_attempt_starts(url: str) -> dict[int, float]:
@@ -597,16 +600,7 @@ def bulk_attempt_starts(url: str) -> dict[int, float]:
     carries no message id (bulk imports); messages coalesced into another take their head's."""
     rows = fetch_rows(url, "SELECT m.id, a.started_at FROM outbox_message m JOIN delivery_attempt a "
                            "ON a.message_id = COALESCE(m.merged_into, m.id) AND a.outcome = 'delivered'")
-    out = {}
-    for mid, started in rows:
-        if isinstance(started, str):
-            from datetime import datetime
-            started = datetime.fromisoformat(started)
-        if started.tzinfo is None:
-            from datetime import timezone
-            started = started.replace(tzinfo=timezone.utc)
-        out[int(mid)] = started.timestamp()
-    return out
+    return {int(mid): epoch_seconds(started) for mid, started in rows}
 
 
 def classify_calls(sandbox) -> dict:

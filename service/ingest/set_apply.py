@@ -50,9 +50,6 @@ from ctdd.programs import scheduling
 
 log = logging.getLogger(__name__)
 
-#: tuples per ``IN (...)`` of the reads (SQLite builds before 3.32 allow 999 parameters per statement)
-_CHUNK = 300
-
 
 class BatchAccess:
     """:class:`~ctdd.ingest.access.ContactAccess` over state read up front for ``plans`` (see the module doc)."""
@@ -98,10 +95,8 @@ class BatchAccess:
         self._owners = dict.fromkeys(wanted)
         self._read_owners(sorted(wanted))
         ids = sorted({cid for cid in self._owners.values() if cid is not None})
-        for chunk in _chunks(ids):
-            stmt = (sa.select(*(CT.c[name] for name in CONTACT_READ), CT.c.next_sequence)
-                    .where(CT.c.id.in_(chunk)).order_by(CT.c.id))
-            result = self.conn.execute(stmt.with_for_update() if self.postgres else stmt)
+        if ids:
+            result = self.conn.execute(*_listed(self.postgres, _CONTACTS_BY_ID, ids))
             names = tuple(result.keys())  # once: a row's own mapping view costs more than the row
             for row in result:
                 self._contacts[row[0]] = dict(zip(names, row))
@@ -115,20 +110,24 @@ class BatchAccess:
                 pairs.update((contact_id, path) for path in plan.wanted_paths())
         if pairs:
             self._load_fields(pairs)
-        for chunk in _chunks(sorted(set(keys))):
-            self._processed.update(self.conn.execute(sa.select(PE.c.dedupe_key).where(PE.c.dedupe_key.in_(chunk)))
-                                   .scalars())
+        if keys:
+            self._processed.update(self.conn.execute(*_listed(self.postgres, _PROCESSED_KEYS, keys)).scalars())
 
     def _load_fields(self, pairs: Iterable[tuple[int, str]]) -> None:
         pairs = sorted(pairs)
+        fields, known = self._fields, self._known
         for contact_id, path in pairs:
-            self._fields.setdefault(contact_id, {})
-            self._known.setdefault(contact_id, set()).add(path)
+            paths = known.get(contact_id)
+            if paths is None:
+                fields.setdefault(contact_id, {})
+                paths = known[contact_id] = set()
+            paths.add(path)
         rows = (self.conn.execute(*_keyed(True, _FIELDS_BY_PAIR, pairs)) if self.postgres
                 else sqlite_direct.field_rows(self.conn, pairs))  # the same rows, without SQLAlchemy's per-row cost
-        for r in rows:
-            self._fields[r[0]][r[1]] = StoredField(r[2], r[3], r[4], r[5])
-            self._field_existing.add((r[0], r[1]))
+        existing = self._field_existing
+        for contact_id, path, value, ref, version, ts in rows:
+            fields[contact_id][path] = StoredField(value, ref, version, ts)
+            existing.add((contact_id, path))
 
     def _read_owners(self, keys: list[tuple[str, str, str]]) -> None:
         for account, kind, value, contact_id in self.conn.execute(*_keyed(self.postgres, _OWNERS_BY_KEY, keys)):
@@ -360,6 +359,28 @@ _FIELDS_BY_PAIR = {dialect: stmt.columns(FS.c.contact_id, FS.c.field, FS.c.value
                                          FS.c.source_ts) for dialect, stmt in _FIELDS_BY_PAIR.items()}
 
 
+# ... and by a list of single values (a JSON array): the contacts of the batch, locked in id order on PostgreSQL
+# (FOR UPDATE), and the dedupe keys already applied
+_CONTACTS_BY_ID = {
+    dialect: sa.text(
+        f"SELECT {', '.join(CONTACT_READ)}, next_sequence FROM contact WHERE id IN (SELECT {element}) ORDER BY id"
+        + (" FOR UPDATE" if dialect == "postgresql" else "")
+    ).columns(*(CT.c[name] for name in CONTACT_READ), CT.c.next_sequence)
+    for dialect, element in (("postgresql", "CAST(value AS bigint) FROM json_array_elements_text(CAST(:keys AS json))"),
+                             ("sqlite", "value FROM json_each(:keys)"))
+}
+_PROCESSED_KEYS = {
+    dialect: sa.text(f"SELECT dedupe_key FROM processed_event WHERE dedupe_key IN (SELECT {element})")
+    for dialect, element in (("postgresql", "value FROM json_array_elements_text(CAST(:keys AS json))"),
+                             ("sqlite", "value FROM json_each(:keys)"))
+}
+
+
+def _listed(postgres: bool, statements: Mapping[str, Any], values: Sequence[Any]) -> tuple[Any, dict]:
+    """The statement of ``statements`` for the dialect, with ``values`` as its one JSON parameter."""
+    return statements["postgresql" if postgres else "sqlite"], {"keys": json.dumps(values)}
+
+
 #: the names json_to_recordset gives the key columns of each PostgreSQL read
 _RECORD_NAMES = {_OWNERS_BY_KEY["postgresql"]: ("a", "k", "v"), _FIELDS_BY_PAIR["postgresql"]: ("c", "f")}
 
@@ -370,11 +391,6 @@ def _keyed(postgres: bool, statements: Mapping[str, Any], keys: Sequence[tuple[A
         names = _RECORD_NAMES[statements["postgresql"]]
         return statements["postgresql"], {"keys": json.dumps([dict(zip(names, key)) for key in keys])}
     return statements["sqlite"], {"keys": json.dumps(keys)}
-
-
-def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start:start + _CHUNK]
 
 
 def apply_plans(session: Session, plans: Sequence[ContactPlan]) -> list[tuple[bool, Any]]:

@@ -219,10 +219,28 @@ def _processors(compiled: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
     out = []
     for name in names:
         process = compiled._bind_processors.get(name)
-        if process is not None and isinstance(compiled.binds[name].type, UTCDateTime):
+        column_type = compiled.binds[name].type
+        if process is not None and isinstance(column_type, UTCDateTime):
             process = _UTCTimes(_utc_text(process))
+        elif process is not None and isinstance(column_type, sa.JSON):
+            process = _json_text(process)
         out.append(process)
     return tuple(out)
+
+
+def _json_text(process: _Processor) -> _Processor:
+    """A JSON column's bind processor with a shortcut for a plain string (printable ASCII without a quote or a
+    backslash: nothing ``json.dumps`` would escape), whose JSON is the string between quotes; the reverse of the
+    shortcut on reading (:func:`_json`). Most field-state values are such strings (addresses, the digests of
+    insight records). Checked against ``process`` once; anything else goes to ``process``."""
+    def text(value: Any) -> Any:
+        if (value.__class__ is str and value.isascii() and value.isprintable() and '"' not in value
+                and "\\" not in value):
+            return f'"{value}"'
+        return process(value)
+
+    samples = ("", "a@example.com", "0123456789abcdef", "x y/z:1-2_3.4~5")
+    return text if all(text(sample) == process(sample) for sample in samples) else process
 
 
 def _utc_text(process: _Processor) -> _Processor:
@@ -230,7 +248,11 @@ def _utc_text(process: _Processor) -> _Processor:
     the time in UTC as ``YYYY-MM-DD HH:MM:SS.ffffff``. Checked against ``process`` once; anything but an aware
     datetime (None, a naive one: refused) goes to ``process`` itself."""
     def text(value: Any) -> Any:
-        if value.__class__ is not datetime or value.utcoffset() is None:
+        if value.__class__ is not datetime:
+            return process(value)
+        if value.tzinfo is timezone.utc:  # the common case (ctdd.clock): its text less the "+00:00"
+            return value.isoformat(" ", "microseconds")[:-6]
+        if value.utcoffset() is None:
             return process(value)
         return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
 

@@ -5,6 +5,7 @@ gives each row's id, and the field-state rows it reads are those SQLAlchemy read
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from ctdd.ingest.sqlite_direct import DirectInsertReturning, DirectWrite, field_
 NOW = datetime(2026, 12, 3, 11, 0, tzinfo=timezone.utc)
 #: JSON values: the plain strings take the reading shortcut, the others json.loads
 VALUES = ["plain", "", 'say "hi"', "back\\slash", "Zoë", "tab\there", None, 0, 1.5, True, [1, None, {"a": "b"}],
-          {"k": "v"}, '"', "\"quoted\" inside"]
+          {"k": "v"}, '"', "\"quoted\" inside", "del\x7f", "new\nline", "a/b:c d~e", "0123456789abcdef" * 4]
 
 
 def _engine(tmp_path):
@@ -33,8 +34,10 @@ def _contacts(conn, n: int) -> list[int]:
 
 
 def _field_row(contact_id: int, i: int, value) -> dict:
-    # one time in another offset (the same instant), one repeated many times, one per row, and NULL
-    ts = [NOW.astimezone(timezone(timedelta(hours=-7))), NOW, NOW + timedelta(microseconds=i), None][i % 4]
+    # one time in another offset (the same instant), one repeated many times, one per row, NULL, and UTC as
+    # another tzinfo than timezone.utc
+    ts = [NOW.astimezone(timezone(timedelta(hours=-7))), NOW, NOW + timedelta(microseconds=i), None,
+          NOW.astimezone(ZoneInfo("UTC")) + timedelta(seconds=i)][i % 5]
     return {"contact_id": contact_id, "field": f"f{i}", "value": value, "source_ref": None if i % 2 else f"customer/{i}",
             "source_version": None if i % 3 else i, "source_ts": ts, "message_id": i, "updated_at": NOW}
 

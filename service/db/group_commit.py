@@ -37,6 +37,7 @@ from typing import Any, Callable, TypeVar
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ctdd import collector
 from ctdd.db.transactions import INTEGRITY_RETRIES, UnitOfWork, lost_race, run_in_transaction
 from ctdd.telemetry import tracing_enabled
 
@@ -228,7 +229,8 @@ class GroupCommitRunner:
         for attempt in range(INTEGRITY_RETRIES):
             savepoint = session.begin_nested()
             try:
-                results = self.set_apply(session, run)
+                with collector.paused():  # the batch's state is freed by reference counting (ctdd.collector)
+                    results = self.set_apply(session, run)
                 session.flush()
                 savepoint.commit()
             except Exception as exc:

@@ -49,6 +49,10 @@ class NewContactNeedsAddress(Exception):
 class ContactAccess(Protocol):
     """What the contact core needs of the database (see the module docstring)."""
 
+    def now(self) -> datetime:
+        """The time the rows written are stamped with: the clock's now, or the batch's time (set-based: one
+        transaction, one time, as PostgreSQL's ``now()`` is the time of the transaction)."""
+
     def owners(self, account: str, requested: Mapping[str, str]) -> dict[str, int | None]:
         """kind -> the contact owning the requested value of that kind (None: nobody)."""
 
@@ -103,6 +107,9 @@ class DirectAccess:
         session.flush()  # ORM objects the caller has pending, as the ORM's autoflush would
         self.session = session
         self.conn = session.connection()
+
+    def now(self) -> datetime:
+        return utcnow()
 
     def owners(self, account: str, requested: Mapping[str, str]) -> dict[str, int | None]:
         owners: dict[str, int | None] = dict.fromkeys(requested)
@@ -225,7 +232,8 @@ def owners_statement(kinds: tuple[str, ...]):
     return stmt
 
 
-def processed_row(key: str, store_key: str, resource_type: str, resource_id: str, outcome: str) -> dict[str, Any]:
-    """The ``processed_event`` row of an applied event."""
+def processed_row(key: str, store_key: str, resource_type: str, resource_id: str, outcome: str,
+                  now: datetime | None = None) -> dict[str, Any]:
+    """The ``processed_event`` row of an applied event (processed ``now``, by default the clock's)."""
     return {"dedupe_key": key, "store_key": store_key, "resource_type": resource_type or None,
-            "resource_id": resource_id or None, "outcome": outcome, "processed_at": utcnow()}
+            "resource_id": resource_id or None, "outcome": outcome, "processed_at": now or utcnow()}

@@ -145,7 +145,7 @@ class ContactSync:
         *, priority: int = outbox.PRIORITY_LIVE, clear_own: Collection[str] = (),
     ) -> SyncResult:
         """:meth:`apply` through ``access``."""
-        now = utcnow()
+        now = access.now()
         store = self.settings.stores[contact.store_key]
         account = store.account
         requested = self.requested_identifiers(contact)

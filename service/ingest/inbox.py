@@ -63,6 +63,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ctdd import collector
 from ctdd.delivery import outbox
 from ctdd.config import InboxConfig, Settings
 from ctdd.db.engine import sqlite_write_lock, utcnow
@@ -570,7 +571,8 @@ class InboxProcessor:
                                           lease_seconds=self.cfg.lease_seconds)
         if not claimed:
             return None
-        prepared: list[Any] = [self._prepare_at_once(e) for e in claimed]
+        with collector.paused():  # the plans live until applied: nothing for the collector (ctdd.collector)
+            prepared: list[Any] = [self._prepare_at_once(e) for e in claimed]
         waiting = [i for i, p in enumerate(prepared) if p is None]
         if waiting:  # those that may need commercetools: concurrently
             for i, p in zip(waiting, await asyncio.gather(*(self._prepare(claimed[i]) for i in waiting))):

@@ -26,7 +26,6 @@ from typing import Any, Collection, Mapping, Protocol
 from sqlalchemy.orm import Session
 
 from ctdd.config import StoreConfig
-from ctdd.db.engine import utcnow
 from ctdd.delivery import outbox
 from ctdd.domain.collections import BROWSE_COLLECTION, COLLECTION_TYPES
 from ctdd.domain.contact import ContactInput, SourceStamp
@@ -79,7 +78,7 @@ def enqueue_insight(access: ContactAccess, *, contact_id: int, store: StoreConfi
     stored = access.stored_fields(contact_id, (path,)).get(path)
     if stored is not None and (stored.value == digest or is_older(source, stored)):
         return None  # the same record again, or an older one than what was sent (newest wins, as for fields)
-    now = utcnow()
+    now = access.now()
     mid = access.enqueue(
         contact_id=contact_id, account=store.account, kind=outbox.INSIGHT_UPSERT,
         payload={"collection": collection, "record_id": record_id, "record": record, "scope": "contact",
@@ -189,7 +188,7 @@ class ContactPlan:
             access.reject(self.refused)
         if key is not None:
             access.mark_processed(processed_row(key, self.store.key, outcome.resource_type, outcome.resource_id,
-                                                outcome.outcome))
+                                                outcome.outcome, access.now()))
         return outcome
 
     def _insight_and_view(self, access: ContactAccess, contact_id: int) -> None:
@@ -204,7 +203,7 @@ class ContactPlan:
             if mid:
                 self.outcome.outbox_message_ids.append(mid)
         if self.view is not None:
-            access.product_viewed(self.store, contact_id, self.view.product_id, self.view.viewed_at, utcnow(),
+            access.product_viewed(self.store, contact_id, self.view.product_id, self.view.viewed_at, access.now(),
                                   self.view.data)
 
 

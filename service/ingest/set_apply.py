@@ -58,6 +58,8 @@ class BatchAccess:
         session.flush()
         self.session = session
         self.conn = session.connection()
+        #: the time of the batch: every row it writes is stamped with it (one transaction, one time)
+        self._now = utcnow()
         self.postgres = self.conn.dialect.name == "postgresql"
         #: (account, kind, value) -> owner contact id (None: nobody), for every identifier the batch asks about
         self._owners: dict[tuple[str, str, str], int | None] = {}
@@ -134,6 +136,9 @@ class BatchAccess:
             self._owners[(account, kind, value)] = contact_id
 
     # -- phase 2: the ContactAccess the plans apply through --------------------------------------------
+    def now(self) -> datetime:
+        return self._now
+
     def owners(self, account: str, requested: Mapping[str, str]) -> dict[str, int | None]:
         missing = [(account, kind, value) for kind, value in requested.items()
                    if (account, kind, value) not in self._owners]
@@ -235,7 +240,7 @@ class BatchAccess:
     def flush(self) -> None:
         """Write everything buffered (a few multi-row statements); then :meth:`real_id` answers."""
         conn = self.conn
-        now = utcnow()
+        now = self._now
         for contact_id, kind in dict.fromkeys(self._detached):
             conn.execute(sa.delete(CI).where(CI.c.contact_id == contact_id, CI.c.kind == kind,
                                              CI.c.kind.in_(SINGLE_VALUED)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import operator
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -124,14 +125,8 @@ class DirectWrite:
         plan = self._plan(conn, keys)
         if plan is not None:
             sql, names, processors = plan
-            processors = _per_call(processors)
-            try:
-                params = [tuple([value if process is None else process(value)
-                                 for process, value in zip(processors, [row[name] for name in names])])
-                          for row in rows if len(row) == len(keys)]
-            except KeyError:  # a row of other keys
-                params = []
-            if len(params) == len(rows):
+            params = _parameters(rows, names, processors)
+            if params is not None:
                 cursor = conn.connection.cursor()
                 try:
                     with _sqlalchemy_errors(conn, sql):
@@ -173,15 +168,16 @@ class DirectInsertReturning:
         if plan is None or any(len(row) != len(keys) for row in rows):
             return [tuple(r) for r in conn.execute(self.statement, list(rows))]
         head, values, names, processors = plan
-        processors = _per_call(processors)
+        params_of_rows = _parameters(rows, names, processors)
+        if params_of_rows is None:  # a row of other keys
+            return [tuple(r) for r in conn.execute(self.statement, list(rows))]
         per_statement = max(1, min(_ROWS_PER_STATEMENT, _max_parameters() // len(names)))
         out: list[tuple[Any, ...]] = []
         cursor = conn.connection.cursor()
         try:
             for start in range(0, len(rows), per_statement):
-                chunk = rows[start:start + per_statement]
-                params = [value if process is None else process(value)
-                          for row in chunk for process, value in zip(processors, [row[name] for name in names])]
+                chunk = params_of_rows[start:start + per_statement]
+                params = [value for row in chunk for value in row]
                 sql = _multi_row_sql(head, values, len(chunk), self.returning)
                 with _sqlalchemy_errors(conn, sql):
                     cursor.execute(sql, params)
@@ -260,6 +256,30 @@ def _utc_text(process: _Processor) -> _Processor:
                datetime(2026, 1, 2, 23, 4, 5, tzinfo=timezone(timedelta(hours=-7))),
                datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc))
     return text if all(text(sample) == process(sample) for sample in samples) else process
+
+
+def _parameters(rows: Sequence[Mapping[str, Any]], names: tuple[str, ...], processors: tuple[Any, ...]
+                ) -> list[tuple[Any, ...]] | None:
+    """Each row's values in the order of ``names``, through the processors; None when a row has other keys."""
+    n = len(names)
+    getter = operator.itemgetter(*names)
+    converting = [(i, process) for i, process in enumerate(_per_call(processors)) if process is not None]
+    out: list[Any] = []
+    try:
+        for row in rows:
+            if len(row) != n:
+                return None
+            values = getter(row)
+            if n == 1:
+                values = (values,)
+            if converting:
+                values = list(values)
+                for i, process in converting:
+                    values[i] = process(values[i])
+            out.append(values)
+    except KeyError:
+        return None
+    return out
 
 
 def _per_call(processors: tuple[Any, ...]) -> tuple[_Processor | None, ...]:

@@ -7,7 +7,8 @@ every RPC and delivery allocates enough short-lived containers to trigger a youn
 calls. Measured on ``ctdd serve`` under queued TrackEvent load (bench/run.py (a), 2 cores): the collector
 took about 10 % of the process's CPU. :func:`freeze_startup_heap` moves the start-up objects into the
 permanent generation (``gc.freeze()``, as large Python services do) and lets young collections run less
-often. Cycles created later are still collected; only the start-up objects are exempt.
+often. Cycles created later are still collected; only the start-up objects are exempt. Nor does the collector
+run in the middle of a set-based apply (``ctdd.collector``).
 
 Only the CLI entry points call it: a test process or an application embedding :class:`ctdd.runtime.app.App`
 keeps its own collector settings.
@@ -16,6 +17,8 @@ keeps its own collector settings.
 from __future__ import annotations
 
 import gc
+
+from ctdd import collector
 
 #: allocations (net, of container objects) between young collections; CPython's default is 700
 YOUNG_COLLECTION_THRESHOLD = 10_000
@@ -27,3 +30,4 @@ def freeze_startup_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
+    collector.pause_during_batches()  # and none while a batch is applied set-based (ctdd.collector)

@@ -38,6 +38,38 @@ def test_freeze_startup_heap_exempts_startup_objects_and_still_collects_new_cycl
     assert out == "collected"
 
 
+def test_the_collector_is_paused_while_a_batch_is_applied_and_on_again_after_the_last():
+    out = run_python("""
+        import gc, threading
+        from ctdd import collector
+        from ctdd.runtime.process_tuning import freeze_startup_heap
+        with collector.paused():  # off by default (a test process, an embedding application)
+            assert gc.isenabled()
+        freeze_startup_heap()
+        inside, release = threading.Event(), threading.Event()
+
+        def other_batch():
+            with collector.paused():
+                inside.set()
+                release.wait(10)
+
+        t = threading.Thread(target=other_batch)
+        with collector.paused():
+            assert not gc.isenabled()
+            t.start()
+            inside.wait(10)
+        assert not gc.isenabled()  # the other thread's batch is still being applied
+        release.set()
+        t.join(10)
+        assert gc.isenabled()
+        gc.disable()  # switched off by someone else: a pause leaves it off
+        with collector.paused():
+            pass
+        print("enabled" if gc.isenabled() else "left off")
+    """)
+    assert out == "left off"
+
+
 def test_spans_are_noops_until_a_tracer_provider_is_installed():
     out = run_python("""
         from opentelemetry import trace

@@ -479,6 +479,8 @@ class InboxProcessor:
         self.runner = GroupCommitRunner(engine, max_batch=self.cfg.batch_size, on_begin=_lock_applies, **set_based)
         #: claim the next batch while one is applied (see run)
         self._pipelined = engine.dialect.name == "postgresql"
+        #: the batch claimed and queued on the runner, not finished yet (pipelined: see run)
+        self._in_flight: _InFlight | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -514,19 +516,12 @@ class InboxProcessor:
         runner still applies them in arrival order. (Not on SQLite: the claim is a write, which would wait for
         the apply's write lock in SQLite's busy handler, sleeping longer than the apply takes.)"""
         next_purge = 0.0
-        in_flight: _InFlight | None = None
         while not self._stopping:
             claimed = 0
             try:
-                following = await self._claim_and_submit()
-                previous, in_flight = in_flight, following
-                if previous is not None:
-                    await self._finish(previous)
-                claimed = len(following.claimed) if following is not None else 0
-                if in_flight is not None and (claimed < self.cfg.batch_size or not self._pipelined):
-                    # no more work waiting (or no pipelining): finish this one before sleeping
-                    finishing, in_flight = in_flight, None
-                    await self._finish(finishing)
+                # a batch's plans live from its claim until it is applied: no collection meanwhile (ctdd.collector)
+                with collector.paused():
+                    claimed = await self._step()
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
                     await self._purge()
@@ -543,8 +538,23 @@ class InboxProcessor:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.poll_interval_seconds)
             except asyncio.TimeoutError:
                 pass
-        if in_flight is not None:  # stopping: the batch in hand is finished, not abandoned
+        if self._in_flight is not None:  # stopping: the batch in hand is finished, not abandoned
+            in_flight, self._in_flight = self._in_flight, None
             await self._finish(in_flight)
+
+    async def _step(self) -> int:
+        """Claim and queue the next batch, finish the one before it (pipelined), and this one too unless more
+        work is waiting; how many events were claimed."""
+        following = await self._claim_and_submit()
+        previous, self._in_flight = self._in_flight, following
+        if previous is not None:
+            await self._finish(previous)
+        claimed = len(following.claimed) if following is not None else 0
+        if self._in_flight is not None and (claimed < self.cfg.batch_size or not self._pipelined):
+            # no more work waiting (or no pipelining): finish this one before sleeping
+            finishing, self._in_flight = self._in_flight, None
+            await self._finish(finishing)
+        return claimed
 
     async def _purge(self) -> None:
         purged = await asyncio.to_thread(purge_finished, self.engine,
@@ -571,8 +581,7 @@ class InboxProcessor:
                                           lease_seconds=self.cfg.lease_seconds)
         if not claimed:
             return None
-        with collector.paused():  # the plans live until applied: nothing for the collector (ctdd.collector)
-            prepared: list[Any] = [self._prepare_at_once(e) for e in claimed]
+        prepared: list[Any] = [self._prepare_at_once(e) for e in claimed]
         waiting = [i for i, p in enumerate(prepared) if p is None]
         if waiting:  # those that may need commercetools: concurrently
             for i, p in zip(waiting, await asyncio.gather(*(self._prepare(claimed[i]) for i in waiting))):

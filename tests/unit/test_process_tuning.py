@@ -40,7 +40,7 @@ def test_freeze_startup_heap_exempts_startup_objects_and_still_collects_new_cycl
 
 def test_the_collector_is_paused_while_a_batch_is_applied_and_on_again_after_the_last():
     out = run_python("""
-        import gc, threading
+        import gc, threading, weakref
         from ctdd import collector
         from ctdd.runtime.process_tuning import freeze_startup_heap
         with collector.paused():  # off by default (a test process, an embedding application)
@@ -62,6 +62,16 @@ def test_the_collector_is_paused_while_a_batch_is_applied_and_on_again_after_the
         release.set()
         t.join(10)
         assert gc.isenabled()
+        # batches that overlap without a gap: a young collection still runs every MAX_PAUSE_SECONDS
+        collector.MAX_PAUSE_SECONDS = 0.0
+        with collector.paused():
+            with collector.paused():
+                class Node:
+                    pass
+                a = Node(); a.me = a
+                gone = weakref.ref(a)
+                del a
+            assert not gc.isenabled() and gone() is None
         gc.disable()  # switched off by someone else: a pause leaves it off
         with collector.paused():
             pass

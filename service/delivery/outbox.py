@@ -373,6 +373,8 @@ def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime, *, contacts: b
             continue
         run.append(row)
     result = []
+    head_rows: list[dict[str, Any]] = []
+    merged_rows: list[dict[str, Any]] = []
     for msg in claimed:
         run = runs.get(msg.partition_key) if heads.get(msg.partition_key) is msg else None
         if not run:
@@ -400,16 +402,26 @@ def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime, *, contacts: b
             "trace": (row.payload or {}).get("trace"),
         } for row in (rows[i] for i in taken)]
         payload = {**payload, "merged": merged_refs, **({"body": body} if body is not None else {})}
-        conn.execute(sa.update(OM).where(OM.c.id == msg.id).values(payload=payload, updated_at=now))
-        conn.execute(
-            sa.update(OM)
-            .where(OM.c.id.in_(taken), OM.c.status == OutboxStatus.PENDING)
-            .values(status=OutboxStatus.MERGED, merged_into=msg.id, updated_at=now)
-        )
-        log.info("coalesced %d pending %s message(s) of partition %s into message %s", len(taken),
-                 "product view" if body is None else "upsert", msg.partition_key, msg.id)
+        head_rows.append({"b_id": msg.id, "b_payload": payload, "b_now": now})
+        merged_rows += [{"b_id": i, "b_head": msg.id, "b_now": now} for i in taken]
+        log.debug("coalesced %d pending %s message(s) of partition %s into message %s", len(taken),
+                  "product view" if body is None else "upsert", msg.partition_key, msg.id)
         result.append(replace(msg, payload=payload, merged_ids=_merged_ids(payload)))
+    if head_rows:  # two executemany statements for every head of the claim (not two statements per head)
+        conn.execute(_MERGED_HEAD, head_rows)
+        conn.execute(_MERGED_FOLLOWER, merged_rows)
+        log.info("coalesced %d pending message(s) into %d claimed message(s)", len(merged_rows), len(head_rows))
     return result
+
+
+#: a head that took the messages queued behind it: its new payload
+_MERGED_HEAD = (sa.update(OM).where(OM.c.id == sa.bindparam("b_id"))
+                .values(payload=sa.bindparam("b_payload", type_=OM.c.payload.type),
+                        updated_at=sa.bindparam("b_now", type_=OM.c.updated_at.type)))
+#: ... and each message it took (still pending: nobody else can claim behind a head in flight)
+_MERGED_FOLLOWER = (sa.update(OM).where(OM.c.id == sa.bindparam("b_id"), OM.c.status == OutboxStatus.PENDING)
+                    .values(status=OutboxStatus.MERGED, merged_into=sa.bindparam("b_head"),
+                            updated_at=sa.bindparam("b_now", type_=OM.c.updated_at.type)))
 
 
 def _stored_error(error: str) -> str:

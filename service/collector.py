@@ -61,11 +61,14 @@ def paused() -> Iterator[None]:
     try:
         yield
     finally:
+        collect = False
         with _lock:
             _active -= 1
             if _was_on:
                 if _active == 0:
                     gc.enable()
                 elif time.monotonic() - _off_since > MAX_PAUSE_SECONDS:  # never a gap: collect now and then
-                    gc.collect(1)
+                    collect = True
                     _off_since = time.monotonic()
+        if collect:  # outside the lock: a finalizer the collection runs may apply a batch itself
+            gc.collect(1)

@@ -19,6 +19,7 @@ UPDATE's rows must have distinct keys (a row matched twice would be updated with
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -57,7 +58,9 @@ class JsonRowsWrite:
 
     def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Any:
         """Write ``rows``; the result (the ``returning`` columns of each row written, in no promised order)."""
-        fields = self.fields
+        # a batch writes the same few times many times over (its time, the events' times): each converted once
+        fields = tuple((name, param, _remembering(encode) if isinstance(encode, _UTCText) else encode)
+                       for name, param, encode in self.fields)
         document = [{name: row[param] if encode is None else encode(row[param]) for name, param, encode in fields}
                     for row in rows]
         return conn.execute(self.statement, {"rows": json.dumps(document)})
@@ -80,14 +83,43 @@ def _encoder(column: sa.Column) -> Callable[[Any], Any] | None:
     """How a value of ``column`` goes into the JSON document (None: as it is)."""
     column_type = column.type
     if isinstance(column_type, sa.JSON):
-        return json.dumps
+        return _json_text
     if isinstance(column_type, UTCDateTime):
-        process = column_type.dialect_impl(_PG).bind_processor(_PG)  # refuses a naive datetime, turns it to UTC
-
-        def utc_text(value: Any) -> Any:
-            converted = process(value) if process is not None else value
-            return None if converted is None else converted.isoformat()
-
-        return utc_text
+        return _UTCText(column_type.dialect_impl(_PG).bind_processor(_PG))  # refuses naive datetimes, turns to UTC
     _record_type(column)  # refuses any other kind of column
     return None
+
+
+def _json_text(value: Any) -> str:
+    """``json.dumps(value)``; a plain string (printable ASCII, no quote or backslash: nothing to escape) directly."""
+    if value.__class__ is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
+
+
+class _UTCText:
+    """A UTC datetime column's value as ISO 8601 text (through the type's bind processing: to UTC)."""
+
+    __slots__ = ("process",)
+
+    def __init__(self, process: Callable[[Any], Any] | None):
+        self.process = process
+
+    def __call__(self, value: Any) -> Any:
+        if value.__class__ is datetime and value.tzinfo is timezone.utc:  # already what processing makes it
+            return value.isoformat()
+        converted = self.process(value) if self.process is not None else value
+        return None if converted is None else converted.isoformat()
+
+
+def _remembering(encode: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    seen: dict[Any, Any] = {}
+
+    def convert(value: Any) -> Any:
+        try:
+            return seen[value]
+        except KeyError:
+            converted = seen[value] = encode(value)
+            return converted
+
+    return convert

@@ -5,6 +5,7 @@ and to the microsecond, big integers), and the statement has one parameter whate
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -18,11 +19,13 @@ from support.helpers import reset_postgres
 pytestmark = pytest.mark.postgres
 
 NOW = datetime(2026, 12, 3, 11, 0, tzinfo=timezone.utc)
-VALUES = ["plain", "", 'say "hi"', "back\\slash", "Zoë", None, 0, 1.5, True, [1, None, {"a": "b"}], {"k": "v"}]
+VALUES = ["plain", "", 'say "hi"', "back\\slash", "Zoë", None, 0, 1.5, True, [1, None, {"a": "b"}], {"k": "v"},
+          "del\x7f", "tab\there", "a/b:c d~e", "0123456789abcdef" * 4]
 
 
 def _field_row(contact_id: int, i: int, value) -> dict:
-    ts = [NOW.astimezone(timezone(timedelta(hours=-7))), NOW, NOW + timedelta(microseconds=i), None][i % 4]
+    ts = [NOW.astimezone(timezone(timedelta(hours=-7))), NOW, NOW + timedelta(microseconds=i), None,
+          NOW.astimezone(ZoneInfo("UTC")) + timedelta(seconds=i)][i % 5]
     return {"contact_id": contact_id, "field": f"f{i:02d}", "value": value,
             "source_ref": None if i % 2 else f"customer/{i}", "source_version": None if i % 3 else 2 ** 40 + i,
             "source_ts": ts, "message_id": i, "updated_at": NOW}

@@ -64,7 +64,9 @@ Everything is measured on this machine in this run, against real processes over 
     PostgreSQL (``ctdd serve --no-dispatcher`` + one worker at 200/s, two at 1,000/s), each with the offered
     rate actually reached (events sent / seconds from the first sent to the last answered) and the calls the
     service refused. With ``[dispatcher] view_coalesce_seconds = 0`` (the default 5 s hold of product views
-    would add 5 s to every figure; (d) keeps the default).
+    would add 5 s to every figure; (d) keeps the default). The events are spread over ``--latency-customers``
+    (500) customers in turn: at 1,000/s each views two products a second, and a view waits for its contact's
+    message in flight (one per contact, to keep its order).
 (k) Back-sync (issue 18): ``ctdd serve`` (its own process, SQLite) with the back-sync and the events feed on at
     the default ``events_interval_seconds`` (15 s); the Dotdigital sandbox and the commercetools fake run in this
     process. ``--backsync-changes`` (60) customers sign up through TrackEvent; then each changes one thing in the
@@ -119,6 +121,9 @@ PY = sys.executable
 LAT_EXTRA: dict = {"view_coalesce_seconds": 0}
 #: connections the latency runs ((d), (j)) send over, round robin
 LATENCY_CHANNELS = 8
+#: (d), (j): the customers the events are spread over, in turn (``--latency-customers``): at 1,000 events/s and
+#: 500 customers each views two products a second, so each view queues behind its contact's message in flight
+LATENCY_CUSTOMERS = 500
 EVENT = "track"  # one-line switch: "track" (TrackEvent) or "sync" (SyncContact); --event overrides it
 TARGETS = {
     "a_unary_ratio_min": 0.7, "a_batch_events_per_s_min": 20000,
@@ -728,7 +733,7 @@ async def bench_latency(tmp: Path, duration: float, rate: float = 200.0, latency
             await wait_port(port, serve)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                 stub = pb_grpc.SyncServiceStub(ch)
-                customers = 500
+                customers = LATENCY_CUSTOMERS
                 # warm-up: the customers exist and are delivered, so events cause their own calls only. 32 at
                 # once, a refused call (UNAVAILABLE) tried again: with [service] max_concurrent_streams set, grpc
                 # refuses streams (RST_STREAM) while the service's event loop is busy, even below the limit
@@ -1798,7 +1803,7 @@ async def bench_latency_rates(tmp: Path, duration: float, only: set[str] | None 
     PROCESSING_APPLIED, on SQLite (one ``ctdd serve``) and PostgreSQL (``ctdd serve --no-dispatcher`` + one
     worker at 200/s, two at 1,000/s)."""
     out: dict = {"event": "TrackEvent product_viewed", "seconds_of_sending_per_run": duration,
-                 "dispatcher": J_DISPATCHER, "runs": {}}
+                 "customers": LATENCY_CUSTOMERS, "dispatcher": J_DISPATCHER, "runs": {}}
     met: dict = {}
     for rate in (200, 1000):
         for processing in ("queued", "applied"):
@@ -2043,7 +2048,7 @@ def python_loop_speed(n: int = 3_000_000, runs: int = 3) -> dict:
 
 
 async def main(argv: list[str]) -> int:
-    global EVENT
+    global EVENT, LATENCY_CUSTOMERS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k", help="comma-separated parts: a,b,c,d,e,f,g,h,i,j,k")
     parser.add_argument("--event", choices=("track", "sync"), default=EVENT)
@@ -2056,6 +2061,9 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--latency-duration", type=float, default=8.0, help="(j): seconds of sending per run")
     parser.add_argument("--latency-dispatcher", default="{}",
                         help='(j): more [dispatcher] keys of the services, as JSON, e.g. \'{"bulk_backlog_threshold": 20}\'')
+    parser.add_argument("--latency-customers", type=int, default=LATENCY_CUSTOMERS,
+                        help="(d), (j): customers the events are spread over (each one's views queue behind its "
+                             "message in flight)")
     parser.add_argument("--latency-runs", default="",
                         help="(j): only these runs, comma-separated, e.g. postgresql_queued_1000 (default: all eight)")
     parser.add_argument("--backsync-changes", type=int, default=60, help="(k): preference-centre changes (customers)")
@@ -2065,6 +2073,7 @@ async def main(argv: list[str]) -> int:
                         help="(k): seconds of the idle account whose Dotdigital calls are counted")
     args = parser.parse_args(argv)
     J_DISPATCHER.update(json.loads(args.latency_dispatcher))
+    LATENCY_CUSTOMERS = args.latency_customers
     EVENT = args.event
     parts = set(args.only.split(","))
     result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

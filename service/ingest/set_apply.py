@@ -121,8 +121,9 @@ class BatchAccess:
         for contact_id, path in pairs:
             paths = known.get(contact_id)
             if paths is None:
-                fields.setdefault(contact_id, {})
                 paths = known[contact_id] = set()
+            if contact_id not in fields:  # (a contact asked about later, in stored_fields, has its paths already)
+                fields[contact_id] = {}
             paths.add(path)
         rows = (self.conn.execute(*_keyed(True, _FIELDS_BY_PAIR, pairs)) if self.postgres
                 else sqlite_direct.field_rows(self.conn, pairs))  # the same rows, without SQLAlchemy's per-row cost

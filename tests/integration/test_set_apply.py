@@ -184,3 +184,18 @@ def test_a_batch_that_cannot_be_written_is_applied_again(app, error, fallbacks):
         by_contact.setdefault(contact_id, []).append(sequence)
     assert len(by_contact) == 3
     assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in by_contact.values())
+
+
+def test_the_field_state_of_a_contact_not_read_up_front_is_read_when_asked_for(app):
+    # an event may resolve to a contact the batch did not read up front (an earlier event of the batch moved an
+    # identifier): its stored fields are read then, and are the stored ones
+    first, = apply_set(app, [sync(app, 1, "Ada")])
+    contact_id = first[1].contact_id
+    with Session(app.engine) as session, session.begin():
+        access = set_apply.BatchAccess(session, [])
+        stored = access.stored_fields(contact_id, ["dataFields.FIRSTNAME", "identifiers.email", "absent.path"])
+        assert stored["dataFields.FIRSTNAME"].value == "Ada"
+        assert stored["identifiers.email"].value == "c1@example.com"
+        assert "absent.path" not in stored
+        assert access.stored_fields(contact_id, ["dataFields.FIRSTNAME"]) == {"dataFields.FIRSTNAME": stored[
+            "dataFields.FIRSTNAME"]}

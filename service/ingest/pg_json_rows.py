@@ -27,6 +27,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlmodel.sql.sqltypes import UTCDateTime
 
+from ctdd.ingest.value_text import is_plain_string, remembering
+
 _PG = postgresql.dialect()
 
 
@@ -59,7 +61,7 @@ class JsonRowsWrite:
     def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Any:
         """Write ``rows``; the result (the ``returning`` columns of each row written, in no promised order)."""
         # a batch writes the same few times many times over (its time, the events' times): each converted once
-        fields = tuple((name, param, _remembering(encode) if isinstance(encode, _UTCText) else encode)
+        fields = tuple((name, param, remembering(encode) if isinstance(encode, _UTCText) else encode)
                        for name, param, encode in self.fields)
         document = [{name: row[param] if encode is None else encode(row[param]) for name, param, encode in fields}
                     for row in rows]
@@ -92,7 +94,7 @@ def _encoder(column: sa.Column) -> Callable[[Any], Any] | None:
 
 def _json_text(value: Any) -> str:
     """``json.dumps(value)``; a plain string (printable ASCII, no quote or backslash: nothing to escape) directly."""
-    if value.__class__ is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+    if is_plain_string(value):
         return f'"{value}"'
     return json.dumps(value)
 
@@ -111,15 +113,3 @@ class _UTCText:
         converted = self.process(value) if self.process is not None else value
         return None if converted is None else converted.isoformat()
 
-
-def _remembering(encode: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    seen: dict[Any, Any] = {}
-
-    def convert(value: Any) -> Any:
-        try:
-            return seen[value]
-        except KeyError:
-            converted = seen[value] = encode(value)
-            return converted
-
-    return convert

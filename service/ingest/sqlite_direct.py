@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from ctdd.ingest.access import FS
+from ctdd.ingest.value_text import is_plain_string, remembering
 
 _Processor = Callable[[Any], Any]
 
@@ -165,12 +166,10 @@ class DirectInsertReturning:
     def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         keys = tuple(rows[0])
         plan = self._plan(conn, keys)
-        if plan is None or any(len(row) != len(keys) for row in rows):
+        params_of_rows = None if plan is None else _parameters(rows, plan[2], plan[3])
+        if params_of_rows is None:  # a default to fill in, or a row of other keys: SQLAlchemy's own way
             return [tuple(r) for r in conn.execute(self.statement, list(rows))]
-        head, values, names, processors = plan
-        params_of_rows = _parameters(rows, names, processors)
-        if params_of_rows is None:  # a row of other keys
-            return [tuple(r) for r in conn.execute(self.statement, list(rows))]
+        head, values, names, _ = plan
         per_statement = max(1, min(_ROWS_PER_STATEMENT, _max_parameters() // len(names)))
         out: list[tuple[Any, ...]] = []
         cursor = conn.connection.cursor()
@@ -230,10 +229,7 @@ def _json_text(process: _Processor) -> _Processor:
     shortcut on reading (:func:`_json`). Most field-state values are such strings (addresses, the digests of
     insight records). Checked against ``process`` once; anything else goes to ``process``."""
     def text(value: Any) -> Any:
-        if (value.__class__ is str and value.isascii() and value.isprintable() and '"' not in value
-                and "\\" not in value):
-            return f'"{value}"'
-        return process(value)
+        return f'"{value}"' if is_plain_string(value) else process(value)
 
     samples = ("", "a@example.com", "0123456789abcdef", "x y/z:1-2_3.4~5")
     return text if all(text(sample) == process(sample) for sample in samples) else process
@@ -284,20 +280,7 @@ def _parameters(rows: Sequence[Mapping[str, Any]], names: tuple[str, ...], proce
 
 def _per_call(processors: tuple[Any, ...]) -> tuple[_Processor | None, ...]:
     """The processors for one statement's rows: a UTC datetime's converted once per distinct value."""
-    return tuple(_remembering(p.process) if isinstance(p, _UTCTimes) else p for p in processors)
-
-
-def _remembering(process: _Processor) -> _Processor:
-    seen: dict[Any, Any] = {}
-
-    def convert(value: Any) -> Any:
-        try:
-            return seen[value]
-        except KeyError:
-            converted = seen[value] = process(value)
-            return converted
-
-    return convert
+    return tuple(remembering(p.process) if isinstance(p, _UTCTimes) else p for p in processors)
 
 
 #: rows per INSERT: few distinct statement texts (one per row count), each short enough to prepare quickly

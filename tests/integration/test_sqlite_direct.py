@@ -22,10 +22,12 @@ VALUES = ["plain", "", 'say "hi"', "back\\slash", "Zoë", "tab\there", None, 0, 
           {"k": "v"}, '"', "\"quoted\" inside", "del\x7f", "new\nline", "a/b:c d~e", "0123456789abcdef" * 4]
 
 
-def _engine(tmp_path):
+@pytest.fixture
+def engine(tmp_path):
     engine = create_db_engine(f"sqlite:///{tmp_path / 'direct.db'}")
     upgrade_database(engine)
-    return engine
+    yield engine
+    engine.dispose()
 
 
 def _contacts(conn, n: int) -> list[int]:
@@ -52,48 +54,40 @@ def _raw_fields(conn, contact_id: int) -> list[tuple]:
                                 "FROM field_state WHERE contact_id = ? ORDER BY field", (contact_id,)).all()
 
 
-def test_direct_writes_store_what_sqlalchemy_stores(tmp_path):
-    engine = _engine(tmp_path)
-    try:
-        with engine.begin() as conn:
-            direct, core = _contacts(conn, 2)
-            insert = DirectWrite(INSERT_FIELD_STATE)
-            insert.execute(conn, [_field_row(direct, i, v) for i, v in enumerate(VALUES)])
-            assert None not in insert._plans.values()  # written on the DBAPI cursor, not handed back to SQLAlchemy
-            conn.execute(INSERT_FIELD_STATE, [_field_row(core, i, v) for i, v in enumerate(VALUES)])
-        with engine.connect() as conn:
-            assert [r[1:] for r in _stored_fields(conn, direct)] == [r[1:] for r in _stored_fields(conn, core)]
-            assert _raw_fields(conn, direct) == _raw_fields(conn, core)
-        # updates: every value replaced, the same way
-        changed = [{f"b_{k}": v for k, v in _field_row(0, i, v).items()}
-                   for i, v in enumerate(reversed(VALUES))]
-        with engine.begin() as conn:
-            update = DirectWrite(UPDATE_FIELD_STATE)
-            update.execute(conn, [{**r, "b_contact_id": direct} for r in changed])
-            assert None not in update._plans.values()
-            conn.execute(UPDATE_FIELD_STATE, [{**r, "b_contact_id": core} for r in changed])
-        with engine.connect() as conn:
-            assert _raw_fields(conn, direct) == _raw_fields(conn, core)
-            assert {r[1]: r[2] for r in _stored_fields(conn, direct)} == {
-                f"f{i}": v for i, v in enumerate(reversed(VALUES))}
-    finally:
-        engine.dispose()
+def test_direct_writes_store_what_sqlalchemy_stores(engine):
+    with engine.begin() as conn:
+        direct, core = _contacts(conn, 2)
+        insert = DirectWrite(INSERT_FIELD_STATE)
+        insert.execute(conn, [_field_row(direct, i, v) for i, v in enumerate(VALUES)])
+        assert None not in insert._plans.values()  # written on the DBAPI cursor, not handed back to SQLAlchemy
+        conn.execute(INSERT_FIELD_STATE, [_field_row(core, i, v) for i, v in enumerate(VALUES)])
+    with engine.connect() as conn:
+        assert [r[1:] for r in _stored_fields(conn, direct)] == [r[1:] for r in _stored_fields(conn, core)]
+        assert _raw_fields(conn, direct) == _raw_fields(conn, core)
+    # updates: every value replaced, the same way
+    changed = [{f"b_{k}": v for k, v in _field_row(0, i, v).items()}
+               for i, v in enumerate(reversed(VALUES))]
+    with engine.begin() as conn:
+        update = DirectWrite(UPDATE_FIELD_STATE)
+        update.execute(conn, [{**r, "b_contact_id": direct} for r in changed])
+        assert None not in update._plans.values()
+        conn.execute(UPDATE_FIELD_STATE, [{**r, "b_contact_id": core} for r in changed])
+    with engine.connect() as conn:
+        assert _raw_fields(conn, direct) == _raw_fields(conn, core)
+        assert {r[1]: r[2] for r in _stored_fields(conn, direct)} == {
+            f"f{i}": v for i, v in enumerate(reversed(VALUES))}
 
 
-def test_direct_reads_return_what_sqlalchemy_returns(tmp_path):
-    engine = _engine(tmp_path)
-    try:
-        with engine.begin() as conn:
-            contact_id, = _contacts(conn, 1)
-            conn.execute(INSERT_FIELD_STATE, [_field_row(contact_id, i, v) for i, v in enumerate(VALUES)])
-            pairs = sorted([(contact_id, f"f{i}") for i in range(len(VALUES))] + [(contact_id, "absent")])
-            by_core = [tuple(r) for r in conn.execute(*set_apply._keyed(False, set_apply._FIELDS_BY_PAIR, pairs))]
-            by_direct = field_rows(conn, pairs)
-        assert sorted(by_direct, key=str) == sorted(by_core, key=str)
-        assert len(by_direct) == len(VALUES)
-        assert {r[1]: r[2] for r in by_direct} == {f"f{i}": v for i, v in enumerate(VALUES)}
-    finally:
-        engine.dispose()
+def test_direct_reads_return_what_sqlalchemy_returns(engine):
+    with engine.begin() as conn:
+        contact_id, = _contacts(conn, 1)
+        conn.execute(INSERT_FIELD_STATE, [_field_row(contact_id, i, v) for i, v in enumerate(VALUES)])
+        pairs = sorted([(contact_id, f"f{i}") for i in range(len(VALUES))] + [(contact_id, "absent")])
+        by_core = [tuple(r) for r in conn.execute(*set_apply._keyed(False, set_apply._FIELDS_BY_PAIR, pairs))]
+        by_direct = field_rows(conn, pairs)
+    assert sorted(by_direct, key=str) == sorted(by_core, key=str)
+    assert len(by_direct) == len(VALUES)
+    assert {r[1]: r[2] for r in by_direct} == {f"f{i}": v for i, v in enumerate(VALUES)}
 
 
 def _message(i: int, prefix: str) -> dict:
@@ -105,37 +99,29 @@ def _message(i: int, prefix: str) -> dict:
             "priority": i % 3, "created_at": NOW, "updated_at": NOW}
 
 
-def test_direct_insert_returning_gives_every_rows_id(tmp_path):
-    engine = _engine(tmp_path)
+def test_direct_insert_returning_gives_every_rows_id(engine):
     insert = DirectInsertReturning(OM, ("id", "partition_key", "sequence"))
-    try:
-        with engine.begin() as conn:
-            returned = insert.execute(conn, [_message(i, "direct") for i in range(250)])  # several statements
-            conn.execute(sa.insert(OM), [_message(i, "core") for i in range(250)])
-        with engine.connect() as conn:
-            by_id = {i: (p, s) for i, p, s in conn.execute(sa.select(OM.c.id, OM.c.partition_key, OM.c.sequence))}
-            raw = conn.exec_driver_sql("SELECT partition_key, sequence, payload, status, next_attempt_at, created_at, "
-                                       "updated_at, record_version, priority FROM outbox_message "
-                                       "ORDER BY sequence, partition_key").all()
-        assert None not in insert._plans.values()
-        assert sorted(s for _, _, s in returned) == list(range(250))
-        assert all(by_id[message_id] == (partition, sequence) for message_id, partition, sequence in returned)
-        direct = [(r[0].split(":")[1], *r[1:]) for r in raw if r[0].startswith("direct:")]
-        core = [(r[0].split(":")[1], *r[1:]) for r in raw if r[0].startswith("core:")]
-        assert len(direct) == 250 and direct == core
-    finally:
-        engine.dispose()
+    with engine.begin() as conn:
+        returned = insert.execute(conn, [_message(i, "direct") for i in range(250)])  # several statements
+        conn.execute(sa.insert(OM), [_message(i, "core") for i in range(250)])
+    with engine.connect() as conn:
+        by_id = {i: (p, s) for i, p, s in conn.execute(sa.select(OM.c.id, OM.c.partition_key, OM.c.sequence))}
+        raw = conn.exec_driver_sql("SELECT partition_key, sequence, payload, status, next_attempt_at, created_at, "
+                                   "updated_at, record_version, priority FROM outbox_message "
+                                   "ORDER BY sequence, partition_key").all()
+    assert None not in insert._plans.values()
+    assert sorted(s for _, _, s in returned) == list(range(250))
+    assert all(by_id[message_id] == (partition, sequence) for message_id, partition, sequence in returned)
+    direct = [(r[0].split(":")[1], *r[1:]) for r in raw if r[0].startswith("direct:")]
+    core = [(r[0].split(":")[1], *r[1:]) for r in raw if r[0].startswith("core:")]
+    assert len(direct) == 250 and direct == core
 
 
-def test_a_refused_write_raises_what_sqlalchemy_raises(tmp_path):
+def test_a_refused_write_raises_what_sqlalchemy_raises(engine):
     # the caller tells a lost uniqueness race by SQLAlchemy's IntegrityError (ctdd.db.transactions.lost_race)
-    engine = _engine(tmp_path)
-    try:
-        with engine.begin() as conn:
-            contact_id, = _contacts(conn, 1)
-            row = _field_row(contact_id, 1, "x")
+    with engine.begin() as conn:
+        contact_id, = _contacts(conn, 1)
+        row = _field_row(contact_id, 1, "x")
+        DirectWrite(INSERT_FIELD_STATE).execute(conn, [row])
+        with pytest.raises(sa.exc.IntegrityError):
             DirectWrite(INSERT_FIELD_STATE).execute(conn, [row])
-            with pytest.raises(sa.exc.IntegrityError):
-                DirectWrite(INSERT_FIELD_STATE).execute(conn, [row])
-    finally:
-        engine.dispose()

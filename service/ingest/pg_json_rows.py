@@ -14,6 +14,13 @@ The text is the same for any number of rows. Values go through each column type'
 column's value travels as its own JSON text, None included (JSON ``null``, as SQLAlchemy's JSON type stores
 None), cast back per row. Only columns of these kinds are accepted: strings, integers, JSON, UTC datetimes. An
 UPDATE's rows must have distinct keys (a row matched twice would be updated with either).
+
+The batch's reads by many keys (field state by contact and path, identifier owners, dedupe keys) run the same
+way on the DBAPI cursor of the same connection: the keys as one JSON array of arrays (``json.dumps`` of tuples,
+in C; a list of records costs a dictionary per key in Python), JSON values read as their text and parsed here
+(psycopg's JSON loader detects the encoding of every value first), each value otherwise through the result
+processor of its column that SQLAlchemy would call. Measured on a batch of 512 view events (2,800 keys, 1,600 rows
+found): 4 ms of the worker's CPU against 10-13 ms through ``Connection.execute``.
 """
 
 from __future__ import annotations
@@ -27,9 +34,65 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from ctdd.ingest.value_text import is_plain_string, remembering
+from ctdd.ingest.access import FS
+from ctdd.ingest.value_text import is_plain_string, json_from_text, remembering, sqlalchemy_errors
 
 _PG = postgresql.dialect()
+
+# -- reads ----------------------------------------------------------------------------------------------
+#: (contact_id, field, value as JSON text, source_ref, source_version, source_ts) of (contact_id, field) pairs
+_FIELDS_BY_PAIR = (
+    "SELECT fs.contact_id, fs.field, fs.value::text, fs.source_ref, fs.source_version, fs.source_ts "
+    "FROM json_array_elements(CAST(%s AS json)) AS t(k) "
+    "JOIN field_state fs ON fs.contact_id = (t.k->>0)::bigint AND fs.field = t.k->>1")
+#: (account, kind, value, contact_id) of the identifiers of (account, kind, value) keys that have an owner
+_OWNERS_BY_KEY = (
+    "SELECT ci.account, ci.kind, ci.value, ci.contact_id FROM json_array_elements(CAST(%s AS json)) AS t(k) "
+    "JOIN contact_identifier ci ON ci.account = t.k->>0 AND ci.kind = t.k->>1 AND ci.value = t.k->>2")
+#: the dedupe keys of a list that were applied already
+_PROCESSED_KEYS = ("SELECT dedupe_key FROM processed_event "
+                   "WHERE dedupe_key IN (SELECT value FROM json_array_elements_text(CAST(%s AS json)))")
+
+
+def field_rows(conn: Connection, pairs: Sequence[tuple[int, str]]) -> list[tuple[Any, ...]]:
+    """The stored field-state rows of ``pairs`` (contact id, field), as SQLAlchemy would return them."""
+    timestamp = remembering(_result_processor(conn, FS.c.source_ts))  # a batch's rows share a few times
+    loads = conn.dialect._json_deserializer or json.loads  # what SQLAlchemy has psycopg parse JSON with
+    return [(contact_id, field, None if value is None else json_from_text(value, loads), ref, version,
+             None if ts is None else timestamp(ts))
+            for contact_id, field, value, ref, version, ts in _fetch(conn, _FIELDS_BY_PAIR, pairs)]
+
+
+def owner_rows(conn: Connection, keys: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, int]]:
+    """(account, kind, value, contact id) of the identifier ``keys`` (account, kind, value) that have an owner."""
+    return _fetch(conn, _OWNERS_BY_KEY, keys)
+
+
+def processed_keys(conn: Connection, keys: Sequence[str]) -> list[str]:
+    """Those of the dedupe ``keys`` that were applied already."""
+    return [key for key, in _fetch(conn, _PROCESSED_KEYS, keys)]
+
+
+def _fetch(conn: Connection, sql: str, keys: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cursor = conn.connection.cursor()
+    try:
+        with sqlalchemy_errors(conn, sql):
+            cursor.execute(sql, (json.dumps(keys),))
+            return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _result_processor(conn: Connection, column: sa.Column) -> Callable[[Any], Any]:
+    """What SQLAlchemy does to a value of ``column`` the driver returned."""
+    return column.type._cached_result_processor(conn.dialect, None) or _same
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+# -- writes ---------------------------------------------------------------------------------------------
 
 
 class JsonRowsWrite:

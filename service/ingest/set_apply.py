@@ -98,7 +98,7 @@ class BatchAccess:
         self._read_owners(sorted(wanted))
         ids = sorted({cid for cid in self._owners.values() if cid is not None})
         if ids:
-            result = self.conn.execute(*_listed(self.postgres, _CONTACTS_BY_ID, ids))
+            result = self.conn.execute(*_keyed(_CONTACTS_BY_ID["postgresql" if self.postgres else "sqlite"], ids))
             names = tuple(result.keys())  # once: a row's own mapping view costs more than the row
             for row in result:
                 self._contacts[row[0]] = dict(zip(names, row))
@@ -113,7 +113,8 @@ class BatchAccess:
         if pairs:
             self._load_fields(pairs)
         if keys:
-            self._processed.update(self.conn.execute(*_listed(self.postgres, _PROCESSED_KEYS, keys)).scalars())
+            self._processed.update(pg_json_rows.processed_keys(self.conn, keys) if self.postgres else
+                                   self.conn.execute(*_keyed(_PROCESSED_KEYS, keys)).scalars())
 
     def _load_fields(self, pairs: Iterable[tuple[int, str]]) -> None:
         pairs = sorted(pairs)
@@ -125,15 +126,17 @@ class BatchAccess:
             if contact_id not in fields:  # (a contact asked about later, in stored_fields, has its paths already)
                 fields[contact_id] = {}
             paths.add(path)
-        rows = (self.conn.execute(*_keyed(True, _FIELDS_BY_PAIR, pairs)) if self.postgres
-                else sqlite_direct.field_rows(self.conn, pairs))  # the same rows, without SQLAlchemy's per-row cost
+        # the rows SQLAlchemy would return, without its per-row cost
+        rows = (pg_json_rows if self.postgres else sqlite_direct).field_rows(self.conn, pairs)
         existing = self._field_existing
         for contact_id, path, value, ref, version, ts in rows:
             fields[contact_id][path] = StoredField(value, ref, version, ts)
             existing.add((contact_id, path))
 
     def _read_owners(self, keys: list[tuple[str, str, str]]) -> None:
-        for account, kind, value, contact_id in self.conn.execute(*_keyed(self.postgres, _OWNERS_BY_KEY, keys)):
+        rows = (pg_json_rows.owner_rows(self.conn, keys) if self.postgres
+                else self.conn.execute(*_keyed(_OWNERS_BY_KEY, keys)))
+        for account, kind, value, contact_id in rows:
             self._owners[(account, kind, value)] = contact_id
 
     # -- phase 2: the ContactAccess the plans apply through --------------------------------------------
@@ -339,34 +342,20 @@ _PG_MESSAGES = pg_json_rows.JsonRowsWrite(outbox.OM, (
     returning=("id", "partition_key", "sequence"))
 
 
-# Reads by many composite keys with ONE bound parameter, the keys as a JSON array of arrays (PostgreSQL:
-# json_to_recordset; SQLite: json_each): the statement text never changes with the number of keys, so it is
-# compiled once, where ``(a, b) IN ((?, ?), ...)`` is rendered again for every batch. (Not PostgreSQL arrays:
-# psycopg dumps every text element of an array with a regular expression, in Python.)
-_OWNERS_BY_KEY = {
-    "postgresql": sa.text(
-        "SELECT ci.account, ci.kind, ci.value, ci.contact_id FROM contact_identifier ci "
-        "JOIN json_to_recordset(CAST(:keys AS json)) AS t(a text, k text, v text) "
-        "ON ci.account = t.a AND ci.kind = t.k AND ci.value = t.v"),
-    "sqlite": sa.text(
-        "SELECT ci.account, ci.kind, ci.value, ci.contact_id FROM json_each(:keys) AS t "
-        "JOIN contact_identifier ci ON ci.account = json_extract(t.value, '$[0]') "
-        "AND ci.kind = json_extract(t.value, '$[1]') AND ci.value = json_extract(t.value, '$[2]')"),
-}
-_FIELDS_BY_PAIR = {
-    "postgresql": sa.text(
-        "SELECT fs.contact_id, fs.field, fs.value, fs.source_ref, fs.source_version, fs.source_ts FROM field_state fs "
-        "JOIN json_to_recordset(CAST(:keys AS json)) AS t(c bigint, f text) ON fs.contact_id = t.c AND fs.field = t.f"),
-    "sqlite": sa.text(
-        "SELECT fs.contact_id, fs.field, fs.value, fs.source_ref, fs.source_version, fs.source_ts FROM json_each(:keys) AS t "
-        "JOIN field_state fs ON fs.contact_id = json_extract(t.value, '$[0]') AND fs.field = json_extract(t.value, '$[1]')"),
-}
-_FIELDS_BY_PAIR = {dialect: stmt.columns(FS.c.contact_id, FS.c.field, FS.c.value, FS.c.source_ref, FS.c.source_version,
-                                         FS.c.source_ts) for dialect, stmt in _FIELDS_BY_PAIR.items()}
-
-
-# ... and by a list of single values (a JSON array): the contacts of the batch, locked in id order on PostgreSQL
-# (FOR UPDATE), and the dedupe keys already applied
+# SQLite: reads by many keys with ONE bound parameter, the keys as a JSON array (of arrays: json_each), so the
+# statement text never changes with the number of keys and is compiled once, where ``(a, b) IN ((?, ?), ...)`` is
+# rendered again for every batch. PostgreSQL's run the same way on the DBAPI cursor (ctdd.ingest.pg_json_rows).
+_OWNERS_BY_KEY = sa.text(
+    "SELECT ci.account, ci.kind, ci.value, ci.contact_id FROM json_each(:keys) AS t "
+    "JOIN contact_identifier ci ON ci.account = json_extract(t.value, '$[0]') "
+    "AND ci.kind = json_extract(t.value, '$[1]') AND ci.value = json_extract(t.value, '$[2]')")
+#: (what ctdd.ingest.sqlite_direct.field_rows runs on the DBAPI cursor; its tests compare the two)
+_FIELDS_BY_PAIR = sa.text(
+    "SELECT fs.contact_id, fs.field, fs.value, fs.source_ref, fs.source_version, fs.source_ts FROM json_each(:keys) AS t "
+    "JOIN field_state fs ON fs.contact_id = json_extract(t.value, '$[0]') AND fs.field = json_extract(t.value, '$[1]')"
+).columns(FS.c.contact_id, FS.c.field, FS.c.value, FS.c.source_ref, FS.c.source_version, FS.c.source_ts)
+_PROCESSED_KEYS = sa.text("SELECT dedupe_key FROM processed_event WHERE dedupe_key IN (SELECT value FROM json_each(:keys))")
+# ... and the contacts of the batch, locked in id order on PostgreSQL (FOR UPDATE)
 _CONTACTS_BY_ID = {
     dialect: sa.text(
         f"SELECT {', '.join(CONTACT_READ)}, next_sequence FROM contact WHERE id IN (SELECT {element}) ORDER BY id"
@@ -375,28 +364,11 @@ _CONTACTS_BY_ID = {
     for dialect, element in (("postgresql", "CAST(value AS bigint) FROM json_array_elements_text(CAST(:keys AS json))"),
                              ("sqlite", "value FROM json_each(:keys)"))
 }
-_PROCESSED_KEYS = {
-    dialect: sa.text(f"SELECT dedupe_key FROM processed_event WHERE dedupe_key IN (SELECT {element})")
-    for dialect, element in (("postgresql", "value FROM json_array_elements_text(CAST(:keys AS json))"),
-                             ("sqlite", "value FROM json_each(:keys)"))
-}
 
 
-def _listed(postgres: bool, statements: Mapping[str, Any], values: Sequence[Any]) -> tuple[Any, dict]:
-    """The statement of ``statements`` for the dialect, with ``values`` as its one JSON parameter."""
-    return statements["postgresql" if postgres else "sqlite"], {"keys": json.dumps(values)}
-
-
-#: the names json_to_recordset gives the key columns of each PostgreSQL read
-_RECORD_NAMES = {_OWNERS_BY_KEY["postgresql"]: ("a", "k", "v"), _FIELDS_BY_PAIR["postgresql"]: ("c", "f")}
-
-
-def _keyed(postgres: bool, statements: Mapping[str, Any], keys: Sequence[tuple[Any, ...]]) -> tuple[Any, dict]:
-    """The statement of ``statements`` for the dialect and its parameters for ``keys`` (tuples)."""
-    if postgres:
-        names = _RECORD_NAMES[statements["postgresql"]]
-        return statements["postgresql"], {"keys": json.dumps([dict(zip(names, key)) for key in keys])}
-    return statements["sqlite"], {"keys": json.dumps(keys)}
+def _keyed(statement: Any, keys: Sequence[Any]) -> tuple[Any, dict]:
+    """``statement`` and its one parameter: ``keys`` (values or tuples) as a JSON array."""
+    return statement, {"keys": json.dumps(keys)}
 
 
 def apply_plans(session: Session, plans: Sequence[ContactPlan]) -> list[tuple[bool, Any]]:

@@ -15,20 +15,19 @@ the row's other work.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import operator
 import sqlite3
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from ctdd.ingest.access import FS
-from ctdd.ingest.value_text import is_plain_string, remembering
+from ctdd.ingest.value_text import is_plain_string, json_from_text, remembering, sqlalchemy_errors
 
 _Processor = Callable[[Any], Any]
 
@@ -57,12 +56,12 @@ def field_rows(conn: Connection, pairs: Sequence[tuple[int, str]]) -> list[tuple
     json_value, timestamp = _column_processors(conn)
     cursor = conn.connection.cursor()
     try:
-        with _sqlalchemy_errors(conn, _FIELDS_BY_PAIR):
+        with sqlalchemy_errors(conn, _FIELDS_BY_PAIR):
             cursor.execute(_FIELDS_BY_PAIR, (json.dumps(pairs),))
             raw = cursor.fetchall()
     finally:
         cursor.close()
-    return [(contact_id, field, _json(value, json_value), ref, version, None if ts is None else timestamp(ts))
+    return [(contact_id, field, json_from_text(value, json_value), ref, version, None if ts is None else timestamp(ts))
             for contact_id, field, value, ref, version, ts in raw]
 
 
@@ -86,25 +85,8 @@ def _fast_utc_datetime(process: _Processor) -> _Processor:
     return parse if same else process
 
 
-def _json(text: Any, process: _Processor) -> Any:
-    if text.__class__ is str and len(text) > 1 and text[0] == '"' and text[-1] == '"' and "\\" not in text:
-        return text[1:-1]
-    return process(text)
-
-
 def _same(value: Any) -> Any:
     return value
-
-
-@contextlib.contextmanager
-def _sqlalchemy_errors(conn: Connection, sql: str) -> Iterator[None]:
-    """The DBAPI's errors as SQLAlchemy raises them (``IntegrityError`` ...): callers tell a lost race by those."""
-    dbapi_error = conn.dialect.loaded_dbapi.Error
-    try:
-        yield
-    except dbapi_error as exc:
-        raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi_error, hide_parameters=True,
-                                         dialect=conn.dialect) from exc
 
 
 # -- writes ---------------------------------------------------------------------------------------------
@@ -130,7 +112,7 @@ class DirectWrite:
             if params is not None:
                 cursor = conn.connection.cursor()
                 try:
-                    with _sqlalchemy_errors(conn, sql):
+                    with sqlalchemy_errors(conn, sql):
                         cursor.executemany(sql, params)
                 finally:
                     cursor.close()
@@ -178,7 +160,7 @@ class DirectInsertReturning:
                 chunk = params_of_rows[start:start + per_statement]
                 params = [value for row in chunk for value in row]
                 sql = _multi_row_sql(head, values, len(chunk), self.returning)
-                with _sqlalchemy_errors(conn, sql):
+                with sqlalchemy_errors(conn, sql):
                     cursor.execute(sql, params)
                     out.extend(cursor.fetchall())
         finally:
@@ -225,9 +207,9 @@ def _processors(compiled: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
 
 def _json_text(process: _Processor) -> _Processor:
     """A JSON column's bind processor with a shortcut for a plain string (printable ASCII without a quote or a
-    backslash: nothing ``json.dumps`` would escape), whose JSON is the string between quotes; the reverse of the
-    shortcut on reading (:func:`_json`). Most field-state values are such strings (addresses, the digests of
-    insight records). Checked against ``process`` once; anything else goes to ``process``."""
+    backslash: nothing ``json.dumps`` would escape), whose JSON is the string between quotes; the reverse of
+    ``ctdd.ingest.value_text.json_from_text``. Most field-state values are such strings (addresses, the digests
+    of insight records). Checked against ``process`` once; anything else goes to ``process``."""
     def text(value: Any) -> Any:
         return f'"{value}"' if is_plain_string(value) else process(value)
 

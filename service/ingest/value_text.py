@@ -1,9 +1,14 @@
-"""Small helpers the bulk writes share (``ctdd.ingest.sqlite_direct``, ``ctdd.ingest.pg_json_rows``) to turn
-values into the text a database stores without the general machinery's cost."""
+"""Small helpers the bulk reads and writes share (``ctdd.ingest.sqlite_direct``, ``ctdd.ingest.pg_json_rows``):
+values to and from the text a database stores, without the general machinery's cost, and the driver's errors
+as SQLAlchemy raises them."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 
 def is_plain_string(value: Any) -> bool:
@@ -26,3 +31,24 @@ def remembering(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return result
 
     return converted
+
+
+def json_from_text(text: Any, loads: Callable[[Any], Any]) -> Any:
+    """A stored JSON text as ``loads`` reads it; a plain string (``"..."`` with no backslash: nothing escaped,
+    since JSON escapes quotes and control characters) directly, as its text between the quotes. Most stored values
+    are such strings (addresses, the digests of insight records), and ``json.loads`` costs more than the row's
+    other work."""
+    if text.__class__ is str and len(text) > 1 and text[0] == '"' and text[-1] == '"' and "\\" not in text:
+        return text[1:-1]
+    return loads(text)
+
+
+@contextlib.contextmanager
+def sqlalchemy_errors(conn: Connection, sql: str) -> Iterator[None]:
+    """The DBAPI's errors as SQLAlchemy raises them (``IntegrityError`` ...): callers tell a lost race by those."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi_error, hide_parameters=True,
+                                         dialect=conn.dialect) from exc

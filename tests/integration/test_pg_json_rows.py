@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from ctdd.db.engine import create_db_engine, upgrade_database
-from ctdd.ingest import set_apply
+from ctdd.ingest import pg_json_rows, set_apply
 from ctdd.delivery.outbox import OM
-from ctdd.ingest.access import CT, FS, INSERT_FIELD_STATE, INSERT_PROCESSED, PE, UPDATE_FIELD_STATE
+from ctdd.ingest.access import CI, CT, FS, INSERT_FIELD_STATE, INSERT_PROCESSED, PE, UPDATE_FIELD_STATE
 from support.helpers import reset_postgres
 
 pytestmark = pytest.mark.postgres
@@ -120,3 +120,40 @@ def test_json_rows_insert_returns_every_rows_id_and_writes_what_sqlalchemy_write
     by_json = [tuple(r)[1:] for r in stored if r[0] == "json"]
     by_core = [tuple(r)[1:] for r in stored if r[0] == "core"]
     assert len(by_json) == 300 and by_json == by_core
+
+
+def test_direct_reads_return_what_sqlalchemy_returns(postgres_database):
+    """The batch's reads on the DBAPI cursor (field state, identifier owners, applied dedupe keys) return the rows and
+    values a plain SQLAlchemy select returns: every kind of JSON value (a plain string read from its text, escaped
+    ones, JSON null, SQL NULL), times in other offsets as UTC, keys that match nothing left out."""
+    reset_postgres(postgres_database)
+    engine = create_db_engine(postgres_database)
+    upgrade_database(engine)
+    try:
+        with engine.begin() as conn:
+            contact_id = conn.execute(sa.insert(CT).returning(CT.c.id), {
+                "account": "main", "next_sequence": 1, "created_at": NOW, "updated_at": NOW}).scalar_one()
+            conn.execute(INSERT_FIELD_STATE, [_field_row(contact_id, i, v) for i, v in enumerate(VALUES)])
+            conn.execute(sa.text("UPDATE field_state SET value = NULL WHERE field = 'f03'"))  # SQL NULL, not JSON null
+            conn.execute(sa.insert(CI), [{"account": "main", "kind": kind, "value": value, "contact_id": contact_id,
+                                          "created_at": NOW} for kind, value in (("email", "a@example.com"),
+                                                                                 ("customer", "Zoë \"q\" \\"))])
+            conn.execute(INSERT_PROCESSED, [{"dedupe_key": key, "store_key": "uk", "resource_type": None,
+                                             "resource_id": None, "outcome": "applied", "processed_at": NOW}
+                                            for key in ("m-1", "m-2 \"x\"")])
+            pairs = sorted([(contact_id, f"f{i:02d}") for i in range(len(VALUES))] + [(contact_id, "absent")])
+            by_core = conn.execute(sa.select(FS.c.contact_id, FS.c.field, FS.c.value, FS.c.source_ref,
+                                             FS.c.source_version, FS.c.source_ts)
+                                   .where(FS.c.contact_id == contact_id)).all()
+            by_direct = pg_json_rows.field_rows(conn, pairs)
+            owners = pg_json_rows.owner_rows(conn, [("main", "email", "a@example.com"), ("main", "email", "b@x.com"),
+                                                    ("main", "customer", "Zoë \"q\" \\"), ("other", "email", "a@example.com")])
+            processed = pg_json_rows.processed_keys(conn, ["m-1", "m-2 \"x\"", "m-3"])
+    finally:
+        engine.dispose()
+    assert sorted(by_direct, key=str) == sorted((tuple(r) for r in by_core), key=str)
+    assert len(by_direct) == len(VALUES)
+    assert {r[1]: r[2] for r in by_direct} == {f"f{i:02d}": None if i == 3 else v for i, v in enumerate(VALUES)}
+    assert all(r[5] is None or r[5].tzinfo is timezone.utc for r in by_direct)
+    assert sorted(owners) == [("main", "customer", "Zoë \"q\" \\", contact_id), ("main", "email", "a@example.com", contact_id)]
+    assert sorted(processed) == ["m-1", "m-2 \"x\""]

@@ -83,7 +83,7 @@ def test_direct_reads_return_what_sqlalchemy_returns(engine):
         contact_id, = _contacts(conn, 1)
         conn.execute(INSERT_FIELD_STATE, [_field_row(contact_id, i, v) for i, v in enumerate(VALUES)])
         pairs = sorted([(contact_id, f"f{i}") for i in range(len(VALUES))] + [(contact_id, "absent")])
-        by_core = [tuple(r) for r in conn.execute(*set_apply._keyed(False, set_apply._FIELDS_BY_PAIR, pairs))]
+        by_core = [tuple(r) for r in conn.execute(*set_apply._keyed(set_apply._FIELDS_BY_PAIR, pairs))]
         by_direct = field_rows(conn, pairs)
     assert sorted(by_direct, key=str) == sorted(by_core, key=str)
     assert len(by_direct) == len(VALUES)

@@ -463,6 +463,20 @@ _FINISH_LEASED = (
 )
 
 
+#: the leased events of a list applied with one outcome: done; returns the ids matched (those ``worker`` still holds
+#: the lease of). ``ids``: one parameter (compiled once, not an ``IN`` list per batch): an array on PostgreSQL (a
+#: JSON list read with json_array_elements gets a hash join over the whole inbox), a JSON array on SQLite
+_FINISH_APPLIED = {
+    dialect: sa.text(
+        f"UPDATE event_inbox SET status = :done, processed_at = :processed_at, outcome = :outcome, lease_owner = NULL, "
+        f"lease_expires_at = NULL WHERE {match} AND status = :pending AND lease_owner = :worker RETURNING id"
+    ).bindparams(sa.bindparam("processed_at", type_=INBOX.c.processed_at.type), done=InboxStatus.DONE,
+                 pending=InboxStatus.PENDING)
+    for dialect, match in (("postgresql", "id = ANY(CAST(:ids AS bigint[]))"),
+                           ("sqlite", "id IN (SELECT value FROM json_each(:ids))"))
+}
+
+
 class InboxProcessor:
     """Claims queued events, prepares them concurrently and applies them in order, one transaction per batch."""
 
@@ -681,12 +695,11 @@ class InboxProcessor:
             by_text.setdefault(_outcome_text(unit_outcomes), []).append(unit.event.id)
         now = utcnow()
         conn = session.connection()
+        finish = _FINISH_APPLIED[conn.dialect.name]
         for text, ids in by_text.items():
-            taken = conn.execute(
-                sa.update(INBOX)
-                .where(INBOX.c.id.in_(ids), INBOX.c.status == InboxStatus.PENDING, INBOX.c.lease_owner == self.worker_id)
-                .values(status=InboxStatus.DONE, processed_at=now, outcome=text, lease_owner=None, lease_expires_at=None)
-                .returning(INBOX.c.id)).scalars().all()
+            taken = conn.execute(finish, {"ids": ids if conn.dialect.name == "postgresql" else json.dumps(ids),
+                                          "processed_at": now, "outcome": text,
+                                          "worker": self.worker_id}).scalars().all()
             if len(taken) != len(ids):
                 raise _TakenOver(sorted(set(ids) - set(taken)))
         return [(True, unit_outcomes) for unit_outcomes in outcomes]

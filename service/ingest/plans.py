@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Collection, Mapping, Protocol
 
@@ -69,12 +69,12 @@ def view_coalesce_window(store_settings: Any) -> timedelta:
 
 def enqueue_insight(access: ContactAccess, *, contact_id: int, store: StoreConfig, collection: str,
                     record_id: str, record: dict, source: SourceStamp, priority: int,
-                    hold: timedelta = timedelta(0)) -> int | None:
+                    hold: timedelta = timedelta(0), digest: str | None = None) -> int | None:
     """Enqueue an insight record unless the identical record, or a newer one of the record (by ``source``: its
     version, else its time), was already enqueued (delta for records); the message id. ``hold``: the message falls
-    due that much later (product views wait to be merged)."""
+    due that much later (product views wait to be merged). ``digest``: the record's ``record_digest``, when known."""
     path = insight_path(collection, record_id)
-    digest = record_digest(record)
+    digest = digest or record_digest(record)
     stored = access.stored_fields(contact_id, (path,)).get(path)
     if stored is not None and (stored.value == digest or is_older(source, stored)):
         return None  # the same record again, or an older one than what was sent (newest wins, as for fields)
@@ -101,6 +101,12 @@ class InsightPart:
     record_id: str
     record: dict
     source: SourceStamp
+    #: ``record_digest(record)``, computed when the event is prepared: off the apply transaction's path (the record
+    #: is final by then: plugins shaped it before)
+    digest: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", record_digest(self.record))
 
 
 @dataclass(frozen=True)
@@ -199,7 +205,7 @@ class ContactPlan:
                     else timedelta(0))
             mid = enqueue_insight(access, contact_id=contact_id, store=self.store, collection=part.collection,
                                   record_id=part.record_id, record=part.record, source=part.source,
-                                  priority=self.priority, hold=hold)
+                                  priority=self.priority, hold=hold, digest=part.digest)
             if mid:
                 self.outcome.outbox_message_ids.append(mid)
         if self.view is not None:

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from ctdd.ingest.access import FS
-from ctdd.ingest.value_text import is_plain_string, json_from_text, remembering, sqlalchemy_errors
+from ctdd.ingest.value_text import is_plain_string, json_from_text, remembering, result_processor, sqlalchemy_errors
 
 _PG = postgresql.dialect()
 
@@ -56,7 +56,7 @@ _PROCESSED_KEYS = ("SELECT dedupe_key FROM processed_event "
 
 def field_rows(conn: Connection, pairs: Sequence[tuple[int, str]]) -> list[tuple[Any, ...]]:
     """The stored field-state rows of ``pairs`` (contact id, field), as SQLAlchemy would return them."""
-    timestamp = remembering(_result_processor(conn, FS.c.source_ts))  # a batch's rows share a few times
+    timestamp = remembering(result_processor(conn.dialect, FS.c.source_ts))  # a batch's rows share a few times
     loads = conn.dialect._json_deserializer or json.loads  # what SQLAlchemy has psycopg parse JSON with
     return [(contact_id, field, None if value is None else json_from_text(value, loads), ref, version,
              None if ts is None else timestamp(ts))
@@ -81,15 +81,6 @@ def _fetch(conn: Connection, sql: str, keys: Sequence[Any]) -> list[tuple[Any, .
             return cursor.fetchall()
     finally:
         cursor.close()
-
-
-def _result_processor(conn: Connection, column: sa.Column) -> Callable[[Any], Any]:
-    """What SQLAlchemy does to a value of ``column`` the driver returned."""
-    return column.type._cached_result_processor(conn.dialect, None) or _same
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 # -- writes ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from ctdd.ingest.access import FS
-from ctdd.ingest.value_text import is_plain_string, json_from_text, remembering, sqlalchemy_errors
+from ctdd.ingest.value_text import is_plain_string, json_from_text, remembering, result_processor, sqlalchemy_errors
 
 _Processor = Callable[[Any], Any]
 
@@ -45,8 +45,8 @@ def _column_processors(conn: Connection) -> tuple[_Processor, _Processor]:
     dialect = conn.dialect
     found = _field_processors.get(dialect.name)
     if found is None:
-        value = FS.c.value.type._cached_result_processor(dialect, None) or _same
-        ts = FS.c.source_ts.type._cached_result_processor(dialect, None) or _same
+        value = result_processor(dialect, FS.c.value)
+        ts = result_processor(dialect, FS.c.source_ts)
         found = _field_processors[dialect.name] = (value, _fast_utc_datetime(ts))
     return found
 
@@ -83,10 +83,6 @@ def _fast_utc_datetime(process: _Processor) -> _Processor:
     except Exception:  # the dialect's own processor reads other text
         same = False
     return parse if same else process
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 # -- writes ---------------------------------------------------------------------------------------------

@@ -33,6 +33,16 @@ def remembering(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return converted
 
 
+def result_processor(dialect: Any, column: sa.Column) -> Callable[[Any], Any]:
+    """What SQLAlchemy does to a value of ``column`` the driver returned (on ``dialect``): its type's result
+    processor, or nothing."""
+    return column.type._cached_result_processor(dialect, None) or _same
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 def json_from_text(text: Any, loads: Callable[[Any], Any]) -> Any:
     """A stored JSON text as ``loads`` reads it; a plain string (``"..."`` with no backslash: nothing escaped,
     since JSON escapes quotes and control characters) directly, as its text between the quotes. Most stored values

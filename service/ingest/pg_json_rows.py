@@ -11,9 +11,14 @@ Here the rows travel as one JSON document (``json.dumps``, in C) that PostgreSQL
 
 The text is the same for any number of rows. Values go through each column type's bind processing
 (``UTCDateTime``: to UTC), times as ISO 8601 text with their offset (read back to the microsecond); a JSON
-column's value travels as its own JSON text, None included (JSON ``null``, as SQLAlchemy's JSON type stores
-None), cast back per row. Only columns of these kinds are accepted: strings, integers, JSON, UTC datetimes. An
-UPDATE's rows must have distinct keys (a row matched twice would be updated with either).
+column's value is nested in the document (encoded once, with it), None stored as JSON ``null`` as SQLAlchemy's
+JSON type stores it; PostgreSQL keeps the text of nested objects, arrays, numbers and literals as written, and a
+string with anything to escape travels as its JSON text instead (PostgreSQL would write it again its own way).
+Only columns of these kinds are accepted: strings, integers, JSON, UTC datetimes. An UPDATE's rows must have
+distinct keys (a row matched twice would be updated with either).
+
+:class:`Pipeline` sends several such statements in psycopg's pipeline mode: PostgreSQL runs one while the next
+one's document is built, and the caller waits for the database once.
 
 The batch's reads by many keys (field state by contact and path, identifier owners, dedupe keys) run the same
 way on the DBAPI cursor of the same connection: the keys as one JSON array of arrays (``json.dumps`` of tuples,
@@ -92,14 +97,29 @@ class JsonRowsWrite:
     ``params``: the key of each column (``keys`` and ``columns``) in the rows given, by default its name."""
 
     def __init__(self, table: sa.Table, columns: Sequence[str], *, keys: Sequence[str] = (),
-                 params: Mapping[str, str] | None = None, returning: Sequence[str] = ()):
+                 params: Mapping[str, str] | None = None, returning: Sequence[str] = (),
+                 extra: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None):
+        """``extra``: more fields of the rows, by name and SQL type, that no column takes as they are; ``values``:
+        the SQL expression (over the record ``u``) a column takes instead of its own field."""
         names = (*keys, *columns)
         self.fields = tuple((name, (params or {}).get(name, name), _encoder(table.c[name])) for name in names)
-        source = (f"json_to_recordset(CAST(:rows AS json)) AS u("
-                  f"{', '.join(f'{name} {_record_type(table.c[name])}' for name in names)})")
+        self.fields += tuple((name, name, None) for name in (extra or {}))
+        #: the JSON columns (their value nested in the document), by name and parameter
+        self.json_fields = tuple((name, param) for name, param, _ in self.fields
+                                 if name in table.c and isinstance(table.c[name].type, sa.JSON))
+        record = [f"{name} {_record_type(table.c[name])}" for name in names]
+        record += [f"{name}{_AS_TEXT} text" for name, _ in self.json_fields]
+        record += [f"{name} {sql_type}" for name, sql_type in (extra or {}).items()]
+        source = f"json_to_recordset(CAST(:rows AS json)) AS u({', '.join(record)})"
 
         def value(name: str) -> str:
-            return f"u.{name}::json" if isinstance(table.c[name].type, sa.JSON) else f"u.{name}"
+            if values and name in values:
+                return values[name]
+            if isinstance(table.c[name].type, sa.JSON):
+                # the JSON text of a string (see document), else the nested value; JSON null comes out of the
+                # record as SQL NULL: stored as JSON null, as SQLAlchemy's JSON type stores None
+                return f"COALESCE(CAST(u.{name}{_AS_TEXT} AS json), u.{name}, 'null'::json)"
+            return f"u.{name}"
 
         if keys:
             assignments = ", ".join(f"{name} = {value(name)}" for name in columns)
@@ -111,22 +131,79 @@ class JsonRowsWrite:
         if returning:
             text += f" RETURNING {', '.join(f'{table.name}.{name}' for name in returning)}"
         self.statement = sa.text(text).columns(*(table.c[name] for name in returning)) if returning else sa.text(text)
+        #: the same for the DBAPI cursor (``Pipeline``)
+        self.sql = text.replace(":rows", "%s")
 
-    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Any:
-        """Write ``rows``; the result (the ``returning`` columns of each row written, in no promised order)."""
+    def document(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        """``rows`` as the statement's one JSON parameter."""
         # a batch writes the same few times many times over (its time, the events' times): each converted once
         fields = tuple((name, param, remembering(encode) if isinstance(encode, _UTCText) else encode)
                        for name, param, encode in self.fields)
         document = [{name: row[param] if encode is None else encode(row[param]) for name, param, encode in fields}
                     for row in rows]
-        return conn.execute(self.statement, {"rows": json.dumps(document)})
+        # A JSON value is nested in the document as it is, and PostgreSQL keeps the text of a nested object, array,
+        # number or literal as it was written (SQLAlchemy's: json.dumps). A string it unescapes and writes again
+        # its own way ("Zo\u00eb" becomes "Zoë"): one with anything to escape travels as its JSON text instead.
+        for name, param in self.json_fields:
+            text_name = name + _AS_TEXT
+            for out, row in zip(document, rows):
+                value = row[param]
+                if value.__class__ is str and not is_plain_string(value):
+                    out[name], out[text_name] = None, json.dumps(value)
+        return json.dumps(document)
+
+    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Any:
+        """Write ``rows``; the result (the ``returning`` columns of each row written, in no promised order)."""
+        return conn.execute(self.statement, {"rows": self.document(rows)})
+
+
+class Pipeline:
+    """Statements sent on the connection's DBAPI cursor in psycopg's pipeline mode, inside its transaction: each
+    goes to the server as soon as it is added, so PostgreSQL runs one while the next one's parameter is built, and
+    the results are waited for once, when the block ends (an error of any statement raises there, as SQLAlchemy
+    would raise it; the transaction is then aborted and the caller rolls back). A statement's rows are read from
+    the cursor :meth:`write` and :meth:`execute` return, after the block."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self._driver = conn.connection.driver_connection
+        self._cursors: list[Any] = []
+        self._sql = ""
+
+    def __enter__(self) -> "Pipeline":
+        self._pipeline = self._driver.pipeline()
+        self._pipeline.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        with sqlalchemy_errors(self.conn, self._sql):
+            self._pipeline.__exit__(*exc_info)
+        if exc_info[0] is None:
+            return
+        for cursor in self._cursors:
+            cursor.close()
+
+    def write(self, writer: JsonRowsWrite, rows: Sequence[Mapping[str, Any]]) -> Any:
+        return self.execute(writer.sql, (writer.document(rows),))
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        cursor = self._driver.cursor()
+        self._cursors.append(cursor)
+        self._sql = sql
+        with sqlalchemy_errors(self.conn, sql):
+            cursor.execute(sql, params)
+        return cursor
+
+
+#: the suffix of the record field that holds a JSON column's value as JSON text
+_AS_TEXT = "__text"
 
 
 def _record_type(column: sa.Column) -> str:
     """The column's type in the record read from JSON."""
     column_type = column.type
     if isinstance(column_type, sa.JSON):
-        return "text"  # its JSON text, cast back per row
+        return "json"  # the value itself, nested in the document
     if isinstance(column_type, UTCDateTime):
         return "timestamptz"
     plain = column_type.impl if isinstance(column_type, sa.TypeDecorator) else column_type  # e.g. AutoString
@@ -139,18 +216,11 @@ def _encoder(column: sa.Column) -> Callable[[Any], Any] | None:
     """How a value of ``column`` goes into the JSON document (None: as it is)."""
     column_type = column.type
     if isinstance(column_type, sa.JSON):
-        return _json_text
+        return None  # nested in the document as it is (encoded once, with the document)
     if isinstance(column_type, UTCDateTime):
         return _UTCText(column_type.dialect_impl(_PG).bind_processor(_PG))  # refuses naive datetimes, turns to UTC
     _record_type(column)  # refuses any other kind of column
     return None
-
-
-def _json_text(value: Any) -> str:
-    """``json.dumps(value)``; a plain string (printable ASCII, no quote or backslash: nothing to escape) directly."""
-    if is_plain_string(value):
-        return f'"{value}"'
-    return json.dumps(value)
 
 
 class _UTCText:

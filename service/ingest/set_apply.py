@@ -13,7 +13,9 @@ driver and SQLAlchemy's per-statement work, not the database. Here a batch of :c
    against the batch's state in memory: an event sees what the events before it in the batch did;
 3. **write** (:meth:`BatchAccess.flush`): new identifiers, conflicts, contact rows, outbox messages (their ids
    matched by partition and sequence), field state (new and changed rows), dedupe records and
-   the browse timers, each with one multi-row statement (executemany for the updates).
+   the browse timers, each with one multi-row statement (executemany for the updates). On PostgreSQL they go
+   in one pipeline (``pg_json_rows.Pipeline``): the database runs each while the next one's rows are encoded,
+   and the batch waits for it once; a field-state row finds the id of its message of the batch in SQL.
 
 A contact that did not exist is inserted when an event creates it (its id is needed by what follows); that is
 the one statement per event left, and only for new contacts.
@@ -244,31 +246,40 @@ class BatchAccess:
     def flush(self) -> None:
         """Write everything buffered (a few multi-row statements); then :meth:`real_id` answers."""
         conn = self.conn
-        now = self._now
         for contact_id, kind in dict.fromkeys(self._detached):
             conn.execute(sa.delete(CI).where(CI.c.contact_id == contact_id, CI.c.kind == kind,
                                              CI.c.kind.in_(SINGLE_VALUED)))
+        if self.postgres:
+            self._flush_pipelined()
+        else:
+            self._flush_one_by_one()
+        if self._rejected:
+            conn.execute(INSERT_REJECTED, self._rejected)
+        for store, views, at in self._views.values():
+            scheduling.on_products_viewed(self.session, store, views, at)
+
+    def _contact_rows(self) -> list[dict[str, Any]]:
+        """The contacts' changed state and next sequence, as rows of ``_UPDATE_CONTACT``."""
+        rows = []
+        for contact_id, changed in self._contact_state.items():
+            row = self._contacts[contact_id]
+            rows.append({"b_id": contact_id, "b_next_sequence": row["next_sequence"],
+                         "b_updated_at": changed.get("updated_at", self._now),
+                         **{f"b_{name}": row[name] for name in _STATE}})
+        return rows
+
+    def _flush_one_by_one(self) -> None:
+        """SQLite: each write in turn; the messages' ids come back before the field-state rows that point at them
+        are written."""
+        conn = self.conn
         if self._identifiers:
             self._write(INSERT_IDENTIFIER, self._identifiers)
         if self._conflicts:
             conn.execute(INSERT_CONFLICT, self._conflicts)
         if self._contact_state:
-            params = []
-            for contact_id, changed in self._contact_state.items():
-                row = self._contacts[contact_id]
-                params.append({"b_id": contact_id, "b_next_sequence": row["next_sequence"],
-                               "b_updated_at": changed.get("updated_at", now),
-                               **{f"b_{name}": row[name] for name in _STATE}})
-            self._write(_UPDATE_CONTACT, params)
+            self._write(_UPDATE_CONTACT, self._contact_rows())
         if self._messages:
-            # RETURNING of a multi-row INSERT comes in no promised order: each id is matched to its message by
-            # (partition, sequence), unique per message (asking SQLAlchemy to sort by parameter order makes it
-            # insert one row per statement on SQLite)
-            inserted = (_PG_MESSAGES if self.postgres else _SQLITE_MESSAGES).execute(conn, self._messages)
-            by_key = {(partition, sequence): message_id for message_id, partition, sequence in inserted}
-            self.message_ids = [by_key[(m["partition_key"], m["sequence"])] for m in self._messages]
-            if self.postgres:
-                conn.execute(sa.text(f"NOTIFY {outbox.NOTIFY_CHANNEL}"))
+            self._matched_ids(_SQLITE_MESSAGES.execute(conn, self._messages))
         inserts, updates = [], []
         for key, row in self._field_rows.items():
             row = {**row, "message_id": self.real_id(row["message_id"])}
@@ -282,10 +293,47 @@ class BatchAccess:
             self._write(INSERT_FIELD_STATE, inserts)
         if self._processed_rows:
             self._write(INSERT_PROCESSED, self._processed_rows)
-        if self._rejected:
-            conn.execute(INSERT_REJECTED, self._rejected)
-        for store, views, at in self._views.values():
-            scheduling.on_products_viewed(self.session, store, views, at)
+
+    def _flush_pipelined(self) -> None:
+        """PostgreSQL: every write in one pipeline (``pg_json_rows.Pipeline``): PostgreSQL runs each statement
+        while the next one's rows are turned into JSON, and the batch waits for the database once. A field-state
+        row that points at a message of this batch finds its id by the message's partition and sequence, in SQL."""
+        inserts, updates = [], []
+        for key, row in self._field_rows.items():
+            message_id = row["message_id"]
+            if message_id is not None and message_id < 0:
+                message = self._messages[-message_id - 1]
+                row = {**row, "message_id": None, "message_partition": message["partition_key"],
+                       "message_sequence": message["sequence"]}
+            else:
+                row = {**row, "message_partition": None, "message_sequence": None}
+            (updates if key in self._field_existing else inserts).append(row)
+        with pg_json_rows.Pipeline(self.conn) as pipe:
+            if self._identifiers:
+                pipe.write(_PG_WRITES[INSERT_IDENTIFIER], self._identifiers)
+            if self._contact_state:
+                pipe.write(_PG_WRITES[_UPDATE_CONTACT], self._contact_rows())
+            messages = pipe.write(_PG_MESSAGES, self._messages) if self._messages else None
+            if self._messages:
+                pipe.execute(_PG_NOTIFY)
+            if updates:
+                pipe.write(_PG_FIELD_UPDATE, updates)
+            if inserts:
+                pipe.write(_PG_FIELD_INSERT, inserts)
+            if self._processed_rows:
+                pipe.write(_PG_WRITES[INSERT_PROCESSED], self._processed_rows)
+        if messages is not None:
+            self._matched_ids(messages.fetchall())
+            messages.close()
+        if self._conflicts:
+            self.conn.execute(INSERT_CONFLICT, self._conflicts)
+
+    def _matched_ids(self, inserted: Iterable[tuple[int, str, int]]) -> None:
+        """The messages' ids from the INSERT's RETURNING (id, partition, sequence). RETURNING of a multi-row INSERT
+        comes in no promised order: each id is matched to its message by (partition, sequence), unique per message
+        (asking SQLAlchemy to sort by parameter order makes it insert one row per statement on SQLite)."""
+        by_key = {(partition, sequence): message_id for message_id, partition, sequence in inserted}
+        self.message_ids = [by_key[(m["partition_key"], m["sequence"])] for m in self._messages]
 
     def _write(self, statement: Any, rows: list[dict[str, Any]]) -> None:
         """``conn.execute(statement, rows)``, written as one statement on PostgreSQL (``ctdd.ingest.pg_json_rows``)
@@ -318,19 +366,25 @@ _UPDATE_CONTACT = (
 #: the statements :meth:`BatchAccess._write` runs on SQLite, with the DBAPI's executemany
 _SQLITE_WRITES = {statement: sqlite_direct.DirectWrite(statement) for statement in (
     INSERT_IDENTIFIER, _UPDATE_CONTACT, UPDATE_FIELD_STATE, INSERT_FIELD_STATE, INSERT_PROCESSED)}
-#: ... and on PostgreSQL, as one statement each (the rows as one JSON parameter)
+#: ... and on PostgreSQL, as one statement each (the rows as one JSON parameter; the field state's are below)
 _PG_WRITES = {
     INSERT_IDENTIFIER: pg_json_rows.JsonRowsWrite(CI, ("account", "kind", "value", "contact_id", "created_at")),
     _UPDATE_CONTACT: pg_json_rows.JsonRowsWrite(CT, ("next_sequence", "updated_at", *_STATE), keys=("id",),
                                            params={name: f"b_{name}" for name in ("id", "next_sequence", "updated_at",
                                                                                    *_STATE)}),
-    UPDATE_FIELD_STATE: pg_json_rows.JsonRowsWrite(FS, FIELD_COLUMNS, keys=("contact_id", "field"),
-                                              params={name: f"b_{name}" for name in ("contact_id", "field",
-                                                                                      *FIELD_COLUMNS)}),
-    INSERT_FIELD_STATE: pg_json_rows.JsonRowsWrite(FS, ("contact_id", "field", *FIELD_COLUMNS)),
     INSERT_PROCESSED: pg_json_rows.JsonRowsWrite(PE, ("dedupe_key", "store_key", "resource_type", "resource_id", "outcome",
                                                  "processed_at")),
 }
+#: ... and the field-state rows, in a pipeline with the messages they point at: a message of the batch by its
+#: partition and sequence (its id is not known yet when the rows are sent)
+_MESSAGE_REF = {"message_partition": "text", "message_sequence": "bigint"}
+_MESSAGE_ID = ("COALESCE(u.message_id, (SELECT om.id FROM outbox_message om "
+               "WHERE om.partition_key = u.message_partition AND om.sequence = u.message_sequence))")
+_PG_FIELD_UPDATE = pg_json_rows.JsonRowsWrite(FS, FIELD_COLUMNS, keys=("contact_id", "field"), extra=_MESSAGE_REF,
+                                              values={"message_id": _MESSAGE_ID})
+_PG_FIELD_INSERT = pg_json_rows.JsonRowsWrite(FS, ("contact_id", "field", *FIELD_COLUMNS), extra=_MESSAGE_REF,
+                                              values={"message_id": _MESSAGE_ID})
+_PG_NOTIFY = f"NOTIFY {outbox.NOTIFY_CHANNEL}"
 #: SQLite: a new contact's row (INSERT_CONTACT) on the DBAPI cursor
 _SQLITE_CONTACT = sqlite_direct.DirectInsertReturning(CT, ("id",))
 #: SQLite: the outbox messages with a multi-row INSERT ... RETURNING built on the DBAPI cursor (ctdd.ingest.sqlite_direct)

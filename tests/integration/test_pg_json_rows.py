@@ -20,7 +20,8 @@ pytestmark = pytest.mark.postgres
 
 NOW = datetime(2026, 12, 3, 11, 0, tzinfo=timezone.utc)
 VALUES = ["plain", "", 'say "hi"', "back\\slash", "Zoë", None, 0, 1.5, True, [1, None, {"a": "b"}], {"k": "v"},
-          "del\x7f", "tab\there", "a/b:c d~e", "0123456789abcdef" * 4]
+          "del\x7f", "tab\there", "a/b:c d~e", "0123456789abcdef" * 4, {"n": "Zoë \"q\"", "x": [1.50, "é\\"]},
+          ["ë", "\u2028", {}], 10 ** 20, -0.0, "\u00e9\U0001f600"]
 
 
 def _field_row(contact_id: int, i: int, value) -> dict:
@@ -28,7 +29,12 @@ def _field_row(contact_id: int, i: int, value) -> dict:
           NOW.astimezone(ZoneInfo("UTC")) + timedelta(seconds=i)][i % 5]
     return {"contact_id": contact_id, "field": f"f{i:02d}", "value": value,
             "source_ref": None if i % 2 else f"customer/{i}", "source_version": None if i % 3 else 2 ** 40 + i,
-            "source_ts": ts, "message_id": i, "updated_at": NOW}
+            "source_ts": ts, "message_id": i, "updated_at": NOW, "message_partition": None, "message_sequence": None}
+
+
+def _core(row: dict) -> dict:
+    """A row as SQLAlchemy's own statements take it (no message reference)."""
+    return {k: v for k, v in row.items() if not k.startswith("message_") or k == "message_id"}
 
 
 def _fields(conn, contact_id: int) -> list[tuple]:
@@ -48,8 +54,9 @@ def test_json_rows_writes_leave_what_sqlalchemy_leaves(postgres_database):
             by_json, core = (conn.execute(sa.insert(CT).returning(CT.c.id), {
                 "account": "main", "next_sequence": 1, "created_at": NOW, "updated_at": NOW}).scalar_one()
                 for _ in range(2))
-            writes[INSERT_FIELD_STATE].execute(conn, [_field_row(by_json, i, v) for i, v in enumerate(VALUES)])
-            conn.execute(INSERT_FIELD_STATE, [_field_row(core, i, v) for i, v in enumerate(VALUES)])
+            with pg_json_rows.Pipeline(conn) as pipe:  # as the batch writes them
+                pipe.write(set_apply._PG_FIELD_INSERT, [_field_row(by_json, i, v) for i, v in enumerate(VALUES)])
+            conn.execute(INSERT_FIELD_STATE, [_core(_field_row(core, i, v)) for i, v in enumerate(VALUES)])
             processed = [{"dedupe_key": f"{who}:{i}", "store_key": "uk", "resource_type": None if i else "product",
                           "resource_id": "p", "outcome": "applied", "processed_at": NOW + timedelta(seconds=i)}
                          for who in ("x",) for i in range(3)]
@@ -62,10 +69,11 @@ def test_json_rows_writes_leave_what_sqlalchemy_leaves(postgres_database):
             assert [tuple(r)[1:] for r in stored if r[0].startswith("x")] == \
                 [tuple(r)[1:] for r in stored if r[0].startswith("core")]
         # every value replaced, through the UPDATE ... FROM json_to_recordset
-        changed = [{f"b_{k}": v for k, v in _field_row(0, i, v).items()} for i, v in enumerate(reversed(VALUES))]
+        changed = [_field_row(0, i, v) for i, v in enumerate(reversed(VALUES))]
         with engine.begin() as conn:
-            writes[UPDATE_FIELD_STATE].execute(conn, [{**r, "b_contact_id": by_json} for r in changed])
-            conn.execute(UPDATE_FIELD_STATE, [{**r, "b_contact_id": core} for r in changed])
+            set_apply._PG_FIELD_UPDATE.execute(conn, [{**r, "contact_id": by_json} for r in changed])
+            conn.execute(UPDATE_FIELD_STATE, [{f"b_{k}": v for k, v in _core({**r, "contact_id": core}).items()}
+                                              for r in changed])
             contact = [{"b_id": by_json, "b_next_sequence": 7, "b_updated_at": NOW + timedelta(hours=1),
                         "b_email": "a@example.com", "b_mobile_number": None, "b_shop_email_consent": "subscribed",
                         "b_shop_email_consent_at": NOW.astimezone(timezone(timedelta(hours=2))),
@@ -83,7 +91,45 @@ def test_json_rows_writes_leave_what_sqlalchemy_leaves(postgres_database):
     finally:
         engine.dispose()
     # one parameter, the rows: the same text for any number of rows
-    assert str(writes[UPDATE_FIELD_STATE].statement).count(":rows") == 1
+    assert str(set_apply._PG_FIELD_UPDATE.statement).count(":rows") == 1
+
+
+def test_pipelined_field_rows_find_the_ids_of_the_messages_sent_before_them(postgres_database):
+    """In the batch's pipeline the field-state rows are sent before the messages' ids are known: a row that points
+    at a message of the batch (by partition and sequence) gets that message's id; one with an id keeps it; a failing
+    statement raises as SQLAlchemy would raise it, at the end of the pipeline, and nothing of the batch stays."""
+    reset_postgres(postgres_database)
+    engine = create_db_engine(postgres_database)
+    upgrade_database(engine)
+    try:
+        with engine.begin() as conn:
+            contact_id = conn.execute(sa.insert(CT).returning(CT.c.id), {
+                "account": "main", "next_sequence": 1, "created_at": NOW, "updated_at": NOW}).scalar_one()
+            conn.execute(INSERT_FIELD_STATE, [_core(_field_row(contact_id, 0, "old"))])
+            messages = [_message(i, "main") for i in range(3)]
+            rows = [{**_field_row(contact_id, i, f"v{i}"), "message_id": None,
+                     "message_partition": messages[i]["partition_key"], "message_sequence": messages[i]["sequence"]}
+                    for i in range(3)]
+            rows.append({**_field_row(contact_id, 3, "kept"), "message_id": 12345})
+            with pg_json_rows.Pipeline(conn) as pipe:
+                inserted = pipe.write(set_apply._PG_MESSAGES, messages)
+                pipe.write(set_apply._PG_FIELD_UPDATE, rows[:1])
+                pipe.write(set_apply._PG_FIELD_INSERT, rows[1:])
+            ids = {(p, s): i for i, p, s in inserted.fetchall()}
+        with engine.connect() as conn:
+            stored = dict(conn.execute(sa.select(FS.c.field, FS.c.message_id).where(FS.c.contact_id == contact_id)).all())
+        assert stored == {"f00": ids[("main:0", 0)], "f01": ids[("main:1", 1)], "f02": ids[("main:2", 2)],
+                          "f03": 12345}
+        with pytest.raises(sa.exc.IntegrityError):
+            with engine.begin() as conn:
+                with pg_json_rows.Pipeline(conn) as pipe:
+                    pipe.write(set_apply._PG_MESSAGES, [_message(7, "main")])
+                    pipe.write(set_apply._PG_FIELD_INSERT, rows[3:])  # (contact, f03) exists: a unique violation
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(OM)
+                                .where(OM.c.sequence == 7)).scalar_one() == 0
+    finally:
+        engine.dispose()
 
 
 def _message(i: int, prefix: str) -> dict:
@@ -133,7 +179,7 @@ def test_direct_reads_return_what_sqlalchemy_returns(postgres_database):
         with engine.begin() as conn:
             contact_id = conn.execute(sa.insert(CT).returning(CT.c.id), {
                 "account": "main", "next_sequence": 1, "created_at": NOW, "updated_at": NOW}).scalar_one()
-            conn.execute(INSERT_FIELD_STATE, [_field_row(contact_id, i, v) for i, v in enumerate(VALUES)])
+            conn.execute(INSERT_FIELD_STATE, [_core(_field_row(contact_id, i, v)) for i, v in enumerate(VALUES)])
             conn.execute(sa.text("UPDATE field_state SET value = NULL WHERE field = 'f03'"))  # SQL NULL, not JSON null
             conn.execute(sa.insert(CI), [{"account": "main", "kind": kind, "value": value, "contact_id": contact_id,
                                           "created_at": NOW} for kind, value in (("email", "a@example.com"),

@@ -150,7 +150,8 @@ def free_port() -> int:
 # ------------------------------------------------------------------------------------------------------
 # processes
 # ------------------------------------------------------------------------------------------------------
-def write_config(path: Path, *, database_url: str, base_url: str, port: int | None = None, **dispatcher) -> Path:
+def write_config(path: Path, *, database_url: str, base_url: str, port: int | None = None, inbox: dict | None = None,
+                 **dispatcher) -> Path:
     lines = ["[service]", f'database_url = "{database_url}"']
     if port:
         lines.append(f'listen = "127.0.0.1:{port}"')
@@ -159,6 +160,8 @@ def write_config(path: Path, *, database_url: str, base_url: str, port: int | No
               'locale = "en-GB"', 'currency = "GBP"', "", "[dispatcher]"]
     for key, value in dispatcher.items():
         lines.append(f"{key} = {json.dumps(value)}")
+    if inbox:
+        lines += ["", "[inbox]", *(f"{key} = {json.dumps(value)}" for key, value in inbox.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -1555,7 +1558,7 @@ def pg_backend_cpu(conn) -> dict[int, float]:
 
 
 async def drain_inbox(tmp: Path, url: str, tag: str, *, workers: int, events: int, window: float,
-                      env: dict | None = None) -> dict:
+                      env: dict | None = None, inbox: dict | None = None) -> dict:
     """``workers`` ``ctdd worker`` processes on ``url`` (an inbox of ``events`` pending events) apply them; the
     sandbox in its own process holds every call APPLY_SANDBOX_LATENCY seconds (delivery left out). Measured: inbox rows turned ``done`` per second from
     DRAIN_FROM to DRAIN_TO of the inbox done (or ``window`` seconds, whichever comes first), and the CPU
@@ -1570,7 +1573,8 @@ async def drain_inbox(tmp: Path, url: str, tag: str, *, workers: int, events: in
     procs: dict[str, subprocess.Popen] = {}
     try:
         sandbox.stdout.readline()  # "ready"
-        config = write_config(tmp / f"{tag}.toml", database_url=url, base_url=f"http://127.0.0.1:{sandbox_port}")
+        config = write_config(tmp / f"{tag}.toml", database_url=url, base_url=f"http://127.0.0.1:{sandbox_port}",
+                              inbox=inbox)
         with engine.connect() as conn:
             procs = {f"{tag}-worker{i}": spawn(["worker", "--config", str(config), "--grace", "2"],
                                                tmp / f"{tag}-worker{i}.log", **(env or {})) for i in range(workers)}
@@ -1731,9 +1735,14 @@ async def bench_apply(tmp: Path, *, events: int, contacts: int, window: float, b
     return out
 
 
+#: (h) scales processes: one inbox lane per worker ([inbox] lanes, 2 by default on PostgreSQL), so that n workers are n
+#: apply threads ((g) measures one worker as deployed, with its default lanes)
+H_INBOX = {"lanes": 1}
+
+
 async def bench_apply_scale(tmp: Path, *, events: int, contacts: int, window: float) -> dict:
     """(h) events applied per second by 1, 2 and 4 ``ctdd worker`` processes on one PostgreSQL database."""
-    out: dict = {"database": "postgresql", "events": events, "contacts": contacts,
+    out: dict = {"database": "postgresql", "events": events, "contacts": contacts, "inbox": H_INBOX,
                  "sandbox_latency_seconds": APPLY_SANDBOX_LATENCY,
                  "measured_span": f"{DRAIN_FROM:.0%} to {DRAIN_TO:.0%} of the inbox done, at most {window} s",
                  "runs": {}}
@@ -1743,7 +1752,7 @@ async def bench_apply_scale(tmp: Path, *, events: int, contacts: int, window: fl
             out["prefill"] = prefill
             for workers in (1, 2, 4):
                 out["runs"][str(workers)] = await drain_copy(tmp, url, f"h-{workers}", workers=workers,
-                                                             events=events, window=window)
+                                                             events=events, window=window, inbox=H_INBOX)
     except BenchProcessError as exc:
         log(f"(h) failed: {exc}")
         out["prefill"] = {"error": str(exc)}

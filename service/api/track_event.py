@@ -10,7 +10,7 @@ from ctdd.config import Settings
 from ctdd.domain.echo import echo
 from ctdd.delivery import outbox
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, Step, behavioural_dedupe_key
-from ctdd.ingest.inbox import PrepareStored, QueuedEvent
+from ctdd.ingest.inbox import PrepareStored, QueuedEvent, lane_of
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
 PAYLOAD_REQUIRED = Violation("payload", "one of commercetools_delivery or behavioural_event is required")
@@ -57,7 +57,18 @@ def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEv
         key = parsed[0].dedupe_key if len(parsed) == 1 else None
     else:
         key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event, settings))
+        return QueuedEvent(request.store_key, request.SerializeToString(), key,
+                           lane=lane_of(_identity_key(request.behavioural_event.identity)))
+    # a commercetools delivery: its customer is known once it is prepared (lane 0; such events are applied one
+    # by one under the exclusive apply lock anyway, see ctdd.ingest.inbox)
     return QueuedEvent(request.store_key, request.SerializeToString(), key)
+
+
+def _identity_key(identity: pb.ContactIdentity) -> str:
+    """The identifier an event's lane is hashed from: its email (trimmed, lower case), else its customer id, mobile
+    number or anonymous id."""
+    return (identity.email.strip().lower() or identity.customer_id or identity.mobile_number
+            or identity.anonymous_id)
 
 
 def stored_request_preparer(events: EventProcessor, settings: Settings) -> PrepareStored:

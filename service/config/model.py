@@ -675,6 +675,8 @@ class InboxConfig(Section):
 
     #: queued events claimed and applied together (one transaction: set-based, or one savepoint per event)
     batch_size: int = Field(512, ge=1)
+    #: PostgreSQL: inbox processors per process, each claiming its own share of the contacts (one on SQLite)
+    lanes: int = Field(2, ge=1, le=16)
     #: a claim is held this long; a processor that died mid-batch leaves its events to the others after it
     lease_seconds: float = Field(60.0, gt=0)
     poll_interval_seconds: float = Field(1.0, gt=0)

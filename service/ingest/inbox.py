@@ -41,6 +41,12 @@ because of the version and timestamp rules every event goes through (resource ve
 per-field source timestamps), the same rules that order concurrent TrackEvent calls, and each contact's
 outbox messages are numbered in the order their transactions commit (the contact's row lock).
 
+Lanes (PostgreSQL): a worker runs ``[inbox] lanes`` processors side by side, each claiming only the rows of its
+own lanes (``event_inbox.lane``, a hash of the event's contact identity written at ingest, modulo the number of
+lanes), each with its own connection and apply thread. Their batches then hold disjoint contacts, so one lane
+runs its Python while the other waits for the database, instead of each batch waiting for the last one's
+commit. They order what they apply as several workers do (above). SQLite has one writer: one lane.
+
 Traces: while tracing is on, a row keeps the W3C trace context of the call that queued it (``trace``), and its
 event is applied in that context, so its outbox messages link to the caller's trace (``ctdd.telemetry``).
 
@@ -55,6 +61,7 @@ import functools
 import json
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, NamedTuple
@@ -87,29 +94,31 @@ INBOX = EventInbox.__table__
 NOTIFY_CHANNEL = "ctdd_inbox"
 #: how often a processor deletes finished rows older than ``[inbox] retention_days``
 PURGE_INTERVAL_SECONDS = 600.0
-#: rows per multi-row INSERT on SQLite: 3 bound parameters each plus the shared time (older SQLite builds allow
+#: rows per multi-row INSERT on SQLite: 4 bound parameters each plus the shared time (older SQLite builds allow
 #: 999 per statement)
-_SQLITE_ROWS_PER_INSERT = 332
-_INBOX_COLUMNS = "dedupe_key, store_key, request, status, attempts, next_attempt_at, received_at"
-#: the same while tracing is on: a fourth parameter per row, the caller's trace context (``trace``)
-_SQLITE_TRACED_ROWS_PER_INSERT = 249
+_SQLITE_ROWS_PER_INSERT = 249
+_INBOX_COLUMNS = "dedupe_key, store_key, request, lane, status, attempts, next_attempt_at, received_at"
+#: the same while tracing is on: a fifth parameter per row, the caller's trace context (``trace``)
+_SQLITE_TRACED_ROWS_PER_INSERT = 199
 _TRACED_INBOX_COLUMNS = _INBOX_COLUMNS + ", trace"
+#: lane hashes: 0 to LANE_HASHES - 1 (``event_inbox.lane``, a SMALLINT)
+LANE_HASHES = 32768
 
 
 @functools.lru_cache(maxsize=64)
 def _sqlite_insert(rows: int) -> str:
-    """The INSERT of ``rows`` inbox rows: ``?1`` is the time (received and due), then three parameters per
+    """The INSERT of ``rows`` inbox rows: ``?1`` is the time (received and due), then four parameters per
     row. One text per row count, so that sqlite3's statement cache prepares it once."""
-    values = ", ".join(f"(?{3 * i + 2}, ?{3 * i + 3}, ?{3 * i + 4}, '{InboxStatus.PENDING}', 0, ?1, ?1)"
+    values = ", ".join(f"(?{4 * i + 2}, ?{4 * i + 3}, ?{4 * i + 4}, ?{4 * i + 5}, '{InboxStatus.PENDING}', 0, ?1, ?1)"
                        for i in range(rows))
     return f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING dedupe_key"
 
 
 @functools.lru_cache(maxsize=64)
 def _sqlite_traced_insert(rows: int) -> str:
-    """:func:`_sqlite_insert` with the ``trace`` column: four parameters per row."""
-    values = ", ".join(f"(?{4 * i + 2}, ?{4 * i + 3}, ?{4 * i + 4}, '{InboxStatus.PENDING}', 0, ?1, ?1, ?{4 * i + 5})"
-                       for i in range(rows))
+    """:func:`_sqlite_insert` with the ``trace`` column: five parameters per row."""
+    values = ", ".join(f"(?{5 * i + 2}, ?{5 * i + 3}, ?{5 * i + 4}, ?{5 * i + 5}, '{InboxStatus.PENDING}', 0, ?1, ?1, "
+                       f"?{5 * i + 6})" for i in range(rows))
     return (f"INSERT INTO event_inbox ({_TRACED_INBOX_COLUMNS}) VALUES {values} "
             "ON CONFLICT DO NOTHING RETURNING dedupe_key")
 
@@ -132,6 +141,16 @@ class QueuedEvent(NamedTuple):
     dedupe_key: str | None
     #: the W3C trace context of the queuing call (JSON), set by :meth:`InboxWriter.add` while tracing is on
     trace: str | None = None
+    #: the hash of its contact identity (:func:`lane_of`): which apply lane of a worker takes it
+    lane: int = 0
+
+
+def lane_of(identity_value: str) -> int:
+    """The lane hash of an event whose contact is known by ``identity_value`` (its normalised email, else customer
+    id ...): a stable hash (CRC-32, the same in every process), 0 for none. Events of one contact that carry
+    different identifiers may get different lanes: they are then applied by two lanes, ordered by the contact's
+    row lock and their source stamps as if two workers applied them."""
+    return zlib.crc32(identity_value.encode()) % LANE_HASHES if identity_value else 0
 
 
 class InboxWriter(GroupCommitRunner):
@@ -256,7 +275,8 @@ class InboxWriter(GroupCommitRunner):
                 else:
                     batch_keys.add(key)
                     flags.append(key)
-                rows.append((key, e.store_key, e.request, e.trace) if traced else (key, e.store_key, e.request))
+                rows.append((key, e.store_key, e.request, e.lane, e.trace) if traced
+                            else (key, e.store_key, e.request, e.lane))
             results.append(flags)
         inserted = self._insert(cursor, rows, traced=traced) if rows else set()
         return [[flag if flag.__class__ is bool else flag in inserted for flag in flags] for flags in results]
@@ -270,12 +290,12 @@ class InboxWriter(GroupCommitRunner):
             return self._insert_traced(cursor, rows, now_db)
         if self._postgres:
             # One statement for the whole batch (executemany would cost a round trip per row).
-            keys, stores, requests = (list(col) for col in zip(*rows))
+            keys, stores, requests, lanes = (list(col) for col in zip(*rows))
             cursor.execute(
-                f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) SELECT k, s, r, '{InboxStatus.PENDING}', 0, %s, %s "
-                "FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS t(k, s, r, n) ORDER BY n "
-                "ON CONFLICT DO NOTHING RETURNING dedupe_key",
-                (now_db, now_db, keys, stores, requests),
+                f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) SELECT k, s, r, l, '{InboxStatus.PENDING}', 0, %s, %s "
+                "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[]) WITH ORDINALITY AS t(k, s, r, l, n) "
+                "ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key",
+                (now_db, now_db, keys, stores, requests, lanes),
             )
             inserted.update(row[0] for row in cursor.fetchall())
             cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
@@ -290,13 +310,13 @@ class InboxWriter(GroupCommitRunner):
         """:meth:`_insert` with the ``trace`` column (only while tracing is on: the no-op path stays as it was)."""
         inserted: set[str] = set()
         if self._postgres:
-            keys, stores, requests, traces = (list(col) for col in zip(*rows))
+            keys, stores, requests, lanes, traces = (list(col) for col in zip(*rows))
             cursor.execute(
                 f"INSERT INTO event_inbox ({_TRACED_INBOX_COLUMNS}) "
-                f"SELECT k, s, r, '{InboxStatus.PENDING}', 0, %s, %s, t "
-                "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[]) WITH ORDINALITY AS u(k, s, r, t, n) "
-                "ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key",
-                (now_db, now_db, keys, stores, requests, traces),
+                f"SELECT k, s, r, l, '{InboxStatus.PENDING}', 0, %s, %s, t "
+                "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[], %s::text[]) "
+                "WITH ORDINALITY AS u(k, s, r, l, t, n) ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key",
+                (now_db, now_db, keys, stores, requests, lanes, traces),
             )
             inserted.update(row[0] for row in cursor.fetchall())
             cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
@@ -330,14 +350,16 @@ def _trace_carrier(text: str | None) -> dict[str, str] | None:
     return carrier if isinstance(carrier, dict) else None
 
 
-def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None
-          ) -> list[ClaimedEvent]:
-    """Lease up to ``limit`` due pending events to ``worker``, oldest first."""
+def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None,
+          lane: tuple[int, int] | None = None) -> list[ClaimedEvent]:
+    """Lease up to ``limit`` due pending events to ``worker``, oldest first; with ``lane`` (i, n) only those whose
+    lane hash is i modulo n."""
     now = now or utcnow()
     candidates = (
         sa.select(INBOX.c.id)
         .where(INBOX.c.status == InboxStatus.PENDING, INBOX.c.next_attempt_at <= now,
-               sa.or_(INBOX.c.lease_expires_at.is_(None), INBOX.c.lease_expires_at < now))
+               sa.or_(INBOX.c.lease_expires_at.is_(None), INBOX.c.lease_expires_at < now),
+               *([INBOX.c.lane % lane[1] == lane[0]] if lane is not None and lane[1] > 1 else []))
         .order_by(INBOX.c.id)
         .limit(limit)
     )
@@ -481,8 +503,10 @@ class InboxProcessor:
     """Claims queued events, prepares them concurrently and applies them in order, one transaction per batch."""
 
     def __init__(self, engine: Engine, settings: Settings, events: EventProcessor, *, worker_id: str,
-                 prepare: PrepareStored, on_enqueued=None):
+                 prepare: PrepareStored, on_enqueued=None, lane: tuple[int, int] | None = None):
         self.engine = engine
+        #: (i, n): this processor claims the rows whose lane hash is i modulo n (None: every row)
+        self.lane = lane
         self.prepare = prepare
         self.settings = settings
         self.cfg: InboxConfig = settings.inbox
@@ -503,7 +527,8 @@ class InboxProcessor:
         self.stats = {"applied": 0, "retried": 0, "rejected": 0, "failed": 0, "batches": 0}
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="inbox-processor")
+        name = "inbox-processor" if self.lane is None else f"inbox-processor-lane-{self.lane[0]}"
+        self._task = asyncio.create_task(self.run(), name=name)
         if self.engine.dialect.name == "postgresql":
             self._listener = NotifyListener(self.engine, self.wake, channel=NOTIFY_CHANNEL)
             self._listener.start()
@@ -592,7 +617,7 @@ class InboxProcessor:
     async def _claim_and_submit(self) -> "_InFlight | None":
         """Claim a batch, prepare it and queue its units on the runner (in arrival order); None: nothing due."""
         claimed = await asyncio.to_thread(claim, self.engine, worker=self.worker_id, limit=self.cfg.batch_size,
-                                          lease_seconds=self.cfg.lease_seconds)
+                                          lease_seconds=self.cfg.lease_seconds, lane=self.lane)
         if not claimed:
             return None
         prepared: list[Any] = [self._prepare_at_once(e) for e in claimed]
@@ -736,3 +761,37 @@ class InboxProcessor:
                     operation="TrackEvent", store_key=f.event.store_key, record_type="event_inbox",
                     record_id=str(f.event.id), reason=redact_text(reason)[:2000], created_at=now))
                 log.warning("rejected queued TrackEvent %d for store %s: %s", f.event.id, f.event.store_key, reason)
+
+
+class InboxLanes:
+    """The inbox processors of one process: one per lane (``[inbox] lanes`` on PostgreSQL, one on SQLite), started,
+    woken and stopped together."""
+
+    def __init__(self, engine: Engine, settings: Settings, events: EventProcessor, *, worker_id: str,
+                 prepare: PrepareStored, on_enqueued=None):
+        count = 1 if engine.dialect.name == "sqlite" else settings.inbox.lanes
+        # each lane holds its leases under its own name: a lane that stops hands back its own, not another's
+        self.processors = [
+            InboxProcessor(engine, settings, events, worker_id=worker_id if count == 1 else f"{worker_id}/lane{i}",
+                           prepare=prepare, on_enqueued=on_enqueued, lane=(i, count) if count > 1 else None)
+            for i in range(count)]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The processors' counters, added up."""
+        total: dict[str, int] = {}
+        for processor in self.processors:
+            for key, value in processor.stats.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def start(self) -> None:
+        for processor in self.processors:
+            processor.start()
+
+    def wake(self) -> None:
+        for processor in self.processors:
+            processor.wake()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(processor.stop() for processor in self.processors))

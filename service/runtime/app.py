@@ -30,7 +30,7 @@ from ctdd.hooks.manager import create_plugin_manager
 from ctdd.catalog.export import CatalogExporter
 from ctdd.catalog.realtime import CatalogFlusher, CatalogRealtime
 from ctdd.db.group_commit import GroupCommitRunner
-from ctdd.ingest.inbox import InboxProcessor, InboxWriter
+from ctdd.ingest.inbox import InboxLanes, InboxWriter
 from ctdd.ingest.plans import is_plan
 from ctdd.db.apply_lock import take_apply_lock
 from ctdd.ingest.set_apply import apply_plans
@@ -78,9 +78,8 @@ class App:
         # Events queued with PROCESSING_QUEUED: written by the gRPC layer, applied next to the dispatcher.
         self.inbox_writer: InboxWriter | None = None
         self.inbox_processor = (
-            InboxProcessor(self.engine, settings, self.events, worker_id=self.dispatcher.worker_id,
-                           prepare=stored_request_preparer(self.events, settings),
-                           on_enqueued=self._wake_dispatcher)
+            InboxLanes(self.engine, settings, self.events, worker_id=self.dispatcher.worker_id,
+                       prepare=stored_request_preparer(self.events, settings), on_enqueued=self._wake_dispatcher)
             if self.dispatcher is not None else None
         )
         # Carts changed in commercetools (no messages for carts): polled next to the dispatcher, one process

@@ -56,7 +56,9 @@ def stream_settings(database_url: str, sandbox, fake_ct, *, set_based: bool):
                              stores_extra={"uk": {"programs": PROGRAMS, "cart_watcher": {"enabled": False}}})
     return settings.replace(
         service=settings.service.replace(set_based_apply=set_based),
-        inbox=settings.inbox.replace(batch_size=BATCH, poll_interval_seconds=0.05, lease_seconds=60.0))
+        # one lane: both runs apply the stream in arrival order, so that they can be compared row for row (lanes
+        # order a contact's events as two workers do: tests/integration/test_inbox_lanes.py)
+        inbox=settings.inbox.replace(batch_size=BATCH, poll_interval_seconds=0.05, lease_seconds=60.0, lanes=1))
 
 
 def _answers(resp: pb.TrackEventBatchResponse) -> list[tuple]:

@@ -43,6 +43,12 @@ from ctdd.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
+#: tries of a set-based run that keeps losing races before its units are applied one by one. Two processors
+#: creating the same new contacts (a burst of first events, PostgreSQL) can make a run lose several times in a row:
+#: each loss waited for the winner's commit, so the next try sees its contacts, but the winner may have moved on to
+#: the next batch of new contacts meanwhile. A try costs one batch; one by one costs hundreds of statements.
+SET_RACE_RETRIES = 10
+
 T = TypeVar("T")
 #: applies a run of units set-based inside the open transaction: per unit (True, result) or (False, exception)
 SetApply = Callable[[Session, list[Any]], list[tuple[bool, Any]]]
@@ -224,9 +230,10 @@ class GroupCommitRunner:
 
     def _apply_run(self, session: Session, run: list[Any]) -> list[tuple[bool, Any]]:
         """The run set-based in a savepoint; a lost race (a PostgreSQL deadlock, a uniqueness race) is tried
-        again set-based; anything else, or a race lost every time, falls back to one unit at a time."""
+        again set-based, up to ``SET_RACE_RETRIES`` times; anything else, or a race lost every time, falls back to
+        one unit at a time."""
         assert self.set_apply is not None
-        for attempt in range(INTEGRITY_RETRIES):
+        for attempt in range(SET_RACE_RETRIES):
             savepoint = session.begin_nested()
             try:
                 with collector.paused():  # the batch's state is freed by reference counting (ctdd.collector)
@@ -240,7 +247,7 @@ class GroupCommitRunner:
                     log.debug("rolling back the set-based savepoint failed", exc_info=True)
                 session.expunge_all()
                 race = lost_race(exc)
-                if race and attempt < INTEGRITY_RETRIES - 1:
+                if race and attempt < SET_RACE_RETRIES - 1:
                     log.info("set-based apply of %d unit(s) lost a race (%s); trying again", len(run),
                              type(exc).__name__)
                     continue

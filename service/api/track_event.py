@@ -58,15 +58,19 @@ def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEv
     else:
         key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event, settings))
         return QueuedEvent(request.store_key, request.SerializeToString(), key,
-                           lane=lane_of(_identity_key(request.behavioural_event.identity)))
+                           lane=lane_of(_lane_key(request.behavioural_event)))
     # a commercetools delivery: its customer is known once it is prepared (lane 0; such events are applied one
     # by one under the exclusive apply lock anyway, see ctdd.ingest.inbox)
     return QueuedEvent(request.store_key, request.SerializeToString(), key)
 
 
-def _identity_key(identity: pb.ContactIdentity) -> str:
-    """The identifier an event's lane is hashed from: its email (trimmed, lower case), else its customer id, mobile
+def _lane_key(event: pb.BehaviouralEvent) -> str:
+    """What an event's lane is hashed from: a cart event's cart (all versions of a cart in one lane, applied in
+    arrival order, whoever the shopper is by then); else its email (trimmed, lower case), customer id, mobile
     number or anonymous id."""
+    if event.WhichOneof("kind") == "cart_updated" and event.cart_updated.cart_id:
+        return "cart:" + event.cart_updated.cart_id
+    identity = event.identity
     return (identity.email.strip().lower() or identity.customer_id or identity.mobile_number
             or identity.anonymous_id)
 

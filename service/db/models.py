@@ -397,7 +397,7 @@ class EventInbox(SQLModel, table=True):
     #: the W3C trace context (``traceparent`` / ``tracestate``, JSON) of the call that queued the event, kept only
     #: while tracing is on: the event is applied in it, so its outbox messages link to the caller's trace
     trace: Optional[str] = Field(default=None, sa_type=sa.Text)
-    #: a hash of the event's contact identity (0-32767; 0 when it has none): a worker's apply lanes each claim the
+    #: a hash of the event's cart or contact identity (0-32767; 0 when it has none): a worker's apply lanes each claim the
     #: rows of their own lanes (``lane % lanes``), so that they apply disjoint contacts side by side
     lane: int = Field(default=0, sa_column=sa.Column(sa.SmallInteger, nullable=False, server_default="0"))
 

@@ -42,8 +42,8 @@ per-field source timestamps), the same rules that order concurrent TrackEvent ca
 outbox messages are numbered in the order their transactions commit (the contact's row lock).
 
 Lanes (PostgreSQL): a worker runs ``[inbox] lanes`` processors side by side, each claiming only the rows of its
-own lanes (``event_inbox.lane``, a hash of the event's contact identity written at ingest, modulo the number of
-lanes), each with its own connection and apply thread. Their batches then hold disjoint contacts, so one lane
+own lanes (``event_inbox.lane``, a hash of the event's cart or contact identity written at ingest, modulo the
+number of lanes), each with its own connection and apply thread. Their batches then hold disjoint contacts, so one lane
 runs its Python while the other waits for the database, instead of each batch waiting for the last one's
 commit. They order what they apply as several workers do (above). SQLite has one writer: one lane.
 
@@ -141,7 +141,7 @@ class QueuedEvent(NamedTuple):
     dedupe_key: str | None
     #: the W3C trace context of the queuing call (JSON), set by :meth:`InboxWriter.add` while tracing is on
     trace: str | None = None
-    #: the hash of its contact identity (:func:`lane_of`): which apply lane of a worker takes it
+    #: the hash of its cart or contact identity (:func:`lane_of`): which apply lane of a worker takes it
     lane: int = 0
 
 

@@ -41,6 +41,14 @@ def test_the_same_contact_gets_the_same_lane_however_its_email_is_written(databa
         event_id="c-1", identity=pb.ContactIdentity(customer_id="cust-9"), product_viewed=pb.ProductViewed(
             product_id="p-1")))
     assert queued_event(events, settings, by_customer).lane == inbox.lane_of("cust-9")
+    # every version of a cart in one lane (applied in arrival order), whoever the shopper is by then
+    carts = {queued_event(events, settings, pb.TrackEventRequest(
+        store_key="uk", processing=QUEUED, behavioural_event=pb.BehaviouralEvent(
+            event_id=f"cart-{i}", identity=pb.ContactIdentity(**identity),
+            cart_updated=pb.CartUpdated(cart_id="cart-7", cart_version=i + 1)))).lane
+        for i, identity in enumerate([{"anonymous_id": "anon-1"}, {"email": "later@example.com"},
+                                      {"customer_id": "cust-1", "email": "later@example.com"}])}
+    assert carts == {inbox.lane_of("cart:cart-7")}
 
 
 @pytest.mark.postgres

@@ -31,7 +31,7 @@ def test_an_events_lane_is_a_stable_hash_of_its_identity():
     assert len({inbox.lane_of(f"c{i}@example.com") % 2 for i in range(20)}) == 2  # both lanes get work
 
 
-def test_the_same_contact_gets_the_same_lane_however_its_email_is_written(database_url, sandbox):
+async def test_the_same_contact_gets_the_same_lane_however_its_email_is_written(database_url, sandbox):
     settings = make_settings(database_url, sandbox)
     events = App(settings).events
     lanes = {queued_event(events, settings, view(1, email, "p-1")).lane

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ctdd.api.convert import InvalidRequest, Violation, check_behavioural_event, parse_behavioural_event
 from ctdd.config import Settings
 from ctdd.domain.echo import echo
+from ctdd.domain.identity import InvalidIdentifier, normalise_email
 from ctdd.delivery import outbox
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, Step, behavioural_dedupe_key
 from ctdd.ingest.inbox import PrepareStored, QueuedEvent, lane_of
@@ -67,12 +68,19 @@ def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEv
 def _lane_key(event: pb.BehaviouralEvent) -> str:
     """What an event's lane is hashed from: a cart event's cart (all versions of a cart in one lane, applied in
     arrival order, whoever the shopper is by then); else its email (trimmed, lower case), customer id, mobile
-    number or anonymous id."""
+    number or anonymous id. The email is normalised as the contact's is (``normalise_email``: an internationalised
+    domain in its ASCII form is the same contact, so the same lane). The request's checks have refused an
+    invalid email before this; should one come through, it is hashed trimmed and lower case."""
     if event.WhichOneof("kind") == "cart_updated" and event.cart_updated.cart_id:
         return "cart:" + event.cart_updated.cart_id
     identity = event.identity
-    return (identity.email.strip().lower() or identity.customer_id or identity.mobile_number
-            or identity.anonymous_id)
+    email = identity.email.strip().lower()
+    if email:
+        try:
+            return normalise_email(email)
+        except InvalidIdentifier:
+            return email
+    return identity.customer_id or identity.mobile_number or identity.anonymous_id
 
 
 def stored_request_preparer(events: EventProcessor, settings: Settings) -> PrepareStored:

@@ -37,6 +37,10 @@ async def test_the_same_contact_gets_the_same_lane_however_its_email_is_written(
     lanes = {queued_event(events, settings, view(1, email, "p-1")).lane
              for email in ("Shopper@Example.com", " shopper@example.com", "shopper@example.com")}
     assert lanes == {inbox.lane_of("shopper@example.com")}
+    # an internationalised domain in either spelling is one contact, so one lane
+    idn = {queued_event(events, settings, view(1, email, "p-1")).lane
+           for email in ("jane@b\u00fccher.de", "Jane@xn--bcher-kva.de")}
+    assert idn == {inbox.lane_of("jane@xn--bcher-kva.de")}
     by_customer = pb.TrackEventRequest(store_key="uk", processing=QUEUED, behavioural_event=pb.BehaviouralEvent(
         event_id="c-1", identity=pb.ContactIdentity(customer_id="cust-9"), product_viewed=pb.ProductViewed(
             product_id="p-1")))

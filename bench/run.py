@@ -1418,6 +1418,10 @@ APPLY_EVENTS, APPLY_CONTACTS, APPLY_BATCH = 20_000, 2_000, 200
 APPLY_SANDBOX_LATENCY = 30.0
 #: the measured span of a drain: from this share of the inbox done (start-up and warm-up before it) to ...
 DRAIN_FROM, DRAIN_TO = 0.05, 0.95  # ... this share (the tail, where fewer workers have work, after it)
+#: (g), (h): how often the drain counts the pending rows. Every 50 ms, the count of a 40,000-event backlog kept
+#: 0.07-0.09 of a core of PostgreSQL busy (sampled from pg_stat_activity), CPU the measured workers lost on two
+#: cores; the figures are taken between two counts whatever the interval, so a longer one costs no precision
+DRAIN_POLL_SECONDS = 0.25
 
 
 class BenchProcessError(RuntimeError):
@@ -1580,9 +1584,9 @@ async def drain_inbox(tmp: Path, url: str, tag: str, *, workers: int, events: in
                                                tmp / f"{tag}-worker{i}.log", **(env or {})) for i in range(workers)}
 
             def snapshot() -> dict:
-                # every 50 ms: the rows no longer pending (a count on the partial index of pending rows; a
-                # GROUP BY over the whole inbox took the database 5 ms a time, a tenth of a core beside the
-                # workers). All of them are applied ones unless the final counts below say otherwise.
+                # every DRAIN_POLL_SECONDS: the rows no longer pending (a count on the partial index of pending
+                # rows; a GROUP BY over the whole inbox took the database 5 ms a time, a tenth of a core beside
+                # the workers). All of them are applied ones unless the final counts below say otherwise.
                 done = events - conn.execute(_PENDING_COUNT).scalar_one()
                 return {"done": done, "at": time.monotonic(),
                         "workers": {name: cpu_seconds_of(p.pid) for name, p in procs.items()},
@@ -1597,7 +1601,7 @@ async def drain_inbox(tmp: Path, url: str, tag: str, *, workers: int, events: in
                     s = snapshot()
                     if s["done"] >= target or s["at"] >= deadline:
                         return s
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(DRAIN_POLL_SECONDS)
 
             spawned = time.monotonic()
             first = await until(max(1, int(events * DRAIN_FROM)), spawned + 60)

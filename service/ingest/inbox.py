@@ -371,6 +371,8 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts, INBOX.c.trace)
     )
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(outbox.IN_INDEX_ORDER)  # in id order on the pending index, whatever the estimates
         rows = conn.execute(stmt).all()
     return sorted((ClaimedEvent(r.id, r.store_key, bytes(r.request), r.attempts, _trace_carrier(r.trace))
                    for r in rows), key=lambda e: e.id)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import zlib
 
 import pytest
+import sqlalchemy as sa
 
 from support import make_settings, reset_postgres, wait_for
 from ctdd.api.track_event import queued_event
 from ctdd.config import InboxConfig, replace
+from ctdd.db.engine import create_db_engine, upgrade_database
 from ctdd.ingest import inbox
 from ctdd.runtime.app import App
 from ctdd.sync.v1 import sync_service_pb2 as pb
@@ -97,3 +99,56 @@ async def test_two_lanes_apply_every_event_once_each_taking_its_own_contacts(ser
     # one browse record per (contact, product) viewed
     records = svc.rows("SELECT DISTINCT contact_id, record_id FROM outbox_message WHERE kind = 'insight.upsert'")
     assert len(records) == len({(i % 30, i % 11) for i in range(240)})
+
+
+def _plan_nodes(node: dict):
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
+@pytest.mark.postgres
+def test_a_lane_claim_walks_the_pending_index_in_order_and_stops_at_its_limit(postgres_database):
+    """A backlog queued since the last ANALYZE and the lane condition (``lane % n = i``, which the planner cannot
+    estimate) made PostgreSQL read every pending row and sort them for each claim. The claim's plan must walk the
+    pending index in id order and stop once it has its rows."""
+    reset_postgres(postgres_database)
+    engine = create_db_engine(postgres_database)
+    upgrade_database(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO event_inbox (store_key, request, status, attempts, next_attempt_at, received_at, lane) "
+            "SELECT 'uk', '\\x00'::bytea, 'pending', 0, now() - interval '1 s', now(), g % 1000 "
+            "FROM generate_series(1, 6000) g"))
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    claimed = inbox.claim(engine, worker="w", limit=100, lease_seconds=60, lane=(1, 2))
+    sa.event.remove(engine, "before_cursor_execute", capture)
+    assert len(claimed) == 100 and [e.id for e in claimed] == sorted(e.id for e in claimed)
+    # the claim's transaction, replayed with its UPDATE explained
+    update = [i for i, (sql, _) in enumerate(statements) if sql.lstrip().startswith("WITH candidates")]
+    assert len(update) == 1
+    with engine.connect() as conn:
+        lanes = dict(conn.execute(sa.text("SELECT id, lane FROM event_inbox")).all())
+    assert all(lanes[e.id] % 2 == 1 for e in claimed)
+    # the oldest 100 pending rows of lane 1
+    assert [e.id for e in claimed] == sorted(i for i, lane in lanes.items() if lane % 2 == 1)[:100]
+    with engine.connect() as conn:  # EXPLAIN ANALYZE runs the UPDATE: rolled back
+        conn.exec_driver_sql("UPDATE event_inbox SET lease_owner = NULL, lease_expires_at = NULL")
+        for sql, parameters in statements[:update[0]]:
+            conn.exec_driver_sql(sql, parameters or ())
+        sql, parameters = statements[update[0]]
+        plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, parameters).scalar_one()[0]["Plan"]
+        conn.rollback()
+    nodes = list(_plan_nodes(plan))
+    assert not [n for n in nodes if n["Node Type"] in ("Sort", "Seq Scan", "Bitmap Heap Scan")]
+    scans = [n for n in nodes if n.get("Index Name") == "ix_event_inbox_pending_claim_order"]
+    assert len(scans) == 1
+    # it stopped after its 100 rows of lane 1: about as many of lane 0 were passed over, not the 6,000 pending
+    assert scans[0]["Actual Rows"] == 100
+    assert scans[0]["Actual Rows"] + scans[0].get("Rows Removed by Filter", 0) < 400
+    engine.dispose()

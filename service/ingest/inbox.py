@@ -45,7 +45,9 @@ Lanes (PostgreSQL): a worker runs ``[inbox] lanes`` processors side by side, eac
 own lanes (``event_inbox.lane``, a hash of the event's cart or contact identity written at ingest, modulo the
 number of lanes), each with its own connection and apply thread. Their batches then hold disjoint contacts, so one lane
 runs its Python while the other waits for the database, instead of each batch waiting for the last one's
-commit. They order what they apply as several workers do (above). SQLite has one writer: one lane.
+commit. They order what they apply as several workers do (above): a lane claims nothing more than a few batches
+past the oldest due event not yet applied (``LANE_LEAD_BATCHES``), so one lane cannot run far ahead of another
+(one contact's events can carry identifiers that hash to different lanes). SQLite has one writer: one lane.
 
 Traces: while tracing is on, a row keeps the W3C trace context of the call that queued it (``trace``), and its
 event is applied in that context, so its outbox messages link to the caller's trace (``ctdd.telemetry``).
@@ -350,19 +352,30 @@ def _trace_carrier(text: str | None) -> dict[str, str] | None:
     return carrier if isinstance(carrier, dict) else None
 
 
+#: How far a lane may run ahead, in batches per lane: it claims no row more than ``LANE_LEAD_BATCHES * lanes *
+#: batch size`` ids past the oldest due event not yet applied. Lanes split one process's events by contact hash,
+#: but one contact's events can carry different identifiers (a commercetools delivery, always lane 0, by customer
+#: id; a later view by email; an anonymous id a cart links), and nothing else orders the lanes: one that fell
+#: behind (lane 0 fetching from commercetools) would let the other apply a customer's later events long before
+#: the one creating or linking the customer, which then find no contact. With the bound, lanes reorder no further
+#: than as many workers each holding a batch in hand and one claimed ahead would, and a lane that stalls stalls the
+#: others within a few batches instead of leaving its share behind unnoticed.
+LANE_LEAD_BATCHES = 4
+
+
 def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None,
           lane: tuple[int, int] | None = None) -> list[ClaimedEvent]:
     """Lease up to ``limit`` due pending events to ``worker``, oldest first; with ``lane`` (i, n) only those whose
-    lane hash is i modulo n."""
+    lane hash is i modulo n, and none further than ``LANE_LEAD_BATCHES * n * limit`` rows past the oldest due event
+    not yet applied (whichever lane holds it)."""
     now = now or utcnow()
-    candidates = (
-        sa.select(INBOX.c.id)
-        .where(INBOX.c.status == InboxStatus.PENDING, INBOX.c.next_attempt_at <= now,
-               sa.or_(INBOX.c.lease_expires_at.is_(None), INBOX.c.lease_expires_at < now),
-               *([INBOX.c.lane % lane[1] == lane[0]] if lane is not None and lane[1] > 1 else []))
-        .order_by(INBOX.c.id)
-        .limit(limit)
-    )
+    due = (INBOX.c.status == InboxStatus.PENDING, INBOX.c.next_attempt_at <= now)
+    conditions = [*due, sa.or_(INBOX.c.lease_expires_at.is_(None), INBOX.c.lease_expires_at < now)]
+    if lane is not None and lane[1] > 1:
+        oldest = sa.select(sa.func.min(INBOX.c.id)).where(*due).scalar_subquery()
+        conditions += [INBOX.c.lane % lane[1] == lane[0],
+                       INBOX.c.id < oldest + LANE_LEAD_BATCHES * lane[1] * limit]
+    candidates = sa.select(INBOX.c.id).where(*conditions).order_by(INBOX.c.id).limit(limit)
     stmt = (
         sa.update(INBOX)
         .where(*outbox.claimable(engine.dialect.name, INBOX.c.id, candidates,

@@ -146,9 +146,45 @@ def test_a_lane_claim_walks_the_pending_index_in_order_and_stops_at_its_limit(po
         conn.rollback()
     nodes = list(_plan_nodes(plan))
     assert not [n for n in nodes if n["Node Type"] in ("Sort", "Seq Scan", "Bitmap Heap Scan")]
-    scans = [n for n in nodes if n.get("Index Name") == "ix_event_inbox_pending_claim_order"]
+    # the candidates' scan (the other one finds the oldest due event: the lanes' lead, LANE_LEAD_BATCHES)
+    scans = [n for n in nodes if n.get("Index Name") == "ix_event_inbox_pending_claim_order"
+             and "lane" in n.get("Filter", "")]
     assert len(scans) == 1
     # it stopped after its 100 rows of lane 1: about as many of lane 0 were passed over, not the 6,000 pending
     assert scans[0]["Actual Rows"] == 100
     assert scans[0]["Actual Rows"] + scans[0].get("Rows Removed by Filter", 0) < 400
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_lane_runs_no_further_ahead_of_the_oldest_unapplied_event_than_a_few_batches(postgres_database):
+    """One contact's events can hash to different lanes (a delivery by customer id, a view by email), so a lane
+    that fell behind must hold the others back: none claims further than LANE_LEAD_BATCHES batches per lane past
+    the oldest due event not yet applied, whichever lane holds it."""
+    reset_postgres(postgres_database)
+    engine = create_db_engine(postgres_database)
+    upgrade_database(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO event_inbox (store_key, request, status, attempts, next_attempt_at, received_at, lane) "
+            "SELECT 'uk', '\\x00'::bytea, 'pending', 0, now() - interval '1 s', now(), g % 1000 "
+            "FROM generate_series(1, 3000) g"))
+        first = conn.execute(sa.text("SELECT min(id) FROM event_inbox")).scalar_one()
+    lead = inbox.LANE_LEAD_BATCHES * 2 * 50
+    stuck = inbox.claim(engine, worker="lane0", limit=50, lease_seconds=60, lane=(0, 2))  # held, never applied
+    assert stuck[0].id == first + 1  # lane hash 0 is every other row: 2, 4, ... after 1
+    taken = []
+    while batch := inbox.claim(engine, worker="lane1", limit=50, lease_seconds=60, lane=(1, 2)):
+        taken += batch
+        assert len(taken) <= 3000
+    assert taken and max(e.id for e in taken) < first + lead
+    assert len(taken) == (lead + 1) // 2  # every lane-1 row below the bound
+    # a row waiting for its retry (not due) holds nobody back: only what could be applied now counts
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE event_inbox SET status = 'done' WHERE id = ANY(:ids)"),
+                     {"ids": [e.id for e in stuck[1:]] + [e.id for e in taken]})
+        conn.execute(sa.text("UPDATE event_inbox SET next_attempt_at = now() + interval '1 h', lease_owner = NULL, "
+                             "lease_expires_at = NULL WHERE id = :id"), {"id": stuck[0].id})
+    more = inbox.claim(engine, worker="lane1", limit=50, lease_seconds=60, lane=(1, 2))
+    assert len(more) == 50 and min(e.id for e in more) > max(e.id for e in taken)
     engine.dispose()

@@ -49,8 +49,9 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
-    """Create an engine for ``url`` with the connection settings ctdd-sync relies on."""
+def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Engine:
+    """Create an engine for ``url`` with the connection settings ctdd-sync relies on; ``pool_size``: the
+    connections a PostgreSQL pool keeps (as many again may be opened beyond them while needed)."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -94,7 +95,7 @@ def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             _release_write_lock(conn, write_lock)
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10, hide_parameters=True)
 
 
 _WRITE_LOCKS: dict[str, threading.Lock] = {}

@@ -32,10 +32,17 @@ INTEGRITY_RETRIES = 3
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 
+#: integrity errors no other writer causes, so running the unit again fails the same way: a NOT NULL or CHECK
+#: violation (PostgreSQL SQLSTATEs, SQLite extended result codes)
+_NOT_RACES = frozenset({"23502", "23514", "SQLITE_CONSTRAINT_NOTNULL", "SQLITE_CONSTRAINT_CHECK"})
+
+
 def lost_race(exc: BaseException) -> bool:
-    """True when ``exc`` means the unit of work lost a race to another writer and may simply run again."""
+    """True when ``exc`` means the unit of work lost a race to another writer and may simply run again: a
+    uniqueness or foreign-key conflict, a deadlock or serialization failure; not a NOT NULL or CHECK violation."""
     if isinstance(exc, IntegrityError):
-        return True
+        orig = exc.orig
+        return (getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)) not in _NOT_RACES
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 

@@ -809,4 +809,9 @@ class InboxLanes:
             processor.wake()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(processor.stop() for processor in self.processors))
+        """Stop every lane (each hands back its leases); a lane whose stop failed does not keep the others from
+        stopping, and its error is raised once all have stopped."""
+        results = await asyncio.gather(*(processor.stop() for processor in self.processors), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result

@@ -52,7 +52,9 @@ class App:
     def __init__(self, settings: Settings, *, extra_plugins=(), run_dispatcher: bool = True, serve_grpc: bool = True,
                  commercetools_factory=None, run_backsync: bool | None = None):
         self.settings = settings
-        self.engine = create_db_engine(settings.database_url)
+        # each inbox lane uses connections of its own at once (its batch's apply, its claims and finishes): more
+        # lanes get a bigger pool (10 up to two lanes, 3 more per lane after), so sixteen do not wait for connections
+        self.engine = create_db_engine(settings.database_url, pool_size=max(10, 4 + 3 * settings.inbox.lanes))
         self.hooks = create_plugin_manager(extra_plugins, settings=settings)
         self.contact_sync = ContactSync(self.engine, settings, self.hooks)
         # Group commit: concurrent RPCs share transactions (one savepoint each); off = one transaction per RPC.

@@ -4,6 +4,7 @@ order two workers would (the contact's row lock numbers its outbox messages), ov
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import pytest
@@ -188,3 +189,21 @@ def test_a_lane_runs_no_further_ahead_of_the_oldest_unapplied_event_than_a_few_b
     more = inbox.claim(engine, worker="lane1", limit=50, lease_seconds=60, lane=(1, 2))
     assert len(more) == 50 and min(e.id for e in more) > max(e.id for e in taken)
     engine.dispose()
+
+
+async def test_every_lane_is_stopped_even_when_one_lanes_stop_fails():
+    class Lane:
+        def __init__(self, fails: bool):
+            self.fails, self.stopped = fails, False
+
+        async def stop(self):
+            await asyncio.sleep(0.01 if self.fails else 0.05)  # the failing one ends first
+            self.stopped = True
+            if self.fails:
+                raise RuntimeError("lane 0 could not hand back its leases")
+
+    lanes = inbox.InboxLanes.__new__(inbox.InboxLanes)
+    lanes.processors = [Lane(True), Lane(False), Lane(False)]
+    with pytest.raises(RuntimeError, match="lane 0"):
+        await lanes.stop()
+    assert all(lane.stopped for lane in lanes.processors)

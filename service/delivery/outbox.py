@@ -373,7 +373,11 @@ def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime, *, contacts: b
         run = runs.setdefault(row.partition_key, [])
         same_kind = (is_view_message(row.kind, row.payload) if head.kind == INSIGHT_UPSERT
                      else row.kind == CONTACT_UPSERT)
-        if (not same_kind or row.status != OutboxStatus.PENDING or row.attempts
+        # A run also stops at a message of another store (its store's transform plugins shape it: ctdd.delivery.
+        # transform) and at one that carries merged messages of its own (a head retried by the operator, moved
+        # behind later ones: merged into another, its own merged ones would be left behind, never settled).
+        if (not same_kind or row.status != OutboxStatus.PENDING or row.attempts or row.store_key != head.store_key
+                or _merged_ids(row.payload)
                 or (head.kind == CONTACT_UPSERT and len(run) + len(_merged_ids(head.payload)) >= MAX_COALESCED)):
             stopped.add(row.partition_key)
             continue

@@ -116,3 +116,41 @@ def test_coalescing_merges_only_unclaimed_upserts_up_to_another_kind(engine):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT status FROM outbox_message WHERE id=:i"), {"i": a2}).scalar_one() == "dead"
         assert conn.execute(sa.text("SELECT count(*) FROM field_state WHERE message_id=:i"), {"i": a2}).scalar_one() == 0
+
+
+@pytest.mark.parametrize("kind", ["contact.upsert", "insight.upsert"])
+def test_coalescing_stops_at_another_store_and_at_a_message_that_carries_merged_ones(engine, kind):
+    """A merged run keeps to the head's store (each store's transform plugins shape its own messages) and never
+    swallows a message that carries merged ones of its own (an operator's retry of a dead merged head puts it,
+    with its merged messages, behind later ones): those would be left merged into nothing, never settled."""
+    a = _contact(engine)
+
+    def payload(i: int) -> dict:
+        if kind == "contact.upsert":
+            return {"body": {"dataFields": {f"F{i}": i}}}
+        return {"collection": "ProductViews", "record_id": f"p{i}", "record": {"productId": f"p{i}"}}
+
+    with Session(engine) as s, s.begin():
+        def put(i: int, store: str, extra: dict | None = None) -> int:
+            return outbox.enqueue(s, contact_id=a, account="acc", kind=kind, payload={**payload(i), **(extra or {})},
+                                  ref=outbox.RecordRef(store))
+        m1, m2, m3 = put(1, "uk"), put(2, "uk"), put(3, "de")
+    claim = dict(coalesce=kind == "contact.upsert", merge_views=kind == "insight.upsert")
+    [head] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30, **claim)
+    assert head.id == m1 and head.merged_ids == (m2,)  # not m3, of store de
+    outbox.mark_delivered(engine, head, worker="w", started_at=utcnow(), response_code=200)
+    [de] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30, **claim)
+    assert de.id == m3 and de.merged_ids == ()
+    outbox.mark_delivered(engine, de, worker="w", started_at=utcnow(), response_code=200)
+
+    # a message carrying merged ones of its own, queued behind a later one (as a retried dead head is)
+    with Session(engine) as s, s.begin():
+        later = outbox.enqueue(s, contact_id=a, account="acc", kind=kind, payload=payload(4), ref=outbox.RecordRef("uk"))
+        carrier = outbox.enqueue(s, contact_id=a, account="acc", kind=kind,
+                                 payload={**payload(5), "merged": [{"id": 999_999, "sequence": 1}]},
+                                 ref=outbox.RecordRef("uk"))
+    [head] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30, **claim)
+    assert head.id == later and head.merged_ids == ()  # the carrier is not swallowed
+    outbox.mark_delivered(engine, head, worker="w", started_at=utcnow(), response_code=200)
+    [next_head] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30, **claim)
+    assert next_head.id == carrier

@@ -392,13 +392,31 @@ def _retry_plan(conn: Connection, mid: int) -> _RetryPlan:
                                                  f"({_later_refs(later)})")
         base["payload"] = {**row.payload, "list_ids": kept_ids}
     elif row.kind == outbox.INSIGHT_UPSERT and isinstance(row.payload, dict):
+        # a merged view message carries several records (``records``): superseded when later messages send every
+        # one of them; else it goes without those they send (an older version sent after them would win)
+        mine = _record_ids(row.payload)
         same = [r for r in later if r.kind == outbox.INSIGHT_UPSERT and isinstance(r.payload, dict)
-                and (r.payload.get("collection"), r.payload.get("record_id"))
-                == (row.payload.get("collection"), row.payload.get("record_id"))]
-        if same:
-            return _RetryPlan(**base, superseded=f"superseded: a later message sends a newer version of the record "
+                and r.payload.get("collection") == row.payload.get("collection")
+                and mine & _record_ids(r.payload)]
+        newer = set().union(*(_record_ids(r.payload) for r in same)) & mine
+        if mine and newer == mine:
+            return _RetryPlan(**base, superseded=f"superseded: a later message sends a newer version of "
+                                                 f"{'the record' if len(mine) == 1 else 'each of its records'} "
                                                  f"({_later_refs(same)})")
+        if newer:
+            base["payload"] = {**row.payload, "records": [r for r in row.payload["records"]
+                                                          if str(r.get("record_id")) not in newer]}
+            return _RetryPlan(**base, told=f"goes after the later messages of its contact ({_later_refs(later)}), "
+                                           f"without the {len(newer)} record(s) they send")
     return _RetryPlan(**base, told=f"goes after the later messages of its contact ({_later_refs(later)})")
+
+
+def _record_ids(payload: dict) -> set[str]:
+    """The ids of the insight records a message sends: those of its ``records`` once views were merged into it,
+    else its one ``record_id`` (``ctdd.delivery.view_merge``)."""
+    if payload.get("records"):
+        return {str(r.get("record_id")) for r in payload["records"]}
+    return {str(payload["record_id"])} if payload.get("record_id") is not None else set()
 
 
 def _later_fields(conn: Connection, row: Any, later: list) -> set[str]:

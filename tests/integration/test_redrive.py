@@ -634,3 +634,44 @@ async def test_a_retried_message_does_not_overwrite_a_newer_value(service_factor
     assert contact["dataFields"]["FIRSTNAME"] == "Anne" and contact["dataFields"]["LASTNAME"] == "Lee"
     rows = messages(svc, "ann@example.com")
     assert [m["id"] for m in rows] == [second, first]  # in sequence order: the retried one is now last
+
+
+def test_a_retried_merged_view_message_goes_without_the_records_later_views_send(engine):
+    """A merged view message carries several records: a retry is superseded only when later messages send every
+    one of them, else it goes without those (an older view sent after a newer one would win)."""
+    from sqlalchemy.orm import Session
+
+    from ctdd.delivery import outbox
+
+    a = _outbox_contact(engine)
+
+    def view(product: str, seen: str) -> int:
+        with Session(engine) as s, s.begin():
+            return outbox.enqueue(s, contact_id=a, account="acc", kind=outbox.INSIGHT_UPSERT,
+                                  payload={"collection": "ProductViews", "record_id": product,
+                                           "record": {"productId": product, "seen": seen}},
+                                  ref=outbox.RecordRef("uk"))
+
+    first, _, _ = view("p1", "old"), view("p2", "old"), view("p3", "old")
+    [head] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30, merge_views=True)
+    assert head.id == first and len(head.payload["records"]) == 3
+    _settle(engine, head, "dead", 400)
+    newer = view("p1", "new")  # the shopper viewed p1 again
+    [later] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30, merge_views=True)
+    assert later.id == newer
+    _settle(engine, later, "delivered", 200)
+
+    [result] = redrive.retry(engine, [failure_view.Ref("outbox", first)], operator="ops", reason="fixed").results
+    assert (result.outcome, result.status) == ("retried", "pending")
+    assert "without the 1 record(s)" in result.message
+    [retried] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30, merge_views=True)
+    # p1's old view is not sent after its new one; p2 and p3 still are
+    assert retried.id == first and [r["record_id"] for r in retried.payload["records"]] == ["p2", "p3"]
+    _settle(engine, retried, "dead", 400)
+    view("p2", "new"), view("p3", "new")
+    for msg in outbox.claim(engine, worker="w", limit=10, lease_seconds=30, merge_views=True):
+        _settle(engine, msg, "delivered", 200)
+    # now every record it carried was sent again later: nothing left to send
+    [result] = redrive.retry(engine, [failure_view.Ref("outbox", first)], operator="ops", reason="again").results
+    assert (result.outcome, result.status) == ("skipped", "skipped")
+    assert "each of its records" in result.message

@@ -398,7 +398,7 @@ class InsightImport:
     async def _import(self, ctx: BulkContext, chunk: list[tuple[ClaimedMessage, list[dict]]]
                       ) -> dict[int, ItemResult]:
         collection, scope, collection_type = self.group_key(chunk[0][0])
-        by_key = {(item["key"], str((item.get("contactIdentity") or {}).get("value", ""))): msg
+        by_key = {(item["key"], _identity_key((item.get("contactIdentity") or {}).get("value", ""))): msg
                   for msg, msg_items in chunk for item in msg_items}
         report, what, failed = await run_import(
             ctx, chunk, self.kind,
@@ -417,7 +417,7 @@ class InsightImport:
             owner = _get(failure, "collectionOwner", _get(failure, "collection_owner")) or {}
             identity = _get(owner, "contactIdentity", _get(owner, "contact_identity")) or {}
             key = str(_get(failure, "key", ""))
-            msg = by_key.get((key, str(_get(identity, "value", ""))))
+            msg = by_key.get((key, _identity_key(_get(identity, "value", ""))))
             if msg is None:
                 log.warning("%s: a failure matches no message: %s", what, _get(failure, "failureReason"))
                 continue
@@ -427,6 +427,13 @@ class InsightImport:
             refused.setdefault(msg.id, {})[key] = (
                 "dead" if reason_code.casefold() in INSIGHT_DEAD_REASONS else "fallback", reason)
         return {msg.id: _message_result(msg, msg_items, refused.get(msg.id) or {}) for msg, msg_items in chunk}
+
+
+def _identity_key(value: Any) -> str:
+    """A contact identity's value as a failure report is matched by, whatever spelling Dotdigital echoes: an email
+    case-folded, a mobile number or contact id by its digits (as the contacts import's report is matched)."""
+    text = str(value).strip().casefold()
+    return text if "@" in text else (_mobile_key(text) or text)
 
 
 def _message_result(msg: ClaimedMessage, items: list[dict], refused: dict[str, tuple[str, str]]) -> ItemResult:

@@ -102,6 +102,19 @@ async def test_two_lanes_apply_every_event_once_each_taking_its_own_contacts(ser
     assert len(records) == len({(i % 30, i % 11) for i in range(240)})
 
 
+def _pending_inbox(url: str, rows: int):
+    """A new schema whose inbox holds ``rows`` due pending events, lane hashes 1, 2, ... 999, 0, 1, ...: an engine."""
+    reset_postgres(url)
+    engine = create_db_engine(url)
+    upgrade_database(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO event_inbox (store_key, request, status, attempts, next_attempt_at, received_at, lane) "
+            "SELECT 'uk', '\\x00'::bytea, 'pending', 0, now() - interval '1 s', now(), g % 1000 "
+            "FROM generate_series(1, :rows) g"), {"rows": rows})
+    return engine
+
+
 def _plan_nodes(node: dict):
     yield node
     for child in node.get("Plans", ()):
@@ -113,14 +126,7 @@ def test_a_lane_claim_walks_the_pending_index_in_order_and_stops_at_its_limit(po
     """A backlog queued since the last ANALYZE and the lane condition (``lane % n = i``, which the planner cannot
     estimate) made PostgreSQL read every pending row and sort them for each claim. The claim's plan must walk the
     pending index in id order and stop once it has its rows."""
-    reset_postgres(postgres_database)
-    engine = create_db_engine(postgres_database)
-    upgrade_database(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO event_inbox (store_key, request, status, attempts, next_attempt_at, received_at, lane) "
-            "SELECT 'uk', '\\x00'::bytea, 'pending', 0, now() - interval '1 s', now(), g % 1000 "
-            "FROM generate_series(1, 6000) g"))
+    engine = _pending_inbox(postgres_database, 6000)
     statements: list[tuple[str, object]] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):
@@ -162,14 +168,8 @@ def test_a_lane_runs_no_further_ahead_of_the_oldest_unapplied_event_than_a_few_b
     """One contact's events can hash to different lanes (a delivery by customer id, a view by email), so a lane
     that fell behind must hold the others back: none claims further than LANE_LEAD_BATCHES batches per lane past
     the oldest due event not yet applied, whichever lane holds it."""
-    reset_postgres(postgres_database)
-    engine = create_db_engine(postgres_database)
-    upgrade_database(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO event_inbox (store_key, request, status, attempts, next_attempt_at, received_at, lane) "
-            "SELECT 'uk', '\\x00'::bytea, 'pending', 0, now() - interval '1 s', now(), g % 1000 "
-            "FROM generate_series(1, 3000) g"))
+    engine = _pending_inbox(postgres_database, 3000)
+    with engine.connect() as conn:
         first = conn.execute(sa.text("SELECT min(id) FROM event_inbox")).scalar_one()
     lead = inbox.LANE_LEAD_BATCHES * 2 * 50
     stuck = inbox.claim(engine, worker="lane0", limit=50, lease_seconds=60, lane=(0, 2))  # held, never applied

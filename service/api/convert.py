@@ -149,6 +149,33 @@ def _check_len(violations: list[Violation], path: str, value: str, limit: int = 
         violations.append(Violation(path, f"must be at most {limit} characters"))
 
 
+#: characters a URI cannot hold unescaped (RFC 3986): whitespace and controls are checked separately
+_NOT_IN_URI = set('<>"{}|\\^`')
+
+
+def _is_web_url(url: str) -> bool:
+    """An absolute http(s) URL with a host, without characters a URI cannot hold."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 or ch in _NOT_IN_URI for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:  # e.g. a bad port or an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_ip_address(text: str) -> bool:
+    """An IPv4 or IPv6 address (no IPv6 zone such as ``%eth0``: not an address Dotdigital's format takes)."""
+    if "%" in text:
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, channel: str,
              not_after: datetime | None = None) -> ChannelConsent | None:
     if msg.status == pb.CONSENT_STATUS_UNSPECIFIED and not msg.records and msg.opt_in_type == pb.OPT_IN_TYPE_UNSPECIFIED:
@@ -177,17 +204,17 @@ def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, cha
             consented_at = _timestamp(violations, f"{rpath}.consented_at", rec.consented_at)
             if consented_at > (not_after or datetime.now(timezone.utc) + CLOCK_SKEW):
                 violations.append(Violation(f"{rpath}.consented_at", "must not be in the future"))
-        if rec.ip_address.strip():
-            try:
-                ipaddress.ip_address(rec.ip_address.strip())
-            except ValueError:
-                violations.append(Violation(f"{rpath}.ip_address", "must be an IPv4 or IPv6 address"))
-        if rec.url.strip() and urlsplit(rec.url.strip()).scheme not in ("http", "https"):
-            violations.append(Violation(f"{rpath}.url", "must be an http(s) URL"))
+        # sent as given (trimmed): Dotdigital's consentRecord wants `ipAddress` in ipv4/ipv6 format and `url`
+        # in uri format, and refuses the whole contact upsert for one that is not
+        ip, url = rec.ip_address.strip(), rec.url.strip()
+        if ip and not _is_ip_address(ip):
+            violations.append(Violation(f"{rpath}.ip_address", "must be an IPv4 or IPv6 address"))
+        if url and not _is_web_url(url):
+            violations.append(Violation(f"{rpath}.url", "must be an absolute http(s) URL with a host and no spaces"))
         records.append(
             ConsentRecord(
-                text=rec.text, consented_at=consented_at,
-                url=rec.url, ip_address=rec.ip_address, user_agent=rec.user_agent,
+                text=rec.text.strip(), consented_at=consented_at,
+                url=url, ip_address=ip, user_agent=rec.user_agent.strip(),
             )
         )
     decided_at = _timestamp(violations, f"{path}.decided_at", msg.decided_at) if msg.HasField("decided_at") else None

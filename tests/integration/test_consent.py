@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import pytest
 
-from support import all_settled, contact_request, make_settings, outbox_rows, wait_for
+from support import all_settled, contact_request, field_violations, make_settings, outbox_rows, wait_for
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
 CONSENT_STORE = {"uk": {"email_list": "newsletter", "sms_list": "sms", "customers_list": "customers",
@@ -51,6 +51,35 @@ async def test_consent_record_checks(svc):
         await svc.stub.SyncContact(req)
     details = info.value.trailing_metadata()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and details
+
+
+@pytest.mark.parametrize("url, ip", [("https:shop", "203.0.113.5"), ("https://shop.example/a b", "203.0.113.5"),
+                                     ("https://shop.example/", "fe80::1%eth0"), ("https://x/<b>", "::1")])
+async def test_consent_record_url_and_address_must_be_what_dotdigital_takes(svc, sandbox, url, ip):
+    # Dotdigital refuses the whole contact upsert (400 badJson) for a consent record whose url is not a URI or
+    # whose ipAddress is not an address: such a record must be refused here, with its field named
+    req = opt_in(contact_request(email="uri@example.com"))
+    rec = req.consent.email.records.add(text="ok", url=url, ip_address=ip, user_agent="UA")
+    rec.consented_at.FromDatetime(datetime.now(timezone.utc) - timedelta(minutes=1))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await svc.stub.SyncContact(req)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = "url" if ip in ("203.0.113.5", "::1") else "ip_address"
+    assert list(field_violations(info.value)) == [f"consent.email.records[0].{bad}"]
+
+
+async def test_consent_record_is_sent_trimmed(svc, sandbox):
+    req = opt_in(contact_request(email="trim@example.com"))
+    rec = req.consent.email.records.add(text=" I agree ", url=" https://shop.example/signup ",
+                                        ip_address=" 203.0.113.5 ", user_agent=" UA ")
+    rec.consented_at.FromDatetime(datetime.now(timezone.utc) - timedelta(minutes=1))
+    await svc.stub.SyncContact(req)
+    await wait_for(lambda: all_settled(svc), what="delivery")
+    patches = [r for r in sandbox.requests if r.method == "PATCH"]
+    assert len(patches) == 1 and patches[0].status in (200, 201)
+    (record,) = patches[0].json["consentRecords"]
+    assert (record["text"], record["url"], record["ipAddress"], record["userAgent"]) == (
+        "I agree", "https://shop.example/signup", "203.0.113.5", "UA")
 
 
 async def test_channel_lists_follow_decisions_and_preferences(svc, sandbox):

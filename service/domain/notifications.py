@@ -23,8 +23,9 @@ body exactly as received and unwraps, recursively:
 
 Anything else raises ``InvalidDelivery`` whose ``reason`` names the problem (e.g. ``"not JSON"``,
 ``"missing resource.typeId"``, ``"base64 message.data is not valid"``) and never quotes the payload, so it
-is safe to log. ``Event`` notifications (beta; Import API / Checkout only) raise the subclass
-``UnsupportedNotification``, which an adapter should acknowledge and drop.
+is safe to log. A delivery of nothing but ``Event`` notifications (beta; Import API / Checkout only) raises
+the subclass ``UnsupportedNotification``, which an adapter should acknowledge and drop; an ``Event`` in a batch
+with messages is returned with ``ignored_reason`` set (ignored on its own, the messages are applied).
 
 Limits (the columns the values are stored in, ``ctdd.db.models``; tests/unit/test_input_limits.py checks
 them): at most :data:`MAX_NOTIFICATIONS` notifications per delivery, ids and keys of the lengths below,
@@ -138,6 +139,8 @@ class Notification:
         is_subscription_test: the test notification sent when a Subscription is created
             (``resource.typeId == "subscription"``) - consumers must ignore it.
         envelope: the wrappers removed, outermost first, e.g. ``("pubsub", "cloudevents", "platform")``.
+        ignored_reason: why ctdd-sync ignores it (an ``Event`` of the Import API or Checkout, which may share a
+            batch with messages); ``None`` for every notification it handles.
     """
 
     notification_type: str
@@ -153,6 +156,8 @@ class Notification:
     payload_not_included: bool
     is_subscription_test: bool
     envelope: tuple[str, ...] = ()
+    #: set for a notification ctdd-sync does not handle (an ``Event``): why it is ignored
+    ignored_reason: str | None = None
 
     @property
     def dedupe_key(self) -> str:
@@ -173,7 +178,9 @@ def parse_delivery(raw: bytes | str) -> list[Notification]:
     Returns a list because batches (JSON arrays, Lambda SQS events) carry several; an empty batch gives
     ``[]``. Raises ``InvalidDelivery`` (or its subclasses ``SnsSubscriptionConfirmation`` and
     ``UnsupportedNotification``) for anything else. A batch fails as a whole; the reason names the
-    offending element (``"batch[2]: missing resource.id"``).
+    offending element (``"batch[2]: missing resource.id"``). An ``Event`` in a batch of messages does not fail
+    it: it comes back with ``ignored_reason`` set; a delivery of nothing but ``Event`` notifications raises
+    ``UnsupportedNotification``.
     """
     if isinstance(raw, (bytes, bytearray, memoryview)):
         try:
@@ -189,6 +196,8 @@ def parse_delivery(raw: bytes | str) -> list[Notification]:
         raise InvalidDelivery("empty body")
     document = _loads(text, "not JSON")
     notifications = _parse(document, (), 0)
+    if notifications and all(n.ignored_reason for n in notifications):
+        raise UnsupportedNotification(notifications[0].ignored_reason or EVENT_NOT_SUPPORTED)
     if len(notifications) > MAX_NOTIFICATIONS:
         raise InvalidDelivery(f"more than {MAX_NOTIFICATIONS} notifications in one delivery")
     for index, notification in enumerate(notifications):
@@ -392,7 +401,7 @@ def _platform(payload: dict, envelope: tuple[str, ...]) -> Notification:
     if not isinstance(notification_type, str):
         raise InvalidDelivery("notificationType must be a string")
     if notification_type == "Event":
-        raise UnsupportedNotification("notificationType Event is not supported (Import API / Checkout events)")
+        return _unsupported_event(payload, envelope)
     if notification_type not in NOTIFICATION_TYPES:
         raise InvalidDelivery("unknown notificationType")
     project_key = payload.get("projectKey")
@@ -453,6 +462,25 @@ def _platform(payload: dict, envelope: tuple[str, ...]) -> Notification:
         is_subscription_test=type_id == "subscription",
         envelope=envelope,
     )
+
+
+#: why an ``Event`` notification is ignored
+EVENT_NOT_SUPPORTED = "notificationType Event is not supported (Import API / Checkout events)"
+
+
+def _unsupported_event(payload: dict, envelope: tuple[str, ...]) -> Notification:
+    """An ``Event`` (Import API, Checkout): not for ctdd-sync. A notification with ``ignored_reason`` set, so that
+    in a batch it is ignored on its own and the other notifications are applied; a delivery of nothing else
+    raises ``UnsupportedNotification`` (:func:`parse_delivery`)."""
+    event_id, event_type = payload.get("id"), payload.get("type")
+    return Notification(
+        notification_type="Event", project_key=str(payload.get("projectKey") or ""),
+        resource_type=str(payload.get("resourceType") or ""), resource_id="",
+        message_id=f"Event:{event_id}" if isinstance(event_id, str) and 0 < len(event_id) <= MAX_MESSAGE_ID else None,
+        message_type=event_type if isinstance(event_type, str) and 0 < len(event_type) <= MAX_TYPE_ID else None,
+        resource_version=None, sequence_number=None, occurred_at=None, payload=payload,
+        payload_not_included=False, is_subscription_test=False, envelope=envelope,
+        ignored_reason=EVENT_NOT_SUPPORTED)
 
 
 def _int_field(payload: dict, name: str, *, required: bool) -> int | None:

@@ -270,6 +270,9 @@ class EventProcessor:
         if n.is_subscription_test:
             outcome.outcome, outcome.reason = IGNORED, "subscription test notification"
             return outcome
+        if n.ignored_reason:
+            outcome.dedupe_key, outcome.outcome, outcome.reason = "", IGNORED, n.ignored_reason
+            return outcome
         if n.project_key != store.commercetools_project:
             outcome.outcome = IGNORED
             outcome.reason = f"notification of project {n.project_key!r}; store {store.key!r} is bound to {store.commercetools_project!r}"

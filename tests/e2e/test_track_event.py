@@ -54,6 +54,35 @@ async def test_customer_created_then_duplicate_delivery_is_applied_once(svc, san
     assert len(contact_patches(sandbox)) == 1
 
 
+IMPORT_API_EVENT = {"id": "3b364ca2-cbe5-42b4-a85a-37d4e57d659e", "notificationType": "Event",
+                    "type": "ImportContainerCreated", "resourceType": "import-api",
+                    "data": {"version": 1, "key": "my-import-container"}, "createdAt": "2025-03-26T17:28:20.397Z"}
+
+
+@pytest.mark.parametrize("wrap", ["array", "lambda_sqs"])
+async def test_an_event_in_a_batch_is_ignored_on_its_own_and_the_messages_are_applied(svc, sandbox, wrap):
+    # an Event (Import API, Checkout) may share a batch with messages: ignoring the whole batch for it acknowledged
+    # (and so lost) the messages
+    msg = ct.message("customer", "cust-ev", "CustomerCreated", version=1,
+                     customer=ct.customer("cust-ev", "ev@example.com", first="Eve"))
+    batch = [msg, IMPORT_API_EVENT]
+    if wrap == "lambda_sqs":
+        body = {"Records": [{"messageId": f"m-{i}", "receiptHandle": "h", "body": json.dumps(item),
+                             "attributes": {}, "messageAttributes": {}, "md5OfBody": "x",
+                             "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:eu-west-1:1:q",
+                             "awsRegion": "eu-west-1"} for i, item in enumerate(batch)]}
+    else:
+        body = batch
+    resp = await svc.stub.TrackEvent(track(json.dumps(body).encode()))
+    assert outcomes(resp) == ["APPLIED", "IGNORED"]
+    assert "Event" in resp.notifications[1].reason and resp.outbox_message_ids
+    await wait_for(lambda: all_settled(svc), what="delivery")
+    assert sandbox.get_contact(email="ev@example.com")["dataFields"]["FIRSTNAME"] == "Eve"
+    # an Event alone is still acknowledged as ignored
+    alone = await svc.stub.TrackEvent(track(ct.raw(IMPORT_API_EVENT)))
+    assert outcomes(alone) == ["IGNORED"] and "Event" in alone.notifications[0].reason
+
+
 async def test_change_notifications_and_messages_fetch_the_current_customer(svc, sandbox, fake_ct):
     fake_ct.add("customers", ct.customer("cust-2", "sam@example.com", version=3, first="Samuel", last="Jones"))
     resp = await svc.stub.TrackEvent(track(ct.sns_notification(ct.change("ResourceUpdated", "customer", "cust-2",

@@ -287,6 +287,16 @@ def test_shared_cloudevents_example():
 def test_shared_event_payload_is_unsupported():
     with pytest.raises(UnsupportedNotification, match="Event"):
         parse_delivery(shared("event-payload.example.json"))
+    with pytest.raises(UnsupportedNotification, match="Event"):  # a batch of nothing else, too
+        parse_delivery(json.dumps([json.loads(shared("event-payload.example.json"))] * 2))
+
+
+def test_an_event_in_a_batch_of_messages_comes_back_ignored_and_the_batch_parses():
+    event = json.loads(shared("event-payload.example.json"))
+    message = json.loads(shared("message-payload.example.json"))
+    first, second = parse_delivery(json.dumps([event, message]))
+    assert first.ignored_reason and "Event" in first.ignored_reason and first.message_type == "ImportContainerCreated"
+    assert second.ignored_reason is None and second.message_type == "CustomerLastNameSet"
 
 
 # -- refusals ----------------------------------------------------------------------------------------

@@ -461,7 +461,7 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Setti
     kind = msg.WhichOneof("kind")
     data: dict[str, Any] = {}
     occurred: datetime | None = None
-    when = ""  # YYYY-MM-DDTHH:MM:SSZ
+    when = ""  # YYYY-MM-DDTHH:MM:SSZ (stamp_received: an event without occurred_at takes the time it came in)
     if msg.HasField("occurred_at"):
         if build or kind == "cart_updated":
             occurred, when = _timestamp_and_text(v, "behavioural_event.occurred_at", msg.occurred_at)
@@ -490,6 +490,10 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Setti
         if cu.cart_version < 0:
             v.append(Violation("behavioural_event.cart_updated.cart_version", "must not be negative"))
         cart = _integral_floats_to_int(json_format.MessageToDict(cu.cart))
+        if not cart:  # without it there is nothing to build the CartInsight record from
+            v.append(Violation("behavioural_event.cart_updated.cart", "required (the commercetools Cart as JSON)"))
+        elif "id" in cart and cart["id"] != cu.cart_id:
+            v.append(Violation("behavioural_event.cart_updated.cart.id", "must be cart_updated.cart_id"))
         try:  # the typed model of a commercetools Cart (ctdd.domain.resources); the id may be left out
             check_resource("cart", {"id": cu.cart_id or "-", **cart}, name="cart")
             # (also when only checking: this is what tells whether the cart is a commercetools Cart)

@@ -4,6 +4,7 @@ the inbox below stores the serialized request as opaque bytes."""
 
 from __future__ import annotations
 
+import time
 
 from ctdd.api.convert import InvalidRequest, Violation, check_behavioural_event, parse_behavioural_event
 from ctdd.config import Settings
@@ -43,6 +44,7 @@ async def prepare_request(events: EventProcessor, settings: Settings, request: p
     priority = priority_of(request)
     if _check(settings, request) == "commercetools_delivery":
         return await events.prepare_delivery(request.store_key, request.commercetools_delivery, priority=priority)
+    stamp_received(request)
     event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
     return [events.prepare_behavioural(request.store_key, event, priority=priority)]
 
@@ -58,11 +60,21 @@ def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEv
         key = parsed[0].dedupe_key if len(parsed) == 1 else None
     else:
         key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event, settings))
+        stamp_received(request)  # stored with the time it came in, not the time it is applied
         return QueuedEvent(request.store_key, request.SerializeToString(), key,
                            lane=lane_of(_lane_key(request.behavioural_event)))
     # a commercetools delivery: its customer is known once it is prepared (lane 0; such events are applied one
     # by one under the exclusive apply lock anyway, see ctdd.ingest.inbox)
     return QueuedEvent(request.store_key, request.SerializeToString(), key)
+
+
+def stamp_received(request: pb.TrackEventRequest) -> None:
+    """A behavioural event without ``occurred_at`` takes the time it was received (whole seconds, as a stamp
+    the caller sends is kept): its records' times (a view's ``lastViewedAt``, a custom event's ``occurredAt``,
+    a cart's dates when the cart has none) and its order among the contact's events."""
+    event = request.behavioural_event
+    if not event.HasField("occurred_at"):
+        event.occurred_at.FromSeconds(int(time.time()))
 
 
 def _lane_key(event: pb.BehaviouralEvent) -> str:

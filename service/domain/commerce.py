@@ -524,7 +524,7 @@ def cart_record(cart_id: str, cart: Mapping[str, Any], ctx: CartContext, *, phas
         "cartId": str(cart_id),
         "cartUrl": fill_template(ctx.cart_url_template, {"cart_id": str(cart_id), "locale": locale,
                                                          "store": ctx.store_key}),
-        "createdDate": str(cart.get("createdAt") or ""),
+        "createdDate": str(cart.get("createdAt") or ctx.modified_at or ""),
         "modifiedDate": str(cart.get("lastModifiedAt") or ctx.modified_at or ""),
         "currency": currency,
         "subTotal": subtotal,

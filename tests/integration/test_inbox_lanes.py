@@ -49,12 +49,16 @@ async def test_the_same_contact_gets_the_same_lane_however_its_email_is_written(
             product_id="p-1")))
     assert queued_event(events, settings, by_customer).lane == inbox.lane_of("cust-9")
     # every version of a cart in one lane (applied in arrival order), whoever the shopper is by then
-    carts = {queued_event(events, settings, pb.TrackEventRequest(
-        store_key="uk", processing=QUEUED, behavioural_event=pb.BehaviouralEvent(
-            event_id=f"cart-{i}", identity=pb.ContactIdentity(**identity),
-            cart_updated=pb.CartUpdated(cart_id="cart-7", cart_version=i + 1)))).lane
-        for i, identity in enumerate([{"anonymous_id": "anon-1"}, {"email": "later@example.com"},
-                                      {"customer_id": "cust-1", "email": "later@example.com"}])}
+    def cart_event(i: int, identity: dict) -> pb.TrackEventRequest:
+        event = pb.BehaviouralEvent(event_id=f"cart-{i}", identity=pb.ContactIdentity(**identity),
+                                    cart_updated=pb.CartUpdated(cart_id="cart-7", cart_version=i + 1))
+        event.cart_updated.cart.update({"lineItems": [], "cartState": "Active",
+                                        "totalPrice": {"currencyCode": "GBP", "centAmount": 0}})
+        return pb.TrackEventRequest(store_key="uk", processing=QUEUED, behavioural_event=event)
+
+    carts = {queued_event(events, settings, cart_event(i, identity)).lane
+             for i, identity in enumerate([{"anonymous_id": "anon-1"}, {"email": "later@example.com"},
+                                           {"customer_id": "cust-1", "email": "later@example.com"}])}
     assert carts == {inbox.lane_of("cart:cart-7")}
 
 

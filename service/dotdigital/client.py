@@ -394,6 +394,12 @@ class _NoCookies(http.cookiejar.CookieJar):
         return 0
 
 
+
+def _page(select: int, skip: int) -> dict[str, int]:
+    """The paging parameters of a v2 list call: ``skip`` left out on the first page (the programs API declares
+    it with a minimum of 1; every v2 list starts at the first record without it)."""
+    return {"select": select, "skip": skip} if skip else {"select": select}
+
 class DotdigitalClient:
     """Async client for one Dotdigital API user.
 
@@ -619,7 +625,7 @@ class DotdigitalClient:
         skip = 0
         while True:
             page = await self._request_json(
-                "GET", endpoint, "/v2/address-books", params={"select": _PAGE_SIZE, "skip": skip}, expect=list
+                "GET", endpoint, "/v2/address-books", params=_page(_PAGE_SIZE, skip), expect=list
             )
             books.extend(page)
             if len(page) < _PAGE_SIZE:
@@ -676,7 +682,7 @@ class DotdigitalClient:
                 raise ValueError(f"{name} must be an int between {low} and {high}, got {number!r}")
         path = f"/v2/contacts/{feed}/{quote(_utc_timestamp(since), safe=':')}"
         payload = await self._request_json("GET", await self.api_endpoint(), path,
-                                           params={"select": select, "skip": skip})
+                                           params=_page(select, skip))
         if not isinstance(payload, list) or not all(isinstance(item, dict) for item in payload):
             raise _invalid_response("GET", path, "expected a JSON array of suppressions")
         return payload
@@ -1024,7 +1030,7 @@ class DotdigitalClient:
         skip = 0
         while True:
             page = await self._request_json(
-                "GET", endpoint, "/v2/programs", params={"select": _PAGE_SIZE, "skip": skip}, expect=list
+                "GET", endpoint, "/v2/programs", params=_page(_PAGE_SIZE, skip), expect=list
             )
             programs.extend(_program_from(item, "/v2/programs") for item in page)
             if len(page) < _PAGE_SIZE:
@@ -1104,7 +1110,7 @@ class DotdigitalClient:
         enrolments: list[ProgramEnrolment] = []
         skip = 0
         while True:
-            page = await self._request_json("GET", endpoint, path, params={"select": _PAGE_SIZE, "skip": skip},
+            page = await self._request_json("GET", endpoint, path, params=_page(_PAGE_SIZE, skip),
                                             expect=list)
             enrolments.extend(ProgramEnrolment.from_body(item, "GET", path) for item in page)
             if len(page) < _PAGE_SIZE:

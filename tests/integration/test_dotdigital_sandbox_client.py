@@ -520,7 +520,8 @@ async def test_list_address_books_pages_through_everything():
                                     base_url=sandbox.base_url, discover_endpoint=False) as client:
             books = await client.list_address_books()
         assert len(books) == 1202 and books[-1]["id"] == 1202
-        assert [r.query["skip"] for r in sandbox.requests] == [["0"], ["1000"]]
+        # the first page goes without skip (the programs API declares it with a minimum of 1)
+        assert [r.query.get("skip") for r in sandbox.requests] == [None, ["1000"]]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -151,6 +152,20 @@ def _check_len(violations: list[Violation], path: str, value: str, limit: int = 
 
 #: characters a URI cannot hold unescaped (RFC 3986): whitespace and controls are checked separately
 _NOT_IN_URI = set('<>"{}|\\^`')
+
+
+#: a language tag as commercetools writes locales (IETF BCP 47: "en", "en-GB", "zh-Hant-TW"; "en_GB" is taken too)
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
+
+
+def _check_locale(v: list[Violation], path: str, value: str) -> None:
+    if len(value) > MAX_LOCALE or not _LOCALE.fullmatch(value):
+        v.append(Violation(path, f"must be a language tag such as en-GB (at most {MAX_LOCALE} characters)"))
+
+
+def _check_currency(v: list[Violation], path: str, value: str) -> None:
+    if not (len(value) == 3 and value.isascii() and value.isalpha()):
+        v.append(Violation(path, "must be an ISO 4217 currency code (three letters)"))
 
 
 def _is_web_url(url: str) -> bool:
@@ -297,6 +312,10 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         if profile.HasField(name):
             value = getattr(profile, name)
             _check_len(v, f"profile.{name}", value, 256)
+            if name == "locale" and value:
+                _check_locale(v, "profile.locale", value)
+            elif name == "currency" and value:
+                _check_currency(v, "profile.currency", value)
             attributes[name] = value or None
     if profile.HasField("date_of_birth"):
         dob = profile.date_of_birth
@@ -454,9 +473,11 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Setti
         _scan(v, "behavioural_event", msg)
     if v:  # a NUL, NaN or Infinity: not converted further
         raise InvalidRequest(v)
-    if msg.currency and not (len(msg.currency) == 3 and msg.currency.isascii() and msg.currency.isalpha()):
-        v.append(Violation("behavioural_event.currency", "must be an ISO 4217 currency code (three letters)"))
+    if msg.currency:
+        _check_currency(v, "behavioural_event.currency", msg.currency)
     _check_len(v, "behavioural_event.locale", msg.locale, MAX_LOCALE)
+    if msg.locale and len(msg.locale) <= MAX_LOCALE:
+        _check_locale(v, "behavioural_event.locale", msg.locale)
     identity = _identity_values(v, "behavioural_event.identity", msg.identity)
     kind = msg.WhichOneof("kind")
     data: dict[str, Any] = {}

@@ -197,9 +197,11 @@ async def test_400_dead_letters_with_code_and_record_reference(service_factory, 
         (lambda r: r.lists.add(list_key="unknown-list", member=True), "lists[0].list_key"),
         (lambda r: setattr(r.profile, "date_of_birth", "31/12/1990"), "profile.date_of_birth"),
         (lambda r: setattr(r.source.modified_at, "seconds", 10**12), "source.modified_at"),
+        (lambda r: setattr(r.profile, "locale", "xx_!!"), "profile.locale"),
+        (lambda r: setattr(r.profile, "currency", "euro"), "profile.currency"),
     ],
     ids=["no-identifier", "bad-email", "mobile-not-e164", "sms-without-mobile", "unknown-store", "oversized",
-         "unknown-list", "bad-dob", "timestamp-out-of-range"],
+         "unknown-list", "bad-dob", "timestamp-out-of-range", "bad-locale", "bad-currency"],
 )
 async def test_invalid_input_is_rejected_with_field_violations(service, sandbox, mutate, field):
     req = contact_request(customer_id="c-x", email="ok@example.com")

@@ -39,6 +39,8 @@ VALID = {
                          lambda e: e.occurred_at.FromJsonString("2026-11-27T09:30:15.123456789Z")),
     "before 1970": _with(_event(product_viewed=pb.ProductViewed(product_id="p")),
                          lambda e: e.occurred_at.FromJsonString("1969-07-20T20:17:40Z")),
+    "locales": _event(product_viewed=pb.ProductViewed(product_id="p"), locale="zh-Hant-TW", currency="GBP"),
+    "underscore locale": _event(product_viewed=pb.ProductViewed(product_id="p"), locale="en_GB"),
 }
 
 INVALID = {
@@ -66,6 +68,13 @@ INVALID = {
     "timestamp beyond 9999": (_with(_event(custom_event=pb.CustomEvent(name="x")),
                                     lambda e: setattr(e.occurred_at, "seconds", 10**12)),
                               ["behavioural_event.occurred_at"]),
+    "bad locale and currency": (_event(product_viewed=pb.ProductViewed(product_id="p"), locale="xx_!!",
+                                       currency="euro"),
+                                ["behavioural_event.currency", "behavioural_event.locale"]),
+    "cart without its cart": (_with(_cart(), lambda e: e.cart_updated.ClearField("cart")),
+                              ["behavioural_event.cart_updated.cart"]),
+    "cart of another id": (_cart({"id": "cart-2", "lineItems": [], "totalPrice": ct.money(0), "cartState": "Active"}),
+                           ["behavioural_event.cart_updated.cart.id"]),
     "cart with negative nanos": (_with(_cart(), lambda e: setattr(e.occurred_at, "nanos", -1)),
                                  ["behavioural_event.occurred_at"]),
 }

@@ -248,6 +248,12 @@ def order_email(order: Mapping[str, Any]) -> str | None:
         return None
 
 
+def order_without_email(order: Mapping[str, Any]) -> str:
+    """What is wrong with the email of an order :func:`order_email` finds none for (for the reasons given)."""
+    raw = order.get("customerEmail") or (order.get("billingAddress") or {}).get("email")
+    return "the order's email address is not valid" if raw else "the order has no email"
+
+
 def refund_total(payments: Iterable[Mapping[str, Any]]) -> float:
     """Sum of Refund transactions in Initial/Pending/Success state (as the Klaviyo connector counts them)."""
     total = 0.0

@@ -59,6 +59,7 @@ from ctdd.domain.commerce import (
     localized,
     order_aggregates,
     order_email,
+    order_without_email,
     order_key,
     order_record,
     order_summary_values,
@@ -582,11 +583,12 @@ class EventProcessor:
         email = order_email(order)
         identity = Identity(customer_id=order.get("customerId") or None, email=email)
         if identity.is_empty():
-            return self._finish_ignored(store, n, outcome, "order has neither a customer nor an email address")
+            return self._finish_ignored(store, n, outcome, f"order has no customer and {order_without_email(order)}")
         apply_customer = None
         if identity.customer_id and not email:
             since = n.occurred_at or parse_ts(order.get("lastModifiedAt") or order.get("createdAt"))
-            unknown = await self._unknown_customer_step(store, str(identity.customer_id), priority, since=since)
+            unknown = await self._unknown_customer_step(store, str(identity.customer_id), priority, since=since,
+                                                        no_email=order_without_email(order))
             if isinstance(unknown, str):
                 return self._finish_rejected(store, n, outcome, unknown)
             apply_customer = unknown
@@ -624,7 +626,7 @@ class EventProcessor:
                 first = self.contact_sync.apply(session, identity_input, identity_mapped,
                                                 identity_suppression, priority=priority)
             except NewContactNeedsAddress:
-                reason = "order's customer is unknown and the order has no email"
+                reason = f"order's customer is unknown and {order_without_email(order)}"
                 outcome.outcome, outcome.reason = IGNORED, reason
                 self._reject(session, store, n, reason)
                 return
@@ -654,7 +656,8 @@ class EventProcessor:
         return self._once(store, n.dedupe_key, outcome, body)
 
     async def _unknown_customer_step(self, store: StoreConfig, customer_id: str, priority: int, *,
-                                     since: datetime | None = None) -> Callable[[Session], Any] | str | None:
+                                     since: datetime | None = None, no_email: str = "the order has no email"
+                                     ) -> Callable[[Session], Any] | str | None:
         """For an order without an email: None when its customer is known; else the step applying the customer
         fetched from commercetools (a failed fetch raises RetryableEventError: the event is retried), or why
         the order cannot be applied (customer gone; no API client to fetch with, once the order, of time
@@ -662,7 +665,7 @@ class EventProcessor:
         if await self.transactions.run(lambda s: self.contact_sync.known_customer(s, store.key, customer_id)):
             return None
         if self.ct.get(store) is None:
-            reason = (f"order's customer {customer_id!r} is unknown, the order has no email, and store "
+            reason = (f"order's customer {customer_id!r} is unknown, {no_email}, and store "
                       f"{store.key!r} has no commercetools API client to fetch the customer with")
             wait = UNKNOWN_CUSTOMER_WAIT.total_seconds()
             if since is not None and utcnow() < since + UNKNOWN_CUSTOMER_WAIT:
@@ -672,7 +675,7 @@ class EventProcessor:
             return f"{reason} (waited {wait:g} seconds after the order's time for the customer)"
         customer = await self._fetch(store, "customers", customer_id)
         if customer is None:
-            return f"order's customer {customer_id!r} no longer exists in commercetools and the order has no email"
+            return f"order's customer {customer_id!r} no longer exists in commercetools and {no_email}"
         step = self._customer_unit(store, customer, None, priority)
         return f"order's {step}" if isinstance(step, str) else step
 

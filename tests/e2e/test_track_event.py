@@ -158,6 +158,14 @@ async def test_reversed_order_and_cancellation_keep_aggregates_right(svc, sandbo
     assert sandbox.get_contact(email="bo@example.com")["dataFields"]["NUMBER_OF_ORDERS"] == 0
 
 
+async def test_a_guest_order_with_an_invalid_email_is_ignored_saying_so(svc, sandbox):
+    guest = ct.order("ord-bad", number="6066", email="not-an-email", customer_id=None)
+    r = await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-bad", "OrderCreated", version=1, order=guest))))
+    assert outcomes(r) == ["IGNORED"]
+    assert r.notifications[0].reason == "order has no customer and the order's email address is not valid"
+    assert outbox_rows(svc) == []
+
+
 async def test_guest_order_then_registration_is_one_contact(svc, sandbox):
     guest = ct.order("ord-6", number="6006", email="Guest@Example.com", customer_id=None)
     r = await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-6", "OrderCreated", version=1, order=guest))))

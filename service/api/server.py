@@ -29,7 +29,7 @@ from ctdd.domain.echo import clip
 from ctdd.domain.notifications import MAX_NOTIFICATIONS, InvalidDelivery, parse_delivery
 from ctdd.config import Settings
 from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress, log_rejected
-from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError
+from ctdd.ingest.events import EventProcessor, InvalidEvent, NotConfigured, NotificationOutcome, RetryableEventError
 from ctdd.api.track_event import prepare_request, queued_event
 from ctdd.api.catalog_export import export_catalog
 from ctdd.ingest.inbox import InboxWriter, QueuedEvent
@@ -246,6 +246,10 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                 reason = f"event not applied: {exc}"
                 await self._log_rejected_event(request, reason)
                 await _abort(context, code_pb2.FAILED_PRECONDITION, reason, [_plugin_failure(exc)])
+            except NotConfigured as exc:  # the request is fine, the deployment's configuration lacks what it needs
+                reason = f"event not applied: {exc}"
+                await self._log_rejected_event(request, reason)
+                await _abort(context, code_pb2.FAILED_PRECONDITION, reason, [_not_configured(exc)])
             except RetryableEventError as exc:
                 log.warning("TrackEvent for store %s not processed now: %s", clip(request.store_key, 100), exc)
                 await _abort(context, code_pb2.UNAVAILABLE, f"not processed, retry later: {exc}")
@@ -296,7 +300,8 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             await self._log_rejected_event(event, str(outcome))
             return pb.TrackEventResult(index=index, code=code_pb2.INVALID_ARGUMENT,
                                        message=clip(str(outcome), MAX_MESSAGE))
-        if isinstance(outcome, PluginFailed):  # not retryable until the plugin is fixed: the adapter dead-letters it
+        if isinstance(outcome, (PluginFailed, NotConfigured)):
+            # not retryable until the plugin or the configuration is fixed: the adapter dead-letters it
             reason = f"event not applied: {outcome}"
             await self._log_rejected_event(event, reason)
             return pb.TrackEventResult(index=index, code=code_pb2.FAILED_PRECONDITION,
@@ -318,6 +323,12 @@ def _plugin_failure(exc: PluginFailed) -> error_details_pb2.PreconditionFailure:
     """The rich error detail of a call a plugin failed: the plugin (subject) and the hook (type PLUGIN_FAILED)."""
     return error_details_pb2.PreconditionFailure(violations=[error_details_pb2.PreconditionFailure.Violation(
         type="PLUGIN_FAILED", subject=f"plugin/{exc.plugin}", description=clip(str(exc), MAX_MESSAGE))])
+
+
+def _not_configured(exc: NotConfigured) -> error_details_pb2.PreconditionFailure:
+    """The rich error detail of an event that needs what the deployment has not configured (type NOT_CONFIGURED)."""
+    return error_details_pb2.PreconditionFailure(violations=[error_details_pb2.PreconditionFailure.Violation(
+        type="NOT_CONFIGURED", subject="commercetools", description=clip(str(exc), MAX_MESSAGE))])
 
 
 def _notifications_above(events, budget: int) -> bool:

@@ -99,6 +99,12 @@ class InvalidEvent(ValueError):
     """The event can never be processed (poison): the message is safe to show and log."""
 
 
+class NotConfigured(Exception):
+    """The event needs what this deployment has not configured (a store's commercetools API client to fetch
+    with): not the caller's fault, and not retried as if it were passing; kept (the inbox's ``failed``, an
+    adapter's dead letters) until the operator fixes the configuration and retries it."""
+
+
 class RetryableEventError(Exception):
     """The event could not be processed now (commercetools unreachable ...); retry the delivery later."""
 
@@ -329,9 +335,8 @@ class EventProcessor:
     async def _fetch(self, store: StoreConfig, resource: str, id_: str, **kwargs) -> dict | None:
         client = self.ct.get(store)
         if client is None:
-            raise InvalidEvent(
-                f"store {store.key!r} has no commercetools API client configured, but the notification needs a fetch"
-            )
+            raise NotConfigured(f"store {store.key!r} has no commercetools API client ([commercetools.<name>]) "
+                                f"configured, and the notification needs a fetch of its {resource}")
         try:
             found = await client.get(resource, id_, **kwargs)
         except Exception as exc:  # CommercetoolsError (retryable or not) and transport errors
@@ -344,7 +349,8 @@ class EventProcessor:
         query parameters), never into the predicate text."""
         client = self.ct.get(store)
         if client is None:
-            raise InvalidEvent(f"store {store.key!r} has no commercetools API client configured")
+            raise NotConfigured(f"store {store.key!r} has no commercetools API client ([commercetools.<name>]) "
+                                "configured, and the notification needs one")
         params = {f"var.{name}": value for name, value in variables.items()}
         try:
             page = await client.query(resource, where=where, limit=20, with_total=False, params=params)
@@ -457,7 +463,8 @@ class EventProcessor:
             return None
         client = self.ct.get(store)
         if client is None:
-            raise InvalidEvent(f"store {store.key!r} has no commercetools API client configured")
+            raise NotConfigured(f"store {store.key!r} has no commercetools API client ([commercetools.<name>]) "
+                                "configured, and the notification needs one")
         return client
 
     async def _product(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int

@@ -21,8 +21,9 @@ Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` n
    and another processor re-claimed it;
 4. an event whose preparation or unit failed with a retryable error (commercetools unreachable, a bug)
    goes back to pending with a capped exponential backoff; after ``max_attempts`` it becomes ``failed``;
-   one that a plugin failed (``PluginFailed``) becomes ``failed`` at once (retried by the operator once the
-   plugin is fixed); one that can never be applied becomes ``rejected``. All are logged in ``rejected_record``.
+   one that a plugin failed (``PluginFailed``), or that needs what the deployment has not configured
+   (``NotConfigured``: a commercetools API client), becomes ``failed`` at once (retried by the operator once
+   that is fixed); one that can never be applied becomes ``rejected``. All are logged in ``rejected_record``.
 
 Finished rows are kept ``[inbox] retention_days`` (the dedupe record of queued events), then deleted by the
 processors, at most every ten minutes; on the same tick, ``rejected_record`` rows older than ``[service]
@@ -78,7 +79,8 @@ from ctdd.config import InboxConfig, Settings
 from ctdd.db.engine import sqlite_write_lock, utcnow
 from ctdd.db.models import EventInbox, InboxStatus, RejectedRecord
 from ctdd.hooks.types import PluginFailed
-from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, RetryableEventError, Step
+from ctdd.ingest.events import (EventProcessor, InvalidEvent, NotConfigured, NotificationOutcome,
+                                RetryableEventError, Step)
 from ctdd.ingest.plans import ContactPlan
 from ctdd.ingest.set_apply import apply_plans
 from ctdd.ingest.rejections import purge_rejected
@@ -669,7 +671,7 @@ class InboxProcessor:
             elif isinstance(result, BaseException):
                 log.error("queued event %d failed to apply: %s", event.id, type(result).__name__,
                           exc_info=result if not isinstance(result, RetryableEventError) else None)
-                plugin = isinstance(result, PluginFailed)  # names the plugin and the hook itself
+                plugin = isinstance(result, (PluginFailed, NotConfigured))  # names what to fix itself
                 failures.append(_Failure(event, str(result) if plugin else f"{type(result).__name__}: {result}",
                                          retryable=True, at_once=plugin))
             elif result:
@@ -690,7 +692,7 @@ class InboxProcessor:
             return at_once(event.request)
         except InvalidEvent as exc:
             return _Failure(event, str(exc) or "invalid request", retryable=False)
-        except PluginFailed as exc:
+        except (PluginFailed, NotConfigured) as exc:  # kept as failed until the operator fixes it and retries
             return _Failure(event, str(exc), retryable=True, at_once=True)
         except Exception as exc:  # a bug: keep the event, retry it with backoff
             log.exception("preparing queued event %d failed", event.id)
@@ -701,7 +703,7 @@ class InboxProcessor:
             return await self.prepare(event.request)
         except InvalidEvent as exc:
             return _Failure(event, str(exc) or "invalid request", retryable=False)
-        except PluginFailed as exc:
+        except (PluginFailed, NotConfigured) as exc:  # kept as failed until the operator fixes it and retries
             return _Failure(event, str(exc), retryable=True, at_once=True)
         except RetryableEventError as exc:
             return _Failure(event, str(exc), retryable=True)

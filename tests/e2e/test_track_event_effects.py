@@ -455,3 +455,21 @@ async def test_far_future_commercetools_customer_is_rejected_and_blocks_nothing(
     await wait_for(lambda: all_settled(svc), what="deliveries")
     assert sandbox.get_contact(email="ff@example.com")["dataFields"]["FIRSTNAME"] == "Real"
     assert sandbox.get_contact(email="gg@example.com")["dataFields"]["FIRSTNAME"] == "Good"
+
+
+async def test_a_message_needing_a_fetch_without_a_client_is_a_failed_precondition_kept_for_the_operator(service):
+    # the store has no commercetools API client: the caller's message is fine, the deployment lacks what it needs.
+    # Not INVALID_ARGUMENT (poison the caller would drop): FAILED_PRECONDITION naming it; queued, the event is kept
+    # as failed (retried by the operator once a client is configured), not rejected
+    delivery = ct.raw(ct.message("customer", "cust-nf", "CustomerLastNameSet", version=2, project="shop-eu",
+                                 lastName="Doe"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.TrackEvent(track(delivery))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no commercetools API client" in info.value.details()
+    queued = await service.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", commercetools_delivery=delivery,
+                                                                processing=pb.PROCESSING_QUEUED))
+    assert queued.queued
+    await wait_for(lambda: [r["status"] for r in service.rows("SELECT status FROM event_inbox")] == ["failed"],
+                   what="the queued event failed")
+    assert outbox_rows(service) == []

@@ -15,7 +15,8 @@ per-record report back to the messages:
 Per-record outcomes (:class:`ItemResult`): ``delivered``; ``dead`` for failures that cannot succeed on a
 resend (invalid email / phone / data, unknown list ...); ``fallback`` - the message is sent on its own
 with the single-record call, whose answer is authoritative - for failures whose cause the single call
-handles or reports precisely (a contactId that no longer exists, a suppressed contact, a duplicate
+handles or reports precisely (a contactId that no longer exists: the single call recreates the contact with
+everything known of it, see ``ctdd.delivery.contact_handlers``; a suppressed contact, a duplicate
 identifier, an unknown code, a record missing from the report); ``retry`` for the whole batch when the
 import itself failed or could not be started for a transient reason.
 

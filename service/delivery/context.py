@@ -8,7 +8,7 @@ idempotent in effect: after a crash the same message may be delivered again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from ctdd.config import Settings
 from ctdd.db.models import Contact
@@ -23,6 +23,10 @@ class DeliveryContext:
     contact: Contact | None
     client: DotdigitalClient
     settings: Settings
+    #: loads, when called, what Dotdigital should know of the contact (a v3 contact body, see
+    #: ``ctdd.delivery.known_state``): read only to recreate a contact deleted in Dotdigital with all of it.
+    #: ``None``: nothing is known beyond the message (the contact is recreated with the message's body alone)
+    known_contact: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
     @property
     def headers(self) -> dict[str, str]:

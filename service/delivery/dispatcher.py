@@ -49,6 +49,7 @@ from ctdd.delivery import outbox
 from ctdd.delivery.bulk import BULK_HANDLERS, BulkContext, ImportTimings, ItemResult, import_done
 from ctdd.config import DispatcherConfig, Settings
 from ctdd.delivery.handlers import HANDLERS, DeliveryContext
+from ctdd.delivery.known_state import known_contact_loader
 from ctdd.delivery.transform import PluginFailed, transformed
 from ctdd.delivery.view_merge import is_multi_record
 from ctdd.db.engine import is_sqlite, utcnow
@@ -437,7 +438,9 @@ class Dispatcher:
             elif contact is None and msg.contact_id is not None:
                 raise LookupError(f"contact {msg.contact_id} not found")
             ctx = DeliveryContext(msg=transformed(self.hooks, self.settings, msg), contact=contact,
-                                  client=self.clients.get(msg.account), settings=self.settings)
+                                  client=self.clients.get(msg.account), settings=self.settings,
+                                  known_contact=(known_contact_loader(self.engine, self.hooks, self.settings, msg,
+                                                                      contact.id) if contact is not None else None))
             async with self._slots:  # only the call itself holds one of the `concurrency` slots
                 if self._stopping:
                     raise _NotStarted()  # claimed ahead but not begun: released on shutdown

@@ -44,7 +44,7 @@ from ctdd.db.engine import utcnow
 from ctdd.db.transactions import INTEGRITY_RETRIES, lost_race
 from ctdd.db.models import Contact, DeliveryAttempt, FieldState, OutboxMessage, OutboxStatus
 from ctdd.delivery.view_merge import Follower, is_view_message, merge_views
-from ctdd.domain.payload import MAX_CONSENT_RECORDS
+from ctdd.domain.payload import merge_contact_bodies
 from ctdd.redaction import redact_text
 from ctdd.telemetry import current_trace_carrier
 
@@ -303,50 +303,6 @@ def _merged_ids(payload: Any) -> tuple[int, ...]:
     if isinstance(payload, dict):
         return tuple(int(m["id"]) for m in payload.get("merged") or ())
     return ()
-
-
-def merge_contact_bodies(first: dict, later: dict) -> dict | None:
-    """The v3 contact write model that has the effect of sending ``first`` and then ``later``.
-
-    Objects (``identifiers``, ``dataFields``, ``channelProperties``) merge per key, the later value
-    winning; ``lists`` (which only ever add) are united; ``preferences`` merge by id, the later winning;
-    consent records are appended. Returns ``None`` when the two cannot be combined into one request
-    (more than the 5 consent records Dotdigital accepts per request).
-    """
-    def merge_obj(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for key, value in b.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merge_obj(out[key], value)
-            else:
-                out[key] = value
-        return out
-
-    merged: dict = {}
-    for key in dict.fromkeys([*first, *later]):
-        if key not in later:
-            merged[key] = first[key]
-            continue
-        if key not in first:
-            merged[key] = later[key]
-            continue
-        a, b = first[key], later[key]
-        if key == "lists":
-            merged[key] = sorted(set(a or ()) | set(b or ()))
-        elif key == "preferences":
-            by_id = {p["id"]: p for p in (a or ())}
-            by_id.update({p["id"]: p for p in (b or ())})
-            merged[key] = list(by_id.values())
-        elif key == "consentRecords":
-            records = [*(a or ()), *(b or ())]
-            if len(records) > MAX_CONSENT_RECORDS:
-                return None
-            merged[key] = records
-        elif isinstance(a, dict) and isinstance(b, dict):
-            merged[key] = merge_obj(a, b)
-        else:
-            merged[key] = b
-    return merged
 
 
 def _coalesce(conn, claimed: list[ClaimedMessage], now: datetime, *, contacts: bool = True,

@@ -281,18 +281,45 @@ async def test_graceful_shutdown_goes_not_serving_and_releases_leases(service_fa
     assert len(rows) == 6  # nothing lost: undelivered messages are pending again
 
 
-async def test_contact_deleted_in_dotdigital_is_recreated_by_address(service, sandbox):
-    await service.stub.SyncContact(contact_request(customer_id="c-del", email="del@example.com", first_name="A"))
+async def test_contact_deleted_in_dotdigital_is_recreated_with_everything_sent_before(service, sandbox):
+    req = contact_request(customer_id="c-del", email="del@example.com", first_name="A", last_name="Before",
+                          version=1)
+    req.profile.billing_address.city = "Leeds"
+    req.lists.add(list_key="customers", member=True)
+    req.lists.add(list_key="newsletter", member=True)
+    req.consent.email.status = pb.CONSENT_STATUS_SUBSCRIBED
+    rec = req.consent.email.records.add(text="Yes, email me", url="https://shop.example/signup",
+                                        ip_address="203.0.113.5", user_agent="Mozilla/5.0")
+    rec.consented_at.FromJsonString("2026-11-01T10:00:00Z")
+    await service.stub.SyncContact(req)
     await wait_for(lambda: all_settled(service), what="creation")
-    old_id = sandbox.get_contact(email="del@example.com")["contactId"]
-    assert sandbox.delete_contact(email="del@example.com")
-    await service.stub.SyncContact(contact_request(customer_id="c-del", last_name="B"))
+    before = sandbox.get_contact(email="del@example.com")
+    assert sandbox.delete_contact(email="del@example.com")  # by a user in Dotdigital
+    sandbox.reset_requests()
+
+    # one changed field: its message alone would recreate the contact with LASTNAME only
+    await service.stub.SyncContact(contact_request(customer_id="c-del", last_name="B", version=2))
     await wait_for(lambda: all_settled(service), what="re-creation")
     assert all(r["status"] == "delivered" for r in outbox_rows(service))
+    assert [(r.path, r.status) for r in upserts(sandbox)] == [
+        (f"/contacts/v3/contactId/{before['contactId']}", 404), ("/contacts/v3/email/del%40example.com", 201)]
     recreated = sandbox.get_contact(email="del@example.com")
-    assert recreated["contactId"] != old_id and recreated["dataFields"]["LASTNAME"] == "B"
+    assert recreated["contactId"] != before["contactId"]
+    assert recreated["dataFields"] == {**before["dataFields"], "LASTNAME": "B"}
+    assert recreated["dataFields"]["FIRSTNAME"] == "A" and recreated["dataFields"]["BILLING_CITY"] == "Leeds"
+    assert (recreated["dataFields"]["CUSTOMER_ID"], recreated["dataFields"]["STORE"]) == ("c-del", "uk")
+    assert sorted(lst["id"] for lst in recreated["lists"]) == [1, 2]
+    assert [r["text"] for r in recreated["consentRecords"]] == ["Yes, email me"]
+    assert recreated["channelProperties"]["email"]["status"] == "subscribed"
     stored = service.rows("SELECT dotdigital_contact_id FROM contact")[0]["dotdigital_contact_id"]
     assert stored == recreated["contactId"]
+
+    # and delta sync goes on from there: only the next change is sent, by the new contactId
+    sandbox.reset_requests()
+    await service.stub.SyncContact(contact_request(customer_id="c-del", first_name="C", version=3))
+    await wait_for(lambda: all_settled(service), what="update")
+    [sent] = upserts(sandbox)
+    assert sent.path == f"/contacts/v3/contactId/{recreated['contactId']}" and sent.json == {"dataFields": {"FIRSTNAME": "C"}}
 
 
 @pytest.mark.parametrize(

@@ -86,12 +86,14 @@ async def test_backlog_goes_out_as_one_import_and_each_record_settles_alone(serv
         assert stored[f"bulk{i}@example.com"] == sandbox.get_contact(email=f"bulk{i}@example.com")["contactId"]
 
     # The contact deleted in Dotdigital failed in the import (contactNotFound) and was sent on its own,
-    # which re-creates it by address.
+    # which re-creates it by address with everything sent before, not only the message's LASTNAME.
     patches = [r for r in sandbox.requests if r.method == "PATCH"]
     assert [(p.path, p.status) for p in patches] == [("/contacts/v3/contactId/1", 404),
                                                      ("/contacts/v3/email/gone%40example.com", 201)]
     recreated = sandbox.get_contact(email="gone@example.com")
     assert recreated["dataFields"]["LASTNAME"] == "Again"
+    assert (recreated["dataFields"]["FIRSTNAME"], recreated["dataFields"]["CUSTOMER_ID"]) == ("G", "c-gone")
+    assert (recreated["dataFields"]["STORE"], recreated["dataFields"]["LOCALE"]) == ("uk", "en-GB")
     assert stored["gone@example.com"] == recreated["contactId"]
     assert gone.changed
 

@@ -7,7 +7,7 @@ import pytest
 from ctdd.domain.contact import SourceStamp
 from ctdd.domain.delta import StoredField, compute_delta
 from ctdd.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile, resolve
-from ctdd.domain.payload import build_contact_body
+from ctdd.domain.payload import build_contact_body, known_contact_body, recreate_contact_body
 
 
 def test_email_normalisation():
@@ -121,3 +121,68 @@ def test_payload_builder_nests_paths():
     }
     with pytest.raises(ValueError):
         build_contact_body({"bogus.x": 1})
+
+
+def _consent(day: int) -> dict:
+    return {"text": f"t{day}", "dateTimeConsented": f"2026-11-{day:02d}T10:00:00Z"}
+
+
+def test_known_contact_body_keeps_what_a_recreated_contact_needs():
+    body = known_contact_body({
+        "identifiers.email": "a@x.io",
+        "dataFields.FIRSTNAME": "A",
+        "dataFields.COMPANY": None,  # cleared: nothing to send to a new contact
+        "channelProperties.email.status": "subscribed",
+        "lists.1": True,
+        "lists.2": False,  # left
+        "lists.3": None,
+        "preferences.7": False,  # an opt-out is a choice: kept
+        "insight.Orders.1001": "digest",  # not a contact field
+        **{f"consentRecords.email.d{day}": _consent(day) for day in (3, 9, 1, 5, 7, 2)},
+        "consentRecords.email.odd": "not a record",
+    })
+    assert body == {
+        "identifiers": {"email": "a@x.io"},
+        "dataFields": {"FIRSTNAME": "A"},
+        "channelProperties": {"email": {"status": "subscribed"}},
+        "lists": [1],
+        "preferences": [{"id": 7, "isOptedIn": False}],
+        # all of them (a request takes 5: recreate_contact_body chooses), latest consent first
+        "consentRecords": [_consent(day) for day in (9, 7, 5, 3, 2, 1)],
+    }
+    assert known_contact_body({}) == {}
+
+
+def test_recreate_contact_body_lets_the_message_win():
+    known = {"identifiers": {"email": "old@x.io", "mobileNumber": "447700900123"},
+             "dataFields": {"FIRSTNAME": "A", "LASTNAME": "Old"}, "lists": [1, 2],
+             "channelProperties": {"email": {"status": "subscribed", "optInType": "single"}},
+             "preferences": [{"id": 7, "isOptedIn": True}, {"id": 8, "isOptedIn": True}]}
+    message = {"dataFields": {"LASTNAME": "New", "COMPANY": None}, "lists": [3],
+               "channelProperties": {"email": {"status": "unsubscribed"}}, "preferences": [{"id": 7, "isOptedIn": False}]}
+    assert recreate_contact_body(known, message, {"email": "a@x.io"}) == {
+        "identifiers": {"email": "a@x.io", "mobileNumber": "447700900123"},
+        "dataFields": {"FIRSTNAME": "A", "LASTNAME": "New", "COMPANY": None},
+        "lists": [1, 2, 3],
+        "channelProperties": {"email": {"status": "unsubscribed", "optInType": "single"}},
+        "preferences": [{"id": 7, "isOptedIn": False}, {"id": 8, "isOptedIn": True}],
+    }
+    # the message's identifiers win over ctdd-sync's address, which wins over the known ones
+    assert recreate_contact_body(known, {"identifiers": {"email": "new@x.io"}}, {"email": "a@x.io"})["identifiers"] == {
+        "email": "new@x.io", "mobileNumber": "447700900123"}
+    assert recreate_contact_body({}, {"dataFields": {"A": 1}}) == {"dataFields": {"A": 1}}
+    assert known == {"identifiers": {"email": "old@x.io", "mobileNumber": "447700900123"},
+                     "dataFields": {"FIRSTNAME": "A", "LASTNAME": "Old"}, "lists": [1, 2],
+                     "channelProperties": {"email": {"status": "subscribed", "optInType": "single"}},
+                     "preferences": [{"id": 7, "isOptedIn": True}, {"id": 8, "isOptedIn": True}]}  # not changed
+
+
+def test_recreate_contact_body_sends_at_most_five_consent_records_without_repeating_the_message_s():
+    known = {"consentRecords": [_consent(day) for day in (9, 7, 5, 3, 2, 1)]}
+    # the message's own records (also in field_state) go once, the latest known others fill up to 5
+    body = recreate_contact_body(known, {"consentRecords": [_consent(7), _consent(10)]})
+    assert body["consentRecords"] == [_consent(9), _consent(5), _consent(3), _consent(7), _consent(10)]
+    assert recreate_contact_body(known, {})["consentRecords"] == [_consent(day) for day in (9, 7, 5, 3, 2)]
+    full = [_consent(day) for day in range(11, 16)]
+    assert recreate_contact_body(known, {"consentRecords": full})["consentRecords"] == full
+

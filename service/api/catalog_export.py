@@ -14,6 +14,7 @@ from google.rpc import code_pb2
 from ctdd.api.convert import Violation
 from ctdd.api.errors import abort, bad_request
 from ctdd.catalog.export import CatalogExporter, ExportBusy, ExportNotPossible
+from ctdd.domain.echo import echo
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
 
@@ -24,8 +25,9 @@ def _response(progress) -> pb.ExportCatalogResponse:
 
 async def export_catalog(exporter: CatalogExporter | None, settings, request: pb.ExportCatalogRequest, context):
     if not request.store_key or request.store_key not in settings.stores:
-        await abort(context, code_pb2.INVALID_ARGUMENT, "unknown store",
-                    [bad_request([Violation("store_key", f"unknown store {request.store_key!r}")])])
+        problem = f"unknown store {echo(request.store_key)}" if request.store_key else "required"
+        await abort(context, code_pb2.INVALID_ARGUMENT, "unknown store" if request.store_key else "store_key required",
+                    [bad_request([Violation("store_key", problem)])])
         return
     if exporter is None:
         await abort(context, code_pb2.FAILED_PRECONDITION, "catalog export is not available in this process")

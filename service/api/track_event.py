@@ -29,6 +29,8 @@ def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
     which = request.WhichOneof("payload")
     if which is None:
         raise InvalidRequest([PAYLOAD_REQUIRED])
+    if not request.store_key:
+        raise InvalidRequest([Violation("store_key", "required")])
     if settings.store(request.store_key) is None:
         raise InvalidRequest([Violation("store_key", f"unknown store {echo(request.store_key)}")])
     if which == "commercetools_delivery" and len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:

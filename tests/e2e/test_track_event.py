@@ -54,6 +54,14 @@ async def test_customer_created_then_duplicate_delivery_is_applied_once(svc, san
     assert len(contact_patches(sandbox)) == 1
 
 
+async def test_a_missing_store_key_is_required_as_in_sync_contact(svc):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "c-s", "CustomerCreated", version=1,
+                                                          customer=ct.customer("c-s", "s@example.com"))), store=""))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(info.value) == {"store_key": "required"}
+
+
 IMPORT_API_EVENT = {"id": "3b364ca2-cbe5-42b4-a85a-37d4e57d659e", "notificationType": "Event",
                     "type": "ImportContainerCreated", "resourceType": "import-api",
                     "data": {"version": 1, "key": "my-import-container"}, "createdAt": "2025-03-26T17:28:20.397Z"}

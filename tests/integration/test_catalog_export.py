@@ -16,7 +16,7 @@ from ctdd.programs import leases
 from ctdd.testing.commercetools_fake import FakeCommercetools
 from ctdd.testing.openapi import OpenApiDocuments
 from support.catalog import product, seed_catalog
-from support.helpers import make_settings  # noqa: E402
+from support.helpers import field_violations, make_settings  # noqa: E402
 
 N = 5000
 SPECS = Path("/work/shared/specs/dotdigital")
@@ -201,3 +201,8 @@ async def test_export_catalog_over_grpc_streams_progress(service_factory, databa
         async for _ in service.stub.ExportCatalog(pb.ExportCatalogRequest(store_key="nope")):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(info.value) == {"store_key": "unknown store 'nope'"}
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in service.stub.ExportCatalog(pb.ExportCatalogRequest()):
+            pass
+    assert field_violations(info.value) == {"store_key": "required"}  # as SyncContact and TrackEvent say it

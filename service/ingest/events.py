@@ -422,12 +422,19 @@ class EventProcessor:
         policy = store.on_customer_deleted
 
         def body(session: Session) -> None:
+            # Tombstone: the deleted version becomes the customer's applied version, so a message of an older
+            # version arriving after the deletion (delivery is unordered) is stale and cannot bring it back.
+            # The deletion itself always applies (commercetools deletes for good).
+            if n.resource_version is not None:
+                self._advance_version(session, store.commercetools_project, "customer", n.resource_id,
+                                      n.resource_version)
             ident = session.execute(sa.select(ContactIdentifier).where(
                 ContactIdentifier.account == store.account, ContactIdentifier.kind == "customer_id",
                 ContactIdentifier.value == customer_key(store.commercetools_project, n.resource_id),
             )).scalar_one_or_none()
             if ident is None:
-                outcome.outcome, outcome.reason = IGNORED, "customer was never synced"
+                outcome.outcome = IGNORED
+                outcome.reason = "customer was never synced (its older messages are stale from now on)"
                 return
             contact = session.get(Contact, ident.contact_id)
             outcome.contact_id = contact.id

@@ -76,6 +76,38 @@ async def test_delete_contact_already_gone_in_dotdigital_is_delivered(service_fa
     assert row["status"] == "delivered" and row["attempts"] == 1
 
 
+async def test_customer_deleted_before_its_created_message_keeps_it_deleted(service_factory, database_url, sandbox,
+                                                                           fake_ct):
+    """Subscription delivery is unordered: a CustomerDeleted (v2) overtaking the CustomerCreated (v1) leaves a
+    tombstone (resource_state at the deleted version), so the older create is stale and the customer does not
+    come back (no contact, no list membership); a newer customer id is a new customer and applies as ever."""
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct, stores_extra={
+        "uk": {"on_customer_deleted": "delete_contact", "customers_list": "customers"}}))
+    deleted = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-early", "CustomerDeleted",
+                                                                version=2, email="early@example.com"))))
+    assert outcomes(deleted) == ["IGNORED"] and not deleted.outbox_message_ids
+    created = await svc.stub.TrackEvent(track(ct.raw(ct.message(
+        "customer", "cust-early", "CustomerCreated", version=1,
+        customer=ct.customer("cust-early", "early@example.com", first="Early")))))
+    assert outcomes(created) == ["STALE"] and not created.outbox_message_ids
+    # a later change notification of an older version is stale too, without a fetch
+    late = await svc.stub.TrackEvent(track(ct.raw(ct.change("ResourceUpdated", "customer", "cust-early", version=2))))
+    assert outcomes(late) == ["STALE"]
+    assert not [r for r in fake_ct.requests if "/customers/cust-early" in r.path]
+    assert svc.rows("SELECT version FROM resource_state WHERE resource_id = 'cust-early'") == [{"version": 2}]
+
+    # a customer registering again with that address is a new customer id: applied as ever
+    again = await svc.stub.TrackEvent(track(ct.raw(ct.message(
+        "customer", "cust-again", "CustomerCreated", version=1,
+        customer=ct.customer("cust-again", "early@example.com", first="Again")))))
+    assert outcomes(again) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    [contact] = sandbox.contacts
+    assert contact["dataFields"]["CUSTOMER_ID"] == "cust-again" and contact["dataFields"]["FIRSTNAME"] == "Again"
+    assert [lst["id"] for lst in contact["lists"]] == [1]
+    assert svc.rows("SELECT count(*) AS n FROM contact") == [{"n": 1}]
+
+
 # -- item 4: absent attributes are unchanged; store defaults only where the contact has no value -------------
 def _published_customer() -> dict:
     import json

@@ -368,9 +368,25 @@ def order_summary_values(order: Mapping[str, Any], ctx: OrderContext) -> dict[st
         "store_key": (order.get("store") or {}).get("key") or ctx.store_key,
         "locale": order.get("locale") or ctx.locale,
         "order_state": str(order.get("orderState") or "Open"),
+        "shipment_state": str(order.get("shipmentState") or ""),
         "refund_total": float(ctx.refund_total),
         "categories": cats,
     }
+
+
+def became_delivered(current: str | None, previous: str | None, *, first_seen: bool) -> bool | None:
+    """Whether an order's shipment state became ``Delivered`` with the order version being applied, compared with
+    the version applied before it (``first_seen``: none was), whichever message brought that version (one update
+    can emit ``OrderStateChanged`` and ``OrderShipmentStateChanged`` of the same version, in any order). None
+    when the previous state is not known (``previous`` None for an order seen before: a summary row written
+    before its shipment state was kept)."""
+    if current != "Delivered":
+        return False
+    if first_seen:
+        return True
+    if previous is None:
+        return None
+    return previous != "Delivered"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ MAX_ID = 200
 MAX_VERSION = 2**63 - 1
 #: order_summary.locale
 MAX_LOCALE = 20
-#: order_summary.order_state, cart.state
+#: order_summary.order_state and shipment_state, cart.state
 MAX_STATE = 20
 #: at most this many problems are named in a reason
 MAX_REASON_FIELDS = 5
@@ -216,7 +216,7 @@ class _Purchase(_Lenient):
 class Order(_Purchase):
     orderNumber: Optional[Id] = None
     orderState: Optional[Annotated[StrictStr, Field(max_length=MAX_STATE)]] = None
-    shipmentState: Text = None
+    shipmentState: Optional[Annotated[StrictStr, Field(max_length=MAX_STATE)]] = None
     paymentState: Text = None
     cart: Optional[Reference] = None
     paymentInfo: Optional[PaymentInfo] = None

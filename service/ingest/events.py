@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, NamedTuple, Union
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -55,6 +55,7 @@ from ctdd.domain.commerce import (
     OrderContext,
     SummaryRow,
     absent_customer_attributes,
+    became_delivered,
     customer_to_contact,
     localized,
     order_aggregates,
@@ -82,6 +83,18 @@ log = logging.getLogger(__name__)
 
 
 APPLIED, DUPLICATE, STALE, IGNORED = "applied", "duplicate", "stale", "ignored"
+
+
+class PreviousOrder(NamedTuple):
+    """An order's summary row as it was before an order version was applied to it (``_upsert_summary``)."""
+
+    order_state: str
+    refund_total: float
+    #: ``None``: not known (a row written before ``order_summary.shipment_state`` existed)
+    shipment_state: str | None
+    #: False when the version applied was older than the row's (a refund re-reading the order): row unchanged
+    written: bool
+
 
 #: order messages that carry the full order (no fetch needed unless payloadNotIncluded)
 ORDER_WITH_PAYLOAD = frozenset({"OrderCreated", "OrderImported", "OrderCreatedFromRecurringOrder"})
@@ -705,7 +718,7 @@ class EventProcessor:
             return None
 
     def _order_triggers(self, session: Session, store: StoreConfig, n: Notification, order: Mapping[str, Any],
-                        contact_id: int, previous: tuple[str, float] | None, summary: Mapping[str, Any],
+                        contact_id: int, previous: PreviousOrder | None, summary: Mapping[str, Any],
                         priority: int, cart_id: str | None) -> None:
         """The programs' side of an order message: placed (a new live order, not an imported or backfilled
         one), cancelled or fully refunded, delivered."""
@@ -716,13 +729,19 @@ class EventProcessor:
             placed_at = summary["created_at"]
             triggers.order_placed(session, store, contact_id, order_id, placed_at, now, cart_id=cart_id,
                                   first_order=not self._earlier_order(session, contact_id, order_id, placed_at))
-        if summary["order_state"] == "Cancelled" and (previous is None or previous[0] != "Cancelled"):
+        if summary["order_state"] == "Cancelled" and (previous is None or previous.order_state != "Cancelled"):
             triggers.order_cancelled(session, store, order_id, program_rules.ORDER_CANCELLED, now)
         total, refunded = summary["total"], summary["refund_total"]
-        if 0 < total <= refunded and (previous is None or previous[1] < total):
+        if 0 < total <= refunded and (previous is None or previous.refund_total < total):
             triggers.order_cancelled(session, store, order_id, program_rules.ORDER_REFUNDED, now)
-        delivered_now = n.message_type == "OrderShipmentStateChanged" or previous is None
-        if live and order.get("shipmentState") == "Delivered" and delivered_now:
+        # Delivered compared with the version applied before, whichever message brought it (one update emits
+        # OrderStateChanged and OrderShipmentStateChanged of one version: the second is stale); an older version
+        # than the row's (a refund re-reading the order) changes nothing
+        delivered = (previous is None or previous.written) and became_delivered(
+            summary["shipment_state"], previous.shipment_state if previous else None, first_seen=previous is None)
+        if delivered is None:  # a row from before shipment states were kept: the message says it
+            delivered = n.message_type == "OrderShipmentStateChanged"
+        if live and delivered:
             triggers.shipment_delivered(session, store, contact_id, order_id, n.occurred_at or now, now)
 
     @staticmethod
@@ -733,8 +752,8 @@ class EventProcessor:
             OrderSummary.order_state != "Cancelled", OrderSummary.created_at < placed_at).limit(1)).first() is not None
 
     def _upsert_summary(self, session: Session, store: StoreConfig, order_id: str, contact_id: int,
-                        values: dict[str, Any]) -> tuple[str, float] | None:
-        """Write the order's summary row; the (order state, refund total) it had before, None for a new order."""
+                        values: dict[str, Any]) -> PreviousOrder | None:
+        """Write the order's summary row; what it held before, None for a new order."""
         row = session.get(OrderSummary, (store.commercetools_project, order_id))
         previous = None
         if row is None:
@@ -742,8 +761,9 @@ class EventProcessor:
                                updated_at=utcnow(), **values)
             session.add(row)
         else:
-            previous = (row.order_state, row.refund_total)
-            if values["version"] >= row.version:
+            written = values["version"] >= row.version
+            previous = PreviousOrder(row.order_state, row.refund_total, row.shipment_state, written)
+            if written:
                 for name, value in values.items():
                     setattr(row, name, value)
                 row.contact_id = contact_id

@@ -186,3 +186,14 @@ def test_recreate_contact_body_sends_at_most_five_consent_records_without_repeat
     full = [_consent(day) for day in range(11, 16)]
     assert recreate_contact_body(known, {"consentRecords": full})["consentRecords"] == full
 
+
+
+def test_became_delivered_compares_with_the_version_applied_before():
+    from ctdd.domain.commerce import became_delivered
+
+    assert became_delivered("Delivered", "Shipped", first_seen=False) is True
+    assert became_delivered("Delivered", "", first_seen=False) is True  # the order had no shipment state
+    assert became_delivered("Delivered", "Delivered", first_seen=False) is False  # a later update: once only
+    assert became_delivered("Shipped", "Pending", first_seen=False) is False
+    assert became_delivered("Delivered", None, first_seen=True) is True  # first seen already delivered
+    assert became_delivered("Delivered", None, first_seen=False) is None  # a row without its state: unknown

@@ -56,7 +56,8 @@ def test_api_and_delivery_limits_fit_the_columns_they_are_stored_in():
     behavioural = len("event:") + _length(models.ProcessedEvent, "store_key") + 1 + convert.MAX_EVENT_ID
     assert behavioural <= min(_length(models.ProcessedEvent, "dedupe_key"), _length(models.EventInbox, "dedupe_key"))
     assert resources.MAX_LOCALE <= _length(models.OrderSummary, "locale") and convert.MAX_LOCALE <= resources.MAX_LOCALE
-    assert resources.MAX_STATE <= min(_length(models.OrderSummary, "order_state"), _length(models.Cart, "state"))
+    assert resources.MAX_STATE <= min(_length(models.OrderSummary, "order_state"),
+                                      _length(models.OrderSummary, "shipment_state"), _length(models.Cart, "state"))
     assert _length(models.OrderSummary, "currency") == 3  # Money.currencyCode: three capital letters
     assert resources.MAX_VERSION == 2**63 - 1  # BIGINT
 

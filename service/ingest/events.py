@@ -41,7 +41,7 @@ from ctdd.delivery import outbox
 from ctdd.config import Settings, StoreConfig
 from ctdd.ingest.access import DirectAccess, processed_row
 from ctdd.ingest.contact_sync import ContactSync, NewContactNeedsAddress
-from ctdd.ingest.plans import ContactPlan, InsightPart, ViewPart, enqueue_insight
+from ctdd.ingest.plans import ContactPlan, InsightPart, ViewPart, enqueue_insight, insight_path
 from ctdd.hooks.types import HookContext, PluginFailed
 from ctdd.db.engine import utcnow
 from ctdd.db.models import (Cart, Contact, ContactIdentifier, FieldState, OrderSummary, ProcessedEvent, RejectedRecord,
@@ -61,7 +61,6 @@ from ctdd.domain.commerce import (
     order_aggregates,
     order_email,
     order_without_email,
-    order_key,
     order_record,
     order_summary_values,
     parse_ts,
@@ -94,6 +93,9 @@ class PreviousOrder(NamedTuple):
     shipment_state: str | None
     #: False when the version applied was older than the row's (a refund re-reading the order): row unchanged
     written: bool
+    #: the key of the order's Orders record until then (``order_key``: its number, else its id) and its contact
+    order_key: str
+    contact_id: int
 
 
 #: order messages that carry the full order (no fetch needed unless payloadNotIncluded)
@@ -661,6 +663,9 @@ class EventProcessor:
             outcome.contact_id = contact_id
             outcome.outbox_message_ids.extend(first.outbox_message_ids)
             previous = self._upsert_summary(session, store, str(order["id"]), contact_id, summary)
+            # The record's key is the order's key as the newest version applied has it (an older version, re-read
+            # for a refund, must not write a record under a key the order no longer has)
+            key = summary["order_key"] if previous is None or previous.written else previous.order_key
             aggregates = order_aggregates(self._summaries(session, contact_id))
             agg_input = ContactInput(store_key=store.key, identity=ident, attributes=aggregates)
             mapped, suppression = self.contact_sync.map_contact(agg_input)
@@ -670,8 +675,16 @@ class EventProcessor:
                 outcome.reason = f"Orders record not sent: {refused}"
                 self._reject(session, store, n, f"Orders record not sent: {refused}")
             elif not (first.suppression_reasons or second.suppression_reasons):
-                mid = self._enqueue_insight(session, contact_id, store, ORDERS_COLLECTION, order_key(order), record,
+                mid = self._enqueue_insight(session, contact_id, store, ORDERS_COLLECTION, key, record,
                                             source, priority)
+                if mid:
+                    outcome.outbox_message_ids.append(mid)
+            if (previous is not None and previous.written and previous.order_key != key
+                    and not (first.suppression_reasons or second.suppression_reasons)):
+                # the order got its number after its record was sent under its id: one record per order, so
+                # the record moves (the old key's record is deleted)
+                mid = self._drop_order_record(session, store, previous.contact_id, previous.order_key, source,
+                                              priority)
                 if mid:
                     outcome.outbox_message_ids.append(mid)
             if cart_id:
@@ -762,7 +775,8 @@ class EventProcessor:
             session.add(row)
         else:
             written = values["version"] >= row.version
-            previous = PreviousOrder(row.order_state, row.refund_total, row.shipment_state, written)
+            previous = PreviousOrder(row.order_state, row.refund_total, row.shipment_state, written, row.order_key,
+                                     row.contact_id)
             if written:
                 for name, value in values.items():
                     setattr(row, name, value)
@@ -770,6 +784,22 @@ class EventProcessor:
                 row.updated_at = utcnow()
         session.flush()
         return previous
+
+    @staticmethod
+    def _drop_order_record(session: Session, store: StoreConfig, contact_id: int, key: str, source: SourceStamp,
+                           priority: int) -> int | None:
+        """Delete the contact's Orders record ``key`` in Dotdigital (an ``insight.delete`` message in its partition)
+        and forget it was sent (a record sent there again later is not taken for a repeat); None when no record
+        was ever enqueued under that key for the contact (nothing to delete)."""
+        forgotten = session.execute(sa.delete(FieldState).where(
+            FieldState.contact_id == contact_id, FieldState.field == insight_path(ORDERS_COLLECTION, key))).rowcount
+        if not forgotten:
+            return None
+        return outbox.enqueue(session, contact_id=contact_id, account=store.account, kind=outbox.INSIGHT_DELETE,
+                              payload={"collection": ORDERS_COLLECTION, "record_id": key, "scope": "contact"},
+                              ref=outbox.RecordRef(store.key, source.resource_type, source.resource_id,
+                                                   source.version),
+                              priority=priority)
 
     def _summaries(self, session: Session, contact_id: int) -> list[SummaryRow]:
         rows = session.execute(sa.select(OrderSummary).where(OrderSummary.contact_id == contact_id)).scalars()

@@ -70,3 +70,38 @@ async def test_review_request_follows_the_delivered_state_whichever_message_brin
                                                        paymentState="Paid")))
     assert outcomes(later) == ["APPLIED"]
     assert len(spy.of("on_shipment_delivered")) == 1 and len(review_triggers(svc)) == 1
+
+
+def orders_of(sandbox, email: str) -> dict[str, dict]:
+    return sandbox.insight_records("Orders", contact_email=email)
+
+
+def record_deletes(sandbox) -> list:
+    return [r for r in sandbox.requests if r.method == "DELETE" and "/insightData/v3/contacts/" in r.path]
+
+
+# -- an order number set after the order was created: the record moves to the number ----------------------------
+async def test_an_order_number_set_later_moves_the_record_to_it(svc, sandbox, fake_ct):
+    order = fake_ct.add("orders", ct.order("ord-nn", number=None, email="num@example.com", version=1))
+    created = await svc.stub.TrackEvent(track(ct.message("order", "ord-nn", "OrderCreated", version=1, order=order)))
+    assert outcomes(created) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="the first record")
+    assert set(orders_of(sandbox, "num@example.com")) == {"ord-nn"}  # keyed by the id while it has no number
+
+    await ct_client(svc).update("orders", "ord-nn", 1, [{"action": "setOrderNumber", "orderNumber": "N-100"},
+                                                        {"action": "changeOrderState", "orderState": "Confirmed"}])
+    [changed] = fake_ct.take_notifications()
+    assert outcomes(await svc.stub.TrackEvent(track(changed))) == ["APPLIED"]
+    late = ct.message("order", "ord-nn", "OrderCreated", version=1, order=order, msg_id="late-created")
+    assert outcomes(await svc.stub.TrackEvent(track(late))) == ["STALE"]
+    await wait_for(lambda: all_settled(svc), what="the move")
+
+    records = orders_of(sandbox, "num@example.com")
+    assert set(records) == {"N-100"}  # one record per order, under its number
+    assert records["N-100"]["orderId"] == "ord-nn" and records["N-100"]["orderStatus"] == "Confirmed"
+    [deleted] = record_deletes(sandbox)
+    assert deleted.path.endswith("/Orders/ord-nn") and deleted.status == 204
+    assert svc.rows("SELECT order_key FROM order_summary") == [{"order_key": "N-100"}]
+    fields = sandbox.get_contact(email="num@example.com")["dataFields"]
+    assert fields["LAST_ORDER_ID"] == "N-100" and fields["NUMBER_OF_ORDERS"] == 1
+    assert {r["status"] for r in svc.rows("SELECT status FROM outbox_message")} == {"delivered"}

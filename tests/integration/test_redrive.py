@@ -675,3 +675,43 @@ def test_a_retried_merged_view_message_goes_without_the_records_later_views_send
     [result] = redrive.retry(engine, [failure_view.Ref("outbox", first)], operator="ops", reason="again").results
     assert (result.outcome, result.status) == ("skipped", "skipped")
     assert "each of its records" in result.message
+
+
+def test_a_retried_record_deletion_or_upsert_that_a_later_message_undoes_is_skipped(engine):
+    """An Orders record moved away (``insight.delete``) and sent there again later, or sent and deleted later: a
+    retried message sent after the later one would undo it, so it is superseded."""
+    from sqlalchemy.orm import Session
+
+    from ctdd.delivery import outbox
+
+    a = _outbox_contact(engine)
+
+    def record(kind: str, key: str) -> int:
+        payload = {"collection": "Orders", "record_id": key, "scope": "contact"}
+        if kind == outbox.INSIGHT_UPSERT:
+            payload["record"] = {"id": key}
+        with Session(engine) as s, s.begin():
+            return outbox.enqueue(s, contact_id=a, account="acc", kind=kind, payload=payload,
+                                  ref=outbox.RecordRef("uk"))
+
+    def fail_head_then_deliver_the_rest() -> None:
+        [head] = outbox.claim(engine, worker="w", limit=10, lease_seconds=30)
+        _settle(engine, head, "dead", 400)
+        while claimed := outbox.claim(engine, worker="w", limit=10, lease_seconds=30):
+            for msg in claimed:
+                _settle(engine, msg, "delivered", 204)
+
+    deletion = record(outbox.INSIGHT_DELETE, "N-1")
+    resent = record(outbox.INSIGHT_UPSERT, "N-1")
+    fail_head_then_deliver_the_rest()
+    [result] = redrive.retry(engine, [failure_view.Ref("outbox", deletion)], operator="ops", reason="x").results
+    assert (result.outcome, result.status) == ("skipped", "skipped")
+    assert f"a later message sends the record again (outbox:{resent})" in result.message
+
+    upsert = record(outbox.INSIGHT_UPSERT, "N-2")
+    record(outbox.INSIGHT_UPSERT, "N-3")  # another record: no bearing on N-2
+    removed = record(outbox.INSIGHT_DELETE, "N-2")
+    fail_head_then_deliver_the_rest()
+    [result] = redrive.retry(engine, [failure_view.Ref("outbox", upsert)], operator="ops", reason="x").results
+    assert (result.outcome, result.status) == ("skipped", "skipped")
+    assert f"a later message deletes the record (outbox:{removed})" in result.message

@@ -92,5 +92,6 @@ def test_domain_imports_nothing_of_ours_outside_the_domain():
 def test_delivery_handlers_are_listed_explicitly():
     from ctdd.delivery import handlers, outbox
 
-    kinds = {outbox.CONTACT_UPSERT, outbox.INSIGHT_UPSERT, outbox.CONTACT_DELETE, outbox.CONTACT_REMOVE_FROM_LISTS}
+    kinds = {outbox.CONTACT_UPSERT, outbox.INSIGHT_UPSERT, outbox.INSIGHT_DELETE, outbox.CONTACT_DELETE,
+             outbox.CONTACT_REMOVE_FROM_LISTS}
     assert set(handlers.HANDLERS) == kinds

@@ -679,12 +679,17 @@ class EventProcessor:
                                             source, priority)
                 if mid:
                     outcome.outbox_message_ids.append(mid)
-            if (previous is not None and previous.written and previous.order_key != key
+            if previous is not None and previous.written and previous.contact_id != contact_id:
+                # the order moved to another contact (OrderCustomerEmailSet, OrderCustomerSet): the contact it
+                # was counted on is recomputed without it, and its record there is deleted
+                outcome.outbox_message_ids.extend(self._order_left_contact(session, store, previous, source,
+                                                                           priority))
+            elif (previous is not None and previous.written and previous.order_key != key
                     and not (first.suppression_reasons or second.suppression_reasons)):
                 # the order got its number after its record was sent under its id: one record per order, so
                 # the record moves (the old key's record is deleted)
-                mid = self._drop_order_record(session, store, previous.contact_id, previous.order_key, source,
-                                              priority)
+                mid = self._drop_order_record(session, store, store.account, previous.contact_id,
+                                              previous.order_key, source, priority)
                 if mid:
                     outcome.outbox_message_ids.append(mid)
             if cart_id:
@@ -785,9 +790,41 @@ class EventProcessor:
         session.flush()
         return previous
 
+    def _order_left_contact(self, session: Session, store: StoreConfig, previous: PreviousOrder,
+                            source: SourceStamp, priority: int) -> list[int]:
+        """An order now belongs to another contact than ``previous.contact_id``: that contact's aggregates are
+        recomputed without it (and sent), and its Orders record of the order is deleted; the outbox message ids."""
+        old = session.get(Contact, previous.contact_id)
+        if old is None:
+            return []
+        ids: list[int] = []
+        suppressed = False
+        # an address of the old contact resolves to it (the order's identity now resolves elsewhere)
+        address = session.execute(sa.select(ContactIdentifier.kind, ContactIdentifier.value).where(
+            ContactIdentifier.contact_id == old.id, ContactIdentifier.account == old.account,
+            ContactIdentifier.kind.in_(("email", "mobile_number"))).order_by(ContactIdentifier.kind)).first()
+        agg_store = store if store.account == old.account else next(
+            (s for s in self.settings.stores.values() if s.account == old.account), None)
+        if address is not None and agg_store is not None:
+            ident = Identity(email=address.value) if address.kind == "email" else Identity(mobile_number=address.value)
+            agg_input = ContactInput(store_key=agg_store.key, identity=ident,
+                                     attributes=order_aggregates(self._summaries(session, old.id)))
+            mapped, suppression = self.contact_sync.map_contact(agg_input)
+            applied = self.contact_sync.apply(session, agg_input, dict(mapped), list(suppression), priority=priority)
+            ids.extend(applied.outbox_message_ids)
+            suppressed = bool(applied.suppression_reasons)
+        else:
+            log.warning("contact %s no longer has an address of account %s: its order aggregates are not recomputed",
+                        old.id, old.account)
+        if not suppressed:
+            mid = self._drop_order_record(session, store, old.account, old.id, previous.order_key, source, priority)
+            if mid:
+                ids.append(mid)
+        return ids
+
     @staticmethod
-    def _drop_order_record(session: Session, store: StoreConfig, contact_id: int, key: str, source: SourceStamp,
-                           priority: int) -> int | None:
+    def _drop_order_record(session: Session, store: StoreConfig, account: str, contact_id: int, key: str,
+                           source: SourceStamp, priority: int) -> int | None:
         """Delete the contact's Orders record ``key`` in Dotdigital (an ``insight.delete`` message in its partition)
         and forget it was sent (a record sent there again later is not taken for a repeat); None when no record
         was ever enqueued under that key for the contact (nothing to delete)."""
@@ -795,7 +832,7 @@ class EventProcessor:
             FieldState.contact_id == contact_id, FieldState.field == insight_path(ORDERS_COLLECTION, key))).rowcount
         if not forgotten:
             return None
-        return outbox.enqueue(session, contact_id=contact_id, account=store.account, kind=outbox.INSIGHT_DELETE,
+        return outbox.enqueue(session, contact_id=contact_id, account=account, kind=outbox.INSIGHT_DELETE,
                               payload={"collection": ORDERS_COLLECTION, "record_id": key, "scope": "contact"},
                               ref=outbox.RecordRef(store.key, source.resource_type, source.resource_id,
                                                    source.version),

@@ -105,3 +105,56 @@ async def test_an_order_number_set_later_moves_the_record_to_it(svc, sandbox, fa
     fields = sandbox.get_contact(email="num@example.com")["dataFields"]
     assert fields["LAST_ORDER_ID"] == "N-100" and fields["NUMBER_OF_ORDERS"] == 1
     assert {r["status"] for r in svc.rows("SELECT status FROM outbox_message")} == {"delivered"}
+
+
+# -- an order moving to another contact: counted once, its record only there ------------------------------------
+async def test_an_order_email_corrected_later_counts_on_the_right_contact_only(svc, sandbox, fake_ct):
+    order = fake_ct.add("orders", ct.order("ord-em", number="EM-1", email="typo@example.com", version=1))
+    created = await svc.stub.TrackEvent(track(ct.message("order", "ord-em", "OrderCreated", version=1, order=order)))
+    assert outcomes(created) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="the guest order")
+    assert "EM-1" in orders_of(sandbox, "typo@example.com")
+
+    fake_ct.add("orders", {**order, "version": 2, "customerEmail": "right@example.com"})  # setCustomerEmail
+    moved = await svc.stub.TrackEvent(track(ct.message("order", "ord-em", "OrderCustomerEmailSet", version=2,
+                                                       email="right@example.com", oldEmail="typo@example.com")))
+    assert outcomes(moved) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="the move")
+
+    right = sandbox.get_contact(email="right@example.com")["dataFields"]
+    assert (right["NUMBER_OF_ORDERS"], right["TOTAL_SPEND"], right["LAST_ORDER_ID"]) == (1, 25.0, "EM-1")
+    assert set(orders_of(sandbox, "right@example.com")) == {"EM-1"}
+    typo = sandbox.get_contact(email="typo@example.com")["dataFields"]
+    assert typo["NUMBER_OF_ORDERS"] == 0 and typo["TOTAL_SPEND"] is None and typo["LAST_ORDER_ID"] is None
+    assert orders_of(sandbox, "typo@example.com") == {}
+    [deleted] = record_deletes(sandbox)
+    assert deleted.path.endswith("/Orders/EM-1") and deleted.status == 204
+    assert {r["status"] for r in svc.rows("SELECT status FROM outbox_message")} == {"delivered"}
+
+
+async def test_a_guest_order_set_to_a_known_customer_moves_to_its_contact(svc, sandbox, fake_ct):
+    known = await svc.stub.TrackEvent(track(ct.message("customer", "cust-k", "CustomerCreated", version=1,
+                                                       customer=ct.customer("cust-k", "known@example.com"))))
+    order = fake_ct.add("orders", ct.order("ord-cs", number="CS-1", email="guest@example.com", version=1))
+    await svc.stub.TrackEvent(track(ct.message("order", "ord-cs", "OrderCreated", version=1, order=order)))
+    await wait_for(lambda: all_settled(svc), what="the customer and the guest order")
+    # the guest contact is deleted in Dotdigital meanwhile (its record with it): its removal still settles
+    assert sandbox.delete_contact(email="guest@example.com")
+
+    fake_ct.add("orders", {**order, "version": 2, "customerId": "cust-k"})
+    moved = await svc.stub.TrackEvent(track(ct.message("order", "ord-cs", "OrderCustomerSet", version=2,
+                                                       customer={"typeId": "customer", "id": "cust-k"})))
+    assert outcomes(moved) == ["APPLIED"] and moved.notifications[0].contact_id == known.notifications[0].contact_id
+    await wait_for(lambda: all_settled(svc), what="the move")
+
+    fields = sandbox.get_contact(email="known@example.com")["dataFields"]
+    assert (fields["NUMBER_OF_ORDERS"], fields["TOTAL_SPEND"]) == (1, 25.0)
+    assert set(orders_of(sandbox, "known@example.com")) == {"CS-1"}
+    guest = sandbox.get_contact(email="guest@example.com")["dataFields"]  # upserted again with its aggregates
+    assert guest["NUMBER_OF_ORDERS"] == 0 and guest["TOTAL_SPEND"] is None
+    assert orders_of(sandbox, "guest@example.com") == {}
+    [deleted] = record_deletes(sandbox)
+    assert deleted.path.endswith("/Orders/CS-1") and deleted.status == 404  # already gone: fine
+    rows = svc.rows("SELECT kind, status, last_response_code FROM outbox_message WHERE kind = 'insight.delete'")
+    assert rows == [{"kind": "insight.delete", "status": "delivered", "last_response_code": 404}]
+    assert svc.rows("SELECT contact_id FROM order_summary") == [{"contact_id": int(known.notifications[0].contact_id)}]

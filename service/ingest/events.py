@@ -684,6 +684,8 @@ class EventProcessor:
                 # was counted on is recomputed without it, and its record there is deleted
                 outcome.outbox_message_ids.extend(self._order_left_contact(session, store, previous, source,
                                                                            priority))
+                # and its pending programs (post-purchase, review) go to the contact it now belongs to
+                triggers.order_moved(session, store, str(order["id"]), previous.contact_id, contact_id, utcnow())
             elif (previous is not None and previous.written and previous.order_key != key
                     and not (first.suppression_reasons or second.suppression_reasons)):
                 # the order got its number after its record was sent under its id: one record per order, so

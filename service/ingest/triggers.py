@@ -16,7 +16,8 @@ from ctdd.config import StoreConfig
 from ctdd.programs import scheduling
 from ctdd.programs.scheduling import CartFacts
 
-__all__ = ["CartFacts", "cart_changed", "cart_closed", "order_placed", "order_cancelled", "shipment_delivered",
+__all__ = ["CartFacts", "cart_changed", "cart_closed", "order_placed", "order_cancelled", "order_moved",
+           "shipment_delivered",
            "product_viewed", "products_added_to_cart", "wants"]
 
 ABANDONED_CART = ("abandoned_cart",)
@@ -51,6 +52,12 @@ def order_placed(session: Session, store: StoreConfig, contact_id: int, order_id
 def order_cancelled(session: Session, store: StoreConfig, order_id: str, reason: str, now: datetime) -> None:
     if wants(store, POST_PURCHASE + REVIEW):
         scheduling.on_order_cancelled(session, store, order_id, reason, now)
+
+
+def order_moved(session: Session, store: StoreConfig, order_id: str, old_contact_id: int, new_contact_id: int,
+                now: datetime) -> None:
+    if wants(store, POST_PURCHASE + REVIEW):
+        scheduling.on_order_moved(session, store, order_id, old_contact_id, new_contact_id, now)
 
 
 def shipment_delivered(session: Session, store: StoreConfig, contact_id: int, order_id: str,

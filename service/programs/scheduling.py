@@ -145,6 +145,20 @@ def on_order_cancelled(session: Session, store: StoreConfig, order_id: str, reas
                     kinds=rules.ORDER_KINDS)
 
 
+def on_order_moved(session: Session, store: StoreConfig, order_id: str, old_contact_id: int, new_contact_id: int,
+                   now: datetime) -> int:
+    """An order now belongs to another contact (its email corrected, a customer set on a guest order): its
+    pending post-purchase and review triggers go to that contact instead (the program is for whoever placed
+    the order, never the address it was first written with); returns how many. A trigger a processor is
+    deciding at this moment keeps its contact."""
+    return session.connection().execute(
+        sa.update(PT).where(PT.c.store_key == store.key, PT.c.subject_type == rules.SUBJECT_ORDER,
+                            PT.c.subject_id == order_id, PT.c.contact_id == old_contact_id,
+                            PT.c.status == TriggerStatus.PENDING, PT.c.program_kind.in_(rules.ORDER_KINDS))
+        .values(contact_id=new_contact_id)
+    ).rowcount
+
+
 def on_shipment_delivered(session: Session, store: StoreConfig, contact_id: int, order_id: str,
                           delivered_at: datetime, now: datetime) -> None:
     """An order's shipment state became Delivered: schedules review_request."""

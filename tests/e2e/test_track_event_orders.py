@@ -114,6 +114,9 @@ async def test_an_order_email_corrected_later_counts_on_the_right_contact_only(s
     assert outcomes(created) == ["APPLIED"]
     await wait_for(lambda: all_settled(svc), what="the guest order")
     assert "EM-1" in orders_of(sandbox, "typo@example.com")
+    [(typo_contact, placed)] = [(r["contact_id"], r["program_kind"]) for r in svc.rows(
+        "SELECT contact_id, program_kind FROM program_trigger WHERE subject_id = 'ord-em' AND status = 'pending'")]
+    assert placed == "post_purchase_first"
 
     fake_ct.add("orders", {**order, "version": 2, "customerEmail": "right@example.com"})  # setCustomerEmail
     moved = await svc.stub.TrackEvent(track(ct.message("order", "ord-em", "OrderCustomerEmailSet", version=2,
@@ -130,6 +133,10 @@ async def test_an_order_email_corrected_later_counts_on_the_right_contact_only(s
     [deleted] = record_deletes(sandbox)
     assert deleted.path.endswith("/Orders/EM-1") and deleted.status == 204
     assert {r["status"] for r in svc.rows("SELECT status FROM outbox_message")} == {"delivered"}
+    # the post-purchase program goes to whoever placed the order, not to the mistyped address
+    assert svc.rows("SELECT contact_id, status FROM program_trigger WHERE subject_id = 'ord-em'") == [
+        {"contact_id": int(moved.notifications[0].contact_id), "status": "pending"}]
+    assert int(moved.notifications[0].contact_id) != typo_contact
 
 
 async def test_a_guest_order_set_to_a_known_customer_moves_to_its_contact(svc, sandbox, fake_ct):

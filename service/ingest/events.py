@@ -435,6 +435,10 @@ class EventProcessor:
     def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
                           priority: int) -> Step:
         policy = store.on_customer_deleted
+        if n.notification_type == "ResourceDeleted" and n.payload.get("dataErasure") is True:
+            # deleted with dataErasure=true: the shop erased the customer's personal data, so Dotdigital's copy
+            # goes too, whatever the store does with an ordinary deletion
+            policy = "delete_contact"
 
         def body(session: Session) -> None:
             # Tombstone: the deleted version becomes the customer's applied version, so a message of an older
@@ -471,7 +475,8 @@ class EventProcessor:
                     ref=outbox.RecordRef(store.key, "customer", n.resource_id, n.resource_version), priority=priority,
                 )
                 outcome.outbox_message_ids.append(mid)
-            outcome.reason = f"customer deleted: {policy}"
+            outcome.reason = f"customer deleted: {policy}" + (
+                " (data erasure)" if policy != store.on_customer_deleted else "")
 
         return self._once(store, n.dedupe_key, outcome, body)
 

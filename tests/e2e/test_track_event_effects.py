@@ -62,6 +62,29 @@ async def test_customer_deleted_with_delete_contact_deletes_the_dotdigital_conta
     assert {r["status"] for r in outbox_rows(svc)} == {"delivered"}
 
 
+@pytest.mark.parametrize("erasure", [True, False])
+async def test_a_deletion_with_data_erasure_deletes_the_dotdigital_contact_whatever_the_store_does(
+        service_factory, database_url, sandbox, fake_ct, erasure):
+    # the store keeps contacts of deleted customers; a deletion with dataErasure=true (the shop erased the
+    # customer's personal data) deletes Dotdigital's copy all the same
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct,
+                                              stores_extra={"uk": {"on_customer_deleted": "keep"}}))
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-er", "CustomerCreated", version=1,
+                                                      customer=ct.customer("cust-er", "erase@example.com")))))
+    await wait_for(lambda: all_settled(svc), what="creation")
+    gone = {**ct.change("ResourceDeleted", "customer", "cust-er", version=2), "dataErasure": erasure}
+    deleted = await svc.stub.TrackEvent(track(ct.raw(gone)))
+    assert outcomes(deleted) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="deletion")
+    if erasure:
+        assert "data erasure" in deleted.notifications[0].reason
+        assert sandbox.get_contact(email="erase@example.com") is None
+        assert svc.rows("SELECT field FROM field_state WHERE contact_id = :c",
+                        c=deleted.notifications[0].contact_id) == []
+    else:
+        assert sandbox.get_contact(email="erase@example.com") is not None and not deleted.outbox_message_ids
+
+
 async def test_delete_contact_already_gone_in_dotdigital_is_delivered(service_factory, database_url, sandbox,
                                                                        fake_ct):
     svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct,

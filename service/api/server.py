@@ -19,6 +19,7 @@ from ctdd.sync.v1 import sync_service_pb2 as pb
 from ctdd.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from ctdd.sync.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from ctdd.api.admin import ADMIN_SERVICE_NAME, AdminServicer
+from ctdd.api.auth import store_scope
 from ctdd.api.convert import InvalidRequest, Violation, parse_sync_contact
 from ctdd.api.limits import connection_options
 from ctdd.api.decoding import DecodeGuard
@@ -153,7 +154,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         PluginFailed (a plugin failed in a hook: FAILED_PRECONDITION)."""
         if self.events is None:
             raise RetryableEventError("event processing is not configured")
-        steps = await prepare_request(self.events, self.settings, request)
+        steps = await prepare_request(self.events, self.settings, request, store_scope())
         outcomes = [await self.events.finish(step) for step in steps]
         return self._response(outcomes)
 
@@ -171,7 +172,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
                     dedupe_key=o.dedupe_key, resource_type=o.resource_type, resource_id=o.resource_id,
                     message_type=o.message_type, outcome=_OUTCOMES[o.outcome], reason=o.reason,
                     contact_id=str(o.contact_id) if o.contact_id is not None else "",
-                    outbox_message_ids=o.outbox_message_ids,
+                    outbox_message_ids=o.outbox_message_ids, store_keys=o.store_keys,
                 )
                 for o in outcomes
             ],
@@ -188,7 +189,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         to_store: list[tuple[int, QueuedEvent]] = []
         for request in requests:
             try:
-                checked = queued_event(self.events, self.settings, request)
+                checked = queued_event(self.events, self.settings, request, store_scope())
             except (InvalidRequest, InvalidEvent) as exc:
                 # kept without its traceback: its frames (this one included) would hold the request in a cycle
                 results.append(exc.with_traceback(None))

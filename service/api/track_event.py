@@ -12,7 +12,7 @@ from ctdd.domain.echo import echo
 from ctdd.domain.identity import InvalidIdentifier, normalise_email
 from ctdd.delivery import outbox
 from ctdd.ingest.events import EventProcessor, InvalidEvent, NotificationOutcome, Step, behavioural_dedupe_key
-from ctdd.ingest.inbox import PrepareStored, QueuedEvent, lane_of
+from ctdd.ingest.inbox import PrepareStored, QueuedEvent, lane_of, stores_text
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
 PAYLOAD_REQUIRED = Violation("payload", "one of commercetools_delivery or behavioural_event is required")
@@ -38,28 +38,32 @@ def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
     return which
 
 
-async def prepare_request(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest) -> list[Step]:
-    """The prepared steps of one TrackEventRequest (applied now, or taken from the inbox).
+async def prepare_request(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest,
+                          stores: frozenset[str] | None = None) -> list[Step]:
+    """The prepared steps of one TrackEventRequest (applied now, or taken from the inbox) of a caller whose token
+    may use ``stores`` (None: every store): a commercetools resource is applied under none of the others.
 
     Raises InvalidRequest / InvalidEvent (never processable) or RetryableEventError (try again later).
     """
     priority = priority_of(request)
     if _check(settings, request) == "commercetools_delivery":
-        return await events.prepare_delivery(request.store_key, request.commercetools_delivery, priority=priority)
+        return await events.prepare_delivery(request.store_key, request.commercetools_delivery, priority=priority,
+                                             allowed=stores)
     stamp_received(request)
     event = parse_behavioural_event(request.behavioural_event, settings, request.store_key)
     return [events.prepare_behavioural(request.store_key, event, priority=priority)]
 
 
-def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest
-                 ) -> QueuedEvent | NotificationOutcome:
-    """Validate a request for the inbox: what to store, or the final outcome of a delivery that needs no
-    processing (a well-formed but irrelevant message). Raises InvalidRequest / InvalidEvent."""
+def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEventRequest,
+                 stores: frozenset[str] | None = None) -> QueuedEvent | NotificationOutcome:
+    """Validate a request for the inbox: what to store (with ``stores``, the stores the caller's token may use,
+    None: every store), or the final outcome of a delivery that needs no processing (a well-formed but irrelevant
+    message). Raises InvalidRequest / InvalidEvent."""
     if _check(settings, request) == "commercetools_delivery":
         parsed = events.parse(request.store_key, request.commercetools_delivery)
         if isinstance(parsed, NotificationOutcome):
             return parsed
-        key = parsed[0].dedupe_key if len(parsed) == 1 else None
+        key = parsed[0].dedupe_key if len(parsed) == 1 and not _scoped(settings, request.store_key, stores) else None
     else:
         key = behavioural_dedupe_key(request.store_key, check_behavioural_event(request.behavioural_event, settings))
         stamp_received(request)  # stored with the time it came in, not the time it is applied
@@ -67,7 +71,18 @@ def queued_event(events: EventProcessor, settings: Settings, request: pb.TrackEv
                            lane=lane_of(_lane_key(request.behavioural_event)))
     # a commercetools delivery: its customer is known once it is prepared (lane 0; such events are applied one
     # by one under the exclusive apply lock anyway, see ctdd.ingest.inbox)
-    return QueuedEvent(request.store_key, request.SerializeToString(), key)
+    return QueuedEvent(request.store_key, request.SerializeToString(), key, stores=stores_text(stores))
+
+
+def _scoped(settings: Settings, store_key: str, stores: frozenset[str] | None) -> bool:
+    """Whether a caller that may use ``stores`` may not use every store of ``store_key``'s commercetools project.
+    Its deliveries are then queued without their message id as key: one of its notifications that it may not
+    apply (of another brand's store) is ignored without a dedupe record, and the copy the adapter of that store
+    queues must not be answered duplicate at once (the notifications are still deduplicated when applied)."""
+    if stores is None:
+        return False
+    project = settings.stores[store_key].commercetools_project
+    return any(s.key not in stores for s in settings.stores.values() if s.commercetools_project == project)
 
 
 def stamp_received(request: pb.TrackEventRequest) -> None:
@@ -100,10 +115,10 @@ def _lane_key(event: pb.BehaviouralEvent) -> str:
 def stored_request_preparer(events: EventProcessor, settings: Settings) -> PrepareStored:
     """What the inbox processor calls with a stored request (the bytes :func:`queued_event` stored)."""
 
-    async def prepare(stored: bytes) -> list[Step]:
+    async def prepare(stored: bytes, stores: frozenset[str] | None) -> list[Step]:
         try:
             request = pb.TrackEventRequest.FromString(stored)
-            return await prepare_request(events, settings, request)
+            return await prepare_request(events, settings, request, stores)
         except InvalidRequest as exc:
             raise InvalidEvent(str(exc) or "invalid request") from exc
 

@@ -403,6 +403,9 @@ class EventInbox(SQLModel, table=True):
     #: a hash of the event's cart or contact identity (0-32767; 0 when it has none): a worker's apply lanes each claim the
     #: rows of their own lanes (``lane % lanes``), so that they apply disjoint contacts side by side
     lane: int = Field(default=0, sa_column=sa.Column(sa.SmallInteger, nullable=False, server_default="0"))
+    #: the stores the token of the call that queued the event may use (a JSON array; NULL: every store): its
+    #: commercetools resources are applied under no other store (``ctdd.domain.store_routing``)
+    stores: Optional[str] = Field(default=None, sa_type=sa.Text)
 
 
 # -- programs: cart state, durable trigger timers, enrolment calls ---------------------------------------------

@@ -123,6 +123,8 @@ class Customer(_Lenient):
     defaultShippingAddressId: Text = None
     addresses: list[Address] = []
     custom: Optional[CustomFields] = None
+    #: store KeyReferences; empty: a global customer
+    stores: list[LooseReference] = []
     createdAt: Optional[Time] = None
     lastModifiedAt: Optional[Time] = None
 

@@ -7,7 +7,9 @@ For each notification of a delivery:
    notifications (``resource_state``: a resource version not newer than the one already applied);
 3. get the resource: the full resource a message carries (``CustomerCreated``, ``OrderCreated`` ...) or,
    for other messages, change notifications and ``payloadNotIncluded``, the current resource from the
-   commercetools API ("notify, then fetch": order of arrival stops mattering);
+   commercetools API ("notify, then fetch": order of arrival stops mattering); an order, cart or customer is
+   then applied under the store(s) it names among those of the project, whatever store the call named
+   (``ctdd.domain.store_routing``; ``_routed``: only stores the caller's token may use);
 4. apply, in ONE transaction with the dedupe record and the new resource version: customers go through the
    same core as SyncContact; orders become a record of the contact-scoped ``Orders`` collection plus
    recomputed contact aggregates (last order, number of orders, spend ...); carts (``cart_updated`` events,
@@ -73,6 +75,7 @@ from ctdd.domain.identity import customer_key
 from ctdd.domain.echo import echo
 from ctdd.domain.resources import InvalidResource, check_resource
 from ctdd.domain.notifications import InvalidDelivery, Notification, UnsupportedNotification, parse_delivery
+from ctdd.domain.store_routing import route
 from ctdd.db.transactions import TransactionRunner
 from ctdd.ingest import carts, triggers
 from ctdd.catalog.realtime import CatalogChange, CatalogRealtime
@@ -134,6 +137,9 @@ class NotificationOutcome:
     reason: str = ""
     contact_id: int | None = None
     outbox_message_ids: list[int] = field(default_factory=list)
+    #: the stores it is applied under: the caller's, unless its resource names others (ctdd.domain.store_routing);
+    #: empty when it was ignored before a store was chosen
+    store_keys: list[str] = field(default_factory=list)
 
     def reset(self) -> None:
         self.outcome, self.reason, self.contact_id, self.outbox_message_ids = APPLIED, "", None, []
@@ -171,10 +177,10 @@ class EventProcessor:
         self.catalog: CatalogRealtime | None = None
 
     # -- entry points -------------------------------------------------------------------------
-    async def process_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
-                               ) -> list[NotificationOutcome]:
+    async def process_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE,
+                               allowed: frozenset[str] | None = None) -> list[NotificationOutcome]:
         """Prepare every notification of a delivery, then apply each (in its own unit of work)."""
-        steps = await self.prepare_delivery(store_key, raw, priority=priority)
+        steps = await self.prepare_delivery(store_key, raw, priority=priority, allowed=allowed)
         return [await self.finish(step) for step in steps]
 
     async def process_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
@@ -201,19 +207,21 @@ class EventProcessor:
         except InvalidDelivery as exc:
             raise InvalidEvent(f"commercetools_delivery: {exc}") from None
 
-    async def prepare_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE
-                               ) -> list[Step]:
+    async def prepare_delivery(self, store_key: str, raw: bytes, *, priority: int = outbox.PRIORITY_LIVE,
+                               allowed: frozenset[str] | None = None) -> list[Step]:
+        """The steps of a delivery sent with ``store_key`` by a caller that may use the stores ``allowed`` (None:
+        every store): an order, cart or customer is applied under the stores it names (``_routed``), only these."""
         parsed = self.parse(store_key, raw)
         if isinstance(parsed, NotificationOutcome):
             return [parsed]
         store = self._store(store_key)
-        return [await self._prepare(store, n, priority) for n in parsed]
+        return [await self._prepare(store, n, priority, allowed) for n in parsed]
 
     def prepare_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
                             priority: int = outbox.PRIORITY_LIVE) -> Step:
         store = self._store(store_key)
         key = behavioural_dedupe_key(store.key, event.event_id)
-        outcome = NotificationOutcome(dedupe_key=key, message_type=event.kind)
+        outcome = NotificationOutcome(dedupe_key=key, message_type=event.kind, store_keys=[store.key])
         if event.kind == "cart_updated":
             return self._prepare_cart_event(store, event, outcome, priority)
         if event.kind == "product_viewed":
@@ -256,7 +264,7 @@ class EventProcessor:
         """The unit of work applying one version of a cart read from commercetools (the cart watcher): the
         same as a ``cart_updated`` event's, without a dedupe record (the cart's version is the dedupe)."""
         outcome = NotificationOutcome(dedupe_key="", resource_type="cart", resource_id=str(cart["id"]),
-                                      message_type="CartPolled")
+                                      message_type="CartPolled", store_keys=[store.key])
         snap = carts.snapshot(str(cart["id"]), cart, version=None, fallback_time=utcnow())
         body = self._cart_body(store, snap, None, outcome, priority)
         future = self._too_far_ahead(snap.last_modified_at)
@@ -286,7 +294,8 @@ class EventProcessor:
         return body
 
     # -- notifications ------------------------------------------------------------------------
-    async def _prepare(self, store: StoreConfig, n: Notification, priority: int) -> Step:
+    async def _prepare(self, store: StoreConfig, n: Notification, priority: int, allowed: frozenset[str] | None
+                       ) -> Step:
         outcome = NotificationOutcome(dedupe_key=n.dedupe_key, resource_type=n.resource_type,
                                       resource_id=n.resource_id, message_type=n.message_type or n.notification_type)
         if n.is_subscription_test:
@@ -299,13 +308,48 @@ class EventProcessor:
             outcome.outcome = IGNORED
             outcome.reason = f"notification of project {n.project_key!r}; store {store.key!r} is bound to {store.commercetools_project!r}"
             return outcome
-        handler = {"customer": self._customer, "order": self._order, "payment": self._payment,
-                   "cart": self._cart, "product": self._product, "inventory-entry": self._inventory,
-                   }.get(n.resource_type)
-        if handler is None:
+        routed = {"customer": self._customer, "order": self._order, "payment": self._payment, "cart": self._cart,
+                  }.get(n.resource_type)
+        catalog = {"product": self._product, "inventory-entry": self._inventory}.get(n.resource_type)
+        if routed is None and catalog is None:
             outcome.outcome, outcome.reason = IGNORED, f"resource type {n.resource_type!r} is not synced"
             return outcome
-        return await handler(store, n, outcome, priority)
+        outcome.store_keys = [store.key]  # unless its resource names other stores (_routed)
+        if routed is not None:
+            return await routed(store, n, outcome, priority, allowed)
+        return await catalog(store, n, outcome, priority)
+
+    def _routed(self, caller: StoreConfig, n: Notification, kind: str, resource: Mapping[str, Any],
+                outcome: NotificationOutcome, allowed: frozenset[str] | None) -> list[StoreConfig]:
+        """The stores ``resource`` (of ``kind``: an order, cart or customer) is applied under
+        (``ctdd.domain.store_routing``), among those the caller's token may use (``allowed``; None: every store),
+        named in ``outcome``; none (and ``outcome`` ignored, with the reason) for a resource of commercetools
+        stores that are not configured for the caller's project, or that the caller may not use. Ignored so, the
+        notification leaves no dedupe record: the adapter of its store still applies it."""
+        project = caller.commercetools_project
+        found = route(kind, resource, caller.key,
+                      [s.key for s in self.settings.stores.values() if s.commercetools_project == project],
+                      project=project)
+        keys, reason = found.store_keys, found.reason
+        if allowed is not None and keys:
+            refused = [key for key in keys if key not in allowed]
+            keys = tuple(key for key in keys if key in allowed)
+            if refused:
+                named = ", ".join(echo(key) for key in refused)
+                reason = (f"{kind} of store{'s' if len(refused) > 1 else ''} {named}, which the token of this call "
+                          "may not use")
+        outcome.store_keys = list(keys)
+        if not keys:
+            outcome.outcome, outcome.reason = IGNORED, reason
+            log.info("notification %s of %s/%s ignored: %s", n.dedupe_key, n.resource_type, n.resource_id, reason)
+            return []
+        if reason:  # some of a customer's stores
+            log.info("notification %s of %s/%s not applied under all its stores: %s", n.dedupe_key,
+                     n.resource_type, n.resource_id, reason)
+        if keys != (caller.key,):
+            log.debug("notification %s of %s/%s (delivered for store %s) applied under store(s) %s", n.dedupe_key,
+                      n.resource_type, n.resource_id, caller.key, ", ".join(keys))
+        return [self.settings.stores[key] for key in keys]
 
     async def _already_done(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome) -> bool:
         """Before fetching for ``n``: True (and ``outcome`` set) when it is a duplicate or stale already.
@@ -321,10 +365,13 @@ class EventProcessor:
     def _precheck(self, session: Session, store: StoreConfig, n: Notification) -> tuple[str, str] | None:
         if session.get(ProcessedEvent, n.dedupe_key) is not None:
             return DUPLICATE, "message already processed"
-        if n.resource_type == "cart":  # carts keep their version in the cart table
-            cart = session.get(Cart, (store.key, n.resource_id))
-            if cart is not None and n.resource_version is not None and n.resource_version <= cart.version:
-                return STALE, f"cart version {n.resource_version} is not newer than the applied version {cart.version}"
+        if n.resource_type == "cart":  # carts keep their version in the cart table, under the cart's store
+            stores = [s.key for s in self.settings.stores.values()
+                      if s.commercetools_project == store.commercetools_project]
+            applied = session.execute(sa.select(sa.func.max(Cart.version)).where(
+                Cart.store_key.in_(stores), Cart.cart_id == n.resource_id)).scalar()
+            if applied is not None and n.resource_version is not None and n.resource_version <= applied:
+                return STALE, f"cart version {n.resource_version} is not newer than the applied version {applied}"
             return None
         state = session.get(ResourceState, (store.commercetools_project, n.resource_type, n.resource_id))
         if state is not None and n.resource_version is not None and n.resource_version <= state.version:
@@ -374,8 +421,8 @@ class EventProcessor:
         return [_checked(resource, found) for found in page.get("results", [])]
 
     # -- customers ------------------------------------------------------------------------------
-    async def _customer(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
-                        ) -> Step:
+    async def _customer(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int,
+                        allowed: frozenset[str] | None) -> Step:
         if n.message_type in CUSTOMER_DELETED or n.notification_type == "ResourceDeleted":
             return self._customer_deleted(store, n, outcome, priority)
         customer = n.payload.get("customer") if n.message_type == "CustomerCreated" and not n.payload_not_included else None
@@ -385,50 +432,63 @@ class EventProcessor:
             customer = await self._fetch(store, "customers", n.resource_id)
             if customer is None:
                 return self._finish_ignored(store, n, outcome, "customer no longer exists in commercetools")
-        apply_customer = self._customer_unit(store, customer, n.resource_version, priority)
+        stores = self._routed(store, n, "customer", customer, outcome, allowed)
+        if not stores:
+            return outcome
+        apply_customer = self._customer_unit(stores, customer, n.resource_version, priority)
         if isinstance(apply_customer, str):
-            return self._finish_rejected(store, n, outcome, apply_customer)
+            return self._finish_rejected(stores[0], n, outcome, apply_customer)
 
         def body(session: Session) -> None:
             applied = apply_customer(session)
             if isinstance(applied, tuple):
                 outcome.outcome, outcome.reason = applied
                 return
-            outcome.contact_id = applied.contact_id
-            outcome.outbox_message_ids = list(applied.outbox_message_ids)
+            outcome.contact_id = applied[0].contact_id
+            outcome.outbox_message_ids = [mid for result in applied for mid in result.outbox_message_ids]
 
-        return self._once(store, n.dedupe_key, outcome, body)
+        return self._once(stores[0], n.dedupe_key, outcome, body)
 
-    def _customer_unit(self, store: StoreConfig, customer: Mapping[str, Any], notified_version: int | None,
+    def _customer_unit(self, stores: list[StoreConfig], customer: Mapping[str, Any], notified_version: int | None,
                        priority: int) -> Callable[[Session], Any] | str:
-        """Map a commercetools customer now (plugins, no database); the returned step applies it in a unit of
-        work and answers the ``SyncResult``, or the (outcome, reason) of a customer it did not apply. A customer
+        """Map a commercetools customer now for each of ``stores`` (plugins, no database; the stores of one
+        commercetools project); the returned step applies it in a unit of work and answers the ``SyncResult``
+        of each store it was applied under, or the (outcome, reason) of a customer it did not apply. A customer
         whose times are too far in the future is refused at once: the reason why."""
-        c = store.consent
-        contact = customer_to_contact(customer, store.key,
-                                      consent_fields=(c.email_opt_in_field, c.sms_opt_in_field, c.updated_at_field))
-        for name, moment in (("lastModifiedAt", contact.source.modified_at),
-                             (c.updated_at_field, contact.email_consent and contact.email_consent.decided_at),
-                             (c.updated_at_field, contact.sms_consent and contact.sms_consent.decided_at)):
-            if self._too_far_ahead(moment):
-                return f"customer {name} {moment.isoformat()} is {self._ahead_text()}"
-        mapped, suppression = self.contact_sync.map_contact(contact)
-        # a customer is a full snapshot: a field it no longer has is cleared where this customer set it
-        clear_own = self.contact_sync.absent_paths(
-            contact, absent_customer_attributes(contact, store.data_fields), mapped)
+        plans = []
+        for store in stores:
+            c = store.consent
+            contact = customer_to_contact(customer, store.key, consent_fields=(c.email_opt_in_field,
+                                                                               c.sms_opt_in_field, c.updated_at_field))
+            for name, moment in (("lastModifiedAt", contact.source.modified_at),
+                                 (c.updated_at_field, contact.email_consent and contact.email_consent.decided_at),
+                                 (c.updated_at_field, contact.sms_consent and contact.sms_consent.decided_at)):
+                if self._too_far_ahead(moment):
+                    return f"customer {name} {moment.isoformat()} is {self._ahead_text()}"
+            mapped, suppression = self.contact_sync.map_contact(contact)
+            # a customer is a full snapshot: a field it no longer has is cleared where this customer set it
+            clear_own = self.contact_sync.absent_paths(
+                contact, absent_customer_attributes(contact, store.data_fields), mapped)
+            plans.append((contact, mapped, suppression, clear_own))
         version = int(customer.get("version") or notified_version or 0)
         customer_id = str(customer["id"])
+        first = stores[0]
 
         def apply(session: Session) -> Any:
-            if not self._advance_version(session, store.commercetools_project, "customer", customer_id, version):
+            # one applied version per customer of the project: the version goes to all its stores at once
+            if not self._advance_version(session, first.commercetools_project, "customer", customer_id, version):
                 return STALE, f"customer version {version} already applied"
-            try:
-                result = self.contact_sync.apply(session, contact, dict(mapped), list(suppression), priority=priority,
-                                                 clear_own=clear_own)
-            except NewContactNeedsAddress:
+            results = []
+            for contact, mapped, suppression, clear_own in plans:
+                try:
+                    results.append(self.contact_sync.apply(session, contact, dict(mapped), list(suppression),
+                                                           priority=priority, clear_own=clear_own))
+                except NewContactNeedsAddress:
+                    continue
+            if not results:
                 return IGNORED, "customer has no email address or mobile number"
-            self._set_state_contact(session, store, "customer", customer_id, result.contact_id)
-            return result
+            self._set_state_contact(session, first, "customer", customer_id, results[0].contact_id)
+            return results
 
         return apply
 
@@ -542,8 +602,8 @@ class EventProcessor:
         return self._once(store, n.dedupe_key, outcome, body)
 
     # -- carts --------------------------------------------------------------------------------
-    async def _cart(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
-                    ) -> Step:
+    async def _cart(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int,
+                    allowed: frozenset[str] | None) -> Step:
         """A cart change notification (commercetools sends ``ResourceCreated`` only): fetch the cart, apply it."""
         if n.notification_type == "ResourceDeleted":
             return self._finish_ignored(store, n, outcome, "cart deletions change nothing")
@@ -552,6 +612,10 @@ class EventProcessor:
         cart = await self._fetch(store, "carts", n.resource_id)
         if cart is None:
             return self._finish_ignored(store, n, outcome, "cart no longer exists in commercetools")
+        routed = self._routed(store, n, "cart", cart, outcome, allowed)
+        if not routed:
+            return outcome
+        store = routed[0]
         snap = carts.snapshot(n.resource_id, cart, version=None, fallback_time=n.occurred_at or utcnow())
         if self._too_far_ahead(snap.last_modified_at):
             return self._finish_rejected(store, n, outcome, f"cart lastModifiedAt {snap.last_modified_at.isoformat()} "
@@ -559,18 +623,21 @@ class EventProcessor:
         return self._once(store, n.dedupe_key, outcome, self._cart_body(store, snap, None, outcome, priority))
 
     # -- orders -------------------------------------------------------------------------------
-    async def _payment(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
-                       ) -> Step:
+    async def _payment(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int,
+                       allowed: frozenset[str] | None) -> Step:
         """Refund transactions: re-read the order paying with this payment and re-send it."""
         if await self._already_done(store, n, outcome):
             return outcome
         orders = await self._query(store, "orders", ["paymentInfo(payments(id = :pid))"], {"pid": n.resource_id})
         if not orders:
             return self._finish_ignored(store, n, outcome, "no order uses this payment")
-        return await self._apply_order(store, n, outcome, orders[0], priority, force=True)
+        routed = self._routed(store, n, "order", orders[0], outcome, allowed)
+        if not routed:
+            return outcome
+        return await self._apply_order(routed[0], n, outcome, orders[0], priority, force=True)
 
-    async def _order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
-                     ) -> Step:
+    async def _order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int,
+                     allowed: frozenset[str] | None) -> Step:
         if n.notification_type == "ResourceDeleted" or n.message_type == "OrderDeleted":
             return self._finish_ignored(store, n, outcome, "order deletions keep the Dotdigital record")
         order = n.payload.get("order") if n.message_type in ORDER_WITH_PAYLOAD and not n.payload_not_included else None
@@ -580,7 +647,10 @@ class EventProcessor:
             order = await self._fetch(store, "orders", n.resource_id)
             if order is None:
                 return self._finish_ignored(store, n, outcome, "order no longer exists in commercetools")
-        return await self._apply_order(store, n, outcome, order, priority, force=False)
+        routed = self._routed(store, n, "order", order, outcome, allowed)
+        if not routed:
+            return outcome
+        return await self._apply_order(routed[0], n, outcome, order, priority, force=False)
 
     async def _categories(self, store: StoreConfig, order: Mapping[str, Any], locale: str | None) -> dict[str, list[str]]:
         """Category names per product of the order (current product projection; cached per process)."""
@@ -649,7 +719,7 @@ class EventProcessor:
             if apply_customer is not None:  # the order's customer, fetched from commercetools: creates the contact
                 applied = apply_customer(session)
                 if not isinstance(applied, tuple):
-                    outcome.outbox_message_ids.extend(applied.outbox_message_ids)
+                    outcome.outbox_message_ids.extend(mid for result in applied for mid in result.outbox_message_ids)
             # A known customer keeps its own email: an order placed with another address must not move it.
             ident = identity
             if identity.customer_id and self.contact_sync.known_customer(session, store.key, identity.customer_id):
@@ -728,7 +798,7 @@ class EventProcessor:
         customer = await self._fetch(store, "customers", customer_id)
         if customer is None:
             return f"order's customer {customer_id!r} no longer exists in commercetools and {no_email}"
-        step = self._customer_unit(store, customer, None, priority)
+        step = self._customer_unit([store], customer, None, priority)
         return f"order's {step}" if isinstance(step, str) else step
 
     async def _placed_cart(self, store: StoreConfig, n: Notification, cart_id: str | None) -> dict | None:

@@ -8,7 +8,8 @@ unparseable delivery or invalid behavioural event: INVALID_ARGUMENT, as for appl
 Ingest (:class:`InboxWriter`) is a group commit of plain INSERTs: the rows of all concurrent RPCs go into
 one transaction (one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING dedupe_key``), so durable
 ingest costs one fsync per batch of RPCs and no ORM work. A queued event whose message id or event id is
-already in the inbox is answered ``duplicate`` at once.
+already in the inbox is answered ``duplicate`` at once. A row keeps the stores the queuing call's token may use
+(``stores``), which the event's commercetools resources are routed among when it is applied.
 
 Processing (:class:`InboxProcessor`, run by ``ctdd serve`` and ``ctdd worker`` next to the dispatcher):
 
@@ -67,7 +68,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable, NamedTuple
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -98,12 +99,12 @@ INBOX = EventInbox.__table__
 NOTIFY_CHANNEL = "ctdd_inbox"
 #: how often a processor deletes finished rows older than ``[inbox] retention_days``
 PURGE_INTERVAL_SECONDS = 600.0
-#: rows per multi-row INSERT on SQLite: 4 bound parameters each plus the shared time (older SQLite builds allow
+#: rows per multi-row INSERT on SQLite: 5 bound parameters each plus the shared time (older SQLite builds allow
 #: 999 per statement)
-_SQLITE_ROWS_PER_INSERT = 249
-_INBOX_COLUMNS = "dedupe_key, store_key, request, lane, status, attempts, next_attempt_at, received_at"
-#: the same while tracing is on: a fifth parameter per row, the caller's trace context (``trace``)
-_SQLITE_TRACED_ROWS_PER_INSERT = 199
+_SQLITE_ROWS_PER_INSERT = 199
+_INBOX_COLUMNS = "dedupe_key, store_key, request, lane, stores, status, attempts, next_attempt_at, received_at"
+#: the same while tracing is on: a sixth parameter per row, the caller's trace context (``trace``)
+_SQLITE_TRACED_ROWS_PER_INSERT = 166
 _TRACED_INBOX_COLUMNS = _INBOX_COLUMNS + ", trace"
 #: lane hashes: 0 to LANE_HASHES - 1 (``event_inbox.lane``, a SMALLINT)
 LANE_HASHES = 32768
@@ -111,28 +112,29 @@ LANE_HASHES = 32768
 
 @functools.lru_cache(maxsize=64)
 def _sqlite_insert(rows: int) -> str:
-    """The INSERT of ``rows`` inbox rows: ``?1`` is the time (received and due), then four parameters per
+    """The INSERT of ``rows`` inbox rows: ``?1`` is the time (received and due), then five parameters per
     row. One text per row count, so that sqlite3's statement cache prepares it once."""
-    values = ", ".join(f"(?{4 * i + 2}, ?{4 * i + 3}, ?{4 * i + 4}, ?{4 * i + 5}, '{InboxStatus.PENDING}', 0, ?1, ?1)"
-                       for i in range(rows))
+    values = ", ".join(f"(?{5 * i + 2}, ?{5 * i + 3}, ?{5 * i + 4}, ?{5 * i + 5}, ?{5 * i + 6}, "
+                       f"'{InboxStatus.PENDING}', 0, ?1, ?1)" for i in range(rows))
     return f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING dedupe_key"
 
 
 @functools.lru_cache(maxsize=64)
 def _sqlite_traced_insert(rows: int) -> str:
-    """:func:`_sqlite_insert` with the ``trace`` column: five parameters per row."""
-    values = ", ".join(f"(?{5 * i + 2}, ?{5 * i + 3}, ?{5 * i + 4}, ?{5 * i + 5}, '{InboxStatus.PENDING}', 0, ?1, ?1, "
-                       f"?{5 * i + 6})" for i in range(rows))
+    """:func:`_sqlite_insert` with the ``trace`` column: six parameters per row."""
+    values = ", ".join(f"(?{6 * i + 2}, ?{6 * i + 3}, ?{6 * i + 4}, ?{6 * i + 5}, ?{6 * i + 6}, "
+                       f"'{InboxStatus.PENDING}', 0, ?1, ?1, ?{6 * i + 7})" for i in range(rows))
     return (f"INSERT INTO event_inbox ({_TRACED_INBOX_COLUMNS}) VALUES {values} "
             "ON CONFLICT DO NOTHING RETURNING dedupe_key")
 
 
 # -- ingest ---------------------------------------------------------------------------------------
-#: turns a stored request back into the steps that apply it (``ctdd.api.track_event.stored_request_preparer``);
-#: raises InvalidEvent (never processable) or RetryableEventError (try again later). It may have an attribute
+#: turns a stored request, and the stores its caller may use (None: every store), back into the steps that apply
+#: it (``ctdd.api.track_event.stored_request_preparer``); raises InvalidEvent (never processable) or
+#: RetryableEventError (try again later). It may have an attribute
 #: ``at_once(stored) -> list[Step] | None``: the steps at once for a request that needs no I/O (a behavioural
 #: event), None for the others
-PrepareStored = Callable[[bytes], Awaitable[list[Step]]]
+PrepareStored = Callable[[bytes, "frozenset[str] | None"], Awaitable[list[Step]]]
 
 
 class QueuedEvent(NamedTuple):
@@ -147,6 +149,18 @@ class QueuedEvent(NamedTuple):
     trace: str | None = None
     #: the hash of its cart or contact identity (:func:`lane_of`): which apply lane of a worker takes it
     lane: int = 0
+    #: the stores the queuing call's token may use, a JSON array (:func:`stores_text`); None: every store
+    stores: str | None = None
+
+
+def stores_text(stores: Iterable[str] | None) -> str | None:
+    """The ``event_inbox.stores`` of a call whose token may use ``stores`` (None: every store)."""
+    return None if stores is None else json.dumps(sorted(stores))
+
+
+def _stores(text: str | None) -> frozenset[str] | None:
+    """A stored ``stores`` column back as the set of stores; None (every store) when absent."""
+    return None if text is None else frozenset(json.loads(text))
 
 
 def lane_of(identity_value: str) -> int:
@@ -279,27 +293,27 @@ class InboxWriter(GroupCommitRunner):
                 else:
                     batch_keys.add(key)
                     flags.append(key)
-                rows.append((key, e.store_key, e.request, e.lane, e.trace) if traced
-                            else (key, e.store_key, e.request, e.lane))
+                rows.append((key, e.store_key, e.request, e.lane, e.stores, e.trace) if traced
+                            else (key, e.store_key, e.request, e.lane, e.stores))
             results.append(flags)
         inserted = self._insert(cursor, rows, traced=traced) if rows else set()
         return [[flag if flag.__class__ is bool else flag in inserted for flag in flags] for flags in results]
 
     def _insert(self, cursor: Any, rows: list[tuple], *, traced: bool = False) -> set[str]:
         """INSERT the rows in order (their ids are the arrival order); the dedupe keys it inserted. ``traced``:
-        each row has a fourth value, its ``trace``."""
+        each row has a sixth value, its ``trace``."""
         now_db = self._to_db(utcnow())
         inserted: set[str] = set()
         if traced:
             return self._insert_traced(cursor, rows, now_db)
         if self._postgres:
             # One statement for the whole batch (executemany would cost a round trip per row).
-            keys, stores, requests, lanes = (list(col) for col in zip(*rows))
+            keys, stores, requests, lanes, scopes = (list(col) for col in zip(*rows))
             cursor.execute(
-                f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) SELECT k, s, r, l, '{InboxStatus.PENDING}', 0, %s, %s "
-                "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[]) WITH ORDINALITY AS t(k, s, r, l, n) "
-                "ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key",
-                (now_db, now_db, keys, stores, requests, lanes),
+                f"INSERT INTO event_inbox ({_INBOX_COLUMNS}) SELECT k, s, r, l, c, '{InboxStatus.PENDING}', 0, %s, %s "
+                "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[], %s::text[]) "
+                "WITH ORDINALITY AS t(k, s, r, l, c, n) ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key",
+                (now_db, now_db, keys, stores, requests, lanes, scopes),
             )
             inserted.update(row[0] for row in cursor.fetchall())
             cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
@@ -314,13 +328,13 @@ class InboxWriter(GroupCommitRunner):
         """:meth:`_insert` with the ``trace`` column (only while tracing is on: the no-op path stays as it was)."""
         inserted: set[str] = set()
         if self._postgres:
-            keys, stores, requests, lanes, traces = (list(col) for col in zip(*rows))
+            keys, stores, requests, lanes, scopes, traces = (list(col) for col in zip(*rows))
             cursor.execute(
                 f"INSERT INTO event_inbox ({_TRACED_INBOX_COLUMNS}) "
-                f"SELECT k, s, r, l, '{InboxStatus.PENDING}', 0, %s, %s, t "
-                "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[], %s::text[]) "
-                "WITH ORDINALITY AS u(k, s, r, l, t, n) ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key",
-                (now_db, now_db, keys, stores, requests, lanes, traces),
+                f"SELECT k, s, r, l, c, '{InboxStatus.PENDING}', 0, %s, %s, t "
+                "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[], %s::text[], %s::text[]) "
+                "WITH ORDINALITY AS u(k, s, r, l, c, t, n) ORDER BY n ON CONFLICT DO NOTHING RETURNING dedupe_key",
+                (now_db, now_db, keys, stores, requests, lanes, scopes, traces),
             )
             inserted.update(row[0] for row in cursor.fetchall())
             cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
@@ -341,6 +355,8 @@ class ClaimedEvent:
     attempts: int
     #: the W3C trace context of the call that queued it (``traceparent`` / ``tracestate``), when one was kept
     trace: dict[str, str] | None = None
+    #: the stores the token of the call that queued it may use (None: every store)
+    stores: frozenset[str] | None = None
 
 
 def _trace_carrier(text: str | None) -> dict[str, str] | None:
@@ -383,14 +399,14 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float, now:
         .where(*outbox.claimable(engine.dialect.name, INBOX.c.id, candidates,
                                  INBOX.c.status == InboxStatus.PENDING))
         .values(lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds))
-        .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts, INBOX.c.trace)
+        .returning(INBOX.c.id, INBOX.c.store_key, INBOX.c.request, INBOX.c.attempts, INBOX.c.trace, INBOX.c.stores)
     )
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql(outbox.IN_INDEX_ORDER)  # in id order on the pending index, whatever the estimates
         rows = conn.execute(stmt).all()
-    return sorted((ClaimedEvent(r.id, r.store_key, bytes(r.request), r.attempts, _trace_carrier(r.trace))
-                   for r in rows), key=lambda e: e.id)
+    return sorted((ClaimedEvent(r.id, r.store_key, bytes(r.request), r.attempts, _trace_carrier(r.trace),
+                                _stores(r.stores)) for r in rows), key=lambda e: e.id)
 
 
 def release(engine: Engine, *, worker: str | None = None) -> int:
@@ -700,7 +716,7 @@ class InboxProcessor:
 
     async def _prepare(self, event: ClaimedEvent) -> list[Step] | _Failure:
         try:
-            return await self.prepare(event.request)
+            return await self.prepare(event.request, event.stores)
         except InvalidEvent as exc:
             return _Failure(event, str(exc) or "invalid request", retryable=False)
         except (PluginFailed, NotConfigured) as exc:  # kept as failed until the operator fixes it and retries

@@ -185,7 +185,7 @@ async def test_an_expired_claim_is_taken_over_and_applied_exactly_once(service_f
         assert await fast.run_once() == 5
         # "slow" wakes up and tries to apply what it had prepared: every unit finds its row taken
         prepare = stored_request_preparer(events, settings)
-        steps = [await prepare(c.request) for c in claimed]
+        steps = [await prepare(c.request, c.stores) for c in claimed]
         results = await asyncio.gather(*(slow.runner.run(slow._unit(c, s)) for c, s in zip(claimed, steps)),
                                        return_exceptions=True)
         assert all(isinstance(r, inbox._TakenOver) for r in results), results  # each unit rolled back

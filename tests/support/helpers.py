@@ -43,16 +43,18 @@ def reset_postgres(url: str) -> None:
 
 
 def make_settings(database_url: str, sandbox: DotdigitalSandbox, *, commercetools=None, stores_extra=None,
-                  **dispatcher: Any):
+                  accounts_extra: dict[str, DotdigitalSandbox] | None = None, **dispatcher: Any):
     """Settings for a service talking to ``sandbox`` (and to the fake commercetools API ``commercetools``).
 
     The sandbox account gets the default data fields (as ``ctdd dotdigital setup`` would create them);
-    fields only mapped by a test (LOYALTY_TIER) are left for the test to create.
+    fields only mapped by a test (LOYALTY_TIER) are left for the test to create. ``accounts_extra`` adds
+    ``[accounts.<name>]`` tables, each on a sandbox of its own (a store uses one with ``stores_extra``).
     """
     from ctdd.config import DEFAULT_DATA_FIELDS, data_field_type
 
-    for name in DEFAULT_DATA_FIELDS.values():
-        sandbox.add_data_field(name, data_field_type(name))
+    for account in (sandbox, *(accounts_extra or {}).values()):
+        for name in DEFAULT_DATA_FIELDS.values():
+            account.add_data_field(name, data_field_type(name))
     raw = {
         "service": {"listen": "127.0.0.1:0", "database_url": database_url},
         "accounts": {"main": {"api_user": sandbox.api_user}},
@@ -70,6 +72,12 @@ def make_settings(database_url: str, sandbox: DotdigitalSandbox, *, commercetool
         "dispatcher": {**FAST_DISPATCH, **dispatcher},
     }
     env = {"CTDD_ACCOUNT_MAIN_PASSWORD": sandbox.password, "CTDD_DOTDIGITAL_BASE_URL": sandbox.base_url}
+    if accounts_extra:  # each account on its own sandbox: a base_url each instead of one for all
+        del env["CTDD_DOTDIGITAL_BASE_URL"]
+        raw["accounts"]["main"]["base_url"] = sandbox.base_url
+        for name, account in accounts_extra.items():
+            raw["accounts"][name] = {"api_user": account.api_user, "base_url": account.base_url}
+            env[f"CTDD_ACCOUNT_{name.upper()}_PASSWORD"] = account.password
     if commercetools is not None:
         raw["commercetools"] = {"ct": {"project_key": commercetools.project_key, "client_id": commercetools.client_id,
                                        "client_secret_env": "CT_SECRET", "api_url": commercetools.base_url,

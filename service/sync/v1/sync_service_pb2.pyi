@@ -309,7 +309,7 @@ class TrackEventResponse(_message.Message):
     def __init__(self, outbox_message_ids: _Optional[_Iterable[int]] = ..., duplicate: _Optional[bool] = ..., stale: _Optional[bool] = ..., notifications: _Optional[_Iterable[_Union[NotificationResult, _Mapping]]] = ..., queued: _Optional[bool] = ...) -> None: ...
 
 class NotificationResult(_message.Message):
-    __slots__ = ("dedupe_key", "resource_type", "resource_id", "message_type", "outcome", "reason", "contact_id", "outbox_message_ids")
+    __slots__ = ("dedupe_key", "resource_type", "resource_id", "message_type", "outcome", "reason", "contact_id", "outbox_message_ids", "store_keys")
     DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,7 @@ class NotificationResult(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_KEYS_FIELD_NUMBER: _ClassVar[int]
     dedupe_key: str
     resource_type: str
     resource_id: str
@@ -326,7 +327,8 @@ class NotificationResult(_message.Message):
     reason: str
     contact_id: str
     outbox_message_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, dedupe_key: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., message_type: _Optional[str] = ..., outcome: _Optional[_Union[EventOutcome, str]] = ..., reason: _Optional[str] = ..., contact_id: _Optional[str] = ..., outbox_message_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    store_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dedupe_key: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., message_type: _Optional[str] = ..., outcome: _Optional[_Union[EventOutcome, str]] = ..., reason: _Optional[str] = ..., contact_id: _Optional[str] = ..., outbox_message_ids: _Optional[_Iterable[int]] = ..., store_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrackEventBatchRequest(_message.Message):
     __slots__ = ("events",)

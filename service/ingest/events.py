@@ -424,7 +424,7 @@ class EventProcessor:
     async def _customer(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int,
                         allowed: frozenset[str] | None) -> Step:
         if n.message_type in CUSTOMER_DELETED or n.notification_type == "ResourceDeleted":
-            return self._customer_deleted(store, n, outcome, priority)
+            return self._customer_deleted(store, n, outcome, priority, allowed)
         customer = n.payload.get("customer") if n.message_type == "CustomerCreated" and not n.payload_not_included else None
         if customer is None:
             if await self._already_done(store, n, outcome):
@@ -493,12 +493,15 @@ class EventProcessor:
         return apply
 
     def _customer_deleted(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
-                          priority: int) -> Step:
-        policy = store.on_customer_deleted
-        if n.notification_type == "ResourceDeleted" and n.payload.get("dataErasure") is True:
-            # deleted with dataErasure=true: the shop erased the customer's personal data, so Dotdigital's copy
-            # goes too, whatever the store does with an ordinary deletion
-            policy = "delete_contact"
+                          priority: int, allowed: frozenset[str] | None = None) -> Step:
+        """A deleted customer leaves every store of its commercetools project it was applied under (a customer
+        of several brands is in each brand's account; the deletion names no store): in each Dotdigital account
+        that knows the customer id, the first such store (the caller's first, then by key; among those the
+        caller's token may use) decides what happens (``on_customer_deleted``)."""
+        erasure = n.notification_type == "ResourceDeleted" and n.payload.get("dataErasure") is True
+        project = [store, *sorted((s for s in self.settings.stores.values()
+                                   if s.commercetools_project == store.commercetools_project and s.key != store.key
+                                   and (allowed is None or s.key in allowed)), key=lambda s: s.key)]
 
         def body(session: Session) -> None:
             # Tombstone: the deleted version becomes the customer's applied version, so a message of an older
@@ -507,38 +510,57 @@ class EventProcessor:
             if n.resource_version is not None:
                 self._advance_version(session, store.commercetools_project, "customer", n.resource_id,
                                       n.resource_version)
-            ident = session.execute(sa.select(ContactIdentifier).where(
-                ContactIdentifier.account == store.account, ContactIdentifier.kind == "customer_id",
-                ContactIdentifier.value == customer_key(store.commercetools_project, n.resource_id),
-            )).scalar_one_or_none()
-            if ident is None:
+            done: list[str] = []
+            accounts: set[str] = set()
+            for target in project:
+                if target.account in accounts:
+                    continue
+                accounts.add(target.account)
+                policy = self._delete_customer_in(session, target, n, outcome, priority, erasure=erasure)
+                if policy is not None:
+                    done.append(f"{policy} in store {target.key!r}" if len(project) > 1 else policy)
+            if not done:
                 outcome.outcome = IGNORED
                 outcome.reason = "customer was never synced (its older messages are stale from now on)"
                 return
-            contact = session.get(Contact, ident.contact_id)
-            outcome.contact_id = contact.id
-            # The customer id no longer exists: it must not resolve to this contact any more.
-            session.delete(ident)
-            if policy == "delete_contact":
-                kind, payload = outbox.CONTACT_DELETE, {}
-                # Forget what was sent: a later sign-up with the same address starts from scratch.
-                session.execute(sa.delete(FieldState).where(FieldState.contact_id == contact.id))
-            elif policy == "remove_from_lists" and store.lists:
-                kind, payload = outbox.CONTACT_REMOVE_FROM_LISTS, {"list_ids": sorted(set(store.lists.values()))}
-                session.execute(sa.delete(FieldState).where(FieldState.contact_id == contact.id,
-                                                           FieldState.field.like("lists.%")))
-            else:
-                kind = None
-            if kind is not None:
-                mid = outbox.enqueue(
-                    session, contact_id=contact.id, account=store.account, kind=kind, payload=payload,
-                    ref=outbox.RecordRef(store.key, "customer", n.resource_id, n.resource_version), priority=priority,
-                )
-                outcome.outbox_message_ids.append(mid)
-            outcome.reason = f"customer deleted: {policy}" + (
-                " (data erasure)" if policy != store.on_customer_deleted else "")
+            outcome.reason = "customer deleted: " + "; ".join(done) + (" (data erasure)" if erasure else "")
 
         return self._once(store, n.dedupe_key, outcome, body)
+
+    def _delete_customer_in(self, session: Session, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
+                            priority: int, *, erasure: bool) -> str | None:
+        """The deletion of customer ``n.resource_id`` in ``store``'s account: the policy applied, None when that
+        account never knew the customer. ``erasure`` (deleted with ``dataErasure=true``: the shop erased the
+        customer's personal data): the contact is deleted whatever the store does with an ordinary deletion."""
+        policy = "delete_contact" if erasure else store.on_customer_deleted
+        ident = session.execute(sa.select(ContactIdentifier).where(
+            ContactIdentifier.account == store.account, ContactIdentifier.kind == "customer_id",
+            ContactIdentifier.value == customer_key(store.commercetools_project, n.resource_id),
+        )).scalar_one_or_none()
+        if ident is None:
+            return None
+        contact = session.get(Contact, ident.contact_id)
+        if outcome.contact_id is None:
+            outcome.contact_id = contact.id
+        # The customer id no longer exists: it must not resolve to this contact any more.
+        session.delete(ident)
+        if policy == "delete_contact":
+            kind, payload = outbox.CONTACT_DELETE, {}
+            # Forget what was sent: a later sign-up with the same address starts from scratch.
+            session.execute(sa.delete(FieldState).where(FieldState.contact_id == contact.id))
+        elif policy == "remove_from_lists" and store.lists:
+            kind, payload = outbox.CONTACT_REMOVE_FROM_LISTS, {"list_ids": sorted(set(store.lists.values()))}
+            session.execute(sa.delete(FieldState).where(FieldState.contact_id == contact.id,
+                                                       FieldState.field.like("lists.%")))
+        else:
+            kind = None
+        if kind is not None:
+            mid = outbox.enqueue(
+                session, contact_id=contact.id, account=store.account, kind=kind, payload=payload,
+                ref=outbox.RecordRef(store.key, "customer", n.resource_id, n.resource_version), priority=priority,
+            )
+            outcome.outbox_message_ids.append(mid)
+        return policy
 
     # -- products and inventory: the catalog (ctdd.catalog.realtime) --------------------------
     def _catalog_ready(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome) -> Any:

@@ -238,3 +238,29 @@ async def test_a_store_restricted_token_applies_resources_only_under_its_stores(
     assert sandbox.get_contact(email="tess@example.com") is None
     stored = {r["resource_id"]: r["store_key"] for r in svc.rows("SELECT resource_id, store_key FROM processed_event")}
     assert stored == {"ord-t": "de", "cust-t": "de"}
+
+
+async def test_a_customer_of_two_brands_deleted_leaves_both(service_factory, database_url, sandbox, sandbox_de,
+                                                             fake_ct):
+    # the deletion names no store: every brand's account that knows the customer applies its own policy
+    settings = two_brands(database_url, sandbox, sandbox_de, fake_ct)
+    settings = replace(settings, stores={**settings.stores,
+                                         "de": replace(settings.stores["de"], on_customer_deleted="delete_contact")})
+    svc = await service_factory(settings)
+    created = await svc.stub.TrackEvent(track(ct.raw(ct.message(
+        "customer", "cust-2b", "CustomerCreated", version=1,
+        customer=ct.customer("cust-2b", "both@example.com", stores=[store("uk"), store("de")]))), "uk"))
+    assert routed(created) == [["uk", "de"]]
+    await wait_for(lambda: all_settled(svc), what="the customer in both accounts")
+    assert sandbox.get_contact(email="both@example.com") and sandbox_de.get_contact(email="both@example.com")
+
+    deleted = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-2b", "CustomerDeleted",
+                                                                version=2)), "uk"))
+    assert outcomes(deleted) == ["APPLIED"] and len(deleted.outbox_message_ids) == 2
+    assert "remove_from_lists in store 'uk'" in deleted.notifications[0].reason
+    assert "delete_contact in store 'de'" in deleted.notifications[0].reason
+    await wait_for(lambda: all_settled(svc), what="the deletion in both accounts")
+    assert sandbox_de.get_contact(email="both@example.com") is None  # de deletes its contact
+    uk = sandbox.get_contact(email="both@example.com")  # uk takes it out of its lists
+    assert uk is not None and not uk["lists"]
+    assert svc.rows("SELECT id FROM contact_identifier WHERE kind = 'customer_id'") == []

@@ -31,6 +31,7 @@ written: TrackEvent answers UNAVAILABLE and the transport retries the delivery; 
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, NamedTuple, Union
@@ -115,6 +116,10 @@ UNKNOWN_CUSTOMER_WAIT = timedelta(hours=1)
 
 class InvalidEvent(ValueError):
     """The event can never be processed (poison): the message is safe to show and log."""
+
+
+#: the customer ids that the notifications before the one being prepared, in the same delivery, create
+_CREATED_BEFORE: ContextVar[frozenset[str]] = ContextVar("ctdd_created_before", default=frozenset())
 
 
 class NotConfigured(Exception):
@@ -215,7 +220,20 @@ class EventProcessor:
         if isinstance(parsed, NotificationOutcome):
             return [parsed]
         store = self._store(store_key)
-        return [await self._prepare(store, n, priority, allowed) for n in parsed]
+        steps: list[Step] = []
+        created: set[str] = set()
+        for n in parsed:
+            # an order of a customer the delivery creates before it is not waiting for an unknown customer: the
+            # customer's unit runs first (an SQS batch, a JSON array carry both)
+            token = _CREATED_BEFORE.set(frozenset(created))
+            try:
+                steps.append(await self._prepare(store, n, priority, allowed))
+            finally:
+                _CREATED_BEFORE.reset(token)
+            if (n.resource_type == "customer" and n.message_type == "CustomerCreated" and not n.payload_not_included
+                    and isinstance(n.payload.get("customer"), dict)):
+                created.add(n.resource_id)
+        return steps
 
     def prepare_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
                             priority: int = outbox.PRIORITY_LIVE) -> Step:
@@ -806,6 +824,8 @@ class EventProcessor:
         fetched from commercetools (a failed fetch raises RetryableEventError: the event is retried), or why
         the order cannot be applied (customer gone; no API client to fetch with, once the order, of time
         ``since``, has waited :data:`UNKNOWN_CUSTOMER_WAIT` for its customer: RetryableEventError until then)."""
+        if customer_id in _CREATED_BEFORE.get():
+            return None  # created by an earlier notification of the same delivery, applied before this order
         if await self.transactions.run(lambda s: self.contact_sync.known_customer(s, store.key, customer_id)):
             return None
         if self.ct.get(store) is None:

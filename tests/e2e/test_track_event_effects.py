@@ -263,6 +263,22 @@ def _order_without_email(oid: str, customer_id: str) -> dict:
     return ct.order(oid, number=oid.upper(), email=None, customer_id=customer_id)
 
 
+@pytest.mark.parametrize("processing", [pb.PROCESSING_APPLIED, pb.PROCESSING_QUEUED])
+async def test_a_delivery_creating_the_customer_before_its_order_needs_no_fetch(service, sandbox, processing):
+    # the store has no commercetools client; the order carries no email, but the same delivery created its
+    # customer first: the order must not wait (for an hour) for a customer that is applied right before it
+    customer = ct.message("customer", "cust-b1", "CustomerCreated", version=1, project="shop-eu",
+                          customer=ct.customer("cust-b1", "batch@example.com"))
+    order = ct.message("order", "ord-b1", "OrderCreated", version=1, project="shop-eu",
+                       order=_order_without_email("ord-b1", "cust-b1"))
+    r = await service.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", commercetools_delivery=ct.raw([customer, order]),
+                                                           processing=processing))
+    if processing == pb.PROCESSING_APPLIED:
+        assert outcomes(r) == ["APPLIED", "APPLIED"]
+    await wait_for(lambda: len(outbox_rows(service)) >= 3 and all_settled(service), what="delivery")
+    assert "ORD-B1" in sandbox.insight_records("Orders", contact_email="batch@example.com")
+
+
 async def test_order_of_an_unknown_customer_fetches_the_customer(service_factory, database_url, sandbox, fake_ct):
     svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
     fake_ct.add("customers", ct.customer("cust-u1", "unseen@example.com", version=4, first="Una"))

@@ -86,12 +86,14 @@ def _scoped(settings: Settings, store_key: str, stores: frozenset[str] | None) -
 
 
 def stamp_received(request: pb.TrackEventRequest) -> None:
-    """A behavioural event without ``occurred_at`` takes the time it was received (whole seconds, as a stamp
-    the caller sends is kept): its records' times (a view's ``lastViewedAt``, a custom event's ``occurredAt``,
-    a cart's dates when the cart has none) and its order among the contact's events."""
+    """A behavioural event without ``occurred_at`` takes the time it was received, to the microsecond (a cart
+    without a version or a ``lastModifiedAt`` is ordered by it: two changes within one second must not look
+    alike): its records' times (a view's ``lastViewedAt``, a custom event's ``occurredAt``, a cart's dates
+    when the cart has none) and its order among the contact's events."""
     event = request.behavioural_event
     if not event.HasField("occurred_at"):
-        event.occurred_at.FromSeconds(int(time.time()))
+        now = time.time_ns() // 1000
+        event.occurred_at.seconds, event.occurred_at.nanos = now // 1_000_000, now % 1_000_000 * 1000
 
 
 def _lane_key(event: pb.BehaviouralEvent) -> str:

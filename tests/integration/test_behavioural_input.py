@@ -5,6 +5,7 @@ whose id must be the event's ``cart_id``."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timezone
 
@@ -66,3 +67,22 @@ async def test_a_cart_without_its_cart_or_with_another_cart_id_is_refused(svc, s
     # the same cart under its own id is applied
     response = await svc.stub.TrackEvent(cart_event({**cart, "id": "cart-a"}))
     assert [n.outcome for n in response.notifications] == [pb.EVENT_OUTCOME_APPLIED]
+
+
+async def test_two_unversioned_cart_changes_within_one_second_both_apply(svc):
+    # a cart without a version or lastModifiedAt is ordered by the time it came in: stamped to the whole second,
+    # the second change of one second looked as old as the first and was dropped as stale
+    def change(i: int, items: int) -> pb.TrackEventRequest:
+        event = pb.BehaviouralEvent(event_id=f"cart-s{i}", identity=pb.ContactIdentity(email=EMAIL),
+                                    cart_updated=pb.CartUpdated(cart_id="cart-s"))
+        event.cart_updated.cart.update({"cartState": "Active", "lineItems": [
+            {"id": f"li-{k}", "productId": f"p-{k}", "quantity": 1} for k in range(items)],
+            "totalPrice": {"currencyCode": "GBP", "centAmount": 100 * items}})
+        return pb.TrackEventRequest(store_key="uk", behavioural_event=event)
+
+    while time.time() % 1 > 0.5:  # both in one second
+        time.sleep(0.05)
+    first = await svc.stub.TrackEvent(change(1, 1))
+    await asyncio.sleep(0.01)
+    second = await svc.stub.TrackEvent(change(2, 2))
+    assert [n.outcome for n in (*first.notifications, *second.notifications)] == [pb.EVENT_OUTCOME_APPLIED] * 2

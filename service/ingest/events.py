@@ -556,12 +556,20 @@ class EventProcessor:
             ContactIdentifier.value == customer_key(store.commercetools_project, n.resource_id),
         )).scalar_one_or_none()
         if ident is None:
-            return None
-        contact = session.get(Contact, ident.contact_id)
+            if not erasure:
+                return None
+            # an erasure arriving after the same deletion's CustomerDeleted message, which took the customer id
+            # off the contact (the subscription sends both): the contact the customer was last applied to
+            state = session.get(ResourceState, (store.commercetools_project, "customer", n.resource_id))
+            contact = session.get(Contact, state.contact_id) if state is not None and state.contact_id else None
+            if contact is None or contact.account != store.account:
+                return None
+        else:
+            contact = session.get(Contact, ident.contact_id)
+            # The customer id no longer exists: it must not resolve to this contact any more.
+            session.delete(ident)
         if outcome.contact_id is None:
             outcome.contact_id = contact.id
-        # The customer id no longer exists: it must not resolve to this contact any more.
-        session.delete(ident)
         if policy == "delete_contact":
             kind, payload = outbox.CONTACT_DELETE, {}
             # Forget what was sent: a later sign-up with the same address starts from scratch.

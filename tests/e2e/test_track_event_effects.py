@@ -85,6 +85,24 @@ async def test_a_deletion_with_data_erasure_deletes_the_dotdigital_contact_whate
         assert sandbox.get_contact(email="erase@example.com") is not None and not deleted.outbox_message_ids
 
 
+async def test_an_erasure_after_the_same_deletions_message_still_deletes_the_contact(
+        service_factory, database_url, sandbox, fake_ct):
+    # a subscription with messages and changes sends a deletion twice: the CustomerDeleted message (the store
+    # keeps the contact, and the customer id stops resolving to it) and then the ResourceDeleted with dataErasure
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct,
+                                              stores_extra={"uk": {"on_customer_deleted": "keep"}}))
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-e2", "CustomerCreated", version=1,
+                                                      customer=ct.customer("cust-e2", "erase2@example.com")))))
+    message = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-e2", "CustomerDeleted",
+                                                                version=2))))
+    assert outcomes(message) == ["APPLIED"] and not message.outbox_message_ids
+    erased = await svc.stub.TrackEvent(track(ct.raw(
+        {**ct.change("ResourceDeleted", "customer", "cust-e2", version=2), "dataErasure": True})))
+    assert outcomes(erased) == ["APPLIED"] and len(erased.outbox_message_ids) == 1
+    await wait_for(lambda: all_settled(svc), what="erasure")
+    assert sandbox.get_contact(email="erase2@example.com") is None
+
+
 async def test_delete_contact_already_gone_in_dotdigital_is_delivered(service_factory, database_url, sandbox,
                                                                        fake_ct):
     svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct,

@@ -118,8 +118,9 @@ class InvalidEvent(ValueError):
     """The event can never be processed (poison): the message is safe to show and log."""
 
 
-#: the customer ids that the notifications before the one being prepared, in the same delivery, create
-_CREATED_BEFORE: ContextVar[frozenset[str]] = ContextVar("ctdd_created_before", default=frozenset())
+#: the customers that the notifications before the one being prepared, in the same delivery, create, as
+#: (customer id, store key) pairs: the stores each is applied under (``ctdd.domain.store_routing``)
+_CREATED_BEFORE: ContextVar[frozenset[tuple[str, str]]] = ContextVar("ctdd_created_before", default=frozenset())
 
 
 class NotConfigured(Exception):
@@ -221,7 +222,8 @@ class EventProcessor:
             return [parsed]
         store = self._store(store_key)
         steps: list[Step] = []
-        created: set[str] = set()
+        created: set[tuple[str, str]] = set()
+        project = [s.key for s in self.settings.stores.values() if s.commercetools_project == store.commercetools_project]
         for n in parsed:
             # an order of a customer the delivery creates before it is not waiting for an unknown customer: the
             # customer's unit runs first (an SQS batch, a JSON array carry both)
@@ -232,7 +234,9 @@ class EventProcessor:
                 _CREATED_BEFORE.reset(token)
             if (n.resource_type == "customer" and n.message_type == "CustomerCreated" and not n.payload_not_included
                     and isinstance(n.payload.get("customer"), dict)):
-                created.add(n.resource_id)
+                routed = route("customer", n.payload["customer"], store.key, project,
+                               project=store.commercetools_project).store_keys
+                created.update((n.resource_id, key) for key in routed if allowed is None or key in allowed)
         return steps
 
     def prepare_behavioural(self, store_key: str, event: BehaviouralEventInput, *,
@@ -737,6 +741,13 @@ class EventProcessor:
         if identity.is_empty():
             return self._finish_ignored(store, n, outcome, f"order has no customer and {order_without_email(order)}")
         apply_customer = None
+        if identity.customer_id and not email and (str(identity.customer_id), store.key) not in _CREATED_BEFORE.get():
+            # a customer of the project known in another store's account only (a global customer applied under
+            # the store that delivered it, its order routed to the store it names): its address there
+            customer_id = str(identity.customer_id)
+            email = await self.transactions.run(lambda s: self._customer_email_elsewhere(s, store, customer_id))
+            if email:
+                identity = Identity(customer_id=identity.customer_id, email=email)
         if identity.customer_id and not email:
             since = n.occurred_at or parse_ts(order.get("lastModifiedAt") or order.get("createdAt"))
             unknown = await self._unknown_customer_step(store, str(identity.customer_id), priority, since=since,
@@ -825,6 +836,20 @@ class EventProcessor:
 
         return self._once(store, n.dedupe_key, outcome, body)
 
+    def _customer_email_elsewhere(self, session: Session, store: StoreConfig, customer_id: str) -> str | None:
+        """The email of the contact ``customer_id`` resolves to in another Dotdigital account of ``store``'s
+        commercetools project, when it resolves to none in ``store``'s own; else None."""
+        if self.contact_sync.known_customer(session, store.key, customer_id):
+            return None
+        for other in self.settings.stores.values():
+            if other.commercetools_project != store.commercetools_project or other.account == store.account:
+                continue
+            contact_id = self.contact_sync.known_customer(session, other.key, customer_id)
+            contact = session.get(Contact, contact_id) if contact_id else None
+            if contact is not None and contact.email:
+                return contact.email
+        return None
+
     async def _unknown_customer_step(self, store: StoreConfig, customer_id: str, priority: int, *,
                                      since: datetime | None = None, no_email: str = "the order has no email"
                                      ) -> Callable[[Session], Any] | str | None:
@@ -832,7 +857,7 @@ class EventProcessor:
         fetched from commercetools (a failed fetch raises RetryableEventError: the event is retried), or why
         the order cannot be applied (customer gone; no API client to fetch with, once the order, of time
         ``since``, has waited :data:`UNKNOWN_CUSTOMER_WAIT` for its customer: RetryableEventError until then)."""
-        if customer_id in _CREATED_BEFORE.get():
+        if (customer_id, store.key) in _CREATED_BEFORE.get():
             return None  # created by an earlier notification of the same delivery, applied before this order
         if await self.transactions.run(lambda s: self.contact_sync.known_customer(s, store.key, customer_id)):
             return None

@@ -264,3 +264,20 @@ async def test_a_customer_of_two_brands_deleted_leaves_both(service_factory, dat
     uk = sandbox.get_contact(email="both@example.com")  # uk takes it out of its lists
     assert uk is not None and not uk["lists"]
     assert svc.rows("SELECT id FROM contact_identifier WHERE kind = 'customer_id'") == []
+
+
+async def test_an_email_less_order_of_a_customer_known_in_another_brand_is_applied(svc, sandbox, sandbox_de, fake_ct):
+    # a global customer is applied under the store that delivered it (uk); its order names de and carries no email.
+    # Fetching the customer for de gives nothing new (its version is applied already): the order takes the address
+    # the customer has in uk's account, instead of being dropped as of an unknown customer
+    cust = ct.customer("cust-g", "gwen@example.com", first="Gwen")
+    fake_ct.add("customers", cust)
+    created = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-g", "CustomerCreated", version=1,
+                                                                customer=cust)), "uk"))
+    assert routed(created) == [["uk"]]
+    order = de_order("ord-g", "DE-G", None, customer_id="cust-g")
+    placed = await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-g", "OrderCreated", version=1,
+                                                               order=order)), "uk"))
+    assert outcomes(placed) == ["APPLIED"] and routed(placed) == [["de"]]
+    await wait_for(lambda: all_settled(svc), what="deliveries")
+    assert set(sandbox_de.insight_records("Orders", contact_email="gwen@example.com")) == {"DE-G"}

@@ -30,6 +30,7 @@ written: TrackEvent answers UNAVAILABLE and the transport retries the delivery; 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -547,7 +548,15 @@ class EventProcessor:
                 return
             outcome.reason = "customer deleted: " + "; ".join(done) + (" (data erasure)" if erasure else "")
 
-        return self._once(store, n.dedupe_key, outcome, body)
+        key = n.dedupe_key
+        in_project = {s.key for s in self.settings.stores.values()
+                      if s.commercetools_project == store.commercetools_project}
+        if allowed is not None and not in_project <= allowed:
+            # a token that may use only some of the project's stores deletes in those only: the adapter of the
+            # others (its own token) must still apply its copy, so the dedupe record names the stores deleted in
+            scope = ",".join(sorted(in_project & allowed))
+            key = outcome.dedupe_key = "deletion:" + hashlib.sha256(f"{n.dedupe_key}\n{scope}".encode()).hexdigest()
+        return self._once(store, key, outcome, body)
 
     def _delete_customer_in(self, session: Session, store: StoreConfig, n: Notification, outcome: NotificationOutcome,
                             priority: int, *, erasure: bool) -> str | None:

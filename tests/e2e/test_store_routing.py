@@ -207,6 +207,7 @@ async def test_queued_deliveries_are_routed_when_the_inbox_applies_them(svc, san
 
 
 UK_TOKEN, DE_TOKEN = "uk-adapter-token-1a2b3c4d5e6f7a8b", "de-adapter-token-9f8e7d6c5b4a3928"
+ALL_TOKEN = "every-store-token-0c1d2e3f4a5b6c7d"
 
 
 async def test_a_store_restricted_token_applies_resources_only_under_its_stores(
@@ -281,3 +282,30 @@ async def test_an_email_less_order_of_a_customer_known_in_another_brand_is_appli
     assert outcomes(placed) == ["APPLIED"] and routed(placed) == [["de"]]
     await wait_for(lambda: all_settled(svc), what="deliveries")
     assert set(sandbox_de.insight_records("Orders", contact_email="gwen@example.com")) == {"DE-G"}
+
+
+async def test_a_deletion_through_store_restricted_adapters_reaches_each_brand(
+        service_factory, database_url, sandbox, sandbox_de, fake_ct, tmp_path):
+    # one adapter per brand, each token limited to its store: the uk adapter's copy of an erasure deletes in uk
+    # only, and must not make the de adapter's copy a duplicate
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[tokens]]\nname = "uk-adapter"\ntoken = "{UK_TOKEN}"\nstores = ["uk"]\n\n'
+                      f'[[tokens]]\nname = "de-adapter"\ntoken = "{DE_TOKEN}"\nstores = ["de"]\n\n'
+                      f'[[tokens]]\nname = "backfill"\ntoken = "{ALL_TOKEN}"\n')
+    svc = await service_factory(two_brands(database_url, sandbox, sandbox_de, fake_ct).replace(tokens_file=str(tokens)))
+    uk, de, every = ((("authorization", f"Bearer {token}"),) for token in (UK_TOKEN, DE_TOKEN, ALL_TOKEN))
+    customer = ct.message("customer", "cust-r", "CustomerCreated", version=1,
+                          customer=ct.customer("cust-r", "rita@example.com", stores=[store("uk"), store("de")]))
+    created = await svc.stub.TrackEvent(track(ct.raw(customer), "uk"), metadata=every)
+    assert routed(created) == [["uk", "de"]]
+    await wait_for(lambda: all_settled(svc), what="the customer in both accounts")
+    assert sandbox.get_contact(email="rita@example.com") and sandbox_de.get_contact(email="rita@example.com")
+
+    gone = {**ct.change("ResourceDeleted", "customer", "cust-r", version=3), "dataErasure": True}
+    via_uk = await svc.stub.TrackEvent(track(ct.raw(gone), "uk"), metadata=uk)
+    via_de = await svc.stub.TrackEvent(track(ct.sns_notification(gone), "de"), metadata=de)
+    again = await svc.stub.TrackEvent(track(ct.raw(gone), "uk"), metadata=uk)  # a redelivery is still one
+    assert (outcomes(via_uk), outcomes(via_de), outcomes(again)) == (["APPLIED"], ["APPLIED"], ["DUPLICATE"])
+    await wait_for(lambda: all_settled(svc), what="the erasure in both accounts")
+    assert sandbox.get_contact(email="rita@example.com") is None
+    assert sandbox_de.get_contact(email="rita@example.com") is None

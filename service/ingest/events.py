@@ -750,7 +750,8 @@ class EventProcessor:
         if identity.is_empty():
             return self._finish_ignored(store, n, outcome, f"order has no customer and {order_without_email(order)}")
         apply_customer = None
-        if identity.customer_id and not email and (str(identity.customer_id), store.key) not in _CREATED_BEFORE.get():
+        if (identity.customer_id and not email and (str(identity.customer_id), store.key) not in _CREATED_BEFORE.get()
+                and self._other_accounts(store)):
             # a customer of the project known in another store's account only (a global customer applied under
             # the store that delivered it, its order routed to the store it names): its address there
             customer_id = str(identity.customer_id)
@@ -844,6 +845,11 @@ class EventProcessor:
                 self._order_triggers(session, store, n, order, contact_id, previous, summary, priority, cart_id)
 
         return self._once(store, n.dedupe_key, outcome, body)
+
+    def _other_accounts(self, store: StoreConfig) -> bool:
+        """Whether another store of ``store``'s commercetools project sends to another Dotdigital account."""
+        return any(other.commercetools_project == store.commercetools_project and other.account != store.account
+                   for other in self.settings.stores.values())
 
     def _customer_email_elsewhere(self, session: Session, store: StoreConfig, customer_id: str) -> str | None:
         """The email of the contact ``customer_id`` resolves to in another Dotdigital account of ``store``'s

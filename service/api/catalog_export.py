@@ -1,19 +1,19 @@
 """``ExportCatalog``: runs a catalog export (``ctdd.catalog.export``) and streams its progress.
 
-Errors: INVALID_ARGUMENT (field violation ``store_key``) for an unknown store; FAILED_PRECONDITION when the
+Errors: INVALID_ARGUMENT with field violations for an unknown store (``store_key``), a collection name Dotdigital
+would refuse (``collection_name``) or a time outside the Timestamp range (``modified_since``); FAILED_PRECONDITION when the
 store's catalog is not enabled or no exporter runs in this process; ABORTED when an export of the store is
 already running (in this or another process): the request is refused, try again when it has finished.
 """
 
 from __future__ import annotations
 
-from datetime import timezone
-
 from google.rpc import code_pb2
 
-from ctdd.api.convert import Violation
+from ctdd.api.convert import Violation, timestamp
 from ctdd.api.errors import abort, bad_request
 from ctdd.catalog.export import CatalogExporter, ExportBusy, ExportNotPossible
+from ctdd.domain.catalog import COLLECTION_NAME_RULE, is_collection_name
 from ctdd.domain.echo import echo
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
@@ -29,10 +29,17 @@ async def export_catalog(exporter: CatalogExporter | None, settings, request: pb
         await abort(context, code_pb2.INVALID_ARGUMENT, "unknown store" if request.store_key else "store_key required",
                     [bad_request([Violation("store_key", problem)])])
         return
+    violations: list[Violation] = []
+    if request.collection_name and not is_collection_name(request.collection_name):
+        violations.append(Violation("collection_name", f"not a Dotdigital collection name ({COLLECTION_NAME_RULE})"))
+    since = (timestamp(violations, "modified_since", request.modified_since)
+             if request.HasField("modified_since") else None)
+    if violations:
+        await abort(context, code_pb2.INVALID_ARGUMENT, "invalid ExportCatalogRequest", [bad_request(violations)])
+        return
     if exporter is None:
         await abort(context, code_pb2.FAILED_PRECONDITION, "catalog export is not available in this process")
         return
-    since = request.modified_since.ToDatetime(tzinfo=timezone.utc) if request.HasField("modified_since") else None
     try:
         async for progress in exporter.export(request.store_key, modified_since=since,
                                               include_categories=True if request.include_categories else None,

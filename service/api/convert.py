@@ -92,7 +92,7 @@ def _timestamp_and_text(violations: list[Violation], path: str, value) -> tuple[
     return (moment + timedelta(microseconds=nanos // 1000) if nanos >= 1000 else moment), text
 
 
-def _timestamp(violations: list[Violation], path: str, value) -> datetime:
+def timestamp(violations: list[Violation], path: str, value) -> datetime:
     """A set Timestamp field as an aware UTC datetime (see :func:`_timestamp_and_text`)."""
     return _timestamp_and_text(violations, path, value)[0]
 
@@ -216,7 +216,7 @@ def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, cha
         if not rec.HasField("consented_at"):
             violations.append(Violation(f"{rpath}.consented_at", "required"))
         else:
-            consented_at = _timestamp(violations, f"{rpath}.consented_at", rec.consented_at)
+            consented_at = timestamp(violations, f"{rpath}.consented_at", rec.consented_at)
             if consented_at > (not_after or datetime.now(timezone.utc) + CLOCK_SKEW):
                 violations.append(Violation(f"{rpath}.consented_at", "must not be in the future"))
         # sent as given (trimmed): Dotdigital's consentRecord wants `ipAddress` in ipv4/ipv6 format and `url`
@@ -232,7 +232,7 @@ def _consent(violations: list[Violation], path: str, msg: pb.ChannelConsent, cha
                 url=url, ip_address=ip, user_agent=rec.user_agent.strip(),
             )
         )
-    decided_at = _timestamp(violations, f"{path}.decided_at", msg.decided_at) if msg.HasField("decided_at") else None
+    decided_at = timestamp(violations, f"{path}.decided_at", msg.decided_at) if msg.HasField("decided_at") else None
     if decided_at is not None and decided_at > (not_after or datetime.now(timezone.utc) + CLOCK_SKEW):
         violations.append(Violation(f"{path}.decided_at", "must not be in the future"))
     return ChannelConsent(
@@ -285,7 +285,7 @@ def _identity_values(v: list[Violation], path: str, ident: pb.ContactIdentity
             mobile = normalise_mobile(raw_mobile)
         except InvalidIdentifier as exc:
             v.append(Violation(f"{path}.mobile_number", str(exc)))
-    if not (customer_id or email or mobile or anonymous_id or raw_email or raw_mobile):
+    if not (customer_id or email or mobile or anonymous_id or raw_email.strip() or raw_mobile.strip()):
         v.append(Violation(path, "at least one of customer_id, email, mobile_number or anonymous_id is required"))
     return customer_id, email, mobile, anonymous_id
 
@@ -386,7 +386,7 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         resource_type=src.resource_type or None,
         resource_id=src.resource_id or None,
         version=src.version or None,
-        modified_at=_timestamp(v, "source.modified_at", src.modified_at) if src.HasField("modified_at") else None,
+        modified_at=timestamp(v, "source.modified_at", src.modified_at) if src.HasField("modified_at") else None,
     )
     if source.modified_at is not None and source.modified_at > not_after:
         v.append(Violation("source.modified_at", _future(settings)))
@@ -496,8 +496,8 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Setti
         v.append(Violation("behavioural_event.kind", "one of product_viewed, cart_updated, custom_event is required"))
     elif kind == "product_viewed":
         pv = msg.product_viewed
-        if not pv.product_id:
-            v.append(Violation("behavioural_event.product_viewed.product_id", "required"))
+        if not pv.product_id.strip():
+            v.append(Violation("behavioural_event.product_viewed.product_id", "required (not blank)"))
         _check_len(v, "behavioural_event.product_viewed.product_id", pv.product_id, MAX_ID)
         _check_len(v, "behavioural_event.product_viewed.sku", pv.sku, MAX_ID)
         if build:
@@ -505,8 +505,8 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Setti
                     "properties": _struct(pv.properties)}
     elif kind == "cart_updated":
         cu = msg.cart_updated
-        if not cu.cart_id:
-            v.append(Violation("behavioural_event.cart_updated.cart_id", "required"))
+        if not cu.cart_id.strip():
+            v.append(Violation("behavioural_event.cart_updated.cart_id", "required (not blank)"))
         _check_len(v, "behavioural_event.cart_updated.cart_id", cu.cart_id, MAX_ID)
         if cu.cart_version < 0:
             v.append(Violation("behavioural_event.cart_updated.cart_version", "must not be negative"))
@@ -530,8 +530,8 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Setti
         data = {"cartId": cu.cart_id, "cartVersion": cu.cart_version or None, "cart": cart, "modifiedAt": when}
     else:
         ce = msg.custom_event
-        if not ce.name:
-            v.append(Violation("behavioural_event.custom_event.name", "required"))
+        if not ce.name.strip():
+            v.append(Violation("behavioural_event.custom_event.name", "required (not blank)"))
         _check_len(v, "behavioural_event.custom_event.name", ce.name, 100)
         if build:
             data = {"name": ce.name, "occurredAt": when, "properties": _struct(ce.properties)}

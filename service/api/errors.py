@@ -53,3 +53,19 @@ def bad_request(violations: Iterable[Violation]) -> error_details_pb2.BadRequest
             for v in shown
         ]
     )
+
+
+def field_violations(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """The (field, description) pairs of the BadRequest detail of an error reply (none when it has none): what a
+    client of the API (``ctdd simulate``) shows of an INVALID_ARGUMENT."""
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:  # trailing metadata inconsistent with the call's code/message
+        return []
+    out: list[tuple[str, str]] = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out

@@ -4,8 +4,7 @@ the inbox below stores the serialized request as opaque bytes."""
 
 from __future__ import annotations
 
-import time
-
+from ctdd import clock
 from ctdd.api.convert import InvalidRequest, Violation, check_behavioural_event, parse_behavioural_event
 from ctdd.config import Settings
 from ctdd.domain.echo import echo
@@ -35,6 +34,12 @@ def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
         raise InvalidRequest([Violation("store_key", f"unknown store {echo(request.store_key)}")])
     if which == "commercetools_delivery" and len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:
         raise InvalidRequest([Violation("commercetools_delivery", f"larger than {MAX_DELIVERY_BYTES} bytes")])
+    unknown = [Violation(name, f"unknown value {value}: one of {', '.join(enum.keys())}")
+               for name, value, enum in (("processing", request.processing, pb.Processing),
+                                         ("priority", request.priority, pb.Priority))
+               if value not in enum.values()]
+    if unknown:  # a newer client's value this version does not know: refused, not read as the default
+        raise InvalidRequest(unknown)
     return which
 
 
@@ -92,8 +97,8 @@ def stamp_received(request: pb.TrackEventRequest) -> None:
     when the cart has none) and its order among the contact's events."""
     event = request.behavioural_event
     if not event.HasField("occurred_at"):
-        now = time.time_ns() // 1000
-        event.occurred_at.seconds, event.occurred_at.nanos = now // 1_000_000, now % 1_000_000 * 1000
+        # the service's clock (ctdd.clock: virtual under `ctdd simulate`, whose checks read the same clock)
+        event.occurred_at.FromDatetime(clock.now())
 
 
 def _lane_key(event: pb.BehaviouralEvent) -> str:

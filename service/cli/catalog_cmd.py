@@ -98,13 +98,17 @@ def _fail(message: str, code: int) -> int:
 
 
 async def export_command(args: argparse.Namespace) -> int:
-    settings = load(args)
-    if args.store not in settings.stores:
-        return _fail(f"unknown store {args.store!r} (known: {', '.join(sorted(settings.stores)) or 'none'})", 2)
-    if args.target:
+    from ctdd.domain.catalog import COLLECTION_NAME_RULE, is_collection_name
+
+    if args.collection is not None and not is_collection_name(args.collection):
+        return _fail(f"--collection: not a Dotdigital collection name ({COLLECTION_NAME_RULE})", 2)
+    if args.target:  # the running service knows its stores (an unknown one is its INVALID_ARGUMENT: exit 2)
         if args.full:
             return _fail("--full runs in this process only: leave out --target", 2)
         return await _remote(args)
+    settings = load(args)
+    if args.store not in settings.stores:
+        return _fail(f"unknown store {args.store!r} (known: {', '.join(sorted(settings.stores)) or 'none'})", 2)
     return await _local(args, settings)
 
 

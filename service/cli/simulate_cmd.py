@@ -1,7 +1,8 @@
 """``ctdd simulate STREAM [--config F] [--openapi DIR] [--json] [--until ISO|+DURATION]``: replay a recorded
 stream on a virtual clock and print the timeline (``ctdd.simulation``, docs/simulate.md).
 
-Exit status: 0; 1 when ``--openapi`` found violations; 2 for a bad stream, configuration or argument."""
+Exit status: 0; 1 when the service refused an input of the stream or ``--openapi`` found violations; 2 for a bad
+stream, configuration or argument."""
 
 from __future__ import annotations
 
@@ -48,4 +49,4 @@ def run(args) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(result.as_text())
-    return 1 if result.violations else 0
+    return 1 if result.violations or result.summary["refused_inputs"] else 0

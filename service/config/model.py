@@ -422,11 +422,10 @@ class CatalogConfig(Section):
     @field_validator("collection", "categories_collection")
     @classmethod
     def _collection_name(cls, value: str | None) -> str | None:
-        import re
+        from ctdd.domain.catalog import COLLECTION_NAME_RULE, is_collection_name
 
-        if value is not None and not re.fullmatch(r"[-A-Za-z_][-A-Za-z0-9_]{1,255}", value):
-            raise ValueError("a collection name has 2-256 characters of A-Z, a-z, 0-9, '-' and '_' and does not "
-                             "start with a digit")
+        if value is not None and not is_collection_name(value):
+            raise ValueError(f"a collection name has {COLLECTION_NAME_RULE}")
         return value
 
 

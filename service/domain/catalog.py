@@ -286,6 +286,16 @@ def category_record(category: Mapping[str, Any], categories: Mapping[str, Mappin
     return record
 
 
+#: what Dotdigital takes as an insight collection name (else ERROR_TRANSACTIONAL_DATA_INVALID_COLLECTION_NAME)
+_COLLECTION_NAME = re.compile(r"[-A-Za-z_][-A-Za-z0-9_]{1,255}")
+COLLECTION_NAME_RULE = "2-256 characters of A-Z, a-z, 0-9, '-' and '_', not starting with a digit"
+
+
+def is_collection_name(name: str) -> bool:
+    """Whether ``name`` is a valid Dotdigital insight collection name (:data:`COLLECTION_NAME_RULE`)."""
+    return _COLLECTION_NAME.fullmatch(name) is not None
+
+
 def collection_names(store_key: str, collection: str | None = None,
                      categories_collection: str | None = None) -> tuple[str, str]:
     """The account-scoped collections of a store's catalog: products (``Catalog_<store>``) and categories

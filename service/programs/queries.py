@@ -14,6 +14,7 @@ same way and matches it exactly. Nothing here logs an identifier.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Iterable
@@ -171,12 +172,11 @@ def find_contact(
     account = store.account if store is not None else None
 
     if contact_id is not None:
-        try:
-            wanted = int(str(contact_id).strip())
-        except ValueError:
-            raise InvalidQuery("contact_id", "must be a contact id (a positive whole number)") from None
-        if wanted <= 0:
+        # ASCII digits only (int() also takes "1_0" and other scripts' digits), within the column's 64 bits
+        text = str(contact_id).strip()
+        if not re.fullmatch(r"[0-9]{1,19}", text) or not 0 < int(text) < 2 ** 63:
             raise InvalidQuery("contact_id", "must be a contact id (a positive whole number)")
+        wanted = int(text)
         stmt = sa.select(_C.c.id).where(_C.c.id == wanted)
         if account is not None:
             stmt = stmt.where(_C.c.account == account)

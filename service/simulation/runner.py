@@ -34,6 +34,7 @@ import grpc
 import sqlalchemy as sa
 from google.protobuf import json_format
 
+from ctdd.api.errors import field_violations
 from ctdd.clock import VirtualClock, use_clock
 from ctdd.config import Settings
 from ctdd.db.models import EnrolmentCall, EventInbox, InboxStatus, OutboxMessage, OutboxStatus, ProgramTrigger
@@ -406,7 +407,9 @@ class Runner:
             else:
                 outcome = self._change_commercetools(event)
         except grpc.aio.AioRpcError as exc:
-            outcome = {"outcome": "error", "code": exc.code().name, "reason": exc.details()}
+            violations = "; ".join(f"{field or 'request'}: {text}" for field, text in field_violations(exc))
+            outcome = {"outcome": "error", "code": exc.code().name,
+                       "reason": f"{exc.details()} ({violations})" if violations else exc.details()}
         except (json_format.ParseError, ValueError, KeyError) as exc:
             outcome = {"outcome": "error", "code": "INVALID_INPUT", "reason": str(exc)}
         text = event.describe()

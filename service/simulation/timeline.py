@@ -162,10 +162,13 @@ def summarise(timeline: Timeline, enrolment_calls: list[EnrolmentCallFact], entr
     for facts in programs.values():
         facts["contacts"] = len(facts["contacts"])
     endpoints = Counter(e.data["endpoint"] for e in timeline.of_kind("dotdigital"))
+    refused = [{"line": e.data.get("line"), "code": e.data.get("code"), "reason": e.data.get("reason")}
+               for e in timeline.of_kind("event") if e.data.get("outcome") == "error"]
     summary: dict[str, Any] = {
         "started": iso(started),
         "ended": iso(ended),
         "events": len(timeline.of_kind("event")),
+        "refused_inputs": refused,
         "triggers": {
             "total": len(final),
             "sent": by_status.get("sent", 0),
@@ -188,6 +191,10 @@ def render_text(timeline: Timeline, summary: dict[str, Any], violations: list[di
     lines = [entry.line() for entry in timeline.entries]
     lines.append("")
     lines.append(f"summary ({summary['started']} .. {summary['ended']}, {summary['events']} events)")
+    if summary["refused_inputs"]:
+        lines.append(f"  REFUSED INPUTS: {len(summary['refused_inputs'])}")
+        for refused in summary["refused_inputs"]:
+            lines.append(f"    line {refused['line']}: {refused['code']}: {refused['reason']}")
     triggers = summary["triggers"]
     lines.append(f"  triggers: {triggers['total']} ({triggers['sent']} sent, "
                  f"{sum(triggers['skipped'].values())} skipped, {sum(triggers['cancelled'].values())} cancelled, "

@@ -11,6 +11,7 @@ import gc
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from google.rpc import code_pb2
 
 from support import ct_payloads as ct
 from support import field_violations, make_settings, wait_for
@@ -145,6 +146,24 @@ async def test_nul_and_nan_in_requests_are_invalid_argument(svc):
             await call
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations(refused.value)
+
+
+@pytest.mark.parametrize("processing", [pb.PROCESSING_APPLIED, pb.PROCESSING_QUEUED], ids=["applied", "queued"])
+async def test_enum_values_this_version_does_not_know_are_invalid_argument(svc, processing):
+    """A newer client's processing or priority value is refused, not read as the default (applied, live)."""
+    event = pb.BehaviouralEvent(event_id="e-enum", identity=EMAIL, product_viewed=pb.ProductViewed(product_id="p"))
+    for change, field in ((dict(processing=99), "processing"), (dict(processing=processing, priority=77), "priority")):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await svc.stub.TrackEvent(pb.TrackEventRequest(store_key="uk", behavioural_event=event, **change))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown value" in field_violations(refused.value)[field]
+    batch = await svc.stub.TrackEventBatch(pb.TrackEventBatchRequest(events=[
+        pb.TrackEventRequest(store_key="uk", behavioural_event=event, processing=processing, priority=77),
+        pb.TrackEventRequest(store_key="uk", behavioural_event=pb.BehaviouralEvent(
+            event_id="e-ok", identity=EMAIL, product_viewed=pb.ProductViewed(product_id="p")), processing=processing)]))
+    assert [r.code for r in batch.results] == [code_pb2.INVALID_ARGUMENT, code_pb2.OK]
+    for table in ("processed_event", "event_inbox"):  # neither applied nor queued
+        assert svc.rows(f"SELECT dedupe_key FROM {table} WHERE dedupe_key LIKE '%e-enum%'") == []
 
 
 async def test_a_huge_store_key_is_invalid_argument_echoed_and_recorded_in_bounded_form(svc):

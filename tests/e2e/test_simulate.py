@@ -216,3 +216,31 @@ def test_a_cart_line_for_a_store_without_commercetools_client_is_refused(tmp_pat
     stream.write_text('{"at": "2026-11-30T10:00:00Z", "store": "plain", "cart": {"id": "c-1"}}\n')
     with pytest.raises(SimulationError, match=r"line 1: store 'plain' has no commercetools client"):
         simulate(read_stream(stream), config=config)
+
+
+def test_the_docs_stream_example_runs_and_a_refused_input_is_listed_with_exit_1(tmp_path):
+    """docs/simulate.md's example stream as written: its behavioural event has no occurredAt (stamped from the
+    virtual clock, as the checks read it, not the wall clock); a line the service refuses is listed with its
+    field violations and makes the exit status 1."""
+    text = (ROOT / "docs" / "simulate.md").read_text()
+    example = text.split("```json\n", 1)[1].split("```", 1)[0]
+    stream = tmp_path / "doc.jsonl"
+    stream.write_text(example)
+    done = subprocess.run([sys.executable, "-m", "ctdd", "simulate", str(stream), "--config", str(CONFIG), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    document = json.loads(done.stdout)
+    assert document["summary"]["refused_inputs"] == []
+    events = [e for e in document["timeline"] if e["kind"] == "event"]
+    assert [e.get("outcome", "applied") for e in events] == ["applied", "applied", "applied"]
+    assert any(e["kind"] == "trigger" and e["program_kind"] == "post_purchase_first" and e["status"] == "sent"
+               for e in document["timeline"])
+
+    stream.write_text(example + json.dumps({"at": "+1m", "store": "uk", "track_event": {"behaviouralEvent": {
+        "eventId": "v-2", "identity": {"email": "ada@example.com"}, "productViewed": {"productId": "  "}}}}) + "\n")
+    refused = subprocess.run([sys.executable, "-m", "ctdd", "simulate", str(stream), "--config", str(CONFIG)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1, refused.stderr
+    assert "REFUSED INPUTS: 1" in refused.stdout
+    assert "line 4: INVALID_ARGUMENT: invalid TrackEventRequest (behavioural_event.product_viewed.product_id: " \
+           "required (not blank))" in refused.stdout

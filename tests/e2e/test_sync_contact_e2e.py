@@ -189,6 +189,7 @@ async def test_400_dead_letters_with_code_and_record_reference(service_factory, 
     "mutate, field",
     [
         (lambda r: r.identity.Clear(), "identity"),
+        (lambda r: (r.identity.Clear(), setattr(r.identity, "email", "  ")), "identity"),
         (lambda r: setattr(r.identity, "email", "not-an-email"), "identity.email"),
         (lambda r: setattr(r.identity, "mobile_number", "07700 900123"), "identity.mobile_number"),
         (lambda r: setattr(r.consent.sms, "status", pb.CONSENT_STATUS_SUBSCRIBED), "consent.sms.status"),
@@ -200,7 +201,7 @@ async def test_400_dead_letters_with_code_and_record_reference(service_factory, 
         (lambda r: setattr(r.profile, "locale", "xx_!!"), "profile.locale"),
         (lambda r: setattr(r.profile, "currency", "euro"), "profile.currency"),
     ],
-    ids=["no-identifier", "bad-email", "mobile-not-e164", "sms-without-mobile", "unknown-store", "oversized",
+    ids=["no-identifier", "blank-email", "bad-email", "mobile-not-e164", "sms-without-mobile", "unknown-store", "oversized",
          "unknown-list", "bad-dob", "timestamp-out-of-range", "bad-locale", "bad-currency"],
 )
 async def test_invalid_input_is_rejected_with_field_violations(service, sandbox, mutate, field):

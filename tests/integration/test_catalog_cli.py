@@ -210,6 +210,12 @@ async def test_cli_target_calls_a_running_services_export_catalog(service_factor
                            "enabled ([stores.de.catalog] enabled = true)")
     code, out, err = await run("--store", "uk", "--target", target, "--full")
     assert code == 2 and "--full runs in this process only" in err
+    # the running service knows its stores: a store only it has is exported, one it lacks is its refusal
+    code, out, err = await run("--store", "nope", "--target", target)
+    assert code == 2 and out == ""
+    assert err.strip() == "ctdd catalog export: refused (INVALID_ARGUMENT): unknown store"
+    code, out, err = await run("--store", "uk", "--target", target, "--collection", "bad name!")
+    assert code == 2 and "--collection: not a Dotdigital collection name" in err
 
 
 def test_dotdigital_setup_creates_the_catalog_collections(sqlite_url, sandbox, fake, tmp_path):

@@ -206,3 +206,11 @@ async def test_export_catalog_over_grpc_streams_progress(service_factory, databa
         async for _ in service.stub.ExportCatalog(pb.ExportCatalogRequest()):
             pass
     assert field_violations(info.value) == {"store_key": "required"}  # as SyncContact and TrackEvent say it
+    # input Dotdigital or the Timestamp range would refuse: INVALID_ARGUMENT before the store's setup is looked at
+    request = pb.ExportCatalogRequest(store_key="de", collection_name="bad name!")
+    request.modified_since.seconds = -10**12
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in service.stub.ExportCatalog(request):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(info.value)) == {"collection_name", "modified_since"}

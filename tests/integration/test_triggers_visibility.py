@@ -275,6 +275,11 @@ async def test_grpc_list_triggers_errors(engine, database_url, sandbox, service_
         (apb.ListTriggersRequest(email="not-an-email"), "email", "not a valid email"),
         (apb.ListTriggersRequest(mobile_number="07700 900123"), "mobile_number", "E.164"),
         (apb.ListTriggersRequest(contact_id="one"), "contact_id", "contact id"),
+        # beyond the column's 64 bits, or not ASCII digits (int() takes "1_0" and other scripts' digits)
+        (apb.ListTriggersRequest(contact_id="9223372036854775808"), "contact_id", "contact id"),
+        (apb.ListTriggersRequest(contact_id="9" * 30), "contact_id", "contact id"),
+        (apb.ListTriggersRequest(contact_id="1_0"), "contact_id", "contact id"),
+        (apb.ListTriggersRequest(contact_id="\uff11"), "contact_id", "contact id"),
         (apb.ListTriggersRequest(email="shared@example.com"), "store_key", "main, other"),
         (apb.ListTriggersRequest(contact_id="1", statuses=[apb.TRIGGER_STATUS_UNSPECIFIED]), "statuses", "UNSPECIFIED"),
         (apb.ListTriggersRequest(contact_id="1", page_size=-1), "page_size", "negative"),

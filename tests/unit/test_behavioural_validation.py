@@ -64,6 +64,13 @@ INVALID = {
                                    ["behavioural_event.custom_event.name"]),
     "cart without id": (_with(_cart(), lambda e: setattr(e.cart_updated, "cart_id", "")),
                         ["behavioural_event.cart_updated.cart_id"]),
+    # blank ids would become blank Dotdigital record keys (/ProductViews/%20%20)
+    "product with a blank id": (_event(product_viewed=pb.ProductViewed(product_id="  ")),
+                                ["behavioural_event.product_viewed.product_id"]),
+    "custom event with a blank name": (_event(custom_event=pb.CustomEvent(name=" \t")),
+                                       ["behavioural_event.custom_event.name"]),
+    "cart with a blank id": (_with(_cart(), lambda e: setattr(e.cart_updated, "cart_id", "   ")),
+                             ["behavioural_event.cart_updated.cart_id"]),
     "not a cart": (_cart({"lineItems": "nope"}), ["behavioural_event.cart_updated.cart"]),
     "timestamp beyond 9999": (_with(_event(custom_event=pb.CustomEvent(name="x")),
                                     lambda e: setattr(e.occurred_at, "seconds", 10**12)),

@@ -64,6 +64,11 @@ def is_auth_failure(exc: BaseException) -> bool:
     return isinstance(exc, DotdigitalError) and exc.status_code in AUTH_STATUSES
 
 
+def what_to_fix(status: int | None, account: str) -> str:
+    """What an operator checks when ``account`` answered ``status`` (401 or 403)."""
+    return _WHAT_TO_FIX.get(status or 401, _WHAT_TO_FIX[401]).format(account=account)
+
+
 class AccountGuard:
     """Auth pauses and park episodes of one dispatcher (see the module docstring)."""
 
@@ -141,7 +146,7 @@ class AccountGuard:
                 "Dotdigital account %s answered HTTP %s: delivery to it is PAUSED (nothing is dead-lettered; "
                 "messages wait in the outbox, their attempts not counted). %s. Delivery resumes by itself once "
                 "the credentials work again (probe GET /v2/account-info after %gs, then at most every %gs).",
-                account, status, _WHAT_TO_FIX.get(status, _WHAT_TO_FIX[401]).format(account=account), backoff,
+                account, status, what_to_fix(status, account), backoff,
                 self.cfg.auth_probe_max_seconds)
         await self._report()
 

@@ -299,8 +299,9 @@ def is_collection_name(name: str) -> bool:
 def collection_names(store_key: str, collection: str | None = None,
                      categories_collection: str | None = None) -> tuple[str, str]:
     """The account-scoped collections of a store's catalog: products (``Catalog_<store>``) and categories
-    (``Categories_<store>``) unless configured; characters a collection name cannot have become ``_``."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in store_key)
+    (``Categories_<store>``) unless configured; characters a collection name cannot have (anything but ASCII letters,
+    digits, ``-`` and ``_``) become ``_``."""
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_" else "_" for ch in store_key)
     return collection or f"Catalog_{safe}", categories_collection or f"Categories_{safe}"
 
 

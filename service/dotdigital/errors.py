@@ -68,8 +68,11 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 #: v2 error codes that are transient whatever their HTTP status.
 RETRYABLE_CODES = frozenset({
     "ERROR_SYSTEM_SERVICETEMPORARILYUNAVAILABLE",
+    "ERROR_UNKNOWN",  # Dotdigital's error-code table: transient or unknown, retry
     "ERROR_ADDRESSBOOK_IN_USE",
     "ERROR_APIUSAGE_EXCEEDED",
+    "ERROR_TRANSACTIONAL_DATA_COLLECTION_IS_RESTORING",  # the collection is back once restored
+    "ERROR_IMPORT_TOOMANYACTIVEIMPORTS",
 })
 #: Legacy flat-limit code: HTTP 400 but really a throttle.
 APIUSAGE_EXCEEDED = "ERROR_APIUSAGE_EXCEEDED"
@@ -78,7 +81,8 @@ DEFAULT_APIUSAGE_RETRY_AFTER = 60.0
 #: Values of ``X-RateLimit-Reset`` above this are Unix epoch seconds, below it a delay in seconds.
 EPOCH_THRESHOLD = 10**9
 #: 429 codes of the bulk-import concurrency limits (≤ 25 contact imports, ≤ 5 insight imports).
-TOO_MANY_IMPORTS_CODES = frozenset({"contacts:tooManyActiveImports", "insightData:tooManyActiveImports"})
+TOO_MANY_IMPORTS_CODES = frozenset({"contacts:tooManyActiveImports", "insightData:tooManyActiveImports",
+                                    "ERROR_IMPORT_TOOMANYACTIVEIMPORTS"})  # (the v2 form: HTTP 400)
 #: Insight record failure reasons: the v3 import enum, then the extra v2 report reasons.
 INSIGHT_FAILURE_REASONS = (
     "InvalidClientKey", "InvalidContactIdentifier", "InvalidJson", "DuplicateKey", "ContactIdDoesNotExist",
@@ -331,7 +335,7 @@ def error_from_response(
         "method": method,
         "path": path,
     }
-    if status_code == 429 or code == APIUSAGE_EXCEEDED:
+    if status_code == 429 or code == APIUSAGE_EXCEEDED or code in TOO_MANY_IMPORTS_CODES:
         if retry_after is None and code == APIUSAGE_EXCEEDED:
             retry_after = DEFAULT_APIUSAGE_RETRY_AFTER
         return DotdigitalThrottled(description, retry_after=retry_after, **common)

@@ -25,7 +25,8 @@ call of the window is an hour old; ``ERROR_PROGRAM_NOT_ACTIVE`` / ``ERROR_PROGRA
 program's triggers (they stay ``enrolling`` with the reason ``held: <code>``; the error is logged once with its
 code, saying "not found" or "not active"; the program is looked at again every :data:`PROGRAM_RETRY`, with
 ``GET /v2/programs/{id}``, which costs no enrolment); other retryable errors hold the triggers and pause the
-account for :data:`RETRY_PAUSE` (a call that got no answer at all, or a 2xx whose body
+account for :data:`RETRY_PAUSE`; a 401 or 403 (the API user's credentials or permissions) holds them and pauses the
+account's enrolments for :data:`AUTH_PAUSE`, logging what to check (a call that got no answer at all, or a 2xx whose body
 cannot be read (``INVALID_RESPONSE``: the enrolment was probably made), is first looked up in Dotdigital, as a stale
 one is, and held when not found); ``ERROR_CONTACT_NOT_FOUND`` (nobody enrolled) looks up each contact of the call
 (``GET /contacts/v3/contactId/{id}``, no enrolment spent), skips only the triggers of the contacts Dotdigital no
@@ -50,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from ctdd.config import Settings
 from ctdd.db.models import EnrolmentCall, ProgramTrigger, TriggerStatus
+from ctdd.delivery.account_guard import is_auth_failure, what_to_fix
 from ctdd.domain import programs as rules
 from ctdd.dotdigital.errors import DotdigitalError, DotdigitalTransportError
 from ctdd.programs import budget, facts, leases, outcomes
@@ -70,6 +72,8 @@ INVALID_RESPONSE = "INVALID_RESPONSE"
 PROGRAM_RETRY = timedelta(minutes=15)
 #: a retryable failure of an enrolment call pauses the account's enrolments this long
 RETRY_PAUSE = timedelta(seconds=60)
+#: a 401 or 403 to an enrolment call (credentials, permissions) pauses the account's enrolments this long
+AUTH_PAUSE = timedelta(minutes=5)
 #: the backlog warning of an account is logged at most this often
 WARN_EVERY = timedelta(hours=1)
 
@@ -392,6 +396,14 @@ class EnrolmentBatcher:
                     "account %s: program %s %s (%s): its triggers are held (not lost) and the program is looked "
                     "at again every %d minutes; %s", account, reserved.program_id, what, code,
                     PROGRAM_RETRY.total_seconds() // 60, fix)
+            elif is_auth_failure(exc):
+                # the account's credentials or permissions, which an operator fixes: held, not skipped
+                conn.execute(triggers.values(enrolment_call_id=None))
+                leases.set_cursor(conn, name, budget.pause(cursor, now + AUTH_PAUSE), now)
+                log.error("account %s: Dotdigital refused enrolment call %s with HTTP %s; %d trigger(s) held, "
+                          "enrolments paused for %ds. %s", account, reserved.call_id, exc.status_code,
+                          len(reserved.trigger_ids), AUTH_PAUSE.total_seconds(),
+                          what_to_fix(exc.status_code, account))
             elif exc.retryable:
                 conn.execute(triggers.values(enrolment_call_id=None))
                 leases.set_cursor(conn, name, budget.pause(cursor, now + RETRY_PAUSE), now)

@@ -642,6 +642,9 @@ async def test_fault_delay_and_string_body(sandbox, raw):
         (400, b'{"message": "Error: ERROR_SYSTEM_SERVICETEMPORARILYUNAVAILABLE"}', True,
          "ERROR_SYSTEM_SERVICETEMPORARILYUNAVAILABLE"),
         (400, b'{"message": "List is being used. ERROR_ADDRESSBOOK_IN_USE"}', True, "ERROR_ADDRESSBOOK_IN_USE"),
+        (400, b'{"message": "Error: ERROR_UNKNOWN"}', True, "ERROR_UNKNOWN"),
+        (400, b'{"message": "ERROR_TRANSACTIONAL_DATA_COLLECTION_IS_RESTORING"}', True,
+         "ERROR_TRANSACTIONAL_DATA_COLLECTION_IS_RESTORING"),
         (400, b'{"message": "Contact is suppressed. ERROR_CONTACT_SUPPRESSED"}', False, "ERROR_CONTACT_SUPPRESSED"),
         (404, b'{"errorCode": "contacts:contactNotFound", "description": "nope", "details": []}', False,
          "contacts:contactNotFound"),
@@ -665,6 +668,8 @@ def test_retry_after_variants():
     assert dated.retryable and 15 <= dated.retry_after <= 20
     no_hint = error_from_response(429, {}, b"")
     assert no_hint.throttled and no_hint.retry_after is None
+    imports = error_from_response(400, {}, b'{"message": "Error: ERROR_IMPORT_TOOMANYACTIVEIMPORTS"}')
+    assert isinstance(imports, DotdigitalThrottled) and imports.retryable and imports.too_many_imports
     assert error_from_response(400, {"Retry-After": "5"}, b'{"message": "x ERROR_PARAMETER_INVALID"}').retry_after is None
 
 

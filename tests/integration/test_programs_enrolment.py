@@ -388,6 +388,28 @@ async def test_a_retryable_failure_holds_the_triggers(engine, database_url, sand
     assert [c.status for c in calls] == ["failed", "Finished"]  # the failed call counted against the budget
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_refused_credentials_hold_the_triggers_until_the_account_answers(engine, database_url, sandbox, clock,
+                                                                               status, caplog):
+    """A 401 or 403 (rotated password, an API user without the Programs permission) is for an operator to fix:
+    the triggers are held and sent once the account answers again, not skipped."""
+    program = sandbox.add_program("Abandoned cart")
+    settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {**AC, "program": program}}},
+                                batch_wait_seconds=0)
+    [contact] = await seed_contacts(engine, sandbox, 1)
+    put_cart(engine, settings, "uk", "cart-0", version=1, contact_id=contact, modified=START)
+    sandbox.inject_fault(status=status, times=2, method="POST", path_contains="/v2/programs/enrolments",
+                         body={"message": "Authorization has been denied for this request."})
+    proc = processor(engine, settings, clock)
+    with caplog.at_level(logging.ERROR, logger="ctdd.programs.enrolment"):
+        await run_until(proc, clock, START + timedelta(minutes=64), step=timedelta(minutes=1))
+    assert (one_trigger(engine)["status"], len(sandbox.program_entries(program))) == ("enrolling", 0)
+    assert f"HTTP {status}" in caplog.text and "held" in caplog.text and "[accounts." in caplog.text
+    await run_until(proc, clock, clock() + timedelta(minutes=12), step=timedelta(minutes=1))  # a second 401, then OK
+    assert one_trigger(engine)["status"] == "sent"
+    assert [e.contact_id for e in sandbox.program_entries(program)] == [sandbox.contacts[0]["contactId"]]
+
+
 async def test_a_permanent_failure_skips_the_batch_with_the_code(engine, database_url, sandbox, clock):
     program = sandbox.add_program("Abandoned cart")
     settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {**AC, "program": program}}},

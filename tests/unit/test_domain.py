@@ -197,3 +197,14 @@ def test_became_delivered_compares_with_the_version_applied_before():
     assert became_delivered("Shipped", "Pending", first_seen=False) is False
     assert became_delivered("Delivered", None, first_seen=True) is True  # first seen already delivered
     assert became_delivered("Delivered", None, first_seen=False) is None  # a row without its state: unknown
+
+
+def test_catalog_collection_names_are_names_dotdigital_takes_whatever_the_store_key():
+    from ctdd.domain.catalog import collection_names, is_collection_name
+
+    for key, expected in (("uk", "uk"), ("zürich", "z_rich"), ("brand.eu/de", "brand_eu_de"), ("٣-shop", "_-shop")):
+        products, categories = collection_names(key)
+        assert (products, categories) == (f"Catalog_{expected}", f"Categories_{expected}")
+        assert is_collection_name(products) and is_collection_name(categories)
+    assert collection_names("uk", "Products", "Cats") == ("Products", "Cats")
+    assert not any(is_collection_name(n) for n in ("1st", "a", "Catalog zürich", "x" * 257, "Catalog_ü"))

@@ -24,6 +24,7 @@ from ctdd.domain.commerce import CartContext, cart_record, parse_ts
 from ctdd.domain.contact import ChannelConsent, ConsentRecord, ContactInput, Identity, SourceStamp
 from ctdd.domain.echo import echo
 from ctdd.domain.identity import InvalidIdentifier, is_junk, normalise_email, normalise_mobile
+from ctdd.domain.json_values import insight_json_problem
 from ctdd.domain.resources import MAX_ID, InvalidResource, check_resource
 
 MAX_STRING = 1000
@@ -432,6 +433,16 @@ def _struct(value) -> dict[str, Any]:
     return json_format.MessageToDict(value) if value.fields else {}
 
 
+def _properties(violations: list[Violation], path: str, value) -> dict[str, Any]:
+    """An event's ``properties`` as the JSON object its insight record carries; what Dotdigital would refuse in
+    a record (``insight_json_problem``) is a violation here rather than a dead record later."""
+    properties = _struct(value)
+    problem = insight_json_problem(properties) if properties else None
+    if problem is not None:
+        violations.append(Violation(f"{path}.{problem[0]}"[:MAX_ID], problem[1]))
+    return properties
+
+
 def latest_acceptable(settings: Settings) -> datetime:
     """The latest timestamp that may decide staleness: the server's clock plus ``max_clock_skew_seconds``.
     A later one (year 9999) would make every later update look stale."""
@@ -500,9 +511,9 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Setti
             v.append(Violation("behavioural_event.product_viewed.product_id", "required (not blank)"))
         _check_len(v, "behavioural_event.product_viewed.product_id", pv.product_id, MAX_ID)
         _check_len(v, "behavioural_event.product_viewed.sku", pv.sku, MAX_ID)
+        properties = _properties(v, "behavioural_event.product_viewed.properties", pv.properties)
         if build:
-            data = {"productId": pv.product_id, "sku": pv.sku, "lastViewedAt": when,
-                    "properties": _struct(pv.properties)}
+            data = {"productId": pv.product_id, "sku": pv.sku, "lastViewedAt": when, "properties": properties}
     elif kind == "cart_updated":
         cu = msg.cart_updated
         if not cu.cart_id.strip():
@@ -533,8 +544,9 @@ def _behavioural_event(msg: pb.BehaviouralEvent, *, build: bool, settings: Setti
         if not ce.name.strip():
             v.append(Violation("behavioural_event.custom_event.name", "required (not blank)"))
         _check_len(v, "behavioural_event.custom_event.name", ce.name, 100)
+        properties = _properties(v, "behavioural_event.custom_event.properties", ce.properties)
         if build:
-            data = {"name": ce.name, "occurredAt": when, "properties": _struct(ce.properties)}
+            data = {"name": ce.name, "occurredAt": when, "properties": properties}
     if msg.ByteSize() > MAX_EVENT_BYTES:
         v.append(Violation("behavioural_event", f"larger than {MAX_EVENT_BYTES} bytes"))
     if v:

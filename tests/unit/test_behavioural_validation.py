@@ -40,6 +40,9 @@ VALID = {
     "before 1970": _with(_event(product_viewed=pb.ProductViewed(product_id="p")),
                          lambda e: e.occurred_at.FromJsonString("1969-07-20T20:17:40Z")),
     "locales": _event(product_viewed=pb.ProductViewed(product_id="p"), locale="zh-Hant-TW", currency="GBP"),
+    "properties Dotdigital takes": _with(_event(custom_event=pb.CustomEvent(name="x")),
+                                         lambda e: e.custom_event.properties.update(
+                                             {"Size_1": "M", "tags": ["a", {"in-stock": True}], "n": 2})),
     "underscore locale": _event(product_viewed=pb.ProductViewed(product_id="p"), locale="en_GB"),
 }
 
@@ -69,6 +72,20 @@ INVALID = {
                                 ["behavioural_event.product_viewed.product_id"]),
     "custom event with a blank name": (_event(custom_event=pb.CustomEvent(name=" \t")),
                                        ["behavioural_event.custom_event.name"]),
+    # what Dotdigital refuses inside an insight record: refused here, not dead-lettered after an OK
+    "a property key with a space": (_with(_event(product_viewed=pb.ProductViewed(product_id="p")),
+                                          lambda e: e.product_viewed.properties.update({"size grid": "M"})),
+                                    ["behavioural_event.product_viewed.properties.size grid"]),
+    "a nested property key with a non-ASCII letter": (
+        _with(_event(custom_event=pb.CustomEvent(name="x")),
+              lambda e: e.custom_event.properties.update({"item": {"größe": "M"}})),
+        ["behavioural_event.custom_event.properties.item.größe"]),
+    "an array of arrays": (_with(_event(custom_event=pb.CustomEvent(name="x")),
+                                 lambda e: e.custom_event.properties.update({"grid": [[1, 2], [3, 4]]})),
+                           ["behavioural_event.custom_event.properties.grid[0]"]),
+    "keys differing by - and _": (_with(_event(product_viewed=pb.ProductViewed(product_id="p")),
+                                        lambda e: e.product_viewed.properties.update({"a-b": 1, "a_b": 2})),
+                                  ["behavioural_event.product_viewed.properties.a_b"]),
     "cart with a blank id": (_with(_cart(), lambda e: setattr(e.cart_updated, "cart_id", "   ")),
                              ["behavioural_event.cart_updated.cart_id"]),
     "not a cart": (_cart({"lineItems": "nope"}), ["behavioural_event.cart_updated.cart"]),

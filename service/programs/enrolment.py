@@ -7,7 +7,8 @@ worker still owns it) in the transaction of each reservation, which on PostgreSQ
 hour's calls with the insert of the new one; a worker that lost it stops its pass. For each account it holds:
 
 1. **Stale calls**: a call left ``calling`` by a process that died (older than the lease) is looked up in
-   Dotdigital (an enrolment of that program for exactly those contacts): found, it is adopted; not found, its
+   Dotdigital (an enrolment of that program for exactly those contacts, or, listed without its contacts, the only
+   one of the program made around the call's time): found, it is adopted; not found, its
    triggers wait for a new call. The interrupted call still counts against the budget.
 2. **Outcomes** (``ctdd.programs.outcomes``): enrolments still ``Processing`` are read again; once
    ``Finished`` their ``report-faults`` are read and each fault is logged against its trigger (the trigger
@@ -42,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import sqlalchemy as sa
@@ -74,6 +75,9 @@ PROGRAM_RETRY = timedelta(minutes=15)
 RETRY_PAUSE = timedelta(seconds=60)
 #: a 401 or 403 to an enrolment call (credentials, permissions) pauses the account's enrolments this long
 AUTH_PAUSE = timedelta(minutes=5)
+#: an enrolment answered without its contacts is taken for a call whose answer was lost when it was created this
+#: close to the call (before: clocks differ; after: the call's own time in flight)
+FIND_WINDOW = (timedelta(minutes=1), timedelta(minutes=5))
 #: the backlog warning of an account is logged at most this often
 WARN_EVERY = timedelta(hours=1)
 
@@ -282,7 +286,8 @@ class EnrolmentBatcher:
                 return
             # No (readable) answer: the enrolment may have been made. Look for it before sending these contacts
             # again; not found, the triggers are held and go in a new call.
-            found = await self._find_enrolment(account, client, reserved.program_id, set(reserved.contact_ids))
+            found = await self._find_enrolment(account, client, reserved.call_id, reserved.program_id,
+                                                set(reserved.contact_ids))
             if found is not None:
                 log.warning("account %s: enrolment call %s got no answer (%s), but Dotdigital has its enrolment %s",
                             account, reserved.call_id, exc, found.id)
@@ -462,7 +467,7 @@ class EnrolmentBatcher:
                 for call in calls}
         for call in calls:
             contact_ids = {r.dotdigital_contact_id for r in members[call.id] if r.dotdigital_contact_id}
-            found = await self._find_enrolment(account, client, call.program_id, contact_ids)
+            found = await self._find_enrolment(account, client, call.id, call.program_id, contact_ids)
             if found is not None:
                 log.warning("account %s: enrolment call %s was interrupted; Dotdigital has its enrolment %s", account,
                             call.id, found.id)
@@ -476,12 +481,19 @@ class EnrolmentBatcher:
             log.warning("account %s: enrolment call %s was interrupted and Dotdigital has no such enrolment; its %d "
                         "trigger(s) go in a new call", account, call.id, len(members[call.id]))
 
-    async def _find_enrolment(self, account: str, client, program_id: int, contact_ids: set[int]):
+    async def _find_enrolment(self, account: str, client, call_id: int, program_id: int, contact_ids: set[int]):
+        """Dotdigital's enrolment made by call ``call_id`` whose answer was lost, or None: one of ``program_id`` for
+        exactly ``contact_ids`` that no call has adopted yet. Dotdigital may answer an enrolment without its
+        contacts (null in the Programs spec's own example): then the one enrolment of the program created within
+        :data:`FIND_WINDOW` of the call, if it is the only such one (two or more: not adopted, the contacts go
+        again; Dotdigital reports the contacts already in the program as ``AlreadyInProgram`` faults)."""
         if not contact_ids:
             return None
         with self.engine.begin() as conn:
             known = set(conn.execute(sa.select(EC.c.enrolment_id).where(EC.c.account == account,
                                                                         EC.c.enrolment_id.is_not(None))).scalars())
+            called_at = conn.execute(sa.select(EC.c.called_at).where(EC.c.id == call_id)).scalar()
+        unechoed = []
         for status in ("Processing", "Finished"):
             try:
                 enrolments = await client.list_enrolments(status)
@@ -489,10 +501,30 @@ class EnrolmentBatcher:
                 log.warning("account %s: could not list enrolments (%s)", account, exc)
                 return None
             for enrolment in enrolments:
-                if (enrolment.program_id == program_id and set(enrolment.contacts) == contact_ids
-                        and enrolment.id not in known):
+                if enrolment.program_id != program_id or enrolment.id in known:
+                    continue
+                if set(enrolment.contacts) == contact_ids:
                     return enrolment
-        return None
+                if not enrolment.contacts and _created_near(enrolment.date_created, called_at):
+                    unechoed.append(enrolment)
+        if len(unechoed) > 1:
+            log.warning("account %s: %d enrolments of program %s without their contacts were made around call %s; "
+                        "none is adopted, its contacts go again", account, len(unechoed), program_id, call_id)
+        return unechoed[0] if len(unechoed) == 1 else None
 
     async def _follow_up(self, account: str, client) -> None:
         self.stats["faults"] += await outcomes.follow_up(self.engine, self.clock, account, client)
+
+
+def _created_near(date_created: str | None, called_at: datetime | None) -> bool:
+    """Whether an enrolment's ``dateCreated`` ("2020-01-01 09:40:18.527000+00:00", UTC when it has no offset)
+    lies within :data:`FIND_WINDOW` of ``called_at``."""
+    if not date_created or called_at is None:
+        return False
+    try:
+        created = datetime.fromisoformat(date_created.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+    called = called_at if called_at.tzinfo else called_at.replace(tzinfo=timezone.utc)
+    return called - FIND_WINDOW[0] <= created <= called + FIND_WINDOW[1]

@@ -25,6 +25,8 @@ EC = EnrolmentCall.__table__
 CT = Contact.__table__
 
 FINISHED = "Finished"
+#: the Programs spec's third enrolment status, which never becomes Finished
+NOT_AVAILABLE = "NotAvailableInThisVersion"
 #: an enrolment's outcome is first read this long after the call
 FOLLOW_UP_AFTER = timedelta(seconds=2)
 #: enrolments read per account and pass
@@ -42,6 +44,11 @@ async def follow_up(engine: Engine, clock: Callable[[], datetime], account: str,
     for call in calls:
         try:
             enrolment = await client.get_enrolment(call.enrolment_id)
+            if enrolment.status == NOT_AVAILABLE:  # no outcome to wait for: not read again on every pass
+                log.warning("account %s: enrolment %s of call %s is %s; its outcome stays unknown", account,
+                            call.enrolment_id, call.id, NOT_AVAILABLE)
+                await asyncio.to_thread(finish, engine, clock, account, call.id, [], NOT_AVAILABLE)
+                continue
             if not enrolment.finished:
                 await asyncio.to_thread(_set_status, engine, call.id, enrolment.status)
                 continue

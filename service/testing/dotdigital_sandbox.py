@@ -458,10 +458,12 @@ class _Enrolment:
     def status(self) -> str:
         return "Processing" if self.finished_at is None else "Finished"
 
-    def as_json(self) -> dict[str, Any]:
-        """The Programs spec's ``ApiProgramEnrolment``."""
+    def as_json(self, echo: bool = True) -> dict[str, Any]:
+        """The Programs spec's ``ApiProgramEnrolment``; ``echo=False``: ``contacts`` and ``addressBooks`` are null,
+        as in the spec's own example of the 201 answer."""
         return {"id": self.id, "programId": self.program_id, "status": self.status, "dateCreated": _iso(self.created),
-                "contacts": list(self.contacts), "addressBooks": list(self.address_books)}
+                "contacts": list(self.contacts) if echo else None,
+                "addressBooks": list(self.address_books) if echo else None}
 
 
 _SHAPE_NAMES = {"STRING": "String", "FLOAT": "Number", "BOOLEAN": "Boolean", "RECORD": "Object"}
@@ -597,6 +599,9 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
     #: Status of a finished insight import. The insight spec's examples (and the Magento 2 connector) say ``Finished``, its enum says
     #: ``Complete``; set ``"Complete"`` to check that a client accepts both.
     insight_import_finished_status: str = "Finished"
+    #: Whether enrolments answered over HTTP carry their ``contacts`` and ``addressBooks``. The Programs spec's
+    #: example answers them null; set False to check that a client does not depend on them.
+    echo_enrolment_contacts: bool = True
     #: Accepted ``POST /v2/programs/enrolments`` calls allowed per rolling hour of sandbox time, across all
     #: programs (Dotdigital API docs: Programs - 20 per account); one more -> 400 ``ERROR_ENROLMENT_ALLOWANCE_EXCEEDED``.
     enrolment_allowance_per_hour: int = 20
@@ -1497,7 +1502,7 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
             raise
         self._enrolment_calls.append(EnrolmentCall(now, 201, enrolment.program_id, tuple(enrolment.contacts),
                                                    tuple(enrolment.address_books), enrolment_id=enrolment.id))
-        return _Response(201, enrolment.as_json())
+        return _Response(201, enrolment.as_json(self.echo_enrolment_contacts))
 
     def _accept_enrolment(self, raw: bytes, now: datetime, seen: dict[str, Any]) -> _Enrolment:
         def invalid(reason: str) -> _ApiError:
@@ -1583,8 +1588,8 @@ class DotdigitalSandbox(loopback_http.LoopbackServer[RecordedRequest]):
         if status is not None:
             select, skip = _paging(query)
             matching = [e for e in self._enrolments.values() if e.status == status][skip : skip + select]
-            return _Response(200, [e.as_json() for e in matching])
-        return _Response(200, self._find_enrolment(key).as_json())
+            return _Response(200, [e.as_json(self.echo_enrolment_contacts) for e in matching])
+        return _Response(200, self._find_enrolment(key).as_json(self.echo_enrolment_contacts))
 
     def _find_enrolment(self, enrolment_id: str) -> _Enrolment:
         if not _IMPORT_ID_RE.match(enrolment_id):

@@ -81,9 +81,12 @@ async def test_a_restart_in_the_middle_of_a_delay_sends_exactly_once(engine, dat
     assert len(sandbox.enrolment_calls) == 1
 
 
-async def test_a_crash_between_the_call_row_and_the_answer(engine, database_url, sandbox, clock):
+@pytest.mark.parametrize("echo", [True, False], ids=["contacts echoed", "contacts null"])
+async def test_a_crash_between_the_call_row_and_the_answer(engine, database_url, sandbox, clock, echo):
     """The process died after writing its ``calling`` row: with or without the call having reached Dotdigital, the
-    next holder of the account's lease ends with every contact enrolled exactly once."""
+    next holder of the account's lease ends with every contact enrolled exactly once; also when Dotdigital answers
+    enrolments without their contacts (null, as in the Programs spec's example): then by the time it was made."""
+    sandbox.echo_enrolment_contacts = echo
     program = sandbox.add_program("Abandoned cart")
     settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {**AC, "program": program}}},
                                 batch_wait_seconds=0)
@@ -289,6 +292,25 @@ async def test_the_allowance_exceeded_pauses_the_account_until_an_hour_after_its
     await run_until(proc, clock, START + timedelta(minutes=135), step=timedelta(minutes=1))
     assert Counter(r["status"] for r in triggers(engine)) == {"sent": 4}
     assert len({e.contact_id for e in sandbox.program_entries(program)}) == 4
+
+
+async def test_an_enrolment_not_available_in_this_version_is_not_read_again(engine, database_url, sandbox, clock):
+    """The Programs spec's third status never becomes Finished: the outcome stays unknown, the call is closed."""
+    program = sandbox.add_program("Abandoned cart")
+    settings = program_settings(database_url, sandbox, {"uk": {"abandoned_cart": {**AC, "program": program}}},
+                                batch_wait_seconds=0)
+    [contact] = await seed_contacts(engine, sandbox, 1)
+    put_cart(engine, settings, "uk", "cart-0", version=1, contact_id=contact, modified=START)
+    sandbox.inject_fault(status=200, times=100, method="GET", path_contains="/v2/programs/enrolments/",
+                         body={"id": "b0ff06d6-af04-4af8-a299-51bcbad94c1c", "programId": program,
+                               "status": "NotAvailableInThisVersion", "contacts": None, "addressBooks": None})
+    await run_until(processor(engine, settings, clock), clock, START + timedelta(minutes=70), step=timedelta(minutes=1))
+    assert one_trigger(engine)["status"] == "sent"
+    with engine.connect() as conn:
+        call = conn.execute(sa.select(EnrolmentCall.__table__)).one()
+    assert call.status == "NotAvailableInThisVersion" and call.finished_at is not None
+    reads = sandbox.requests_matching("GET", "/v2/programs/enrolments/")
+    assert len(reads) == 1  # read once, then no more
 
 
 async def test_faults_are_logged_against_their_trigger(engine, database_url, sandbox, clock, caplog):

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 from ctdd.domain.contact import ChannelConsent, ContactInput, Identity, SourceStamp
-from ctdd.domain.identity import InvalidIdentifier, normalise_email, normalise_mobile
+from ctdd.domain.identity import InvalidIdentifier, mobile_from_text, normalise_email
 
 #: refund transactions that count towards the refund total
 REFUND_STATES = frozenset({"Initial", "Pending", "Success"})
@@ -151,7 +151,16 @@ def consent_value(value: Any) -> str | None:
 
 def consent_from_custom_fields(fields: Mapping[str, Any], *, email_field: str, sms_field: str,
                                updated_at_field: str) -> tuple[ChannelConsent | None, ChannelConsent | None]:
-    decided_at = parse_ts(fields.get(updated_at_field)) if isinstance(fields.get(updated_at_field), str) else None
+    """The email and SMS consent of a customer's custom fields. The time of the decision is read from
+    ``updated_at_field`` (a DateTime field, or a String holding an ISO 8601 time); a value that is no such time
+    (a String field the shop fills in its own way, "02/01/2026") counts as no time: the customer's own
+    ``lastModifiedAt`` then dates the decision, as for a customer without the field."""
+    raw = fields.get(updated_at_field)
+    try:
+        decided_at = parse_ts(raw) if isinstance(raw, str) else None
+        decided_at = decided_at.astimezone(timezone.utc) if decided_at else None  # (overflows past year 9999)
+    except (ValueError, OverflowError):
+        decided_at = None
     out = []
     for name in (email_field, sms_field):
         status = consent_value(fields.get(name)) if name in fields else None
@@ -201,7 +210,7 @@ def customer_to_contact(customer: Mapping[str, Any], store_key: str, *,
         raw = addr.get("mobile")
         if raw:
             try:
-                mobile = normalise_mobile(raw)
+                mobile = mobile_from_text(raw)  # free text in commercetools
                 break
             except InvalidIdentifier:
                 continue
@@ -422,7 +431,8 @@ def order_aggregates(rows: Iterable[SummaryRow]) -> dict[str, Any]:
         return {attr: None for attr in AGGREGATE_ATTRIBUTES} | {"orders.number_of_orders": 0}
     last = live[-1]
     same_ccy = [r for r in live if r.currency == last.currency]
-    spend = round(sum(r.total for r in same_ccy), 2)
+    digits = _CURRENCY_EXPONENTS.get(str(last.currency or "").upper(), 2)  # KWD 1.235 stays 1.235
+    spend = round(sum(r.total for r in same_ccy), digits)
     categories = [c for r in live for c in r.categories]
     most = None
     if categories:
@@ -434,8 +444,8 @@ def order_aggregates(rows: Iterable[SummaryRow]) -> dict[str, Any]:
         "orders.last_order_id": last.order_key,
         "orders.number_of_orders": len(live),
         "orders.total_spend": spend,
-        "orders.average_order_value": round(spend / len(same_ccy), 2),
-        "orders.total_refund": round(sum(r.refund_total for r in same_ccy), 2),
+        "orders.average_order_value": round(spend / len(same_ccy), digits),
+        "orders.total_refund": round(sum(r.refund_total for r in same_ccy), digits),
         "orders.first_category": categories[0] if categories else None,
         "orders.last_category": categories[-1] if categories else None,
         "orders.most_category": most,

@@ -96,6 +96,23 @@ def normalise_mobile(value: str) -> str:
     return e164
 
 
+def mobile_from_text(value: str) -> str:
+    """A phone number as a shop stores it (commercetools' address ``mobile`` is free text: "+44 7700 900123",
+    "+44 (0) 7700 900123", "0044 7700 900123") as E.164, or InvalidIdentifier. Spacing and punctuation are read
+    as phonenumbers reads them, a leading ``00`` is the international prefix; a number without its country code
+    is refused (the country it belongs to is not known)."""
+    raw = value.strip()
+    if raw.startswith("00"):
+        raw = "+" + raw[2:]
+    if not raw.startswith("+"):
+        raise InvalidIdentifier("must be in international form, with + and the country code")
+    try:
+        parsed = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        raise InvalidIdentifier("is not a phone number") from None
+    return normalise_mobile(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
 def customer_key(project: str, customer_id: str) -> str:
     return f"{project}/{customer_id}"
 

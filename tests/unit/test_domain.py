@@ -208,3 +208,49 @@ def test_catalog_collection_names_are_names_dotdigital_takes_whatever_the_store_
         assert is_collection_name(products) and is_collection_name(categories)
     assert collection_names("uk", "Products", "Cats") == ("Products", "Cats")
     assert not any(is_collection_name(n) for n in ("1st", "a", "Catalog zürich", "x" * 257, "Catalog_ü"))
+
+
+def test_a_consent_time_that_is_no_iso_time_counts_as_no_time():
+    """A shop's String field "dd-consentUpdatedAt" filled its own way: the consent still counts (dated by the
+    customer's lastModifiedAt); it used to raise ValueError, answered INTERNAL and retried as a passing fault."""
+    from ctdd.domain.commerce import consent_from_custom_fields
+
+    for value in ("02/01/2026", "not-a-date", "9999-12-31T23:59:59-23:59", ""):
+        email, sms = consent_from_custom_fields({"dd-emailOptIn": True, "dd-consentUpdatedAt": value},
+                                                email_field="dd-emailOptIn", sms_field="dd-smsOptIn",
+                                                updated_at_field="dd-consentUpdatedAt")
+        assert (email.status, email.decided_at, sms) == ("subscribed", None, None), value
+    email, _ = consent_from_custom_fields({"dd-emailOptIn": False, "dd-consentUpdatedAt": "2026-01-02T03:04:05Z"},
+                                          email_field="dd-emailOptIn", sms_field="dd-smsOptIn",
+                                          updated_at_field="dd-consentUpdatedAt")
+    assert (email.status, email.decided_at.isoformat()) == ("unsubscribed", "2026-01-02T03:04:05+00:00")
+
+
+def test_order_aggregates_keep_the_minor_units_of_the_currency():
+    from datetime import datetime, timezone
+
+    from ctdd.domain.commerce import SummaryRow, order_aggregates
+
+    def row(key, total, currency, refund=0.0):
+        return SummaryRow(key, datetime(2026, 1, int(key[-1]), tzinfo=timezone.utc), total, currency, "uk", None,
+                          "Open", refund, [])
+
+    kwd = order_aggregates([row("o1", 1.235, "KWD"), row("o2", 2.001, "KWD", refund=0.125)])
+    assert (kwd["orders.total_spend"], kwd["orders.average_order_value"], kwd["orders.total_refund"]) == (
+        3.236, 1.618, 0.125)
+    gbp = order_aggregates([row("o1", 10.005, "GBP"), row("o2", 3.33, "GBP")])
+    assert (gbp["orders.total_spend"], gbp["orders.average_order_value"]) == (13.34, 6.67)
+    jpy = order_aggregates([row("o1", 1000.0, "JPY"), row("o2", 2001.0, "JPY")])
+    assert (jpy["orders.total_spend"], jpy["orders.average_order_value"]) == (3001.0, 1500.0)
+
+
+def test_a_customers_mobile_is_read_as_shops_write_it():
+    """commercetools' address mobile is free text: spacing, punctuation, (0) and 00 are read; no country code is
+    refused (an SMS opt-in of such a customer is dropped, as before)."""
+    from ctdd.domain.identity import InvalidIdentifier, mobile_from_text
+
+    for text in ("+44 7700 900123", "+44 (0) 7700 900123", "0044 7700 900123", " +44-7700-900-123 ", "+447700900123"):
+        assert mobile_from_text(text) == "+447700900123", text
+    for text in ("07700 900123", "+44 12", "call me", "00"):
+        with pytest.raises(InvalidIdentifier):
+            mobile_from_text(text)

@@ -276,6 +276,8 @@ class ResourceState(SQLModel, table=True):
     version: int = Field(sa_type=sa.BigInteger)
     contact_id: Optional[int] = Field(default=None, sa_type=sa.BigInteger)
     updated_at: datetime
+    #: a customer deleted in commercetools: "deleted", or "erased" (deleted with dataErasure); None otherwise
+    deleted: Optional[str] = Field(default=None, max_length=20)
 
 
 class OrderSummary(SQLModel, table=True):

@@ -113,6 +113,8 @@ CUSTOMER_DELETED = frozenset({"CustomerDeleted"})
 #: the order message's time (``createdAt``, else the order's ``lastModifiedAt``/``createdAt``): retried until
 #: then (TrackEvent answers UNAVAILABLE, the inbox retries with backoff), rejected with the reason after it
 UNKNOWN_CUSTOMER_WAIT = timedelta(hours=1)
+#: resource_state.deleted of a customer commercetools deleted: plainly, or with dataErasure
+DELETED, ERASED = "deleted", "erased"
 
 
 class InvalidEvent(ValueError):
@@ -533,6 +535,10 @@ class EventProcessor:
             if n.resource_version is not None:
                 self._advance_version(session, store.commercetools_project, "customer", n.resource_id,
                                       n.resource_version)
+            # ... and it is marked deleted (an erasure for good, also after a plain deletion's message), so that
+            # the messages of its orders no longer link its id to a contact, nor bring an erased one back
+            self._mark_deleted(session, store.commercetools_project, n.resource_id, n.resource_version,
+                               ERASED if erasure else DELETED)
             done: list[str] = []
             accounts: set[str] = set()
             for target in project:
@@ -785,14 +791,27 @@ class EventProcessor:
             if not advanced and not force:
                 outcome.outcome, outcome.reason = STALE, f"order version {version} already applied"
                 return
+            ident = identity
+            deleted = self._customer_deleted_as(session, store, identity.customer_id)
+            if deleted == ERASED:  # the shop erased the customer's data: its orders do not bring it back
+                reason = "order of a customer deleted with dataErasure: not sent"
+                outcome.outcome, outcome.reason = IGNORED, reason
+                self._reject(session, store, n, reason)
+                return
+            if deleted == DELETED:  # the customer id no longer exists: the order is its address's, as a guest's
+                ident = Identity(email=email)
+                if ident.is_empty():
+                    reason = f"order's customer was deleted and {order_without_email(order)}"
+                    outcome.outcome, outcome.reason = IGNORED, reason
+                    self._reject(session, store, n, reason)
+                    return
             if apply_customer is not None:  # the order's customer, fetched from commercetools: creates the contact
                 applied = apply_customer(session)
                 if not isinstance(applied, tuple):
                     outcome.outbox_message_ids.extend(mid for result in applied for mid in result.outbox_message_ids)
             # A known customer keeps its own email: an order placed with another address must not move it.
-            ident = identity
-            if identity.customer_id and self.contact_sync.known_customer(session, store.key, identity.customer_id):
-                ident = Identity(customer_id=identity.customer_id)
+            if ident.customer_id and self.contact_sync.known_customer(session, store.key, ident.customer_id):
+                ident = Identity(customer_id=ident.customer_id)
             identity_input = ContactInput(store_key=store.key, identity=ident)
             identity_mapped, identity_suppression = self.contact_sync.map_contact(identity_input)
             try:
@@ -1035,6 +1054,24 @@ class EventProcessor:
         conn.execute(_UPDATE_RESOURCE_VERSION, {**{f"b_{k}": v for k, v in key.items()}, "b_version": version,
                                                 "b_updated_at": utcnow()})
         return True
+
+    def _mark_deleted(self, session: Session, project: str, customer_id: str, version: int | None, how: str) -> None:
+        """Mark customer ``customer_id`` deleted (``how``: DELETED or ERASED; an erasure is never undone by a
+        plain deletion's message). A deletion without a version still leaves its mark (version 0)."""
+        conn = session.connection()
+        key = (_RS.c.project_key == project, _RS.c.resource_type == "customer", _RS.c.resource_id == customer_id)
+        if conn.execute(sa.select(_RS.c.version).where(*key)).first() is None:
+            self._advance_version(session, project, "customer", customer_id, int(version or 0))
+        keep = _RS.c.deleted == ERASED
+        conn.execute(sa.update(_RS).where(*key, sa.or_(_RS.c.deleted.is_(None), sa.not_(keep))).values(deleted=how))
+
+    def _customer_deleted_as(self, session: Session, store: StoreConfig, customer_id: Any) -> str | None:
+        """DELETED or ERASED when commercetools deleted customer ``customer_id`` (see :meth:`_mark_deleted`)."""
+        if not customer_id:
+            return None
+        return session.connection().execute(sa.select(_RS.c.deleted).where(
+            _RS.c.project_key == store.commercetools_project, _RS.c.resource_type == "customer",
+            _RS.c.resource_id == str(customer_id))).scalar()
 
     def _set_state_contact(self, session: Session, store: StoreConfig, resource_type: str, resource_id: str,
                            contact_id: int) -> None:

@@ -85,6 +85,35 @@ async def test_a_deletion_with_data_erasure_deletes_the_dotdigital_contact_whate
         assert sandbox.get_contact(email="erase@example.com") is not None and not deleted.outbox_message_ids
 
 
+@pytest.mark.parametrize("erasure", [True, False], ids=["erased", "deleted"])
+async def test_a_deleted_customers_later_order_messages_do_not_bring_it_back(service_factory, database_url, sandbox,
+                                                                             fake_ct, erasure):
+    """After an erasure, a later message of the customer's order (a shipment update) is not sent: the erased
+    contact is not created again. After a plain deletion the order still counts for its address, but the deleted
+    customer id is not linked to a contact again."""
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct,
+                                              stores_extra={"uk": {"on_customer_deleted": "keep"}}))
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-o", "CustomerCreated", version=1,
+                                                      customer=ct.customer("cust-o", "er@example.com")))))
+    order = fake_ct.add("orders", ct.order("ord-o", number="O-1", email="er@example.com", customer_id="cust-o"))
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-o", "OrderCreated", version=1, order=order))))
+    await wait_for(lambda: all_settled(svc), what="customer and order")
+    gone = {**ct.change("ResourceDeleted", "customer", "cust-o", version=2), "dataErasure": erasure}
+    assert outcomes(await svc.stub.TrackEvent(track(ct.raw(gone)))) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="deletion")
+    fake_ct.add("orders", {**order, "version": 2, "shipmentState": "Shipped"})
+    shipped = await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-o", "OrderShipmentStateChanged",
+                                                                version=2, shipmentState="Shipped"))))
+    await wait_for(lambda: all_settled(svc), what="the order's update")
+    assert svc.rows("SELECT id FROM contact_identifier WHERE kind = 'customer_id'") == []
+    if erasure:
+        assert outcomes(shipped) == ["IGNORED"] and "dataErasure" in shipped.notifications[0].reason
+        assert not shipped.outbox_message_ids and sandbox.get_contact(email="er@example.com") is None
+    else:
+        assert outcomes(shipped) == ["APPLIED"]
+        assert sandbox.get_contact(email="er@example.com")["dataFields"]["NUMBER_OF_ORDERS"] == 1
+
+
 async def test_an_erasure_after_the_same_deletions_message_still_deletes_the_contact(
         service_factory, database_url, sandbox, fake_ct):
     # a subscription with messages and changes sends a deletion twice: the CustomerDeleted message (the store

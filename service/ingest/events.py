@@ -928,7 +928,10 @@ class EventProcessor:
         one), cancelled or fully refunded, delivered."""
         now = utcnow()
         order_id = str(order["id"])
-        live = priority == outbox.PRIORITY_LIVE and n.message_type != "OrderImported"
+        # imported: by its message, or by the order itself (``completedAt`` is set by the Order Import API only),
+        # whichever notification of it comes first (a ResourceCreated change notification, a later message)
+        live = (priority == outbox.PRIORITY_LIVE and n.message_type != "OrderImported"
+                and order.get("completedAt") is None)
         if previous is None and live and (n.message_type in ORDER_CREATED or cart_id):
             placed_at = summary["created_at"]
             triggers.order_placed(session, store, contact_id, order_id, placed_at, now, cart_id=cart_id,

@@ -72,6 +72,20 @@ async def test_review_request_follows_the_delivered_state_whichever_message_brin
     assert len(spy.of("on_shipment_delivered")) == 1 and len(review_triggers(svc)) == 1
 
 
+async def test_an_imported_order_first_seen_by_its_change_notification_starts_no_program(svc, fake_ct, spy):
+    """An order imported already delivered (Order Import API: it has completedAt) whose ResourceCreated change
+    notification comes before its OrderImported message: its record is sent, no review is requested."""
+    order = fake_ct.add("orders", ct.order("ord-imp", number="IMP-1", email="imp@example.com", version=1,
+                                           created="2024-03-01T10:00:00.000Z", state="Complete",
+                                           shipmentState="Delivered", completedAt="2024-03-01T10:00:00.000Z"))
+    created = await svc.stub.TrackEvent(track(ct.change("ResourceCreated", "order", "ord-imp", version=1)))
+    imported = await svc.stub.TrackEvent(track(ct.message("order", "ord-imp", "OrderImported", version=1,
+                                                          order=order)))
+    assert (outcomes(created), outcomes(imported)) == (["APPLIED"], ["STALE"])
+    assert review_triggers(svc) == [] and spy.of("on_shipment_delivered") == []
+    assert svc.rows("SELECT program_kind FROM program_trigger") == []
+
+
 def orders_of(sandbox, email: str) -> dict[str, dict]:
     return sandbox.insight_records("Orders", contact_email=email)
 

@@ -282,6 +282,8 @@ class OrderContext:
     #: product id -> category names (first = most specific)
     categories: Mapping[str, list[str]] | None = None
     refund_total: float = 0.0
+    #: discount code id -> its code, for the order's discount codes whose reference is not expanded
+    discount_codes: Mapping[str, str] | None = None
 
 
 def _line_items(order: Mapping[str, Any], ctx: OrderContext, locale: str | None) -> list[dict[str, Any]]:
@@ -301,7 +303,26 @@ def _line_items(order: Mapping[str, Any], ctx: OrderContext, locale: str | None)
             "imageUrl": str(images[0].get("url", "")) if images else "",
             "categories": list((ctx.categories or {}).get(li.get("productId", ""), [])),
         })
+    for cli in order.get("customLineItems") or []:  # gift wrap, a fee: no product, counted like a line item
+        items.append({
+            "productId": "",
+            "sku": "",
+            "name": localized(cli.get("name"), locale) or "",
+            "quantity": int(cli.get("quantity", 0)),
+            "unitPrice": money(cli.get("money")),
+            "totalPrice": money(cli.get("totalPrice")),
+            "imageUrl": "",
+            "categories": [],
+        })
     return items
+
+
+def _shipping_infos(order: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The shipping infos of an order: its ``shippingInfo``, or with ``shippingMode`` Multiple those of its
+    ``shipping`` entries."""
+    if order.get("shippingInfo"):
+        return [order["shippingInfo"]]
+    return [entry["shippingInfo"] for entry in order.get("shipping") or [] if entry.get("shippingInfo")]
 
 
 def _record_address(addr: Mapping[str, Any] | None) -> dict[str, str]:
@@ -315,9 +336,9 @@ def order_record(order: Mapping[str, Any], ctx: OrderContext) -> dict[str, Any]:
     items = _line_items(order, ctx, locale)
     total = money(order.get("totalPrice"))
     taxed = order.get("taxedPrice") or {}
-    shipping = order.get("shippingInfo") or {}
+    shippings = _shipping_infos(order)
     deliveries = []
-    for delivery in (shipping.get("deliveries") or []):
+    for delivery in (d for shipping in shippings for d in shipping.get("deliveries") or []):
         parcels = [
             {"trackingId": str((p.get("trackingData") or {}).get("trackingId") or ""),
              "carrier": str((p.get("trackingData") or {}).get("carrier") or "")}
@@ -333,7 +354,8 @@ def order_record(order: Mapping[str, Any], ctx: OrderContext) -> dict[str, Any]:
     codes = []
     for dc in order.get("discountCodes", []):
         ref = dc.get("discountCode") or {}
-        codes.append(str((ref.get("obj") or {}).get("code") or ref.get("id") or ""))
+        code = (ref.get("obj") or {}).get("code") or (ctx.discount_codes or {}).get(str(ref.get("id") or ""))
+        codes.append(str(code or ref.get("id") or ""))  # the code the shopper typed; its id when not known
     return {
         "id": order_key(order),
         "orderId": str(order["id"]),
@@ -345,10 +367,11 @@ def order_record(order: Mapping[str, Any], ctx: OrderContext) -> dict[str, Any]:
         "locale": str(locale or ""),
         "currency": str((order.get("totalPrice") or {}).get("currencyCode") or ""),
         "orderTotal": total,
-        "orderSubtotal": round(sum(i["totalPrice"] for i in items), 6),
+        "orderSubtotal": round(sum((i["totalPrice"] for i in items), 0.0), 6),
         "taxTotal": money(taxed.get("totalTax")) if taxed.get("totalTax") else 0.0,
-        "shippingTotal": money((shipping.get("price") or {})) if shipping.get("price") else 0.0,
-        "deliveryMethod": str(shipping.get("shippingMethodName") or ""),
+        "shippingTotal": round(sum((money(sh["price"]) for sh in shippings if sh.get("price")), 0.0), 6),
+        "deliveryMethod": ", ".join(dict.fromkeys(str(sh["shippingMethodName"]) for sh in shippings
+                                                  if sh.get("shippingMethodName"))),
         "discountCodes": codes,
         "orderStatus": str(order.get("orderState") or ""),
         "shipmentStatus": str(order.get("shipmentState") or ""),

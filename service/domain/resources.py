@@ -151,6 +151,13 @@ class LineItem(_Lenient):
     totalPrice: Optional[Money] = None
 
 
+class CustomLineItem(_Lenient):
+    name: Optional[LocalizedString] = None
+    quantity: Annotated[StrictInt, Field(ge=0, le=MAX_VERSION)] = 0
+    money: Optional[Money] = None
+    totalPrice: Optional[Money] = None
+
+
 class TaxedPrice(_Lenient):
     totalTax: Optional[Money] = None
     totalGross: Optional[Money] = None
@@ -175,6 +182,12 @@ class ShippingInfo(_Lenient):
     price: Optional[Money] = None
     shippingMethodName: Text = None
     deliveries: list[Delivery] = []
+
+
+class ShippingEntry(_Lenient):
+    """One shipping of an order or cart with ``shippingMode`` Multiple."""
+
+    shippingInfo: Optional[ShippingInfo] = None
 
 
 class ReturnItem(_Lenient):
@@ -207,7 +220,10 @@ class _Purchase(_Lenient):
     totalPrice: Optional[Money] = None
     taxedPrice: Optional[TaxedPrice] = None
     lineItems: list[LineItem] = []
+    customLineItems: list[CustomLineItem] = []
     shippingInfo: Optional[ShippingInfo] = None
+    #: shippingMode Multiple: the shippings (shippingInfo is then empty)
+    shipping: list[ShippingEntry] = []
     billingAddress: Optional[Address] = None
     shippingAddress: Optional[Address] = None
     store: Optional[LooseReference] = None

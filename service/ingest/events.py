@@ -181,6 +181,7 @@ class EventProcessor:
         self.transactions = transactions
         self.ct = commercetools_clients
         self._category_names: dict[str, list[str]] = {}
+        self._code_names: dict[str, str] = {}  # "<project>/<discount code id>" -> its code
         self.carts = carts.CartApplier(contact_sync, self._enqueue_insight)
         #: product and inventory messages -> the catalog (ctdd.catalog.realtime); set by the runtime
         self.catalog: CatalogRealtime | None = None
@@ -741,6 +742,34 @@ class EventProcessor:
             result[pid] = self._category_names[cache_key]
         return result
 
+    async def _discount_codes(self, store: StoreConfig, order: Mapping[str, Any]) -> dict[str, str]:
+        """The codes of the order's discount codes that its message names by id only (references are not
+        expanded in messages): read from commercetools once per process (a code never changes). A code that
+        cannot be read (no client, no view_discount_codes scope, gone) is sent as its id: the order is not held
+        for it."""
+        client = self.ct.get(store)
+        wanted = [str(ref["id"]) for dc in order.get("discountCodes") or []
+                  if isinstance(ref := dc.get("discountCode"), Mapping) and ref.get("id")
+                  and not (ref.get("obj") or {}).get("code")]
+        found: dict[str, str] = {}
+        for code_id in dict.fromkeys(wanted):
+            key = f"{store.commercetools_project}/{code_id}"
+            if key not in self._code_names and client is not None:
+                try:
+                    discount = await client.get("discount-codes", code_id)
+                except Exception as exc:  # a missing scope, a transport error: the id stands in
+                    log.warning("commercetools discount code %s of store %s not read (%s); the order's record "
+                                "names it by id", code_id, store.key, type(exc).__name__)
+                    continue
+                code = (discount or {}).get("code")
+                if isinstance(code, str) and code:
+                    if len(self._code_names) >= 10_000:
+                        self._code_names.clear()
+                    self._code_names[key] = code
+            if key in self._code_names:
+                found[code_id] = self._code_names[key]
+        return found
+
     async def _refunds(self, store: StoreConfig, order: Mapping[str, Any]) -> float:
         payments = []
         for ref in ((order.get("paymentInfo") or {}).get("payments") or []):
@@ -773,7 +802,8 @@ class EventProcessor:
             apply_customer = unknown
         locale = order.get("locale") or store.locale
         ctx = OrderContext(store_key=store.key, locale=locale, categories=await self._categories(store, order, locale),
-                           refund_total=await self._refunds(store, order))
+                           refund_total=await self._refunds(store, order),
+                           discount_codes=await self._discount_codes(store, order))
         try:  # plugins may shape the Orders record (ctdd_map_order)
             record: dict | None = self.contact_sync.hooks.map_order(
                 HookContext(store=store, settings=self.settings), order, order_record(order, ctx))

@@ -88,13 +88,13 @@ logger = logging.getLogger(__name__)
 #: Resources the fake stores (plural path names).
 RESOURCES = (
     "customers", "orders", "payments", "carts", "products", "product-projections", "categories",
-    "subscriptions", "types", "stores", "custom-objects", "product-selections",
+    "subscriptions", "types", "stores", "custom-objects", "product-selections", "discount-codes",
 )
 #: Reference ``typeId`` -> resource path, for ``expand`` and ``setCustomType``.
 _TYPE_ID_TO_RESOURCE = {
     "customer": "customers", "order": "orders", "payment": "payments", "cart": "carts", "product": "products",
     "category": "categories", "subscription": "subscriptions", "type": "types", "store": "stores",
-    "key-value-document": "custom-objects",
+    "key-value-document": "custom-objects", "discount-code": "discount-codes",
 }
 #: Resource types that can be subscribed to with messages (note that ``cart`` is not one of them).
 _MESSAGE_RESOURCE_TYPE_IDS = frozenset({

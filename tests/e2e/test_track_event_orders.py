@@ -179,3 +179,33 @@ async def test_a_guest_order_set_to_a_known_customer_moves_to_its_contact(svc, s
     rows = svc.rows("SELECT kind, status, last_response_code FROM outbox_message WHERE kind = 'insight.delete'")
     assert rows == [{"kind": "insight.delete", "status": "delivered", "last_response_code": 404}]
     assert svc.rows("SELECT contact_id FROM order_summary") == [{"contact_id": int(known.notifications[0].contact_id)}]
+
+
+async def test_custom_line_items_multiple_shippings_and_discount_codes_reach_the_orders_record(svc, fake_ct, sandbox):
+    """A gift wrap (custom line item) is a product of the record and counts in its subtotal; with shippingMode
+    Multiple the shippings' prices, methods and deliveries are the record's; a discount code named by id in the
+    message is sent as the code the shopper typed (read once), one that cannot be read as its id."""
+    fake_ct.add("discount-codes", {"id": "dc-1", "version": 1, "code": "WINTER10", "cartDiscounts": []})
+    shipping = [
+        {"shippingKey": "home", "shippingInfo": {"shippingMethodName": "DHL", "price": ct.money(499),
+                                                 "deliveries": [{"id": "d-1", "createdAt": "2026-01-02T00:00:00.000Z",
+                                                                 "parcels": [{"trackingData": {"trackingId": "TRK1",
+                                                                                               "carrier": "DHL"}}]}]}},
+        {"shippingKey": "work", "shippingInfo": {"shippingMethodName": "UPS", "price": ct.money(301)}},
+    ]
+    order = fake_ct.add("orders", ct.order(
+        "ord-x", number="X-1", email="extras@example.com", shippingMode="Multiple", shipping=shipping,
+        customLineItems=[{"id": "cli-1", "name": {"en": "Gift wrap"}, "slug": "gift-wrap", "quantity": 1,
+                          "money": ct.money(300), "totalPrice": ct.money(300)}],
+        discountCodes=[{"discountCode": {"typeId": "discount-code", "id": "dc-1"}, "state": "MatchesCart"},
+                       {"discountCode": {"typeId": "discount-code", "id": "dc-gone"}, "state": "MatchesCart"}]))
+    created = await svc.stub.TrackEvent(track(ct.message("order", "ord-x", "OrderCreated", version=1, order=order)))
+    assert outcomes(created) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="the order")
+    record = orders_of(sandbox, "extras@example.com")["X-1"]
+    assert [(p["name"], p["totalPrice"]) for p in record["products"]] == [("Blue Hat", 25.0), ("Gift wrap", 3.0)]
+    assert record["orderSubtotal"] == 28.0
+    assert (record["shippingTotal"], record["deliveryMethod"]) == (8.0, "DHL, UPS")
+    assert record["deliveries"] == [{"id": "d-1", "createdAt": "2026-01-02T00:00:00.000Z",
+                                     "parcels": [{"trackingId": "TRK1", "carrier": "DHL"}]}]
+    assert record["discountCodes"] == ["WINTER10", "dc-gone"]

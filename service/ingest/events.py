@@ -472,6 +472,11 @@ class EventProcessor:
                 return
             outcome.contact_id = applied[0].contact_id
             outcome.outbox_message_ids = [mid for result in applied for mid in result.outbox_message_ids]
+            kinds = sorted({c.kind for result in applied for c in result.conflicts})
+            if kinds:  # applied, but an identifier stayed with the contact that has it (identity_conflict)
+                outcome.reason = (f"identity conflict: the customer's {' and '.join(kinds)} belongs to another "
+                                  "contact, which keeps it; this contact keeps its own (see identity_conflict, "
+                                  "ctdd contact show)")
 
         return self._once(stores[0], n.dedupe_key, outcome, body)
 

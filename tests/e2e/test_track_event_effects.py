@@ -591,3 +591,22 @@ async def test_a_message_needing_a_fetch_without_a_client_is_a_failed_preconditi
     await wait_for(lambda: [r["status"] for r in service.rows("SELECT status FROM event_inbox")] == ["failed"],
                    what="the queued event failed")
     assert outbox_rows(service) == []
+
+
+async def test_an_email_change_to_another_contacts_address_is_applied_with_the_conflict_in_its_reason(
+        service_factory, database_url, sandbox, fake_ct):
+    """The address a customer changes to is already another contact's (a guest's order): the customer's
+    contact keeps its address, and the outcome says why rather than nothing."""
+    svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct))
+    guest = ct.order("ord-g", number="G-1", email="b@example.com")
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-g", "OrderCreated", version=1, order=guest))))
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "c-a", "CustomerCreated", version=1,
+                                                      customer=ct.customer("c-a", "a@example.com")))))
+    fake_ct.add("customers", ct.customer("c-a", "b@example.com", version=2))
+    changed = await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "c-a", "CustomerEmailChanged",
+                                                                version=2, email="b@example.com"))))
+    assert outcomes(changed) == ["APPLIED"]
+    assert changed.notifications[0].reason.startswith("identity conflict: the customer's email belongs to another")
+    assert "b@example.com" not in changed.notifications[0].reason
+    [conflict] = svc.rows("SELECT kind, rule FROM identity_conflict")
+    assert conflict["kind"] == "email"

@@ -365,6 +365,9 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
             v.append(Violation(f"lists[{i}].list_key", "required"))
         elif store is not None and membership.list_key not in store.lists:
             v.append(Violation(f"lists[{i}].list_key", f"unknown list {echo(membership.list_key)} for store {store.key!r}"))
+        elif lists.get(membership.list_key, membership.member) != membership.member:
+            v.append(Violation(f"lists[{i}].member", f"list {echo(membership.list_key)} is given twice, once as "
+                                                     "member and once not"))
         else:
             lists[membership.list_key] = membership.member
 
@@ -375,6 +378,9 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         elif store is not None and choice.preference_key not in store.preferences:
             v.append(Violation(f"preferences[{i}].preference_key",
                                f"unknown preference {echo(choice.preference_key)} for store {store.key!r}"))
+        elif preferences.get(choice.preference_key, choice.opted_in) != choice.opted_in:
+            v.append(Violation(f"preferences[{i}].opted_in", f"preference {echo(choice.preference_key)} is given "
+                                                             "twice, once opted in and once not"))
         else:
             preferences[choice.preference_key] = choice.opted_in
 
@@ -383,6 +389,14 @@ def parse_sync_contact(request: pb.SyncContactRequest, settings: Settings) -> Co
         v.append(Violation("source.version", "must not be negative"))
     _check_len(v, "source.resource_type", src.resource_type, MAX_RESOURCE_TYPE)
     _check_len(v, "source.resource_id", src.resource_id, MAX_ID)
+    # the version orders the updates of one record: without both halves of the record it would be ignored
+    if bool(src.resource_type) != bool(src.resource_id):
+        missing = "source.resource_id" if src.resource_type else "source.resource_type"
+        v.append(Violation(missing, "required with the other half of the source record (resource_type and "
+                                    "resource_id name it together)"))
+    elif src.version and not src.resource_type:
+        v.append(Violation("source.version", "needs source.resource_type and source.resource_id: a version is "
+                                             "compared with the same record's"))
     source = SourceStamp(
         resource_type=src.resource_type or None,
         resource_id=src.resource_id or None,

@@ -214,6 +214,8 @@ class FailuresServicer:
         by_filter = request.HasField("all_matching")
         if by_filter == bool(request.refs):
             violations.append(Violation("refs", "give either refs or all_matching"))
+        if len(request.refs) > failure_view.MAX_BULK:  # as all_matching acts on this many at most per call
+            violations.append(Violation("refs", f"at most {failure_view.MAX_BULK} refs per call"))
         refs: list[failure_view.Ref] = []
         for i, text in enumerate(request.refs):
             try:

@@ -200,9 +200,14 @@ async def test_400_dead_letters_with_code_and_record_reference(service_factory, 
         (lambda r: setattr(r.source.modified_at, "seconds", 10**12), "source.modified_at"),
         (lambda r: setattr(r.profile, "locale", "xx_!!"), "profile.locale"),
         (lambda r: setattr(r.profile, "currency", "euro"), "profile.currency"),
+        (lambda r: (r.lists.add(list_key="newsletter", member=True), r.lists.add(list_key="newsletter", member=False)),
+         "lists[1].member"),
+        (lambda r: setattr(r.source, "resource_type", "customer"), "source.resource_id"),
+        (lambda r: setattr(r.source, "version", 3), "source.version"),
     ],
     ids=["no-identifier", "blank-email", "bad-email", "mobile-not-e164", "sms-without-mobile", "unknown-store", "oversized",
-         "unknown-list", "bad-dob", "timestamp-out-of-range", "bad-locale", "bad-currency"],
+         "unknown-list", "bad-dob", "timestamp-out-of-range", "bad-locale", "bad-currency", "contradictory-lists",
+         "half-a-source", "version-without-source"],
 )
 async def test_invalid_input_is_rejected_with_field_violations(service, sandbox, mutate, field):
     req = contact_request(customer_id="c-x", email="ok@example.com")

@@ -325,6 +325,8 @@ async def test_grpc_failures(service_factory, database_url, sandbox):
         (admin.ListFailures, apb.ListFailuresRequest(page_size=-1), "page_size", "negative"),
         (admin.RetryFailures, apb.RetryFailuresRequest(), "refs", "either refs or all_matching"),
         (admin.RetryFailures, apb.RetryFailuresRequest(refs=["outbox:1", "bogus"]), "refs[1]", "no failure reference"),
+        (admin.RetryFailures, apb.RetryFailuresRequest(refs=[f"outbox:{i}" for i in range(1, 10_002)]), "refs",
+         "at most 10000"),
         (admin.RetryFailures, apb.RetryFailuresRequest(all_matching=apb.FailureFilter(code="a b")),
          "all_matching.code", "code"),
         (admin.SkipFailures, apb.SkipFailuresRequest(refs=[f"outbox:{ids[0]}"]), "reason", "say why"),

@@ -15,6 +15,8 @@ from ctdd.ingest.inbox import PrepareStored, QueuedEvent, lane_of, stores_text
 from ctdd.sync.v1 import sync_service_pb2 as pb
 
 PAYLOAD_REQUIRED = Violation("payload", "one of commercetools_delivery or behavioural_event is required")
+_PROCESSING = frozenset(pb.Processing.values())
+_PRIORITY = frozenset(pb.Priority.values())
 #: one commercetools delivery (SQS allows 256 KB; Pub/Sub and EventBridge more)
 MAX_DELIVERY_BYTES = 4 * 1024 * 1024
 
@@ -34,12 +36,12 @@ def _check(settings: Settings, request: pb.TrackEventRequest) -> str:
         raise InvalidRequest([Violation("store_key", f"unknown store {echo(request.store_key)}")])
     if which == "commercetools_delivery" and len(request.commercetools_delivery) > MAX_DELIVERY_BYTES:
         raise InvalidRequest([Violation("commercetools_delivery", f"larger than {MAX_DELIVERY_BYTES} bytes")])
-    unknown = [Violation(name, f"unknown value {value}: one of {', '.join(enum.keys())}")
-               for name, value, enum in (("processing", request.processing, pb.Processing),
-                                         ("priority", request.priority, pb.Priority))
-               if value not in enum.values()]
-    if unknown:  # a newer client's value this version does not know: refused, not read as the default
-        raise InvalidRequest(unknown)
+    if request.processing not in _PROCESSING or request.priority not in _PRIORITY:
+        # a newer client's value this version does not know: refused, not read as the default
+        raise InvalidRequest([Violation(name, f"unknown value {value}: one of {', '.join(enum.keys())}")
+                              for name, value, enum in (("processing", request.processing, pb.Processing),
+                                                        ("priority", request.priority, pb.Priority))
+                              if value not in enum.values()])
     return which
 
 

@@ -711,6 +711,8 @@ class EventProcessor:
 
     async def _order(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int,
                      allowed: frozenset[str] | None) -> Step:
+        if n.notification_type == "ResourceDeleted" and n.payload.get("dataErasure") is True:
+            return self._order_erased(store, n, outcome, priority)
         if n.notification_type == "ResourceDeleted" or n.message_type == "OrderDeleted":
             return self._finish_ignored(store, n, outcome, "order deletions keep the Dotdigital record")
         order = n.payload.get("order") if n.message_type in ORDER_WITH_PAYLOAD and not n.payload_not_included else None
@@ -724,6 +726,31 @@ class EventProcessor:
         if not routed:
             return outcome
         return await self._apply_order(routed[0], n, outcome, order, priority, force=False)
+
+    def _order_erased(self, store: StoreConfig, n: Notification, outcome: NotificationOutcome, priority: int
+                      ) -> Step:
+        """An order deleted with ``dataErasure`` (the shop erased its personal data): its Orders record is deleted
+        in Dotdigital (it holds the email and the addresses), and the deletion's version becomes the order's
+        applied one (an older message arriving later is stale and cannot send it again). The order still counts
+        in its contact's aggregates (``order_summary`` holds no personal data). A plain deletion keeps the record."""
+        def body(session: Session) -> None:
+            if n.resource_version is not None:
+                self._advance_version(session, store.commercetools_project, "order", n.resource_id,
+                                      n.resource_version)
+            row = session.get(OrderSummary, (store.commercetools_project, n.resource_id))
+            contact = session.get(Contact, row.contact_id) if row is not None else None
+            if contact is None:
+                outcome.outcome, outcome.reason = IGNORED, "order was never synced (its older messages are stale now)"
+                return
+            outcome.contact_id = contact.id
+            source = SourceStamp("order", n.resource_id, n.resource_version, None)
+            mid = self._drop_order_record(session, store, contact.account, contact.id, row.order_key, source,
+                                          priority)
+            if mid:
+                outcome.outbox_message_ids.append(mid)
+            outcome.reason = "order deleted with dataErasure: its Orders record is deleted in Dotdigital"
+
+        return self._once(store, n.dedupe_key, outcome, body)
 
     async def _categories(self, store: StoreConfig, order: Mapping[str, Any], locale: str | None) -> dict[str, list[str]]:
         """Category names per product of the order (current product projection; cached per process)."""

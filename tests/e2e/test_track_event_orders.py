@@ -209,3 +209,25 @@ async def test_custom_line_items_multiple_shippings_and_discount_codes_reach_the
     assert record["deliveries"] == [{"id": "d-1", "createdAt": "2026-01-02T00:00:00.000Z",
                                      "parcels": [{"trackingId": "TRK1", "carrier": "DHL"}]}]
     assert record["discountCodes"] == ["WINTER10", "dc-gone"]
+
+
+@pytest.mark.parametrize("erasure", [True, False], ids=["erased", "deleted"])
+async def test_an_order_deleted_with_data_erasure_has_its_record_deleted(svc, fake_ct, sandbox, erasure):
+    order = fake_ct.add("orders", ct.order("ord-del", number="DEL-1", email="del@example.com"))
+    created = ct.message("order", "ord-del", "OrderCreated", version=1, order=order)
+    await svc.stub.TrackEvent(track(created))
+    await wait_for(lambda: all_settled(svc), what="the order")
+    assert "DEL-1" in orders_of(sandbox, "del@example.com")
+    gone = await svc.stub.TrackEvent(track({**ct.change("ResourceDeleted", "order", "ord-del", version=2),
+                                            "dataErasure": erasure}))
+    await wait_for(lambda: all_settled(svc), what="the deletion")
+    if not erasure:  # a plain deletion keeps the record (the shop's history)
+        assert outcomes(gone) == ["IGNORED"] and "DEL-1" in orders_of(sandbox, "del@example.com")
+        return
+    assert outcomes(gone) == ["APPLIED"] and len(gone.outbox_message_ids) == 1
+    assert "DEL-1" not in orders_of(sandbox, "del@example.com")
+    # the creation message delivered again later is stale: the record is not sent again
+    again = await svc.stub.TrackEvent(track({**created, "id": "another-delivery-id"}))
+    assert outcomes(again) == ["STALE"]
+    await wait_for(lambda: all_settled(svc), what="nothing")
+    assert "DEL-1" not in orders_of(sandbox, "del@example.com")

@@ -100,8 +100,11 @@ def mobile_from_text(value: str) -> str:
     """A phone number as a shop stores it (commercetools' address ``mobile`` is free text: "+44 7700 900123",
     "+44 (0) 7700 900123", "0044 7700 900123") as E.164, or InvalidIdentifier. Spacing and punctuation are read
     as phonenumbers reads them, a leading ``00`` is the international prefix; a number without its country code
-    is refused (the country it belongs to is not known)."""
+    is refused (the country it belongs to is not known), and so is one with letters (a vanity number, an
+    extension: the number texts would go to is not guessed)."""
     raw = value.strip()
+    if any(ch.isalpha() for ch in raw):  # a vanity number ("+1 800 FLOWERS") or an extension: not guessed at
+        raise InvalidIdentifier("must be digits only (with spacing and punctuation)")
     if raw.startswith("00"):
         raw = "+" + raw[2:]
     if not raw.startswith("+"):

@@ -74,7 +74,7 @@ PROGRAM_RETRY = timedelta(minutes=15)
 #: a retryable failure of an enrolment call pauses the account's enrolments this long
 RETRY_PAUSE = timedelta(seconds=60)
 #: a 401 or 403 to an enrolment call (credentials, permissions) pauses the account's enrolments this long
-AUTH_PAUSE = timedelta(minutes=5)
+AUTH_PAUSE = timedelta(minutes=15)
 #: an enrolment answered without its contacts is taken for a call whose answer was lost when it was created this
 #: close to the call (before: clocks differ; after: the call's own time in flight)
 FIND_WINDOW = (timedelta(minutes=1), timedelta(minutes=5))
@@ -410,11 +410,14 @@ class EnrolmentBatcher:
                           len(reserved.trigger_ids), AUTH_PAUSE.total_seconds(),
                           what_to_fix(exc.status_code, account))
             elif exc.retryable:
+                # a 5xx or no answer passes soon; a retryable 4xx (ERROR_UNKNOWN) is tried less often, since every
+                # call spends one of the hour's enrolment calls (held triggers still age out: max_age_hours)
+                pause = RETRY_PAUSE if exc.status_code is None or exc.status_code >= 500 else PROGRAM_RETRY
                 conn.execute(triggers.values(enrolment_call_id=None))
-                leases.set_cursor(conn, name, budget.pause(cursor, now + RETRY_PAUSE), now)
+                leases.set_cursor(conn, name, budget.pause(cursor, now + pause), now)
                 log.warning("account %s: enrolment call %s failed (%s: %s); %d trigger(s) held, retrying in %ds",
                             account, reserved.call_id, code, exc, len(reserved.trigger_ids),
-                            RETRY_PAUSE.total_seconds())
+                            pause.total_seconds())
             else:
                 conn.execute(triggers.values(status=TriggerStatus.SKIPPED, reason=f"enrolment_failed: {code}"[:500],
                                              decided_at=now))
@@ -483,10 +486,11 @@ class EnrolmentBatcher:
 
     async def _find_enrolment(self, account: str, client, call_id: int, program_id: int, contact_ids: set[int]):
         """Dotdigital's enrolment made by call ``call_id`` whose answer was lost, or None: one of ``program_id`` for
-        exactly ``contact_ids`` that no call has adopted yet. Dotdigital may answer an enrolment without its
-        contacts (null in the Programs spec's own example): then the one enrolment of the program created within
-        :data:`FIND_WINDOW` of the call, if it is the only such one (two or more: not adopted, the contacts go
-        again; Dotdigital reports the contacts already in the program as ``AlreadyInProgram`` faults)."""
+        exactly ``contact_ids`` that no call has adopted yet. Dotdigital may list enrolments without their
+        contacts (null in the Programs spec's own example): when no enrolment of the listing has any, the one
+        enrolment of the program created within :data:`FIND_WINDOW` of the call, if it is the only such one (two
+        or more: not adopted, the contacts go again; Dotdigital reports the contacts already in the program as
+        ``AlreadyInProgram`` faults)."""
         if not contact_ids:
             return None
         with self.engine.begin() as conn:
@@ -494,6 +498,7 @@ class EnrolmentBatcher:
                                                                         EC.c.enrolment_id.is_not(None))).scalars())
             called_at = conn.execute(sa.select(EC.c.called_at).where(EC.c.id == call_id)).scalar()
         unechoed = []
+        echoes = False  # whether Dotdigital lists the contacts of any enrolment (then an empty list means none)
         for status in ("Processing", "Finished"):
             try:
                 enrolments = await client.list_enrolments(status)
@@ -501,12 +506,15 @@ class EnrolmentBatcher:
                 log.warning("account %s: could not list enrolments (%s)", account, exc)
                 return None
             for enrolment in enrolments:
+                echoes = echoes or bool(enrolment.contacts or enrolment.address_books)
                 if enrolment.program_id != program_id or enrolment.id in known:
                     continue
                 if set(enrolment.contacts) == contact_ids:
                     return enrolment
-                if not enrolment.contacts and _created_near(enrolment.date_created, called_at):
+                if _created_near(enrolment.date_created, called_at):
                     unechoed.append(enrolment)
+        if echoes:  # this account's listings carry their contacts: only an exact match is this call's
+            return None
         if len(unechoed) > 1:
             log.warning("account %s: %d enrolments of program %s without their contacts were made around call %s; "
                         "none is adopted, its contacts go again", account, len(unechoed), program_id, call_id)

@@ -427,7 +427,7 @@ async def test_refused_credentials_hold_the_triggers_until_the_account_answers(e
         await run_until(proc, clock, START + timedelta(minutes=64), step=timedelta(minutes=1))
     assert (one_trigger(engine)["status"], len(sandbox.program_entries(program))) == ("enrolling", 0)
     assert f"HTTP {status}" in caplog.text and "held" in caplog.text and "[accounts." in caplog.text
-    await run_until(proc, clock, clock() + timedelta(minutes=12), step=timedelta(minutes=1))  # a second 401, then OK
+    await run_until(proc, clock, clock() + timedelta(minutes=32), step=timedelta(minutes=1))  # a second 401, then OK
     assert one_trigger(engine)["status"] == "sent"
     assert [e.contact_id for e in sandbox.program_entries(program)] == [sandbox.contacts[0]["contactId"]]
 

@@ -251,6 +251,7 @@ def test_a_customers_mobile_is_read_as_shops_write_it():
 
     for text in ("+44 7700 900123", "+44 (0) 7700 900123", "0044 7700 900123", " +44-7700-900-123 ", "+447700900123"):
         assert mobile_from_text(text) == "+447700900123", text
-    for text in ("07700 900123", "+44 12", "call me", "00"):
+    for text in ("07700 900123", "+44 12", "call me", "00", "+1 800 FLOWERS", "+447700900123x",
+                 "+44 7700 900123 ext 5"):
         with pytest.raises(InvalidIdentifier):
             mobile_from_text(text)

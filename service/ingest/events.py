@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -113,6 +114,8 @@ CUSTOMER_DELETED = frozenset({"CustomerDeleted"})
 #: the order message's time (``createdAt``, else the order's ``lastModifiedAt``/``createdAt``): retried until
 #: then (TrackEvent answers UNAVAILABLE, the inbox retries with backoff), rejected with the reason after it
 UNKNOWN_CUSTOMER_WAIT = timedelta(hours=1)
+#: a project whose discount codes could not be read (no view_discount_codes scope) is not asked again this long
+CODES_OFF_SECONDS = 3600
 #: resource_state.deleted of a customer commercetools deleted: plainly, or with dataErasure
 DELETED, ERASED = "deleted", "erased"
 
@@ -181,7 +184,8 @@ class EventProcessor:
         self.transactions = transactions
         self.ct = commercetools_clients
         self._category_names: dict[str, list[str]] = {}
-        self._code_names: dict[str, str] = {}  # "<project>/<discount code id>" -> its code
+        self._code_names: dict[str, str | None] = {}  # "<project>/<discount code id>" -> its code (None: gone)
+        self._codes_off: dict[str, float] = {}  # project -> monotonic time until which codes are not read
         self.carts = carts.CartApplier(contact_sync, self._enqueue_insight)
         #: product and inventory messages -> the catalog (ctdd.catalog.realtime); set by the runtime
         self.catalog: CatalogRealtime | None = None
@@ -748,7 +752,9 @@ class EventProcessor:
                                           priority)
             if mid:
                 outcome.outbox_message_ids.append(mid)
-            outcome.reason = "order deleted with dataErasure: its Orders record is deleted in Dotdigital"
+                outcome.reason = "order deleted with dataErasure: its Orders record is deleted in Dotdigital"
+            else:
+                outcome.reason = "order deleted with dataErasure: no Orders record of it was sent"
 
         return self._once(store, n.dedupe_key, outcome, body)
 
@@ -783,22 +789,26 @@ class EventProcessor:
         wanted = [str(ref["id"]) for dc in order.get("discountCodes") or []
                   if isinstance(ref := dc.get("discountCode"), Mapping) and ref.get("id")
                   and not (ref.get("obj") or {}).get("code")]
+        project = store.commercetools_project
         found: dict[str, str] = {}
         for code_id in dict.fromkeys(wanted):
-            key = f"{store.commercetools_project}/{code_id}"
-            if key not in self._code_names and client is not None:
+            key = f"{project}/{code_id}"
+            if key not in self._code_names and client is not None and time.monotonic() >= self._codes_off.get(
+                    project, 0.0):
                 try:
                     discount = await client.get("discount-codes", code_id)
-                except Exception as exc:  # a missing scope, a transport error: the id stands in
-                    log.warning("commercetools discount code %s of store %s not read (%s); the order's record "
-                                "names it by id", code_id, store.key, type(exc).__name__)
+                except Exception as exc:  # a missing scope, a transport error: ids stand in for a while
+                    self._codes_off[project] = time.monotonic() + CODES_OFF_SECONDS
+                    log.warning("commercetools discount codes of project %s not readable (%s); orders' records name "
+                                "their discount codes by id for %d minutes (the API client needs view_discount_codes)",
+                                project, type(exc).__name__, CODES_OFF_SECONDS // 60)
                     continue
                 code = (discount or {}).get("code")
-                if isinstance(code, str) and code:
-                    if len(self._code_names) >= 10_000:
-                        self._code_names.clear()
-                    self._code_names[key] = code
-            if key in self._code_names:
+                if len(self._code_names) >= 10_000:
+                    self._code_names.clear()
+                # (None: gone in commercetools; its id stands in, and it is not asked for again)
+                self._code_names[key] = code if isinstance(code, str) and code else None
+            if self._code_names.get(key):
                 found[code_id] = self._code_names[key]
         return found
 
@@ -817,6 +827,13 @@ class EventProcessor:
         if identity.is_empty():
             return self._finish_ignored(store, n, outcome, f"order has no customer and {order_without_email(order)}")
         apply_customer = None
+        if identity.customer_id:  # a deleted customer is neither looked for nor fetched (see the body)
+            cid = str(identity.customer_id)
+            gone = await self.transactions.run(lambda s: self._customer_deleted_as(s, store, cid))
+            if gone == ERASED or (gone == DELETED and store.on_customer_deleted == "delete_contact"):
+                return self._finish_rejected(store, n, outcome, self._deleted_customer_reason(store, gone, order))
+            if gone == DELETED:
+                identity = Identity(email=email)  # (no email: the order's contact so far, see the body)
         if (identity.customer_id and not email and (str(identity.customer_id), store.key) not in _CREATED_BEFORE.get()
                 and self._other_accounts(store)):
             # a customer of the project known in another store's account only (a global customer applied under
@@ -854,20 +871,21 @@ class EventProcessor:
                 outcome.outcome, outcome.reason = STALE, f"order version {version} already applied"
                 return
             ident = identity
-            deleted = self._customer_deleted_as(session, store, identity.customer_id)
-            if deleted == ERASED:  # the shop erased the customer's data: its orders do not bring it back
-                reason = "order of a customer deleted with dataErasure: not sent"
+            customer_id = order.get("customerId")
+            deleted = self._customer_deleted_as(session, store, customer_id)  # (also deleted since the check above)
+            if deleted == DELETED:
+                # the customer id no longer exists: an order already applied stays with its contact (its address
+                # now, not the one the order was placed with); a new one is its address's, as a guest's
+                row = session.get(OrderSummary, (store.commercetools_project, str(order["id"])))
+                ident = (self._address_of(session, row.contact_id) if row is not None else None) or Identity(email=email)
+            if deleted == ERASED or (deleted == DELETED and (ident.is_empty()
+                                                             or store.on_customer_deleted == "delete_contact")):
+                # the shop erased the customer, or its contact was deleted with it: its orders do not bring it back
+                reason = self._deleted_customer_reason(store, deleted, order)
                 outcome.outcome, outcome.reason = IGNORED, reason
                 self._reject(session, store, n, reason)
                 return
-            if deleted == DELETED:  # the customer id no longer exists: the order is its address's, as a guest's
-                ident = Identity(email=email)
-                if ident.is_empty():
-                    reason = f"order's customer was deleted and {order_without_email(order)}"
-                    outcome.outcome, outcome.reason = IGNORED, reason
-                    self._reject(session, store, n, reason)
-                    return
-            if apply_customer is not None:  # the order's customer, fetched from commercetools: creates the contact
+            if deleted is None and apply_customer is not None:  # its customer, fetched: creates the contact
                 applied = apply_customer(session)
                 if not isinstance(applied, tuple):
                     outcome.outbox_message_ids.extend(mid for result in applied for mid in result.outbox_message_ids)
@@ -1041,6 +1059,24 @@ class EventProcessor:
         session.flush()
         return previous
 
+    @staticmethod
+    def _address_of(session: Session, contact_id: int) -> Identity | None:
+        """An address that resolves to contact ``contact_id`` (its email, else its mobile number), or None."""
+        address = session.execute(sa.select(ContactIdentifier.kind, ContactIdentifier.value).where(
+            ContactIdentifier.contact_id == contact_id,
+            ContactIdentifier.kind.in_(("email", "mobile_number"))).order_by(ContactIdentifier.kind)).first()
+        if address is None:
+            return None
+        return Identity(email=address.value) if address.kind == "email" else Identity(mobile_number=address.value)
+
+    @staticmethod
+    def _deleted_customer_reason(store: StoreConfig, deleted: str | None, order: Mapping[str, Any]) -> str:
+        if deleted == ERASED:
+            return "order of a customer deleted with dataErasure: not sent"
+        if store.on_customer_deleted == "delete_contact":
+            return "order of a deleted customer whose contact was deleted with it (on_customer_deleted): not sent"
+        return f"order's customer was deleted and {order_without_email(order)}"
+
     def _order_left_contact(self, session: Session, store: StoreConfig, previous: PreviousOrder,
                             source: SourceStamp, priority: int) -> list[int]:
         """An order now belongs to another contact than ``previous.contact_id``: that contact's aggregates are
@@ -1051,13 +1087,10 @@ class EventProcessor:
         ids: list[int] = []
         suppressed = False
         # an address of the old contact resolves to it (the order's identity now resolves elsewhere)
-        address = session.execute(sa.select(ContactIdentifier.kind, ContactIdentifier.value).where(
-            ContactIdentifier.contact_id == old.id, ContactIdentifier.account == old.account,
-            ContactIdentifier.kind.in_(("email", "mobile_number"))).order_by(ContactIdentifier.kind)).first()
+        ident = self._address_of(session, old.id)
         agg_store = store if store.account == old.account else next(
             (s for s in self.settings.stores.values() if s.account == old.account), None)
-        if address is not None and agg_store is not None:
-            ident = Identity(email=address.value) if address.kind == "email" else Identity(mobile_number=address.value)
+        if ident is not None and agg_store is not None:
             agg_input = ContactInput(store_key=agg_store.key, identity=ident,
                                      attributes=order_aggregates(self._summaries(session, old.id)))
             mapped, suppression = self.contact_sync.map_contact(agg_input)

@@ -85,20 +85,26 @@ async def test_a_deletion_with_data_erasure_deletes_the_dotdigital_contact_whate
         assert sandbox.get_contact(email="erase@example.com") is not None and not deleted.outbox_message_ids
 
 
-@pytest.mark.parametrize("erasure", [True, False], ids=["erased", "deleted"])
+@pytest.mark.parametrize("erasure, policy", [(True, "keep"), (False, "keep"), (False, "delete_contact")],
+                         ids=["erased", "deleted-kept", "deleted-with-its-contact"])
 async def test_a_deleted_customers_later_order_messages_do_not_bring_it_back(service_factory, database_url, sandbox,
-                                                                             fake_ct, erasure):
-    """After an erasure, a later message of the customer's order (a shipment update) is not sent: the erased
-    contact is not created again. After a plain deletion the order still counts for its address, but the deleted
+                                                                             fake_ct, erasure, policy):
+    """After an erasure, or a deletion that deleted the contact too, a later message of the customer's order (a
+    shipment update) is not sent: the contact is not created again. After a deletion that kept the contact the
+    order still counts on that contact (its address now, not the one the order was placed with), but the deleted
     customer id is not linked to a contact again."""
     svc = await service_factory(make_settings(database_url, sandbox, commercetools=fake_ct,
-                                              stores_extra={"uk": {"on_customer_deleted": "keep"}}))
+                                              stores_extra={"uk": {"on_customer_deleted": policy}}))
     await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-o", "CustomerCreated", version=1,
-                                                      customer=ct.customer("cust-o", "er@example.com")))))
-    order = fake_ct.add("orders", ct.order("ord-o", number="O-1", email="er@example.com", customer_id="cust-o"))
+                                                      customer=ct.customer("cust-o", "old@example.com")))))
+    # the order is placed with the customer's first address; the customer then moves to another one
+    order = fake_ct.add("orders", ct.order("ord-o", number="O-1", email="old@example.com", customer_id="cust-o"))
     await svc.stub.TrackEvent(track(ct.raw(ct.message("order", "ord-o", "OrderCreated", version=1, order=order))))
+    fake_ct.add("customers", ct.customer("cust-o", "er@example.com", version=2))
+    await svc.stub.TrackEvent(track(ct.raw(ct.message("customer", "cust-o", "CustomerEmailChanged", version=2,
+                                                      email="er@example.com"))))
     await wait_for(lambda: all_settled(svc), what="customer and order")
-    gone = {**ct.change("ResourceDeleted", "customer", "cust-o", version=2), "dataErasure": erasure}
+    gone = {**ct.change("ResourceDeleted", "customer", "cust-o", version=3), "dataErasure": erasure}
     assert outcomes(await svc.stub.TrackEvent(track(ct.raw(gone)))) == ["APPLIED"]
     await wait_for(lambda: all_settled(svc), what="deletion")
     fake_ct.add("orders", {**order, "version": 2, "shipmentState": "Shipped"})
@@ -106,11 +112,14 @@ async def test_a_deleted_customers_later_order_messages_do_not_bring_it_back(ser
                                                                 version=2, shipmentState="Shipped"))))
     await wait_for(lambda: all_settled(svc), what="the order's update")
     assert svc.rows("SELECT id FROM contact_identifier WHERE kind = 'customer_id'") == []
-    if erasure:
-        assert outcomes(shipped) == ["IGNORED"] and "dataErasure" in shipped.notifications[0].reason
+    assert sandbox.get_contact(email="old@example.com") is None  # no contact for the address it left
+    if erasure or policy == "delete_contact":
+        assert outcomes(shipped) == ["IGNORED"]
+        assert ("dataErasure" if erasure else "deleted with it") in shipped.notifications[0].reason
         assert not shipped.outbox_message_ids and sandbox.get_contact(email="er@example.com") is None
     else:
         assert outcomes(shipped) == ["APPLIED"]
+        assert len(svc.rows("SELECT id FROM contact")) == 1
         assert sandbox.get_contact(email="er@example.com")["dataFields"]["NUMBER_OF_ORDERS"] == 1
 
 

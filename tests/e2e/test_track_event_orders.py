@@ -231,3 +231,21 @@ async def test_an_order_deleted_with_data_erasure_has_its_record_deleted(svc, fa
     assert outcomes(again) == ["STALE"]
     await wait_for(lambda: all_settled(svc), what="nothing")
     assert "DEL-1" not in orders_of(sandbox, "del@example.com")
+
+
+async def test_discount_codes_the_api_client_may_not_read_are_named_by_id_without_asking_again(svc, fake_ct,
+                                                                                                sandbox):
+    """No view_discount_codes scope (403): the order is applied with the id, and the next order does not ask."""
+    fake_ct.inject_fault(status=403, times=5, method="GET", path_contains="/discount-codes/",
+                         body={"statusCode": 403, "message": "Insufficient scope", "errors": []})
+    for i in (1, 2):
+        order = fake_ct.add("orders", ct.order(f"ord-s{i}", number=f"S-{i}", email="scope@example.com",
+                                               discountCodes=[{"discountCode": {"typeId": "discount-code",
+                                                                                "id": f"dc-{i}"}}]))
+        created = await svc.stub.TrackEvent(track(ct.message("order", f"ord-s{i}", "OrderCreated", version=1,
+                                                             order=order)))
+        assert outcomes(created) == ["APPLIED"]
+    await wait_for(lambda: all_settled(svc), what="the orders")
+    records = orders_of(sandbox, "scope@example.com")
+    assert (records["S-1"]["discountCodes"], records["S-2"]["discountCodes"]) == (["dc-1"], ["dc-2"])
+    assert len(fake_ct.requests_matching("GET", "/discount-codes/")) == 1
